@@ -1,0 +1,275 @@
+"""The ``.esnn`` model file: read and write, never pickle.
+
+Layout (all integers little-endian)::
+
+    offset  size  field
+    0       8     magic  b"\\x89ESN\\r\\n\\x1a\\n"   (PNG-style: catches text-mode and 7-bit mangling)
+    8       2     format major version (readers refuse a newer major)
+    10      2     format minor version (additive changes only)
+    12      4     header length H in bytes (UTF-8 JSON)
+    16      8     payload length P in bytes
+    24      4     CRC-32 of the header bytes
+    28      4     CRC-32 of the payload bytes
+    32      H     header: JSON object (graph, tensor table, metadata)
+    ...           zero padding to a multiple of 64
+    S       P     payload: raw tensors, each at a 64-byte aligned offset relative to S
+
+The file ends exactly at ``S + P``. Tensors are C-ordered raw arrays of the dtype named in the tensor table, so a
+reader can memory-map them. Every failure to read raises :class:`ModelFileError` with one line that names the file
+and what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from edgespike.model import (
+    NODE_TYPES,
+    Decoder,
+    Encoder,
+    Model,
+    ModelError,
+    ReadoutTerm,
+)
+
+MAGIC = b"\x89ESN\r\n\x1a\n"
+VERSION = (1, 0)
+PREAMBLE = struct.Struct("<8sHHIQII")
+ALIGN = 64
+MAX_HEADER = 16 * 2**20
+MAX_TENSOR_BYTES = 1 * 2**30
+DTYPES = {"int8": np.int8, "int16": np.int16, "int32": np.int32, "float32": np.float32}
+ARRAY_FIELDS = {"weight", "bias", "weight_extra", "scale", "threshold"}
+TUPLE_FIELDS = {"inputs", "mprn"}
+
+
+class ModelFileError(ModelError):
+    """A model file that cannot be read: truncated, corrupted, foreign, too new, or inconsistent."""
+
+
+def _pad(n: int) -> int:
+    return (-n) % ALIGN
+
+
+def model_to_header_and_tensors(model: Model) -> tuple[dict, dict[str, np.ndarray]]:
+    """Split a model into its JSON header (without the tensor table) and its named tensors."""
+    tensors: dict[str, np.ndarray] = {}
+    nodes = []
+    for node in model.nodes:
+        entry: dict = {"type": type(node).__name__}
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if f.name in ARRAY_FIELDS:
+                if value is not None:
+                    key = f"{node.name}.{f.name}"
+                    tensors[key] = np.ascontiguousarray(value)
+                    value = key
+            elif f.name in TUPLE_FIELDS and value is not None:
+                value = list(value)
+            entry[f.name] = value
+        nodes.append(entry)
+    terms = []
+    for i, term in enumerate(model.decoder.terms):
+        key = f"decoder.{i}.multiplier"
+        tensors[key] = np.ascontiguousarray(term.multiplier)
+        terms.append({"node": term.node, "quantity": term.quantity, "multiplier": key})
+    header = {
+        "format": "edgespike-snn",
+        "timesteps": model.timesteps,
+        "membrane_bits": model.membrane_bits,
+        "encoder": {"kind": model.encoder.kind, "seed": model.encoder.seed},
+        "decoder": {"terms": terms, "shift": model.decoder.shift, "residual": model.decoder.residual},
+        "nodes": nodes,
+        "metadata": model.metadata,
+    }
+    return header, tensors
+
+
+def to_bytes(model: Model) -> bytes:
+    """Serialise ``model`` (checked first: an invalid model is never written)."""
+    from edgespike.validate import analyse
+
+    analyse(model)
+    header, tensors = model_to_header_and_tensors(model)
+    table, chunks, offset = {}, [], 0
+    for key, arr in tensors.items():
+        if arr.dtype.name not in DTYPES:
+            raise ModelError(f"tensor {key!r}: dtype {arr.dtype.name} cannot be stored")
+        raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
+        table[key] = {"dtype": arr.dtype.name, "shape": list(arr.shape), "offset": offset, "nbytes": len(raw)}
+        chunks.append(raw + b"\0" * _pad(len(raw)))
+        offset += len(raw) + _pad(len(raw))
+    header["tensors"] = table
+    try:
+        head = json.dumps(header, sort_keys=True, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"metadata cannot be stored as JSON: {exc}") from None
+    payload = b"".join(chunks)
+    pre = PREAMBLE.pack(MAGIC, *VERSION, len(head), len(payload), zlib.crc32(head), zlib.crc32(payload))
+    body = pre + head
+    return body + b"\0" * _pad(len(body)) + payload
+
+
+def save(model: Model, path: str | os.PathLike) -> None:
+    """Write atomically: a temporary file in the same folder, renamed into place when complete."""
+    data = to_bytes(model)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | os.PathLike) -> Model:
+    """Read, verify and analyse a model file. Raises :class:`ModelFileError` (one line) on any fault."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: no such model file") from None
+    except IsADirectoryError:
+        raise ModelFileError(f"{path}: is a folder, not a model file") from None
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        return from_bytes(data)
+    except ModelError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+
+
+def from_bytes(data: bytes) -> Model:
+    from edgespike.validate import analyse
+
+    if len(data) < PREAMBLE.size:
+        if MAGIC.startswith(data[:8]) and data:
+            raise ModelFileError(f"truncated: {len(data)} bytes, shorter than the {PREAMBLE.size}-byte preamble")
+        raise ModelFileError("not an edgespike model file (too short, no ESNN signature)")
+    magic, major, minor, hlen, plen, hcrc, pcrc = PREAMBLE.unpack_from(data)
+    if magic != MAGIC:
+        if magic[1:4] == b"ESN":
+            raise ModelFileError("signature damaged (was the file transferred in text mode?)")
+        raise ModelFileError("not an edgespike model file (no ESNN signature)")
+    if major != VERSION[0]:
+        raise ModelFileError(
+            f"format version {major}.{minor} is not readable by this edgespike (reads {VERSION[0]}.x): "
+            "upgrade edgespike or re-export the model"
+        )
+    if hlen > MAX_HEADER:
+        raise ModelFileError(f"corrupted: header length {hlen} is absurd")
+    start = PREAMBLE.size + hlen
+    start += _pad(start)
+    if len(data) < start + plen:
+        raise ModelFileError(f"truncated: {len(data)} bytes, the header announces {start + plen}")
+    if len(data) > start + plen:
+        raise ModelFileError(f"corrupted: {len(data) - start - plen} unexpected bytes after the payload")
+    head = data[PREAMBLE.size:PREAMBLE.size + hlen]
+    if zlib.crc32(head) != hcrc:
+        raise ModelFileError("corrupted: header checksum mismatch")
+    payload = memoryview(data)[start:start + plen]
+    if zlib.crc32(payload) != pcrc:
+        raise ModelFileError("corrupted: payload checksum mismatch")
+    try:
+        header = json.loads(head.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"corrupted: header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict) or header.get("format") != "edgespike-snn":
+        raise ModelFileError("header does not describe an edgespike-snn model")
+    tensors = _read_tensors(header.get("tensors"), payload)
+    model = _build_model(header, tensors)
+    analyse(model)
+    return model
+
+
+def _read_tensors(table, payload: memoryview) -> dict[str, np.ndarray]:
+    if not isinstance(table, dict):
+        raise ModelFileError("header has no tensor table")
+    out = {}
+    for key, spec in table.items():
+        try:
+            dtype = DTYPES[spec["dtype"]]
+            shape = tuple(spec["shape"])
+            offset, nbytes = spec["offset"], spec["nbytes"]
+        except (KeyError, TypeError):
+            raise ModelFileError(f"tensor {key!r}: incomplete entry in the tensor table") from None
+        if not all(isinstance(d, int) and 0 <= d <= 2**20 for d in shape) or len(shape) > 4:
+            raise ModelFileError(f"tensor {key!r}: invalid shape {spec['shape']!r}")
+        if not (isinstance(offset, int) and isinstance(nbytes, int) and offset >= 0 and nbytes >= 0):
+            raise ModelFileError(f"tensor {key!r}: invalid offset or size")
+        expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if expected != nbytes or nbytes > MAX_TENSOR_BYTES:
+            raise ModelFileError(f"tensor {key!r}: shape {list(shape)} does not match its {nbytes} bytes")
+        if offset % ALIGN or offset + nbytes > len(payload):
+            raise ModelFileError(f"tensor {key!r}: lies outside the payload")
+        arr = np.frombuffer(payload, dtype=np.dtype(dtype).newbyteorder("<"), count=nbytes // np.dtype(dtype).itemsize,
+                            offset=offset)
+        out[key] = arr.astype(dtype, copy=False).reshape(shape)
+    return out
+
+
+def _build_model(header: dict, tensors: dict[str, np.ndarray]) -> Model:
+    def tensor(ref, where):
+        if ref is None:
+            return None
+        if not isinstance(ref, str) or ref not in tensors:
+            raise ModelFileError(f"{where}: refers to a missing tensor {ref!r}")
+        return tensors[ref]
+
+    nodes = []
+    raw_nodes = header.get("nodes")
+    if not isinstance(raw_nodes, list):
+        raise ModelFileError("header has no node list")
+    for i, entry in enumerate(raw_nodes):
+        if not isinstance(entry, dict):
+            raise ModelFileError(f"node #{i}: not an object")
+        cls = NODE_TYPES.get(entry.get("type"))
+        name = entry.get("name", f"#{i}")
+        if cls is None:
+            raise ModelFileError(f"node {name!r}: unknown node type {entry.get('type')!r} (a newer edgespike?)")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(entry) - set(fields) - {"type"}
+        if unknown:
+            raise ModelFileError(f"node {name!r}: unknown field(s) {sorted(unknown)}")
+        kwargs = {}
+        for fname, value in entry.items():
+            if fname == "type":
+                continue
+            if fname in ARRAY_FIELDS:
+                value = tensor(value, f"node {name!r} field {fname!r}")
+            elif fname in TUPLE_FIELDS and value is not None:
+                if not isinstance(value, list):
+                    raise ModelFileError(f"node {name!r}: field {fname!r} must be a list")
+                value = tuple(value)
+            kwargs[fname] = value
+        try:
+            nodes.append(cls(**kwargs))
+        except TypeError as exc:
+            raise ModelFileError(f"node {name!r}: {exc}") from None
+    try:
+        enc = header["encoder"]
+        dec = header["decoder"]
+        terms = [
+            ReadoutTerm(t["node"], t["quantity"], tensor(t["multiplier"], "decoder term"))
+            for t in dec["terms"]
+        ]
+        return Model(
+            nodes=nodes,
+            timesteps=header["timesteps"],
+            encoder=Encoder(kind=enc["kind"], seed=enc.get("seed", 0)),
+            decoder=Decoder(terms=terms, shift=dec["shift"], residual=dec["residual"]),
+            membrane_bits=header["membrane_bits"],
+            metadata=header.get("metadata") or {},
+        )
+    except (KeyError, TypeError) as exc:
+        raise ModelFileError(f"header is missing or mistypes field {exc}") from None
