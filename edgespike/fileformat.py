@@ -188,7 +188,12 @@ def from_bytes(data: bytes) -> Model:
         raise ModelFileError("header does not describe an edgespike-snn model")
     tensors = _read_tensors(header.get("tensors"), payload)
     model = _build_model(header, tensors)
-    analyse(model)
+    try:
+        analyse(model)
+    except ModelFileError:
+        raise
+    except ModelError as exc:
+        raise ModelFileError(str(exc)) from None
     return model
 
 

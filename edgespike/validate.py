@@ -112,7 +112,7 @@ def _conv_interval(weight: np.ndarray, bias: list[int], inp: Interval) -> Interv
     a, b = w_obj * lo_in, w_obj * hi_in
     lo = np.minimum(a, b).reshape(w.shape[0], -1).sum(axis=1)
     hi = np.maximum(a, b).reshape(w.shape[0], -1).sum(axis=1)
-    return Interval([int(v) + bb for v, bb in zip(lo, bias)], [int(v) + bb for v, bb in zip(hi, bias)])
+    return Interval([int(v) + bb for v, bb in zip(lo, bias, strict=False)], [int(v) + bb for v, bb in zip(hi, bias, strict=False)])
 
 
 def _conv_t_interval(weight: np.ndarray, bias: list[int], inp: Interval) -> Interval:
@@ -130,8 +130,10 @@ def _membrane(node: Neuron, T: int, cur: Interval, extra: Interval) -> Interval:
         # Integration adds at most max(hi, 0) per step; a reset or a leak never moves v away from [lo, hi]
         # once it contains 0 and v0, and a soft reset only fires when v >= theta (leaving v >= 0).
         top = v0 + T * max(cur.hi[c], 0) + max(extra.hi[c], 0)
-        bot = v0 + T * min(cur.lo[c], 0) + min(extra.lo[c], 0)
-        lo.append(min(bot, 0))
+        # The leak may shrink v0 towards 0 before negative currents arrive: do not count on v0 below.
+        bot = T * min(cur.lo[c], 0) + min(extra.lo[c], 0)
+        # An MPRN soft reset fires at v >= alpha * theta with alpha <= 1, so it can leave v down to -theta.
+        lo.append(min(bot, 0) - (theta if node.mprn and node.reset == "soft" else 0))
         hi.append(max(top, theta))
     return Interval(lo, hi)
 
@@ -244,8 +246,8 @@ def _analyse_node(node, ins: list[NodeInfo], model: Model, T: int) -> NodeInfo:
 
     if isinstance(node, Integrator):
         src = ins[0]
-        lo = [T * min(a, 0) + min(e, 0) for a, e in zip(src.value.lo, src.extra.lo)]
-        hi = [T * max(a, 0) + max(e, 0) for a, e in zip(src.value.hi, src.extra.hi)]
+        lo = [T * min(a, 0) + min(e, 0) for a, e in zip(src.value.lo, src.extra.lo, strict=False)]
+        hi = [T * max(a, 0) + max(e, 0) for a, e in zip(src.value.hi, src.extra.hi, strict=False)]
         zero = Interval.const(0, 0, src.channels)
         return NodeInfo(src.channels, src.level, zero, zero, state=Interval(lo, hi))
 
@@ -260,8 +262,8 @@ def _analyse_node(node, ins: list[NodeInfo], model: Model, T: int) -> NodeInfo:
 
             def total(get) -> Interval:
                 ivs = [get(i) for i in ins]
-                return Interval([sum(v) for v in zip(*(iv.lo for iv in ivs))],
-                                [sum(v) for v in zip(*(iv.hi for iv in ivs))])
+                return Interval([sum(v) for v in zip(*(iv.lo for iv in ivs), strict=False)],
+                                [sum(v) for v in zip(*(iv.hi for iv in ivs), strict=False)])
 
             return NodeInfo(ins[0].channels, ins[0].level, total(lambda i: i.value), total(lambda i: i.extra))
         return NodeInfo(

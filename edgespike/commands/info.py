@@ -1,0 +1,90 @@
+"""``edgespike info MODEL``: print what a model file holds, readably."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgespike.fileformat import VERSION, load
+from edgespike.model import Conv, ConvTranspose, Integrator, Model, Neuron
+from edgespike.validate import analyse
+
+HELP = "show a model file: graph, widths, bounds, metadata"
+DESCRIPTION = """Show what a .esnn model file holds: the layer graph with shapes and neuron kinds, timesteps,
+encoder and decoder, the proved worst-case integer widths, the parameter count and the metadata (task, noise,
+provenance). Exits with status 2 and one line if the file is damaged, foreign or from a newer edgespike."""
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", nargs="?", help="model file (default: the shipped sigma-25 model)")
+    p.add_argument("--json", action="store_true", help="print the header as JSON (for scripts)")
+
+
+def describe(model: Model) -> str:
+    """A human-readable summary of ``model``."""
+    a = analyse(model)
+    lines = [
+        f"timesteps T = {model.timesteps}{' (+1 MPRN extra step)' if model.has_extra_step else ''}",
+        f"encoder     = {model.encoder.kind}"
+        + (f" (seed {model.encoder.seed})" if model.encoder.kind == "rate" else ""),
+        "decoder     = " + " + ".join(f"{int(t.multiplier[0])}*{t.quantity}({t.node})" for t in model.decoder.terms)
+        + f", >> {model.decoder.shift}, {'residual' if model.decoder.residual else 'direct'} output",
+        f"membrane    = {model.membrane_bits}-bit declared, {a.worst_bits()}-bit proved worst case",
+        f"frame size  = multiple of {model.size_multiple} (edge-padded)",
+        "",
+        f"{'node':<14}{'type':<15}{'in':<14}{'ch':>5}  {'detail':<34}{'max |value|':>12}",
+    ]
+    params = 0
+    for node in model.nodes:
+        info = a.nodes[node.name]
+        detail = ""
+        if isinstance(node, (Conv, ConvTranspose)):
+            k = node.kernel
+            params += node.weight.size + node.bias.size
+            detail = f"{k}x{k} s{node.stride}, w in [{node.weight.min()},{node.weight.max()}]"
+            kind = type(node).__name__
+        elif isinstance(node, Neuron):
+            params += node.threshold.size
+            th = node.threshold
+            theta = f"{th[0]}" if np.all(th == th[0]) else f"{th.min()}..{th.max()}"
+            detail = f"{node.reset} reset, theta {theta}, v0 {node.v_init}"
+            if node.leak_shift:
+                detail += f", leak 2^-{node.leak_shift}"
+            if node.mprn:
+                detail += f", alpha {node.mprn[0]}/{node.mprn[1]}"
+            kind = node.kind
+        elif isinstance(node, Integrator):
+            kind = "Integrator"
+        else:
+            kind = type(node).__name__
+        bound = info.state.magnitude if info.state is not None else info.value.magnitude
+        lines.append(f"{node.name:<14}{kind:<15}{','.join(node.inputs):<14}{info.channels:>5}  {detail:<34}{bound:>12}")
+    lines += ["", f"parameters  = {params:,} integers"]
+    if model.metadata:
+        lines.append("metadata:")
+        for k, v in model.metadata.items():
+            lines.append(f"  {k}: {v if isinstance(v, str) else json.dumps(v)}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    if args.model is None:
+        from edgespike.models import default_path
+
+        path = default_path()
+    else:
+        path = Path(args.model)
+    model = load(path)
+    if args.json:
+        from edgespike.fileformat import model_to_header_and_tensors
+
+        header, tensors = model_to_header_and_tensors(model)
+        header["tensors"] = {k: {"dtype": v.dtype.name, "shape": list(v.shape)} for k, v in tensors.items()}
+        print(json.dumps(header, indent=2))
+        return 0
+    size = path.stat().st_size
+    print(f"{path}  ({size:,} bytes, edgespike-snn format {VERSION[0]}.x)")
+    print(describe(model))
+    return 0
