@@ -112,7 +112,8 @@ def _conv_interval(weight: np.ndarray, bias: list[int], inp: Interval) -> Interv
     a, b = w_obj * lo_in, w_obj * hi_in
     lo = np.minimum(a, b).reshape(w.shape[0], -1).sum(axis=1)
     hi = np.maximum(a, b).reshape(w.shape[0], -1).sum(axis=1)
-    return Interval([int(v) + bb for v, bb in zip(lo, bias, strict=False)], [int(v) + bb for v, bb in zip(hi, bias, strict=False)])
+    return Interval([int(v) + bb for v, bb in zip(lo, bias, strict=True)],
+                    [int(v) + bb for v, bb in zip(hi, bias, strict=True)])
 
 
 def _conv_t_interval(weight: np.ndarray, bias: list[int], inp: Interval) -> Interval:
@@ -246,8 +247,8 @@ def _analyse_node(node, ins: list[NodeInfo], model: Model, T: int) -> NodeInfo:
 
     if isinstance(node, Integrator):
         src = ins[0]
-        lo = [T * min(a, 0) + min(e, 0) for a, e in zip(src.value.lo, src.extra.lo, strict=False)]
-        hi = [T * max(a, 0) + max(e, 0) for a, e in zip(src.value.hi, src.extra.hi, strict=False)]
+        lo = [T * min(a, 0) + min(e, 0) for a, e in zip(src.value.lo, src.extra.lo, strict=True)]
+        hi = [T * max(a, 0) + max(e, 0) for a, e in zip(src.value.hi, src.extra.hi, strict=True)]
         zero = Interval.const(0, 0, src.channels)
         return NodeInfo(src.channels, src.level, zero, zero, state=Interval(lo, hi))
 
@@ -262,8 +263,8 @@ def _analyse_node(node, ins: list[NodeInfo], model: Model, T: int) -> NodeInfo:
 
             def total(get) -> Interval:
                 ivs = [get(i) for i in ins]
-                return Interval([sum(v) for v in zip(*(iv.lo for iv in ivs), strict=False)],
-                                [sum(v) for v in zip(*(iv.hi for iv in ivs), strict=False)])
+                return Interval([sum(v) for v in zip(*(iv.lo for iv in ivs), strict=True)],
+                                [sum(v) for v in zip(*(iv.hi for iv in ivs), strict=True)])
 
             return NodeInfo(ins[0].channels, ins[0].level, total(lambda i: i.value), total(lambda i: i.extra))
         return NodeInfo(
