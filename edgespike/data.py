@@ -89,6 +89,11 @@ def source_url(name: str, filename: str = "") -> str:
     return base_url() + REMOTE_DIRS[name] + filename
 
 
+def page_url(name: str) -> str:
+    """The human-readable page of a named dataset on GitHub (raw URLs of folders do not list anything)."""
+    return "https://github.com/cszn/DnCNN/tree/master/" + REMOTE_DIRS[name]
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -134,7 +139,7 @@ def status(name: str, root: Path | None = None) -> Status:
 
 
 def _how_to_provide(name: str, folder: Path) -> str:
-    return (f"put the {len(CHECKSUMS[name])} images of {name} ({source_url(name)}) in {folder}, "
+    return (f"put the {len(CHECKSUMS[name])} images of {name} ({page_url(name)}) in {folder}, "
             f"or set EDGESPIKE_DATA to a folder holding {name}/, or pass --dataset DIR")
 
 
