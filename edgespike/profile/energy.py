@@ -1,0 +1,409 @@
+"""Analytical energy of an edgespike SNN and of its ANN twin (Lemaire et al., ICONIP 2022, as SPIDEN uses it).
+
+Every conv layer of the model is counted twice: as the SNN executes it (event-driven accumulates, membrane
+potentials in a local SRAM) and as the same-shaped ANN executes it (dense MACs). Counts per inference:
+
+* synaptic operations (``macs``, ``accs``),
+* memory accesses by kind (input reads, weight reads, bias reads, potential reads and writes, output writes),
+* addressing operations (``addr_macs``, ``addr_accs``),
+
+and energies from a technology table (``tables/energy.json``, selectable and extensible): a MAC costs
+``mul + add``, an accumulate ``add``, a memory access ``a * N * b + c`` with ``N`` the elements of THAT memory and
+``b`` its bits per element (the authors' least-squares fit of Horowitz's SRAM points).
+
+Where the paper and the authors' code (``qualia-plugin-snn`` ``EnergyEstimationMetric``) differ we follow the code,
+because SPIDEN's figures come from it; each case is named in ``docs/PROFILE.md`` and where it is a switch here:
+
+* dense SNN layer: the paper prints an extra ``N_in`` factor and no reset term; the code's form is used.
+* SNN conv addressing: the paper's ``theta_in * C_out * k^2`` accumulates or the code's ``theta_in * k^2``
+  (``addressing="code"``, the default; ``"paper"`` selects the other).
+* non-binary first layer ("hybrid", direct pixel input): dense ANN MACs, dense input reads and ANN addressing;
+  weights, biases and potentials with the SNN formulas at ``theta_in = nonzero inputs x T``; leak and reset.
+* the read-out conv (into an Integrator) has no output spikes, hence no reset and no output writes.
+
+The residual subtraction and the decoder are the same for both networks and are not counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgespike.model import INPUT, Add, Concat, Conv, ConvTranspose, Model, Neuron
+
+TABLES_FILE = Path(__file__).with_name("tables") / "energy.json"
+DEFAULT_TABLE = "spiden"
+MEM_KINDS = ("input", "weight", "bias", "potential", "output")
+FIFO_ELEMENTS = 64
+"""Size of the per-layer event FIFO that SNN inputs are read from and output spikes written to (the authors'
+``fifo_size``; with the SRAM fit its size barely matters: ``1.09e-5 * 64 * 32 = 0.02 pJ`` against ``c = 13.2``)."""
+
+
+# --------------------------------------------------------------------------- tables
+def load_tables(extra: str | Path | None = None) -> dict[str, dict]:
+    """The shipped technology tables, updated with those of the JSON file ``extra`` (same layout)."""
+    tables = {k: v for k, v in json.loads(TABLES_FILE.read_text()).items() if not k.startswith("_")}
+    if extra is not None:
+        more = json.loads(Path(extra).read_text())
+        tables.update({k: v for k, v in more.items() if not k.startswith("_")})
+    return tables
+
+
+def get_table(name: str | dict = DEFAULT_TABLE, extra: str | Path | None = None) -> dict:
+    """One table by name (or a table dict passed through); ``KeyError`` names the choices."""
+    if isinstance(name, dict):
+        return name
+    tables = load_tables(extra)
+    if name not in tables:
+        raise KeyError(f"no energy table {name!r}; choose one of {', '.join(tables)}")
+    return dict(tables[name], name=name)
+
+
+def _bits(table: dict, kind: str) -> int:
+    bits = table["memory"]["bits"]
+    return int(bits[kind] if isinstance(bits, dict) else bits)
+
+
+def e_ram(table: dict, n_elements: int, kind: str) -> float:
+    """Energy in pJ of one access to a memory of ``n_elements`` elements of kind ``kind``."""
+    mem = table.get("memory")
+    if not mem:
+        return 0.0
+    return mem["a"] * n_elements * _bits(table, kind) + mem["c"]
+
+
+# --------------------------------------------------------------------------- geometry
+@dataclass
+class Layer:
+    """One synaptic layer (conv or transposed conv) with its shapes and how the SNN feeds and reads it."""
+
+    name: str
+    kind: str  # "conv" | "convT" | "add"
+    cin: int
+    cout: int
+    hin: int
+    win: int
+    hout: int
+    wout: int
+    k: int = 1
+    stride: int = 1
+    source: tuple[str, ...] = ()  # nodes whose events are this layer's input
+    binary_input: bool = True  # False: dense values (pixels, currents) -> the "hybrid" counting
+    neuron: str | None = None  # the spiking neuron node this layer feeds (None: read-out / non-spiking)
+    leak: bool = False
+
+    @property
+    def n_in(self) -> int:
+        return self.cin * self.hin * self.win
+
+    @property
+    def n_out(self) -> int:
+        return self.cout * self.hout * self.wout
+
+
+def layers(model: Model, height: int, width: int) -> list[Layer]:
+    """The synaptic layers of ``model`` for a ``height`` x ``width`` frame (padded as the runtime pads it)."""
+    m = model.size_multiple
+    height, width = -(-height // m) * m, -(-width // m) * m
+    shape: dict[str, tuple[int, int, int]] = {INPUT: (1, height, width)}
+    consumers: dict[str, list] = {}
+    for node in model.nodes:
+        for i in node.inputs:
+            consumers.setdefault(i, []).append(node)
+    binary = {INPUT: model.encoder.kind != "direct"}
+    out: list[Layer] = []
+    for node in model.nodes:
+        if isinstance(node, (Conv, ConvTranspose)):
+            c, h, w = shape[node.input]
+            if isinstance(node, Conv):
+                ho, wo = -(-h // node.stride), -(-w // node.stride)
+            else:
+                ho, wo = 2 * h, 2 * w
+            shape[node.name] = (node.out_channels, ho, wo)
+            nxt = consumers.get(node.name, [])
+            neuron = nxt[0] if len(nxt) == 1 and isinstance(nxt[0], Neuron) else None
+            out.append(Layer(node.name, "conv" if isinstance(node, Conv) else "convT", c, node.out_channels, h, w,
+                             ho, wo, node.kernel, node.stride, _sources(model, node.input), binary[node.input],
+                             neuron.name if neuron else None, bool(neuron and neuron.leak_shift)))
+            binary[node.name] = False
+        elif isinstance(node, Concat):
+            ch = sum(shape[i][0] for i in node.inputs)
+            shape[node.name] = (ch,) + shape[node.inputs[0]][1:]
+            binary[node.name] = all(binary[i] for i in node.inputs)
+        elif isinstance(node, Add):
+            c, h, w = shape[node.inputs[0]]
+            shape[node.name] = (c, h, w)
+            # An Add of spikes feeds the next conv as events (its cost is in that conv); an Add of currents is a
+            # dense element-wise layer of its own.
+            binary[node.name] = all(binary[i] for i in node.inputs)
+            if not binary[node.name]:
+                out.append(Layer(node.name, "add", c * len(node.inputs), c, h, w, h, w))
+        else:  # Neuron, Integrator: element-wise, same shape
+            shape[node.name] = shape[node.input]
+            binary[node.name] = isinstance(node, Neuron)
+    return out
+
+
+def _sources(model: Model, name: str) -> tuple[str, ...]:
+    """The spiking nodes (or the input) whose events arrive at a layer that reads node ``name``."""
+    if name == INPUT:
+        return (INPUT,)
+    node = model.node(name)
+    if isinstance(node, (Concat, Add)):
+        return tuple(s for i in node.inputs for s in _sources(model, i))
+    return (name,)
+
+
+# --------------------------------------------------------------------------- activity
+@dataclass
+class Activity:
+    """What the SNN did on one inference: events per source node, and the input's non-zero fraction."""
+
+    timesteps: int
+    events: dict[str, float]  # spikes of each neuron node (and "input" for spiking encoders), all steps summed
+    input_nonzero: float = 1.0  # non-zero fraction of a dense (direct-coded) input frame
+
+    def theta_in(self, layer: Layer) -> float:
+        if not layer.binary_input:
+            return self.input_nonzero * layer.n_in * self.timesteps
+        return float(sum(self.events.get(s, 0.0) for s in layer.source))
+
+    def theta_out(self, layer: Layer) -> float:
+        return float(self.events.get(layer.neuron, 0.0)) if layer.neuron else 0.0
+
+
+def activity_from_spikes(model: Model, spikes: dict[str, list[int] | int], frame: np.ndarray | None = None,
+                         ) -> Activity:
+    """:class:`Activity` from spikes per neuron node per step (the runtime's ``Stats`` or the reference
+    ``Trace``); ``frame`` gives the input's non-zero fraction (direct) or the input events (uwe, rate)."""
+    events = {k: float(np.sum(v)) for k, v in spikes.items()}
+    nz = 1.0
+    if frame is not None:
+        from edgespike.frames import pad_to_multiple
+        from edgespike.reference import encode
+
+        x = pad_to_multiple(frame, model.size_multiple)
+        if model.encoder.kind == "direct":
+            nz = float(np.count_nonzero(x)) / x.size
+        else:
+            events[INPUT] = float(sum(int(encode(model, x, t).sum()) for t in range(model.timesteps)))
+    return Activity(model.timesteps, events, nz)
+
+
+def activity_from_rates(model_layers: list[Layer], timesteps: int, rate: float | dict[str, float],
+                        input_nonzero: float = 1.0) -> Activity:
+    """:class:`Activity` from spike rates per neuron per timestep (one for all layers or one per neuron node):
+    how the SPIDEN sparsities are fed to the model."""
+    events = {}
+    for layer in model_layers:
+        if layer.neuron:
+            r = rate[layer.neuron] if isinstance(rate, dict) else rate
+            events[layer.neuron] = r * timesteps * layer.n_out
+    return Activity(timesteps, events, input_nonzero)
+
+
+# --------------------------------------------------------------------------- counts
+@dataclass
+class Counts:
+    """Operation and memory-access counts of one layer for one inference (floats: activity is an average)."""
+
+    macs: float = 0.0
+    accs: float = 0.0
+    rd_input: float = 0.0
+    rd_weight: float = 0.0
+    rd_bias: float = 0.0
+    rd_potential: float = 0.0
+    wr_potential: float = 0.0
+    wr_output: float = 0.0
+    addr_macs: float = 0.0
+    addr_accs: float = 0.0
+    # elements of the memory each access goes to (for the SRAM energy fit)
+    n_mem: dict = field(default_factory=dict)
+
+    @property
+    def mem_accesses(self) -> float:
+        return (self.rd_input + self.rd_weight + self.rd_bias + self.rd_potential + self.wr_potential
+                + self.wr_output)
+
+
+def ann_counts(layer: Layer) -> Counts:
+    """Dense counts of the ANN twin's layer (Lemaire et al. eqs. 3-6, 12-14 for conv)."""
+    if layer.kind == "add":
+        n = layer.n_out
+        return Counts(accs=layer.n_in - n, rd_input=layer.n_in, wr_output=n, addr_accs=layer.n_in + n,
+                      n_mem={"input": layer.n_in, "output": n})
+    taps = layer.cin * layer.k * layer.k
+    if layer.kind == "convT":
+        # every input element reaches k*k outputs of every output channel
+        macs = layer.n_in * layer.cout * layer.k * layer.k
+    else:
+        macs = layer.n_out * taps
+    return Counts(
+        macs=macs, accs=layer.n_out,
+        rd_input=macs, rd_weight=macs, rd_bias=layer.n_out, wr_output=layer.n_out,
+        addr_accs=layer.n_in + layer.n_out + layer.cout * layer.k * layer.k,
+        n_mem={"input": layer.n_in, "weight": layer.cout * taps, "bias": layer.cout, "output": layer.n_out},
+    )
+
+
+def snn_counts(layer: Layer, act: Activity, addressing: str = "code") -> Counts:
+    """Event-driven counts of the SNN's layer (Lemaire et al. as implemented by its authors; see module doc)."""
+    T = act.timesteps
+    if layer.kind == "add":  # a dense Add of currents: same as the ANN, every step
+        c = ann_counts(layer)
+        for f in ("accs", "rd_input", "wr_output", "addr_accs"):
+            setattr(c, f, getattr(c, f) * T)
+        return c
+    th_in, th_out = act.theta_in(layer), act.theta_out(layer)
+    kk = layer.k * layer.k
+    fan = math.ceil(layer.k / layer.stride) ** 2 if layer.kind == "conv" else kk
+    per_step = T * layer.n_out
+    leak_macs = per_step if layer.leak else 0
+    n_mem = {"input": FIFO_ELEMENTS, "weight": layer.cout * layer.cin * kk, "bias": layer.cout,
+             "potential": layer.n_out, "output": FIFO_ELEMENTS}
+    pot = th_in * layer.cout * kk + per_step
+    c = Counts(rd_weight=th_in * layer.cout * kk, rd_bias=per_step, rd_potential=pot, wr_potential=pot,
+               wr_output=th_out, n_mem=n_mem)
+    if layer.binary_input:
+        c.macs = leak_macs
+        c.accs = th_in * fan * layer.cout + per_step + th_out
+        c.rd_input = th_in
+        c.addr_macs = 2 * th_in
+        c.addr_accs = th_in * kk * (layer.cout if addressing == "paper" else 1)
+    else:  # hybrid: dense pixels in (authors' code: FNN ops and addressing, dense input reads)
+        dense = ann_counts(layer)
+        # the authors count the leak once here (not x T): kept as in their code
+        c.macs = dense.macs + (layer.n_out if layer.leak else 0)
+        c.accs = dense.accs + th_out
+        c.rd_input = dense.rd_input
+        c.n_mem["input"] = layer.n_in
+        c.addr_accs = dense.addr_accs
+    return c
+
+
+def energy(c: Counts, table: dict) -> dict[str, float]:
+    """Energy breakdown in pJ of one layer's counts: ops, addressing and memory by kind."""
+    if "mac" in table:  # op-count model: #MAC x E_MAC + #AC x E_AC, nothing else
+        e = {"ops": c.macs * table["mac"] + c.accs * table["ac"], "addr": 0.0}
+    else:
+        mac, add = table["mul"] + table["add"], table["add"]
+        e = {"ops": c.macs * mac + c.accs * add,
+             "addr": (c.addr_macs * mac + c.addr_accs * add) if table.get("addressing", True) else 0.0}
+    n = c.n_mem
+    e["mem_input"] = c.rd_input * e_ram(table, n.get("input", 0), "input")
+    e["mem_weight"] = c.rd_weight * e_ram(table, n.get("weight", 0), "weight")
+    e["mem_bias"] = c.rd_bias * e_ram(table, n.get("bias", 0), "bias")
+    e["mem_potential"] = (c.rd_potential + c.wr_potential) * e_ram(table, n.get("potential", 0), "potential")
+    e["mem_output"] = c.wr_output * e_ram(table, n.get("output", 0), "output")
+    e["total"] = sum(e.values())
+    return e
+
+
+# --------------------------------------------------------------------------- whole network
+@dataclass
+class LayerReport:
+    name: str
+    kind: str
+    hybrid: bool
+    snn: Counts
+    ann: Counts
+    snn_energy: dict
+    ann_energy: dict
+    theta_in: float
+    theta_out: float
+
+
+@dataclass
+class Report:
+    """Per-layer and total counts and energies (pJ per inference) of the SNN and its ANN twin."""
+
+    table: dict
+    timesteps: int
+    layers: list[LayerReport]
+
+    def total(self, net: str, key: str = "total") -> float:
+        return float(sum(getattr(lr, f"{net}_energy")[key] for lr in self.layers))
+
+    def count(self, net: str, key: str) -> float:
+        c = [getattr(lr, net) for lr in self.layers]
+        return float(sum(x.mem_accesses if key == "mem_accesses" else getattr(x, key) for x in c))
+
+    @property
+    def ratio(self) -> float:
+        """SNN energy / ANN energy (below 1: the SNN wins)."""
+        return self.total("snn") / self.total("ann")
+
+    def to_dict(self) -> dict:
+        keys = ("macs", "accs", "mem_accesses", "addr_macs", "addr_accs", "rd_input", "rd_weight", "rd_bias",
+                "rd_potential", "wr_potential", "wr_output")
+        return {
+            "table": {k: v for k, v in self.table.items()},
+            "timesteps": self.timesteps,
+            "energy_pJ": {"snn": self.total("snn"), "ann": self.total("ann"), "snn_over_ann": self.ratio},
+            "breakdown_pJ": {net: {k: self.total(net, k) for k in self.layers[0].snn_energy} for net in ("snn", "ann")}
+            if self.layers else {},
+            "counts": {net: {k: self.count(net, k) for k in keys} for net in ("snn", "ann")},
+            "layers": [{"name": lr.name, "kind": lr.kind, "hybrid": lr.hybrid, "theta_in": lr.theta_in,
+                        "theta_out": lr.theta_out,
+                        "snn": {k: v for k, v in asdict(lr.snn).items() if k != "n_mem"},
+                        "ann": {k: v for k, v in asdict(lr.ann).items() if k != "n_mem"},
+                        "snn_energy_pJ": lr.snn_energy, "ann_energy_pJ": lr.ann_energy} for lr in self.layers],
+        }
+
+
+def analyse_layers(model_layers: list[Layer], act: Activity, table: str | dict = DEFAULT_TABLE,
+                   addressing: str = "code", extra_tables: str | Path | None = None) -> Report:
+    """Counts and energies of every layer for the activity ``act``."""
+    if addressing not in ("code", "paper"):
+        raise ValueError("addressing must be 'code' or 'paper'")
+    tab = get_table(table, extra_tables)
+    out = []
+    for layer in model_layers:
+        s, a = snn_counts(layer, act, addressing), ann_counts(layer)
+        out.append(LayerReport(layer.name, layer.kind, not layer.binary_input and layer.kind != "add", s, a,
+                               energy(s, tab), energy(a, tab), act.theta_in(layer) if layer.kind != "add" else 0.0,
+                               act.theta_out(layer)))
+    return Report(tab, act.timesteps, out)
+
+
+def analyse(model: Model, height: int, width: int, spikes: dict, frame: np.ndarray | None = None,
+            table: str | dict = DEFAULT_TABLE, addressing: str = "code") -> Report:
+    """The report for ``model`` on one ``height`` x ``width`` frame whose run produced ``spikes`` (per neuron
+    node, per step or summed)."""
+    return analyse_layers(layers(model, height, width), activity_from_spikes(model, spikes, frame), table,
+                          addressing)
+
+
+def estimate(stats, model: Model, shape: tuple[int, int] | None = None, table: str | dict = DEFAULT_TABLE,
+             ) -> dict:
+    """Per-frame energy estimate for ``edgespike run``: ``{"snn_pJ", "ann_pJ", "ratio", "table"}``.
+
+    ``stats`` is the runtime's ``Stats`` (attribute ``spikes``: per neuron node per step) or a reference
+    ``Trace``; ``shape`` is the frame's ``(height, width)`` when ``stats`` does not carry it (``shape`` or
+    ``frame_shape`` attribute).
+    """
+    shape = shape or getattr(stats, "shape", None) or getattr(stats, "frame_shape", None)
+    if shape is None:
+        raise ValueError("estimate() needs the frame shape (height, width)")
+    r = analyse(model, int(shape[0]), int(shape[1]), stats.spikes, None, table)
+    return {"snn_pJ": r.total("snn"), "ann_pJ": r.total("ann"), "ratio": r.ratio, "table": r.table["name"]}
+
+
+# --------------------------------------------------------------------------- SPIDEN's networks
+def dncnn_layers(depth: int = 17, width: int = 64, size: int = 256) -> list[Layer]:
+    """DnCNN as SPIDEN sizes it: conv(1->C)+IF, (depth-2) x conv(C->C)+IF, conv(C->1) read-out, 3x3, same size.
+
+    Built without weights so that width-160 nets cost nothing to describe.
+    """
+    chans = [1] + [width] * (depth - 1) + [1]
+    out = []
+    for i in range(depth):
+        last = i == depth - 1
+        out.append(Layer(f"conv{i + 1}", "conv", chans[i], chans[i + 1], size, size, size, size, 3, 1,
+                         (INPUT,) if i == 0 else (f"if{i}",), i != 0, None if last else f"if{i + 1}"))
+    return out
+
