@@ -1,0 +1,348 @@
+"""``edgespike eval``: denoising quality and activity of a model on a dataset (PSNR, SSIM, spikes, ops, time)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgespike import data
+from edgespike.errors import UserError
+from edgespike.metrics import psnr, ssim
+
+HELP = "measure PSNR/SSIM, spikes and ops of a model on Set12, BSD68 or a folder"
+DESCRIPTION = """Denoise every image of a dataset with simulated noise and report per-image and mean PSNR and SSIM
+(noisy input and output), spikes per neuron per timestep, synaptic operations and wall time.
+
+Datasets: set12, bsd68, bsd400 (downloaded once into $EDGESPIKE_DATA or ~/.cache/edgespike, SHA-256 checked),
+or a folder / glob of images. Noise follows the project protocol: image i (sorted file order) gets
+numpy.random.default_rng(seed + i), sigma on the 0..255 scale; gaussian y = x + n, speckle y = x + x*n.
+Images that are not 8-bit grey are converted (colour -> BT.601 luma, 16-bit -> 8-bit) and a note says so.
+
+--compare ann runs the model's float ANN twin (edgespike.twin) on the same noisy images; --compare bm3d runs BM3D
+from the PyPI 'bm3d' package (pip install bm3d)."""
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", metavar="M", help="model file (default: the shipped sigma-25 model)")
+    p.add_argument("--dataset", metavar="NAME|DIR", default="set12",
+                   help="set12, bsd68, bsd400, a folder of images or a glob (default: set12)")
+    p.add_argument("--sigma", type=float, default=25.0, help="noise level on the 0..255 scale (default: 25)")
+    p.add_argument("--noise", choices=data.NOISE_KINDS, default="gaussian", help="noise model (default: gaussian)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed offset: image i uses default_rng(seed + i)")
+    p.add_argument("--compare", choices=("none", "ann", "bm3d"), default="none",
+                   help="also run the ANN twin or BM3D on the same noisy images")
+    p.add_argument("--ann-mode", choices=("quant", "relu"), default="quant",
+                   help="ANN twin activations: T+1-level rates (quant, default) or clipped ReLU (relu)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N images")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+
+
+# ------------------------------------------------------------------ executors
+
+
+@dataclass
+class _Stats:
+    """The fast runtime's Stats fields, computed from a reference trace."""
+
+    spikes: dict
+    spike_rate: float
+    synaptic_ops: int
+    macs: int
+    seconds: float
+
+
+class _ReferenceExecutor:
+    """Stand-in for ``edgespike.load()`` while the fast runtime is not in this build: exact but slow.
+
+    Same counting conventions as the runtime's Stats: ``spike_rate`` = spikes / (neurons x executed steps);
+    ``synaptic_ops`` = for each conv fed by a spiking node, its input spikes x ``C_out * ceil(k/s)^2``;
+    ``macs`` = dense multiply-accumulates of convs fed by non-spike values (the frame, sums), per executed step.
+    """
+
+    label = "reference (exact, slow: the fast runtime is not in this build)"
+
+    def __init__(self, path: Path) -> None:
+        from edgespike.fileformat import load
+
+        self.model = load(path)
+
+    def denoise(self, frame: np.ndarray):
+        from edgespike import reference
+        from edgespike.model import Concat, Conv, ConvTranspose, Neuron
+
+        model = self.model
+        t0 = time.perf_counter()
+        out, trace = reference.run(model, frame, trace=True)
+        seconds = time.perf_counter() - t0
+        steps = model.timesteps + (1 if model.has_extra_step else 0)
+        neurons = sum(c.size for c in trace.counts.values()) * steps
+        total = sum(sum(s) for s in trace.spikes.values())
+        spiking = {n.name for n in model.nodes if isinstance(n, Neuron)}
+        m = model.size_multiple
+        h, w = -(-frame.shape[0] // m) * m, -(-frame.shape[1] // m) * m
+        size = {"input": (1, h, w)}
+        synops = macs = 0
+        for node in model.nodes:
+            if isinstance(node, (Conv, ConvTranspose)):
+                c, hi, wi = size[node.input]
+                k, cout = node.kernel, node.out_channels
+                if isinstance(node, Conv):
+                    ho, wo = -(-hi // node.stride), -(-wi // node.stride)
+                else:
+                    ho, wo = 2 * hi, 2 * wi
+                if node.input in spiking:
+                    synops += sum(trace.spikes[node.input]) * cout * (-(-k // node.stride)) ** 2
+                else:
+                    macs += cout * c * k * k * ho * wo * steps
+                size[node.name] = (cout, ho, wo)
+            elif isinstance(node, Concat):
+                shapes = [size[i] for i in node.inputs]
+                size[node.name] = (sum(s[0] for s in shapes),) + shapes[0][1:]
+            else:
+                size[node.name] = size[node.inputs[0]]
+        return out, _Stats(trace.spikes, total / neurons if neurons else 0.0, int(synops), int(macs), seconds)
+
+
+def open_executor(path: Path | None):
+    """The fast runtime (``edgespike.load``) when this build has it, else the exact reference.
+
+    Returns ``(executor, label)``; ``executor.denoise(frame) -> (uint8 frame, stats)``.
+    """
+    import edgespike
+
+    load = getattr(edgespike, "load", None)
+    if load is None:
+        try:
+            load = importlib.import_module("edgespike.runtime").load
+        except (ImportError, AttributeError):
+            load = None
+    if load is not None:
+        return load(None if path is None else str(path)), "edgespike runtime"
+    if path is None:
+        from edgespike.models import default_path
+
+        path = default_path()
+    return _ReferenceExecutor(path), _ReferenceExecutor.label
+
+
+def _bm3d(noisy: np.ndarray, sigma: float, kind: str) -> np.ndarray:
+    import bm3d
+
+    z = noisy.astype(np.float64) / 255.0
+    s = sigma / 255.0
+    if kind == "speckle":  # BM3D assumes additive white noise: use the image's average noise std x*sigma
+        s = s * float(np.sqrt(np.mean(z**2)))
+    return np.clip(np.rint(bm3d.bm3d(z, sigma_psd=s) * 255.0), 0, 255).astype(np.uint8)
+
+
+def open_comparison(kind: str, model, ann_mode: str):
+    """``(label, denoise(noisy, sigma, noise_kind) -> uint8)`` for ``--compare``, or None for "none"."""
+    if kind == "none":
+        return None
+    if kind == "bm3d":
+        try:
+            importlib.import_module("bm3d")
+        except ImportError:
+            raise UserError("--compare bm3d needs the BM3D package: pip install bm3d") from None
+        return "BM3D", _bm3d
+    from edgespike.twin import Twin
+
+    twin = Twin(model, mode=ann_mode)
+    return f"ANN twin ({ann_mode})", lambda noisy, sigma, noise: twin.denoise(noisy)
+
+
+# ------------------------------------------------------------------ progress
+
+
+class _Bar:
+    """tqdm when installed, else a one-line stderr bar; silent when stderr is not a terminal or for --json."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total = total
+        self.done = 0
+        self.tqdm = None
+        self.enabled = enabled and sys.stderr.isatty()
+        if self.enabled:
+            try:
+                from tqdm import tqdm
+
+                self.tqdm = tqdm(total=total, unit="img", file=sys.stderr, leave=False)
+            except ImportError:
+                pass
+
+    def update(self, label: str) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        if self.tqdm is not None:
+            self.tqdm.set_postfix_str(label, refresh=False)
+            self.tqdm.update(1)
+            return
+        width = 30
+        fill = width * self.done // max(self.total, 1)
+        sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} {label[:30]:<30}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.tqdm is not None:
+            self.tqdm.close()
+        else:
+            sys.stderr.write("\r" + " " * 80 + "\r")
+            sys.stderr.flush()
+
+
+# ------------------------------------------------------------------ the command
+
+
+def _stat(stats, *names, default=0):
+    """A Stats field by its contract name or an alias (the runtime calls synaptic ops ``synops``)."""
+    for n in names:
+        v = getattr(stats, n, None)
+        if v is not None:
+            return v
+    return default
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no infinity or NaN: an identical image's PSNR (or a figure the executor lacks) becomes null."""
+    return x if math.isfinite(x) else None
+
+
+def evaluate(executor, files: list[Path], sigma: float, noise: str, seed: int, comparison=None,
+             progress: bool = False, notes=None) -> list[dict]:
+    """Run ``executor`` (and ``comparison``) on every image; one record per image (see ``edgespike eval --json``)."""
+    records = []
+    bar = _Bar(len(files), progress)
+    try:
+        for s in data.samples(files, sigma, noise, seed):
+            if s.note and notes is not None:
+                notes(f"{s.path.name}: {s.note}")
+            t0 = time.perf_counter()
+            out, stats = executor.denoise(s.noisy)
+            wall = time.perf_counter() - t0
+            rec = {
+                "index": s.index, "file": s.path.name, "width": int(s.clean.shape[1]),
+                "height": int(s.clean.shape[0]), "note": s.note,
+                "psnr_noisy": _finite(psnr(s.clean, s.noisy)), "ssim_noisy": ssim(s.clean, s.noisy),
+                "psnr": _finite(psnr(s.clean, out)), "ssim": ssim(s.clean, out),
+                "spike_rate": _finite(float(_stat(stats, "spike_rate", default=float("nan")))),
+                "synaptic_ops": int(_stat(stats, "synaptic_ops", "synops")), "macs": int(_stat(stats, "macs")),
+                "seconds": wall,
+            }
+            if comparison is not None:
+                label, fn = comparison
+                t0 = time.perf_counter()
+                other = fn(s.noisy, sigma, noise)
+                rec["compare"] = {"method": label, "psnr": _finite(psnr(s.clean, other)),
+                                  "ssim": ssim(s.clean, other), "seconds": time.perf_counter() - t0}
+            records.append(rec)
+            bar.update(s.path.name)
+    finally:
+        bar.close()
+    return records
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def summary(records: list[dict]) -> dict:
+    """Means over images of every per-image figure (PSNR means skip identical images, whose PSNR is infinite)."""
+    keys = ("psnr_noisy", "ssim_noisy", "psnr", "ssim", "spike_rate", "synaptic_ops", "macs", "seconds")
+    mean = {k: _mean(r[k] for r in records) for k in keys}
+    if records and "compare" in records[0]:
+        mean["compare"] = {"method": records[0]["compare"]["method"]} | {
+            k: _mean(r["compare"][k] for r in records) for k in ("psnr", "ssim", "seconds")}
+    return mean
+
+
+def _si(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _f(x: float | None, fmt: str) -> str:
+    return "inf" if x is None else format(x, fmt)
+
+
+def table(records: list[dict], mean: dict) -> str:
+    """The terminal table: one row per image and a mean row."""
+    cmp = "compare" in mean
+    head = f"{'image':<16}{'size':>10}{'noisy dB':>10}{'PSNR':>8}{'SSIM':>8}{'spk/n/t':>9}{'syn.ops':>10}{'MACs':>10}"
+    head += f"{'time s':>8}"
+    short = mean["compare"]["method"].split()[0] if cmp else ""  # "ANN" or "BM3D"
+    if cmp:
+        head += f"  |{short + ' PSNR':>10}{short + ' SSIM':>10}"
+    lines = [head, "-" * len(head)]
+
+    def row(name, size, r, c):
+        line = (f"{name[:15]:<16}{size:>10}{_f(r['psnr_noisy'], '.2f'):>10}{_f(r['psnr'], '.2f'):>8}"
+                f"{_f(r['ssim'], '.4f'):>8}{_f(r['spike_rate'], '.3f'):>9}{_si(r['synaptic_ops']):>10}"
+                f"{_si(r['macs']):>10}{_f(r['seconds'], '.2f'):>8}")
+        if c is not None:
+            line += f"  |{_f(c['psnr'], '.2f'):>10}{_f(c['ssim'], '.4f'):>10}"
+        return line
+
+    for r in records:
+        lines.append(row(r["file"], f"{r['width']}x{r['height']}", r, r.get("compare")))
+    lines.append("-" * len(head))
+    lines.append(row("mean", f"{len(records)} img", mean, mean.get("compare")))
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    sigma = data.check_sigma(args.sigma)
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1, got {args.limit}")
+    path = None
+    if args.model is not None:
+        path = Path(args.model)
+        if not path.is_file():
+            raise UserError(f"model file {path} not found")
+    # Resolve the data first: a missing dataset should fail before a slow model load.
+    label, files = data.resolve(args.dataset)
+    if args.limit is not None:
+        files = files[: args.limit]
+    executor, executor_label = open_executor(path)
+    model = getattr(executor, "model", None)
+    if model is None:
+        from edgespike.fileformat import load
+        from edgespike.models import default_path
+
+        model = load(path or default_path())
+    comparison = open_comparison(args.compare, model, args.ann_mode)
+
+    def note(msg: str) -> None:
+        print(f"edgespike: note: {msg}", file=sys.stderr)
+
+    records = evaluate(executor, files, sigma, args.noise, args.seed, comparison,
+                       progress=not args.json, notes=None if args.json else note)
+    mean = summary(records)
+    if args.json:
+        doc = {
+            "model": str(path) if path else "default", "executor": executor_label,
+            "model_metadata": model.metadata, "timesteps": model.timesteps,
+            "dataset": label, "noise": args.noise, "sigma": sigma, "seed": args.seed,
+            "compare": args.compare, "images": records, "mean": mean,
+        }
+        print(json.dumps(doc, indent=2, default=str))
+        return 0
+    print(f"model {path or 'default'}  T={model.timesteps}  executor: {executor_label}")
+    print(f"dataset {label} ({len(files)} images), {args.noise} noise sigma {sigma:g}, seed {args.seed}"
+          + (f", compared with {comparison[0]}" if comparison else ""))
+    print(table(records, mean))
+    return 0
