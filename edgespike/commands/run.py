@@ -1,0 +1,156 @@
+"""``edgespike run``: live spiking denoising of a camera, stream, video, images or the built-in demo."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from edgespike.errors import UserError
+
+HELP = "denoise a live camera, video, images or the demo, with per-frame spike stats"
+DESCRIPTION = """Denoise frames live with the spiking network and show what it costs per frame.
+
+With no arguments: the demo source (the bundled sample with simulated sensor noise) through the shipped model,
+16 frames, written side by side to edgespike-demo.png, then a summary table.
+
+sources (SOURCE or --source):
+  demo                      bundled sample + simulated noise (--noise, --sigma, --gain, --seed); default
+  picamera[:N]              Raspberry Pi camera N via picamera2 (grey Y plane, ISP noise reduction off)
+  /dev/videoN or N          USB/V4L2 webcam via OpenCV
+  FILE.mp4, rtsp://...      video file or network stream via OpenCV
+  IMAGE, FOLDER, 'GLOB'     image files, sorted by name (--loop repeats)
+outputs (any number):
+  -o out.avi|.mp4           video, finalised on exit (also after Ctrl-C or a lost camera)
+  -o out.png | 'f_%05d.png' | DIR/   latest frame, or every frame
+  --serve [PORT]            MJPEG preview http://127.0.0.1:PORT/ (noisy | denoised + stats); --bind to expose
+  --window                  local window (needs a display and OpenCV with GUI); default for cameras if possible
+  --json-log FILE           one JSON line of stats per frame
+
+Ctrl-C or SIGTERM ends the run cleanly (exit 0); a lost camera, unreadable file or busy port ends it with one
+line and exit 2. See docs/RUN.md."""
+
+DEMO_FRAMES = 16
+DEMO_OUTPUT = "edgespike-demo.png"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("source_arg", nargs="?", metavar="SOURCE", help="what to denoise (default: demo)")
+    p.add_argument("--source", dest="source_opt", metavar="SOURCE", help="same as the positional SOURCE")
+    p.add_argument("--list-sources", action="store_true", help="say which sources and outputs work here, and why "
+                   "not the others")
+    g = p.add_argument_group("model and backend")
+    g.add_argument("--model", metavar="FILE", help="model file (default: the shipped sigma-25 model)")
+    g.add_argument("--backend", default="cpu", help="cpu (default), fpga (with --port) or fpga-sim")
+    g.add_argument("--port", metavar="DEVICE", help="serial port of the FPGA board, e.g. /dev/ttyUSB0")
+    g.add_argument("--color", default="luma", help="colour input: luma (denoise Y, keep chroma; default), "
+                   "per-channel (R, G, B separately: 3x the cost) or gray (output grey)")
+    g = p.add_argument_group("capture")
+    g.add_argument("--size", metavar="WxH", help="camera/demo resolution (default 640x480 for cameras, the "
+                   "sample's size for the demo); resizes video and images")
+    g.add_argument("--fps", type=float, help="camera frame rate; paces the demo like a camera (frames are "
+                   "then dropped when the model is slower)")
+    g.add_argument("--frames", type=int, metavar="N", help=f"stop after N denoised frames (demo default: "
+                   f"{DEMO_FRAMES} unless previewing)")
+    g.add_argument("--loop", action="store_true", help="repeat a video or image list")
+    g.add_argument("--noise", default="gaussian", help="demo noise: gaussian (default) or poisson-gaussian")
+    g.add_argument("--sigma", type=float, default=25.0, help="demo: Gaussian / read-noise sigma on 0..255 "
+                   "(default 25)")
+    g.add_argument("--gain", type=float, default=1.0, help="demo poisson-gaussian: digital numbers per "
+                   "photo-electron (default 1; larger = stronger shot noise)")
+    g.add_argument("--seed", type=int, default=0, help="demo noise seed (default 0)")
+    g.add_argument("--queue", type=int, default=1, choices=(1, 2), help="frames buffered between capture and "
+                   "compute (default 1); live sources drop the oldest when it is full")
+    g.add_argument("--retries", type=int, default=3, help="failed camera reads retried (reopening it) before "
+                   "giving up (default 3)")
+    g.add_argument("--timeout", type=float, default=5.0, help="seconds a camera may go without a frame before a "
+                   "read counts as failed (default 5)")
+    g = p.add_argument_group("outputs")
+    g.add_argument("-o", "--output", metavar="FILE", help="video (.avi/.mp4), image (.png), pattern or folder/")
+    g.add_argument("--view", help="what -o writes: denoised (default), side (noisy | denoised + stats) or noisy")
+    g.add_argument("--serve", nargs="?", type=int, const=8080, metavar="PORT", help="MJPEG preview server "
+                   "(default port 8080; 0 = any free port)")
+    g.add_argument("--bind", default="127.0.0.1", metavar="ADDR", help="address of the preview server (default "
+                   "127.0.0.1: this machine only; 0.0.0.0 exposes it, without authentication)")
+    w = g.add_mutually_exclusive_group()
+    w.add_argument("--window", dest="window", action="store_true", default=None, help="open a local window "
+                   "(fails if there is no display)")
+    w.add_argument("--no-window", dest="window", action="store_false", help="never open a window")
+    g.add_argument("--json-log", metavar="FILE", help="write one JSON line of stats per frame")
+    g.add_argument("-q", "--quiet", action="store_true", help="no live status line")
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*[xX*,]\s*(\d+)\s*", text)
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise UserError(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 320x240")
+    return int(m.group(1)), int(m.group(2))
+
+
+def run(args) -> int:
+    from edgespike.live import backends, pipeline, sinks, sources
+    from edgespike.live.server import PreviewServer
+
+    if args.list_sources:
+        print("\n".join(sources.list_sources()))
+        return 0
+    if args.source_arg and args.source_opt and args.source_arg != args.source_opt:
+        raise UserError(f"two sources given ({args.source_arg!r} and --source {args.source_opt!r}): pick one")
+    spec = args.source_opt or args.source_arg or "demo"
+    if args.frames is not None and args.frames < 1:
+        raise UserError("--frames must be at least 1")
+    if args.retries < 0 or args.timeout <= 0:
+        raise UserError("--retries must be >= 0 and --timeout > 0")
+    if args.fps is not None and args.fps <= 0:
+        raise UserError("--fps must be > 0")
+    if args.color not in pipeline.COLORS:
+        raise UserError(f"unknown --color {args.color!r}: choose one of {', '.join(pipeline.COLORS)}")
+    if args.view is not None and args.view not in sinks.VIEWS:
+        raise UserError(f"unknown --view {args.view!r}: choose one of {', '.join(sinks.VIEWS)}")
+    if args.serve is not None and not 0 <= args.serve <= 65535:
+        raise UserError(f"--serve {args.serve}: a port is 0..65535")
+    opts = sources.SourceOptions(size=parse_size(args.size), fps=args.fps, noise=args.noise, sigma=args.sigma,
+                                 gain=args.gain, seed=args.seed, loop=args.loop, timeout=args.timeout)
+    source = sources.open_source(spec, opts)  # checks the spec; the device is opened by the pipeline
+
+    is_demo = isinstance(source, sources.DemoSource)
+    window = args.window
+    if window is None:  # automatic for cameras and streams only: files and the demo end and write their outputs
+        window = source.live and args.serve is None and sinks.window_problem() is None
+    previewing = window or args.serve is not None
+    frames = args.frames
+    if frames is None and is_demo and not previewing:
+        frames = DEMO_FRAMES  # the demo never ends by itself
+    output, view = args.output, args.view
+    if output is None and is_demo and not previewing and not args.json_log:
+        output, view = DEMO_OUTPUT, view or "side"
+
+    backend = backends.open_backend(args.backend, args.model, args.port)
+    opened: list = []
+    try:
+        if output:
+            fps = args.fps or getattr(source, "fps", None) or 25.0
+            opened.append(sinks.open_output(output, view or "denoised", fps))
+        if args.json_log:
+            opened.append(sinks.JsonLogSink(args.json_log))
+        if args.serve is not None:
+            server = PreviewServer(args.bind, args.serve)
+            opened.append(server)
+            print(f"edgespike: preview at {server.url}", file=sys.stderr, flush=True)
+        if window:
+            opened.append(sinks.WindowSink())
+    except BaseException:
+        for s in opened:
+            s.close()
+        backend.close()
+        raise
+    run_opts = pipeline.RunOptions(frames=frames, color=args.color, queue=args.queue, retries=args.retries,
+                                   retry_delay=min(1.0, args.timeout / 5), stall_timeout=max(10.0, args.timeout * 2),
+                                   status="off" if args.quiet else "auto")
+    summary = pipeline.run_pipeline(source, backend, opened, run_opts)
+    if summary.processed or summary.error is None:
+        print(summary.table(), flush=True)
+    if summary.error is not None:
+        raise summary.error
+    return 0

@@ -1,0 +1,227 @@
+"""Where denoised frames go: a local window, video/image files, a JSON-lines log (the HTTP preview is in
+:mod:`edgespike.live.server`).
+
+Every sink has ``write(result)`` and ``close()``; ``close()`` is always called, also after Ctrl-C, SIGTERM or a
+failing camera, and leaves complete files behind: video is written to a hidden temporary file beside the target and
+renamed into place when it is finalised, images are replaced atomically, the log is flushed line by line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgespike.errors import UserError
+from edgespike.live import imageio
+
+VIEWS = ("denoised", "side", "noisy")
+VIDEO_FOURCC = {".avi": "MJPG", ".mkv": "MJPG", ".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v"}
+
+
+class StopRun(Exception):
+    """Raised by a sink when the user asked to stop (q in the window)."""
+
+
+@dataclass
+class Result:
+    """One processed frame as the sinks see it: images in RGB or grey, and the per-frame stats record."""
+
+    noisy: np.ndarray
+    denoised: np.ndarray
+    record: dict
+    status: list[str] = field(default_factory=list)
+    _side: np.ndarray | None = None
+
+    def view(self, name: str) -> np.ndarray:
+        if name == "denoised":
+            return self.denoised
+        if name == "noisy":
+            return self.noisy
+        if self._side is None:  # composed once, shared by every sink that shows it
+            self._side = side_by_side(self.noisy, self.denoised, self.status)
+        return self._side
+
+
+def side_by_side(noisy: np.ndarray, denoised: np.ndarray, lines: list[str], gap: int = 4) -> np.ndarray:
+    """``noisy | denoised`` in RGB with a dark strip below carrying ``lines`` of text (if a renderer exists)."""
+    a, b = imageio.to_rgb(noisy), imageio.to_rgb(denoised)
+    h = max(a.shape[0], b.shape[0])
+    strip = 8 + 16 * len(lines) if lines else 0
+    out = np.full((h + strip, a.shape[1] + gap + b.shape[1], 3), 24, np.uint8)
+    out[:a.shape[0], :a.shape[1]] = a
+    out[:b.shape[0], a.shape[1] + gap:] = b
+    if lines and not imageio.draw_text(out, lines, (6, h + 2)):
+        out = out[:h]  # no text renderer installed: a bare picture rather than an empty strip
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------- window
+
+
+def window_problem() -> str | None:
+    """Why a local window cannot open here, or None if it can."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display ($DISPLAY and $WAYLAND_DISPLAY are unset): use --serve PORT for a browser preview"
+    cv = imageio.cv2()
+    if cv is None:
+        return "a window needs OpenCV: pip install opencv-python (the full build, with GUI)"
+    info = cv.getBuildInformation()
+    gui = re.search(r"GUI:\s*(\S+)", info)
+    if gui and gui.group(1).upper() == "NONE":
+        return ("this OpenCV has no GUI (opencv-python-headless): pip install opencv-python for a window, or use "
+                "--serve PORT")
+    return None
+
+
+class WindowSink:
+    """An OpenCV highgui window showing ``noisy | denoised``; q or Esc in the window stops the run."""
+
+    TITLE = "edgespike run (q to stop)"
+
+    def __init__(self) -> None:
+        problem = window_problem()
+        if problem:
+            raise UserError(f"cannot open a window: {problem}")
+        self.cv = imageio.cv2()
+        try:
+            self.cv.namedWindow(self.TITLE, self.cv.WINDOW_NORMAL)
+        except self.cv.error as exc:
+            raise UserError(f"cannot open a window: {str(exc).strip().splitlines()[-1]}") from None
+        self.description = "window"
+
+    def write(self, result: Result) -> None:
+        self.cv.imshow(self.TITLE, imageio.to_bgr(result.view("side")))
+        if self.cv.waitKey(1) & 0xFF in (ord("q"), 27):
+            raise StopRun("q pressed in the window")
+
+    def close(self) -> None:
+        try:
+            self.cv.destroyWindow(self.TITLE)
+            self.cv.waitKey(1)
+        except Exception:  # the user may have closed it already
+            pass
+
+
+# ------------------------------------------------------------------------------------------------------------ files
+
+
+class VideoSink:
+    """Video through OpenCV's ``VideoWriter`` (MJPEG AVI by default), finalised by rename on close."""
+
+    def __init__(self, path: Path, view: str, fps: float) -> None:
+        self.cv = imageio.cv2()
+        if self.cv is None:
+            raise UserError(f"writing video {path} needs OpenCV: pip install 'edgespike[camera]' (or -o out.png)")
+        self.path, self.view, self.fps = path, view, fps
+        self.fourcc = VIDEO_FOURCC[path.suffix.lower()]
+        self.tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+        self.writer = None
+        self.size = None
+        self.frames = 0
+        self.description = f"{path} ({self.fourcc} {path.suffix.lstrip('.').upper()}, {view})"
+
+    def write(self, result: Result) -> None:
+        img = imageio.to_bgr(result.view(self.view))
+        if self.writer is None:
+            self.size = (img.shape[1], img.shape[0])
+            self.writer = self.cv.VideoWriter(str(self.tmp), self.cv.VideoWriter_fourcc(*self.fourcc), self.fps,
+                                              self.size)
+            if not self.writer.isOpened():
+                self.writer = None
+                raise UserError(f"cannot write video {self.path}: OpenCV has no {self.fourcc} encoder for "
+                                f"{self.path.suffix} here; use .avi")
+        elif (img.shape[1], img.shape[0]) != self.size:  # a folder of mixed sizes: a video has one size
+            img = imageio.resize(img, self.size)
+        self.writer.write(img)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()  # writes the AVI index: only now is the file playable
+            self.writer = None
+            os.replace(self.tmp, self.path)
+        elif self.tmp.exists():
+            self.tmp.unlink()
+
+
+class ImageSink:
+    """PNG (or other image) output: one file replaced by the latest frame, or a numbered sequence.
+
+    ``out.png`` always holds the latest frame; ``out_%05d.png`` (printf pattern) or a folder (``frames/``,
+    written as ``frame_000000.png``...) keeps every frame. Each file is written whole and renamed into place.
+    """
+
+    def __init__(self, target: str, view: str) -> None:
+        self.view = view
+        self.frames = 0
+        p = Path(target)
+        if target.endswith(("/", os.sep)) or p.is_dir():
+            p.mkdir(parents=True, exist_ok=True)
+            self.pattern, self.ext = str(p / "frame_%06d.png"), ".png"
+        elif "%" in p.name:
+            try:
+                p.name % 0
+            except (TypeError, ValueError):
+                raise UserError(f"bad output pattern {p.name!r}: use one printf number, e.g. out_%05d.png") from None
+            self.pattern, self.ext = str(p), p.suffix.lower()
+        else:
+            self.pattern, self.ext = None, p.suffix.lower()
+        if self.ext not in imageio.IMAGE_EXTS:
+            raise UserError(f"cannot write {target}: unknown image type {self.ext!r} (use .png)")
+        parent = Path(self.pattern).parent if self.pattern else p.parent
+        if not parent.is_dir():
+            raise UserError(f"cannot write {target}: folder {parent} does not exist")
+        if self.ext != ".png" and imageio.can_encode_jpeg() is None:
+            raise UserError(f"writing {self.ext} needs OpenCV or Pillow: pip install 'edgespike[camera]' (or .png)")
+        self.path = p
+        kind = "PNG sequence" if self.pattern else "latest frame"
+        self.description = f"{self.pattern or p} ({kind}, {view})"
+
+    def write(self, result: Result) -> None:
+        data = imageio.encode_image(result.view(self.view), self.ext)
+        target = self.pattern % self.frames if self.pattern else self.path
+        imageio.write_atomic(target, data)
+        self.frames += 1
+
+    def close(self) -> None:
+        pass
+
+
+def open_output(target: str, view: str, fps: float):
+    """A :class:`VideoSink` or :class:`ImageSink` chosen by the target's extension."""
+    if view not in VIEWS:
+        raise UserError(f"unknown view {view!r}: choose one of {', '.join(VIEWS)}")
+    p = Path(target)
+    ext = p.suffix.lower()
+    if ext in VIDEO_FOURCC:
+        if not p.parent.is_dir():
+            raise UserError(f"cannot write {target}: folder {p.parent} does not exist")
+        return VideoSink(p, view, fps)
+    if ext in imageio.IMAGE_EXTS or target.endswith(("/", os.sep)) or p.is_dir():
+        return ImageSink(target, view)
+    raise UserError(f"cannot write {target}: unknown output type {ext or '(no extension)'}; use .avi, .mp4, .png, "
+                    "a pattern like out_%05d.png or a folder/")
+
+
+class JsonLogSink:
+    """One JSON object per processed frame (the stats record), flushed line by line."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            self.f = open(path, "w", encoding="utf-8", buffering=1)
+        except OSError as exc:
+            raise UserError(f"cannot write --json-log {path}: {exc.strerror}") from None
+        self.description = f"{path} (JSON lines)"
+
+    def write(self, result: Result) -> None:
+        self.f.write(json.dumps(result.record, separators=(",", ":")) + "\n")
+
+    def close(self) -> None:
+        if not self.f.closed:
+            self.f.close()

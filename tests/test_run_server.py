@@ -1,0 +1,177 @@
+"""The MJPEG preview server: a real HTTP client on 127.0.0.1 reads JPEG frames from the multipart stream."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgespike.cli import main
+from edgespike.errors import UserError
+from edgespike.fileformat import save
+from edgespike.live import imageio
+from edgespike.live.server import BOUNDARY, PreviewServer
+from edgespike.live.sinks import Result
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(imageio.can_encode_jpeg() is None, reason="needs OpenCV or Pillow for JPEG")
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9", "not a complete JPEG"
+    cv = imageio.cv2()
+    if cv is not None:
+        return cv.imdecode(np.frombuffer(data, np.uint8), cv.IMREAD_COLOR)[..., ::-1]
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def read_parts(resp, n: int) -> list[bytes]:
+    """Read ``n`` parts of a multipart/x-mixed-replace body by their Content-Length."""
+    parts = []
+    for _ in range(n):
+        line = resp.readline()
+        while line in (b"\r\n", b"\n"):
+            line = resp.readline()
+        assert line.strip() == f"--{BOUNDARY}".encode(), line
+        headers = {}
+        while True:
+            line = resp.readline().strip()
+            if not line:
+                break
+            k, v = line.decode().split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+        assert headers["content-type"] == "image/jpeg"
+        parts.append(resp.read(int(headers["content-length"])))
+    return parts
+
+
+def result(i: int) -> Result:
+    noisy = np.full((24, 32), 10 * i, np.uint8)
+    return Result(noisy=noisy, denoised=255 - noisy, record={"frame": i, "spike_rate": 0.1},
+                  status=[f"frame {i}"])
+
+
+@pytest.fixture()
+def server():
+    s = PreviewServer("127.0.0.1", 0)
+    yield s
+    s.close()
+
+
+def publish_until(server: PreviewServer, done: threading.Event) -> threading.Thread:
+    def loop():
+        i = 0
+        while not done.is_set() and i < 2000:  # bounded even if the client never comes
+            server.write(result(i % 20))
+            i += 1
+            time.sleep(0.01)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    return t
+
+
+def test_stream_serves_side_by_side_jpeg_frames(server):
+    done = threading.Event()
+    t = publish_until(server, done)
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        with urllib.request.urlopen(f"{base}/stream.mjpg?frames=3", timeout=10) as resp:
+            assert resp.headers["Content-Type"] == f"multipart/x-mixed-replace; boundary={BOUNDARY}"
+            parts = read_parts(resp, 3)
+        images = [decode_jpeg(p) for p in parts]
+        for img in images:
+            assert img.shape[1] == 2 * 32 + 4 and img.shape[0] >= 24  # noisy | gap | denoised (+ stats strip)
+            left, right = img[:24, :32].astype(int), img[:24, 36:].astype(int)
+            assert np.abs(left + right - 255).mean() < 8  # the right half is the "denoised" negative
+        with urllib.request.urlopen(f"{base}/", timeout=10) as resp:
+            page = resp.read().decode()
+        assert "stream.mjpg" in page and "stats.json" in page
+        with urllib.request.urlopen(f"{base}/stats.json", timeout=10) as resp:
+            assert "spike_rate" in json.loads(resp.read())
+        with urllib.request.urlopen(f"{base}/frame.jpg", timeout=10) as resp:
+            decode_jpeg(resp.read())
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{base}/nope", timeout=10)
+        assert e.value.code == 404
+    finally:
+        done.set()
+        t.join()
+
+
+def test_close_ends_open_streams(server):
+    server.write(result(1))
+    resp = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/stream.mjpg", timeout=10)
+    read_parts(resp, 1)
+    closer = threading.Thread(target=server.close)
+    closer.start()
+    closer.join(timeout=15)
+    assert not closer.is_alive()
+    assert resp.read().strip() == b""  # the stream ended rather than hanging
+    resp.close()
+
+
+def test_binds_localhost_by_default_and_reports_an_occupied_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(UserError, match="in use"):
+            PreviewServer("127.0.0.1", port)
+    srv = PreviewServer(port=0)
+    try:
+        assert srv.httpd.server_address[0] == "127.0.0.1"
+    finally:
+        srv.close()
+
+
+def test_occupied_port_from_the_cli_is_one_line(tmp_path, capsys):
+    from test_run import tiny_model
+
+    save(tiny_model(), tmp_path / "m.esnn")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        rc = main(["run", "--serve", str(s.getsockname()[1]), "--model", str(tmp_path / "m.esnn"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip().count("\n") == 0 and "is in use" in err
+
+
+def test_cli_preview_end_to_end(tmp_path):
+    """`edgespike run --serve 0` in its own process; urllib reads two frames, then SIGTERM ends it cleanly."""
+    from test_run import tiny_model
+
+    save(tiny_model(), tmp_path / "m.esnn")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("DISPLAY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "edgespike.cli", "run", "--model", "m.esnn", "--size", "32x24",
+                             "--fps", "30", "--serve", "0", "-q"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()  # "edgespike: preview at http://localhost:PORT/"
+        m = re.search(r"localhost:(\d+)/", line)
+        assert m, line
+        with urllib.request.urlopen(f"http://127.0.0.1:{m.group(1)}/stream.mjpg?frames=2", timeout=30) as resp:
+            parts = read_parts(resp, 2)
+        assert all(decode_jpeg(p).shape[1] == 2 * 32 + 4 for p in parts)
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped by SIGTERM" in out
