@@ -237,3 +237,22 @@ def test_data_list_and_fetch(capsys, tmp_path, monkeypatch):
     assert "not fetched (edgespike data fetch set12)" in capsys.readouterr().out
     err = one_line_error(capsys, ["data", "fetch", "set12"])
     assert "downloading is off" in err and str(tmp_path / "set12") in err
+
+
+def test_compare_bm3d_calls_the_package_with_the_noise_std(capsys, model_file, two_images, monkeypatch):
+    """A stand-in ``bm3d`` module records what eval passes (the real package is optional and slow)."""
+    import types
+
+    calls = []
+
+    def fake_bm3d(z, sigma_psd):
+        calls.append((z.dtype, float(z.max()), sigma_psd))
+        return z  # "denoised" = noisy: the compare PSNR must then equal the noisy PSNR
+
+    monkeypatch.setitem(__import__("sys").modules, "bm3d", types.SimpleNamespace(bm3d=fake_bm3d))
+    doc = run_json(capsys, "--model", str(model_file), "--dataset", str(two_images), "--compare", "bm3d",
+                   "--sigma", "15", "--limit", "1")
+    rec = doc["images"][0]
+    assert rec["compare"]["method"] == "BM3D"
+    assert rec["compare"]["psnr"] == pytest.approx(rec["psnr_noisy"])
+    assert calls[0][0] == np.float64 and calls[0][1] <= 1.0 and calls[0][2] == pytest.approx(15 / 255)

@@ -173,3 +173,16 @@ def test_refuses_other_encoders_and_read_outs():
 def test_bad_mode():
     with pytest.raises(ValueError, match="mode"):
         Twin(shallow(np.random.default_rng(0)), mode="tanh")
+
+
+def test_quant_twin_equals_the_training_q_ann():
+    """The twin read from the exported integers is the training side's q-ANN (``QSpikingDnCNN.qann``) exactly."""
+    torch = pytest.importorskip("torch")
+    qnet = pytest.importorskip("edgespike.train.qnet")
+    torch.manual_seed(0)
+    net = qnet.QSpikingDnCNN(depth=4, width=6, timesteps=4)
+    frame = np.random.default_rng(0).integers(0, 256, (19, 23)).astype(np.uint8)
+    net.calibrate(torch.from_numpy(frame.astype(np.float32))[None, None])
+    want = qnet.predict_uint8(net, frame, "qann")
+    assert np.unique(want).size > 50  # a real image, not a clipped constant
+    np.testing.assert_array_equal(Twin(net.to_model(), "quant").denoise(frame), want)
