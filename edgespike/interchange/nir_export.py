@@ -1,0 +1,276 @@
+"""edgespike model -> NIR graph, and the exact way back (:func:`restore`).
+
+Real values. NIR is a float, continuous-time format, so every integer tensor is written as the real value it
+stands for: a Conv weight ``w[o, c]`` becomes ``w * scale[o] / unit_in[c]`` (``scale`` is the node's float
+``scale`` metadata, 1 when absent; ``unit_in`` is the real value of one integer unit of its input: the NIR input
+is ``input_scale * pixel``, a spike is 1, a current is its conv's scale), biases ``b * scale``, thresholds
+``(theta - 1/2) * unit_in`` (integer membranes: ``v >= theta`` is NIR's strict ``v > theta - 1/2``).
+Neurons get ``r`` so that NIR's forward Euler at ``dt`` has unit input gain: IF ``r = 1/dt``; LIF
+``tau = dt * 2**k`` and ``r = 2**k`` (``1 - dt/tau = 1 - 2**-k``, the shift leak). Another framework then
+simulates the same network in float, up to the floor in the shift leak and the reset (below).
+
+What NIR 1.0 cannot say is kept in node metadata (``metadata["edgespike"]``, a JSON string, plus the integer
+unit arrays): soft reset (NIR neurons reset to ``v_reset``), ``v_init = "half"``, MPRN, ``weight_extra``, the
+decoder, the encoder and the node order. :func:`restore` reads the integers back as ``rint(real / unit)`` and
+checks that each lands within 1e-3 of an integer, so edgespike -> NIR -> edgespike is the identity while an
+edited graph is noticed (and can be re-quantised instead). Transposed convolutions and channel concatenation
+have no NIR node: such models are refused by name.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from edgespike.interchange import InterchangeError, nir_module
+from edgespike.model import (
+    INPUT,
+    Add,
+    Concat,
+    Conv,
+    ConvTranspose,
+    Decoder,
+    Encoder,
+    Integrator,
+    Model,
+    ModelError,
+    Neuron,
+    ReadoutTerm,
+)
+
+FORMAT = "edgespike-nir"
+VERSION = 1
+DEFAULT_DT = 1e-4  # snnTorch's fixed dt: its importer then reads tau and r as intended
+
+
+def _refuse(node, why: str) -> InterchangeError:
+    return InterchangeError(f"node {node.name!r} ({type(node).__name__}): {why}")
+
+
+def to_nir(model: Model, dt: float = DEFAULT_DT, frame_size: tuple[int, int] = (64, 64)):
+    """The NIR graph of ``model`` and a list of warnings (what other frameworks will simulate differently).
+
+    ``frame_size`` (H, W) fixes the shapes NIR's type checker wants; the network itself is fully convolutional.
+    """
+    from edgespike.validate import analyse
+
+    nir = nir_module()
+    analysis = analyse(model)
+    if not dt > 0:
+        raise InterchangeError(f"dt must be positive, got {dt}")
+    H, W = frame_size
+    M = model.size_multiple
+    if H % M or W % M or H < 1 or W < 1:
+        raise InterchangeError(f"--frame-size {W}x{H} must be a positive multiple of {M} for this model")
+    input_scale = 1 / 255 if model.encoder.kind == "direct" else 1.0
+    warnings: list[str] = []
+    unit: dict[str, np.ndarray] = {INPUT: np.array([input_scale])}
+    nodes: dict = {INPUT: nir.Input(input_type={"input": np.array([1, H, W])})}
+    edges: list[tuple[str, str]] = []
+    soft = []
+
+    def shape(name: str) -> tuple[int, int, int]:
+        info = analysis.nodes[name]
+        return (info.channels, H >> info.level, W >> info.level)
+
+    def meta(node, **arrays) -> dict:
+        d = {k: v for k, v in vars(node).items() if not isinstance(v, np.ndarray) and v is not None}
+        d["type"] = type(node).__name__
+        if "inputs" in d:
+            d["inputs"] = list(d["inputs"])
+        if isinstance(node, Neuron) and node.mprn:
+            d["mprn"] = list(node.mprn)
+        out = {"edgespike": json.dumps(d, sort_keys=True)}
+        for k, v in arrays.items():
+            if v is not None:
+                out[k] = np.asarray(v)
+        return out
+
+    for node in model.nodes:
+        if "/" in node.name:
+            raise _refuse(node, "NIR (HDF5) node names cannot contain '/'")
+        if isinstance(node, ConvTranspose):
+            raise _refuse(node, "NIR 1.0 has no transposed convolution (no up-sampling node); this model cannot be "
+                                "written as NIR")
+        if isinstance(node, Concat):
+            raise _refuse(node, "NIR 1.0 has no channel concatenation node; this model cannot be written as NIR")
+        C, h, w = shape(node.name)
+        if isinstance(node, Conv):
+            u_in = np.broadcast_to(unit[node.input], (node.weight.shape[1],)).astype(np.float64)
+            s_out = (node.scale.astype(np.float64) if node.scale is not None else np.ones(C))
+            wr = node.weight.astype(np.float64) * s_out[:, None, None, None] / u_in[None, :, None, None]
+            k = node.kernel
+            hi, wi = shape(node.input)[1:]
+            nodes[node.name] = nir.Conv2d(
+                input_shape=(hi, wi), weight=wr.astype(np.float32), stride=(node.stride, node.stride),
+                padding=(k // 2, k // 2), dilation=(1, 1), groups=1,
+                bias=node.bias.astype(np.float64) * s_out,  # float64: int32 biases stay exact
+                metadata=meta(node, es_out_scale=s_out, es_in_unit=u_in, es_scale=node.scale,
+                              es_weight_extra=node.weight_extra))
+            edges.append((node.input, node.name))
+            unit[node.name] = s_out
+            if node.weight_extra is not None:
+                warnings.append(f"{node.name}: weight_extra (MPRN extra step) is kept only in edgespike metadata")
+        elif isinstance(node, Neuron):
+            u_in = np.broadcast_to(unit[node.input], (C,)).astype(np.float64)
+            thr = (node.threshold.astype(np.float64) - 0.5) * u_in
+            full = (C, h, w)
+            thr_full = np.broadcast_to(thr[:, None, None], full).astype(np.float64)  # exact for int32 theta
+            md = meta(node, es_in_unit=u_in, es_scale=node.scale)
+            if node.leak_shift:
+                k = node.leak_shift
+                nodes[node.name] = nir.LIF(tau=np.full(full, dt * 2.0**k, np.float32),
+                                           r=np.full(full, 2.0**k, np.float32),
+                                           v_leak=np.zeros(full, np.float32), v_threshold=thr_full,
+                                           v_reset=np.zeros(full, np.float32), metadata=md)
+            else:
+                nodes[node.name] = nir.IF(r=np.full(full, 1 / dt, np.float32), v_threshold=thr_full,
+                                          v_reset=np.zeros(full, np.float32), metadata=md)
+            edges.append((node.input, node.name))
+            unit[node.name] = np.ones(C)
+            if node.reset == "soft":
+                soft.append(node.name)
+            if node.v_init == "half":
+                warnings.append(f"{node.name}: v_init 'half' (NIR neurons start at 0) is kept only in metadata")
+            if node.mprn:
+                warnings.append(f"{node.name}: the MPRN extra step is kept only in edgespike metadata")
+        elif isinstance(node, Integrator):
+            nodes[node.name] = nir.I(r=np.full((C, h, w), 1 / dt, np.float32), metadata=meta(node))
+            edges.append((node.input, node.name))
+            unit[node.name] = unit[node.input]
+        elif isinstance(node, Add):
+            units = [np.broadcast_to(unit[i], (C,)) for i in node.inputs]
+            if not all(np.allclose(u, units[0]) for u in units):
+                warnings.append(f"{node.name}: sums values of different real scales; NIR's real values for it are "
+                                "approximate (the integers are exact in metadata)")
+            # NIR sums every edge arriving at a node: an all-ones Scale is an explicit, named sum.
+            nodes[node.name] = nir.Scale(scale=np.ones((C, h, w), np.float32), metadata=meta(node))
+            edges += [(i, node.name) for i in node.inputs]
+            unit[node.name] = units[0]
+        else:  # pragma: no cover - analyse() refuses unknown node types
+            raise _refuse(node, "unknown node type")
+    if soft:
+        warnings.append(f"{len(soft)} neuron layer(s) reset by subtraction ({', '.join(soft)}); NIR 1.0 neurons "
+                        "reset to v_reset, so other frameworks simulate a reset to zero there")
+    if model.encoder.kind != "direct":
+        warnings.append(f"encoder {model.encoder.kind!r}: the NIR input is the encoded 0/1 value per step, not "
+                        "the pixel")
+    taken = set(nodes)
+    for i, term in enumerate(model.decoder.terms):
+        key = "output" if i == 0 else f"output_{term.node}"
+        while key in taken:
+            key += "_"
+        taken.add(key)
+        nodes[key] = nir.Output(output_type={"output": np.array(shape(term.node))})
+        edges.append((term.node, key))
+    header = {
+        "format": FORMAT, "version": VERSION, "timesteps": model.timesteps,
+        "encoder": {"kind": model.encoder.kind, "seed": model.encoder.seed},
+        "decoder": {"terms": [{"node": t.node, "quantity": t.quantity, "multiplier": int(t.multiplier[0])}
+                              for t in model.decoder.terms],
+                    "shift": model.decoder.shift, "residual": model.decoder.residual},
+        "membrane_bits": model.membrane_bits, "metadata": model.metadata,
+        "order": [n.name for n in model.nodes], "dt": dt, "input_scale": input_scale,
+    }
+    graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata={"edgespike": json.dumps(header, sort_keys=True)},
+                         type_check=True)
+    return graph, warnings
+
+
+def header_of(graph) -> dict | None:
+    """The edgespike header a graph carries, or None for a graph from another framework."""
+    raw = (getattr(graph, "metadata", None) or {}).get("edgespike")
+    if raw is None:
+        return None
+    try:
+        header = json.loads(raw)
+    except (TypeError, ValueError):
+        raise InterchangeError("the graph's edgespike metadata is not valid JSON") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise InterchangeError("the graph's edgespike metadata is not an edgespike-nir header")
+    if header.get("version") != VERSION:
+        raise InterchangeError(f"edgespike-nir metadata version {header.get('version')} is not readable by this "
+                               f"edgespike (reads {VERSION}); upgrade edgespike or pass --requantise")
+    return header
+
+
+class EditedGraph(InterchangeError):
+    """The graph carries edgespike metadata but its values no longer match it (edited in another tool)."""
+
+
+def _exact_int(key: str, what: str, real: np.ndarray, unit: np.ndarray, offset: float = 0.0) -> np.ndarray:
+    x = np.asarray(real, np.float64) / unit + offset
+    r = np.rint(x)
+    if x.size and np.max(np.abs(x - r)) > 1e-3:
+        raise EditedGraph(f"NIR node {key!r}: {what} no longer matches its edgespike metadata (the graph was "
+                          "edited?); pass --requantise to quantise it afresh")
+    return r
+
+
+def restore(graph, header: dict) -> Model:
+    """The exact integer model of a graph written by :func:`to_nir` (raises :class:`EditedGraph` if edited)."""
+    from edgespike.interchange.nir_import import per_channel
+    from edgespike.validate import analyse
+
+    order = header.get("order")
+    if not isinstance(order, list):
+        raise InterchangeError("edgespike metadata has no node order")
+    preds: dict[str, list[str]] = {}
+    for a, b in graph.edges:
+        preds.setdefault(str(b), []).append(str(a))
+    nodes = []
+    for name in order:
+        if name not in graph.nodes:
+            raise EditedGraph(f"NIR node {name!r} named in the edgespike metadata is missing; pass --requantise")
+        nn = graph.nodes[name]
+        md = nn.metadata or {}
+        try:
+            d = json.loads(md["edgespike"])
+            kind = d.pop("type")
+        except (KeyError, TypeError, ValueError):
+            raise EditedGraph(f"NIR node {name!r} has no edgespike metadata; pass --requantise") from None
+        ins = d["inputs"] if "inputs" in d else [d.get("input")]
+        if sorted(preds.get(name, [])) != sorted(ins):
+            raise EditedGraph(f"NIR node {name!r}: its edges no longer match the edgespike metadata; "
+                              "pass --requantise")
+        scale = np.asarray(md["es_scale"], np.float32) if "es_scale" in md else None
+        try:
+            if kind == "Conv":
+                s_out = np.asarray(md["es_out_scale"], np.float64)
+                u_in = np.asarray(md["es_in_unit"], np.float64)
+                w = _exact_int(name, "weight", nn.weight, s_out[:, None, None, None] / u_in[None, :, None, None])
+                b = _exact_int(name, "bias", nn.bias, s_out)
+                extra = md.get("es_weight_extra")
+                nodes.append(Conv(name, d["input"], w.astype(np.int8), b.astype(np.int32), int(d["stride"]),
+                                  weight_extra=None if extra is None else np.asarray(extra, np.int8), scale=scale))
+            elif kind == "Neuron":
+                u_in = np.asarray(md["es_in_unit"], np.float64)
+                thr = per_channel(name, nn, "v_threshold", len(u_in))
+                theta = _exact_int(name, "v_threshold", thr, u_in, 0.5)
+                mprn = tuple(d["mprn"]) if d.get("mprn") else None
+                nodes.append(Neuron(name, d["input"], theta.astype(np.int32), reset=d["reset"],
+                                    leak_shift=int(d["leak_shift"]), v_init=d["v_init"], mprn=mprn, scale=scale))
+            elif kind == "Integrator":
+                nodes.append(Integrator(name, d["input"]))
+            elif kind == "Add":
+                nodes.append(Add(name, tuple(d["inputs"])))
+            else:
+                raise EditedGraph(f"NIR node {name!r}: unknown edgespike node type {kind!r}")
+        except KeyError as exc:
+            raise EditedGraph(f"NIR node {name!r}: edgespike metadata lacks {exc}; pass --requantise") from None
+    try:
+        dec = header["decoder"]
+        model = Model(
+            nodes=nodes, timesteps=header["timesteps"],
+            encoder=Encoder(header["encoder"]["kind"], header["encoder"].get("seed", 0)),
+            decoder=Decoder([ReadoutTerm(t["node"], t["quantity"], np.array([t["multiplier"]], np.int32))
+                             for t in dec["terms"]], shift=dec["shift"], residual=dec["residual"]),
+            membrane_bits=header["membrane_bits"], metadata=header.get("metadata") or {})
+    except (KeyError, TypeError) as exc:
+        raise InterchangeError(f"edgespike metadata is missing or mistypes field {exc}") from None
+    try:
+        analyse(model)
+    except ModelError as exc:
+        raise InterchangeError(f"the restored model is invalid: {exc}") from None
+    return model
