@@ -7,6 +7,7 @@ downloads go to a file:// mirror built in a temporary folder.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -218,7 +219,7 @@ def test_read_image_conversions_and_both_decoders_agree(tmp_path, monkeypatch):
         assert frame.dtype == np.uint8 and frame.shape == (13, 17), k
         if k != "bits":  # Pillow reads 1-bit as bool; the built-in decoder scales grey 1-bit to 0/255 itself
             assert got == note, k
-    monkeypatch.setitem(__import__("sys").modules, "PIL", None)  # make "from PIL import Image" fail
+    monkeypatch.setitem(sys.modules, "PIL", None)  # make "from PIL import Image" fail
     for k, (p, _) in files.items():
         frame, _note = data.read_image(p)
         np.testing.assert_array_equal(frame, with_pillow[k][0], err_msg=k)
@@ -245,6 +246,6 @@ def test_png_round_trip_and_damage():
 def test_non_png_without_pillow_says_what_to_install(tmp_path, monkeypatch):
     p = tmp_path / "x.jpg"
     p.write_bytes(b"\xff\xd8\xff")
-    monkeypatch.setitem(__import__("sys").modules, "PIL", None)
+    monkeypatch.setitem(sys.modules, "PIL", None)
     with pytest.raises(UserError, match="pip install pillow"):
         data.read_image(p)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +188,7 @@ def test_other_user_errors(capsys, model_file, tmp_path):
 
 
 def test_compare_bm3d_without_the_package(capsys, model_file, monkeypatch):
-    monkeypatch.setitem(__import__("sys").modules, "bm3d", None)
+    monkeypatch.setitem(sys.modules, "bm3d", None)
     err = one_line_error(capsys, ["eval", "--model", str(model_file), "--compare", "bm3d", "--limit", "1"])
     assert "pip install bm3d" in err
 
@@ -208,7 +209,7 @@ def test_fallback_progress_bar(monkeypatch, capsys):
 
     tty = TTY()
     monkeypatch.setattr("sys.stderr", tty)
-    monkeypatch.setitem(__import__("sys").modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm", None)
     bar = eval_cmd._Bar(4, enabled=True)
     bar.update("01.png")
     bar.update("02.png")
@@ -249,7 +250,7 @@ def test_compare_bm3d_calls_the_package_with_the_noise_std(capsys, model_file, t
         calls.append((z.dtype, float(z.max()), sigma_psd))
         return z  # "denoised" = noisy: the compare PSNR must then equal the noisy PSNR
 
-    monkeypatch.setitem(__import__("sys").modules, "bm3d", types.SimpleNamespace(bm3d=fake_bm3d))
+    monkeypatch.setitem(sys.modules, "bm3d", types.SimpleNamespace(bm3d=fake_bm3d))
     doc = run_json(capsys, "--model", str(model_file), "--dataset", str(two_images), "--compare", "bm3d",
                    "--sigma", "15", "--limit", "1")
     rec = doc["images"][0]
