@@ -2,7 +2,7 @@
 
 Images inside :mod:`edgespike.live` are numpy uint8 arrays: H x W for grey, H x W x 3 for colour in **RGB**
 order (OpenCV's BGR is converted at the edges, here and in the sources). PNG works with numpy alone
-(:mod:`edgespike.live.png`); JPEG and other formats need the ``[camera]`` extra (OpenCV) or Pillow.
+(:mod:`edgespike.png`); JPEG and other formats need the ``[camera]`` extra (OpenCV) or Pillow.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgespike import png
 from edgespike.errors import UserError
-from edgespike.live import png
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".pnm", ".webp"}
 
@@ -86,7 +86,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise UserError(f"cannot read image {path}: only PNG is readable without Pillow or OpenCV; "
                         "pip install 'edgespike[camera]'")
     try:
-        return normalise(png.decode(path.read_bytes()))
+        return normalise(png.decode_png(path.read_bytes(), str(path)))
     except (png.PNGError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
 
@@ -121,7 +121,7 @@ def encode_image(img: np.ndarray, ext: str, quality: int = 85) -> bytes:
         Image.fromarray(img).save(out, format=fmt, **kwargs)
         return out.getvalue()
     if ext == ".png":
-        return png.encode(img)
+        return png.encode_png(img, level=1)  # per-frame output: speed over the last few percent of size
     raise UserError(f"writing {ext} images needs OpenCV or Pillow: pip install 'edgespike[camera]' (or use .png)")
 
 
