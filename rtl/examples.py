@@ -1,0 +1,58 @@
+"""Small random models that the accelerator runs, for tests and demos.
+
+Thresholds are set from the weights so that neurons fire at a moderate rate for ordinary images (the point of
+a test is to exercise spikes, resets and leaks, not to denoise).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgespike.model import Conv, Decoder, Encoder, Integrator, Model, Neuron, ReadoutTerm
+
+
+def chain_model(seed: int = 0, channels: int = 4, layers: int = 3, timesteps: int = 3, encoder: str = "direct",
+                kernel: int = 3, neurons: tuple[tuple[str, int], ...] = (("soft", 0), ("hard", 2)),
+                readout: str = "membrane", v_init: str = "zero") -> Model:
+    """A Conv -> Neuron chain ending in a one-channel Conv -> Integrator (or -> Neuron for count/uwd read-out).
+
+    ``neurons`` cycles over the hidden layers as ``(reset, leak_shift)`` pairs. ``readout`` is the decoder
+    quantity: ``membrane`` of a final Integrator, or ``count`` / ``uwd`` of a final one-channel Neuron.
+    """
+    rng = np.random.default_rng(seed)
+    nodes = []
+    prev, cin = "input", 1
+    for i in range(layers):
+        last = i == layers - 1
+        cout = 1 if last else channels
+        k = kernel
+        top = 255 if (encoder == "direct" and i == 0) else 1
+        w = rng.integers(-12, 13, size=(cout, cin, k, k)).astype(np.int8)
+        scale = max(2, int(np.abs(w).sum(axis=(1, 2, 3)).mean()) * top // (3 if i == 0 else 6))
+        bias = rng.integers(-scale // 8, scale // 8 + 1, size=cout).astype(np.int32)
+        nodes.append(Conv(f"conv{i}", prev, w, bias))
+        if last and readout == "membrane":
+            nodes.append(Integrator(f"out{i}", f"conv{i}"))
+        else:
+            reset, leak = neurons[i % len(neurons)]
+            theta = rng.integers(max(1, scale // 2), scale + 2, size=cout).astype(np.int32)
+            nodes.append(Neuron(f"lif{i}", f"conv{i}", theta, reset=reset, leak_shift=leak, v_init=v_init))
+        prev, cin = nodes[-1].name, cout
+    if readout == "membrane":
+        term = ReadoutTerm(prev, "membrane", np.array([int(rng.integers(1, 6))], np.int32))
+        dec = Decoder([term], shift=3, residual=True)
+    elif readout == "count":
+        dec = Decoder([ReadoutTerm(prev, "count", np.array([-7], np.int32))], shift=1, residual=True)
+    else:
+        dec = Decoder([ReadoutTerm(prev, "uwd", np.array([3], np.int32))], shift=2, residual=False)
+    return Model(nodes=nodes, timesteps=timesteps, encoder=Encoder(encoder), decoder=dec, membrane_bits=32)
+
+
+def test_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth gradient with a square and noise: varied bit planes, edges for the kernels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = 40 + 150 * (xx + yy) / max(1, h + w - 2)
+    img[h // 4:3 * h // 4, w // 4:3 * w // 4] += 50
+    img += rng.normal(0, 20, size=(h, w))
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)

@@ -1,0 +1,79 @@
+"""Running the gateware in Amaranth's simulator: one tile, or a whole frame tile by tile.
+
+These are the entry points the tests and the ``edgespike rtl sim`` command use. The simulator is slow
+(``shared/notes/hardware.md``: ~15k cycles/s), so a frame is best simulated as one small tile, and whole frames
+are costed with :mod:`edgespike.rtl.cycles` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+from amaranth.sim import Simulator
+from edgespike.rtl.cycles import tiles
+from edgespike.rtl.params import Plan
+from edgespike.rtl.sequencer import Sequencer
+
+
+@dataclass
+class TileResult:
+    """What one simulated tile returned: the output pixels and the hardware counters."""
+
+    out: np.ndarray
+    cycles: int
+    spikes: int
+    sops: int
+
+
+def run_tile(plan: Plan, tile: np.ndarray, vcd: str | None = None) -> TileResult:
+    """Simulate the sequencer on one uint8 tile (at most ``plan.tile``); optionally write a VCD."""
+    tile = np.asarray(tile, dtype=np.uint8)
+    h, w = tile.shape
+    if h > plan.tile[0] or w > plan.tile[1]:
+        raise ValueError(f"tile {h}x{w} is larger than the plan's {plan.tile[0]}x{plan.tile[1]}")
+    dut = Sequencer(plan)
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    flat = [int(v) for v in tile.reshape(-1)]
+    result: dict = {}
+
+    async def testbench(ctx):
+        ctx.set(dut.h, h)
+        ctx.set(dut.w, w)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        ctx.set(dut.pixels.valid, 1)
+        for v in flat:  # LOAD takes one pixel per cycle
+            ctx.set(dut.pixels.payload, v)
+            await ctx.tick()
+        ctx.set(dut.pixels.valid, 0)
+        ctx.set(dut.out.ready, 1)
+        out = []
+        for _ in range(h * w):
+            (v,) = await ctx.tick().sample(dut.out.payload).until(dut.out.valid)
+            out.append(v)
+        await ctx.tick().until(~dut.busy)
+        result.update(out=out, cycles=ctx.get(dut.cycles), spikes=ctx.get(dut.spikes), sops=ctx.get(dut.sops))
+
+    sim.add_testbench(testbench)
+    cm = sim.write_vcd(vcd) if vcd else contextlib.nullcontext()
+    with cm:
+        sim.run()
+    return TileResult(np.array(result["out"], np.uint8).reshape(h, w), result["cycles"], result["spikes"],
+                      result["sops"])
+
+
+def run_frame(plan: Plan, frame: np.ndarray) -> tuple[np.ndarray, list[TileResult]]:
+    """Simulate a whole frame as halo'd tiles and stitch the cores (slow: use small frames)."""
+    frame = np.asarray(frame, dtype=np.uint8)
+    out = np.zeros_like(frame)
+    results = []
+    for region, core in tiles(frame.shape, plan.tile, plan.halo):
+        (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) = region, core
+        res = run_tile(plan, frame[y0:y1, x0:x1])
+        out[cy0:cy1, cx0:cx1] = res.out[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+        results.append(res)
+    return out, results

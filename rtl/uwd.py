@@ -1,0 +1,90 @@
+"""UWD, VTSNN's undistorted weighted decoder: spikes weighted by ``2**(n-1-t)`` summed into n-bit words.
+
+In the paper it is a binary-weighted resistor DAC; digitally it is an accumulator per output word, here one word
+of a single-port RAM per tag, updated read-modify-write. The weight ``2**(n-1-t)`` is a shift, so the datapath is
+one adder. This is the reference's ``uwd`` read-out quantity (``uwd += s << (T - 1 - t)``) and the inverse of
+:class:`~edgespike.rtl.uwe.UWEncoder`.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Const, Module, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+from edgespike.rtl.common import SinglePortRAM, bits_for
+
+
+class UWDecoder(wiring.Component):
+    """Accumulate spike events ``(tag, t)`` into words, then drain the words (clearing them) in tag order.
+
+    Parameters
+    ----------
+    tag_bits : int
+        Width of the tag; the decoder holds ``2**tag_bits`` words.
+    n : int
+        Bits per word (the number of timesteps, 8 for pixels).
+
+    Attributes
+    ----------
+    events : In(stream.Signature({tag, t}))
+        Spike events, in any order. Each costs 3 cycles (accept, read, write back: one RAM port).
+    drain : In(1)
+        Pulse: stream out words ``0 .. count-1`` on ``words``, zeroing each as it goes.
+    count : In
+        Number of words to drain.
+    words : Out(stream.Signature({tag, value}))
+    busy : Out(1)
+    """
+
+    def __init__(self, tag_bits: int, n: int = 8):
+        self.n = n
+        self.tag_bits = tag_bits
+        super().__init__({
+            "events": In(stream.Signature(data.StructLayout({"tag": tag_bits, "t": bits_for(n)}))),
+            "words": Out(stream.Signature(data.StructLayout({"tag": tag_bits, "value": n}))),
+            "drain": In(1),
+            "count": In(tag_bits + 1),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.n
+        m.submodules.ram = ram = SinglePortRAM(n, 1 << self.tag_bits, init=[0] * (1 << self.tag_bits))
+        tag = Signal(self.tag_bits)
+        weight = Signal(n)
+        idx = Signal(self.tag_bits + 1)
+
+        m.d.comb += [self.words.payload.tag.eq(idx), self.words.payload.value.eq(ram.rdata)]
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.events.ready.eq(1)
+                with m.If(self.events.valid):
+                    m.d.sync += [
+                        tag.eq(self.events.payload.tag),
+                        weight.eq(Const(1 << (n - 1), n) >> self.events.payload.t),
+                    ]
+                    m.next = "READ"
+                with m.Elif(self.drain):
+                    m.d.sync += idx.eq(0)
+                    m.next = "DRAIN_READ"
+            with m.State("READ"):
+                m.d.comb += [self.busy.eq(1), ram.addr.eq(tag), ram.re.eq(1)]
+                m.next = "WRITE"
+            with m.State("WRITE"):
+                m.d.comb += [self.busy.eq(1), ram.addr.eq(tag), ram.we.eq(1), ram.wdata.eq(ram.rdata + weight)]
+                m.next = "IDLE"
+            with m.State("DRAIN_READ"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(idx == self.count):
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.comb += [ram.addr.eq(idx), ram.re.eq(1)]
+                    m.next = "DRAIN_OFFER"
+            with m.State("DRAIN_OFFER"):
+                m.d.comb += [self.busy.eq(1), self.words.valid.eq(1)]
+                with m.If(self.words.ready):
+                    m.d.comb += [ram.addr.eq(idx), ram.we.eq(1), ram.wdata.eq(0)]
+                    m.d.sync += idx.eq(idx + 1)
+                    m.next = "DRAIN_READ"
+        return m

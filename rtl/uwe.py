@@ -1,0 +1,95 @@
+"""UWE, VTSNN's undistorted weighted encoder, as the successive-approximation ADC that it is.
+
+A SAR ADC holds the sample, keeps a register of the bits decided so far, and at each step tries the next bit
+(MSB first): the trial value is the decided bits with the trial bit set, a DAC turns it into a level, and a
+comparator says whether the sample reaches it. If it does, the bit is 1 (a spike) and stays in the register.
+After ``n`` steps the register holds the sample and the spikes are its binary digits, MSB first: step ``t``
+spikes iff bit ``n-1-t`` of the sample is set, which is exactly ``reference.encode``'s plane
+``(x >> (7 - t)) & 1`` for ``n = 8``.
+
+The digital "DAC" is the identity (the trial register already is the level), so one step costs one comparator
+and one OR: no adder, no multiplier.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+from edgespike.rtl.common import bits_for
+
+
+class UWEncoder(wiring.Component):
+    """Pixel stream in, spike-event stream out: one SAR decision per cycle, MSB first.
+
+    Parameters
+    ----------
+    tag_bits : int
+        Width of the tag that travels with a pixel to its spike events (e.g. its address in a tile).
+    n : int
+        Bits per sample (8 for uint8 pixels): the number of SAR steps and of spike planes.
+
+    Attributes
+    ----------
+    pixels : In(stream.Signature({value, tag}))
+        Samples to convert. Accepted only when the converter is idle.
+    events : Out(stream.Signature({tag, t}))
+        One event per spike: the sample's tag and the step ``t`` (0 = MSB plane).
+    emit_from, stop_at : In
+        The converter runs steps ``0 .. stop_at`` and emits the spikes of steps ``emit_from .. stop_at``.
+        All planes: ``0, n-1``. Plane ``t`` alone (UWE coding at timestep ``t``): ``t, t``. A SAR must still
+        decide the bits above ``t`` first: that is what makes it a converter rather than a bit picker.
+    busy : Out(1)
+        High while converting; a pixel accepted in cycle ``c`` keeps it busy for ``stop_at + 1`` cycles after.
+    """
+
+    def __init__(self, tag_bits: int, n: int = 8):
+        self.n = n
+        self.tag_bits = tag_bits
+        tbits = bits_for(n)
+        super().__init__({
+            "pixels": In(stream.Signature(data.StructLayout({"value": n, "tag": tag_bits}))),
+            "events": Out(stream.Signature(data.StructLayout({"tag": tag_bits, "t": tbits}))),
+            "emit_from": In(tbits),
+            "stop_at": In(tbits, init=n - 1),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.n
+        sample = Signal(n)  # the "sample and hold"
+        decided = Signal(n)  # the SAR register
+        bit = Signal(n)  # one-hot: the bit under trial
+        t = Signal(bits_for(n))
+        tag = Signal(self.tag_bits)
+
+        trial = decided | bit  # DAC input
+        spike = sample >= trial  # comparator
+        emit = spike & (t >= self.emit_from)
+
+        m.d.comb += [
+            self.events.payload.tag.eq(tag),
+            self.events.payload.t.eq(t),
+        ]
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.pixels.ready.eq(1)
+                with m.If(self.pixels.valid):
+                    m.d.sync += [
+                        sample.eq(self.pixels.payload.value),
+                        tag.eq(self.pixels.payload.tag),
+                        decided.eq(0),
+                        bit.eq(1 << (n - 1)),
+                        t.eq(0),
+                    ]
+                    m.next = "CONVERT"
+            with m.State("CONVERT"):
+                m.d.comb += [self.busy.eq(1), self.events.valid.eq(emit)]
+                with m.If(~emit | self.events.ready):  # a spike waits until it is taken
+                    with m.If(spike):
+                        m.d.sync += decided.eq(trial)
+                    m.d.sync += [bit.eq(bit >> 1), t.eq(t + 1)]
+                    with m.If(t == self.stop_at):
+                        m.next = "IDLE"
+        return m
