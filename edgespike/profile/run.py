@@ -1,0 +1,406 @@
+"""The whole profile of one model: quality, speed, estimated and measured energy of the SNN and its int8 twins.
+
+:func:`profile` returns one JSON-ready dict; :func:`table` renders it for the terminal, :func:`plot` draws it
+with matplotlib and :func:`markdown` writes a report around the plot. ``edgespike profile`` is a thin wrapper.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import math
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgespike.errors import UserError
+from edgespike.metrics import psnr
+from edgespike.model import Model
+from edgespike.profile import energy as E
+from edgespike.profile import measure, sensors
+from edgespike.profile import sim as snn_sim
+
+
+@dataclass
+class Options:
+    """What to profile and how (the command's flags)."""
+
+    anns: tuple[str, ...] = ("onnx", "tflite")
+    size: tuple[int, int] = (256, 256)  # (height, width)
+    frames: int = 5
+    warmup: int = 1
+    threads: int = 1
+    sweep: tuple[int, ...] = ()
+    eval_files: list = field(default_factory=list)
+    eval_label: str = ""
+    sigma: float = 25.0
+    calib_files: list = field(default_factory=list)
+    calib_count: int = 16
+    twin_mode: str = "relu"
+    table: str = E.DEFAULT_TABLE
+    extra_tables: str | None = None
+    addressing: str = "code"
+    um_port: str | None = None
+    um_model: str = "UM24C"
+    energy_seconds: float = 3.0
+    log: object = None  # callable(str) for progress lines, or None
+
+
+def set_blas_threads(n: int) -> bool:
+    """Limit numpy's OpenBLAS to ``n`` threads (so the SNN and the ANN runtimes use the same count)."""
+    try:
+        libs = sorted({line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+                       if "openblas" in line and line.split()[-1].startswith("/")})
+    except OSError:
+        return False
+    for path in libs:
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            if hasattr(lib, name):
+                getattr(lib, name)(int(n))
+                return True
+    return False
+
+
+class SnnRunner:
+    """The SNN executor: the fast runtime when it is in this build, else the exact numpy simulation."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        try:
+            from edgespike.runtime import Runtime
+
+            self.rt = Runtime(model)
+            self.label = f"edgespike.runtime ({self.rt.backend})"
+        except ImportError:
+            self.rt = None
+            self.label = "edgespike.profile.sim (numpy; the fast runtime is not in this build)"
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        return self.run(frame)[0]
+
+    def run(self, frame: np.ndarray) -> tuple[np.ndarray, dict[str, list[int]]]:
+        if self.rt is not None:
+            out, stats = self.rt.denoise(frame)
+            return out, {k: [int(x) for x in v] for k, v in stats.spikes.items()}
+        return snn_sim.run(self.model, frame)
+
+
+def with_timesteps(model: Model, T: int) -> Model:
+    """The same integers run for ``T`` steps, decoder multipliers rescaled by ``T0 / T`` (a what-if, not
+    retrained: the rate-domain network is the same, only its quantisation to T + 1 levels changes)."""
+    if T == model.timesteps or not model.decoder.terms:
+        return dataclasses.replace(model, timesteps=T)
+    dec = model.decoder
+    vals = [t.multiplier.astype(np.float64) / 2.0**dec.shift * model.timesteps / T for t in dec.terms]
+    peak = max(float(np.abs(v).max()) for v in vals)
+    shift = max(0, min(62, int(math.floor(math.log2((2**31 - 1) / peak)))))
+    terms = [dataclasses.replace(t, multiplier=np.round(v * 2.0**shift).astype(np.int32))
+             for t, v in zip(dec.terms, vals, strict=True)]
+    return dataclasses.replace(model, timesteps=T, decoder=dataclasses.replace(dec, terms=terms, shift=shift))
+
+
+def _fit(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``img`` tiled by mirroring and cropped to ``h`` x ``w`` (real image content at any profile size)."""
+    reps = (math.ceil(h / img.shape[0]), math.ceil(w / img.shape[1]))
+    rows = [img if i % 2 == 0 else img[::-1] for i in range(reps[0])]
+    col = np.concatenate(rows, 0)
+    tiles = [col if j % 2 == 0 else col[:, ::-1] for j in range(reps[1])]
+    return np.ascontiguousarray(np.concatenate(tiles, 1)[:h, :w])
+
+
+def _calibration(opts: Options, eval_noisy: list[np.ndarray]) -> list[np.ndarray]:
+    """Noisy 64x64 patches (frames in [0, 1]) from the calibration images, noise as in the eval protocol."""
+    from edgespike import data
+
+    rng = np.random.default_rng(1234)
+    imgs = []
+    for i, p in enumerate(opts.calib_files[:opts.calib_count]):
+        clean, _ = data.read_image(p)
+        imgs.append(data.noisy_image(clean, i, opts.sigma))
+    if not imgs:
+        imgs = eval_noisy
+    out = []
+    for k in range(opts.calib_count):
+        im = imgs[k % len(imgs)]
+        if min(im.shape) < 64:
+            out.append(im / 255.0)
+            continue
+        y, x = rng.integers(0, im.shape[0] - 63), rng.integers(0, im.shape[1] - 63)
+        out.append(im[y:y + 64, x:x + 64] / 255.0)
+    return out
+
+
+def _say(opts: Options, msg: str) -> None:
+    if opts.log:
+        opts.log(msg)
+
+
+def profile(model: Model, opts: Options, model_label: str = "") -> dict:
+    """Profile ``model``; see the module docstring. Returns the JSON-ready result."""
+    from edgespike import data
+
+    h, w = opts.size
+    threads_set = set_blas_threads(opts.threads)
+    res: dict = {
+        "model": model_label, "timesteps": model.timesteps, "size": [h, w], "threads": opts.threads,
+        "blas_threads_set": threads_set,
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "python": platform.python_version()},
+        "eval": {"dataset": opts.eval_label, "sigma": opts.sigma, "images": len(opts.eval_files)},
+    }
+    # ---------------------------------------------------------------- evaluation set
+    samples = list(data.samples(opts.eval_files, opts.sigma)) if opts.eval_files else []
+    if not samples:
+        raise UserError("no evaluation images: pass --eval set12 (or a folder)")
+    snn = SnnRunner(model)
+    runners: dict[str, object] = {"snn": snn}
+    labels = {"snn": snn.label}
+    quality: dict[str, dict] = {}
+
+    def score(name, fn):
+        ps = [psnr(s.clean, fn(s.noisy)) for s in samples]
+        quality[name] = {"psnr_db": float(np.mean(ps)), "per_image": [float(p) for p in ps]}
+
+    _say(opts, f"SNN on {len(samples)} evaluation images ({snn.label})")
+    rates = []
+    for s in samples:
+        _, sp = snn.run(s.noisy)
+        n = sum(layer.n_out for layer in E.layers(model, *s.noisy.shape) if layer.neuron)
+        rates.append(sum(sum(v) for v in sp.values()) / max(n * model.timesteps, 1))
+    score("snn", snn)
+    res["spike_rate_eval"] = float(np.mean(rates))
+    quality["noisy"] = {"psnr_db": float(np.mean([psnr(s.clean, s.noisy) for s in samples]))}
+
+    twin_err = None
+    tmp = Path(tempfile.mkdtemp(prefix="edgespike-profile-"))
+    if opts.anns:
+        from edgespike.profile import ann
+
+        try:
+            tw = ann.twin(model, opts.twin_mode)
+        except UserError as exc:
+            twin_err = str(exc)
+            tw = None
+        if tw is not None:
+            calib = _calibration(opts, [s.noisy for s in samples])
+            _say(opts, f"ANN twins from {len(calib)} calibration patches")
+            ann.to_onnx(tw, tmp / "twin.onnx")
+            runners["float"] = ann.OnnxRunner(tmp / "twin.onnx", opts.threads)
+            labels["float"] = runners["float"].label + " (float32 twin)"
+            if "onnx" in opts.anns:
+                ann.quantize_onnx(tmp / "twin.onnx", tmp / "twin.int8.onnx", calib)
+                runners["onnx"] = ann.OnnxRunner(tmp / "twin.int8.onnx", opts.threads)
+                labels["onnx"] = runners["onnx"].label + " (QDQ int8)"
+            if "tflite" in opts.anns:
+                content = ann.to_tflite(tw, calib, h, w)
+                (tmp / "twin.int8.tflite").write_bytes(content)
+                runners["tflite"] = ann.TfliteRunner(content, opts.threads)
+                labels["tflite"] = runners["tflite"].label + " (int8)"
+            for name in ("float", "onnx", "tflite"):
+                if name in runners:
+                    _say(opts, f"PSNR of {name}")
+                    score(name, runners[name])
+            for name in ("onnx", "tflite"):
+                if name in quality:
+                    quality[name]["loss_vs_float_db"] = quality["float"]["psnr_db"] - quality[name]["psnr_db"]
+    res["twin"] = {"mode": opts.twin_mode, "error": twin_err, "artifacts": str(tmp)}
+    res["quality"] = quality
+    res["runtimes"] = labels
+
+    # ---------------------------------------------------------------- speed and memory at the profile size
+    frame = _fit(samples[0].noisy, h, w)
+    speed = {}
+    for name, fn in runners.items():
+        _say(opts, f"latency of {name} at {w}x{h}")
+        lat = measure.latency(fn, frame, opts.frames, opts.warmup)
+        speed[name] = dataclasses.asdict(lat)
+    res["latency"] = speed
+
+    # ---------------------------------------------------------------- estimated energy (spikes from this frame)
+    _, spikes = snn.run(frame)
+    est = E.analyse(model, h, w, spikes, frame, E.get_table(opts.table, opts.extra_tables), opts.addressing)
+    res["estimate"] = est.to_dict()
+    res["estimate"]["spike_rate"] = (sum(sum(v) for v in spikes.values())
+                                     / max(1, sum(la.n_out for la in E.layers(model, h, w) if la.neuron)
+                                           * model.timesteps))
+    res["estimate_all_tables"] = {}
+    for name in E.load_tables(opts.extra_tables):
+        r = E.analyse(model, h, w, spikes, frame, E.get_table(name, opts.extra_tables), opts.addressing)
+        res["estimate_all_tables"][name] = {"label": r.table["label"], "snn_pJ": r.total("snn"),
+                                            "ann_pJ": r.total("ann"), "snn_over_ann": r.ratio}
+
+    # ---------------------------------------------------------------- measured energy
+    found, absent = sensors.discover(opts.um_port, opts.um_model)
+    res["sensors"] = {"found": [s.name for s in found], "absent": absent}
+    if not found:
+        res["measured"] = "estimated only"
+    else:
+        s = found[0]
+        meas = {}
+        for name, fn in runners.items():
+            _say(opts, f"energy of {name} with {s.name}")
+            try:
+                meas[name] = dataclasses.asdict(measure.energy(fn, frame, s, opts.energy_seconds,
+                                                               opts.energy_seconds))
+            except sensors.SensorError as exc:
+                meas[name] = {"error": str(exc)}
+        res["measured"] = meas
+
+    # ---------------------------------------------------------------- T sweep
+    if opts.sweep:
+        sweep = []
+        for T in opts.sweep:
+            mT = with_timesteps(model, T)
+            runner = SnnRunner(mT)
+            _say(opts, f"sweep T={T}")
+            ps = [psnr(s.clean, runner(s.noisy)) for s in samples]
+            _, spT = runner.run(frame)
+            r = E.analyse(mT, h, w, spT, frame, E.get_table(opts.table, opts.extra_tables), opts.addressing)
+            n = sum(la.n_out for la in E.layers(mT, h, w) if la.neuron) * T
+            entry = {"T": T, "snn_psnr_db": float(np.mean(ps)), "spike_rate": sum(sum(v) for v in spT.values()) / n,
+                     "snn_pJ": r.total("snn"), "ann_pJ": r.total("ann"), "snn_over_ann": r.ratio}
+            if opts.anns and twin_err is None:
+                from edgespike.profile import ann
+
+                qt = ann.twin(mT, "quant")
+                entry["quant_twin_psnr_db"] = float(np.mean([
+                    psnr(s.clean, np.clip(np.rint(qt.forward(s.noisy / 255.0) * 255), 0, 255).astype(np.uint8))
+                    for s in samples]))
+            sweep.append(entry)
+        res["sweep"] = {"note": "same integers run for T steps with the decoder rescaled (not retrained)",
+                        "points": sweep}
+    return res
+
+
+# --------------------------------------------------------------------------- rendering
+def _fmt_e(pj: float) -> str:
+    for unit, k in (("J", 1e12), ("mJ", 1e9), ("uJ", 1e6), ("nJ", 1e3)):
+        if pj >= k:
+            return f"{pj / k:.3g} {unit}"
+    return f"{pj:.3g} pJ"
+
+
+def table(res: dict) -> str:
+    """The terminal report."""
+    h, w = res["size"]
+    q, lat, est = res["quality"], res["latency"], res["estimate"]
+    lines = [f"model {res['model']}  T={res['timesteps']}  frame {w}x{h}  threads {res['threads']}  "
+             f"({res['machine']['processor']})",
+             f"eval: {res['eval']['dataset']} ({res['eval']['images']} images), sigma {res['eval']['sigma']:g}; "
+             f"noisy input {q['noisy']['psnr_db']:.2f} dB",
+             "", f"{'net':<8}{'PSNR dB':>9}{'vs float':>10}{'median ms':>11}{'p95 ms':>9}{'peak MiB':>10}  runtime"]
+    for name in ("snn", "float", "onnx", "tflite"):
+        if name not in lat:
+            continue
+        qq = q.get(name, {})
+        loss = qq.get("loss_vs_float_db")
+        mem = lat[name]["peak_mem_mib"]
+        lines.append(f"{name:<8}{qq.get('psnr_db', float('nan')):>9.2f}"
+                     f"{(f'{-loss:+.2f}' if loss is not None else ''):>10}"
+                     f"{lat[name]['median_s'] * 1e3:>11.1f}{lat[name]['p95_s'] * 1e3:>9.1f}"
+                     f"{(f'{mem:.0f}' if mem is not None else 'n/a'):>10}  {res['runtimes'][name]}")
+    if res["twin"]["error"]:
+        lines.append(f"ANN twins: not built ({res['twin']['error']})")
+    c = est["counts"]
+    lines += ["", f"estimated per frame, table {est['table']['name']}: {est['table']['label']}",
+              f"  spike rate {est['spike_rate']:.3f} spikes/neuron/step",
+              f"{'':>10}{'MACs':>12}{'ACs':>12}{'mem acc.':>12}{'addr ops':>12}{'energy':>12}"]
+    for net in ("snn", "ann"):
+        lines.append(f"{net.upper():>10}{c[net]['macs']:>12.3g}{c[net]['accs']:>12.3g}{c[net]['mem_accesses']:>12.3g}"
+                     f"{c[net]['addr_macs'] + c[net]['addr_accs']:>12.3g}{_fmt_e(est['energy_pJ'][net]):>12}")
+    lines.append(f"  SNN / ANN energy = {est['energy_pJ']['snn_over_ann']:.3f}")
+    b = est["breakdown_pJ"]
+    lines.append("  breakdown (SNN | ANN): " + ", ".join(
+        f"{k} {_fmt_e(b['snn'][k])} | {_fmt_e(b['ann'][k])}" for k in b["snn"] if k != "total"))
+    lines.append("  other tables: " + "; ".join(f"{k} {v['snn_over_ann']:.2f}"
+                                               for k, v in res["estimate_all_tables"].items()))
+    if res["measured"] == "estimated only":
+        lines += ["", "measured energy: estimated only (no sensor: " + "; ".join(res["sensors"]["absent"]) + ")"]
+    else:
+        lines += ["", f"measured energy ({res['sensors']['found'][0]}):"]
+        for k, v in res["measured"].items():
+            lines.append(f"  {k:<8}" + (v["error"] if "error" in v else
+                                        f"{v['joules_per_frame'] * 1e3:.2f} mJ/frame (idle {v['idle_w']:.2f} W, "
+                                        f"{v['samples']} samples every {v['sample_period_s']:g} s)"))
+    if "sweep" in res:
+        lines += ["", f"T sweep ({res['sweep']['note']}):",
+                  f"{'T':>4}{'SNN dB':>9}{'quant-twin dB':>15}{'rate':>8}{'SNN':>12}{'ANN':>12}{'SNN/ANN':>9}"]
+        for p in res["sweep"]["points"]:
+            lines.append(f"{p['T']:>4}{p['snn_psnr_db']:>9.2f}{p.get('quant_twin_psnr_db', float('nan')):>15.2f}"
+                         f"{p['spike_rate']:>8.3f}{_fmt_e(p['snn_pJ']):>12}{_fmt_e(p['ann_pJ']):>12}"
+                         f"{p['snn_over_ann']:>9.3f}")
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: str | Path) -> Path:
+    """Energy breakdown per layer (SNN vs ANN), latency, and energy / PSNR vs T when swept."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ModuleNotFoundError as exc:
+        from edgespike.errors import need_extra
+
+        raise need_extra("matplotlib", "profile") from exc
+    panels = 3 if "sweep" in res else 2
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5))
+    layers = res["estimate"]["layers"]
+    kinds = [k for k in layers[0]["snn_energy_pJ"] if k != "total"]
+    x = np.arange(len(layers))
+    ax = axes[0]
+    for off, net, hatch in ((-0.2, "snn", ""), (0.2, "ann", "//")):
+        bottom = np.zeros(len(layers))
+        for i, k in enumerate(kinds):
+            vals = np.array([la[f"{net}_energy_pJ"][k] for la in layers]) * 1e-6
+            ax.bar(x + off, vals, 0.38, bottom=bottom, color=f"C{i}", hatch=hatch,
+                   label=k if net == "snn" else None, edgecolor="k", linewidth=0.3)
+            bottom += vals
+    ax.set_xticks(x, [la["name"] for la in layers], rotation=60, fontsize=7)
+    ax.set_ylabel("estimated energy per frame (uJ)")
+    ax.set_title(f"per layer: SNN (plain) vs ANN (hatched)\n{res['estimate']['table']['name']} table", fontsize=9)
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    names = list(res["latency"])
+    ax.bar(names, [res["latency"][n]["median_s"] * 1e3 for n in names], color="C0")
+    ax.errorbar(names, [res["latency"][n]["median_s"] * 1e3 for n in names],
+                yerr=[[0] * len(names), [(res["latency"][n]["p95_s"] - res["latency"][n]["median_s"]) * 1e3
+                                         for n in names]], fmt="none", ecolor="k", capsize=3)
+    ax.set_ylabel("latency per frame (ms, median; bar to p95)")
+    h, w = res["size"]
+    ax.set_title(f"{w}x{h}, {res['threads']} thread(s)", fontsize=9)
+    if "sweep" in res:
+        ax = axes[2]
+        pts = res["sweep"]["points"]
+        Ts = [p["T"] for p in pts]
+        ax.plot(Ts, [p["snn_pJ"] * 1e-6 for p in pts], "o-", label="SNN energy")
+        ax.plot(Ts, [p["ann_pJ"] * 1e-6 for p in pts], "s--", label="ANN energy")
+        ax.set_xlabel("timesteps T")
+        ax.set_ylabel("estimated energy per frame (uJ)")
+        ax2 = ax.twinx()
+        ax2.plot(Ts, [p["snn_psnr_db"] for p in pts], "^-", color="C3", label="SNN PSNR")
+        ax2.set_ylabel("PSNR (dB)")
+        ax.legend(loc="upper left", fontsize=7)
+        ax2.legend(loc="lower right", fontsize=7)
+        ax.set_title("energy and PSNR vs T (same integers)", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def markdown(res: dict, plot_name: str | None) -> str:
+    """A Markdown report: the terminal table, the plot, and where the numbers come from."""
+    out = [f"# edgespike profile: {res['model']}", "", "```", table(res), "```", ""]
+    if plot_name:
+        out += [f"![profile]({plot_name})", ""]
+    out += ["Energy estimates: Lemaire et al. (ICONIP 2022) as in SPIDEN, see docs/PROFILE.md. "
+            "Latencies: median and p95 over the timed runs after warm-up, same thread count for every runtime. "
+            + ("Measured energy: none (no sensor on this machine): estimated only."
+               if res["measured"] == "estimated only" else "Measured energy: idle baseline subtracted."), ""]
+    return "\n".join(out)

@@ -1,0 +1,79 @@
+"""``edgespike profile`` end to end on a tiny random model and two tiny images (a few seconds)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgespike.cli import main
+from edgespike.fileformat import save
+from edgespike.png import write_png
+from edgespike.profile import run as prun
+from edgespike.profile import sensors
+from edgespike.profile.testmodels import random_dncnn
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(2):
+        base = rng.integers(40, 216, (5, 5)).astype(float)
+        write_png(imgs / f"{i:02d}.png", np.clip(np.kron(base, np.ones((8, 8))), 0, 255).astype(np.uint8))
+    m = random_dncnn(depth=3, width=4, timesteps=2, seed=0)
+    save(m, tmp_path / "m.esnn")
+    # no sensor, whatever this machine has: the report must then say "estimated only"
+    monkeypatch.setattr(sensors, "discover", lambda *a, **k: ([], ["no sensor (test)"]))
+    return tmp_path, imgs
+
+
+def test_profile_json_report_and_plot(setup, capsys):
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("ai_edge_litert")
+    tmp, imgs = setup
+    rc = main(["profile", "--model", str(tmp / "m.esnn"), "--eval", str(imgs), "--calib", str(imgs),
+               "--size", "24x16", "--frames", "1", "--warmup", "0", "--sweep", "T=1,2", "--calib-count", "2",
+               "--report", str(tmp / "rep"), "--quiet"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "estimated only" in text and "SNN / ANN energy" in text
+    res = json.loads((tmp / "rep" / "profile.json").read_text())
+    assert res["measured"] == "estimated only"
+    assert set(res["quality"]) >= {"snn", "float", "onnx", "tflite", "noisy"}
+    assert set(res["latency"]) == {"snn", "float", "onnx", "tflite"}
+    assert res["size"] == [16, 24]
+    assert [p["T"] for p in res["sweep"]["points"]] == [1, 2]
+    assert res["estimate"]["energy_pJ"]["snn"] > 0 and res["estimate"]["counts"]["ann"]["macs"] > 0
+    assert (tmp / "rep" / "profile.png").stat().st_size > 1000
+    assert "![profile](profile.png)" in (tmp / "rep" / "report.md").read_text()
+
+
+def test_profile_snn_only_json_to_stdout(setup, capsys):
+    tmp, imgs = setup
+    rc = main(["profile", "--model", str(tmp / "m.esnn"), "--eval", str(imgs), "--ann", "none",
+               "--size", "16x16", "--frames", "1", "--json", "--quiet", "--table", "opcount-vtsnn"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res["latency"]) == {"snn"} and res["estimate"]["table"]["name"] == "opcount-vtsnn"
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--size", "big"], "--size must be WIDTHxHEIGHT"),
+    (["--sweep", "T=0"], "--sweep timesteps"),
+    (["--ann", "caffe"], "--ann takes"),
+    (["--table", "nope"], "no energy table"),
+])
+def test_profile_user_errors_are_one_line(setup, capsys, argv, msg):
+    tmp, imgs = setup
+    rc = main(["profile", "--model", str(tmp / "m.esnn"), "--eval", str(imgs), "--quiet"] + argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1
+
+
+def test_with_timesteps_rescales_the_decoder():
+    m = random_dncnn(depth=3, width=4, timesteps=4, seed=0)
+    m2 = prun.with_timesteps(m, 2)
+    g = lambda mm: mm.decoder.terms[0].multiplier[0] / 2.0**mm.decoder.shift * mm.timesteps  # noqa: E731
+    assert m2.timesteps == 2 and g(m2) == pytest.approx(g(m), rel=1e-6)
