@@ -62,6 +62,16 @@ class FrameBuffer:
             self.cond.notify_all()
             return True
 
+    def wait_room(self, stop: threading.Event) -> bool:
+        """Wait until a frame fits (False if stopped): a file source reads only then, so no frame goes stale
+        in the capture thread's hands while the buffer is full."""
+        with self.cond:
+            while len(self.items) >= self.size:
+                if stop.is_set() or self.closed:
+                    return False
+                self.cond.wait(0.1)
+            return True
+
     def get(self, timeout: float):
         """The oldest item, or None after ``timeout`` seconds."""
         with self.cond:
@@ -87,6 +97,8 @@ def capture_loop(source: Source, buf: FrameBuffer, stop: threading.Event, retrie
     failures = 0
     try:
         while not stop.is_set():
+            if not source.live and not buf.wait_room(stop):
+                return
             try:
                 frame = source.read()
             except ReadFailed as exc:
@@ -447,6 +459,9 @@ def _process(frame: Frame, process: Processor, estimate, model, summary: Summary
     record = {"frame": summary.processed - 1, "source_frame": frame.index, "t": round(now - t_start, 6),
               "width": w, "height": h, "latency_ms": round((now - frame.t_capture) * 1e3, 3),
               "compute_ms": round(compute * 1e3, 3), "fps": round(fps, 3), "dropped": buf.dropped}
+    rss = rss_bytes()
+    if rss is not None:  # per frame, so a soak run's log shows whether memory grows
+        record["rss_mib"] = round(rss / 2**20, 2)
     if frame.name:
         record["name"] = frame.name
     for k in ("spike_rate", "synaptic_ops", "macs", "spikes"):
