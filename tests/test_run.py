@@ -713,3 +713,146 @@ def test_bare_install_without_opencv_or_pillow(tmp_path, capsys, model_path, mon
     assert_one_line_error(rc, err, "needs OpenCV")
     rc, _, err = run_cli(capsys, "--model", model_path, "--frames", 1, "--serve", 0, "-q")
     assert_one_line_error(rc, err, "JPEG")
+
+
+def test_status_strip_wraps_at_separators():
+    lines = sinks.wrap(["frame 8 | 485.5 ms latency | 1.3 fps | 0.700 spk/neuron/step | 54 dropped", "short"], 40)
+    assert lines == ["frame 8 | 485.5 ms latency | 1.3 fps", "0.700 spk/neuron/step | 54 dropped", "short"]
+    assert sinks.wrap(["x" * 50], 10) == ["x" * 50]  # nothing to break at: left whole, never cut mid-word
+
+
+def test_window_shows_frames_and_q_stops_the_run(capsys, model_path, monkeypatch):
+    """A GUI OpenCV stand-in: frames reach imshow as BGR side-by-side views; q ends the run cleanly."""
+    from edgespike.live import imageio
+
+    shown = []
+
+    class FakeCV:
+        error = RuntimeError
+        WINDOW_NORMAL = FONT_HERSHEY_SIMPLEX = LINE_AA = 0
+
+        @staticmethod
+        def getBuildInformation():
+            return "  GUI:                           GTK3\n"
+
+        def namedWindow(self, *a):  # noqa: N802 - OpenCV's names
+            pass
+
+        def imshow(self, title, img):
+            shown.append(img.copy())
+
+        def waitKey(self, ms):  # noqa: N802
+            return ord("q") if len(shown) >= 3 else -1
+
+        def destroyWindow(self, *a):  # noqa: N802
+            shown.append("closed")
+
+        def putText(self, *a):  # noqa: N802
+            pass
+
+    fake = FakeCV()
+    monkeypatch.setattr(imageio, "cv2", lambda: fake)
+    monkeypatch.setenv("DISPLAY", ":0")
+    rc, out, err = run_cli(capsys, "--model", model_path, "--size", "32x24", "--frames", 50, "--window", "-q")
+    assert rc == 0, err
+    assert "3 denoised" in out and "q pressed" in out
+    assert shown[-1] == "closed" and shown[0].shape[1] == 2 * 32 + 4 and shown[0].shape[2] == 3
+
+
+class FakeCapture:
+    """cv2.VideoCapture stand-in for a V4L2 device: ``script`` decides what opening and reading do."""
+
+    script = {"opened": True, "frames": 0}
+    made: list = []
+
+    def __init__(self, target, api=None):
+        self.target, self.api, self.props, self.n = target, api, {}, 0
+        FakeCapture.made.append(self)
+
+    def isOpened(self):  # noqa: N802 - OpenCV's names
+        return self.script["opened"]
+
+    def set(self, prop, value):
+        self.props[prop] = value
+        return True
+
+    def get(self, prop):
+        return 30.0
+
+    def read(self):
+        if self.n >= self.script["frames"]:
+            return False, None
+        self.n += 1
+        return True, np.full((24, 32, 3), (10, 20, 30), np.uint8)  # BGR
+
+    def release(self):
+        pass
+
+
+@pytest.fixture()
+def fake_v4l2(monkeypatch):
+    from edgespike.live import imageio
+
+    cv = need_cv2()
+    fake = types.SimpleNamespace(**{k: getattr(cv, k) for k in dir(cv) if k.startswith(("CAP_", "IMWRITE_"))})
+    fake.VideoCapture = FakeCapture
+    fake.imencode, fake.resize, fake.putText = cv.imencode, cv.resize, cv.putText
+    fake.FONT_HERSHEY_SIMPLEX, fake.LINE_AA = cv.FONT_HERSHEY_SIMPLEX, cv.LINE_AA
+    monkeypatch.setattr(imageio, "cv2", lambda: fake)
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda p: p == "/dev/video0" or real_exists(p))
+    FakeCapture.made = []
+    return FakeCapture
+
+
+def test_v4l2_camera_frames_are_rgb_and_settings_applied(tmp_path, capsys, model_path, fake_v4l2):
+    fake_v4l2.script = {"opened": True, "frames": 1000}
+    rc, out, err = run_cli(capsys, "/dev/video0", "--model", model_path, "--size", "32x24", "--fps", 15, "--frames",
+                           2, "-o", tmp_path / "n.png", "--view", "noisy", "-q", "--no-window")
+    assert rc == 0, err
+    cap = fake_v4l2.made[0]
+    cv = need_cv2()
+    assert cap.api == cv.CAP_V4L2 and cap.props[cv.CAP_PROP_FRAME_WIDTH] == 32 and cap.props[cv.CAP_PROP_FPS] == 15
+    assert cap.props[cv.CAP_PROP_BUFFERSIZE] == 1
+    assert read_png(tmp_path / "n.png")[0, 0].tolist() == [30, 20, 10]  # BGR from OpenCV became RGB
+
+
+def test_v4l2_busy_and_silent_cameras(capsys, model_path, fake_v4l2):
+    fake_v4l2.script = {"opened": False, "frames": 0}
+    rc, _, err = run_cli(capsys, "/dev/video0", "--model", model_path, "-q", "--no-window")
+    assert_one_line_error(rc, err, "busy")
+    fake_v4l2.script = {"opened": True, "frames": 0}  # what a Pi camera's libcamera node does under OpenCV
+    rc, _, err = run_cli(capsys, "/dev/video0", "--model", model_path, "-q", "--no-window")
+    assert_one_line_error(rc, err, "delivered no frame", "--source picamera")
+
+
+def test_a_camera_that_hangs_is_reported_after_the_stall_timeout():
+    release = threading.Event()
+
+    class Hanging(Source):
+        kind, live = "hanging camera", True
+
+        def open(self):
+            self.description = "hanging camera"
+
+        def read(self):
+            if self._index == 0:
+                return self._frame(np.zeros((4, 4), np.uint8))
+            release.wait(30)  # a driver that never returns
+            return None
+
+    class Echo:
+        label = "echo"
+
+        def denoise(self, f):
+            return f, {}
+
+        def close(self):
+            pass
+
+    try:
+        summary = run_pipeline(Hanging(), Echo(), [], RunOptions(stall_timeout=0.3, status="off"))
+    finally:
+        release.set()
+    assert isinstance(summary.error, UserError) and "no frame for 0.3 s" in str(summary.error)
+    assert summary.processed == 1

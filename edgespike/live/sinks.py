@@ -52,12 +52,27 @@ def side_by_side(noisy: np.ndarray, denoised: np.ndarray, lines: list[str], gap:
     """``noisy | denoised`` in RGB with a dark strip below carrying ``lines`` of text (if a renderer exists)."""
     a, b = imageio.to_rgb(noisy), imageio.to_rgb(denoised)
     h = max(a.shape[0], b.shape[0])
+    lines = wrap(lines, max(20, (a.shape[1] + gap + b.shape[1] - 12) // 7))  # ~7 px per character of the font
     strip = 8 + 16 * len(lines) if lines else 0
     out = np.full((h + strip, a.shape[1] + gap + b.shape[1], 3), 24, np.uint8)
     out[:a.shape[0], :a.shape[1]] = a
     out[:b.shape[0], a.shape[1] + gap:] = b
     if lines and not imageio.draw_text(out, lines, (6, h + 2)):
         out = out[:h]  # no text renderer installed: a bare picture rather than an empty strip
+    return out
+
+
+def wrap(lines: list[str], width: int) -> list[str]:
+    """Break lines longer than ``width`` characters at " | " or ", " separators (a word is never cut)."""
+    out = []
+    for line in lines:
+        while len(line) > width:
+            cut = max(line.rfind(" | ", 0, width), line.rfind(", ", 0, width))
+            if cut <= 0:
+                break
+            out.append(line[:cut])
+            line = line[cut + (3 if line.startswith(" | ", cut) else 2):]
+        out.append(line)
     return out
 
 
