@@ -329,7 +329,8 @@ def _lower_node(low: _Lowering, key, node, inp: str, C: int, scale_in):
             p = np.asarray(pad).reshape(-1)
             ok = bool(np.all(p == kh // 2))
         if not ok:
-            raise _refuse(key, node, f"padding {pad!r} with a {kh}x{kw} kernel: edgespike convs use zero "
+            shown = pad if isinstance(pad, str) else np.asarray(pad).reshape(-1).tolist()
+            raise _refuse(key, node, f"padding {shown} with a {kh}x{kw} kernel: edgespike convs use zero "
                                      f"padding k // 2 = {kh // 2} ('same')")
         bias = _array(key, node, "bias") if getattr(node, "bias", None) is not None else np.zeros(cout)
         bias = per_channel(key, node, "bias", cout, bias)
