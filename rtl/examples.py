@@ -48,7 +48,7 @@ def chain_model(seed: int = 0, channels: int = 4, layers: int = 3, timesteps: in
     return Model(nodes=nodes, timesteps=timesteps, encoder=Encoder(encoder), decoder=dec, membrane_bits=32)
 
 
-def test_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+def demo_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     """A smooth gradient with a square and noise: varied bit planes, edges for the kernels."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w]

@@ -240,6 +240,19 @@ class Plan:
         return "\n".join(lines)
 
 
+def _supported(model: Model) -> None:
+    """Refuse encoders and node types the gateware has no block for (checked before the bounds analysis)."""
+    if model.encoder.kind not in ("direct", "uwe"):
+        raise FitError(f"encoder {model.encoder.kind!r} is not supported by the accelerator (direct or uwe only): "
+                       f"its hash needs multipliers")
+    for node in model.nodes:
+        if not isinstance(node, (Conv, Neuron, Integrator)):
+            raise FitError(f"node {node.name!r} ({type(node).__name__}) is not supported by the accelerator: it "
+                           f"runs Conv -> Neuron/Integrator chains (no Add, Concat or ConvTranspose yet)")
+        if getattr(node, "weight_extra", None) is not None or getattr(node, "mprn", None):
+            raise FitError(f"node {node.name!r} uses the MPRN extra step, which the accelerator does not run")
+
+
 def _chain(model: Model) -> list[tuple[Conv, Neuron | Integrator]]:
     """The model as Conv -> Neuron/Integrator pairs, each Conv reading the previous pair; or FitError."""
     pairs = []
@@ -293,6 +306,7 @@ def plan(model: Model, device: str = "up5k", tile: tuple[int, int] = (32, 32), l
     FitError
         Unsupported encoder, node, graph shape or option, or more memory / logic than the device has.
     """
+    _supported(model)
     analysis = analyse(model)
     if device not in DEVICES:
         raise FitError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
@@ -300,9 +314,6 @@ def plan(model: Model, device: str = "up5k", tile: tuple[int, int] = (32, 32), l
     th, tw = tile
     if not (1 <= th <= 255 and 1 <= tw <= 255):
         raise FitError(f"tile {th}x{tw} exceeds the byte protocol's 255 x 255")
-    if model.encoder.kind not in ("direct", "uwe"):
-        raise FitError(f"encoder {model.encoder.kind!r} is not supported by the accelerator (direct or uwe only): "
-                       f"its hash needs multipliers")
     pairs = _chain(model)
     T = model.timesteps
 

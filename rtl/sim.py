@@ -77,3 +77,43 @@ def run_frame(plan: Plan, frame: np.ndarray) -> tuple[np.ndarray, list[TileResul
         out[cy0:cy1, cx0:cx1] = res.out[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
         results.append(res)
     return out, results
+
+
+class Mismatch(AssertionError):
+    """The simulated hardware and the reference disagree; the message names the first difference."""
+
+
+def check_tile(plan: Plan, tile: np.ndarray, vcd_dir: str | None = None) -> TileResult:
+    """Simulate ``tile`` and compare it with ``reference.run`` and with the exact cycle model.
+
+    On a difference, re-simulates with a VCD in ``vcd_dir`` (when given) and raises :class:`Mismatch` naming
+    the first differing output pixel, the counter that differs, and the VCD path.
+    """
+    import os
+
+    from edgespike import reference
+    from edgespike.rtl.cycles import tile_cost
+
+    tile = np.asarray(tile, dtype=np.uint8)
+    want, trace = reference.run(plan.model, tile, trace=True)
+    cost = tile_cost(plan, tile)
+    res = run_tile(plan, tile)
+    problems = []
+    bad = np.argwhere(res.out != want)
+    if len(bad):
+        y, x = (int(v) for v in bad[0])
+        problems.append(f"{len(bad)} output pixels differ, first at (y={y}, x={x}): rtl {res.out[y, x]}, "
+                        f"reference {want[y, x]}")
+    ref_spikes = sum(sum(v) for v in trace.spikes.values())
+    for label, got, exp in (("spikes", res.spikes, ref_spikes), ("sops", res.sops, cost.sops),
+                            ("cycles", res.cycles, cost.cycles)):
+        if got != exp:
+            problems.append(f"counter {label}: rtl {got}, model {exp}")
+    if problems:
+        if vcd_dir:
+            os.makedirs(vcd_dir, exist_ok=True)
+            path = os.path.join(vcd_dir, f"tile_{tile.shape[0]}x{tile.shape[1]}.vcd")
+            run_tile(plan, tile, vcd=path)
+            problems.append(f"VCD written to {path}")
+        raise Mismatch("; ".join(problems))
+    return res

@@ -1,0 +1,123 @@
+"""Top level: the sequencer behind a byte stream, for the firmware issue to put on a UART.
+
+Byte protocol (host <-> device), little-endian, no framing beyond the command byte::
+
+    host:   'I'                                  -> device: 'I', version, tile_h, tile_w, halo, T
+    host:   'T', h, w, h*w pixels (raster)       -> device: 'R', h*w output pixels (raster),
+                                                            cycles (u32), spikes (u32), sops (u32)
+
+``1 <= h <= tile_h`` and ``1 <= w <= tile_w``; a tile is a region of the frame with its halo (see
+:func:`edgespike.rtl.cycles.tiles`); the host keeps the core of each reply. Any other byte while idle is
+ignored, so a host can resynchronise by sending a few zero bytes and an 'I'. The counters are those of
+:class:`~edgespike.rtl.sequencer.Sequencer` for this tile.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from edgespike.rtl.params import Plan
+from edgespike.rtl.sequencer import Sequencer
+
+PROTOCOL_VERSION = 1
+CMD_INFO = ord("I")
+CMD_TILE = ord("T")
+REPLY_TILE = ord("R")
+
+
+class Top(wiring.Component):
+    """The accelerator with a byte-stream port.
+
+    Attributes
+    ----------
+    rx : In(stream.Signature(8))
+        Bytes from the host.
+    tx : Out(stream.Signature(8))
+        Bytes to the host.
+    """
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        super().__init__({"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8))})
+
+    def info_bytes(self) -> list[int]:
+        p = self.plan
+        return [CMD_INFO, PROTOCOL_VERSION, p.tile[0], p.tile[1], p.halo, p.timesteps]
+
+    def elaborate(self, platform):
+        p = self.plan
+        m = Module()
+        m.submodules.seq = seq = Sequencer(p)
+        h, w = Signal(8), Signal(8)
+        left = Signal(17)  # output pixels still to forward
+        idx = Signal(4)
+        row = Signal(8)
+        info = Array(Const(b, 8) for b in self.info_bytes())
+        counters = Signal(96)
+        m.d.comb += counters.eq(Cat(seq.cycles, seq.spikes, seq.sops))
+        counter_bytes = Array(counters[8 * i:8 * i + 8] for i in range(12))
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.rx.ready.eq(1)
+                with m.If(self.rx.valid):
+                    with m.If(self.rx.payload == CMD_INFO):
+                        m.d.sync += idx.eq(0)
+                        m.next = "INFO"
+                    with m.Elif(self.rx.payload == CMD_TILE):
+                        m.next = "HEADER_H"
+            with m.State("INFO"):
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(info[idx])]
+                with m.If(self.tx.ready):
+                    m.d.sync += idx.eq(idx + 1)
+                    with m.If(idx == len(self.info_bytes()) - 1):
+                        m.next = "IDLE"
+            with m.State("HEADER_H"):
+                m.d.comb += self.rx.ready.eq(1)
+                with m.If(self.rx.valid):
+                    m.d.sync += h.eq(self.rx.payload)
+                    m.next = "HEADER_W"
+            with m.State("HEADER_W"):
+                m.d.comb += self.rx.ready.eq(1)
+                with m.If(self.rx.valid):
+                    m.d.sync += w.eq(self.rx.payload)
+                    m.next = "START"
+            with m.State("START"):
+                m.d.comb += [seq.start.eq(1), seq.h.eq(h), seq.w.eq(w)]
+                m.d.sync += [left.eq(0), row.eq(0)]
+                m.next = "COUNT"
+            with m.State("COUNT"):
+                # h*w without a multiplier: the sequencer is loading pixels meanwhile, so there is time to add
+                m.d.sync += [left.eq(left + w), row.eq(row + 1)]
+                with m.If(row + 1 == h):
+                    m.next = "REPLY"
+                m.d.comb += [self.rx.ready.eq(seq.pixels.ready), seq.pixels.valid.eq(self.rx.valid),
+                             seq.pixels.payload.eq(self.rx.payload)]
+            with m.State("REPLY"):
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(REPLY_TILE)]
+                m.d.comb += [self.rx.ready.eq(seq.pixels.ready), seq.pixels.valid.eq(self.rx.valid),
+                             seq.pixels.payload.eq(self.rx.payload)]
+                with m.If(self.tx.ready):
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += [self.rx.ready.eq(seq.pixels.ready), seq.pixels.valid.eq(self.rx.valid),
+                             seq.pixels.payload.eq(self.rx.payload)]
+                m.d.comb += [self.tx.valid.eq(seq.out.valid), self.tx.payload.eq(seq.out.payload),
+                             seq.out.ready.eq(self.tx.ready)]
+                with m.If(seq.out.valid & self.tx.ready):
+                    m.d.sync += left.eq(left - 1)
+                with m.If(left == 0):
+                    m.d.sync += idx.eq(0)
+                    m.next = "WAIT"
+            with m.State("WAIT"):
+                with m.If(~seq.busy):
+                    m.next = "COUNTERS"
+            with m.State("COUNTERS"):
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(counter_bytes[idx])]
+                with m.If(self.tx.ready):
+                    m.d.sync += idx.eq(idx + 1)
+                    with m.If(idx == 11):
+                        m.next = "IDLE"
+        return m
