@@ -91,8 +91,9 @@ def check_tile(plan: Plan, tile: np.ndarray, vcd_dir: str | None = None) -> Tile
     """
     import os
 
-    from edgespike import reference
     from edgespike.rtl.cycles import tile_cost
+
+    from edgespike import reference
 
     tile = np.asarray(tile, dtype=np.uint8)
     want, trace = reference.run(plan.model, tile, trace=True)
