@@ -367,7 +367,8 @@ def test_picamera_gray_y_plane_stride_and_noise_reduction_off(tmp_path, capsys, 
     assert rc == 0, err
     cam = fake_picamera.opened[0]
     assert cam.config["main"] == {"format": "YUV420", "size": (40, 30)}
-    assert cam.config["controls"]["NoiseReductionMode"] == 0 and cam.config["controls"]["FrameRate"] == 30
+    controls = cam.config["controls"]
+    assert controls["NoiseReductionMode"] == 0 and controls["FrameDurationLimits"] == (33333, 33333)
     assert cam.closed and "Raspberry Pi camera 0 (imx708)" in out
     files = sorted((tmp_path / "raw").glob("*.png"))
     assert len(files) == 3
@@ -404,6 +405,18 @@ def test_camera_failing_mid_stream_is_retried_then_reported(tmp_path, capsys, mo
     assert len(list((tmp_path / "seq").glob("frame_*.png"))) == n
     for line in log.read_text().splitlines():
         json.loads(line)  # every line complete
+
+
+def test_live_video_rate_is_measured(tmp_path, capsys, model_path, fake_picamera):
+    """A live source's video is opened after MEASURE frames at the denoised rate (at most the camera's)."""
+    cv = need_cv2()
+    rc, out, err = run_cli(capsys, "picamera", "--model", model_path, "--size", "32x24", "--fps", 30, "--frames", 12,
+                           "-o", tmp_path / "live.avi", "-q", "--no-window")
+    assert rc == 0, err
+    assert len(read_video(tmp_path / "live.avi")) == 12
+    cap = cv.VideoCapture(str(tmp_path / "live.avi"))
+    assert 0.5 <= cap.get(cv.CAP_PROP_FPS) <= 30.0
+    cap.release()
 
 
 def test_camera_that_recovers_keeps_going(capsys, model_path, fake_picamera):

@@ -130,8 +130,10 @@ def run(args) -> int:
     opened: list = []
     try:
         if output:
-            fps = args.fps or getattr(source, "fps", None) or 25.0
-            opened.append(sinks.open_output(output, view or "denoised", fps))
+            def fps():  # asked at the first frame: a video file's or camera's rate is known once it is open
+                return args.fps or getattr(source, "fps", None) or 25.0
+
+            opened.append(sinks.open_output(output, view or "denoised", fps, live=source.live))
         if args.json_log:
             opened.append(sinks.JsonLogSink(args.json_log))
         if args.serve is not None:

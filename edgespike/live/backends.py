@@ -103,8 +103,10 @@ class CPUBackend:
     name = "cpu"
 
     def __init__(self, model_path: str | None) -> None:
-        path = Path(model_path) if model_path else None
-        if path is not None and not path.exists():
+        from edgespike.models import default_path
+
+        path = Path(model_path) if model_path else default_path()  # one message for a missing shipped model
+        if not path.exists():
             raise UserError(f"model file {path} not found")
         import edgespike
 
@@ -122,9 +124,8 @@ class CPUBackend:
                 self.label = ReferenceRuntime.label
             else:
                 from edgespike.fileformat import load as load_model
-                from edgespike.models import default_path
 
-                self.runtime = Runtime(load_model(path or default_path()))
+                self.runtime = Runtime(load_model(path))
                 self.label = f"cpu (edgespike runtime, {getattr(self.runtime, 'backend', 'numpy')} kernels)"
         self.model = getattr(self.runtime, "model", None)
 

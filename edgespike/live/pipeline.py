@@ -72,6 +72,12 @@ class FrameBuffer:
                 self.cond.wait(0.1)
             return True
 
+    def put_end(self, item) -> None:
+        """Queue an end marker regardless of room, so the main thread learns at once why capture ended."""
+        with self.cond:
+            self.items.append(item)
+            self.cond.notify_all()
+
     def get(self, timeout: float):
         """The oldest item, or None after ``timeout`` seconds."""
         with self.cond:
@@ -116,18 +122,13 @@ def capture_loop(source: Source, buf: FrameBuffer, stop: threading.Event, retrie
                 continue
             failures = 0
             if frame is None:
-                buf.put(_End(), drop=False, stop=stop)
+                buf.put_end(_End())
                 return
             counters["captured"] += 1
             if not buf.put(frame, drop=source.live, stop=stop):
                 return
     except BaseException as exc:  # report anything to the main thread: it owns the exit path
-        buf.put(_End(exc), drop=False, stop=threading.Event())
-        # a full buffer of a live source may still hold a frame: make sure the end marker is seen
-        with buf.cond:
-            if not any(isinstance(i, _End) for i in buf.items):
-                buf.items.append(_End(exc))
-                buf.cond.notify_all()
+        buf.put_end(_End(exc))
 
 
 # ------------------------------------------------------------------------------------------------------- statistics

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,36 +128,70 @@ class WindowSink:
 
 
 class VideoSink:
-    """Video through OpenCV's ``VideoWriter`` (MJPEG AVI by default), finalised by rename on close."""
+    """Video through OpenCV's ``VideoWriter`` (MJPEG AVI by default), finalised by rename on close.
 
-    def __init__(self, path: Path, view: str, fps: float) -> None:
+    The frame rate is fixed when the file is opened. For files it is the source's (``fps()``, called at the
+    first frame, when the source is open). For live sources, where a slow model drops frames, the first
+    ``MEASURE`` frames are held back to measure the denoised rate, so the video plays at about real speed.
+    """
+
+    MEASURE = 10
+
+    def __init__(self, path: Path, view: str, fps, measure: bool = False) -> None:
         self.cv = imageio.cv2()
         if self.cv is None:
             raise UserError(f"writing video {path} needs OpenCV: pip install 'edgespike[camera]' (or -o out.png)")
-        self.path, self.view, self.fps = path, view, fps
+        self.path, self.view, self.nominal = path, view, fps if callable(fps) else (lambda: fps)
+        self.measure = measure
         self.fourcc = VIDEO_FOURCC[path.suffix.lower()]
         self.tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
         self.writer = None
         self.size = None
+        self.fps = None
         self.frames = 0
+        self.pending: list[tuple[float, np.ndarray]] = []
         self.description = f"{path} ({self.fourcc} {path.suffix.lstrip('.').upper()}, {view})"
 
     def write(self, result: Result) -> None:
         img = imageio.to_bgr(result.view(self.view))
+        if self.writer is None and self.measure:
+            self.pending.append((time.perf_counter(), img))
+            if len(self.pending) >= self.MEASURE:
+                self._open_and_flush()
+            return
         if self.writer is None:
-            self.size = (img.shape[1], img.shape[0])
-            self.writer = self.cv.VideoWriter(str(self.tmp), self.cv.VideoWriter_fourcc(*self.fourcc), self.fps,
-                                              self.size)
-            if not self.writer.isOpened():
-                self.writer = None
-                raise UserError(f"cannot write video {self.path}: OpenCV has no {self.fourcc} encoder for "
-                                f"{self.path.suffix} here; use .avi")
-        elif (img.shape[1], img.shape[0]) != self.size:  # a folder of mixed sizes: a video has one size
+            self._open(img)
+        self._write(img)
+
+    def _open(self, first: np.ndarray) -> None:
+        fps = self.nominal() or 25.0
+        if len(self.pending) > 1:  # live: the rate frames were actually denoised at, at most the nominal one
+            span = self.pending[-1][0] - self.pending[0][0]
+            if span > 0:
+                fps = min(fps, max(0.5, (len(self.pending) - 1) / span))
+        self.fps = round(fps, 3)
+        self.size = (first.shape[1], first.shape[0])
+        writer = self.cv.VideoWriter(str(self.tmp), self.cv.VideoWriter_fourcc(*self.fourcc), self.fps, self.size)
+        if not writer.isOpened():
+            raise UserError(f"cannot write video {self.path}: OpenCV has no {self.fourcc} encoder for "
+                            f"{self.path.suffix} here; use .avi")
+        self.writer = writer
+
+    def _open_and_flush(self) -> None:
+        self._open(self.pending[0][1])
+        held, self.pending = self.pending, []
+        for _, img in held:
+            self._write(img)
+
+    def _write(self, img: np.ndarray) -> None:
+        if (img.shape[1], img.shape[0]) != self.size:  # a folder of mixed sizes: a video has one size
             img = imageio.resize(img, self.size)
         self.writer.write(img)
         self.frames += 1
 
     def close(self) -> None:
+        if self.writer is None and self.pending:  # a live run shorter than MEASURE frames
+            self._open_and_flush()
         if self.writer is not None:
             self.writer.release()  # writes the AVI index: only now is the file playable
             self.writer = None
@@ -208,8 +243,12 @@ class ImageSink:
         pass
 
 
-def open_output(target: str, view: str, fps: float):
-    """A :class:`VideoSink` or :class:`ImageSink` chosen by the target's extension."""
+def open_output(target: str, view: str, fps, live: bool = False):
+    """A :class:`VideoSink` or :class:`ImageSink` chosen by the target's extension.
+
+    ``fps`` is a number or a function returning the source's nominal rate once it is open; ``live`` makes a
+    video measure the denoised rate first (see :class:`VideoSink`).
+    """
     if view not in VIEWS:
         raise UserError(f"unknown view {view!r}: choose one of {', '.join(VIEWS)}")
     p = Path(target)
@@ -217,7 +256,7 @@ def open_output(target: str, view: str, fps: float):
     if ext in VIDEO_FOURCC:
         if not p.parent.is_dir():
             raise UserError(f"cannot write {target}: folder {p.parent} does not exist")
-        return VideoSink(p, view, fps)
+        return VideoSink(p, view, fps, measure=live)
     if ext in imageio.IMAGE_EXTS or target.endswith(("/", os.sep)) or p.is_dir():
         return ImageSink(target, view)
     raise UserError(f"cannot write {target}: unknown output type {ext or '(no extension)'}; use .avi, .mp4, .png, "

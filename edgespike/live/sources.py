@@ -362,8 +362,9 @@ class PicameraSource(Source):
             raise UserError(f"cannot open Raspberry Pi camera {self.number}: {exc}") from None
         w, h = self.opts.size or DEFAULT_CAMERA_SIZE
         controls = {"NoiseReductionMode": 0}
-        if self.opts.fps:
-            controls["FrameRate"] = float(self.opts.fps)
+        if self.opts.fps:  # libcamera's own control (picamera2's "FrameRate" shortcut is missing in older releases)
+            period = int(round(1e6 / self.opts.fps))
+            controls["FrameDurationLimits"] = (period, period)
         try:
             config = cam.create_video_configuration(main={"format": "YUV420", "size": (w, h)}, controls=controls)
             cam.configure(config)
