@@ -40,6 +40,10 @@ def add_arguments(p) -> None:
                    help="pixel levels per unit of the read-out (default: 1 / (input-scale * T): the read-out "
                         "averaged over T steps, in input units)")
     p.add_argument("--residual", action="store_true", help="the network predicts the noise: output = input - it")
+    p.add_argument("--reset", choices=("hard", "soft"), default="hard",
+                   help="reset of the spiking layers: hard = NIR's reset to v_reset (default); soft = subtract the "
+                        "threshold, for frameworks that subtract but cannot say so in NIR (snnTorch's default "
+                        "reset_mechanism='subtract' is exported as v_reset = 0)")
     p.add_argument("--membrane-bits", type=int, default=32, help="declared membrane width, 8..32 (default: 32)")
     p.add_argument("--frames", type=int, default=8, help="at most this many calibration frames (default: 8)")
     p.add_argument("--crop", type=int, default=64, help="calibration frames are centre crops of this size (64)")
@@ -118,7 +122,7 @@ def run(args) -> int:
     if not (args.input_scale > 0 and math.isfinite(args.input_scale)):
         raise UserError("--input-scale must be positive")
     net = nir_import.lower(graph, dt=dt, timesteps=T, input_scale=args.input_scale,
-                           output_scale=args.output_scale, residual=args.residual)
+                           output_scale=args.output_scale, residual=args.residual, reset=args.reset)
     frames, what = calibration_frames(args.calibrate, args.frames, args.crop, net.size_multiple)
     model, report = nir_import.quantise(net, frames, weight_bits=args.weight_bits, membrane_bits=args.membrane_bits,
                                         source=Path(args.model).name)

@@ -181,11 +181,18 @@ def _topological(graph) -> tuple[list[str], dict[str, list[str]], dict[str, list
 
 
 def lower(graph, dt: float = DEFAULT_DT, timesteps: int = 8, input_scale: float = 1 / 255,
-          output_scale: float | None = None, residual: bool = False) -> FloatNet:
-    """Map a NIR graph onto a :class:`FloatNet`, refusing (one line, node path and type) what edgespike lacks."""
+          output_scale: float | None = None, residual: bool = False, reset: str = "hard") -> FloatNet:
+    """Map a NIR graph onto a :class:`FloatNet`, refusing (one line, node path and type) what edgespike lacks.
+
+    ``reset="soft"`` reads every spiking layer as resetting by subtraction: NIR 1.0 can only say "reset to
+    v_reset", so frameworks whose neurons subtract (snnTorch's default ``reset_mechanism="subtract"``) still
+    write ``v_reset = 0``; only the user knows.
+    """
     nir = nir_module()
     if not dt > 0:
         raise InterchangeError(f"dt must be positive, got {dt}")
+    if reset not in ("hard", "soft"):
+        raise InterchangeError(f"reset must be 'hard' or 'soft', got {reset!r}")
     order, preds, succs = _topological(graph)
     low = _Lowering(graph, dt)
     inputs = [k for k in order if isinstance(graph.nodes[k], nir.Input)]
@@ -263,6 +270,9 @@ def lower(graph, dt: float = DEFAULT_DT, timesteps: int = 8, input_scale: float 
                       f"the read-out has {low.channels[readout]} channels; the output frame is grayscale (1)")
     net = FloatNet(nodes=low.nodes, readout=readout, input_scale=input_scale, residual=residual,
                    timesteps=timesteps, dt=dt)
+    for n in net.nodes:
+        if isinstance(n, FNeuron) and n.spiking:
+            n.reset = reset
     depth = {INPUT: 0}
     for n in net.nodes:
         depth[n.name] = max(depth[i] for i in n.inputs) + (isinstance(n, FConv) and n.stride == 2)
@@ -608,8 +618,15 @@ def quantise(net: FloatNet, frames: list[np.ndarray], weight_bits: int = 8, memb
             if n.spiking:
                 x = n.thr / q
                 near = np.rint(x)
-                # strict v > thr on integer membranes is v >= floor(thr/q) + 1
-                theta = np.where(np.abs(x - near) < 1e-6 * np.maximum(1, near), near, np.floor(x)) + 1
+                exact = np.abs(x - near) < 1e-6 * np.maximum(1, near)
+                if n.reset == "soft":
+                    # Subtract exactly thr (an integer number of units thanks to the aligned scale); the compare
+                    # then differs from NIR's strict one only when v lands exactly on it.
+                    theta = np.where(exact, near, np.floor(x) + 1)
+                else:
+                    # strict v > thr on integer membranes is v >= floor(thr/q) + 1
+                    theta = np.where(exact, near, np.floor(x)) + 1
+                theta = np.maximum(theta, 1)
                 if np.any(theta >= 2 ** (membrane_bits - 1)):
                     raise InterchangeError(f"node {n.name!r}: threshold {n.thr.max():g} is {x.max():.3g} current "
                                            "units: too large for the membrane; check --dt and the graph's r")
