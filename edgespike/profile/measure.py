@@ -2,7 +2,7 @@
 
 Latency: ``warmup`` untimed runs, then ``repeats`` timed runs (``perf_counter``); median and p95 reported, never
 asserted on. Memory: the process's peak resident set (``VmHWM``) during the runs above the resident set before
-them, with the peak reset through ``/proc/self/clear_refs`` (Linux; "n/a" elsewhere). Energy: only with a real
+them (taken before the warm-up), with the peak reset through ``/proc/self/clear_refs`` (Linux; "n/a" elsewhere). Energy: only with a real
 sensor (:mod:`edgespike.profile.sensors`): the idle power is measured first over ``idle_s`` seconds, then the
 frames run while the sensor is sampled at its own period; energy per frame = (mean power while running - idle
 power) x wall time / frames (for an energy counter: counter difference minus idle power x time). Without a
@@ -50,10 +50,12 @@ def _reset_peak() -> bool:
 
 def latency(fn, frame: np.ndarray, repeats: int = 5, warmup: int = 1) -> Latency:
     """Time ``fn(frame)``; see the module docstring."""
-    for _ in range(warmup):
-        fn(frame)
+    # Baseline before the warm-up: the first call's allocations (buffers, plans) are part of the runtime's working
+    # set; large numpy buffers are unmapped when freed, so earlier runtimes do not hide this one's peak.
     base = _rss_kib("VmRSS")
     can_reset = _reset_peak()
+    for _ in range(warmup):
+        fn(frame)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
