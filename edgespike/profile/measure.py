@@ -1,8 +1,8 @@
 """Latency, peak memory and measured energy of a denoiser callable on this device.
 
 Latency: ``warmup`` untimed runs, then ``repeats`` timed runs (``perf_counter``); median and p95 reported, never
-asserted on. Memory: the process's peak resident set (``VmHWM``) during the runs above the resident set before
-them (taken before the warm-up), with the peak reset through ``/proc/self/clear_refs`` (Linux; "n/a" elsewhere). Energy: only with a real
+asserted on. Memory: the process's peak resident set (``VmHWM``) during warm-up and runs above the resident set
+before them, the peak reset through ``/proc/self/clear_refs`` (Linux; "n/a" elsewhere). Energy: only with a real
 sensor (:mod:`edgespike.profile.sensors`): the idle power is measured first over ``idle_s`` seconds, then the
 frames run while the sensor is sampled at its own period; energy per frame = (mean power while running - idle
 power) x wall time / frames (for an energy counter: counter difference minus idle power x time). Without a
