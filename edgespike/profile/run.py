@@ -307,7 +307,8 @@ def table(res: dict) -> str:
         lines.append(f"ANN twins: not built ({res['twin']['error']})")
     c = est["counts"]
     lines += ["", f"estimated per frame, table {est['table']['name']}: {est['table']['label']}",
-              f"  spike rate {est['spike_rate']:.3f} spikes/neuron/step",
+              f"  spike rate {est['spike_rate']:.3f} spikes/neuron/step on the profiled frame, "
+              f"{res['spike_rate_eval']:.3f} on the evaluation set",
               f"{'':>10}{'MACs':>12}{'ACs':>12}{'mem acc.':>12}{'addr ops':>12}{'energy':>12}"]
     for net in ("snn", "ann"):
         lines.append(f"{net.upper():>10}{c[net]['macs']:>12.3g}{c[net]['accs']:>12.3g}{c[net]['mem_accesses']:>12.3g}"
