@@ -5,4 +5,15 @@ from edgespike.frames import FrameError
 from edgespike.model import ModelError
 
 __version__ = "0.1.0"
-__all__ = ["ModelError", "ModelFileError", "FrameError", "__version__"]
+__all__ = ["ModelError", "ModelFileError", "FrameError", "__version__", "load"]
+
+
+def load(path=None, **kwargs):
+    """The fast CPU runtime for a model file: ``edgespike.load(path).denoise(frame) -> (frame, stats)``.
+
+    ``path=None`` loads the shipped sigma-25 model (``ModelError`` if this build has none yet). Imported lazily so
+    ``import edgespike`` stays light. See :class:`edgespike.runtime.Runtime`.
+    """
+    from edgespike.runtime import load as _load
+
+    return _load(path, **kwargs)

@@ -1,0 +1,311 @@
+"""Optional compiled kernel: binary-input convolution fused with the neuron update, exact int32.
+
+Why a lookup table: the input of a spiking convolution is 0/1, so ``sum_c w[o, c] * s[c]`` over a group of four
+input channels takes one of 16 values per output channel. They are precomputed per kernel tap (``[k*k, C_in/4, 16,
+C_out]`` int32, 72 KiB for a 3x3 32->32 layer, cache resident); a pixel then costs ``k*k*C_in/4`` vector adds of
+one table row, no multiplications, no branches on spike values, and the result is exact by construction. The
+neuron update (leak, integrate, fire, reset) runs on the accumulator while it is still in registers, so the
+currents are never written to memory; the spikes leave as bytes, the next layer's input.
+
+The C source is compiled on first use with the system compiler (``cc``; OpenMP when available, over output rows)
+into a per-user cache; :func:`load` returns ``None`` when that is impossible and the runtime falls back to numpy.
+Set ``EDGESPIKE_NO_KERNEL=1`` to disable it. The source uses GCC/Clang vector extensions only, so the same code
+builds for x86-64 (AVX2) and aarch64 (NEON) boards.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+C_SOURCE = r"""
+#include <stdint.h>
+#include <string.h>
+#include <stdlib.h>
+
+#define INLINE static inline __attribute__((always_inline))
+/* 32-byte vectors: 8 x int32 or 16 x uint16 lanes. Loads are declared 4-byte aligned (numpy gives 16). */
+typedef int32_t v8 __attribute__((vector_size(32)));
+typedef int32_t v8u __attribute__((vector_size(32), aligned(4)));
+typedef uint16_t w16 __attribute__((vector_size(32)));
+typedef uint16_t w16u __attribute__((vector_size(32), aligned(2)));
+
+INLINE uint32_t nibble(const uint8_t *p) {
+    /* four 0/1 bytes -> 4-bit index (b3 | b2<<1 | b1<<2 | b0<<3): the multiply places each byte's bit 0 at a
+       distinct position of bits 24..27 without carries */
+    uint32_t u;
+    memcpy(&u, p, 4);
+    return ((u & 0x01010101u) * 0x08040201u) >> 24;
+}
+
+/* One output row of one step for accumulator vector type VT (lanes LN). NQ is a compile-time constant in the
+   specialised calls, so the inner loop over output-channel vectors is fully unrolled. 16-bit lanes use unsigned
+   (wrap-around) arithmetic: exact because the final sum is proved to fit int16 (see fits16 in Python). */
+#define ROW_FN(NAME, VT, VTU, LT, LN)                                                                          \
+INLINE void NAME(const uint8_t *x, int h, int w, int cs, int k, int st, int oy, int wo, const VTU *lut,     \
+                 int groups, int nq, int co, const int32_t *bias, int32_t *v, const int32_t *theta,          \
+                 int leak, int hard, uint8_t *so) {                                                          \
+    VT acc[64];                                                                                              \
+    int p = k / 2;                                                                                           \
+    for (int ox = 0; ox < wo; ox++) {                                                                        \
+        for (int q = 0; q < nq; q++) acc[q] = (VT){0};                                                       \
+        for (int i = 0; i < k; i++) {                                                                        \
+            int iy = oy * st + i - p;                                                                        \
+            if (iy < 0 || iy >= h) continue;                                                                 \
+            for (int j = 0; j < k; j++) {                                                                    \
+                int ix = ox * st + j - p;                                                                    \
+                if (ix < 0 || ix >= w) continue;                                                             \
+                const uint8_t *px = x + ((long)iy * w + ix) * cs;                                            \
+                const VTU *tab = lut + (long)((i * k + j) * groups) * 16 * nq;                               \
+                for (int g = 0; g < groups; g++) {                                                           \
+                    const VTU *row = tab + ((long)g * 16 + nibble(px + 4 * g)) * nq;                         \
+                    for (int q = 0; q < nq; q++) acc[q] += row[q];                                           \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        const LT *a = (const LT *)acc;                                                                       \
+        int32_t *vv = v + (long)ox * co;                                                                     \
+        uint8_t *ss = so + (long)ox * co;                                                                    \
+        for (int c = 0; c < co; c++) {                                                                       \
+            int32_t m = vv[c];                                                                               \
+            if (leak) m -= m >> leak;                                                                        \
+            m += (int32_t)a[c] + bias[c];                                                                    \
+            int32_t s = m >= theta[c];                                                                       \
+            m = hard ? (s ? 0 : m) : m - (s ? theta[c] : 0);                                                 \
+            vv[c] = m;                                                                                       \
+            ss[c] = (uint8_t)s;                                                                              \
+        }                                                                                                    \
+    }                                                                                                        \
+}
+
+ROW_FN(row32, v8, v8u, int32_t, 8)
+ROW_FN(row16, w16, w16u, int16_t, 16)
+
+/* x: [L][h][w][cs] uint8 0/1 (cs = C_in padded to a multiple of 4; x_step = 0 repeats one step)
+   lut: [k*k][cs/4][16][lanes*nq] (int32, or int16 when wide16 = 0... see Python); v: [ho][wo][co] int32
+   membranes (updated); spk: [L][ho][wo][co] uint8 */
+int conv_neuron(const uint8_t *x, int L, long x_step, int h, int w, int cs, int k, int st,
+                const void *lut, int co, int nq, int lanes16, const int32_t *bias,
+                int32_t *v, const int32_t *theta, int leak, int hard, uint8_t *spk, int threads) {
+    int ho = (h + st - 1) / st, wo = (w + st - 1) / st, groups = cs / 4;
+    if (nq > 64) return -1;
+    for (int t = 0; t < L; t++) {
+        const uint8_t *xt = x + x_step * t;
+        uint8_t *so = spk + (long)t * ho * wo * co;
+        #pragma omp parallel for schedule(static) num_threads(threads)
+        for (int oy = 0; oy < ho; oy++) {
+            int32_t *vr = v + (long)oy * wo * co;
+            uint8_t *sr = so + (long)oy * wo * co;
+#define CALL(FN, TY, N) FN(xt, h, w, cs, k, st, oy, wo, (const TY *)lut, groups, N, co, bias, vr, theta, leak, hard, sr)
+            if (lanes16) {
+                switch (nq) {
+                case 1: CALL(row16, w16u, 1); break;
+                case 2: CALL(row16, w16u, 2); break;
+                case 4: CALL(row16, w16u, 4); break;
+                default: CALL(row16, w16u, nq);
+                }
+            } else {
+                switch (nq) {
+                case 1: CALL(row32, v8u, 1); break;
+                case 2: CALL(row32, v8u, 2); break;
+                case 4: CALL(row32, v8u, 4); break;
+                case 8: CALL(row32, v8u, 8); break;
+                default: CALL(row32, v8u, nq);
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+/* Neuron update alone (currents computed elsewhere): cur [L][n][co] int32 (cur_step = 0 repeats one step),
+   v [n][co] int32 updated in place, spk [L][n][co] uint8. Steps t < T only (no MPRN extra step). */
+void neuron(const int32_t *cur, long cur_step, int L, long n, int co, int32_t *v, const int32_t *theta,
+            int leak, int hard, uint8_t *spk, int threads) {
+    for (int t = 0; t < L; t++) {
+        const int32_t *ct = cur + cur_step * t;
+        uint8_t *so = spk + (long)t * n * co;
+        #pragma omp parallel for schedule(static) num_threads(threads)
+        for (long i = 0; i < n; i++) {
+            for (int c = 0; c < co; c++) {
+                long e = i * co + c;
+                int32_t m = v[e];
+                if (leak) m -= m >> leak;
+                m += ct[e];
+                int32_t s = m >= theta[c];
+                m = hard ? (s ? 0 : m) : m - (s ? theta[c] : 0);
+                v[e] = m;
+                so[e] = (uint8_t)s;
+            }
+        }
+    }
+}
+"""
+
+_LIB = None
+_ERROR = None
+_TRIED = False
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("EDGESPIKE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgespike")
+    return Path(base)
+
+
+def _compile(out: Path) -> None:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        raise OSError("no C compiler (cc) found")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernel.c"
+        src.write_text(C_SOURCE)
+        lib = Path(tmp) / "kernel.so"
+        base = [cc, "-O3", "-fPIC", "-shared", str(src), "-o", str(lib)]
+        errors = []
+        for flags in (["-march=native", "-fopenmp"], ["-march=native"], []):
+            r = subprocess.run(base[:1] + flags + base[1:], capture_output=True, text=True)
+            if r.returncode == 0:
+                break
+            errors.append(r.stderr.strip().splitlines()[-1:] or ["?"])
+        else:
+            raise OSError(f"compiling the kernel failed: {errors[-1][0]}")
+        # Atomic publish: concurrent first uses never load a half-written library.
+        fd, tmp_out = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
+        os.close(fd)
+        shutil.copyfile(lib, tmp_out)
+        os.replace(tmp_out, out)
+
+
+def load():
+    """The compiled kernel library (ctypes), building it on first use; ``None`` if unavailable."""
+    global _LIB, _ERROR, _TRIED
+    if _TRIED:
+        return _LIB
+    _TRIED = True
+    if os.environ.get("EDGESPIKE_NO_KERNEL"):
+        _ERROR = "disabled by EDGESPIKE_NO_KERNEL"
+        return None
+    tag = hashlib.sha256((C_SOURCE + platform.machine() + platform.node()).encode()).hexdigest()[:16]
+    path = _cache_dir() / f"kernel-{tag}.so"
+    try:
+        if not path.exists():
+            _compile(path)
+        lib = ctypes.CDLL(str(path))
+        fn = lib.conv_neuron
+        fn.restype = ctypes.c_int
+        P = ctypes.c_void_p
+        I = ctypes.c_int  # noqa: E741
+        fn.argtypes = [P, I, ctypes.c_long, I, I, I, I, I, P, I, I, I, P, P, P, I, I, P, I]
+        nf = lib.neuron
+        nf.restype = None
+        nf.argtypes = [P, ctypes.c_long, I, ctypes.c_long, I, P, P, I, I, P, I]
+        _LIB = lib
+    except OSError as exc:
+        _ERROR = str(exc)
+        _LIB = None
+    return _LIB
+
+
+def load_error() -> str | None:
+    """Why :func:`load` returned ``None`` (for error messages)."""
+    return _ERROR
+
+
+MAX_OUT = 64 * 8
+"""Output channels the kernel's on-stack accumulator holds (64 vectors of 8 int32)."""
+
+
+def fits(conv, neuron_info) -> bool:
+    """Whether the kernel can run ``conv`` + its neuron exactly: int32 membranes suffice (analyse() bounds them
+    to membrane_bits <= 32) and the output channels fit the accumulator."""
+    return conv.out_channels <= MAX_OUT
+
+
+def fits16(weight: np.ndarray) -> bool:
+    """16-bit wrap-around accumulation is exact when every output channel's final sum fits int16: with 0/1
+    inputs that sum is at most ``sum |w|`` over the fan-in (modular arithmetic makes overflowing partial sums
+    harmless)."""
+    return int(np.abs(weight.astype(np.int64)).sum(axis=(1, 2, 3)).max()) < 2**15
+
+
+def build_lut(weight: np.ndarray) -> np.ndarray:
+    """Per tap and group of four input channels, the 16 possible weight sums: ``[k*k, C_in/4, 16, C_out']``,
+    int16 when :func:`fits16` (C_out padded to 16 lanes), else int32 (padded to 8)."""
+    cout, cin, k, _ = weight.shape
+    cs = -(-cin // 4) * 4
+    small = fits16(weight)
+    lanes = 16 if small else 8
+    co8 = -(-cout // lanes) * lanes
+    w = np.zeros((k * k, cs, co8), np.int64)
+    w[:, :cin, :cout] = weight.astype(np.int64).transpose(2, 3, 1, 0).reshape(k * k, cin, cout)
+    w = w.reshape(k * k, cs // 4, 4, co8)
+    lut = np.zeros((k * k, cs // 4, 16, co8), np.int64)
+    for nib in range(16):
+        for m in range(4):
+            if nib >> (3 - m) & 1:  # index bit 3 - m carries channel m of the group (see nibble() in C)
+                lut[:, :, nib] += w[:, :, m]
+    return np.ascontiguousarray(lut.astype(np.int16 if small else np.int32))
+
+
+def threads() -> int:
+    n = os.environ.get("EDGESPIKE_THREADS")
+    if n:
+        return max(1, int(n))
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8))
+
+
+def conv_neuron(lib, x: np.ndarray, lut: np.ndarray, conv, neuron, v: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Run ``conv`` on binary ``x [L, h, w, C_in]`` (uint8) and update ``neuron``'s membranes ``v [ho, wo, C_out]``
+    in place over the L steps; returns the spikes ``[L, ho, wo, C_out]`` (uint8)."""
+    L, h, w, cin = x.shape
+    cs = lut.shape[1] * 4
+    const = L > 1 and x.strides[0] == 0  # one step standing for all (direct-coded constant input)
+    base = x[:1] if const else x
+    if base.dtype != np.uint8 or cin != cs:
+        padded = np.zeros(base.shape[:3] + (cs,), np.uint8)
+        padded[..., :cin] = base
+        base = padded
+    base = np.ascontiguousarray(base)
+    x_step = 0 if const else base.strides[0]
+    x = base
+    st = conv.stride
+    ho, wo = -(-h // st), -(-w // st)
+    cout = conv.out_channels
+    spk = np.empty((L, ho, wo, cout), np.uint8)
+    bias = np.ascontiguousarray(conv.bias, dtype=np.int32)
+    theta = np.ascontiguousarray(theta, dtype=np.int32)
+    assert v.dtype == np.int32 and v.flags.c_contiguous and v.shape == (ho, wo, cout)
+    lanes = 16 if lut.dtype == np.int16 else 8
+    if lut.shape[3] // lanes > 64:
+        raise ValueError("too many output channels for the kernel")
+    rc = lib.conv_neuron(x.ctypes.data, L, x_step, h, w, cs, conv.kernel, st, lut.ctypes.data, cout,
+                         lut.shape[3] // lanes, int(lanes == 16), bias.ctypes.data, v.ctypes.data, theta.ctypes.data,
+                         int(neuron.leak_shift), int(neuron.reset == "hard"), spk.ctypes.data, threads())
+    if rc != 0:
+        raise RuntimeError(f"kernel conv_neuron failed ({rc})")
+    return spk
+
+
+def neuron(lib, cur: np.ndarray, neuron, v: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Neuron update over L steps (t < T) for int32 currents ``cur [L or 1, h, w, C]`` (a single slice stands for
+    every step when ``L`` is given by a zero stride); ``v [h, w, C]`` int32 updated in place; returns uint8 spikes."""
+    L = cur.shape[0]
+    const = L > 1 and cur.strides[0] == 0
+    base = np.ascontiguousarray(cur[:1] if const else cur, dtype=np.int32)
+    assert v.dtype == np.int32 and v.flags.c_contiguous and v.shape == cur.shape[1:]
+    spk = np.empty(cur.shape, np.uint8)
+    n = v.shape[0] * v.shape[1]
+    theta = np.ascontiguousarray(theta, dtype=np.int32)
+    lib.neuron(base.ctypes.data, 0 if const else base[0].size, L, n, v.shape[2], v.ctypes.data, theta.ctypes.data,
+               int(neuron.leak_shift), int(neuron.reset == "hard"), spk.ctypes.data, threads())
+    return spk

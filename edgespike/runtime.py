@@ -1,0 +1,661 @@
+"""The fast, bit-exact CPU runtime: layer-major, row-strip tiled, exact float32 BLAS where proved safe.
+
+:class:`Runtime` executes a :class:`~edgespike.model.Model` with results identical, bit for bit, to
+:func:`edgespike.reference.run` (the tests check this on random models of every node kind). It is fast because:
+
+* **Layer-major execution.** Each node processes all ``T`` steps of a strip at once: a convolution is a few GEMMs
+  with the ``T`` steps stacked into the rows, a neuron layer is one vectorised update per step over the strip.
+  Valid because a model is feed-forward within a step (``docs/SEMANTICS.md`` section 2).
+* **Work done once.** With direct coding the input is the same at every step, so a convolution of a constant is
+  computed once (T-1 convolutions saved). A convolution read only by Integrators is linear and non-spiking: it is
+  applied once to the *sum over steps* of its input (spike counts) plus ``T * bias``.
+* **Exact floating point.** A GEMM runs in float32 only when the worst-case absolute partial sum, proved from
+  :func:`edgespike.validate.analyse`'s input intervals, is below ``2**24``; float64 below ``2**53``; int64
+  otherwise. No Winograd or FFT (not exact).
+* **Row strips with a halo.** The frame is processed in horizontal strips (aligned to ``model.size_multiple``)
+  extended by a receptive-field halo; only the strip's core rows are kept, so results equal a whole-frame run and
+  peak memory is bounded (a 1920x1080 frame runs in well under 1 GiB).
+* **Optional compiled kernel** (:mod:`edgespike.kernels`): a binary-input convolution fused with the neuron update
+  that follows it, using per-4-channel lookup tables of weight sums (no multiplications, exact int32). It is
+  compiled with the system C compiler on first use and selected automatically; the numpy path is the fallback
+  (``backend="numpy"``) and is tested against the same reference.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgespike.frames import check_frame, pad_to_multiple
+from edgespike.model import (
+    INPUT,
+    Add,
+    Conv,
+    ConvTranspose,
+    Integrator,
+    Model,
+    ModelError,
+    Neuron,
+)
+from edgespike.reference import lowbias32
+from edgespike.validate import analyse
+
+F32_EXACT = 2**24
+F64_EXACT = 2**53
+DEFAULT_STRIP_BYTES = 256 * 2**20
+"""Working-set budget of one strip (the estimate is conservative; see :meth:`Runtime._strip_rows`)."""
+
+
+@dataclass
+class Stats:
+    """What one :meth:`Runtime.denoise` call did.
+
+    Attributes
+    ----------
+    spikes : dict[str, numpy.ndarray]
+        Spikes emitted per neuron node per step (int64, length ``steps``; the MPRN extra step last). Equal to the
+        reference's ``Trace.spikes``.
+    neurons : dict[str, int]
+        Number of neurons of each neuron node (channels x height x width on the padded frame).
+    steps : int
+        ``T``, plus one with an MPRN extra step.
+    synops : int
+        Synaptic operations of the convolutions fed by binary spikes: per input spike event, ``ceil(k/s)**2 *
+        C_out`` for a Conv and ``k**2 * C_out`` for a ConvTranspose (the accumulates an event-driven core does).
+    macs : int
+        Multiply-accumulates of convolutions fed by non-binary values (e.g. the direct-coded first layer), counted
+        as computed: once for a constant input, per step otherwise; read-out convolutions on spike counts once.
+    node_seconds : dict[str, float]
+        Wall time per node summed over strips.
+    total_seconds : float
+        Wall time of the whole call (padding, encoding, decoding included).
+    backend : str
+        ``"c"`` when the compiled kernel ran, else ``"numpy"``.
+    """
+
+    spikes: dict[str, np.ndarray] = field(default_factory=dict)
+    neurons: dict[str, int] = field(default_factory=dict)
+    steps: int = 0
+    synops: int = 0
+    macs: int = 0
+    node_seconds: dict[str, float] = field(default_factory=dict)
+    total_seconds: float = 0.0
+    backend: str = "numpy"
+
+    @property
+    def total_spikes(self) -> int:
+        return int(sum(int(s.sum()) for s in self.spikes.values()))
+
+    @property
+    def spike_rate(self) -> float:
+        """Spikes per neuron per timestep over the whole network (extra step included in ``steps``)."""
+        n = sum(self.neurons.values()) * self.steps
+        return self.total_spikes / n if n else 0.0
+
+    @property
+    def synaptic_ops(self) -> int:
+        """Alias of :attr:`synops` (the name the eval and live reports use)."""
+        return self.synops
+
+    @property
+    def seconds(self) -> float:
+        """Alias of :attr:`total_seconds`."""
+        return self.total_seconds
+
+    def rates(self) -> dict[str, float]:
+        """Spikes per neuron per timestep of each neuron node."""
+        return {k: float(self.spikes[k].sum()) / (self.neurons[k] * self.steps) if self.neurons[k] else 0.0
+                for k in self.spikes}
+
+
+@dataclass
+class _Val:
+    """The value of a node over the steps of one pass, channels last: ``[L, h, w, C]``.
+
+    ``const``: one slice ``[1, h, w, C]`` stands for every step. ``summed``: the array holds the sum over the
+    pass's steps (only Integrators read such values). ``binary``: values are 0/1 (uint8).
+    """
+
+    arr: np.ndarray
+    const: bool = False
+    summed: bool = False
+    binary: bool = False
+
+
+def _lv(rows: int, level: int) -> int:
+    """``rows`` level-0 rows expressed at ``level`` (levels below 0 are up-sampled maps)."""
+    return rows >> level if level >= 0 else rows << -level
+
+
+def _gemm_dtype(bound: int):
+    if bound < F32_EXACT:
+        return np.float32
+    if bound < F64_EXACT:
+        return np.float64
+    return np.int64
+
+
+def _abs_partial_bound(weight: np.ndarray, bias: np.ndarray | None, in_mag: list[int], scale: int = 1) -> int:
+    """Largest |partial sum| any summation order can reach: sum |w| * max|x| per output channel (+ |bias|)."""
+    w = np.abs(weight.astype(np.int64)).sum(axis=(2, 3))  # [Cout, Cin]
+    tot = [sum(int(w[o, c]) * int(in_mag[c]) * scale for c in range(w.shape[1])) for o in range(w.shape[0])]
+    if bias is not None:
+        tot = [t + abs(int(b)) * scale for t, b in zip(tot, bias, strict=True)]
+    return max(tot) if tot else 0
+
+
+class _ConvPlan:
+    """Weights of one Conv/ConvTranspose prepared as per-tap matrices ``[k, k, C_in, C_out]``."""
+
+    def __init__(self, node, info_in, T: int):
+        self.node = node
+        self.k = node.kernel
+        self.stride = node.stride
+        mag = [max(abs(a), abs(b)) for a, b in zip(info_in.value.lo, info_in.value.hi, strict=True)]
+        mag_x = [max(abs(a), abs(b)) for a, b in zip(info_in.extra.lo, info_in.extra.hi, strict=True)]
+        self.bound = _abs_partial_bound(node.weight, node.bias, mag)
+        # Read-out form: applied once to the sum over T steps of the input, plus T * bias.
+        self.bound_sum = _abs_partial_bound(node.weight, node.bias, mag, T)
+        w_extra = getattr(node, "weight_extra", None)
+        self.w_extra = w_extra
+        self.bound_extra = _abs_partial_bound(node.weight if w_extra is None else w_extra, None, mag_x)
+        self.taps = {}
+
+    def taps_for(self, extra: bool, dtype) -> np.ndarray:
+        key = (extra, np.dtype(dtype).str)
+        if key not in self.taps:
+            w = self.w_extra if (extra and self.w_extra is not None) else self.node.weight
+            self.taps[key] = np.ascontiguousarray(w.transpose(2, 3, 1, 0).astype(dtype))
+        return self.taps[key]
+
+
+SMALL_GEMM = 72
+"""Below this many columns (k*k*C_out) or rows (k*k*C_in) of the weight matrix, one GEMM over all taps (with
+shifted adds, or im2col) beats k*k thin GEMMs."""
+
+
+def conv_nhwc(x: np.ndarray, taps: np.ndarray, stride: int) -> np.ndarray:
+    """Zero-padded "same" convolution of ``x [L, h, w, C_in]`` with ``taps [k, k, C_in, C_out]``.
+
+    Three exact GEMM forms, chosen by shape (no Winograd/FFT):
+
+    * few outputs (read-out layers, ``k*k*C_out`` small): one GEMM against all taps at once, then the taps'
+      columns are added at their shifts;
+    * few inputs (the direct-coded first layer, ``k*k*C_in`` small): im2col, one GEMM;
+    * otherwise one GEMM per tap on shifted row slices: the padded map is flattened and tap ``(i, j)`` is the
+      slice shifted by ``i * W_pad + j``; outputs land on the padded grid and the pad rows/columns (which mix
+      neighbouring rows and steps) are cropped. Stride 2 gathers each tap's strided window into one buffer.
+    """
+    k = taps.shape[0]
+    p = k // 2
+    L, h, w, cin = x.shape
+    cout = taps.shape[3]
+    dt = taps.dtype
+    hp, wp = h + 2 * p, w + 2 * p
+    ho, wo = (hp - k) // stride + 1, (wp - k) // stride + 1
+    if k == 1:
+        xs = np.ascontiguousarray(x[:, ::stride, ::stride], dtype=dt)
+        return (xs.reshape(-1, cin) @ taps[0, 0]).reshape(L, ho, wo, cout)
+    xp = np.zeros((L, hp, wp, cin), dt)
+    xp[:, p:p + h, p:p + w] = x
+    if k * k * cout <= SMALL_GEMM:
+        wall = np.ascontiguousarray(taps.transpose(2, 0, 1, 3).reshape(cin, k * k * cout))
+        y = (xp.reshape(-1, cin) @ wall).reshape(L, hp, wp, k * k, cout)
+        out = np.zeros((L, ho, wo, cout), dt)
+        for i in range(k):
+            for j in range(k):
+                out += y[:, i:i + stride * ho:stride, j:j + stride * wo:stride, i * k + j]
+        return out
+    if k * k * cin <= SMALL_GEMM:
+        cols = np.empty((L, ho, wo, k, k, cin), dt)
+        for i in range(k):
+            for j in range(k):
+                cols[:, :, :, i, j] = xp[:, i:i + stride * ho:stride, j:j + stride * wo:stride]
+        return (cols.reshape(-1, k * k * cin) @ taps.reshape(k * k * cin, cout)).reshape(L, ho, wo, cout)
+    if stride == 1:
+        n = L * hp * wp
+        flat = xp.reshape(n, cin)
+        out = np.zeros((n, cout), dt)
+        tmp = np.empty((n, cout), dt)
+        for i in range(k):
+            for j in range(k):
+                off = i * wp + j
+                m = n - off
+                np.matmul(flat[off:], taps[i, j], out=tmp[:m])
+                out[:m] += tmp[:m]
+        return out.reshape(L, hp, wp, cout)[:, :h, :w]
+    out = np.zeros((L * ho * wo, cout), dt)
+    tmp = np.empty_like(out)
+    win = np.empty((L, ho, wo, cin), dt)
+    for i in range(k):
+        for j in range(k):
+            np.copyto(win, xp[:, i:i + 2 * ho:2, j:j + 2 * wo:2])
+            np.matmul(win.reshape(-1, cin), taps[i, j], out=tmp)
+            out += tmp
+    return out.reshape(L, ho, wo, cout)
+
+
+def conv_transpose_nhwc(x: np.ndarray, taps: np.ndarray, padding: int) -> np.ndarray:
+    """Stride-2 transposed convolution (semantics section 4): per tap one GEMM, scattered on a strided view."""
+    k = taps.shape[0]
+    L, h, w, cin = x.shape
+    cout = taps.shape[3]
+    dt = taps.dtype
+    full = np.zeros((L, 2 * h + k + 2, 2 * w + k + 2, cout), dt)
+    flat = np.ascontiguousarray(x, dtype=dt).reshape(-1, cin)
+    tmp = np.empty((flat.shape[0], cout), dt)
+    for i in range(k):
+        for j in range(k):
+            np.matmul(flat, taps[i, j], out=tmp)
+            full[:, i:i + 2 * h:2, j:j + 2 * w:2] += tmp.reshape(L, h, w, cout)
+    return full[:, padding:padding + 2 * h, padding:padding + 2 * w]
+
+
+class Runtime:
+    """A model prepared for fast repeated denoising.
+
+    Parameters
+    ----------
+    model : Model
+        Checked with :func:`edgespike.validate.analyse` (raises :class:`ModelError` if unusable).
+    backend : {"auto", "c", "numpy"}
+        ``"auto"`` uses the compiled kernel when it builds and loads, numpy otherwise; ``"c"`` raises if the
+        kernel is unavailable.
+    strip_rows : int, optional
+        Core rows per strip (rounded up to ``model.size_multiple``). Default: from ``max_strip_bytes``.
+    max_strip_bytes : int
+        Working-set budget per strip used to choose ``strip_rows``.
+
+    Examples
+    --------
+    >>> rt = Runtime(model)                      # doctest: +SKIP
+    >>> out, stats = rt.denoise(frame)           # doctest: +SKIP
+    """
+
+    def __init__(self, model: Model, backend: str = "auto", strip_rows: int | None = None,
+                 max_strip_bytes: int = DEFAULT_STRIP_BYTES):
+        self.model = model
+        self.analysis = analyse(model)
+        self.T = model.timesteps
+        self.steps = self.T + (1 if model.has_extra_step else 0)
+        self.M = model.size_multiple
+        self.max_strip_bytes = int(max_strip_bytes)
+        self.strip_rows = None if strip_rows is None else max(self.M, -(-int(strip_rows) // self.M) * self.M)
+        if backend not in ("auto", "c", "numpy"):
+            raise ValueError(f"backend must be 'auto', 'c' or 'numpy', got {backend!r}")
+        self.kernels = None
+        if backend != "numpy":
+            from edgespike import kernels
+
+            self.kernels = kernels.load()
+            if self.kernels is None and backend == "c":
+                raise ModelError(f"the compiled kernel is unavailable: {kernels.load_error()}")
+        self.backend = "c" if self.kernels is not None else "numpy"
+
+        infos = self.analysis.nodes
+        self.consumers: dict[str, list] = {INPUT: []}
+        for node in model.nodes:
+            self.consumers[node.name] = []
+            for i in node.inputs:
+                self.consumers[i].append(node)
+        decoder_nodes = {t.node for t in model.decoder.terms}
+        self.last_use: dict[str, int] = {}
+        for idx, node in enumerate(model.nodes):
+            for i in node.inputs:
+                self.last_use[i] = idx
+        self.plans: dict[str, _ConvPlan] = {}
+        self.summed: set[str] = set()
+        self.fused: dict[str, str] = {}  # conv name -> neuron name, run by the compiled kernel
+        for node in model.nodes:
+            if isinstance(node, (Conv, ConvTranspose)):
+                self.plans[node.name] = _ConvPlan(node, infos[node.input], self.T)
+                cons = self.consumers[node.name]
+                if cons and all(isinstance(c, Integrator) for c in cons) and node.name not in decoder_nodes:
+                    self.summed.add(node.name)
+        if self.kernels is not None:
+            from edgespike import kernels
+
+            for node in model.nodes:
+                cons = self.consumers[node.name]
+                if (isinstance(node, Conv) and infos[node.input].binary and len(cons) == 1
+                        and isinstance(cons[0], Neuron) and kernels.fits(node, infos[cons[0].name])):
+                    self.fused[node.name] = cons[0].name
+        self.need_count = {t.node for t in model.decoder.terms if t.quantity == "count"}
+        self.need_uwd = {t.node for t in model.decoder.terms if t.quantity == "uwd"}
+        self.halo = self._halo()
+        self._lut_cache: dict = {}
+
+    # ------------------------------------------------------------------ planning
+    def _halo(self) -> int:
+        """Rows (level 0) at a strip's cut whose values can differ from a whole-frame run, rounded up to ``M``.
+
+        A cut acts like zero padding; the error spreads ``k // 2`` pixels per convolution at that node's
+        resolution (``k // 2 + 1`` input pixels for a transposed one, plus one output pixel of rounding at a
+        stride-2 step). Spikes and the decoder are per pixel and do not spread it.
+        """
+        infos = self.analysis.nodes
+        d = {INPUT: 0.0}
+        worst = 0.0
+        for node in self.model.nodes:
+            din = max(d[i] for i in node.inputs)
+            if isinstance(node, Conv):
+                lvl = infos[node.input].level
+                din += (node.kernel // 2) * 2.0**lvl
+                if node.stride == 2:
+                    g = 2.0 ** (lvl + 1)
+                    din = -(-din // g) * g + g
+            elif isinstance(node, ConvTranspose):
+                lvl = infos[node.input].level
+                din += (node.kernel // 2 + 1) * 2.0**lvl
+            d[node.name] = din
+            worst = max(worst, din)
+        return int(-(-int(np.ceil(worst)) // self.M) * self.M)
+
+    def _bytes_per_row(self, width: int) -> int:
+        """Conservative working set per level-0 row of a strip: the largest node's GEMM buffers plus the state."""
+        infos = self.analysis.nodes
+        L = self.T
+        state = 0
+        peak = 0
+        for node in self.model.nodes:
+            info = infos[node.name]
+            rows = 2.0 ** (-info.level)
+            w_l = width * rows
+            if isinstance(node, (Neuron, Integrator)):
+                state += 8 * info.channels * w_l * rows  # membrane (+ count)
+            if isinstance(node, (Conv, ConvTranspose)):
+                cin = infos[node.input].channels
+                isz = np.dtype(_gemm_dtype(self.plans[node.name].bound)).itemsize
+                buf = L * rows * w_l * (2 * cin + 3 * info.channels) * isz + L * rows * w_l * info.channels
+                peak = max(peak, buf)
+            else:
+                peak = max(peak, 3 * L * rows * w_l * info.channels)
+        return int(peak * 2 + state) + 1
+
+    def _strip_rows(self, H: int, W: int) -> int:
+        if self.strip_rows is not None:
+            return self.strip_rows
+        rows = self.max_strip_bytes // self._bytes_per_row(W) - 2 * self.halo
+        rows = max(self.M, rows // self.M * self.M)
+        return min(rows, H)
+
+    # ------------------------------------------------------------------ running
+    def denoise(self, frame: np.ndarray) -> tuple[np.ndarray, Stats]:
+        """Denoise one uint8 grayscale frame; returns the output (same size, uint8) and :class:`Stats`."""
+        t0 = time.perf_counter()
+        frame = check_frame(frame)
+        H, W = frame.shape
+        x = pad_to_multiple(frame, self.M)
+        Hp, Wp = x.shape
+        stats = Stats(steps=self.steps, backend=self.backend)
+        for node in self.model.nodes:
+            stats.node_seconds[node.name] = 0.0
+            if isinstance(node, Neuron):
+                stats.spikes[node.name] = np.zeros(self.steps, np.int64)
+                info = self.analysis.nodes[node.name]
+                stats.neurons[node.name] = info.channels * _lv(Hp, info.level) * _lv(Wp, info.level)
+        out = np.empty((Hp, Wp), np.uint8)
+        rows = self._strip_rows(Hp, Wp)
+        for r0 in range(0, Hp, rows):
+            r1 = min(Hp, r0 + rows)
+            a0, b0 = max(0, r0 - self.halo), min(Hp, r1 + self.halo)
+            out[r0:r1] = self._strip(x, a0, b0, r0 - a0, r1 - a0, stats)
+        stats.total_seconds = time.perf_counter() - t0
+        return out[:H, :W], stats
+
+    def _encode(self, x: np.ndarray, a0: int, b0: int, t0: int, L: int) -> _Val:
+        """Value of node ``input`` on rows ``a0:b0`` of the padded frame for steps ``t0 .. t0+L-1``."""
+        rows = x[a0:b0]
+        kind = self.model.encoder.kind
+        if t0 >= self.T:
+            return _Val(np.zeros((1,) + rows.shape + (1,), np.uint8), const=True, binary=True)
+        if kind == "direct":
+            return _Val(rows[None, :, :, None], const=True, binary=False)
+        out = np.empty((L,) + rows.shape + (1,), np.uint8)
+        if kind == "uwe":
+            for i in range(L):
+                out[i, ..., 0] = (rows >> (7 - (t0 + i))) & 1
+        else:
+            Hp, Wp = x.shape
+            base = (np.arange(a0, b0, dtype=np.uint64)[:, None] * np.uint64(Wp)
+                    + np.arange(Wp, dtype=np.uint64)[None, :])
+            for i in range(L):
+                idx = (np.uint64(t0 + i) * np.uint64(Hp) * np.uint64(Wp) + base) & np.uint64(0xFFFFFFFF)
+                r = lowbias32(idx.astype(np.uint32) ^ np.uint32(self.model.encoder.seed))
+                out[i, ..., 0] = (r >> np.uint32(24)) < rows
+        return _Val(out, binary=True)
+
+    def _strip(self, x, a0, b0, c0, c1, stats: Stats) -> np.ndarray:
+        """Run the model on padded rows ``a0:b0``; return the output of core rows ``c0:c1`` (strip-relative)."""
+        state: dict[str, dict] = {}
+        self._pass(x, a0, b0, c0, c1, 0, self.T, state, stats)
+        if self.steps > self.T:
+            self._pass(x, a0, b0, c0, c1, self.T, 1, state, stats)
+        return self._decode(x[a0:b0][c0:c1], state, c0, c1)
+
+    def _pass(self, x, a0, b0, c0, c1, t0, L, state, stats: Stats) -> None:
+        extra = t0 >= self.T
+        infos = self.analysis.nodes
+        vals: dict[str, _Val] = {INPUT: self._encode(x, a0, b0, t0, L)}
+        done: set[str] = set()
+        for idx, node in enumerate(self.model.nodes):
+            if node.name in done:
+                continue
+            tic = time.perf_counter()
+            name = node.name
+            lvl = infos[name].level
+            if isinstance(node, (Conv, ConvTranspose)):
+                src = vals[node.input]
+                self._count_ops(node, src, L, stats, c0, c1)
+                if name in self.fused and not extra:
+                    neuron = self.model.node(self.fused[name])
+                    vals[neuron.name] = self._fused(node, neuron, src, L, state, stats, _lv(c0, lvl), _lv(c1, lvl))
+                    done.add(neuron.name)
+                    stats.node_seconds[name] += time.perf_counter() - tic
+                    continue
+                vals[name] = self._conv(node, src, L, extra)
+            elif isinstance(node, Neuron):
+                vals[name] = self._neuron(node, vals[node.input], L, t0, state, stats, _lv(c0, lvl), _lv(c1, lvl))
+            elif isinstance(node, Integrator):
+                src = vals[node.input]
+                a = src.arr
+                if src.const:
+                    s = a[0].astype(np.int64) * L
+                elif src.summed:
+                    s = a[0].astype(np.int64)
+                else:
+                    s = a.sum(axis=0, dtype=np.int64)
+                st = state.setdefault(name, {})
+                st["v"] = st["v"] + s if "v" in st else s
+                vals[name] = _Val(np.zeros((1,) + a.shape[1:], np.uint8), const=True, binary=True)
+            elif isinstance(node, Add):
+                ins = [vals[i] for i in node.inputs]
+                const = all(v.const for v in ins)
+                acc = None
+                for v in ins:
+                    a = v.arr.astype(np.int64)
+                    acc = a if acc is None else acc + a
+                vals[name] = _Val(acc, const=const)
+            else:  # Concat
+                ins = [vals[i] for i in node.inputs]
+                const = all(v.const for v in ins)
+                arrs = [v.arr if (const or not v.const) else np.broadcast_to(v.arr, (L,) + v.arr.shape[1:])
+                        for v in ins]
+                binary = all(v.binary for v in ins)
+                dt = np.uint8 if binary else np.int64
+                vals[name] = _Val(np.concatenate([a.astype(dt, copy=False) for a in arrs], axis=3),
+                                  const=const, binary=binary)
+            stats.node_seconds[name] += time.perf_counter() - tic
+            # Free values nobody reads any more (keeps a strip's working set to a few layers).
+            for i in node.inputs:
+                if self.last_use.get(i) == idx:
+                    vals.pop(i, None)
+
+    def _count_ops(self, node, src: _Val, L: int, stats: Stats, c0: int, c1: int) -> None:
+        infos = self.analysis.nodes
+        lvl = infos[node.input].level
+        a = src.arr[:, _lv(c0, lvl):_lv(c1, lvl)]
+        k, cout = node.kernel, node.out_channels
+        if src.binary:
+            fan = (k * k if isinstance(node, ConvTranspose) else (-(-k // node.stride)) ** 2) * cout
+            events = int(np.count_nonzero(a)) * (L if src.const else 1)
+            stats.synops += events * fan
+        else:
+            cin = a.shape[3]
+            pix = a.shape[1] * a.shape[2]
+            if isinstance(node, Conv):
+                pix = -(-a.shape[1] // node.stride) * -(-a.shape[2] // node.stride)
+            reps = 1 if (src.const or src.summed or node.name in self.summed) else a.shape[0]
+            stats.macs += pix * cin * k * k * cout * reps
+
+    def _conv(self, node, src: _Val, L: int, extra: bool) -> _Val:
+        plan = self.plans[node.name]
+        a = src.arr
+        summed = node.name in self.summed
+        if src.const and summed:
+            # sum over steps of a constant input: L * x (the bound for the summed form covers it)
+            a = a.astype(np.int64) * L
+        elif summed and not src.summed:
+            a = a.sum(axis=0, keepdims=True, dtype=np.int32 if src.binary else np.int64)
+        if extra:
+            bound = plan.bound_extra
+        elif summed:
+            bound = plan.bound_sum
+        else:
+            bound = plan.bound
+        dt = _gemm_dtype(bound)
+        taps = plan.taps_for(extra, dt)
+        if isinstance(node, Conv):
+            out = conv_nhwc(a, taps, node.stride)
+        else:
+            out = conv_transpose_nhwc(a, taps, node.padding)
+        if not extra:
+            b = node.bias.astype(dt)
+            out += b * (L if summed else 1)
+        return _Val(out, const=src.const and not summed, summed=summed)
+
+    def _neuron_state(self, node: Neuron, shape, state) -> dict:
+        st = state.get(node.name)
+        if st is None:
+            theta = node.threshold.astype(np.int32)
+            v = np.zeros(shape, np.int32)
+            if node.v_init == "half":
+                v += theta >> 1
+            st = state[node.name] = {"v": v, "theta": theta}
+            if node.name in self.need_count:
+                st["count"] = np.zeros(shape, np.int32)
+            if node.name in self.need_uwd:
+                st["uwd"] = np.zeros(shape, np.int64)
+        return st
+
+    def _neuron(self, node: Neuron, src: _Val, L: int, t0: int, state, stats: Stats, c0: int, c1: int) -> _Val:
+        cur = src.arr
+        st = self._neuron_state(node, cur.shape[1:], state)
+        v, theta = st["v"], st["theta"]
+        extra = t0 >= self.T
+        if cur.dtype != np.int32:
+            cur = cur.astype(np.int32)  # exact: analyse() bounds every current to membrane_bits <= 32
+        if self.kernels is not None and not extra:
+            from edgespike import kernels
+
+            c_in = np.broadcast_to(cur, (L,) + v.shape) if src.const else cur
+            spikes = kernels.neuron(self.kernels, c_in, node, v, theta)
+            self._after_spikes(node, spikes, t0, st, stats, c0, c1)
+            return _Val(spikes, binary=True)
+        spikes = np.empty((L,) + v.shape, np.bool_)
+        tmp = np.empty_like(v) if node.leak_shift and not extra else None
+        for i in range(L):
+            t = t0 + i
+            c = cur[0] if src.const else cur[i]
+            s = spikes[i]
+            if extra:
+                v += c
+                if node.mprn:
+                    num, den = node.mprn
+                    np.greater_equal(v.astype(np.int64) * den, theta.astype(np.int64) * num, out=s)
+                else:
+                    s[...] = False
+            else:
+                if node.leak_shift:
+                    np.right_shift(v, node.leak_shift, out=tmp)
+                    v -= tmp
+                v += c
+                np.greater_equal(v, theta, out=s)
+            if node.reset == "soft":
+                np.subtract(v, theta, out=v, where=s)
+            else:
+                np.copyto(v, 0, where=s)
+            stats.spikes[node.name][t] += int(np.count_nonzero(s[c0:c1]))
+            if "count" in st:
+                st["count"] += s
+            if "uwd" in st and not extra:
+                st["uwd"][s] += np.int64(1) << (self.T - 1 - t)
+        return _Val(spikes.view(np.uint8), binary=True)
+
+    def _fused(self, conv: Conv, neuron: Neuron, src: _Val, L: int, state, stats: Stats, c0: int, c1: int) -> _Val:
+        """Binary-input Conv + Neuron through the compiled kernel (steps t < T only)."""
+        from edgespike import kernels
+
+        a = src.arr
+        if src.const:
+            a = np.broadcast_to(a, (L,) + a.shape[1:])
+        key = conv.name
+        lut = self._lut_cache.get(key)
+        if lut is None:
+            lut = self._lut_cache[key] = kernels.build_lut(conv.weight)
+        h, w = a.shape[1], a.shape[2]
+        ho, wo = -(-h // conv.stride), -(-w // conv.stride)
+        st = self._neuron_state(neuron, (ho, wo, conv.out_channels), state)
+        spikes = kernels.conv_neuron(self.kernels, a, lut, conv, neuron, st["v"], st["theta"])
+        self._after_spikes(neuron, spikes, 0, st, stats, c0, c1)
+        return _Val(spikes, binary=True)
+
+    def _after_spikes(self, neuron: Neuron, spikes: np.ndarray, t0: int, st: dict, stats: Stats, c0: int, c1: int):
+        """Statistics and decoder quantities from uint8 spikes of steps ``t0 ..`` produced by a kernel."""
+        for i in range(spikes.shape[0]):
+            s = spikes[i]
+            stats.spikes[neuron.name][t0 + i] += int(np.count_nonzero(s[c0:c1]))
+            if "count" in st:
+                st["count"] += s
+            if "uwd" in st:
+                st["uwd"][s.view(np.bool_)] += np.int64(1) << (self.T - 1 - (t0 + i))
+
+    def _decode(self, x_core: np.ndarray, state, c0: int, c1: int) -> np.ndarray:
+        dec = self.model.decoder
+        R = np.zeros(x_core.shape, np.int64)
+        for term in dec.terms:
+            st = state[term.node]
+            key = "v" if term.quantity == "membrane" else term.quantity
+            q = st[key][c0:c1, :, 0]
+            R += np.int64(term.multiplier[0]) * q.astype(np.int64)
+        r = (R + (1 << (dec.shift - 1))) >> dec.shift if dec.shift else R
+        y = x_core.astype(np.int64) - r if dec.residual else r
+        return np.clip(y, 0, 255).astype(np.uint8)
+
+
+def load(path=None, **kwargs) -> Runtime:
+    """A :class:`Runtime` for the model file ``path`` (a :class:`Model` is also accepted).
+
+    ``path=None`` loads the shipped sigma-25 model ``edgespike/models/default_s25.esnn``; raises
+    :class:`ModelError` when this installation has none yet. Keyword arguments go to :class:`Runtime`.
+    """
+    from pathlib import Path
+
+    from edgespike.fileformat import load as load_model
+
+    if isinstance(path, Model):
+        return Runtime(path, **kwargs)
+    if path is None:
+        default = Path(__file__).parent / "models" / "default_s25.esnn"
+        if not default.exists():
+            raise ModelError("no default model is shipped in this build yet (edgespike/models/default_s25.esnn); "
+                             "pass a model file path")
+        path = default
+    return Runtime(load_model(path), **kwargs)
+
+
+def denoise(model: Model, frame: np.ndarray, **kwargs) -> np.ndarray:
+    """One-shot convenience: ``Runtime(model, **kwargs).denoise(frame)[0]``."""
+    return Runtime(model, **kwargs).denoise(frame)[0]
