@@ -159,8 +159,11 @@ def test_edited_graph_is_noticed_and_can_be_requantised(tmp_path, capsys):
     # --requantise: the float values are taken at face value (the soft reset lives in metadata only, so this
     # imports NIR's hard-reset reading of the graph)
     assert main(["import", str(tmp_path / "e.nir"), "-o", str(tmp_path / "e.esnn"), "--requantise",
-                 "--crop", "16", "--frames", "2", "--residual"]) == 0
-    assert "PSNR" in capsys.readouterr().out
+                 "--crop", "16", "--frames", "2", "--json", str(tmp_path / "r.json")]) == 0
+    again = load(tmp_path / "e.esnn")
+    # the exported conventions (T, residual read-out and its scale) come back from the header
+    assert again.timesteps == 4 and again.decoder.residual
+    assert min(p or 99.0 for p in json.loads((tmp_path / "r.json").read_text())["psnr_db"]) > 25
 
 
 @pytest.mark.parametrize("node, what", [
@@ -224,6 +227,27 @@ def test_tau_maps_to_the_nearest_shift_leak_and_is_reported():
     model, report = nir_import.quantise(net, FRAMES[:1])
     assert model.node("n1").leak_shift == 2  # log2(3) = 1.58 -> 2
     assert "tau 3 dt -> leak 2^-2 (a 0.6667 vs 0.7500)" in report.text()
+
+
+@pytest.mark.parametrize("thr", [0.8, 1e-4])
+def test_soft_reset_thresholds_are_whole_units_and_weights_never_overflow(thr):
+    """Soft reset subtracts theta: the scale is chosen so that thr is exactly theta units, never finer than the
+    max-abs scale (no weight is clipped). A threshold below one unit cannot be aligned: theta = 1."""
+    w = RNG.normal(0.1, 0.1, (2, 1, 3, 3))
+    nodes, edges = _chain(_conv(2, 1, w=w), _lif(2, thr=thr), _conv(1, 2), _lif(1))
+    net = nir_import.lower(nir.NIRGraph(nodes=nodes, edges=edges, type_check=False), timesteps=4, reset="soft")
+    model, _ = nir_import.quantise(net, FRAMES[:1])
+    conv, neuron = model.node("n0"), model.node("n1")
+    q = conv.scale.astype(np.float64)
+    eff = w / 255  # the frame's unit is 1/255
+    qmax = np.abs(eff).reshape(2, -1).max(axis=1) / 127
+    assert np.all(q >= qmax * (1 - 1e-6))
+    np.testing.assert_allclose(conv.weight * q[:, None, None, None], eff, atol=0.5 * q.max() * (1 + 1e-6))
+    gain = DT / (4 * DT) * 4.0  # tau = 4 dt, r = tau / dt
+    if thr / gain > qmax.max():
+        np.testing.assert_allclose(neuron.threshold * q, thr / gain, rtol=1e-6)
+    else:
+        assert np.all(neuron.threshold == 1)
 
 
 def test_scale_affine_groups_and_sums():

@@ -3,7 +3,7 @@ exported to NIR and run by snnTorch's own NIR importer.
 
 The acceptance bound (docs/INTERCHANGE.md): the integer model's output matches snnTorch's own float simulation
 within the quantisation error ``edgespike import`` reports (PSNR against the float NIR model), and at int8 that
-error is small: at int8 PSNR >= 30 dB on every frame and >= 40 dB on average (measured: min 34.6, mean 47.5 dB;
+error is small: at int8 PSNR >= 30 dB on every frame and >= 40 dB on average (measured: min 34.6, mean 47.4 dB;
 the count read-out moves in steps of 255/T, so one flipped spike is a 16-level error).
 """
 

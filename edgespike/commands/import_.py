@@ -34,7 +34,7 @@ def add_arguments(p) -> None:
     p.add_argument("--timesteps", type=int, default=None, help="timesteps T (default: from the graph, else 8)")
     p.add_argument("--dt", type=float, default=None,
                    help="Euler step of the NIR neurons in seconds (default: from the graph, else 1e-4, snnTorch's)")
-    p.add_argument("--input-scale", type=float, default=1 / 255,
+    p.add_argument("--input-scale", type=float, default=None,
                    help="NIR input value per pixel level (default: 1/255, i.e. frames on [0, 1])")
     p.add_argument("--output-scale", type=float, default=None,
                    help="pixel levels per unit of the read-out (default: 1 / (input-scale * T): the read-out "
@@ -115,14 +115,19 @@ def run(args) -> int:
               f"({len(model.nodes)} nodes, T = {model.timesteps}); no quantisation was needed")
         return 0
     meta = graph.metadata if isinstance(getattr(graph, "metadata", None), dict) else {}
-    dt = args.dt if args.dt is not None else _meta_float(meta, "dt", nir_import.DEFAULT_DT)
-    T = args.timesteps if args.timesteps is not None else int(_meta_float(meta, "timesteps", 8))
+    # A graph exported by edgespike and re-quantised keeps its own conventions unless the options say otherwise.
+    hd = nir_export.header_defaults(graph, nir_export.header_of(graph)) if "edgespike" in meta else {}
+    dt = args.dt if args.dt is not None else hd.get("dt", _meta_float(meta, "dt", nir_import.DEFAULT_DT))
+    T = args.timesteps if args.timesteps is not None else int(hd.get("timesteps", _meta_float(meta, "timesteps", 8)))
+    input_scale = args.input_scale if args.input_scale is not None else hd.get("input_scale", 1 / 255)
+    output_scale = args.output_scale if args.output_scale is not None else hd.get("output_scale")
+    residual = args.residual or hd.get("residual", False)
     if not 1 <= T <= 1024:
         raise UserError(f"--timesteps must be in 1..1024, got {T}")
-    if not (args.input_scale > 0 and math.isfinite(args.input_scale)):
+    if not (input_scale > 0 and math.isfinite(input_scale)):
         raise UserError("--input-scale must be positive")
-    net = nir_import.lower(graph, dt=dt, timesteps=T, input_scale=args.input_scale,
-                           output_scale=args.output_scale, residual=args.residual, reset=args.reset)
+    net = nir_import.lower(graph, dt=dt, timesteps=T, input_scale=input_scale,
+                           output_scale=output_scale, residual=residual, reset=args.reset)
     frames, what = calibration_frames(args.calibrate, args.frames, args.crop, net.size_multiple)
     model, report = nir_import.quantise(net, frames, weight_bits=args.weight_bits, membrane_bits=args.membrane_bits,
                                         source=Path(args.model).name)

@@ -195,6 +195,31 @@ def header_of(graph) -> dict | None:
     return header
 
 
+def header_defaults(graph, header: dict) -> dict:
+    """Import conventions implied by an edgespike header, for re-quantising an exported (maybe edited) graph.
+
+    Returns ``timesteps``, ``dt``, ``input_scale``, ``residual`` and, when the read-out is a single term whose
+    real unit is recorded, ``output_scale`` (pixel levels per real unit of the NIR read-out).
+    """
+    out = {k: header[k] for k in ("timesteps", "dt", "input_scale") if k in header}
+    dec = header.get("decoder") or {}
+    if "residual" in dec:
+        out["residual"] = bool(dec["residual"])
+    terms = dec.get("terms") or []
+    if len(terms) == 1 and "shift" in dec:
+        t = terms[0]
+        per_int = t["multiplier"] / 2.0 ** dec["shift"]  # pixel levels per integer unit of the quantity
+        node = graph.nodes.get(t["node"])
+        if t["quantity"] == "count":
+            out["output_scale"] = per_int
+        elif t["quantity"] == "membrane" and isinstance(node, nir_module().I):
+            src = [str(a) for a, b in graph.edges if str(b) == t["node"]]
+            md = (graph.nodes[src[0]].metadata or {}) if len(src) == 1 else {}
+            if "es_out_scale" in md:
+                out["output_scale"] = per_int / float(np.asarray(md["es_out_scale"]).reshape(-1)[0])
+    return out
+
+
 class EditedGraph(InterchangeError):
     """The graph carries edgespike metadata but its values no longer match it (edited in another tool)."""
 

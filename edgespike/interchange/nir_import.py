@@ -550,7 +550,9 @@ def quantise(net: FloatNet, frames: list[np.ndarray], weight_bits: int = 8, memb
         while todo:
             c = todo.pop(0)
             if isinstance(c, FNeuron) and c.spiking:
-                return c.thr
+                # Only a subtractive reset needs thr to be a whole number of units (it subtracts theta); a hard
+                # reset's strict compare v*q > thr is exactly v >= floor(thr/q) + 1 for any q.
+                return c.thr if c.reset == "soft" else None
             if isinstance(c, FAdd):
                 todo += consumers.get(c.name, [])
         return None
@@ -580,9 +582,11 @@ def quantise(net: FloatNet, frames: list[np.ndarray], weight_bits: int = 8, memb
                 for ratio in CLIP_RATIOS:
                     q = np.where(qmax > 0, qmax * ratio, 1.0)
                     if thr is not None:
-                        # Make theta an exact integer multiple of q (never coarser than the weights need).
-                        mult = np.maximum(1.0, np.ceil(thr / q - 1e-9))
-                        q = np.where(thr > 0, thr / mult, q)
+                        # Make thr an exact integer number N of units: q = thr / N with N = floor(thr / q) keeps
+                        # q >= the max-abs scale (no weight overflows) and is at most (N+1)/N coarser. A threshold
+                        # below one unit (N = 0) cannot be aligned: theta = 1 then.
+                        mult = np.floor(thr / q + 1e-9)
+                        q = np.where(mult >= 1, thr / np.maximum(mult, 1), q)
                     wint = {m.name: np.clip(np.rint(eff[m.name] / q[:, None, None, None]), -wmax, wmax)
                             for m in members}
                     err = _current_error(members, wint, q, sample, steps, unit)
