@@ -385,6 +385,12 @@ def test_truncated_nir_file_is_refused(tmp_path, capsys):
     assert "cut.nir" in line
 
 
+def test_export_of_a_damaged_model_file_is_refused(tmp_path, capsys):
+    (tmp_path / "bad.esnn").write_bytes(b"ESNN\x00garbage")
+    line = _refused(capsys, ["export", str(tmp_path / "bad.esnn"), "--to", "nir", "-o", str(tmp_path / "o.nir")])
+    assert "bad.esnn" in line
+
+
 def test_bad_edgespike_metadata_is_refused(tmp_path, capsys):
     nodes, edges = _chain(_conv(2, 1), _lif(2), _conv(1, 2), _lif(1))
     path = _graph_file(tmp_path, nodes, edges, metadata={"edgespike": json.dumps({"format": "other"})})

@@ -126,8 +126,12 @@ def run(args) -> int:
         raise UserError(f"--timesteps must be in 1..1024, got {T}")
     if not (input_scale > 0 and math.isfinite(input_scale)):
         raise UserError("--input-scale must be positive")
-    net = nir_import.lower(graph, dt=dt, timesteps=T, input_scale=input_scale,
-                           output_scale=output_scale, residual=residual, reset=args.reset)
+    try:
+        net = nir_import.lower(graph, dt=dt, timesteps=T, input_scale=input_scale,
+                               output_scale=output_scale, residual=residual, reset=args.reset)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        # A node whose fields nir.read accepted but whose values make no sense (wrong types, missing arrays).
+        raise UserError(f"{args.model}: malformed NIR graph ({type(exc).__name__}: {exc})") from None
     frames, what = calibration_frames(args.calibrate, args.frames, args.crop, net.size_multiple)
     model, report = nir_import.quantise(net, frames, weight_bits=args.weight_bits, membrane_bits=args.membrane_bits,
                                         source=Path(args.model).name)

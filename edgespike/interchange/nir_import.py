@@ -207,7 +207,7 @@ def lower(graph, dt: float = DEFAULT_DT, timesteps: int = 8, input_scale: float 
         node = graph.nodes[key]
         src = preds[key]
         if isinstance(node, nir.Input):
-            shape = np.asarray(node.input_type.get("input") if node.input_type else None)
+            shape = np.asarray((node.input_type or {}).get("input") if isinstance(node.input_type, dict) else None)
             if shape.ndim == 1 and shape.size == 3 and int(shape[0]) != 1:
                 raise _refuse(key, node, f"input has {int(shape[0])} channels; edgespike models take one "
                                          "grayscale plane")
