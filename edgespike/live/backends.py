@@ -113,7 +113,8 @@ class CPUBackend:
         load = getattr(edgespike, "load", None)
         if load is not None:
             self.runtime = load(path)
-            self.label = "cpu (edgespike runtime)"
+            kernels = getattr(self.runtime, "backend", None)
+            self.label = "cpu (edgespike runtime" + (f", {kernels} kernels)" if isinstance(kernels, str) else ")")
         else:
             try:
                 Runtime = importlib.import_module("edgespike.runtime").Runtime
