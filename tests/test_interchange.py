@@ -377,6 +377,18 @@ def test_malformed_files_are_refused_in_one_line(tmp_path, capsys, make, why):
     assert why in line, line
 
 
+@pytest.mark.parametrize("field, value", [("tau", None), ("v_threshold", np.zeros((2, 3))), ("r", "junk")])
+def test_broken_node_fields_name_the_node(tmp_path, capsys, field, value):
+    nodes, edges = _chain(_conv(2, 1), _lif(2), _conv(1, 2), _lif(1))
+    path = _graph_file(tmp_path, nodes, edges)
+    with h5py.File(path, "r+") as f:
+        del f[f"node/nodes/n1/{field}"]
+        if value is not None:
+            f[f"node/nodes/n1/{field}"] = value
+    line = _refused(capsys, ["import", path, "-o", str(tmp_path / "x.esnn")])
+    assert "malformed NIR graph at node 'n1' (LIF)" in line, line
+
+
 def test_truncated_nir_file_is_refused(tmp_path, capsys):
     nodes, edges = _chain(_conv(2, 1), _lif(2), _conv(1, 2), _lif(1))
     data = open(_graph_file(tmp_path, nodes, edges), "rb").read()

@@ -74,12 +74,33 @@ def read_graph(path) -> object:
         # valid for an image network of any size.
         graph = nir.read(path, type_check=False)
     except Exception as exc:
+        where = _failing_node(path)
         msg = str(exc).splitlines()[0] if str(exc) else ""
-        raise InterchangeError(f"{path}: malformed NIR graph ({type(exc).__name__}{': ' + msg if msg else ''})") \
-            from None
+        raise InterchangeError(f"{path}: malformed NIR graph{where} ({type(exc).__name__}{': ' + msg if msg else ''})"
+                               ) from None
     if not isinstance(graph, nir.NIRGraph):
         raise InterchangeError(f"{path}: the top-level NIR node is a {type(graph).__name__}, not a NIRGraph")
     return graph
+
+
+def _failing_node(path) -> str:
+    """``" at node 'k' (Type)"`` for the first node NIR cannot build, to name it in the error ("" if unknown)."""
+    try:
+        import h5py
+        from nir.serialization import hdf2dict
+
+        nir = nir_module()
+        with h5py.File(path, "r") as f:
+            nodes = hdf2dict(f["node"]).get("nodes", {})
+        for key, entry in nodes.items():
+            try:
+                nir.dict2NIRNode(dict(entry))
+            except Exception:  # the node nir.read choked on
+                kind = entry.get("type") if isinstance(entry, dict) else None
+                return f" at node {key!r}" + (f" ({kind})" if isinstance(kind, str) else "")
+    except Exception:  # diagnosing is best effort: the caller still reports the original error
+        return ""
+    return ""
 
 
 # --------------------------------------------------------------------------- lowering
