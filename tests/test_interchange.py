@@ -225,7 +225,7 @@ def test_tau_maps_to_the_nearest_shift_leak_and_is_reported():
     nodes, edges = _chain(_conv(2, 1), _lif(2, tau=3 * DT), _conv(1, 2), _lif(1))
     net = nir_import.lower(nir.NIRGraph(nodes=nodes, edges=edges, type_check=False), timesteps=4)
     model, report = nir_import.quantise(net, FRAMES[:1])
-    assert model.node("n1").leak_shift == 2  # log2(3) = 1.58 -> 2
+    assert model.node("n1").leak_shift == 2  # dt/tau = 1/3: 2^-2 is 0.083 away, 2^-1 0.167
     assert "tau 3 dt -> leak 2^-2 (a 0.6667 vs 0.7500)" in report.text()
 
 
@@ -248,6 +248,12 @@ def test_soft_reset_thresholds_are_whole_units_and_weights_never_overflow(thr):
         np.testing.assert_allclose(neuron.threshold * q, thr / gain, rtol=1e-6)
     else:
         assert np.all(neuron.threshold == 1)
+
+
+@pytest.mark.parametrize("ratio, k", [(2.7, 2), (1.0, 1), (1.2, 1), (6.0, 3), (2.0**20, 20)])
+def test_leak_is_the_nearest_power_of_two(ratio, k):
+    a, shift = nir_import.leak_for("x", None, ratio * DT, DT)
+    assert shift == k and a == pytest.approx(1 - 1 / ratio)
 
 
 def test_scale_affine_groups_and_sums():

@@ -139,7 +139,7 @@ def _uniform(key, node, field_name: str, values: np.ndarray) -> float:
 
 
 def leak_for(key, node, tau: float, dt: float) -> tuple[float, int]:
-    """Euler factor ``a = 1 - dt/tau`` and the nearest edgespike shift leak ``k`` (``1 - 2**-k``)."""
+    """Euler factor ``a = 1 - dt/tau`` and the edgespike shift leak ``k`` whose ``2**-k`` is nearest ``dt/tau``."""
     if not tau > 0:
         raise _refuse(key, node, f"tau = {tau} must be positive")
     ratio = tau / dt
@@ -149,7 +149,9 @@ def leak_for(key, node, tau: float, dt: float) -> tuple[float, int]:
     a = 1.0 - 1.0 / ratio
     if ratio >= 2**30:  # a leak smaller than 2^-30 per step never moves an integer membrane of this size
         return a, 0
-    return a, max(1, int(round(math.log2(ratio))))
+    # The shift leak multiplies by 1 - 2^-k where Euler multiplies by 1 - dt/tau: pick the nearest 2^-k to dt/tau.
+    k = min(range(1, 31), key=lambda k: abs(1.0 / ratio - 2.0**-k))
+    return a, k
 
 
 @dataclass
