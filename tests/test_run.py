@@ -724,7 +724,7 @@ def test_bare_install_without_opencv_or_pillow(tmp_path, capsys, model_path, mon
     assert read_png(tmp_path / "d.png").shape == (24, 2 * 32 + 4, 3)  # no text renderer: no stats strip
     rc, _, err = run_cli(capsys, "--model", model_path, "--frames", 1, "-o", tmp_path / "d.avi", "-q")
     assert_one_line_error(rc, err, "needs OpenCV")
-    rc, _, err = run_cli(capsys, "--model", model_path, "--frames", 1, "--serve", 0, "-q")
+    rc, _, err = run_cli(capsys, "--model", model_path, "--frames", 1, "--serve", "--serve-port", 0, "-q")
     assert_one_line_error(rc, err, "JPEG")
 
 

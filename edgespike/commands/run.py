@@ -22,7 +22,7 @@ sources (SOURCE or --source):
 outputs (any number):
   -o out.avi|.mp4           video, finalised on exit (also after Ctrl-C or a lost camera)
   -o out.png | 'f_%05d.png' | DIR/   latest frame, or every frame
-  --serve [PORT]            MJPEG preview http://127.0.0.1:PORT/ (noisy | denoised + stats); --bind to expose
+  --serve [--serve-port N]  MJPEG preview http://127.0.0.1:8080/ (noisy | denoised + stats); --bind to expose
   --window                  local window (needs a display and OpenCV with GUI); default for cameras if possible
   --json-log FILE           one JSON line of stats per frame
 
@@ -67,8 +67,9 @@ def add_arguments(p) -> None:
     g = p.add_argument_group("outputs")
     g.add_argument("-o", "--output", metavar="FILE", help="video (.avi/.mp4), image (.png), pattern or folder/")
     g.add_argument("--view", help="what -o writes: denoised (default), side (noisy | denoised + stats) or noisy")
-    g.add_argument("--serve", nargs="?", type=int, const=8080, metavar="PORT", help="MJPEG preview server "
-                   "(default port 8080; 0 = any free port)")
+    g.add_argument("--serve", action="store_true", help="MJPEG preview server (see --serve-port, --bind)")
+    g.add_argument("--serve-port", type=int, default=8080, metavar="PORT",
+                   help="port of the preview server (default 8080; 0 = any free port)")
     g.add_argument("--bind", default="127.0.0.1", metavar="ADDR", help="address of the preview server (default "
                    "127.0.0.1: this machine only; 0.0.0.0 exposes it, without authentication)")
     w = g.add_mutually_exclusive_group()
@@ -108,8 +109,8 @@ def run(args) -> int:
         raise UserError(f"unknown --color {args.color!r}: choose one of {', '.join(pipeline.COLORS)}")
     if args.view is not None and args.view not in sinks.VIEWS:
         raise UserError(f"unknown --view {args.view!r}: choose one of {', '.join(sinks.VIEWS)}")
-    if args.serve is not None and not 0 <= args.serve <= 65535:
-        raise UserError(f"--serve {args.serve}: a port is 0..65535")
+    if args.serve and not 0 <= args.serve_port <= 65535:
+        raise UserError(f"--serve-port {args.serve_port}: a port is 0..65535")
     opts = sources.SourceOptions(size=parse_size(args.size), fps=args.fps, noise=args.noise, sigma=args.sigma,
                                  gain=args.gain, seed=args.seed, loop=args.loop, timeout=args.timeout)
     source = sources.open_source(spec, opts)  # checks the spec; the device is opened by the pipeline
@@ -117,8 +118,8 @@ def run(args) -> int:
     is_demo = isinstance(source, sources.DemoSource)
     window = args.window
     if window is None:  # automatic for cameras and streams only: files and the demo end and write their outputs
-        window = source.live and args.serve is None and sinks.window_problem() is None
-    previewing = window or args.serve is not None
+        window = source.live and not args.serve and sinks.window_problem() is None
+    previewing = window or args.serve
     frames = args.frames
     if frames is None and is_demo and not previewing:
         frames = DEMO_FRAMES  # the demo never ends by itself
@@ -136,8 +137,8 @@ def run(args) -> int:
             opened.append(sinks.open_output(output, view or "denoised", fps, live=source.live))
         if args.json_log:
             opened.append(sinks.JsonLogSink(args.json_log))
-        if args.serve is not None:
-            server = PreviewServer(args.bind, args.serve)
+        if args.serve:
+            server = PreviewServer(args.bind, args.serve_port)
             opened.append(server)
             print(f"edgespike: preview at {server.url}", file=sys.stderr, flush=True)
         if window:
