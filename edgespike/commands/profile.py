@@ -70,7 +70,8 @@ def add_arguments(p) -> None:
     p.add_argument("--um-model", default="UM24C", choices=("UM24C", "UM25C", "UM34C"))
     p.add_argument("--json", metavar="FILE", nargs="?", const="-", help="write the JSON result (stdout with no FILE)")
     p.add_argument("--plot", metavar="PNG", help="write the plot here")
-    p.add_argument("--report", metavar="DIR", help="write profile.json, profile.png and report.md into DIR")
+    p.add_argument("--report", metavar="DIR",
+                   help="write profile.json, profile.png, report.md and the twin models into DIR")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -125,7 +126,16 @@ def run(args) -> int:
                    extra_tables=args.energy_table, addressing=args.addressing, um_port=args.um_port,
                    um_model=args.um_model, log=log)
     res = profile(model, opts, str(path))
-    res["calibration"] = f"{len(calib)} images ({args.calib})" if calib else "patches of the evaluation images"
+    res["calibration"] = (f"{args.calib_count} noisy 64x64 patches from {min(len(calib), args.calib_count)} of "
+                          f"{len(calib)} images ({args.calib})" if calib else "patches of the evaluation images")
+    if args.report:  # keep the twins next to the report so that they can be inspected or deployed
+        import shutil
+
+        out = Path(args.report)
+        out.mkdir(parents=True, exist_ok=True)
+        for f in Path(res["twin"]["artifacts"]).glob("twin*"):
+            shutil.copy(f, out / f.name)
+        res["twin"]["artifacts"] = str(out)
     text = json.dumps(res, indent=1, default=float)
     if args.json == "-":
         print(text)
