@@ -373,14 +373,22 @@ def _fit(p: Plan) -> None:
         rams.append(Ram(f"{lp.name}.weights", lp.lanes * 8, lp.weight_depth, "rom"))
     p.rams = rams
 
+    # Which RW RAMs go to SPRAM: the subset that saves the most EBR within the SPRAM blocks (a handful of RAMs,
+    # so exhaustively); everything else in EBR at its best aspect ratio.
+    candidates = [r for r in rams if r.kind == "rw" and dev.spram_blocks]
+    best, best_saved = (), 0
+    for mask in range(1 << len(candidates)):
+        chosen = [r for i, r in enumerate(candidates) if mask >> i & 1]
+        if sum(_spram_blocks(r) for r in chosen) > dev.spram_blocks:
+            continue
+        saved = sum(_bram_blocks(r, dev) for r in chosen)
+        if saved > best_saved:
+            best, best_saved = tuple(chosen), saved
     where: dict[str, str] = {}
-    spram_left = dev.spram_blocks
     bram = spram = 0
-    for ram in sorted(rams, key=lambda r: -_bram_blocks(r, dev)):
-        # SPRAM only where one 16-bit-wide block saves more than one EBR (wide, shallow RAMs stay in EBR)
-        if ram.kind == "rw" and _spram_blocks(ram) <= spram_left and _bram_blocks(ram, dev) > _spram_blocks(ram):
+    for ram in rams:
+        if any(ram is r for r in best):
             n = _spram_blocks(ram)
-            spram_left -= n
             spram += n
             where[ram.name] = f"{n} SPRAM"
         else:

