@@ -48,6 +48,7 @@ def test_profile_json_report_and_plot(setup, capsys):
     assert res["estimate"]["energy_pJ"]["snn"] > 0 and res["estimate"]["counts"]["ann"]["macs"] > 0
     assert (tmp / "rep" / "profile.png").stat().st_size > 1000
     assert "![profile](profile.png)" in (tmp / "rep" / "report.md").read_text()
+    assert (tmp / "rep" / "twin.int8.tflite").exists() and (tmp / "rep" / "twin.int8.onnx").exists()
 
 
 def test_profile_snn_only_json_to_stdout(setup, capsys):
