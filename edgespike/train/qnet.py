@@ -1,0 +1,268 @@
+"""The quantisation-aware spiking DnCNN: one set of parameters, four views of it.
+
+Parameters are float conv weights/biases (``W_l``, ``b_l``) and one learned threshold ``theta_l`` per hidden
+layer. :meth:`QSpikingDnCNN.integerise` maps them to the exact integers a model file stores (gain compensation:
+a spike of layer ``l`` stands for ``theta_l``, folded into the next layer's weights; int8 per output channel):
+
+* ``W_int = round(W * g / q)`` with ``g = 1/255`` (first layer: the input is a pixel 0..255) or ``theta_{l-1}``,
+  ``q_c = max|W * g|[c] / 127``;
+* ``b_int = round(b / q)``, neuron threshold ``Theta_c = round(theta_l / q_c)``;
+* read-out: an Integrator sums ``T`` steps of current ``R``; the residual in pixels is ``255 * q * R / T``,
+  decoded as ``(m * R + 2**(s-1)) >> s`` with ``m / 2**s ~= 255 q / T``.
+
+Views (all share the same integers, rounding uses straight-through gradients):
+
+* :meth:`qann` - rate-coded q-ANN: every neuron sees its T-step current as if it were constant; the count of a
+  soft-reset IF neuron with ``v0 = Theta >> 1`` is then exactly ``clip(floor((Theta>>1 + S) / Theta), 0, T)``.
+  Cheap (one conv per layer), exact for the first layer and the read-out, approximate for the hidden layers.
+* :meth:`snn` - the real SNN, layer-major over T steps (a feed-forward graph lets each layer process all steps in
+  one batched conv). Forward is bit-exact to :func:`edgespike.reference.run`; backward uses a sigmoid surrogate
+  (BPTT fine-tuning).
+* :meth:`twin` - the float ANN twin: same float weights, ReLU clipped at ``theta`` (the rate-domain activation).
+* :meth:`to_model` - the :class:`edgespike.model.Model` to save as ``.esnn``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgespike.model import Conv, Decoder, Encoder, Integrator, Model, Neuron, ReadoutTerm
+
+WEIGHT_MAX = 127
+MULT_MAX = 2**31 - 1
+
+
+def ste(exact: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
+    """Forward ``exact``, backward the gradient of ``smooth`` (straight-through estimator)."""
+    return smooth + (exact - smooth).detach()
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    return ste(torch.round(x), x)
+
+
+class SpikeFn(torch.autograd.Function):
+    """Heaviside spike ``v >= theta`` with the derivative of ``sigmoid(k (v - theta) / theta)``.
+
+    Normalising by ``theta`` makes the surrogate width the same for every channel whatever its integer scale.
+    """
+
+    @staticmethod
+    def forward(ctx, v, theta, k):
+        ctx.save_for_backward(v, theta)
+        ctx.k = k
+        return (v >= theta).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, theta = ctx.saved_tensors
+        sg = torch.sigmoid(ctx.k * (v - theta) / theta)
+        d = grad * sg * (1 - sg) * ctx.k / theta
+        dtheta = -(d * (v / theta)).sum(dim=tuple(i for i in range(d.dim()) if theta.shape[i] == 1), keepdim=True)
+        return d, dtheta, None
+
+
+@dataclass
+class Integers:
+    """The integer tensors of one network (float tensors holding exact integers, with STE gradients)."""
+
+    weights: list[torch.Tensor]  # W_int per conv
+    biases: list[torch.Tensor]  # b_int per conv
+    thetas: list[torch.Tensor]  # Theta per hidden neuron layer, shape [C]
+    scales: list[torch.Tensor]  # q per conv, shape [C_out]
+    multiplier: int
+    shift: int
+
+    def double(self) -> Integers:
+        """The same integers as detached float64 tensors (exact simulation of large frames)."""
+        def f(ts):
+            return [t.detach().double() for t in ts]
+        return Integers(f(self.weights), f(self.biases), f(self.thetas), f(self.scales), self.multiplier, self.shift)
+
+
+class QSpikingDnCNN(nn.Module):
+    """DnCNN-shaped integer SNN: conv(1->C)+IF, (D-2) x [conv(C->C)+IF], conv(C->1) + Integrator, residual.
+
+    Parameters
+    ----------
+    depth : int
+        Number of conv layers D (>= 2).
+    width : int
+        Channels C of the hidden layers.
+    timesteps : int
+        T, the number of SNN steps (the rate code has T+1 levels).
+    """
+
+    def __init__(self, depth: int = 12, width: int = 48, timesteps: int = 8):
+        super().__init__()
+        if depth < 2:
+            raise ValueError("depth must be >= 2")
+        self.depth, self.width, self.T = depth, width, timesteps
+        chans = [1] + [width] * (depth - 1) + [1]
+        self.weight = nn.ParameterList()
+        self.bias = nn.ParameterList()
+        for i in range(depth):
+            w = torch.empty(chans[i + 1], chans[i], 3, 3)
+            nn.init.kaiming_normal_(w, nonlinearity="relu")
+            self.weight.append(nn.Parameter(w))
+            self.bias.append(nn.Parameter(torch.zeros(chans[i + 1])))
+        # Thresholds are real activation clip levels (image units); calibrate() sets them from data.
+        self.theta = nn.Parameter(torch.ones(depth - 1))
+        with torch.no_grad():
+            self.weight[-1].mul_(0.1)
+
+    # ------------------------------------------------------------------ integers
+    def integerise(self) -> Integers:
+        """The exact integers of the network, differentiable through straight-through rounding."""
+        theta = self.theta.clamp(min=1e-4)
+        Ws, bs, Ths, qs = [], [], [], []
+        for i in range(self.depth):
+            gain = (1.0 / 255.0) if i == 0 else theta[i - 1]
+            w_eff = self.weight[i] * gain
+            # The per-channel scale is detached: its gradient through max() only touches one weight and
+            # makes the scale jitter; LSQ-style learning happens through theta instead.
+            q = (w_eff.detach().abs().amax(dim=(1, 2, 3)) / WEIGHT_MAX).clamp(min=1e-12)
+            W = round_ste(w_eff / q[:, None, None, None]).clamp(-WEIGHT_MAX, WEIGHT_MAX)
+            b = round_ste(self.bias[i] / q)
+            Ws.append(W)
+            bs.append(b)
+            qs.append(q)
+            if i < self.depth - 1:
+                Ths.append(round_ste(theta[i] / q).clamp(min=1.0))
+        m, s = decoder_constants(float(qs[-1][0]), self.T)
+        return Integers(Ws, bs, Ths, qs, m, s)
+
+    # ------------------------------------------------------------------ views
+    def qann(self, pixels: torch.Tensor, ints: Integers | None = None, return_R: bool = False) -> torch.Tensor:
+        """Rate-coded q-ANN. ``pixels``: float [B,1,H,W] holding 0..255. Returns the residual in pixels
+        (float, before the decoder's rounding) as [B,1,H,W], or the integer read-out ``R`` when ``return_R``."""
+        ints = ints or self.integerise()
+        T = self.T
+        x = pixels
+        for i in range(self.depth - 1):
+            S = T * (F.conv2d(x, ints.weights[i], padding=1) + ints.biases[i][None, :, None, None]) if i == 0 else (
+                F.conv2d(x, ints.weights[i], padding=1) + T * ints.biases[i][None, :, None, None])
+            Th = ints.thetas[i][None, :, None, None]
+            exact = torch.floor((torch.floor(Th / 2) + S) / Th).clamp(0, T)
+            x = ste(exact, (S / Th + 0.5).clamp(0, T))
+        R = F.conv2d(x, ints.weights[-1], padding=1) + T * ints.biases[-1][None, :, None, None]
+        if return_R:
+            return R
+        return R * (255.0 * ints.scales[-1][None, :, None, None] / T)
+
+    def snn(self, pixels: torch.Tensor, ints: Integers | None = None, k: float = 4.0,
+            return_R: bool = False) -> torch.Tensor:
+        """The spiking network, layer-major over T steps; same return as :meth:`qann` (or the integer
+        read-out membrane ``R`` when ``return_R``). Exact in float64, and in float32 while every value stays
+        below 2**24 (true for int8 weights, C <= 256 and T <= 8)."""
+        ints = ints or self.integerise()
+        T = self.T
+        B = pixels.shape[0]
+        # First layer: direct encoding, the current is the same at every step.
+        cur0 = F.conv2d(pixels, ints.weights[0], padding=1) + ints.biases[0][None, :, None, None]
+        cur = cur0.unsqueeze(0).expand(T, *cur0.shape)
+        for i in range(self.depth - 1):
+            Th = ints.thetas[i][None, :, None, None]
+            v = torch.floor(Th / 2).expand_as(cur[0])
+            spikes = []
+            for t in range(T):
+                v = v + cur[t]
+                s = SpikeFn.apply(v, Th, k)
+                v = v - Th * s
+                spikes.append(s)
+            s_all = torch.cat(spikes, 0)  # [T*B, C, H, W], step-major
+            if i < self.depth - 2:
+                cur = (F.conv2d(s_all, ints.weights[i + 1], padding=1)
+                       + ints.biases[i + 1][None, :, None, None]).view(T, B, *cur0.shape[1:])
+            else:
+                counts = s_all.view(T, B, *s_all.shape[1:]).sum(0)
+        # The Integrator's membrane after T steps is linear in the spike counts.
+        R = F.conv2d(counts, ints.weights[-1], padding=1) + T * ints.biases[-1][None, :, None, None]
+        if return_R:
+            return R
+        return R * (255.0 * ints.scales[-1][None, :, None, None] / T)
+
+    def twin(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Float ANN twin: float weights, ``clip(z, 0, theta_l)`` activations. Residual in pixels."""
+        x = pixels / 255.0
+        theta = self.theta.clamp(min=1e-4)
+        for i in range(self.depth):
+            x = F.conv2d(x, self.weight[i], self.bias[i], padding=1)
+            if i < self.depth - 1:
+                x = torch.minimum(F.relu(x), theta[i])
+        return 255.0 * x
+
+    @torch.no_grad()
+    def calibrate(self, pixels: torch.Tensor, quantile: float = 0.995) -> None:
+        """Set each theta to a high quantile of its layer's positive pre-activations (layer by layer, so every
+        layer sees the quantised outputs of the calibrated layers before it)."""
+        x = pixels / 255.0
+        for i in range(self.depth - 1):
+            z = F.conv2d(x, self.weight[i], self.bias[i], padding=1)
+            pos = z[z > 0].flatten()
+            if pos.numel():
+                pos = pos[torch.randperm(pos.numel())[:1_000_000]]
+                self.theta[i] = torch.quantile(pos, quantile).clamp(min=1e-3)
+            th = self.theta[i]
+            x = th * torch.floor(z / th * self.T + 0.5).clamp(0, self.T) / self.T
+
+    # ------------------------------------------------------------------ export
+    @torch.no_grad()
+    def to_model(self, metadata: dict | None = None) -> Model:
+        """The :class:`Model` these parameters define (int8 weights, int32 biases/thresholds)."""
+        ints = self.integerise()
+        nodes = []
+        src = "input"
+        theta = self.theta.clamp(min=1e-4)
+        for i in range(self.depth):
+            W = ints.weights[i].detach().cpu().numpy()
+            b = ints.biases[i].detach().cpu().numpy()
+            if np.abs(b).max(initial=0) >= 2**31:
+                raise ValueError(f"bias of conv{i + 1} does not fit int32")
+            nodes.append(Conv(name=f"conv{i + 1}", input=src, weight=W.astype(np.int8), bias=b.astype(np.int32),
+                              scale=ints.scales[i].detach().cpu().numpy().astype(np.float32)))
+            if i < self.depth - 1:
+                Th = ints.thetas[i].detach().cpu().numpy()
+                nodes.append(Neuron(name=f"if{i + 1}", input=f"conv{i + 1}", threshold=Th.astype(np.int32),
+                                    reset="soft", leak_shift=0, v_init="half",
+                                    scale=np.full(Th.shape, float(theta[i]), np.float32)))
+                src = f"if{i + 1}"
+        nodes.append(Integrator(name="readout", input=f"conv{self.depth}"))
+        dec = Decoder(terms=[ReadoutTerm("readout", "membrane", np.array([ints.multiplier], np.int32))],
+                      shift=ints.shift, residual=True)
+        return Model(nodes=nodes, timesteps=self.T, encoder=Encoder("direct"), decoder=dec, membrane_bits=32,
+                     metadata=dict(metadata or {}))
+
+
+def decoder_constants(q: float, T: int) -> tuple[int, int]:
+    """``(m, s)`` with ``m / 2**s`` closest to ``255 q / T``, ``m`` below 2**31 and as many bits as fit."""
+    target = 255.0 * q / T
+    s = min(62, int(math.floor(math.log2(MULT_MAX / target))))
+    m = int(round(target * 2**s))
+    while m > MULT_MAX:
+        s -= 1
+        m = int(round(target * 2**s))
+    return max(m, 1), s
+
+
+def decode(R: torch.Tensor, pixels: torch.Tensor, m: int, s: int) -> torch.Tensor:
+    """The integer decoder: ``clip(x - ((m R + 2**(s-1)) >> s), 0, 255)`` in int64, for exact predictions."""
+    Ri = R.round().to(torch.int64)
+    r = (Ri * m + (1 << (s - 1))) >> s if s else Ri * m
+    return (pixels.round().to(torch.int64) - r).clamp(0, 255).to(torch.uint8)
+
+
+@torch.no_grad()
+def predict_uint8(net: QSpikingDnCNN, frame: np.ndarray, view: str = "snn") -> np.ndarray:
+    """What the exported model outputs for one uint8 frame, computed by the training-side simulation
+    (``view="snn"``, float64, bit-exact) or by the q-ANN approximation (``view="qann"``)."""
+    ints = net.integerise().double()  # the very integers to_model() exports, simulated in float64
+    x = torch.from_numpy(frame.astype(np.float64))[None, None]
+    R = net.snn(x, ints, return_R=True) if view == "snn" else net.qann(x, ints, return_R=True)
+    return decode(R, x, ints.multiplier, ints.shift)[0, 0].numpy()
