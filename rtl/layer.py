@@ -104,8 +104,9 @@ class LayerEngine(wiring.Component):
         g = Signal(bits_for(G))
         target = Signal(lp.mem_depth.bit_length())
 
-        ny = Signal(signed(self.ybits + 3))
-        nx = Signal(signed(self.xbits + 3))
+        # y + pad - i for any kernel: coordinate bits, the pad's bits, a carry and the sign
+        ny = Signal(signed(self.ybits + bits_for(k) + 2))
+        nx = Signal(signed(self.xbits + bits_for(k) + 2))
         m.d.comb += [ny.eq(ey + pad - ti), nx.eq(ex + pad - tj)]
         if lp.stride == 1:
             oy, ox = ny, nx

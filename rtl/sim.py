@@ -83,11 +83,12 @@ class Mismatch(AssertionError):
     """The simulated hardware and the reference disagree; the message names the first difference."""
 
 
-def check_tile(plan: Plan, tile: np.ndarray, vcd_dir: str | None = None) -> TileResult:
+def check_tile(plan: Plan, tile: np.ndarray, vcd_dir: str | None = None, vcd: str | None = None) -> TileResult:
     """Simulate ``tile`` and compare it with ``reference.run`` and with the exact cycle model.
 
-    On a difference, re-simulates with a VCD in ``vcd_dir`` (when given) and raises :class:`Mismatch` naming
-    the first differing output pixel, the counter that differs, and the VCD path.
+    ``vcd`` writes a VCD of the run in any case. On a difference, re-simulates with a VCD in ``vcd_dir`` (when
+    given and ``vcd`` is not) and raises :class:`Mismatch` naming the first differing output pixel, the counter
+    that differs, and the VCD path.
     """
     import os
 
@@ -98,7 +99,7 @@ def check_tile(plan: Plan, tile: np.ndarray, vcd_dir: str | None = None) -> Tile
     tile = np.asarray(tile, dtype=np.uint8)
     want, trace = reference.run(plan.model, tile, trace=True)
     cost = tile_cost(plan, tile)
-    res = run_tile(plan, tile)
+    res = run_tile(plan, tile, vcd=vcd)
     problems = []
     bad = np.argwhere(res.out != want)
     if len(bad):
@@ -111,7 +112,9 @@ def check_tile(plan: Plan, tile: np.ndarray, vcd_dir: str | None = None) -> Tile
         if got != exp:
             problems.append(f"counter {label}: rtl {got}, model {exp}")
     if problems:
-        if vcd_dir:
+        if vcd:
+            problems.append(f"VCD written to {vcd}")
+        elif vcd_dir:
             os.makedirs(vcd_dir, exist_ok=True)
             path = os.path.join(vcd_dir, f"tile_{tile.shape[0]}x{tile.shape[1]}.vcd")
             run_tile(plan, tile, vcd=path)

@@ -6,7 +6,8 @@ Byte protocol (host <-> device), little-endian, no framing beyond the command by
     host:   'T', h, w, h*w pixels (raster)       -> device: 'R', h*w output pixels (raster),
                                                             cycles (u32), spikes (u32), sops (u32)
 
-``1 <= h <= tile_h`` and ``1 <= w <= tile_w``; a tile is a region of the frame with its halo (see
+``1 <= h <= tile_h`` and ``1 <= w <= tile_w``, else the device answers ``'E'`` and returns to idle without
+reading pixels (the host must then not send them). A tile is a region of the frame with its halo (see
 :func:`edgespike.rtl.cycles.tiles`); the host keeps the core of each reply. Any other byte while idle is
 ignored, so a host can resynchronise by sending a few zero bytes and an 'I'. The counters are those of
 :class:`~edgespike.rtl.sequencer.Sequencer` for this tile.
@@ -24,6 +25,7 @@ PROTOCOL_VERSION = 1
 CMD_INFO = ord("I")
 CMD_TILE = ord("T")
 REPLY_TILE = ord("R")
+REPLY_ERROR = ord("E")
 
 
 class Top(wiring.Component):
@@ -82,7 +84,14 @@ class Top(wiring.Component):
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(self.rx.valid):
                     m.d.sync += w.eq(self.rx.payload)
+                    bad = ((h == 0) | (h > p.tile[0]) | (self.rx.payload == 0) | (self.rx.payload > p.tile[1]))
                     m.next = "START"
+                    with m.If(bad):
+                        m.next = "ERROR"
+            with m.State("ERROR"):
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(REPLY_ERROR)]
+                with m.If(self.tx.ready):
+                    m.next = "IDLE"
             with m.State("START"):
                 m.d.comb += [seq.start.eq(1), seq.h.eq(h), seq.w.eq(w)]
                 m.d.sync += [left.eq(0), row.eq(0)]

@@ -52,8 +52,10 @@ def test_info_and_one_tile_over_the_byte_protocol():
     h, w = img.shape
     top = Top(p)
     junk = [0, 0x55]  # ignored while idle
-    info, reply = exchange(top, [junk + [ord("I")], [ord("T"), h, w] + [int(v) for v in img.reshape(-1)]],
-                           [6, 1 + h * w + 12])
+    info, error, reply = exchange(top, [junk + [ord("I")], [ord("T"), 9, 3],
+                                        [ord("T"), h, w] + [int(v) for v in img.reshape(-1)]],
+                                  [6, 1, 1 + h * w + 12])
+    assert error == [ord("E")], "a tile taller than the hardware's must be refused"
     assert info == [ord("I"), 1, 8, 8, p.halo, 2]
     assert reply[0] == ord("R")
     out = np.array(reply[1:1 + h * w], np.uint8).reshape(h, w)
