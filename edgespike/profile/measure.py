@@ -1,12 +1,12 @@
 """Latency, peak memory and measured energy of a denoiser callable on this device.
 
 Latency: ``warmup`` untimed runs, then ``repeats`` timed runs (``perf_counter``); median and p95 reported, never
-asserted on. Memory: the process's peak resident set (``VmHWM``) during warm-up and runs above the resident set
-before them, the peak reset through ``/proc/self/clear_refs`` (Linux; "n/a" elsewhere). Energy: only with a real
-sensor (:mod:`edgespike.profile.sensors`): the idle power is measured first over ``idle_s`` seconds, then the
-frames run while the sensor is sampled at its own period; energy per frame = (mean power while running - idle
-power) x wall time / frames (for an energy counter: counter difference minus idle power x time). Without a
-sensor the result is ``None`` and the report says "estimated only".
+asserted on. Memory: the process's peak resident set (``VmHWM``) during construction, warm-up and runs above
+the resident set before them, the peak reset through ``/proc/self/clear_refs`` (Linux; "n/a" elsewhere).
+Energy: only with a real sensor (:mod:`edgespike.profile.sensors`): the idle power is measured first over
+``idle_s`` seconds, then the frames run while the sensor is sampled at its own period; energy per frame =
+(mean power while running - idle power) x wall time / frames (for an energy counter: counter difference minus
+idle power x time). Without a sensor there is no measurement and the report says "estimated only".
 """
 
 from __future__ import annotations
@@ -48,12 +48,18 @@ def _reset_peak() -> bool:
         return False
 
 
-def latency(fn, frame: np.ndarray, repeats: int = 5, warmup: int = 1) -> Latency:
-    """Time ``fn(frame)``; see the module docstring."""
-    # Baseline before the warm-up: the first call's allocations (buffers, plans) are part of the runtime's working
-    # set; large numpy buffers are unmapped when freed, so earlier runtimes do not hide this one's peak.
+def latency(fn, frame: np.ndarray, repeats: int = 5, warmup: int = 1, make=None):
+    """Time ``fn(frame)``; see the module docstring.
+
+    With ``make`` (a zero-argument constructor), ``fn = make()`` is built inside the measurement, so that memory
+    allocated at load time counts, and ``(Latency, fn)`` is returned.
+    """
+    # Baseline before construction and warm-up: load-time arenas and first-call buffers belong to the runtime;
+    # large numpy buffers are unmapped when freed, so earlier runtimes do not hide this one's peak.
     base = _rss_kib("VmRSS")
     can_reset = _reset_peak()
+    if make is not None:
+        fn = make()
     for _ in range(warmup):
         fn(frame)
     times = []
@@ -63,8 +69,9 @@ def latency(fn, frame: np.ndarray, repeats: int = 5, warmup: int = 1) -> Latency
         times.append(time.perf_counter() - t0)
     peak = _rss_kib("VmHWM")
     mem = (peak - base) / 1024.0 if (can_reset and peak is not None and base is not None) else None
-    return Latency(float(np.median(times)), float(np.percentile(times, 95)), repeats, warmup,
-                   max(mem, 0.0) if mem is not None else None)
+    lat = Latency(float(np.median(times)), float(np.percentile(times, 95)), repeats, warmup,
+                  max(mem, 0.0) if mem is not None else None)
+    return (lat, fn) if make is not None else lat
 
 
 @dataclass

@@ -176,6 +176,7 @@ def profile(model: Model, opts: Options, model_label: str = "") -> dict:
     quality["noisy"] = {"psnr_db": float(np.mean([psnr(s.clean, s.noisy) for s in samples]))}
 
     twin_err = None
+    makers: dict[str, object] = {}
     tmp = Path(tempfile.mkdtemp(prefix="edgespike-profile-"))
     if opts.anns:
         from edgespike.profile import ann
@@ -189,36 +190,38 @@ def profile(model: Model, opts: Options, model_label: str = "") -> dict:
             calib = _calibration(opts, [s.noisy for s in samples])
             _say(opts, f"ANN twins from {len(calib)} calibration patches")
             ann.to_onnx(tw, tmp / "twin.onnx")
-            runners["float"] = ann.OnnxRunner(tmp / "twin.onnx", opts.threads)
-            labels["float"] = runners["float"].label + " (float32 twin)"
+            makers["float"] = lambda: ann.OnnxRunner(tmp / "twin.onnx", opts.threads)
             if "onnx" in opts.anns:
                 ann.quantize_onnx(tmp / "twin.onnx", tmp / "twin.int8.onnx", calib)
-                runners["onnx"] = ann.OnnxRunner(tmp / "twin.int8.onnx", opts.threads)
-                labels["onnx"] = runners["onnx"].label + " (QDQ int8)"
+                makers["onnx"] = lambda: ann.OnnxRunner(tmp / "twin.int8.onnx", opts.threads)
             if "tflite" in opts.anns:
                 content = ann.to_tflite(tw, calib, h, w)
                 (tmp / "twin.int8.tflite").write_bytes(content)
-                runners["tflite"] = ann.TfliteRunner(content, opts.threads)
-                labels["tflite"] = runners["tflite"].label + " (int8)"
-            for name in ("float", "onnx", "tflite"):
-                if name in runners:
-                    _say(opts, f"PSNR of {name}")
-                    score(name, runners[name])
-            for name in ("onnx", "tflite"):
-                if name in quality:
-                    quality[name]["loss_vs_float_db"] = quality["float"]["psnr_db"] - quality[name]["psnr_db"]
+                makers["tflite"] = lambda: ann.TfliteRunner(content, opts.threads)
+
+    # ---------------------------------------------------------------- speed and memory at the profile size
+    # Each ANN runtime is created inside its measurement, before it has seen any other frame size, so that its
+    # arena (allocated at load or first run, then kept) counts as its memory.
+    frame = _fit(samples[0].noisy, h, w)
+    speed = {}
+    _say(opts, f"latency of snn at {w}x{h}")
+    speed["snn"] = dataclasses.asdict(measure.latency(snn, frame, opts.frames, opts.warmup))
+    for name, make in makers.items():
+        _say(opts, f"latency of {name} at {w}x{h}")
+        lat, runners[name] = measure.latency(None, frame, opts.frames, opts.warmup, make=make)
+        speed[name] = dataclasses.asdict(lat)
+    res["latency"] = speed
+    suffix = {"float": " (float32 twin)", "onnx": " (QDQ int8)", "tflite": " (int8)"}
+    for name in makers:
+        labels[name] = runners[name].label + suffix[name]
+        _say(opts, f"PSNR of {name}")
+        score(name, runners[name])
+    for name in ("onnx", "tflite"):
+        if name in quality:
+            quality[name]["loss_vs_float_db"] = quality["float"]["psnr_db"] - quality[name]["psnr_db"]
     res["twin"] = {"mode": opts.twin_mode, "error": twin_err, "artifacts": str(tmp)}
     res["quality"] = quality
     res["runtimes"] = labels
-
-    # ---------------------------------------------------------------- speed and memory at the profile size
-    frame = _fit(samples[0].noisy, h, w)
-    speed = {}
-    for name, fn in runners.items():
-        _say(opts, f"latency of {name} at {w}x{h}")
-        lat = measure.latency(fn, frame, opts.frames, opts.warmup)
-        speed[name] = dataclasses.asdict(lat)
-    res["latency"] = speed
 
     # ---------------------------------------------------------------- estimated energy (spikes from this frame)
     _, spikes = snn.run(frame)
