@@ -11,6 +11,8 @@ from edgespike.rtl.cycles import frame_cost, tile_cost, tiles
 from edgespike.rtl.examples import chain_model, demo_image
 from edgespike.rtl.params import plan
 from edgespike.rtl.sim import Mismatch, check_tile, run_frame
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
 
 from edgespike import reference
 
@@ -28,6 +30,19 @@ def test_sequencer_matches_reference(tmp_path, encoder, timesteps, readout, lane
     img = demo_image(*size, seed=3)
     res = check_tile(p, img, vcd_dir=str(tmp_path))
     assert res.spikes > 0
+
+
+# no shrinking: each example is a gateware simulation, and the failure message already names the first difference
+@settings(max_examples=4, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(seed=st.integers(0, 2**31), channels=st.sampled_from([2, 4]), layers=st.integers(2, 3),
+       one_lane=st.booleans(), readout=st.sampled_from(["membrane", "count"]),
+       neurons=st.lists(st.tuples(st.sampled_from(["soft", "hard"]), st.integers(0, 3)), min_size=1, max_size=2),
+       h=st.integers(3, 6), w=st.integers(3, 6), v_init=st.sampled_from(["zero", "half"]))
+def test_sequencer_hypothesis(seed, channels, layers, one_lane, readout, neurons, h, w, v_init):
+    model = chain_model(seed=seed % 1000, channels=channels, layers=layers, timesteps=2, readout=readout,
+                        neurons=tuple(neurons), v_init=v_init)
+    p = plan(model, tile=(6, 6), lanes=1 if one_lane else None)
+    check_tile(p, demo_image(h, w, seed=seed % 7))
 
 
 def test_three_layers_eight_channels():
