@@ -49,7 +49,8 @@ def _sweep(text: str | None) -> tuple[int, ...]:
 def add_arguments(p) -> None:
     p.add_argument("--model", metavar="M", help="model file (default: the shipped sigma-25 model)")
     p.add_argument("--ann", default="onnx,tflite", metavar="LIST",
-                   help="int8 twins to build: onnx, tflite, both (default) or none")
+                   help="int8 twins: onnx, tflite (XNNPACK), tflite-builtin (XNNPACK off); default onnx,tflite; "
+                        "none for the SNN alone")
     p.add_argument("--twin", choices=("relu", "quant"), default="relu",
                    help="twin activation: clipped ReLU (default) or SPIDEN's T-level quantised ReLU")
     p.add_argument("--size", default="256x256", metavar="WxH", help="frame size for latency and energy (256x256)")
@@ -91,15 +92,15 @@ def run(args) -> int:
             raise UserError(f"no model file {path}")
     model = load(path)
     anns = tuple(a.strip() for a in args.ann.split(",") if a.strip() and a.strip() != "none")
-    bad = [a for a in anns if a not in ("onnx", "tflite")]
+    bad = [a for a in anns if a not in ("onnx", "tflite", "tflite-builtin")]
     if bad:
-        raise UserError(f"--ann takes onnx, tflite or none, got {', '.join(bad)}")
+        raise UserError(f"--ann takes onnx, tflite, tflite-builtin or none, got {', '.join(bad)}")
     if anns:
         for mod, extra in (("onnx", "profile"), ("onnxruntime", "profile"), ("ai_edge_litert", "profile")):
             try:
                 __import__(mod)
             except ModuleNotFoundError:
-                if mod == "ai_edge_litert" and "tflite" not in anns:
+                if mod == "ai_edge_litert" and not any(a.startswith("tflite") for a in anns):
                     continue
                 raise UserError(f"{mod} is not installed: pip install 'edgespike[{extra}]' (or --ann none)") from None
     table_name = args.table or E.DEFAULT_TABLE

@@ -194,10 +194,13 @@ def profile(model: Model, opts: Options, model_label: str = "") -> dict:
             if "onnx" in opts.anns:
                 ann.quantize_onnx(tmp / "twin.onnx", tmp / "twin.int8.onnx", calib)
                 makers["onnx"] = lambda: ann.OnnxRunner(tmp / "twin.int8.onnx", opts.threads)
-            if "tflite" in opts.anns:
+            if "tflite" in opts.anns or "tflite-builtin" in opts.anns:
                 content = ann.to_tflite(tw, calib, h, w)
                 (tmp / "twin.int8.tflite").write_bytes(content)
-                makers["tflite"] = lambda: ann.TfliteRunner(content, opts.threads)
+                if "tflite" in opts.anns:
+                    makers["tflite"] = lambda: ann.TfliteRunner(content, opts.threads)
+                if "tflite-builtin" in opts.anns:  # XNNPACK off: TFLite's reference int8 kernels
+                    makers["tflite-builtin"] = lambda: ann.TfliteRunner(content, opts.threads, xnnpack=False)
 
     # ---------------------------------------------------------------- speed and memory at the profile size
     # Each ANN runtime is created inside its measurement, before it has seen any other frame size, so that its
@@ -211,12 +214,12 @@ def profile(model: Model, opts: Options, model_label: str = "") -> dict:
         lat, runners[name] = measure.latency(None, frame, opts.frames, opts.warmup, make=make)
         speed[name] = dataclasses.asdict(lat)
     res["latency"] = speed
-    suffix = {"float": " (float32 twin)", "onnx": " (QDQ int8)", "tflite": " (int8)"}
+    suffix = {"float": " (float32 twin)", "onnx": " (QDQ int8)", "tflite": " (int8)", "tflite-builtin": " (int8)"}
     for name in makers:
         labels[name] = runners[name].label + suffix[name]
         _say(opts, f"PSNR of {name}")
         score(name, runners[name])
-    for name in ("onnx", "tflite"):
+    for name in ("onnx", "tflite", "tflite-builtin"):
         if name in quality:
             quality[name]["loss_vs_float_db"] = quality["float"]["psnr_db"] - quality[name]["psnr_db"]
     res["twin"] = {"mode": opts.twin_mode, "error": twin_err, "artifacts": str(tmp)}
@@ -295,14 +298,14 @@ def table(res: dict) -> str:
              f"({res['machine']['processor']})",
              f"eval: {res['eval']['dataset']} ({res['eval']['images']} images), sigma {res['eval']['sigma']:g}; "
              f"noisy input {q['noisy']['psnr_db']:.2f} dB",
-             "", f"{'net':<8}{'PSNR dB':>9}{'vs float':>10}{'median ms':>11}{'p95 ms':>9}{'peak MiB':>10}  runtime"]
-    for name in ("snn", "float", "onnx", "tflite"):
+             "", f"{'net':<15}{'PSNR dB':>9}{'vs float':>10}{'median ms':>11}{'p95 ms':>9}{'peak MiB':>10}  runtime"]
+    for name in ("snn", "float", "onnx", "tflite", "tflite-builtin"):
         if name not in lat:
             continue
         qq = q.get(name, {})
         loss = qq.get("loss_vs_float_db")
         mem = lat[name]["peak_mem_mib"]
-        lines.append(f"{name:<8}{qq.get('psnr_db', float('nan')):>9.2f}"
+        lines.append(f"{name:<15}{qq.get('psnr_db', float('nan')):>9.2f}"
                      f"{(f'{-loss:+.2f}' if loss is not None else ''):>10}"
                      f"{lat[name]['median_s'] * 1e3:>11.1f}{lat[name]['p95_s'] * 1e3:>9.1f}"
                      f"{(f'{mem:.0f}' if mem is not None else 'n/a'):>10}  {res['runtimes'][name]}")
