@@ -45,6 +45,16 @@ def test_sequencer_hypothesis(seed, channels, layers, one_lane, readout, neurons
     check_tile(p, demo_image(h, w, seed=seed % 7))
 
 
+def test_dncnn_shaped_model_from_the_shared_generator():
+    """``edgespike.testing.dncnn_like``: thresholds calibrated to ~20% firing, v_init half, residual read-out."""
+    from edgespike.testing import calibration_frame, dncnn_like
+
+    model = dncnn_like(depth=3, width=4, T=2, seed=4, calib_size=16)
+    p = plan(model, tile=(8, 8), device="ecp5-85f")
+    res = check_tile(p, calibration_frame(8, seed=2))
+    assert res.spikes > 0
+
+
 def test_three_layers_eight_channels():
     """Issue 6's acceptance model (3 layers, 8 channels) on a 12x12 tile: what fits the CI time budget."""
     model = chain_model(seed=11, channels=8, layers=3, timesteps=2, encoder="direct")
