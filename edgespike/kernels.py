@@ -46,48 +46,70 @@ INLINE uint32_t nibble(const uint8_t *p) {
     return ((u & 0x01010101u) * 0x08040201u) >> 24;
 }
 
-/* One output row of one step for accumulator vector type VT (lanes LN). NQ is a compile-time constant in the
-   specialised calls, so the inner loop over output-channel vectors is fully unrolled. 16-bit lanes use unsigned
-   (wrap-around) arithmetic: exact because the final sum is proved to fit int16 (see fits16 in Python). */
-#define ROW_FN(NAME, VT, VTU, LT, LN)                                                                          \
-INLINE void NAME(const uint8_t *x, int h, int w, int cs, int k, int st, int oy, int wo, const VTU *lut,     \
+/* One output row of one step for accumulator vector type VT. The row is processed in blocks of BLK pixels, tap
+   by tap: one tap's table slice (C_in/4 x 16 rows, 8 KiB for 32 -> 32 channels in int16) stays in L1 while it
+   serves the whole block, instead of the full table (k*k slices) being swept for every pixel. NQ (vectors per
+   output pixel) is a compile-time constant in the specialised calls. 16-bit lanes use unsigned wrap-around
+   arithmetic: exact because the final sum is proved to fit int16 (fits16 in Python). */
+#define BLK 64
+#define ROW_FN(NAME, VT, VTU, LT)                                                                              \
+INLINE void NAME(const uint8_t *x, int h, int w, int k, int st, int oy, int wo, const VTU *lut,              \
                  int groups, int nq, int co, const int32_t *bias, int32_t *v, const int32_t *theta,          \
                  int leak, int hard, uint8_t *so) {                                                          \
-    VT acc[64];                                                                                              \
+    VT acc[BLK * nq];                                                                                         \
     int p = k / 2;                                                                                           \
-    for (int ox = 0; ox < wo; ox++) {                                                                        \
-        for (int q = 0; q < nq; q++) acc[q] = (VT){0};                                                       \
+    long tabstride = 16L * nq;                                                                               \
+    for (int ox0 = 0; ox0 < wo; ox0 += BLK) {                                                                \
+        int nb = wo - ox0 < BLK ? wo - ox0 : BLK;                                                            \
+        for (int b = 0; b < nb * nq; b++) acc[b] = (VT){0};                                                  \
         for (int i = 0; i < k; i++) {                                                                        \
             int iy = oy * st + i - p;                                                                        \
             if (iy < 0 || iy >= h) continue;                                                                 \
+            const uint8_t *xrow = x + (long)iy * w * groups;                                                 \
             for (int j = 0; j < k; j++) {                                                                    \
-                int ix = ox * st + j - p;                                                                    \
-                if (ix < 0 || ix >= w) continue;                                                             \
-                const uint8_t *px = x + ((long)iy * w + ix) * cs;                                            \
-                const VTU *tab = lut + (long)((i * k + j) * groups) * 16 * nq;                               \
-                for (int g = 0; g < groups; g++) {                                                           \
-                    const VTU *row = tab + ((long)g * 16 + nibble(px + 4 * g)) * nq;                         \
-                    for (int q = 0; q < nq; q++) acc[q] += row[q];                                           \
+                const VTU *tab = lut + (long)((i * k + j) * groups) * tabstride;                             \
+                /* output pixels of this block whose input column is inside the frame */                     \
+                int lo = 0, hi = nb;                                                                         \
+                while (lo < nb && (ox0 + lo) * st + j - p < 0) lo++;                                         \
+                while (hi > lo && (ox0 + hi - 1) * st + j - p >= w) hi--;                                    \
+                for (int b = lo; b < hi; b++) {                                                              \
+                    const uint8_t *px = xrow + (long)((ox0 + b) * st + j - p) * groups;                      \
+                    VT *a = acc + b * nq;                                                                    \
+                    VT s0[nq], s1[nq];                                                                         \
+                    for (int q = 0; q < nq; q++) { s0[q] = a[q]; s1[q] = (VT){0}; }                          \
+                    int g = 0;                                                                               \
+                    for (; g + 1 < groups; g += 2) {                                                         \
+                        const VTU *r0 = tab + (long)g * tabstride + px[g] * nq;                              \
+                        const VTU *r1 = tab + (long)(g + 1) * tabstride + px[g + 1] * nq;                    \
+                        for (int q = 0; q < nq; q++) { s0[q] += r0[q]; s1[q] += r1[q]; }                     \
+                    }                                                                                        \
+                    if (g < groups) {                                                                        \
+                        const VTU *r0 = tab + (long)g * tabstride + px[g] * nq;                              \
+                        for (int q = 0; q < nq; q++) s0[q] += r0[q];                                         \
+                    }                                                                                        \
+                    for (int q = 0; q < nq; q++) a[q] = s0[q] + s1[q];                                       \
                 }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
-        const LT *a = (const LT *)acc;                                                                       \
-        int32_t *vv = v + (long)ox * co;                                                                     \
-        uint8_t *ss = so + (long)ox * co;                                                                    \
-        for (int c = 0; c < co; c++) {                                                                       \
-            int32_t m = vv[c];                                                                               \
-            if (leak) m -= m >> leak;                                                                        \
-            m += (int32_t)a[c] + bias[c];                                                                    \
-            int32_t s = m >= theta[c];                                                                       \
-            m = hard ? (s ? 0 : m) : m - (s ? theta[c] : 0);                                                 \
-            vv[c] = m;                                                                                       \
-            ss[c] = (uint8_t)s;                                                                              \
+        for (int b = 0; b < nb; b++) {                                                                       \
+            const LT *a = (const LT *)(acc + b * nq);                                                        \
+            int32_t *vv = v + (long)(ox0 + b) * co;                                                          \
+            uint8_t *ss = so + (long)(ox0 + b) * co;                                                         \
+            for (int c = 0; c < co; c++) {                                                                   \
+                int32_t m = vv[c];                                                                           \
+                if (leak) m -= m >> leak;                                                                    \
+                m += (int32_t)a[c] + bias[c];                                                                \
+                int32_t s = m >= theta[c];                                                                   \
+                m = hard ? (s ? 0 : m) : m - (s ? theta[c] : 0);                                             \
+                vv[c] = m;                                                                                   \
+                ss[c] = (uint8_t)s;                                                                          \
+            }                                                                                                \
         }                                                                                                    \
     }                                                                                                        \
 }
 
-ROW_FN(row32, v8, v8u, int32_t, 8)
-ROW_FN(row16, w16, w16u, int16_t, 16)
+ROW_FN(row32, v8, v8u, int32_t)
+ROW_FN(row16, w16, w16u, int16_t)
 
 /* x: [L][h][w][cs] uint8 0/1 (cs = C_in padded to a multiple of 4; x_step = 0 repeats one step)
    lut: [k*k][cs/4][16][lanes*nq] (int32, or int16 when wide16 = 0... see Python); v: [ho][wo][co] int32
@@ -97,14 +119,24 @@ int conv_neuron(const uint8_t *x, int L, long x_step, int h, int w, int cs, int 
                 int32_t *v, const int32_t *theta, int leak, int hard, uint8_t *spk, int threads) {
     int ho = (h + st - 1) / st, wo = (w + st - 1) / st, groups = cs / 4;
     if (nq > 64) return -1;
+    /* Nibble indices once per input pixel (each is read by k*k output pixels). */
+    int Lx = x_step ? L : 1;
+    long npx = (long)h * w;
+    uint8_t *idx = malloc((size_t)Lx * npx * groups);
+    if (!idx) return -2;
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (long e = 0; e < Lx * npx; e++) {
+        const uint8_t *src = x + (e / npx) * x_step + (e % npx) * cs;
+        for (int g = 0; g < groups; g++) idx[e * groups + g] = (uint8_t)nibble(src + 4 * g);
+    }
     for (int t = 0; t < L; t++) {
-        const uint8_t *xt = x + x_step * t;
+        const uint8_t *xt = idx + (x_step ? (long)t * npx * groups : 0);
         uint8_t *so = spk + (long)t * ho * wo * co;
         #pragma omp parallel for schedule(static) num_threads(threads)
         for (int oy = 0; oy < ho; oy++) {
             int32_t *vr = v + (long)oy * wo * co;
             uint8_t *sr = so + (long)oy * wo * co;
-#define CALL(FN, TY, N) FN(xt, h, w, cs, k, st, oy, wo, (const TY *)lut, groups, N, co, bias, vr, theta, leak, hard, sr)
+#define CALL(FN, TY, N) FN(xt, h, w, k, st, oy, wo, (const TY *)lut, groups, N, co, bias, vr, theta, leak, hard, sr)
             if (lanes16) {
                 switch (nq) {
                 case 1: CALL(row16, w16u, 1); break;
@@ -123,6 +155,7 @@ int conv_neuron(const uint8_t *x, int L, long x_step, int h, int w, int cs, int 
             }
         }
     }
+    free(idx);
     return 0;
 }
 
@@ -200,6 +233,9 @@ def load():
     try:
         if not path.exists():
             _compile(path)
+        # Idle OpenMP workers sleep instead of spinning: the runtime opens a parallel region per layer and step,
+        # and spinning threads would steal the CPU from the caller's other work (and from other processes).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         lib = ctypes.CDLL(str(path))
         fn = lib.conv_neuron
         fn.restype = ctypes.c_int
@@ -257,14 +293,23 @@ def build_lut(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(lut.astype(np.int16 if small else np.int32))
 
 
-def threads() -> int:
+MIN_PARALLEL = 1 << 16
+"""Below this many output values per step a second thread costs more than it saves."""
+
+
+def threads(work: int = MIN_PARALLEL) -> int:
+    """Threads for a kernel call producing ``work`` values per step: ``EDGESPIKE_THREADS`` or the usable CPUs
+    (at most 8), and 1 for small calls."""
+    if work < MIN_PARALLEL:
+        return 1
     n = os.environ.get("EDGESPIKE_THREADS")
     if n:
         return max(1, int(n))
     return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8))
 
 
-def conv_neuron(lib, x: np.ndarray, lut: np.ndarray, conv, neuron, v: np.ndarray, theta: np.ndarray) -> np.ndarray:
+def conv_neuron(lib, x: np.ndarray, lut: np.ndarray, conv, neuron, v: np.ndarray, theta: np.ndarray,
+                out: np.ndarray | None = None) -> np.ndarray:
     """Run ``conv`` on binary ``x [L, h, w, C_in]`` (uint8) and update ``neuron``'s membranes ``v [ho, wo, C_out]``
     in place over the L steps; returns the spikes ``[L, ho, wo, C_out]`` (uint8)."""
     L, h, w, cin = x.shape
@@ -281,7 +326,7 @@ def conv_neuron(lib, x: np.ndarray, lut: np.ndarray, conv, neuron, v: np.ndarray
     st = conv.stride
     ho, wo = -(-h // st), -(-w // st)
     cout = conv.out_channels
-    spk = np.empty((L, ho, wo, cout), np.uint8)
+    spk = out if out is not None and out.shape == (L, ho, wo, cout) else np.empty((L, ho, wo, cout), np.uint8)
     bias = np.ascontiguousarray(conv.bias, dtype=np.int32)
     theta = np.ascontiguousarray(theta, dtype=np.int32)
     assert v.dtype == np.int32 and v.flags.c_contiguous and v.shape == (ho, wo, cout)
@@ -290,22 +335,22 @@ def conv_neuron(lib, x: np.ndarray, lut: np.ndarray, conv, neuron, v: np.ndarray
         raise ValueError("too many output channels for the kernel")
     rc = lib.conv_neuron(x.ctypes.data, L, x_step, h, w, cs, conv.kernel, st, lut.ctypes.data, cout,
                          lut.shape[3] // lanes, int(lanes == 16), bias.ctypes.data, v.ctypes.data, theta.ctypes.data,
-                         int(neuron.leak_shift), int(neuron.reset == "hard"), spk.ctypes.data, threads())
+                         int(neuron.leak_shift), int(neuron.reset == "hard"), spk.ctypes.data, threads(ho * wo * cout))
     if rc != 0:
         raise RuntimeError(f"kernel conv_neuron failed ({rc})")
     return spk
 
 
-def neuron(lib, cur: np.ndarray, neuron, v: np.ndarray, theta: np.ndarray) -> np.ndarray:
+def neuron(lib, cur: np.ndarray, neuron, v: np.ndarray, theta: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Neuron update over L steps (t < T) for int32 currents ``cur [L or 1, h, w, C]`` (a single slice stands for
     every step when ``L`` is given by a zero stride); ``v [h, w, C]`` int32 updated in place; returns uint8 spikes."""
     L = cur.shape[0]
     const = L > 1 and cur.strides[0] == 0
     base = np.ascontiguousarray(cur[:1] if const else cur, dtype=np.int32)
     assert v.dtype == np.int32 and v.flags.c_contiguous and v.shape == cur.shape[1:]
-    spk = np.empty(cur.shape, np.uint8)
+    spk = out if out is not None and out.shape == cur.shape else np.empty(cur.shape, np.uint8)
     n = v.shape[0] * v.shape[1]
     theta = np.ascontiguousarray(theta, dtype=np.int32)
     lib.neuron(base.ctypes.data, 0 if const else base[0].size, L, n, v.shape[2], v.ctypes.data, theta.ctypes.data,
-               int(neuron.leak_shift), int(neuron.reset == "hard"), spk.ctypes.data, threads())
+               int(neuron.leak_shift), int(neuron.reset == "hard"), spk.ctypes.data, threads(v.size))
     return spk

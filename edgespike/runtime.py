@@ -44,7 +44,7 @@ from edgespike.validate import analyse
 
 F32_EXACT = 2**24
 F64_EXACT = 2**53
-DEFAULT_STRIP_BYTES = 256 * 2**20
+DEFAULT_STRIP_BYTES = 384 * 2**20
 """Working-set budget of one strip (the estimate is conservative; see :meth:`Runtime._strip_rows`)."""
 
 
@@ -122,6 +122,7 @@ class _Val:
     const: bool = False
     summed: bool = False
     binary: bool = False
+    pooled: bool = False  # the array is a runtime buffer: give it back after its last read
 
 
 def _lv(rows: int, level: int) -> int:
@@ -324,8 +325,24 @@ class Runtime:
                     self.fused[node.name] = cons[0].name
         self.need_count = {t.node for t in model.decoder.terms if t.quantity == "count"}
         self.need_uwd = {t.node for t in model.decoder.terms if t.quantity == "uwd"}
+        # Membranes needed after their layer's pass: read by the decoder, or carried into the MPRN extra step.
+        # The others are released as soon as the layer has run all its steps (layer-major execution).
+        self.keep_v = {n.name for n in model.nodes if isinstance(n, Neuron)} if model.has_extra_step else {
+            t.node for t in model.decoder.terms if t.quantity == "membrane"}
         self.halo = self._halo()
         self._lut_cache: dict = {}
+        # Free lists of buffers by (shape, dtype), reused across layers, strips and frames (spikes and membranes
+        # of kernel-run layers): allocating tens of MiB per layer costs page faults. A buffer returns to its list
+        # when the value it holds has been read for the last time, so the working set stays a few layers.
+        self._free: dict = {}
+        self._strip_shape = None
+
+    def _buffer(self, shape, dtype) -> np.ndarray:
+        lst = self._free.get((tuple(shape), np.dtype(dtype).str))
+        return lst.pop() if lst else np.empty(shape, dtype)
+
+    def _release(self, arr: np.ndarray) -> None:
+        self._free.setdefault((arr.shape, arr.dtype.str), []).append(arr)
 
     # ------------------------------------------------------------------ planning
     def _halo(self) -> int:
@@ -354,25 +371,54 @@ class Runtime:
         return int(-(-int(np.ceil(worst)) // self.M) * self.M)
 
     def _bytes_per_row(self, width: int) -> int:
-        """Conservative working set per level-0 row of a strip: the largest node's GEMM buffers plus the state."""
+        """Working set per level-0 row of a strip, from each node's execution path (kernel, GEMM form, dtype).
+
+        Peak ~ the largest node's temporaries plus the values alive at the same time (about two layers) plus
+        the state kept for the whole strip (membranes, counts).
+        """
         infos = self.analysis.nodes
-        L = self.T
-        state = 0
-        peak = 0
+        T = self.T
+        const = {INPUT: self.model.encoder.kind == "direct"}
+        state = 0.0
+        peak = 0.0
+        value = 0.0
         for node in self.model.nodes:
             info = infos[node.name]
-            rows = 2.0 ** (-info.level)
-            w_l = width * rows
-            if isinstance(node, (Neuron, Integrator)):
-                state += 8 * info.channels * w_l * rows  # membrane (+ count)
-            if isinstance(node, (Conv, ConvTranspose)):
-                cin = infos[node.input].channels
-                isz = np.dtype(_gemm_dtype(self.plans[node.name].bound)).itemsize
-                buf = L * rows * w_l * (2 * cin + 3 * info.channels) * isz + L * rows * w_l * info.channels
-                peak = max(peak, buf)
+            px = width * 4.0 ** (-info.level)  # pixels of this node per level-0 row
+            C = info.channels
+            ins = [infos[i] for i in node.inputs]
+            const[node.name] = (not isinstance(node, Neuron)) and all(const[i] for i in node.inputs)
+            L = 1 if const[node.name] or node.name in self.summed else T
+            if isinstance(node, Neuron):
+                keep = node.name in self.keep_v
+                state += px * C * (4 * keep + 4 * (node.name in self.need_count) + 8 * (node.name in self.need_uwd))
+                l_in = 0 if node.input in self.fused else 1 if const[node.input] else T
+                work = px * C * (T + 4 * l_in + 4 * (not keep))  # spikes, an int32 copy of the currents, membrane
+                value = max(value, px * C * T)
+            elif isinstance(node, Integrator):
+                state += px * C * 8
+                work = px * C * T * 8
+            elif isinstance(node, (Conv, ConvTranspose)):
+                cin = ins[0].channels
+                px_in = width * 4.0 ** (-ins[0].level)
+                kk = node.kernel ** 2
+                if node.name in self.fused:
+                    work = px_in * T * cin / 4 + px * T * C  # nibble indices + spikes out
+                else:
+                    isz = np.dtype(_gemm_dtype(self.plans[node.name].bound)).itemsize
+                    if kk * C <= SMALL_GEMM:
+                        cols = kk * C * px_in
+                    elif kk * cin <= SMALL_GEMM:
+                        cols = kk * cin * px
+                    else:
+                        cols = 2 * C * px
+                    work = L * isz * (2 * px_in * cin + cols + C * px)
+                    value = max(value, L * isz * C * px)
             else:
-                peak = max(peak, 3 * L * rows * w_l * info.channels)
-        return int(peak * 2 + state) + 1
+                work = px * C * T * 8
+                value = max(value, px * C * T * 8)
+            peak = max(peak, work)
+        return int(peak + 2 * value + state) + 1
 
     def _strip_rows(self, H: int, W: int) -> int:
         if self.strip_rows is not None:
@@ -401,6 +447,9 @@ class Runtime:
         for r0 in range(0, Hp, rows):
             r1 = min(Hp, r0 + rows)
             a0, b0 = max(0, r0 - self.halo), min(Hp, r1 + self.halo)
+            if (b0 - a0, Wp) != self._strip_shape:  # buffers of another strip size would only sit in memory
+                self._free.clear()
+                self._strip_shape = (b0 - a0, Wp)
             out[r0:r1] = self._strip(x, a0, b0, r0 - a0, r1 - a0, stats)
         stats.total_seconds = time.perf_counter() - t0
         return out[:H, :W], stats
@@ -433,7 +482,11 @@ class Runtime:
         self._pass(x, a0, b0, c0, c1, 0, self.T, state, stats)
         if self.steps > self.T:
             self._pass(x, a0, b0, c0, c1, self.T, 1, state, stats)
-        return self._decode(x[a0:b0][c0:c1], state, c0, c1)
+        out = self._decode(x[a0:b0][c0:c1], state, c0, c1)
+        for st in state.values():
+            if "theta" in st and "v" in st:  # a neuron's membrane buffer
+                self._release(st["v"])
+        return out
 
     def _pass(self, x, a0, b0, c0, c1, t0, L, state, stats: Stats) -> None:
         extra = t0 >= self.T
@@ -453,9 +506,8 @@ class Runtime:
                     neuron = self.model.node(self.fused[name])
                     vals[neuron.name] = self._fused(node, neuron, src, L, state, stats, _lv(c0, lvl), _lv(c1, lvl))
                     done.add(neuron.name)
-                    stats.node_seconds[name] += time.perf_counter() - tic
-                    continue
-                vals[name] = self._conv(node, src, L, extra)
+                else:
+                    vals[name] = self._conv(node, src, L, extra)
             elif isinstance(node, Neuron):
                 vals[name] = self._neuron(node, vals[node.input], L, t0, state, stats, _lv(c0, lvl), _lv(c1, lvl))
             elif isinstance(node, Integrator):
@@ -487,11 +539,20 @@ class Runtime:
                 dt = np.uint8 if binary else np.int64
                 vals[name] = _Val(np.concatenate([a.astype(dt, copy=False) for a in arrs], axis=3),
                                   const=const, binary=binary)
+            for n in (name, self.fused.get(name)):
+                st = state.get(n)
+                if n is not None and n not in self.keep_v and st is not None and "theta" in st and "v" in st:
+                    self._release(st.pop("v"))
             stats.node_seconds[name] += time.perf_counter() - tic
             # Free values nobody reads any more (keeps a strip's working set to a few layers).
             for i in node.inputs:
                 if self.last_use.get(i) == idx:
-                    vals.pop(i, None)
+                    v = vals.pop(i, None)
+                    if v is not None and v.pooled:
+                        self._release(v.arr)
+        for v in vals.values():
+            if v.pooled:
+                self._release(v.arr)
 
     def _count_ops(self, node, src: _Val, L: int, stats: Stats, c0: int, c1: int) -> None:
         infos = self.analysis.nodes
@@ -540,9 +601,8 @@ class Runtime:
         st = state.get(node.name)
         if st is None:
             theta = node.threshold.astype(np.int32)
-            v = np.zeros(shape, np.int32)
-            if node.v_init == "half":
-                v += theta >> 1
+            v = self._buffer(shape, np.int32)
+            v[...] = (theta >> 1) if node.v_init == "half" else 0
             st = state[node.name] = {"v": v, "theta": theta}
             if node.name in self.need_count:
                 st["count"] = np.zeros(shape, np.int32)
@@ -561,9 +621,10 @@ class Runtime:
             from edgespike import kernels
 
             c_in = np.broadcast_to(cur, (L,) + v.shape) if src.const else cur
-            spikes = kernels.neuron(self.kernels, c_in, node, v, theta)
+            spikes = kernels.neuron(self.kernels, c_in, node, v, theta,
+                                    out=self._buffer(c_in.shape, np.uint8))
             self._after_spikes(node, spikes, t0, st, stats, c0, c1)
-            return _Val(spikes, binary=True)
+            return _Val(spikes, binary=True, pooled=True)
         spikes = np.empty((L,) + v.shape, np.bool_)
         tmp = np.empty_like(v) if node.leak_shift and not extra else None
         for i in range(L):
@@ -608,9 +669,10 @@ class Runtime:
         h, w = a.shape[1], a.shape[2]
         ho, wo = -(-h // conv.stride), -(-w // conv.stride)
         st = self._neuron_state(neuron, (ho, wo, conv.out_channels), state)
-        spikes = kernels.conv_neuron(self.kernels, a, lut, conv, neuron, st["v"], st["theta"])
+        spikes = kernels.conv_neuron(self.kernels, a, lut, conv, neuron, st["v"], st["theta"],
+                                     out=self._buffer((L, ho, wo, conv.out_channels), np.uint8))
         self._after_spikes(neuron, spikes, 0, st, stats, c0, c1)
-        return _Val(spikes, binary=True)
+        return _Val(spikes, binary=True, pooled=True)
 
     def _after_spikes(self, neuron: Neuron, spikes: np.ndarray, t0: int, st: dict, stats: Stats, c0: int, c1: int):
         """Statistics and decoder quantities from uint8 spikes of steps ``t0 ..`` produced by a kernel."""

@@ -48,7 +48,7 @@ def test_runtime_equals_reference(model, frame, strip, backend):
     assert {k: list(map(int, v)) for k, v in stats.spikes.items()} == trace.spikes, backend
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(model=models())
 def test_runtime_equals_reference_large_frame(model):
     """257x255: odd sizes above one default strip, every backend."""
