@@ -10,9 +10,10 @@ size and the channel counts.
 
 Memory estimates map each RAM as yosys would on the device: single-port read/write RAMs (membranes, event
 buffers, pixels) go to iCE40 SPRAM while blocks remain, the rest to EBR in its best aspect ratio; weight ROMs
-always to EBR (SPRAM cannot be preloaded). Logic is a coarse linear estimate (adders and registers per lane
-plus a fixed cost per engine), calibrated on the 1-SOP/cycle layer of ``shared/notes/hardware.md``; the memory
-numbers are the binding ones for the models this project runs.
+always to EBR (SPRAM cannot be preloaded). Yosys makes its own choice at synthesis (it may keep small RAMs in
+EBR), so these are estimates. Logic is a linear estimate (adders and registers per lane plus a fixed cost per
+engine) calibrated on yosys syntheses of a layer engine and a top level; memory binds first for the models this
+project runs.
 """
 
 from __future__ import annotations
@@ -395,7 +396,9 @@ def _fit(p: Plan) -> None:
             n = _bram_blocks(ram, dev)
             bram += n
             where[ram.name] = f"{n} {dev.bram_label.split()[0]}"
-    luts = 250 + sum(120 + lp.lanes * (6 * lp.mbits + 8 + 2 * (lp.count_bits + lp.uwd_bits)) for lp in p.layers)
+    # calibrated on yosys: a 1-lane engine with 11-bit membranes 483 SB_LUT4 (model: 460); a 3-layer 4-channel
+    # 1-lane top level 1613 (model: ~1870)
+    luts = 400 + sum(300 + lp.lanes * (12 * lp.mbits + 16 + 4 * (lp.count_bits + lp.uwd_bits)) for lp in p.layers)
     luts += 4 * p.readout_bits * max(1, len(p.terms))
     p.usage = {"luts": luts, "bram": bram, "spram": spram, "where": where}
 
