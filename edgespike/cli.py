@@ -18,7 +18,7 @@ from edgespike.model import ModelError
 
 # Order is the order of `edgespike --help`. A module that is not importable (an optional extra is missing) still
 # gets its subcommand: the import error is reported when the subcommand runs.
-COMMANDS = ["info", "denoise", "eval", "run", "profile", "data", "fpga", "import", "export", "compare"]
+COMMANDS = ["info", "denoise", "eval", "run", "profile", "data", "rtl", "fpga", "import", "export", "compare"]
 
 
 def _load(name: str):

@@ -47,10 +47,9 @@ def add_arguments(p) -> None:
 
 
 def _load(args):
-    from edgespike.rtl.params import plan
-
     from edgespike.fileformat import load
     from edgespike.models import default_path
+    from edgespike.rtl.params import plan
 
     model = load(args.model or default_path("s25"))
     return plan(model, device=args.device, tile=args.tile, lanes=args.lanes)
@@ -85,12 +84,11 @@ def run(args) -> int:
             sys.stdout.write(text)
         return 0
 
-    from edgespike.rtl.cycles import frame_cost
-    from edgespike.rtl.sim import Mismatch, check_tile
-
     from edgespike.frames import check_frame, pad_to_multiple
     from edgespike.models import sample_path
     from edgespike.png import read_png
+    from edgespike.rtl.cycles import frame_cost
+    from edgespike.rtl.sim import Mismatch, check_tile
 
     frame = check_frame(read_png(args.image or sample_path()))
     frame = pad_to_multiple(frame, p.model.size_multiple)

@@ -25,10 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from edgespike.rtl.params import LayerParams, Plan
 
 from edgespike.model import Model
 from edgespike.reference import conv2d, encode
+from edgespike.rtl.params import LayerParams, Plan
 
 
 def tiles(shape: tuple[int, int], tile: tuple[int, int], halo: int):

@@ -24,6 +24,7 @@ from __future__ import annotations
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
+
 from edgespike.rtl.common import SinglePortRAM, bits_for, const_mul, event_layout
 from edgespike.rtl.params import LayerParams
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from math import ceil
 
 import numpy as np
-from edgespike.rtl.common import bits_for, pack
 
 from edgespike.model import INPUT, Conv, Integrator, Model, ModelError, Neuron
+from edgespike.rtl.common import bits_for, pack
 from edgespike.validate import analyse, signed_bits
 
 

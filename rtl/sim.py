@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from amaranth.sim import Simulator
+
 from edgespike.rtl.cycles import tiles
 from edgespike.rtl.params import Plan
 from edgespike.rtl.sequencer import Sequencer
@@ -92,9 +93,8 @@ def check_tile(plan: Plan, tile: np.ndarray, vcd_dir: str | None = None, vcd: st
     """
     import os
 
-    from edgespike.rtl.cycles import tile_cost
-
     from edgespike import reference
+    from edgespike.rtl.cycles import tile_cost
 
     tile = np.asarray(tile, dtype=np.uint8)
     want, trace = reference.run(plan.model, tile, trace=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from amaranth.hdl import Array, Cat, Const, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
+
 from edgespike.rtl.params import Plan
 from edgespike.rtl.sequencer import Sequencer
 

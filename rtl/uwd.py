@@ -11,6 +11,7 @@ from __future__ import annotations
 from amaranth.hdl import Const, Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
+
 from edgespike.rtl.common import SinglePortRAM, bits_for
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from amaranth.hdl import Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
+
 from edgespike.rtl.common import bits_for
 
 

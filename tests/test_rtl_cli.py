@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from edgespike.rtl import cli
-from edgespike.rtl.examples import chain_model, demo_image
-from edgespike.rtl.params import FitError
 
 from edgespike.fileformat import save
 from edgespike.png import write_png
+from edgespike.rtl import cli
+from edgespike.rtl.examples import chain_model, demo_image
+from edgespike.rtl.params import FitError
 
 pytestmark = pytest.mark.hw
 

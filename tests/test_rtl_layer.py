@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
-from edgespike.rtl.common import field_of
-from edgespike.rtl.layer import LayerEngine
-from edgespike.rtl.params import LayerParams
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from edgespike.reference import conv2d
+from edgespike.rtl.common import field_of
+from edgespike.rtl.layer import LayerEngine
+from edgespike.rtl.params import LayerParams
 from edgespike.validate import signed_bits
 
 pytestmark = pytest.mark.hw

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from edgespike.rtl.examples import chain_model
-from edgespike.rtl.params import FitError, plan
 
 from edgespike.model import Add, Conv, ConvTranspose, Encoder, Neuron
+from edgespike.rtl.examples import chain_model
+from edgespike.rtl.params import FitError, plan
 from edgespike.validate import analyse, signed_bits
 
 pytestmark = pytest.mark.hw

@@ -7,14 +7,14 @@ import os
 
 import numpy as np
 import pytest
-from edgespike.rtl.cycles import frame_cost, tile_cost, tiles
-from edgespike.rtl.examples import chain_model, demo_image
-from edgespike.rtl.params import plan
-from edgespike.rtl.sim import Mismatch, check_tile, run_frame
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from edgespike import reference
+from edgespike.rtl.cycles import frame_cost, tile_cost, tiles
+from edgespike.rtl.examples import chain_model, demo_image
+from edgespike.rtl.params import plan
+from edgespike.rtl.sim import Mismatch, check_tile, run_frame
 
 pytestmark = pytest.mark.hw
 

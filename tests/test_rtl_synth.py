@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from edgespike.rtl.layer import LayerEngine
 from edgespike.rtl.params import LayerParams
 from edgespike.rtl.synth import MULTIPLIER_CELLS, synth_stats

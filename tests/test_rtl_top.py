@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
+
+from edgespike import reference
 from edgespike.rtl.cycles import tile_cost
 from edgespike.rtl.examples import chain_model, demo_image
 from edgespike.rtl.params import plan
 from edgespike.rtl.top import Top
-
-from edgespike import reference
 
 pytestmark = pytest.mark.hw
 

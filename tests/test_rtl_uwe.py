@@ -8,13 +8,13 @@ import pytest
 from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
-from edgespike.rtl.uwd import UWDecoder
-from edgespike.rtl.uwe import UWEncoder
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from edgespike import reference
 from edgespike.model import Conv, Decoder, Encoder, Model, Neuron, ReadoutTerm
+from edgespike.rtl.uwd import UWDecoder
+from edgespike.rtl.uwe import UWEncoder
 
 pytestmark = pytest.mark.hw
 

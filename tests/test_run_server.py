@@ -147,7 +147,8 @@ def test_occupied_port_from_the_cli_is_one_line(tmp_path, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        rc = main(["run", "--serve", "--serve-port", str(s.getsockname()[1]), "--model", str(tmp_path / "m.esnn"), "-q"])
+        port = str(s.getsockname()[1])
+        rc = main(["run", "--serve", "--serve-port", port, "--model", str(tmp_path / "m.esnn"), "-q"])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert err.strip().count("\n") == 0 and "is in use" in err
@@ -161,8 +162,8 @@ def test_cli_preview_end_to_end(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("DISPLAY", None)
     proc = subprocess.Popen([sys.executable, "-m", "edgespike.cli", "run", "--model", "m.esnn", "--size", "32x24",
-                             "--fps", "30", "--serve", "--serve-port", "0", "-q"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                             "--fps", "30", "--serve", "--serve-port", "0", "-q"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stderr.readline()  # "edgespike: preview at http://localhost:PORT/"
         m = re.search(r"localhost:(\d+)/", line)
