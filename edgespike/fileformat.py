@@ -25,12 +25,12 @@ import dataclasses
 import json
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from edgespike.files import write_atomic
 from edgespike.model import (
     NODE_TYPES,
     Decoder,
@@ -119,17 +119,8 @@ def to_bytes(model: Model) -> bytes:
 
 
 def save(model: Model, path: str | os.PathLike) -> None:
-    """Write atomically: a temporary file in the same folder, renamed into place when complete."""
-    data = to_bytes(model)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write atomically (a temporary file renamed into place): an interrupted save never leaves half a model."""
+    write_atomic(path, to_bytes(model))
 
 
 def load(path: str | os.PathLike) -> Model:

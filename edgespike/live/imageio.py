@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import importlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from edgespike import png
 from edgespike.errors import UserError
+from edgespike.files import write_atomic  # noqa: F401  (re-exported for the sinks)
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".pnm", ".webp"}
 
@@ -132,19 +132,6 @@ def can_encode_jpeg() -> str | None:
     if pil_image() is not None:
         return "Pillow"
     return None
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def draw_text(img: np.ndarray, lines: list[str], origin: tuple[int, int], line_height: int = 16) -> bool:
