@@ -113,10 +113,12 @@ ROW_FN(row16, w16, w16u, int16_t)
 
 /* x: [L][h][w][cs] uint8 0/1 (cs = C_in padded to a multiple of 4; x_step = 0 repeats one step)
    lut: [k*k][cs/4][16][lanes*nq] (int32, or int16 when wide16 = 0... see Python); v: [ho][wo][co] int32
-   membranes (updated); spk: [L][ho][wo][co] uint8 */
+   membranes (updated); spk: [L][ho][wo][co] uint8; counts[t] = spikes of step t in output rows cy0..cy1-1 (the
+   strip's core, for the statistics) */
 int conv_neuron(const uint8_t *x, int L, long x_step, int h, int w, int cs, int k, int st,
                 const void *lut, int co, int nq, int lanes16, const int32_t *bias,
-                int32_t *v, const int32_t *theta, int leak, int hard, uint8_t *spk, int threads) {
+                int32_t *v, const int32_t *theta, int leak, int hard, uint8_t *spk, int threads,
+                int cy0, int cy1, int64_t *counts) {
     int ho = (h + st - 1) / st, wo = (w + st - 1) / st, groups = cs / 4;
     if (nq > 64) return -1;
     /* Nibble indices once per input pixel (each is read by k*k output pixels). */
@@ -132,7 +134,8 @@ int conv_neuron(const uint8_t *x, int L, long x_step, int h, int w, int cs, int 
     for (int t = 0; t < L; t++) {
         const uint8_t *xt = idx + (x_step ? (long)t * npx * groups : 0);
         uint8_t *so = spk + (long)t * ho * wo * co;
-        #pragma omp parallel for schedule(static) num_threads(threads)
+        long cnt = 0;
+        #pragma omp parallel for schedule(static) num_threads(threads) reduction(+:cnt)
         for (int oy = 0; oy < ho; oy++) {
             int32_t *vr = v + (long)oy * wo * co;
             uint8_t *sr = so + (long)oy * wo * co;
@@ -153,7 +156,13 @@ int conv_neuron(const uint8_t *x, int L, long x_step, int h, int w, int cs, int 
                 default: CALL(row32, v8u, nq);
                 }
             }
+            if (oy >= cy0 && oy < cy1) {  /* the row is still in cache */
+                long c = 0;
+                for (long e = 0; e < (long)wo * co; e++) c += sr[e];
+                cnt += c;
+            }
         }
+        counts[t] = cnt;
     }
     free(idx);
     return 0;
@@ -162,12 +171,14 @@ int conv_neuron(const uint8_t *x, int L, long x_step, int h, int w, int cs, int 
 /* Neuron update alone (currents computed elsewhere): cur [L][n][co] int32 (cur_step = 0 repeats one step),
    v [n][co] int32 updated in place, spk [L][n][co] uint8. Steps t < T only (no MPRN extra step). */
 void neuron(const int32_t *cur, long cur_step, int L, long n, int co, int32_t *v, const int32_t *theta,
-            int leak, int hard, uint8_t *spk, int threads) {
+            int leak, int hard, uint8_t *spk, int threads, long p0, long p1, int64_t *counts) {
     for (int t = 0; t < L; t++) {
         const int32_t *ct = cur + cur_step * t;
         uint8_t *so = spk + (long)t * n * co;
-        #pragma omp parallel for schedule(static) num_threads(threads)
+        long cnt = 0;
+        #pragma omp parallel for schedule(static) num_threads(threads) reduction(+:cnt)
         for (long i = 0; i < n; i++) {
+            long c0 = 0;
             for (int c = 0; c < co; c++) {
                 long e = i * co + c;
                 int32_t m = v[e];
@@ -177,8 +188,11 @@ void neuron(const int32_t *cur, long cur_step, int L, long n, int co, int32_t *v
                 m = hard ? (s ? 0 : m) : m - (s ? theta[c] : 0);
                 v[e] = m;
                 so[e] = (uint8_t)s;
+                c0 += s;
             }
+            if (i >= p0 && i < p1) cnt += c0;
         }
+        counts[t] = cnt;
     }
 }
 """
@@ -241,10 +255,10 @@ def load():
         fn.restype = ctypes.c_int
         P = ctypes.c_void_p
         I = ctypes.c_int  # noqa: E741
-        fn.argtypes = [P, I, ctypes.c_long, I, I, I, I, I, P, I, I, I, P, P, P, I, I, P, I]
+        fn.argtypes = [P, I, ctypes.c_long, I, I, I, I, I, P, I, I, I, P, P, P, I, I, P, I, I, I, P]
         nf = lib.neuron
         nf.restype = None
-        nf.argtypes = [P, ctypes.c_long, I, ctypes.c_long, I, P, P, I, I, P, I]
+        nf.argtypes = [P, ctypes.c_long, I, ctypes.c_long, I, P, P, I, I, P, I, ctypes.c_long, ctypes.c_long, P]
         _LIB = lib
     except OSError as exc:
         _ERROR = str(exc)
@@ -309,9 +323,10 @@ def threads(work: int = MIN_PARALLEL) -> int:
 
 
 def conv_neuron(lib, x: np.ndarray, lut: np.ndarray, conv, neuron, v: np.ndarray, theta: np.ndarray,
-                out: np.ndarray | None = None) -> np.ndarray:
+                out: np.ndarray | None = None, rows: tuple[int, int] | None = None):
     """Run ``conv`` on binary ``x [L, h, w, C_in]`` (uint8) and update ``neuron``'s membranes ``v [ho, wo, C_out]``
-    in place over the L steps; returns the spikes ``[L, ho, wo, C_out]`` (uint8)."""
+    in place over the L steps. Returns the spikes ``[L, ho, wo, C_out]`` (uint8) and the spike count of each step
+    within output rows ``rows`` (default all)."""
     L, h, w, cin = x.shape
     cs = lut.shape[1] * 4
     const = L > 1 and x.strides[0] == 0  # one step standing for all (direct-coded constant input)
@@ -333,17 +348,22 @@ def conv_neuron(lib, x: np.ndarray, lut: np.ndarray, conv, neuron, v: np.ndarray
     lanes = 16 if lut.dtype == np.int16 else 8
     if lut.shape[3] // lanes > 64:
         raise ValueError("too many output channels for the kernel")
+    r0, r1 = rows if rows is not None else (0, ho)
+    counts = np.zeros(L, np.int64)
     rc = lib.conv_neuron(x.ctypes.data, L, x_step, h, w, cs, conv.kernel, st, lut.ctypes.data, cout,
                          lut.shape[3] // lanes, int(lanes == 16), bias.ctypes.data, v.ctypes.data, theta.ctypes.data,
-                         int(neuron.leak_shift), int(neuron.reset == "hard"), spk.ctypes.data, threads(ho * wo * cout))
+                         int(neuron.leak_shift), int(neuron.reset == "hard"), spk.ctypes.data, threads(ho * wo * cout),
+                         r0, r1, counts.ctypes.data)
     if rc != 0:
         raise RuntimeError(f"kernel conv_neuron failed ({rc})")
-    return spk
+    return spk, counts
 
 
-def neuron(lib, cur: np.ndarray, neuron, v: np.ndarray, theta: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Neuron update over L steps (t < T) for int32 currents ``cur [L or 1, h, w, C]`` (a single slice stands for
-    every step when ``L`` is given by a zero stride); ``v [h, w, C]`` int32 updated in place; returns uint8 spikes."""
+def neuron(lib, cur: np.ndarray, neuron, v: np.ndarray, theta: np.ndarray, out: np.ndarray | None = None,
+           rows: tuple[int, int] | None = None):
+    """Neuron update over L steps (t < T) for int32 currents ``cur [L, h, w, C]`` (a zero stride on the first axis
+    repeats one slice); ``v [h, w, C]`` int32 updated in place. Returns uint8 spikes and the spike count of each
+    step within rows ``rows`` (default all)."""
     L = cur.shape[0]
     const = L > 1 and cur.strides[0] == 0
     base = np.ascontiguousarray(cur[:1] if const else cur, dtype=np.int32)
@@ -351,6 +371,9 @@ def neuron(lib, cur: np.ndarray, neuron, v: np.ndarray, theta: np.ndarray, out: 
     spk = out if out is not None and out.shape == cur.shape else np.empty(cur.shape, np.uint8)
     n = v.shape[0] * v.shape[1]
     theta = np.ascontiguousarray(theta, dtype=np.int32)
+    r0, r1 = rows if rows is not None else (0, v.shape[0])
+    counts = np.zeros(L, np.int64)
     lib.neuron(base.ctypes.data, 0 if const else base[0].size, L, n, v.shape[2], v.ctypes.data, theta.ctypes.data,
-               int(neuron.leak_shift), int(neuron.reset == "hard"), spk.ctypes.data, threads(v.size))
-    return spk
+               int(neuron.leak_shift), int(neuron.reset == "hard"), spk.ctypes.data, threads(v.size),
+               r0 * v.shape[1], r1 * v.shape[1], counts.ctypes.data)
+    return spk, counts

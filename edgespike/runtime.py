@@ -491,6 +491,7 @@ class Runtime:
     def _pass(self, x, a0, b0, c0, c1, t0, L, state, stats: Stats) -> None:
         extra = t0 >= self.T
         infos = self.analysis.nodes
+        self._core_events: dict[str, int] = {}  # spikes of each neuron in the strip's core rows, this pass
         vals: dict[str, _Val] = {INPUT: self._encode(x, a0, b0, t0, L)}
         done: set[str] = set()
         for idx, node in enumerate(self.model.nodes):
@@ -561,7 +562,10 @@ class Runtime:
         k, cout = node.kernel, node.out_channels
         if src.binary:
             fan = (k * k if isinstance(node, ConvTranspose) else (-(-k // node.stride)) ** 2) * cout
-            events = int(np.count_nonzero(a)) * (L if src.const else 1)
+            if node.input in self._core_events:  # a neuron's spikes, already counted by its update
+                events = self._core_events[node.input]
+            else:
+                events = int(np.count_nonzero(a)) * (L if src.const else 1)
             stats.synops += events * fan
         else:
             cin = a.shape[3]
@@ -579,7 +583,9 @@ class Runtime:
             # sum over steps of a constant input: L * x (the bound for the summed form covers it)
             a = a.astype(np.int64) * L
         elif summed and not src.summed:
-            a = a.sum(axis=0, keepdims=True, dtype=np.int32 if src.binary else np.int64)
+            # spike counts of at most 255 steps fit uint8: a quarter of the memory traffic of int32
+            small = src.binary and a.shape[0] <= 255
+            a = a.sum(axis=0, keepdims=True, dtype=np.uint8 if small else np.int64)
         if extra:
             bound = plan.bound_extra
         elif summed:
@@ -621,12 +627,13 @@ class Runtime:
             from edgespike import kernels
 
             c_in = np.broadcast_to(cur, (L,) + v.shape) if src.const else cur
-            spikes = kernels.neuron(self.kernels, c_in, node, v, theta,
-                                    out=self._buffer(c_in.shape, np.uint8))
-            self._after_spikes(node, spikes, t0, st, stats, c0, c1)
+            spikes, counts = kernels.neuron(self.kernels, c_in, node, v, theta,
+                                            out=self._buffer(c_in.shape, np.uint8), rows=(c0, c1))
+            self._after_spikes(node, spikes, counts, t0, st, stats)
             return _Val(spikes, binary=True, pooled=True)
         spikes = np.empty((L,) + v.shape, np.bool_)
         tmp = np.empty_like(v) if node.leak_shift and not extra else None
+        events = 0
         for i in range(L):
             t = t0 + i
             c = cur[0] if src.const else cur[i]
@@ -648,11 +655,14 @@ class Runtime:
                 np.subtract(v, theta, out=v, where=s)
             else:
                 np.copyto(v, 0, where=s)
-            stats.spikes[node.name][t] += int(np.count_nonzero(s[c0:c1]))
+            n_core = int(np.count_nonzero(s[c0:c1]))
+            stats.spikes[node.name][t] += n_core
+            events += n_core
             if "count" in st:
                 st["count"] += s
             if "uwd" in st and not extra:
                 st["uwd"][s] += np.int64(1) << (self.T - 1 - t)
+        self._core_events[node.name] = events
         return _Val(spikes.view(np.uint8), binary=True)
 
     def _fused(self, conv: Conv, neuron: Neuron, src: _Val, L: int, state, stats: Stats, c0: int, c1: int) -> _Val:
@@ -669,16 +679,19 @@ class Runtime:
         h, w = a.shape[1], a.shape[2]
         ho, wo = -(-h // conv.stride), -(-w // conv.stride)
         st = self._neuron_state(neuron, (ho, wo, conv.out_channels), state)
-        spikes = kernels.conv_neuron(self.kernels, a, lut, conv, neuron, st["v"], st["theta"],
-                                     out=self._buffer((L, ho, wo, conv.out_channels), np.uint8))
-        self._after_spikes(neuron, spikes, 0, st, stats, c0, c1)
+        spikes, counts = kernels.conv_neuron(self.kernels, a, lut, conv, neuron, st["v"], st["theta"],
+                                             out=self._buffer((L, ho, wo, conv.out_channels), np.uint8),
+                                             rows=(c0, c1))
+        self._after_spikes(neuron, spikes, counts, 0, st, stats)
         return _Val(spikes, binary=True, pooled=True)
 
-    def _after_spikes(self, neuron: Neuron, spikes: np.ndarray, t0: int, st: dict, stats: Stats, c0: int, c1: int):
-        """Statistics and decoder quantities from uint8 spikes of steps ``t0 ..`` produced by a kernel."""
+    def _after_spikes(self, neuron: Neuron, spikes: np.ndarray, counts: np.ndarray, t0: int, st: dict,
+                      stats: Stats):
+        """Statistics (core-row spike counts from the kernel) and decoder quantities for steps ``t0 ..``."""
+        stats.spikes[neuron.name][t0:t0 + len(counts)] += counts
+        self._core_events[neuron.name] = int(counts.sum())
         for i in range(spikes.shape[0]):
             s = spikes[i]
-            stats.spikes[neuron.name][t0 + i] += int(np.count_nonzero(s[c0:c1]))
             if "count" in st:
                 st["count"] += s
             if "uwd" in st:
