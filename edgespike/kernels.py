@@ -139,21 +139,25 @@ int conv_neuron(const uint8_t *x, int L, long x_step, int h, int w, int cs, int 
         for (int oy = 0; oy < ho; oy++) {
             int32_t *vr = v + (long)oy * wo * co;
             uint8_t *sr = so + (long)oy * wo * co;
-#define CALL(FN, TY, N) FN(xt, h, w, k, st, oy, wo, (const TY *)lut, groups, N, co, bias, vr, theta, leak, hard, sr)
-            if (lanes16) {
+#define CALL(FN, TY, N, G) FN(xt, h, w, k, st, oy, wo, (const TY *)lut, G, N, co, bias, vr, theta, leak, hard, sr)
+            /* compile-time shapes for the common layers (32 or 16 channels in and out, 3x3) */
+            if (lanes16 && nq == 2 && groups == 8 && k == 3) CALL(row16, w16u, 2, 8);
+            else if (lanes16 && nq == 1 && groups == 4 && k == 3) CALL(row16, w16u, 1, 4);
+            else if (lanes16 && nq == 1 && groups == 8 && k == 3) CALL(row16, w16u, 1, 8);
+            else if (lanes16) {
                 switch (nq) {
-                case 1: CALL(row16, w16u, 1); break;
-                case 2: CALL(row16, w16u, 2); break;
-                case 4: CALL(row16, w16u, 4); break;
-                default: CALL(row16, w16u, nq);
+                case 1: CALL(row16, w16u, 1, groups); break;
+                case 2: CALL(row16, w16u, 2, groups); break;
+                case 4: CALL(row16, w16u, 4, groups); break;
+                default: CALL(row16, w16u, nq, groups);
                 }
             } else {
                 switch (nq) {
-                case 1: CALL(row32, v8u, 1); break;
-                case 2: CALL(row32, v8u, 2); break;
-                case 4: CALL(row32, v8u, 4); break;
-                case 8: CALL(row32, v8u, 8); break;
-                default: CALL(row32, v8u, nq);
+                case 1: CALL(row32, v8u, 1, groups); break;
+                case 2: CALL(row32, v8u, 2, groups); break;
+                case 4: CALL(row32, v8u, 4, groups); break;
+                case 8: CALL(row32, v8u, 8, groups); break;
+                default: CALL(row32, v8u, nq, groups);
                 }
             }
             if (oy >= cy0 && oy < cy1) {  /* the row is still in cache */

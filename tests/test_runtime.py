@@ -225,3 +225,12 @@ def test_kernel_disabled_by_environment(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
                        cwd=Path(__file__).parents[1])
     assert r.stdout.strip() == "numpy"
+
+
+@pytest.mark.parametrize("width", [8, 16, 32])
+def test_kernel_specialised_shapes(width):
+    """The kernel's compile-time fast paths (3x3 with 16 or 32 channels) against the reference."""
+    from edgespike.testing import calibration_frame
+
+    model = dncnn_like(depth=4, width=width, T=2, seed=0, calib_size=24)
+    check_equal(model, calibration_frame(29, 3)[:29, :23])
