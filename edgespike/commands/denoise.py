@@ -43,6 +43,9 @@ def run(args) -> int:
         raise UserError(f"cannot write {out_path}: directory {out_path.parent} does not exist")
     if args.model is not None and not Path(args.model).is_file():
         raise UserError(f"model file {args.model} not found")
+    if args.model is None and not (Path(__file__).parents[1] / "models" / "default_s25.esnn").exists():
+        raise UserError("no default model is shipped in this build yet (edgespike/models/default_s25.esnn); "
+                        "pass --model FILE")
     runtime = load(args.model, backend=args.backend)  # before reading the image: a bad model fails fast
     img = read_image(src)
     if img.ndim == 3:
