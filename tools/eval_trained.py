@@ -26,6 +26,8 @@ def main(argv=None) -> int:
     p.add_argument("--sigmas", default="25")
     p.add_argument("--views", default="snn,twin,qann")
     p.add_argument("--limit", type=int, default=0, help="only the first N images of each set")
+    p.add_argument("--engine", choices=("runtime", "torchsim"), default="runtime",
+                   help="executor of the .esnn (both are tested bit-exact against edgespike.reference)")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
 
@@ -38,7 +40,21 @@ def main(argv=None) -> int:
     from edgespike.train.qnet import QSpikingDnCNN, predict_uint8
 
     torch.set_num_threads(a.threads)
-    sim = torchsim.TorchSim(fileformat.load(a.model)) if a.model else None
+    sim = None
+    if a.model:
+        model = fileformat.load(a.model)
+        if a.engine == "runtime":
+            from edgespike.runtime import Runtime
+
+            rt = Runtime(model)
+
+            def sim(frame):
+                return rt.denoise(frame)[0]
+        else:
+            ts = torchsim.TorchSim(model)
+
+            def sim(frame):
+                return ts.run(frame, mode="layer")
     net = None
     if a.ckpt:
         ck = _load_ckpt(a.ckpt)
@@ -60,7 +76,7 @@ def main(argv=None) -> int:
                 noisy = noisy_frame(clean, sigma, i)
                 for v in views:
                     if v == "snn":
-                        out = sim.run(noisy, mode="layer")
+                        out = sim(noisy)
                     elif v == "qann":
                         out = predict_uint8(net, noisy, "qann")
                     else:

@@ -39,6 +39,9 @@ def main(argv=None) -> int:
     p.add_argument("--patch", type=int, default=40, help="patch side (default 40)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate of the q-ANN phase")
     p.add_argument("--snn-lr", type=float, default=1e-4, help="peak learning rate of the BPTT phase")
+    p.add_argument("--snn-mode", choices=("tandem", "bptt"), default="tandem",
+                   help="fine-tuning on the spiking simulation: tandem learning (exact SNN forward, rate-coded "
+                   "backward; default, ~3x cheaper) or BPTT with a surrogate gradient")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/model.esnn", help="the .esnn to write; checkpoint and log go next to it")
     p.add_argument("--ckpt", default="", help="checkpoint path (default: OUT with suffix .ckpt.pt)")
@@ -60,7 +63,8 @@ def main(argv=None) -> int:
                         handlers=[logging.StreamHandler(), logging.FileHandler(out.with_suffix(".train.log"))])
     cfg = Config(depth=a.depth, width=a.width, T=a.T, sigma=a.sigma, minutes=a.minutes, iters=a.iters,
                  snn_minutes=a.snn_minutes, snn_iters=a.snn_iters, batch=a.batch, snn_batch=a.snn_batch,
-                 patch=a.patch, lr=a.lr, snn_lr=a.snn_lr, seed=a.seed, out=a.out, ckpt=a.ckpt, init=a.init,
+                 patch=a.patch, lr=a.lr, snn_lr=a.snn_lr, snn_mode=a.snn_mode, seed=a.seed, out=a.out,
+                 ckpt=a.ckpt, init=a.init,
                  val_every=a.val_every)
     if cfg.minutes <= 0 and cfg.iters <= 0 and cfg.snn_minutes <= 0 and cfg.snn_iters <= 0:
         p.error("give a budget: --minutes/--iters and/or --snn-minutes/--snn-iters")

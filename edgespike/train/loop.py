@@ -41,6 +41,7 @@ class Config:
     patch: int = 40
     lr: float = 1e-3
     snn_lr: float = 1e-4
+    snn_mode: str = "tandem"  # "tandem" (SNN forward, rate backward) or "bptt" (surrogate gradient through T)
     seed: int = 0
     out: str = "runs/model.esnn"
     ckpt: str = ""
@@ -168,7 +169,12 @@ def _run_phase(net, opt, cfg, state, train_ims, sigma, validator, name, minutes,
         x = torch.from_numpy(noisy.astype(np.float32))[:, None]
         target = x - torch.from_numpy(clean.astype(np.float32))[:, None]
         ints = net.integerise()
-        pred = net.snn(x, ints) if name == "snn" else net.qann(x, ints)
+        if name == "qann":
+            pred = net.qann(x, ints)
+        elif cfg.snn_mode == "bptt":
+            pred = net.snn(x, ints)
+        else:
+            pred = net.tandem(x, ints)
         loss = ((pred - target) / 255.0).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -188,6 +188,42 @@ class QSpikingDnCNN(nn.Module):
             return R
         return R * (255.0 * ints.scales[-1][None, :, None, None] / T)
 
+    def tandem(self, pixels: torch.Tensor, ints: Integers | None = None, return_R: bool = False) -> torch.Tensor:
+        """Tandem learning (Wu et al. 2021): the forward values are the SNN's exact spike counts, the backward
+        treats each count as the q-ANN function ``clip(S / Theta + 1/2, 0, T)`` of the T-step current ``S``
+        computed from the previous layer's *actual* counts. Much cheaper than BPTT (the T-step simulation runs
+        without an autograd graph; gradients need one conv per layer) while training on the true SNN outputs."""
+        ints = ints or self.integerise()
+        T = self.T
+        B = pixels.shape[0]
+        with torch.no_grad():
+            cur0 = F.conv2d(pixels, ints.weights[0], padding=1) + ints.biases[0][None, :, None, None]
+            cur = cur0.unsqueeze(0).expand(T, *cur0.shape)
+        x = pixels
+        for i in range(self.depth - 1):
+            Th = ints.thetas[i][None, :, None, None]
+            with torch.no_grad():  # exact spike trains of layer i
+                Thd = Th.detach()
+                v = torch.floor(Thd / 2).expand_as(cur[0])
+                spikes = []
+                for t in range(T):
+                    v = v + cur[t]
+                    sp = (v >= Thd).to(v.dtype)
+                    v = v - Thd * sp
+                    spikes.append(sp)
+                s_all = torch.cat(spikes, 0)
+                n_snn = s_all.view(T, B, *s_all.shape[1:]).sum(0)
+                if i < self.depth - 2:
+                    cur = (F.conv2d(s_all, ints.weights[i + 1].detach(), padding=1)
+                           + ints.biases[i + 1].detach()[None, :, None, None]).view(T, B, *cur0.shape[1:])
+            S = (T * (F.conv2d(x, ints.weights[0], padding=1) + ints.biases[0][None, :, None, None]) if i == 0 else
+                 F.conv2d(x, ints.weights[i], padding=1) + T * ints.biases[i][None, :, None, None])
+            x = ste(n_snn, (S / Th + 0.5).clamp(0, T))
+        R = F.conv2d(x, ints.weights[-1], padding=1) + T * ints.biases[-1][None, :, None, None]
+        if return_R:
+            return R
+        return R * (255.0 * ints.scales[-1][None, :, None, None] / T)
+
     def twin(self, pixels: torch.Tensor) -> torch.Tensor:
         """Float ANN twin: float weights, ``clip(z, 0, theta_l)`` activations. Residual in pixels."""
         x = pixels / 255.0
