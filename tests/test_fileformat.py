@@ -195,3 +195,13 @@ def test_cli_info_describes_a_model(tmp_path):
 def test_preamble_layout_is_32_bytes():
     assert PREAMBLE.size == 32 and len(MAGIC) == 8
     assert struct.calcsize("<8sHHIQII") == 32
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    path = tmp_path / "m.esnn"
+    fileformat.save(every_node_model(), path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
