@@ -234,3 +234,16 @@ def test_kernel_specialised_shapes(width):
 
     model = dncnn_like(depth=4, width=width, T=2, seed=0, calib_size=24)
     check_equal(model, calibration_frame(29, 3)[:29, :23])
+
+
+def test_bench_model_equals_reference():
+    """The benchmark's 10-layer 32-channel model (tools/bench/runtime.py) against the reference, bit for bit."""
+    from edgespike import reference
+    from edgespike.runtime import Runtime
+
+    rng = np.random.default_rng(7)
+    for T in (4, 8):
+        model = dncnn_like(10, 32, T)  # exactly as tools/bench/runtime.py builds it
+        frame = rng.integers(0, 256, (19, 23), dtype=np.uint8)
+        out, _ = Runtime(model).denoise(frame)
+        np.testing.assert_array_equal(out, reference.run(model, frame))
