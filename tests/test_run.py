@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -710,7 +711,7 @@ def test_energy_estimate_in_the_log_when_the_profiler_is_present(tmp_path, capsy
     if energy_estimator() is None:
         assert "energy_uj" not in row and "energy" not in out
     else:
-        assert row["energy_uj"] > 0 and row["ann_energy_uj"] > 0 and "uJ per frame" in out
+        assert row["energy_uj"] > 0 and row["ann_energy_uj"] > 0 and re.search(r"[0-9.]+ [mun]?J per frame", out)
 
 
 def test_bare_install_without_opencv_or_pillow(tmp_path, capsys, model_path, monkeypatch):
@@ -869,3 +870,9 @@ def test_a_camera_that_hangs_is_reported_after_the_stall_timeout():
         release.set()
     assert isinstance(summary.error, UserError) and "no frame for 0.3 s" in str(summary.error)
     assert summary.processed == 1
+
+
+def test_energy_is_printed_with_an_si_prefix():
+    from edgespike.live.pipeline import joules
+
+    assert joules(51.18) == "51.2 J" and joules(5.12e-5) == "51.2 uJ" and joules(3e-13) == "0.3 pJ"

@@ -36,6 +36,14 @@ COLORS = ("luma", "per-channel", "gray")
 # ------------------------------------------------------------------------------------------------- bounded buffer
 
 
+
+def joules(value: float) -> str:
+    """An energy in joules with three significant figures and an SI prefix: 5.12e-05 -> '51.2 uJ'."""
+    for factor, unit in ((1.0, "J"), (1e-3, "mJ"), (1e-6, "uJ"), (1e-9, "nJ")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {unit}"
+    return f"{value / 1e-12:.3g} pJ"
+
 class FrameBuffer:
     """At most ``size`` frames between capture and compute; ``put`` drops the oldest or waits, by policy."""
 
@@ -224,9 +232,9 @@ class Summary:
             ("dense MACs", f"{self.macs / n:,.0f} per frame (mean)"),
         ]
         if self.energy is not None:
-            text = f"{self.energy / n * 1e6:.3f} uJ per frame (edgespike.profile estimate)"
+            text = f"{joules(self.energy / n)} per frame (edgespike.profile estimate)"
             if self.ann_energy:
-                text += f"; ANN twin {self.ann_energy / n * 1e6:.3f} uJ (SNN/ANN {self.energy / self.ann_energy:.2f})"
+                text += f"; ANN twin {joules(self.ann_energy / n)} (SNN/ANN {self.energy / self.ann_energy:.2f})"
             rows.append(("energy", text))
         if self.psnr_noisy is not None:
             rows.append(("PSNR", f"noisy {self.psnr_noisy / n:.2f} dB -> denoised {self.psnr_denoised / n:.2f} dB "
@@ -326,7 +334,7 @@ def status_text(r: dict) -> str:
     if "synaptic_ops" in r:
         parts.append(f"{r['synaptic_ops'] / 1e6:.2f} M synops")
     if "energy_uj" in r:
-        parts.append(f"{r['energy_uj']:.2f} uJ")
+        parts.append(f"{joules(r['energy_uj'] * 1e-6)} est.")
     parts.append(f"{r['dropped']} dropped")
     return " | ".join(parts)
 
