@@ -166,6 +166,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="only T=4 at 256x256, no memory run")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--setting", action="append", metavar="T:WxH",
+                    help="run only this setting (repeatable), e.g. --setting 8:640x480; no memory run")
     args = ap.parse_args(argv)
 
     import torch
@@ -176,6 +178,12 @@ def main(argv=None) -> int:
     os.environ.setdefault("EDGESPIKE_THREADS", str(THREADS))
     settings = [(4, (256, 256))] if args.quick else [(4, (256, 256)), (8, (256, 256)), (4, (480, 640)),
                                                       (8, (480, 640))]
+    if args.setting:
+        settings = []
+        for spec in args.setting:
+            t, wh = spec.split(":")
+            w, h = wh.split("x")
+            settings.append((int(t), (int(h), int(w))))
     results = []
     for T, size in settings:
         model = dncnn_like(10, 32, T, 0)
@@ -207,7 +215,7 @@ def main(argv=None) -> int:
             row["cpu_numpy_speedup_vs_torch"] = round(mcpu["torch"] / mcpu["runtime_numpy"], 2)
         results.append(row)
         print(json.dumps(row), flush=True)
-    mem = None if args.quick else memory_1080p(8)
+    mem = None if (args.quick or args.setting) else memory_1080p(8)
     if mem:
         print(json.dumps({"memory_1920x1080_T8": mem}), flush=True)
     load = os.getloadavg()
