@@ -11,7 +11,7 @@ import pytest
 from edgespike import reference
 from edgespike.errors import UserError
 from edgespike.metrics import psnr
-from edgespike.profile import sim
+from edgespike.profile.run import SnnRunner
 from edgespike.profile.testmodels import random_dncnn
 
 
@@ -24,11 +24,11 @@ def _smooth(h, w, seed):
 
 @pytest.mark.parametrize("kw", [{}, {"v_init": "zero"}, {"reset": "hard"}, {"leak_shift": 2}, {"mprn": (1, 2)},
                                 {"timesteps": 1}])
-def test_sim_is_bit_exact_with_the_reference(kw):
+def test_profiler_spike_counts_are_the_reference_s(kw):
     m = random_dncnn(depth=4, width=5, seed=3, **kw)
     f = np.random.default_rng(1).integers(0, 256, (13, 17)).astype(np.uint8)
     out, tr = reference.run(m, f, trace=True)
-    out2, spikes = sim.run(m, f)
+    out2, spikes = SnnRunner(m).run(f)
     assert np.array_equal(out, out2)
     assert spikes == tr.spikes
     assert sum(sum(v) for v in spikes.values()) > 0  # a silent model would test nothing

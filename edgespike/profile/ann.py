@@ -23,7 +23,7 @@ import numpy as np
 
 from edgespike.errors import UserError, need_extra
 from edgespike.model import Model, ModelError
-from edgespike.profile.sim import conv_same
+from edgespike.profile.floatconv import conv_same
 
 OPSET = 17
 

@@ -21,7 +21,6 @@ from edgespike.metrics import psnr
 from edgespike.model import Model
 from edgespike.profile import energy as E
 from edgespike.profile import measure, sensors
-from edgespike.profile import sim as snn_sim
 
 
 @dataclass
@@ -66,27 +65,21 @@ def set_blas_threads(n: int) -> bool:
 
 
 class SnnRunner:
-    """The SNN executor: the fast runtime when it is in this build, else the exact numpy simulation."""
+    """The SNN executor: the fast bit-exact runtime, returning the output and the spikes per node per step."""
 
     def __init__(self, model: Model):
-        self.model = model
-        try:
-            from edgespike.runtime import Runtime
+        from edgespike.runtime import Runtime
 
-            self.rt = Runtime(model)
-            self.label = f"edgespike.runtime ({self.rt.backend})"
-        except ImportError:
-            self.rt = None
-            self.label = "edgespike.profile.sim (numpy; the fast runtime is not in this build)"
+        self.model = model
+        self.rt = Runtime(model)
+        self.label = f"edgespike.runtime ({self.rt.backend})"
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         return self.run(frame)[0]
 
     def run(self, frame: np.ndarray) -> tuple[np.ndarray, dict[str, list[int]]]:
-        if self.rt is not None:
-            out, stats = self.rt.denoise(frame)
-            return out, {k: [int(x) for x in v] for k, v in stats.spikes.items()}
-        return snn_sim.run(self.model, frame)
+        out, stats = self.rt.denoise(frame)
+        return out, {k: [int(x) for x in v] for k, v in stats.spikes.items()}
 
 
 def with_timesteps(model: Model, T: int) -> Model:

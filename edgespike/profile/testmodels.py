@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from edgespike.model import Conv, Decoder, Encoder, Integrator, Model, Neuron, ReadoutTerm
-from edgespike.profile.sim import conv_same
+from edgespike.profile.floatconv import conv_same
 
 
 def _decoder_constants(target: float) -> tuple[int, int]:
