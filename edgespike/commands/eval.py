@@ -7,7 +7,6 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,89 +46,14 @@ def add_arguments(p) -> None:
 # ------------------------------------------------------------------ executors
 
 
-@dataclass
-class _Stats:
-    """The fast runtime's Stats fields, computed from a reference trace."""
-
-    spikes: dict
-    spike_rate: float
-    synaptic_ops: int
-    macs: int
-    seconds: float
-
-
-class _ReferenceExecutor:
-    """Stand-in for ``edgespike.load()`` while the fast runtime is not in this build: exact but slow.
-
-    Same counting conventions as the runtime's Stats: ``spike_rate`` = spikes / (neurons x executed steps);
-    ``synaptic_ops`` = for each conv fed by a spiking node, its input spikes x ``C_out * ceil(k/s)^2``;
-    ``macs`` = dense multiply-accumulates of convs fed by non-spike values (the frame, sums), per executed step.
-    """
-
-    label = "reference (exact, slow: the fast runtime is not in this build)"
-
-    def __init__(self, path: Path) -> None:
-        from edgespike.fileformat import load
-
-        self.model = load(path)
-
-    def denoise(self, frame: np.ndarray):
-        from edgespike import reference
-        from edgespike.model import Concat, Conv, ConvTranspose, Neuron
-
-        model = self.model
-        t0 = time.perf_counter()
-        out, trace = reference.run(model, frame, trace=True)
-        seconds = time.perf_counter() - t0
-        steps = model.timesteps + (1 if model.has_extra_step else 0)
-        neurons = sum(c.size for c in trace.counts.values()) * steps
-        total = sum(sum(s) for s in trace.spikes.values())
-        spiking = {n.name for n in model.nodes if isinstance(n, Neuron)}
-        m = model.size_multiple
-        h, w = -(-frame.shape[0] // m) * m, -(-frame.shape[1] // m) * m
-        size = {"input": (1, h, w)}
-        synops = macs = 0
-        for node in model.nodes:
-            if isinstance(node, (Conv, ConvTranspose)):
-                c, hi, wi = size[node.input]
-                k, cout = node.kernel, node.out_channels
-                if isinstance(node, Conv):
-                    ho, wo = -(-hi // node.stride), -(-wi // node.stride)
-                else:
-                    ho, wo = 2 * hi, 2 * wi
-                if node.input in spiking:
-                    synops += sum(trace.spikes[node.input]) * cout * (-(-k // node.stride)) ** 2
-                else:
-                    macs += cout * c * k * k * ho * wo * steps
-                size[node.name] = (cout, ho, wo)
-            elif isinstance(node, Concat):
-                shapes = [size[i] for i in node.inputs]
-                size[node.name] = (sum(s[0] for s in shapes),) + shapes[0][1:]
-            else:
-                size[node.name] = size[node.inputs[0]]
-        return out, _Stats(trace.spikes, total / neurons if neurons else 0.0, int(synops), int(macs), seconds)
-
-
 def open_executor(path: Path | None):
-    """The fast runtime (``edgespike.load``) when this build has it, else the exact reference.
+    """The fast bit-exact runtime for ``path`` (the shipped default when ``None``).
 
     Returns ``(executor, label)``; ``executor.denoise(frame) -> (uint8 frame, stats)``.
     """
     import edgespike
 
-    load = getattr(edgespike, "load", None)
-    if load is None:
-        try:
-            load = importlib.import_module("edgespike.runtime").load
-        except (ImportError, AttributeError):
-            load = None
-    if load is not None:
-        return load(None if path is None else str(path)), "edgespike runtime"
-    if path is None:
-        from edgespike.models import default_path
-
-        path = default_path()
-    return _ReferenceExecutor(path), _ReferenceExecutor.label
+    return edgespike.load(None if path is None else str(path)), "edgespike runtime"
 
 
 def _bm3d(noisy: np.ndarray, sigma: float, kind: str) -> np.ndarray:
