@@ -19,6 +19,7 @@ import numpy as np
 
 from edgespike.frames import pad_to_multiple
 from edgespike.model import INPUT
+from edgespike.twin import conv2d
 
 
 @dataclass
@@ -123,23 +124,6 @@ class FloatNet:
     def readout_quantity(self) -> str:
         n = self.node(self.readout)
         return "count" if isinstance(n, FNeuron) and n.spiking else "membrane"
-
-
-def conv2d(x: np.ndarray, w: np.ndarray, stride: int) -> np.ndarray:
-    """Float 'same' convolution (zero padding ``k // 2``), one kernel tap at a time, as the reference does."""
-    k = w.shape[2]
-    p = k // 2
-    c, h, wd = x.shape
-    xp = np.zeros((c, h + 2 * p, wd + 2 * p), np.float64)
-    xp[:, p:p + h, p:p + wd] = x
-    ho = (h + 2 * p - k) // stride + 1
-    wo = (wd + 2 * p - k) // stride + 1
-    out = np.zeros((w.shape[0], ho, wo), np.float64)
-    for i in range(k):
-        for j in range(k):
-            window = xp[:, i:i + stride * ho:stride, j:j + stride * wo:stride]
-            out += np.einsum("oc,chw->ohw", w[:, :, i, j], window)
-    return out
 
 
 @dataclass

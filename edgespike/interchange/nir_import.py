@@ -516,7 +516,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _int_conv(x: np.ndarray, w: np.ndarray, stride: int) -> np.ndarray:
-    from edgespike.interchange.floatnet import conv2d
+    from edgespike.twin import conv2d
 
     return conv2d(x, w.astype(np.float64), stride)
 
