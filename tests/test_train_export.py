@@ -70,6 +70,27 @@ def test_qann_is_exact_with_one_hidden_layer():
     np.testing.assert_array_equal(predict_uint8(net, frame, "snn"), ref)
 
 
+@pytest.mark.parametrize("shape", [(17, 23), (32, 32), (5, 9)])
+def test_half_resolution_body_exports_bit_exact(shape):
+    """``down=True``: 5x5 stride-2 first conv, transposed stride-2 read-out; odd frames are edge-padded to even
+    sizes and cropped back by every executor, and the training-side simulation predicts the file exactly."""
+    torch.manual_seed(2)
+    net = QSpikingDnCNN(depth=4, width=6, timesteps=8, down=True)
+    net.calibrate(torch.from_numpy(_frame(32, 32).astype(np.float32))[None, None])
+    model = net.to_model()
+    assert model.size_multiple == 2
+    assert isinstance(model.nodes[0], Conv) and model.nodes[0].stride == 2 and model.nodes[0].kernel == 5
+    assert isinstance(model.nodes[-2], ConvTranspose) and model.nodes[-2].kernel == 6
+    frame = _frame(*shape, seed=4)
+    ref = reference.run(model, frame)
+    assert ref.shape == frame.shape and np.any(ref != frame)
+    np.testing.assert_array_equal(predict_uint8(net, frame, "snn"), ref)
+    np.testing.assert_array_equal(torchsim.run(model, frame, mode="layer"), ref)
+    from edgespike.runtime import Runtime
+
+    np.testing.assert_array_equal(Runtime(model).denoise(frame)[0], ref)
+
+
 def _rand_w(rng, *shape):
     return rng.integers(-40, 41, shape).astype(np.int8)
 

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     if a.ckpt:
         ck = _load_ckpt(a.ckpt)
         c = ck["config"]
-        net = QSpikingDnCNN(c["depth"], c["width"], c["T"])
+        net = QSpikingDnCNN(c["depth"], c["width"], c["T"], down=c.get("down", False))
         net.load_state_dict(ck["model"])
         net.eval()
     views = [v for v in a.views.split(",") if (v == "snn" and sim) or (v != "snn" and net)]

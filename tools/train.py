@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     p.add_argument("--depth", type=int, default=12, help="number of conv layers D (default 12)")
     p.add_argument("--width", type=int, default=48, help="hidden channels C (default 48)")
     p.add_argument("--T", type=int, default=8, help="timesteps, at most 8 for shipped models (default 8)")
+    p.add_argument("--down", action="store_true",
+                   help="half-resolution body: stride-2 5x5 first conv and stride-2 transposed read-out (4x fewer ops)")
     p.add_argument("--sigma", default="25", help="training noise level (0..255 scale) or 'blind' = U[0, 55]")
     p.add_argument("--minutes", type=float, default=0.0, help="wall-clock budget of the q-ANN phase")
     p.add_argument("--iters", type=int, default=0, help="iteration budget of the q-ANN phase (if no --minutes)")
@@ -61,7 +63,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(), logging.FileHandler(out.with_suffix(".train.log"))])
-    cfg = Config(depth=a.depth, width=a.width, T=a.T, sigma=a.sigma, minutes=a.minutes, iters=a.iters,
+    cfg = Config(depth=a.depth, width=a.width, T=a.T, down=a.down, sigma=a.sigma, minutes=a.minutes, iters=a.iters,
                  snn_minutes=a.snn_minutes, snn_iters=a.snn_iters, batch=a.batch, snn_batch=a.snn_batch,
                  patch=a.patch, lr=a.lr, snn_lr=a.snn_lr, snn_mode=a.snn_mode, seed=a.seed, out=a.out,
                  ckpt=a.ckpt, init=a.init,

@@ -31,6 +31,7 @@ class Config:
     depth: int = 12
     width: int = 48
     T: int = 8
+    down: bool = False  # half-resolution body (stride-2 first conv, transposed read-out)
     sigma: str = "25"  # a number or "blind"
     minutes: float = 0.0  # q-ANN phase budget (wall clock); 0 -> use iters
     iters: int = 0
@@ -106,7 +107,7 @@ def _load_ckpt(path: str) -> dict:
 def train(cfg: Config, resume: bool = False, progress: bool = True) -> QSpikingDnCNN:
     """Run (or resume) the phases of ``cfg``, export ``cfg.out`` and return the network."""
     torch.manual_seed(cfg.seed)
-    net = QSpikingDnCNN(cfg.depth, cfg.width, cfg.T)
+    net = QSpikingDnCNN(cfg.depth, cfg.width, cfg.T, down=cfg.down)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     state = {"phase": "qann", "it": 0, "elapsed": 0.0, "best": None}
     ckpt_path = cfg.ckpt_path
@@ -207,7 +208,8 @@ def _run_phase(net, opt, cfg, state, train_ims, sigma, validator, name, minutes,
 
 def export(net: QSpikingDnCNN, cfg: Config, validator: Validator | None = None) -> None:
     """Write ``cfg.out`` (.esnn) with the training configuration as metadata."""
-    meta = {"name": Path(cfg.out).stem, "architecture": f"spiking DnCNN {cfg.depth}x{cfg.width}, IF soft reset, "
+    body = "half-resolution body (5x5 stride-2 conv in, 6x6 stride-2 transposed conv out), " if cfg.down else ""
+    meta = {"name": Path(cfg.out).stem, "architecture": f"spiking DnCNN {cfg.depth}x{cfg.width}, {body}IF soft reset, "
             f"v0=theta/2, direct encoding, T={cfg.T}, membrane read-out", "sigma": cfg.sigma,
             "trained_with": "tools/train.py", "seed": cfg.seed}
     model = net.to_model(meta)

@@ -20,6 +20,10 @@ Views (all share the same integers, rounding uses straight-through gradients):
   (BPTT fine-tuning).
 * :meth:`twin` - the float ANN twin: same float weights, ReLU clipped at ``theta`` (the rate-domain activation).
 * :meth:`to_model` - the :class:`edgespike.model.Model` to save as ``.esnn``.
+
+``down=True`` runs the body at half resolution (FFDNet's trick, 4x fewer operations per pixel for the same
+weights): the first layer is a 5x5 stride-2 conv of the pixels, the read-out a 6x6 stride-2 transposed conv back to
+full resolution (``padding=2``: output pixel ``2i+a`` sees the 3x3 half-resolution neighbourhood of ``i``).
 """
 
 from __future__ import annotations
@@ -32,10 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgespike.model import Conv, Decoder, Encoder, Integrator, Model, Neuron, ReadoutTerm
+from edgespike.frames import pad_to_multiple
+from edgespike.model import Conv, ConvTranspose, Decoder, Encoder, Integrator, Model, Neuron, ReadoutTerm
 
 WEIGHT_MAX = 127
 MULT_MAX = 2**31 - 1
+DOWN_KERNEL = 5  # first conv of a half-resolution body: 5x5, stride 2, padding 2
+UP_KERNEL, UP_PADDING = 6, 2  # its read-out: 6x6 transposed conv, stride 2, padding 2 (exactly doubles H, W)
 
 
 def ste(exact: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
@@ -97,18 +104,26 @@ class QSpikingDnCNN(nn.Module):
         Channels C of the hidden layers.
     timesteps : int
         T, the number of SNN steps (the rate code has T+1 levels).
+    down : bool
+        Half-resolution body: stride-2 first conv, stride-2 transposed read-out conv.
     """
 
-    def __init__(self, depth: int = 12, width: int = 48, timesteps: int = 8):
+    def __init__(self, depth: int = 12, width: int = 48, timesteps: int = 8, down: bool = False):
         super().__init__()
         if depth < 2:
             raise ValueError("depth must be >= 2")
-        self.depth, self.width, self.T = depth, width, timesteps
+        self.depth, self.width, self.T, self.down = depth, width, timesteps, down
         chans = [1] + [width] * (depth - 1) + [1]
         self.weight = nn.ParameterList()
         self.bias = nn.ParameterList()
         for i in range(depth):
-            w = torch.empty(chans[i + 1], chans[i], 3, 3)
+            k = 3
+            if down and i == 0:
+                k = DOWN_KERNEL
+            elif down and i == depth - 1:
+                k = UP_KERNEL
+            # Every weight is stored [C_out, C_in, k, k] (the model file's layout, transposed conv included).
+            w = torch.empty(chans[i + 1], chans[i], k, k)
             nn.init.kaiming_normal_(w, nonlinearity="relu")
             self.weight.append(nn.Parameter(w))
             self.bias.append(nn.Parameter(torch.zeros(chans[i + 1])))
@@ -116,6 +131,14 @@ class QSpikingDnCNN(nn.Module):
         self.theta = nn.Parameter(torch.ones(depth - 1))
         with torch.no_grad():
             self.weight[-1].mul_(0.1)
+
+    def conv(self, i: int, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        """The linear map of layer ``i`` (a "same" conv; stride 2 / transposed for a half-resolution body)."""
+        if self.down and i == 0:
+            return F.conv2d(x, w, b, stride=2, padding=DOWN_KERNEL // 2)
+        if self.down and i == self.depth - 1:
+            return F.conv_transpose2d(x, w.transpose(0, 1), b, stride=2, padding=UP_PADDING)
+        return F.conv2d(x, w, b, padding=w.shape[-1] // 2)
 
     # ------------------------------------------------------------------ integers
     def integerise(self) -> Integers:
@@ -146,12 +169,12 @@ class QSpikingDnCNN(nn.Module):
         T = self.T
         x = pixels
         for i in range(self.depth - 1):
-            S = T * (F.conv2d(x, ints.weights[i], padding=1) + ints.biases[i][None, :, None, None]) if i == 0 else (
-                F.conv2d(x, ints.weights[i], padding=1) + T * ints.biases[i][None, :, None, None])
+            S = T * (self.conv(i, x, ints.weights[i]) + ints.biases[i][None, :, None, None]) if i == 0 else (
+                self.conv(i, x, ints.weights[i]) + T * ints.biases[i][None, :, None, None])
             Th = ints.thetas[i][None, :, None, None]
             exact = torch.floor((torch.floor(Th / 2) + S) / Th).clamp(0, T)
             x = ste(exact, (S / Th + 0.5).clamp(0, T))
-        R = F.conv2d(x, ints.weights[-1], padding=1) + T * ints.biases[-1][None, :, None, None]
+        R = self.conv(self.depth - 1, x, ints.weights[-1]) + T * ints.biases[-1][None, :, None, None]
         if return_R:
             return R
         return R * (255.0 * ints.scales[-1][None, :, None, None] / T)
@@ -165,7 +188,7 @@ class QSpikingDnCNN(nn.Module):
         T = self.T
         B = pixels.shape[0]
         # First layer: direct encoding, the current is the same at every step.
-        cur0 = F.conv2d(pixels, ints.weights[0], padding=1) + ints.biases[0][None, :, None, None]
+        cur0 = self.conv(0, pixels, ints.weights[0]) + ints.biases[0][None, :, None, None]
         cur = cur0.unsqueeze(0).expand(T, *cur0.shape)
         for i in range(self.depth - 1):
             Th = ints.thetas[i][None, :, None, None]
@@ -178,12 +201,12 @@ class QSpikingDnCNN(nn.Module):
                 spikes.append(s)
             s_all = torch.cat(spikes, 0)  # [T*B, C, H, W], step-major
             if i < self.depth - 2:
-                cur = (F.conv2d(s_all, ints.weights[i + 1], padding=1)
+                cur = (self.conv(i + 1, s_all, ints.weights[i + 1])
                        + ints.biases[i + 1][None, :, None, None]).view(T, B, *cur0.shape[1:])
             else:
                 counts = s_all.view(T, B, *s_all.shape[1:]).sum(0)
         # The Integrator's membrane after T steps is linear in the spike counts.
-        R = F.conv2d(counts, ints.weights[-1], padding=1) + T * ints.biases[-1][None, :, None, None]
+        R = self.conv(self.depth - 1, counts, ints.weights[-1]) + T * ints.biases[-1][None, :, None, None]
         if return_R:
             return R
         return R * (255.0 * ints.scales[-1][None, :, None, None] / T)
@@ -197,7 +220,7 @@ class QSpikingDnCNN(nn.Module):
         T = self.T
         B = pixels.shape[0]
         with torch.no_grad():
-            cur0 = F.conv2d(pixels, ints.weights[0], padding=1) + ints.biases[0][None, :, None, None]
+            cur0 = self.conv(0, pixels, ints.weights[0]) + ints.biases[0][None, :, None, None]
             cur = cur0.unsqueeze(0).expand(T, *cur0.shape)
         x = pixels
         for i in range(self.depth - 1):
@@ -214,12 +237,12 @@ class QSpikingDnCNN(nn.Module):
                 s_all = torch.cat(spikes, 0)
                 n_snn = s_all.view(T, B, *s_all.shape[1:]).sum(0)
                 if i < self.depth - 2:
-                    cur = (F.conv2d(s_all, ints.weights[i + 1].detach(), padding=1)
+                    cur = (self.conv(i + 1, s_all, ints.weights[i + 1].detach())
                            + ints.biases[i + 1].detach()[None, :, None, None]).view(T, B, *cur0.shape[1:])
-            S = (T * (F.conv2d(x, ints.weights[0], padding=1) + ints.biases[0][None, :, None, None]) if i == 0 else
-                 F.conv2d(x, ints.weights[i], padding=1) + T * ints.biases[i][None, :, None, None])
+            S = (T * (self.conv(0, x, ints.weights[0]) + ints.biases[0][None, :, None, None]) if i == 0 else
+                 self.conv(i, x, ints.weights[i]) + T * ints.biases[i][None, :, None, None])
             x = ste(n_snn, (S / Th + 0.5).clamp(0, T))
-        R = F.conv2d(x, ints.weights[-1], padding=1) + T * ints.biases[-1][None, :, None, None]
+        R = self.conv(self.depth - 1, x, ints.weights[-1]) + T * ints.biases[-1][None, :, None, None]
         if return_R:
             return R
         return R * (255.0 * ints.scales[-1][None, :, None, None] / T)
@@ -229,7 +252,7 @@ class QSpikingDnCNN(nn.Module):
         x = pixels / 255.0
         theta = self.theta.clamp(min=1e-4)
         for i in range(self.depth):
-            x = F.conv2d(x, self.weight[i], self.bias[i], padding=1)
+            x = self.conv(i, x, self.weight[i], self.bias[i])
             if i < self.depth - 1:
                 x = torch.minimum(F.relu(x), theta[i])
         return 255.0 * x
@@ -240,7 +263,7 @@ class QSpikingDnCNN(nn.Module):
         layer sees the quantised outputs of the calibrated layers before it)."""
         x = pixels / 255.0
         for i in range(self.depth - 1):
-            z = F.conv2d(x, self.weight[i], self.bias[i], padding=1)
+            z = self.conv(i, x, self.weight[i], self.bias[i])
             pos = z[z > 0].flatten()
             if pos.numel():
                 pos = pos[torch.randperm(pos.numel())[:1_000_000]]
@@ -261,8 +284,14 @@ class QSpikingDnCNN(nn.Module):
             b = ints.biases[i].detach().cpu().numpy()
             if np.abs(b).max(initial=0) >= 2**31:
                 raise ValueError(f"bias of conv{i + 1} does not fit int32")
-            nodes.append(Conv(name=f"conv{i + 1}", input=src, weight=W.astype(np.int8), bias=b.astype(np.int32),
-                              scale=ints.scales[i].detach().cpu().numpy().astype(np.float32)))
+            scale = ints.scales[i].detach().cpu().numpy().astype(np.float32)
+            if self.down and i == self.depth - 1:
+                nodes.append(ConvTranspose(name=f"conv{i + 1}", input=src, weight=W.astype(np.int8),
+                                           bias=b.astype(np.int32), padding=UP_PADDING, output_padding=0,
+                                           scale=scale))
+            else:
+                nodes.append(Conv(name=f"conv{i + 1}", input=src, weight=W.astype(np.int8), bias=b.astype(np.int32),
+                                  stride=2 if (self.down and i == 0) else 1, scale=scale))
             if i < self.depth - 1:
                 Th = ints.thetas[i].detach().cpu().numpy()
                 nodes.append(Neuron(name=f"if{i + 1}", input=f"conv{i + 1}", threshold=Th.astype(np.int32),
@@ -299,6 +328,7 @@ def predict_uint8(net: QSpikingDnCNN, frame: np.ndarray, view: str = "snn") -> n
     """What the exported model outputs for one uint8 frame, computed by the training-side simulation
     (``view="snn"``, float64, bit-exact) or by the q-ANN approximation (``view="qann"``)."""
     ints = net.integerise().double()  # the very integers to_model() exports, simulated in float64
-    x = torch.from_numpy(frame.astype(np.float64))[None, None]
+    h, w = frame.shape
+    x = torch.from_numpy(pad_to_multiple(frame, 2 if net.down else 1).astype(np.float64))[None, None]
     R = net.snn(x, ints, return_R=True) if view == "snn" else net.qann(x, ints, return_R=True)
-    return decode(R, x, ints.multiplier, ints.shift)[0, 0].numpy()
+    return decode(R, x, ints.multiplier, ints.shift)[0, 0, :h, :w].numpy()
