@@ -17,8 +17,9 @@ Two schedules give identical results:
   multi-step mode). Valid because the graphs are feed-forward within a step.
 
 Supported: Conv (stride 1/2), ConvTranspose, Neuron (IF/LIF, soft/hard reset, v_init zero/half), Integrator,
-Add, Concat; direct, uwe and rate encoders; membrane, count and uwd read-outs. MPRN extra steps raise
-:class:`NotImplementedError`.
+Add, Concat; direct, uwe and rate encoders; membrane, count and uwd read-outs; the MPRN extra step of SpikingIR
+(``weight_extra``, firing at ``den * v >= num * theta``, compared in float64) when asked for with
+``extra_step=True`` (without it a model with MPRN neurons raises :class:`NotImplementedError`, as before).
 """
 
 from __future__ import annotations
@@ -46,12 +47,14 @@ class TorchSim:
     device : str or torch.device
     dtype : torch.dtype, optional
         Force float32 or float64; default picks float32 when provably exact.
+    extra_step : bool
+        Simulate the MPRN extra step of models that have one (opt-in; otherwise such models are refused).
     """
 
-    def __init__(self, model: Model, device="cpu", dtype: torch.dtype | None = None):
+    def __init__(self, model: Model, device="cpu", dtype: torch.dtype | None = None, extra_step: bool = False):
         self.analysis = analyse(model)
-        if model.has_extra_step:
-            raise NotImplementedError("torchsim does not simulate MPRN extra steps; use edgespike.reference")
+        if model.has_extra_step and not extra_step:
+            raise NotImplementedError("torchsim simulates MPRN extra steps only with extra_step=True")
         self.model = model
         self.device = torch.device(device)
         if dtype is None:
@@ -63,6 +66,7 @@ class TorchSim:
             if isinstance(node, Conv):
                 p["w"] = self._t(node.weight)
                 p["b"] = self._t(node.bias)
+                p["w_extra"] = p["w"] if node.weight_extra is None else self._t(node.weight_extra)
             elif isinstance(node, ConvTranspose):
                 p["w"] = self._t(node.weight).transpose(0, 1).contiguous()  # PyTorch wants [C_in, C_out, k, k]
                 p["b"] = self._t(node.bias)
@@ -96,6 +100,8 @@ class TorchSim:
             self._pass(enc, 0, state)
         else:
             raise ValueError(f"mode must be 'step' or 'layer', got {mode!r}")
+        if m.has_extra_step:  # step T: no input, weight_extra without bias, only MPRN neurons fire
+            self._pass(torch.zeros_like(enc[:1]), T, state, extra=True)
         out = self._decode(x, state)[:, :H, :W]
         return out[0] if single else out
 
@@ -108,8 +114,9 @@ class TorchSim:
         planes = np.stack([np.stack([encode(m, f, t) for f in x]) for t in range(T)])  # [T, N, 1, H, W]
         return torch.from_numpy(planes.astype(np.float64)).to(self.device, self.dtype)
 
-    def _pass(self, inp: torch.Tensor, t0: int, state: dict) -> None:
-        """Run every node over the steps ``t0 .. t0 + L - 1``; values are ``[L, N, C, H, W]``."""
+    def _pass(self, inp: torch.Tensor, t0: int, state: dict, extra: bool = False) -> None:
+        """Run every node over the steps ``t0 .. t0 + L - 1`` (or the MPRN extra step when ``extra``); values are
+        ``[L, N, C, H, W]``."""
         T = self.model.timesteps
         L, N = inp.shape[:2]
         values = {INPUT: inp}
@@ -119,9 +126,10 @@ class TorchSim:
                 src = values[node.input]
                 flat = src.reshape(L * N, *src.shape[2:])
                 if isinstance(node, Conv):
-                    y = F.conv2d(flat, p["w"], p["b"], stride=node.stride, padding=node.kernel // 2)
+                    y = F.conv2d(flat, p["w_extra"] if extra else p["w"], None if extra else p["b"],
+                                 stride=node.stride, padding=node.kernel // 2)
                 else:
-                    y = F.conv_transpose2d(flat, p["w"], p["b"], stride=2, padding=node.padding,
+                    y = F.conv_transpose2d(flat, p["w"], None if extra else p["b"], stride=2, padding=node.padding,
                                            output_padding=node.output_padding)
                 out = y.reshape(L, N, *y.shape[1:])
             elif isinstance(node, Neuron):
@@ -134,7 +142,17 @@ class TorchSim:
                                              "count": torch.zeros_like(cur[0]), "uwd": torch.zeros_like(cur[0])}
                 v = st["v"]
                 spikes = []
-                for i in range(L):
+                if extra:
+                    v = v + cur[0]  # no leak at the extra step
+                    if node.mprn:  # den * v can pass 2**24: compare in float64 (exact below 2**53)
+                        num, den = node.mprn
+                        s = (den * v.double() >= num * theta.double()).to(v.dtype)
+                        v = v - theta * s if node.reset == "soft" else v * (1 - s)
+                    else:
+                        s = torch.zeros_like(v)
+                    st["count"] = st["count"] + s
+                    spikes.append(s)
+                for i in range(0 if extra else L):
                     t = t0 + i
                     if node.leak_shift:
                         v = v - torch.floor(v / 2**node.leak_shift)  # arithmetic shift = floor division
@@ -172,6 +190,7 @@ class TorchSim:
         return y.clamp(0, 255).to(torch.uint8)[:, 0].numpy()
 
 
-def run(model: Model, frame: np.ndarray, mode: str = "step", device="cpu", dtype: torch.dtype | None = None):
+def run(model: Model, frame: np.ndarray, mode: str = "step", device="cpu", dtype: torch.dtype | None = None,
+        extra_step: bool = False):
     """One-shot convenience: :class:`TorchSim` ``(model).run(frame, mode)``; same result as the reference."""
-    return TorchSim(model, device, dtype).run(frame, mode)
+    return TorchSim(model, device, dtype, extra_step).run(frame, mode)

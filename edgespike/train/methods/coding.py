@@ -1,0 +1,49 @@
+"""Neural-coding baselines of Castagnetti et al. (arXiv 2305.11898) against SPIDEN's learned-threshold IF model.
+
+* ``--neuron if`` (SPIDEN DnSNN): IF, soft reset, threshold learned per layer, ``v0 = theta / 2``.
+* ``--neuron lif``: LIF with the format's shift leak ``v -= v >> k`` (tau = 2**k steps), hard reset to 0,
+  ``v0 = 0`` and a FIXED threshold (set once by threshold balancing, never trained).
+* ``--encoder direct`` (the pixel at every step) or ``rate`` (Bernoulli spikes with probability x/256 from the
+  format's counter-based lowbias32 encoder: the training sees exactly the spikes the runtime will make).
+
+Training: an optional float-ANN phase, threshold balancing from its activations, then BPTT on the exact SNN
+(surrogate gradient). ``--noise speckle`` gives SPIDEN's Table 2 setting (y = x + x v).
+"""
+
+from __future__ import annotations
+
+from edgespike.train.methods import common
+from edgespike.train.methods.dncnn import dncnn
+
+NAME = "coding"
+HELP = "LIF / rate-coding baselines and the learned-threshold IF DnSNN (also speckle noise)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--neuron", choices=("if", "lif"), default="if")
+    p.add_argument("--encoder", choices=("direct", "rate"), default="direct")
+    p.add_argument("--leak-shift", type=int, default=2, help="LIF leak v -= v >> k, tau = 2**k (default 2)")
+    p.add_argument("--depth", type=int, default=10)
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--T", type=int, default=8)
+
+
+def neuron_kwargs(kind: str, leak_shift: int) -> dict:
+    if kind == "lif":
+        return {"leak_shift": leak_shift, "reset": "hard", "v_init": "zero", "learn_theta": False}
+    return {"leak_shift": 0, "reset": "soft", "v_init": "half", "learn_theta": True}
+
+
+def setup(a):
+    g = dncnn(a.depth, a.width, a.T, a.encoder, neuron_kwargs(a.neuron, a.leak_shift), seed=a.seed)
+    phases = [
+        common.Phase("ann", common.ann_mse_loss, a.ann_minutes, a.ann_iters, a.lr, a.ann_batch, a.patch),
+        common.Phase("snn", common.mse_loss, a.minutes, a.iters, a.snn_lr, a.batch, a.patch,
+                     before=common.balance(a.quantile)),
+    ]
+    if a.neuron == "lif":
+        kind = f"LIF (tau 2^{a.leak_shift}, hard reset, fixed Vth)"
+    else:
+        kind = "IF (soft reset, learned Vth, v0 = Vth/2)"
+    arch = f"spiking DnCNN {a.depth}x{a.width}, {kind}, {a.encoder} coding, T={a.T}, membrane read-out"
+    return g, phases, arch
