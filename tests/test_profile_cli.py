@@ -78,3 +78,37 @@ def test_with_timesteps_rescales_the_decoder():
     m2 = prun.with_timesteps(m, 2)
     g = lambda mm: mm.decoder.terms[0].multiplier[0] / 2.0**mm.decoder.shift * mm.timesteps  # noqa: E731
     assert m2.timesteps == 2 and g(m2) == pytest.approx(g(m), rel=1e-6)
+
+
+def test_profile_of_a_half_resolution_model_on_odd_frames(tmp_path, monkeypatch, capsys):
+    """The default model's new shape (stride-2 5x5 conv, transposed 6x6 read-out) end to end: odd evaluation
+    images and an odd profile size, so every runtime pads to even sizes and crops back."""
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("ai_edge_litert")
+    rng = np.random.default_rng(1)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i, (h, w) in enumerate([(41, 35), (40, 40)]):
+        base = rng.integers(40, 216, (6, 6)).astype(float)
+        write_png(imgs / f"{i:02d}.png", np.clip(np.kron(base, np.ones((8, 8)))[:h, :w], 0, 255).astype(np.uint8))
+    save(random_dncnn(depth=4, width=4, timesteps=2, seed=0, down=True), tmp_path / "down.esnn")
+    monkeypatch.setattr(sensors, "discover", lambda *a, **k: ([], ["no sensor (test)"]))
+    rc = main(["profile", "--model", str(tmp_path / "down.esnn"), "--eval", str(imgs), "--calib", str(imgs),
+               "--size", "23x17", "--frames", "1", "--warmup", "0", "--calib-count", "2", "--sweep", "T=1",
+               "--report", str(tmp_path / "rep"), "--quiet"])
+    assert rc == 0
+    assert "ANN twins: not built" not in capsys.readouterr().out
+    res = json.loads((tmp_path / "rep" / "profile.json").read_text())
+    assert res["twin"]["error"] is None
+    assert set(res["latency"]) == {"snn", "float", "onnx", "tflite"}
+    q = res["quality"]
+    assert all(abs(q[k]["loss_vs_float_db"]) < 1 for k in ("onnx", "tflite"))
+    assert abs(q["float"]["psnr_db"] - q["snn"]["psnr_db"]) < 3  # the twin models the same network
+    layers = res["estimate"]["layers"]
+    assert [(la["name"], la["kind"], la["hybrid"]) for la in layers] == [
+        ("conv1", "conv", True), ("conv2", "conv", False), ("conv3", "conv", False), ("conv4", "convT", False)]
+    # 23x17 is padded to 24x18: the ANN's transposed read-out does 4 x 12 x 9 x 6*6 MACs (4 input channels)
+    assert layers[-1]["ann"]["macs"] == 4 * 12 * 9 * 36
+    for f in ("report.md", "profile.png", "twin.onnx", "twin.int8.onnx", "twin.int8.tflite"):
+        assert (tmp_path / "rep" / f).stat().st_size > 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import math
 import platform
 import tempfile
@@ -188,12 +189,16 @@ def profile(model: Model, opts: Options, model_label: str = "") -> dict:
                 ann.quantize_onnx(tmp / "twin.onnx", tmp / "twin.int8.onnx", calib)
                 makers["onnx"] = lambda: ann.OnnxRunner(tmp / "twin.int8.onnx", opts.threads)
             if "tflite" in opts.anns or "tflite-builtin" in opts.anns:
-                content = ann.to_tflite(tw, calib, h, w)
-                (tmp / "twin.int8.tflite").write_bytes(content)
+                # One flatbuffer per frame size (a transposed conv's output shape is a constant); the int8 ranges
+                # are calibrated once and every size's file is built from them.
+                ranges = ann.calibrate_ranges(tw, calib)
+                build = functools.lru_cache(maxsize=8)(functools.partial(ann.to_tflite, tw, calib, ranges=ranges))
+                (tmp / "twin.int8.tflite").write_bytes(build(h, w))
                 if "tflite" in opts.anns:
-                    makers["tflite"] = lambda: ann.TfliteRunner(content, opts.threads)
+                    makers["tflite"] = lambda: ann.TfliteRunner(build, opts.threads, size=(h, w))
                 if "tflite-builtin" in opts.anns:  # XNNPACK off: TFLite's reference int8 kernels
-                    makers["tflite-builtin"] = lambda: ann.TfliteRunner(content, opts.threads, xnnpack=False)
+                    makers["tflite-builtin"] = lambda: ann.TfliteRunner(build, opts.threads, xnnpack=False,
+                                                                        size=(h, w))
 
     # ---------------------------------------------------------------- speed and memory at the profile size
     # Each ANN runtime is created inside its measurement, before it has seen any other frame size, so that its
