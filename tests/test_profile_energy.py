@@ -81,10 +81,16 @@ def test_hand_counts_of_one_layer():
     assert ann.addr_accs == 32 + 48 + 27
     act = E.Activity(2, {"n0": 10.0, "n1": 7.0})
     s = E.snn_counts(layer, act)
-    assert s.accs == 10 * 9 * 3 + 2 * 48 + 7
-    assert s.rd_weight == 10 * 3 * 9 and s.rd_potential == s.wr_potential == 10 * 27 + 96
-    assert s.rd_input == 10 and s.wr_output == 7 and s.addr_macs == 20 and s.addr_accs == 90
-    assert E.snn_counts(layer, act, "paper").addr_accs == 270
+    # 4x4 map, 3x3 'same' taps: per axis a border input reaches 2 outputs, an inner one 3, (2+3+3+2)/4 = 2.5 on
+    # average, so an event (positions unknown: the mean) reaches 6.25 outputs per output channel, not 9
+    assert s.accs == 10 * 6.25 * 3 + 2 * 48 + 7
+    assert s.rd_weight == 10 * 3 * 6.25 and s.rd_potential == s.wr_potential == 10 * 6.25 * 3 + 96
+    assert s.rd_input == 10 and s.wr_output == 7 and s.addr_macs == 20 and s.addr_accs == 62.5
+    assert E.snn_counts(layer, act, "paper").addr_accs == 62.5 * 3
+    # where the events are known, each counts its own reach: 10 events in a corner reach 4 outputs each
+    corner = np.zeros((4, 4))
+    corner[0, 0] = 10
+    assert E.snn_counts(layer, E.Activity(2, {"n0": 10.0, "n1": 7.0}, maps={"n0": corner})).rd_weight == 10 * 4 * 3
     tab = E.get_table("horowitz45-int32")
     e = E.energy(s, tab)
     assert e["mem_potential"] == pytest.approx(2 * s.rd_potential * (1.09e-5 * 48 * 32 + 13.2))
@@ -129,3 +135,87 @@ def test_estimate_for_run_and_extensible_tables(tmp_path):
         E.get_table("nope")
     with pytest.raises(ValueError, match="frame shape"):
         E.estimate(tr, m)
+
+
+def _brute_synapses(kind, events, k, stride, pad, hout, wout):
+    """Synaptic events per output channel, straight from docs/SEMANTICS.md section 4, one position at a time.
+
+    Conv (gather): output (y, x) reads tap (i, j) from input (s*y + i - p, s*x + j - p) when that is inside.
+    ConvTranspose (scatter): input (iy, ix) adds tap (i, j) to output (2*iy - p + i, 2*ix - p + j) when inside.
+    ``events`` is the ``[H, W]`` map of input events (channels and steps summed).
+    """
+    hin, win = events.shape
+    total = 0
+    if kind == "conv":
+        for y in range(hout):
+            for x in range(wout):
+                for i in range(k):
+                    for j in range(k):
+                        iy, ix = stride * y + i - pad, stride * x + j - pad
+                        if 0 <= iy < hin and 0 <= ix < win:
+                            total += events[iy, ix]
+    else:
+        for iy in range(hin):
+            for ix in range(win):
+                for i in range(k):
+                    for j in range(k):
+                        if 0 <= 2 * iy - pad + i < hout and 0 <= 2 * ix - pad + j < wout:
+                            total += events[iy, ix]
+    return total
+
+
+@pytest.mark.parametrize("kind,k,stride,pad,hin,win", [
+    ("conv", 3, 1, 1, 7, 9),
+    ("conv", 5, 2, 2, 8, 10),  # the half-resolution body's first conv
+    ("conv", 5, 2, 2, 7, 9),
+    ("conv", 3, 2, 1, 6, 5),
+    ("convT", 6, 2, 2, 5, 4),  # its read-out (output_padding 0)
+    ("convT", 3, 2, 1, 4, 5),  # k = 3, padding 1, output_padding 1
+    ("convT", 4, 2, 1, 3, 3),
+])
+def test_synaptic_counts_equal_a_brute_force_count(kind, k, stride, pad, hin, win):
+    hout, wout = (-(-hin // stride), -(-win // stride)) if kind == "conv" else (2 * hin, 2 * win)
+    layer = E.Layer("c", kind, 2, 3, hin, win, hout, wout, k, stride, ("n0",), True, "n1", False, pad)
+    events = np.random.default_rng(k + hin).integers(0, 4, (hin, win))
+    exact = E.Activity(2, {"n0": float(events.sum())}, maps={"n0": events})
+    brute = _brute_synapses(kind, events, k, stride, pad, hout, wout)
+    assert exact.synapses(layer) == brute
+    s = E.snn_counts(layer, exact)
+    assert s.rd_weight == 3 * brute and s.rd_potential == 3 * brute + 2 * layer.n_out
+    assert s.accs == 3 * brute + 2 * layer.n_out  # no output spikes in this activity
+    # events spread evenly over positions: the mean fan-out (no map needed) is exact too
+    even = np.full((hin, win), 3)
+    assert E.Activity(2, {"n0": float(even.sum())}).synapses(layer) == pytest.approx(
+        _brute_synapses(kind, even, k, stride, pad, hout, wout))
+    # away from the borders: k^2 targets per event for a transposed conv, (k/2)^2 on average at stride 2
+    inner = {"conv": (k / stride) ** 2, "convT": k * k}[kind]
+    big = E.Layer("c", kind, 1, 1, 64, 64, *((64, 64) if stride == 1 else (32, 32) if kind == "conv" else (128, 128)),
+                  k, stride, ("n0",), True, "n1", False, pad)
+    assert big.fanout()[8:-8, 8:-8].mean() == pytest.approx(inner)
+
+
+def test_counts_of_a_half_resolution_model_against_brute_force():
+    from edgespike import reference
+
+    m = random_dncnn(depth=4, width=3, timesteps=2, seed=4, down=True)
+    frame = np.random.default_rng(2).integers(0, 256, (9, 11)).astype(np.uint8)  # odd: padded to 10 x 12
+    _, tr = reference.run(m, frame, trace=True)
+    exact = E.analyse(m, 9, 11, tr.spikes, frame, counts=tr.counts)
+    assert [(la.name, la.kind, la.hybrid) for la in exact.layers] == [
+        ("conv1", "conv", True), ("conv2", "conv", False), ("conv3", "conv", False), ("conv4", "convT", False)]
+    maps = {"input": 2 * (np.pad(frame, ((0, 1), (0, 1)), mode="edge") != 0)}
+    maps.update({k: v.sum(axis=0) for k, v in tr.counts.items()})
+    sources = {"conv1": "input", "conv2": "if1", "conv3": "if2", "conv4": "if3"}
+    for lr, layer in zip(exact.layers, E.layers(m, 9, 11), strict=True):
+        brute = _brute_synapses(layer.kind, maps[sources[lr.name]], layer.k, layer.stride,
+                                layer.k // 2 if layer.kind == "conv" else 2, layer.hout, layer.wout)
+        assert lr.snn.rd_weight == layer.cout * brute, lr.name
+        assert lr.snn.wr_potential == layer.cout * brute + 2 * layer.n_out, lr.name
+    first, last = exact.layers[0], exact.layers[-1]
+    assert (first.snn.macs, first.ann.macs) == (3 * 5 * 6 * 25, 3 * 5 * 6 * 25)  # dense pixels: 5x5 taps
+    assert last.ann.macs == 1 * 10 * 12 * 3 * 9  # each output gathers (6/2)^2 taps per input channel
+    assert sum(tr.spikes["if3"]) > 0
+    # totals only (what the runtime reports): mean fan-outs, the same up to where the spikes happen to be
+    approx = E.analyse(m, 9, 11, tr.spikes, frame)
+    for a, b in zip(approx.layers, exact.layers, strict=True):
+        assert a.snn.rd_weight == pytest.approx(b.snn.rd_weight, rel=0.15), a.name

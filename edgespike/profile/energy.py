@@ -21,13 +21,17 @@ because SPIDEN's figures come from it; each case is named in ``docs/PROFILE.md``
   weights, biases and potentials with the SNN formulas at ``theta_in = nonzero inputs x T``; leak and reset.
 * the read-out conv (into an Integrator) has no output spikes, hence no reset and no output writes.
 
+Where both write ``theta_in * k^2`` for the synaptic work of an event (accumulates, weight reads, membrane
+updates, addressing), we count, per event, the (output position, tap) pairs it really reaches
+(:meth:`Layer.fanout`): ``k^2`` for a stride-1 conv away from the borders, ``(k/2)^2`` on average for a stride-2
+conv, ``k^2`` for a stride-2 transposed conv; fewer at the borders.
+
 The residual subtraction and the decoder are the same for both networks and are not counted.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -95,6 +99,7 @@ class Layer:
     binary_input: bool = True  # False: dense values (pixels, currents) -> the "hybrid" counting
     neuron: str | None = None  # the spiking neuron node this layer feeds (None: read-out / non-spiking)
     leak: bool = False
+    padding: int | None = None  # None: k // 2 (a "same" conv); a ConvTranspose's own padding
 
     @property
     def n_in(self) -> int:
@@ -103,6 +108,36 @@ class Layer:
     @property
     def n_out(self) -> int:
         return self.cout * self.hout * self.wout
+
+    def fanout(self) -> np.ndarray:
+        """``[H_in, W_in]``: how many (output position, tap) pairs an event at each input position reaches, per
+        output channel (docs/SEMANTICS.md section 4, borders included). Separable: rows times columns."""
+        pad = self.k // 2 if self.padding is None else self.padding
+        rows = _fan_1d(self.hin, self.hout, self.k, self.stride, pad, self.kind == "convT")
+        cols = _fan_1d(self.win, self.wout, self.k, self.stride, pad, self.kind == "convT")
+        return np.outer(rows, cols)
+
+
+def _fan_1d(n_in: int, n_out: int, k: int, stride: int, pad: int, transposed: bool) -> np.ndarray:
+    """For each input index ``a`` of one spatial axis, the number of (output index, tap) pairs it takes part in.
+
+    Conv: output ``y`` reads input ``s*y + i - p`` (tap ``i``), so input ``a`` serves ``y = (a + p - i) / s`` when
+    that is a whole number in ``[0, n_out)``: k per axis at stride 1 (away from the borders), and at stride 2
+    ``ceil(k/2)`` or ``floor(k/2)`` depending on the parity of ``a + p``, k/2 on average. ConvTranspose: input
+    ``a`` adds tap ``i`` to output ``2a - p + i``, so it reaches all k taps (away from the borders): a spike into
+    a transposed conv fans out to ``k^2`` outputs per output channel, while each output gathers only
+    ``(k/2)^2`` inputs per input channel.
+    """
+    a = np.arange(n_in)
+    fan = np.zeros(n_in, np.int64)
+    for i in range(k):
+        if transposed:
+            o = 2 * a - pad + i
+            fan += (o >= 0) & (o < n_out)
+        else:
+            num = a + pad - i
+            fan += (num >= 0) & (num % stride == 0) & (num // stride < n_out)
+    return fan
 
 
 def layers(model: Model, height: int, width: int) -> list[Layer]:
@@ -128,7 +163,8 @@ def layers(model: Model, height: int, width: int) -> list[Layer]:
             neuron = nxt[0] if len(nxt) == 1 and isinstance(nxt[0], Neuron) else None
             out.append(Layer(node.name, "conv" if isinstance(node, Conv) else "convT", c, node.out_channels, h, w,
                              ho, wo, node.kernel, node.stride, _sources(model, node.input), binary[node.input],
-                             neuron.name if neuron else None, bool(neuron and neuron.leak_shift)))
+                             neuron.name if neuron else None, bool(neuron and neuron.leak_shift),
+                             node.padding if isinstance(node, ConvTranspose) else None))
             binary[node.name] = False
         elif isinstance(node, Concat):
             ch = sum(shape[i][0] for i in node.inputs)
@@ -161,26 +197,48 @@ def _sources(model: Model, name: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- activity
 @dataclass
 class Activity:
-    """What the SNN did on one inference: events per source node, and the input's non-zero fraction."""
+    """What the SNN did on one inference: events per source node, and the input's non-zero fraction.
+
+    ``maps`` optionally gives, per source node, where its events were (``[H, W]``, summed over channels and
+    steps; for a direct-coded input, ``T`` at every non-zero pixel). With a map a layer's synaptic events are
+    counted exactly per position; without one (the runtime reports totals only), each event gets the layer's
+    mean fan-out over input positions, which is exact when events are spread evenly over positions.
+    """
 
     timesteps: int
     events: dict[str, float]  # spikes of each neuron node (and "input" for spiking encoders), all steps summed
     input_nonzero: float = 1.0  # non-zero fraction of a dense (direct-coded) input frame
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
 
     def theta_in(self, layer: Layer) -> float:
         if not layer.binary_input:
             return self.input_nonzero * layer.n_in * self.timesteps
         return float(sum(self.events.get(s, 0.0) for s in layer.source))
 
+    def synapses(self, layer: Layer) -> float:
+        """Input events times the (output position, tap) pairs each reaches, for one output channel.
+
+        ``C_out`` times this is the layer's synaptic accumulates (and weight reads, membrane updates).
+        """
+        fan = layer.fanout()
+        sources = layer.source if layer.binary_input else ((INPUT,) if layer.source == (INPUT,) else ())
+        maps = [self.maps.get(s) for s in sources]
+        if maps and all(m is not None for m in maps):
+            return float(sum(float((m.astype(np.float64) * fan).sum()) for m in maps))
+        return self.theta_in(layer) * float(fan.mean())
+
     def theta_out(self, layer: Layer) -> float:
         return float(self.events.get(layer.neuron, 0.0)) if layer.neuron else 0.0
 
 
 def activity_from_spikes(model: Model, spikes: dict[str, list[int] | int], frame: np.ndarray | None = None,
-                         ) -> Activity:
+                         counts: dict[str, np.ndarray] | None = None) -> Activity:
     """:class:`Activity` from spikes per neuron node per step (the runtime's ``Stats`` or the reference
-    ``Trace``); ``frame`` gives the input's non-zero fraction (direct) or the input events (uwe, rate)."""
+    ``Trace``); ``frame`` gives the input's non-zero fraction (direct) or the input events (uwe, rate), and where
+    they are; ``counts`` (the reference ``Trace.counts``: spikes per neuron ``[C, H, W]`` over all steps) gives
+    where every neuron's spikes are, for exact per-position synaptic counts."""
     events = {k: float(np.sum(v)) for k, v in spikes.items()}
+    maps = {k: np.asarray(v).sum(axis=0) for k, v in (counts or {}).items()}
     nz = 1.0
     if frame is not None:
         from edgespike.frames import pad_to_multiple
@@ -189,9 +247,11 @@ def activity_from_spikes(model: Model, spikes: dict[str, list[int] | int], frame
         x = pad_to_multiple(frame, model.size_multiple)
         if model.encoder.kind == "direct":
             nz = float(np.count_nonzero(x)) / x.size
+            maps[INPUT] = model.timesteps * (x != 0)
         else:
-            events[INPUT] = float(sum(int(encode(model, x, t).sum()) for t in range(model.timesteps)))
-    return Activity(model.timesteps, events, nz)
+            planes = sum(encode(model, x, t).astype(np.int64) for t in range(model.timesteps))[0]
+            events[INPUT], maps[INPUT] = float(planes.sum()), planes
+    return Activity(model.timesteps, events, nz, maps)
 
 
 def activity_from_rates(model_layers: list[Layer], timesteps: int, rate: float | dict[str, float],
@@ -259,21 +319,23 @@ def snn_counts(layer: Layer, act: Activity, addressing: str = "code") -> Counts:
             setattr(c, f, getattr(c, f) * T)
         return c
     th_in, th_out = act.theta_in(layer), act.theta_out(layer)
-    kk = layer.k * layer.k
-    fan = math.ceil(layer.k / layer.stride) ** 2 if layer.kind == "conv" else kk
+    # Every (event, reached output position, tap) triple is, per output channel, one weight read, one
+    # accumulate and one membrane read-modify-write; the authors' code writes theta_in * k^2 for it, which is
+    # this count for a stride-1 conv away from the borders.
+    syn = act.synapses(layer)
     per_step = T * layer.n_out
     leak_macs = per_step if layer.leak else 0
-    n_mem = {"input": FIFO_ELEMENTS, "weight": layer.cout * layer.cin * kk, "bias": layer.cout,
+    n_mem = {"input": FIFO_ELEMENTS, "weight": layer.cout * layer.cin * layer.k * layer.k, "bias": layer.cout,
              "potential": layer.n_out, "output": FIFO_ELEMENTS}
-    pot = th_in * layer.cout * kk + per_step
-    c = Counts(rd_weight=th_in * layer.cout * kk, rd_bias=per_step, rd_potential=pot, wr_potential=pot,
+    pot = syn * layer.cout + per_step
+    c = Counts(rd_weight=syn * layer.cout, rd_bias=per_step, rd_potential=pot, wr_potential=pot,
                wr_output=th_out, n_mem=n_mem)
     if layer.binary_input:
         c.macs = leak_macs
-        c.accs = th_in * fan * layer.cout + per_step + th_out
+        c.accs = syn * layer.cout + per_step + th_out
         c.rd_input = th_in
         c.addr_macs = 2 * th_in
-        c.addr_accs = th_in * kk * (layer.cout if addressing == "paper" else 1)
+        c.addr_accs = syn * (layer.cout if addressing == "paper" else 1)
     else:  # hybrid: dense pixels in (authors' code: FNN ops and addressing, dense input reads)
         dense = ann_counts(layer)
         # the authors count the leak once here (not x T): kept as in their code
@@ -371,10 +433,11 @@ def analyse_layers(model_layers: list[Layer], act: Activity, table: str | dict =
 
 
 def analyse(model: Model, height: int, width: int, spikes: dict, frame: np.ndarray | None = None,
-            table: str | dict = DEFAULT_TABLE, addressing: str = "code") -> Report:
+            table: str | dict = DEFAULT_TABLE, addressing: str = "code", counts: dict | None = None) -> Report:
     """The report for ``model`` on one ``height`` x ``width`` frame whose run produced ``spikes`` (per neuron
-    node, per step or summed)."""
-    return analyse_layers(layers(model, height, width), activity_from_spikes(model, spikes, frame), table,
+    node, per step or summed); ``counts`` (per-position spike counts, the reference ``Trace.counts``) makes the
+    synaptic counts exact per position (see :class:`Activity`)."""
+    return analyse_layers(layers(model, height, width), activity_from_spikes(model, spikes, frame, counts), table,
                           addressing)
 
 
@@ -389,7 +452,8 @@ def estimate(stats, model: Model, shape: tuple[int, int] | None = None, table: s
     shape = shape or getattr(stats, "shape", None) or getattr(stats, "frame_shape", None)
     if shape is None:
         raise ValueError("estimate() needs the frame shape (height, width)")
-    r = analyse(model, int(shape[0]), int(shape[1]), stats.spikes, None, table)
+    r = analyse(model, int(shape[0]), int(shape[1]), stats.spikes, None, table,
+                counts=getattr(stats, "counts", None))
     return {"snn_pJ": r.total("snn"), "ann_pJ": r.total("ann"), "ratio": r.ratio, "table": r.table["name"]}
 
 
