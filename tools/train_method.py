@@ -79,19 +79,30 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                        handlers=[logging.StreamHandler(), logging.FileHandler(out.with_suffix(".train.log"))])
     torch.manual_seed(a.seed)
     try:
         g, phases, arch = import_module(f"edgespike.train.methods.{a.method}").setup(a)
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
+    # The run's log goes to the terminal and next to the model (own handlers: callers' logging is left alone).
+    log = logging.getLogger("edgespike.train.methods")
+    log.setLevel(logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    handlers = [logging.StreamHandler(), logging.FileHandler(out.with_suffix(".train.log"))]
+    for h in handlers:
+        h.setFormatter(fmt)
+        log.addHandler(h)
     command = "python tools/train_method.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     meta = {"name": out.stem, "method": a.method, "architecture": arch, "noise": a.noise, "sigma": a.sigma,
             "trained_with": command, "seed": a.seed}
-    logging.getLogger("edgespike.train.methods").info("command: %s", command)
-    common.train(g, phases, out, a.sigma, a.noise, a.seed, a.resume, not a.no_progress, meta, a.val_every,
-                 val_images=a.val_images)
+    try:
+        log.info("command: %s", command)
+        common.train(g, phases, out, a.sigma, a.noise, a.seed, a.resume, not a.no_progress, meta, a.val_every,
+                     val_images=a.val_images)
+    finally:
+        for h in handlers:
+            log.removeHandler(h)
+            h.close()
     return 0
 
 

@@ -255,13 +255,16 @@ class QGraph(nn.Module):
         ints = Ints()
         gain = {INPUT: torch.full((1,), self.input_gain())}
         gain_extra = {INPUT: gain[INPUT]}  # real value of one unit at the MPRN extra step
+        # Nodes whose extra-step value carries a learned spike value beta: the convs reading them get a
+        # weight_extra (decided by structure, not by value, so that beta = 1 still receives gradients).
+        carries_beta = {INPUT: False}
         for s in self.specs:
             if isinstance(s, ConvSpec):
                 g = gain[s.src][None, :, None, None]
                 ge = gain_extra[s.src][None, :, None, None]
                 w_eff = self.weight[s.name] * g
                 mag = w_eff.detach().abs().amax(dim=(1, 2, 3))
-                extra = not torch.equal(gain[s.src].detach(), gain_extra[s.src].detach())
+                extra = carries_beta[s.src]
                 if extra and s.transpose:
                     raise ValueError(f"{s.name}: a ConvTranspose has no weight_extra; it cannot read an MPRN layer")
                 if extra:
@@ -275,6 +278,7 @@ class QGraph(nn.Module):
                 if s.name in self.bias:
                     ints.bias[s.name] = round_ste(self.bias[s.name] / q)
                 gain[s.name] = gain_extra[s.name] = q
+                carries_beta[s.name] = False
             elif isinstance(s, NeuronSpec):
                 q = gain[s.src]
                 th = self.theta(s.name)
@@ -282,20 +286,23 @@ class QGraph(nn.Module):
                 gain[s.name] = th.expand_as(q)
                 beta = self.beta[s.name].clamp(min=0.0) if s.mprn else 1.0
                 gain_extra[s.name] = th.expand_as(q) * beta
+                carries_beta[s.name] = bool(s.mprn)
             elif isinstance(s, IntegratorSpec):
                 gain[s.name] = gain_extra[s.name] = gain[s.src]
+                carries_beta[s.name] = False
             else:
                 gain[s.name] = torch.cat([gain[i] for i in s.srcs])
                 gain_extra[s.name] = torch.cat([gain_extra[i] for i in s.srcs])
+                carries_beta[s.name] = any(carries_beta[i] for i in s.srcs)
         ints.gain = gain
         scales = []
         for term in self.terms:
             if term.quantity == "uwd":
                 scales.append(1.0)
             elif term.quantity == "count":
-                scales.append(255.0 * float(self.theta(term.node)) / self.T)
+                scales.append(255.0 * float(self.theta(term.node).detach()) / self.T)
             else:
-                sc = 255.0 * float(gain[self.by_name[term.node].src][0]) / self.T
+                sc = 255.0 * float(gain[self.by_name[term.node].src][0].detach()) / self.T
                 if term.via:
                     sc *= float(self.weight[term.via].detach().sum())
                 scales.append(sc)
