@@ -16,7 +16,6 @@ import math
 import numpy as np
 
 from edgespike.model import Conv, ConvTranspose, Decoder, Encoder, Integrator, Model, Neuron, ReadoutTerm
-from edgespike.profile.floatconv import conv_same
 from edgespike.twin import conv2d, conv_transpose2d
 
 DOWN_KERNEL = 5  # the half-resolution body's first conv: 5x5, stride 2 (as in edgespike.train.qnet)
@@ -57,12 +56,10 @@ def random_dncnn(depth: int = 4, width: int = 8, timesteps: int = 4, seed: int =
         k = DOWN_KERNEL if first else UP_KERNEL if last else 3
         w = np.clip(np.rint(rng.normal(0, 45, (chans[i + 1], chans[i], k, k))), -127, 127).astype(np.int8)
         chw = np.moveaxis(a, -1, 0)
-        if first:
-            cur = np.moveaxis(conv2d(chw, w.astype(np.float64), 2), 0, -1)
-        elif last:
+        if last:
             cur = np.moveaxis(conv_transpose2d(chw, w.astype(np.float64), UP_PADDING), 0, -1)
         else:
-            cur = conv_same(a, w, np.float64)
+            cur = np.moveaxis(conv2d(chw, w.astype(np.float64), 2 if first else 1), 0, -1)
         b = np.rint(rng.normal(0, 0.3, chans[i + 1]) * cur.std(axis=(0, 1))).astype(np.int32)
         cur = cur + b
         name = f"conv{i + 1}"
