@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     import torch
 
     from edgespike import fileformat, torchsim
+    from edgespike.frames import pad_to_multiple
     from edgespike.train.data import SHARED, load_dir, noisy_frame, psnr
     from edgespike.train.loop import _load_ckpt
     from edgespike.train.qnet import QSpikingDnCNN, predict_uint8
@@ -81,8 +82,9 @@ def main(argv=None) -> int:
                         out = predict_uint8(net, noisy, "qann")
                     else:
                         with torch.no_grad():
-                            x = torch.from_numpy(noisy.astype(np.float32))[None, None]
-                            r = net.twin(x)[0, 0].numpy()
+                            padded = pad_to_multiple(noisy, 2 if net.down else 1)
+                            x = torch.from_numpy(padded.astype(np.float32))[None, None]
+                            r = net.twin(x)[0, 0].numpy()[: noisy.shape[0], : noisy.shape[1]]
                         out = np.clip(np.round(noisy - r), 0, 255).astype(np.uint8)
                     res[v].append(psnr(out, clean))
             cells = " | ".join(f"{np.mean(res[v]):.2f}" for v in views)
