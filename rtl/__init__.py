@@ -4,8 +4,10 @@ Modules (see ``docs/RTL.md``):
 
 * :mod:`~edgespike.rtl.params` -- :func:`plan`: model -> parameters, and the fit check (:class:`FitError`).
 * :mod:`~edgespike.rtl.uwe`, :mod:`~edgespike.rtl.uwd` -- VTSNN's SAR encoder and weighted decoder.
-* :mod:`~edgespike.rtl.layer` -- the layer engine (Conv + Neuron/Integrator, scatter and fire passes).
-* :mod:`~edgespike.rtl.sequencer` -- a tile through the whole model; :mod:`~edgespike.rtl.top` -- byte protocol.
+* :mod:`~edgespike.rtl.engine` -- the shared layer engine (Conv/ConvTranspose + Neuron/Integrator, scatter and
+  fire passes, run-time loadable weights).
+* :mod:`~edgespike.rtl.sequencer` -- a tile through the whole model, layer-major; :mod:`~edgespike.rtl.top` --
+  byte protocol.
 * :mod:`~edgespike.rtl.cycles` -- exact cycle model and frame tiling; :mod:`~edgespike.rtl.sim` -- simulation.
 * :mod:`~edgespike.rtl.synth` -- yosys cell counts; :mod:`~edgespike.rtl.cli` -- ``edgespike rtl``.
 

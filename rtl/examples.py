@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgespike.model import Conv, Decoder, Encoder, Integrator, Model, Neuron, ReadoutTerm
+from edgespike.model import Conv, ConvTranspose, Decoder, Encoder, Integrator, Model, Neuron, ReadoutTerm
 
 
 def chain_model(seed: int = 0, channels: int = 4, layers: int = 3, timesteps: int = 3, encoder: str = "direct",
@@ -46,6 +46,38 @@ def chain_model(seed: int = 0, channels: int = 4, layers: int = 3, timesteps: in
     else:
         dec = Decoder([ReadoutTerm(prev, "uwd", np.array([3], np.int32))], shift=2, residual=False)
     return Model(nodes=nodes, timesteps=timesteps, encoder=Encoder(encoder), decoder=dec, membrane_bits=32)
+
+
+def down_model(seed: int = 0, width: int = 4, depth: int = 4, timesteps: int = 2) -> Model:
+    """The default model's shape with random weights: a half-resolution body.
+
+    ``conv1`` Conv 5x5 stride 2 (1 -> width) + IF on the direct-coded pixels, ``depth - 2`` x [Conv 3x3 + IF soft
+    reset, v0 = theta/2] at half resolution, ``conv{depth}`` ConvTranspose 6x6 stride 2 padding 2 (width -> 1)
+    into an Integrator, residual decoder: what ``QSpikingDnCNN(down=True).to_model()`` exports, without torch.
+    """
+    rng = np.random.default_rng(seed)
+    nodes = []
+    prev, cin = "input", 1
+    for i in range(depth):
+        name = f"conv{i + 1}"
+        if i == depth - 1:
+            w = rng.integers(-40, 41, size=(1, cin, 6, 6)).astype(np.int8)
+            nodes.append(ConvTranspose(name, prev, w, rng.integers(-50, 51, size=1).astype(np.int32), padding=2))
+            nodes.append(Integrator("readout", name))
+            break
+        k = 5 if i == 0 else 3
+        w = rng.integers(-60, 61, size=(width, cin, k, k)).astype(np.int8)
+        top = 255 if i == 0 else 1
+        scale = max(2, int(np.abs(w.astype(np.int64)).sum(axis=(1, 2, 3)).mean()) * top // (4 if i == 0 else 6))
+        bias = rng.integers(-scale // 8, scale // 8 + 1, size=width).astype(np.int32)
+        nodes.append(Conv(name, prev, w, bias, stride=2 if i == 0 else 1))
+        theta = rng.integers(max(1, scale // 2), scale + 2, size=width).astype(np.int32)
+        nodes.append(Neuron(f"if{i + 1}", name, theta, reset="soft", leak_shift=0, v_init="half"))
+        prev, cin = f"if{i + 1}", width
+    dec = Decoder([ReadoutTerm("readout", "membrane", np.array([int(rng.integers(1, 6))], np.int32))], shift=4,
+                  residual=True)
+    return Model(nodes=nodes, timesteps=timesteps, encoder=Encoder("direct"), decoder=dec, membrane_bits=32,
+                 metadata={"name": "down-random", "architecture": "down"})
 
 
 def demo_image(h: int, w: int, seed: int = 0) -> np.ndarray:

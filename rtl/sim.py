@@ -1,7 +1,7 @@
 """Running the gateware in Amaranth's simulator: one tile, or a whole frame tile by tile.
 
 These are the entry points the tests and the ``edgespike rtl sim`` command use. The simulator is slow
-(``shared/notes/hardware.md``: ~15k cycles/s), so a frame is best simulated as one small tile, and whole frames
+(1-4k cycles/s for the whole design here), so a frame is best simulated as one small tile, and whole frames
 are costed with :mod:`edgespike.rtl.cycles` instead.
 """
 
@@ -72,7 +72,7 @@ def run_frame(plan: Plan, frame: np.ndarray) -> tuple[np.ndarray, list[TileResul
     frame = np.asarray(frame, dtype=np.uint8)
     out = np.zeros_like(frame)
     results = []
-    for region, core in tiles(frame.shape, plan.tile, plan.halo):
+    for region, core in tiles(frame.shape, plan.tile, plan.halo, plan.multiple):
         (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) = region, core
         res = run_tile(plan, frame[y0:y1, x0:x1])
         out[cy0:cy1, cx0:cx1] = res.out[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]

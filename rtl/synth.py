@@ -1,10 +1,12 @@
 """Yosys synthesis (no place-and-route, no bitstream) for resource counts and the adders-only check.
 
 Amaranth writes an initial value for every memory, zeros included, and yosys maps a memory with initial contents
-only to RAMs that can be preloaded, which iCE40 SPRAM cannot. The accelerator never reads a read/write RAM
-before writing it (membranes get an init pass, buffers and pixels are written first), so :func:`synth_script`
-deletes those memories' initialisers; yosys then maps the single-port ones to SPRAM. Weight ROMs keep theirs.
-The FPGA build (a later issue) must apply the same ``delete`` before ``synth_ice40 -spram``.
+only to RAMs that can be preloaded, which iCE40 SPRAM cannot. The accelerator never reads a membrane, bitmap or
+pixel word before writing it (membranes get an init pass, bitmaps and pixels are written first), and its weight
+and params RAMs can be written at run time (``'W'``, :mod:`~edgespike.rtl.top`), so :func:`synth_script` deletes
+every initialiser; yosys then maps the single-port RAMs to SPRAM. That is the UP5K build, whose host must load
+the weights before the first tile. An ECP5 build may keep the weights' initialisers (EBR is preloaded from the
+bitstream). The FPGA build (a later issue) must apply the same ``delete`` before ``synth_ice40 -spram``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import tempfile
 from amaranth.back import rtlil
 
 # instance names of the read/write RAMs (SinglePortRAM submodules) whose zero initialiser is dropped
-RW_RAM_NAMES = ("mem", "pixmem", "events0", "events1")
+RW_RAM_NAMES = ("mem", "wmem", "pmem", "pixmem", "bitmap0", "bitmap1")
 MULTIPLIER_CELLS = ("$mul", "$macc", "SB_MAC16", "MULT18X18D", "MULT9X9D", "ALU54B")
 
 

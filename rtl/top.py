@@ -5,9 +5,16 @@ Byte protocol (host <-> device), little-endian, no framing beyond the command by
     host:   'I'                                  -> device: 'I', version, tile_h, tile_w, halo, T
     host:   'T', h, w, h*w pixels (raster)       -> device: 'R', h*w output pixels (raster),
                                                             cycles (u32), spikes (u32), sops (u32)
+    host:   'W', the weight image                -> device: 'K' once every byte is stored
 
-``1 <= h <= tile_h`` and ``1 <= w <= tile_w``, else the device answers ``'E'`` and returns to idle without
-reading pixels (the host must then not send them). A tile is a region of the frame with its halo (see
+``1 <= h <= tile_h`` and ``1 <= w <= tile_w``, both multiples of the model's size multiple (2 for a model with a
+half-resolution body), else the device answers ``'E'`` and returns to idle without reading pixels (the host must
+then not send them). The weight image is :meth:`~edgespike.rtl.params.Plan.weight_image` of the same model
+shape (its length follows from the plan): it replaces the weight, bias and threshold RAMs, which otherwise hold
+the model the gateware was built from (an FPGA that cannot preload its RAMs, like the UP5K's SPRAM, must get a
+'W' before the first tile). Version 2 of the protocol added 'W'; 'I' and 'T' are unchanged.
+
+A tile is a region of the frame with its halo (see
 :func:`edgespike.rtl.cycles.tiles`); the host keeps the core of each reply. Any other byte while idle is
 ignored, so a host can resynchronise by sending a few zero bytes and an 'I'. The counters are those of
 :class:`~edgespike.rtl.sequencer.Sequencer` for this tile.
@@ -22,9 +29,11 @@ from amaranth.lib.wiring import In, Out
 from edgespike.rtl.params import Plan
 from edgespike.rtl.sequencer import Sequencer
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 CMD_INFO = ord("I")
 CMD_TILE = ord("T")
+CMD_WEIGHTS = ord("W")
+REPLY_WEIGHTS = ord("K")
 REPLY_TILE = ord("R")
 REPLY_ERROR = ord("E")
 
@@ -70,6 +79,20 @@ class Top(wiring.Component):
                         m.next = "INFO"
                     with m.Elif(self.rx.payload == CMD_TILE):
                         m.next = "HEADER_H"
+                    with m.Elif(self.rx.payload == CMD_WEIGHTS):
+                        m.next = "WEIGHTS_START"
+            with m.State("WEIGHTS_START"):
+                m.d.comb += seq.start_wload.eq(1)
+                m.next = "WEIGHTS"
+            with m.State("WEIGHTS"):
+                m.d.comb += [seq.wload.valid.eq(self.rx.valid), seq.wload.payload.eq(self.rx.payload),
+                             self.rx.ready.eq(seq.wload.ready)]
+                with m.If(~seq.busy):
+                    m.next = "WEIGHTS_DONE"
+            with m.State("WEIGHTS_DONE"):
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(REPLY_WEIGHTS)]
+                with m.If(self.tx.ready):
+                    m.next = "IDLE"
             with m.State("INFO"):
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(info[idx])]
                 with m.If(self.tx.ready):
@@ -86,6 +109,9 @@ class Top(wiring.Component):
                 with m.If(self.rx.valid):
                     m.d.sync += w.eq(self.rx.payload)
                     bad = ((h == 0) | (h > p.tile[0]) | (self.rx.payload == 0) | (self.rx.payload > p.tile[1]))
+                    if p.multiple > 1:  # the half-resolution layers need whole pixel pairs
+                        odd = p.multiple - 1
+                        bad |= ((h & odd) != 0) | ((self.rx.payload & odd) != 0)
                     m.next = "START"
                     with m.If(bad):
                         m.next = "ERROR"

@@ -40,8 +40,11 @@ class UWEncoder(wiring.Component):
         The converter runs steps ``0 .. stop_at`` and emits the spikes of steps ``emit_from .. stop_at``.
         All planes: ``0, n-1``. Plane ``t`` alone (UWE coding at timestep ``t``): ``t, t``. A SAR must still
         decide the bits above ``t`` first: that is what makes it a converter rather than a bit picker.
+    hold : In(1)
+        While high the converter neither takes a pixel nor decides a bit (the consumer of its events is busy).
     busy : Out(1)
-        High while converting; a pixel accepted in cycle ``c`` keeps it busy for ``stop_at + 1`` cycles after.
+        High while converting; a pixel accepted in cycle ``c`` keeps it busy for ``stop_at + 1`` cycles after
+        (plus every cycle held).
     """
 
     def __init__(self, tag_bits: int, n: int = 8):
@@ -53,6 +56,7 @@ class UWEncoder(wiring.Component):
             "events": Out(stream.Signature(data.StructLayout({"tag": tag_bits, "t": tbits}))),
             "emit_from": In(tbits),
             "stop_at": In(tbits, init=n - 1),
+            "hold": In(1),
             "busy": Out(1),
         })
 
@@ -75,8 +79,8 @@ class UWEncoder(wiring.Component):
         ]
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += self.pixels.ready.eq(1)
-                with m.If(self.pixels.valid):
+                m.d.comb += self.pixels.ready.eq(~self.hold)
+                with m.If(self.pixels.valid & ~self.hold):
                     m.d.sync += [
                         sample.eq(self.pixels.payload.value),
                         tag.eq(self.pixels.payload.tag),
@@ -86,8 +90,8 @@ class UWEncoder(wiring.Component):
                     ]
                     m.next = "CONVERT"
             with m.State("CONVERT"):
-                m.d.comb += [self.busy.eq(1), self.events.valid.eq(emit)]
-                with m.If(~emit | self.events.ready):  # a spike waits until it is taken
+                m.d.comb += [self.busy.eq(1), self.events.valid.eq(emit & ~self.hold)]
+                with m.If(~self.hold & (~emit | self.events.ready)):  # a spike waits until it is taken
                     with m.If(spike):
                         m.d.sync += decided.eq(trial)
                     m.d.sync += [bit.eq(bit >> 1), t.eq(t + 1)]

@@ -6,10 +6,11 @@ import argparse
 
 import pytest
 
+from edgespike.errors import UserError
 from edgespike.fileformat import save
 from edgespike.png import write_png
 from edgespike.rtl import cli
-from edgespike.rtl.examples import chain_model, demo_image
+from edgespike.rtl.examples import chain_model, demo_image, down_model
 from edgespike.rtl.params import FitError
 
 pytestmark = pytest.mark.hw
@@ -33,11 +34,28 @@ def files(tmp_path):
 def test_rtl_sim_reports_equality_counters_and_frame_estimate(files, capsys):
     model, image, tmp = files
     vcd = tmp / "t.vcd"
-    assert cli.run(parse(["sim", "--model", model, "--image", image, "--tile", "6x6", "--vcd", str(vcd)])) == 0
+    assert cli.run(parse(["sim", "--model", model, "--image", image, "--tile", "6x6", "--vcd", str(vcd),
+                          "--device", "up5k"])) == 0
     out = capsys.readouterr().out
     assert "equal to the CPU reference, pixel for pixel" in out
     assert "SOP/cycle" in out and "frames/s" in out
     assert vcd.stat().st_size > 0
+
+
+def test_rtl_sim_on_a_half_resolution_model_file(tmp_path, capsys):
+    """The default model's shape (Conv 5x5 stride 2, half-resolution 3x3 body, ConvTranspose read-out), from a
+    file: the gateware built for a 24x24 tile, a 4x6 corner simulated."""
+    path = tmp_path / "down.esnn"
+    save(down_model(seed=0, width=4, depth=3, timesteps=2), path)
+    image = tmp_path / "i.png"
+    write_png(image, demo_image(30, 27, seed=4))
+    assert cli.run(parse(["sim", "--model", str(path), "--image", str(image), "--tile", "24x24",
+                          "--sim-tile", "4x6"])) == 0
+    out = capsys.readouterr().out
+    assert "tile 4x6: equal to the CPU reference, pixel for pixel" in out
+    assert "ECP5-85F, tile 24x24 (halo 8)" in out and "30x28 frame (cycle model, 16 tiles)" in out
+    with pytest.raises(UserError, match="multiple of 2"):
+        cli.run(parse(["sim", "--model", str(path), "--image", str(image), "--tile", "24x24", "--sim-tile", "3x4"]))
 
 
 def test_rtl_verilog(files):

@@ -1,13 +1,13 @@
 """The fit check: widths and depths from the model, and refusals that name what does not fit and by how much,
-raised before any gateware is built."""
+raised before any gateware is built; the default model's shape at full size on the ECP5-85F."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from edgespike.model import Add, Conv, ConvTranspose, Encoder, Neuron
-from edgespike.rtl.examples import chain_model
+from edgespike.model import Add, Conv, Encoder, Neuron
+from edgespike.rtl.examples import chain_model, down_model
 from edgespike.rtl.params import FitError, plan
 from edgespike.validate import analyse, signed_bits
 
@@ -21,16 +21,18 @@ def test_widths_come_from_the_bounds_analysis():
     for lp in p.layers:
         want = signed_bits(a.nodes[lp.name].state.magnitude + a.nodes[lp.conv].value.magnitude)
         assert lp.mbits == want
-        assert lp.mem_depth == 16 * 16 * lp.groups
+    assert p.mbits == max(lp.mbits for lp in p.layers)
+    assert p.lanes == 4 and p.layers[-1].narrow and not p.layers[0].narrow
+    assert p.mem_depth == 16 * 16  # one block of a full-resolution layer; the read-out layer packs 4 per word
     assert p.halo == 3
     assert p.layers[0].bit_serial and not p.layers[1].bit_serial
 
 
 def test_too_big_for_up5k_names_the_excess_and_fits_ecp5():
     model = chain_model(seed=1, channels=16, layers=3, timesteps=2)
-    with pytest.raises(FitError, match=r"does not fit iCE40UP5K at tile 32x32: needs (\d+) EBR .* has 30 \((\d+) over"
-                                       r"; largest: \S+ \d+ EBR"):
-        plan(model, tile=(32, 32), device="up5k")
+    with pytest.raises(FitError, match=r"does not fit iCE40UP5K at tile 32x32 with 16 lanes: needs (\d+) EBR .* "
+                                       r"has 30 \((\d+) over; largest: \S+ \d+ EBR"):
+        plan(model, tile=(32, 32), device="up5k", lanes=16)
     p = plan(model, tile=(32, 32), device="ecp5-85f")
     assert p.usage["bram"] <= 208
 
@@ -45,20 +47,32 @@ def test_logic_excess_is_refused(monkeypatch):
         plan(model, tile=(8, 8), device="tiny")
 
 
-def test_one_lane_fits_where_wide_words_do_not():
+def test_fewer_lanes_fit_where_wide_words_do_not_and_are_chosen_by_default():
     model = chain_model(seed=1, channels=8, layers=3, timesteps=2)
     with pytest.raises(FitError):
-        plan(model, tile=(32, 32), device="up5k")
-    p = plan(model, tile=(32, 32), device="up5k", lanes=1)
-    assert p.usage["spram"] > 0
+        plan(model, tile=(32, 32), device="up5k", lanes=8)
+    p = plan(model, tile=(32, 32), device="up5k")
+    assert p.lanes < 8 and p.usage["spram"] > 0
+
+
+def test_the_default_shape_at_full_size_fits_the_ecp5_85f():
+    """8 layers, 64 channels, T = 8, half-resolution body: accepted on the ULX3S's ECP5-85F at a 64x64 tile
+    (16 lanes: weights, one block of membranes, two spike bitmaps); refused on the UP5K, naming the excess."""
+    model = down_model(seed=0, width=64, depth=8, timesteps=8)
+    p = plan(model, tile=(64, 64), device="ecp5-85f")
+    assert p.lanes == 16 and p.usage["bram"] <= 208 and p.halo == 18
+    assert [lp.groups for lp in p.layers] == [4] * 7 + [1] and p.layers[-1].op == "convT"
+    assert {r.name: r.depth for r in p.rams}["membranes"] == 32 * 32  # one block, half resolution
+    with pytest.raises(FitError, match=r"64 lanes: needs \d+ DP16KD .* \((\d+) over; largest: weights"):
+        plan(model, tile=(64, 64), device="ecp5-85f", lanes=64)
+    with pytest.raises(FitError, match=r"does not fit iCE40UP5K at tile 64x64 with \d+ lanes: needs \d+ EBR"):
+        plan(model, tile=(64, 64), device="up5k")
 
 
 @pytest.mark.parametrize("mutate,message", [
     (lambda m: setattr(m.encoder, "kind", "rate"), "encoder 'rate' is not supported"),
     (lambda m: m.nodes.insert(2, Add("sum", ("lif0", "lif0"))), "'sum' .*Add.* is not supported"),
     (lambda m: setattr(m.nodes[1], "mprn", (1, 2)), "MPRN"),
-    (lambda m: m.nodes.__setitem__(0, ConvTranspose("conv0", "input", np.ones((4, 1, 2, 2), np.int8),
-                                                    np.zeros(4, np.int32))), "ConvTranspose"),
 ])
 def test_unsupported_models_are_refused(mutate, message):
     model = chain_model(seed=1, channels=4, layers=2, timesteps=2)
@@ -70,6 +84,20 @@ def test_unsupported_models_are_refused(mutate, message):
 def test_lanes_must_divide_channels():
     with pytest.raises(FitError, match="not a multiple of lanes = 3"):
         plan(chain_model(channels=4, layers=2), tile=(8, 8), lanes=3)
+
+
+def test_a_decoder_reading_an_earlier_layer_is_refused():
+    model = chain_model(seed=1, channels=1, layers=2, timesteps=2, readout="count")
+    model.decoder.terms[0].node = "lif0"
+    with pytest.raises(FitError, match="decoder reads 'lif0'.* keeps only the last layer \\('lif1'\\)"):
+        plan(model, tile=(8, 8))
+
+
+def test_tile_sides_must_be_multiples_of_the_models_resolution_steps():
+    model = down_model(seed=1, width=2, depth=3, timesteps=1)
+    with pytest.raises(FitError, match="tile 9x8 is not a multiple of 2"):
+        plan(model, tile=(9, 8), device="ecp5-85f")
+    assert plan(model, tile=(8, 8), device="ecp5-85f").multiple == 2
 
 
 def test_tile_larger_than_the_protocol_is_refused():

@@ -1,5 +1,6 @@
 """Whole models through the sequencer in simulation, against ``reference.run`` pixel for pixel, and the RTL's
-cycle / spike / synaptic-op counters against the exact cycle model and the reference trace."""
+cycle / spike / synaptic-op counters against the exact cycle model and the reference trace: chains at full
+resolution and the default model's shape (half-resolution body, ConvTranspose read-out)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from edgespike import reference
 from edgespike.rtl.cycles import frame_cost, tile_cost, tiles
-from edgespike.rtl.examples import chain_model, demo_image
+from edgespike.rtl.examples import chain_model, demo_image, down_model
 from edgespike.rtl.params import plan
 from edgespike.rtl.sim import Mismatch, check_tile, run_frame
 
@@ -75,6 +76,39 @@ def test_acceptance_three_layers_eight_channels_32x32():
     assert res.spikes > 0
 
 
+@pytest.mark.parametrize("seed,lanes,size", [
+    (0, None, (6, 6)),  # one block of 4 lanes; the read-out layer packs 4 positions per word
+    (1, 2, (4, 6)),     # two blocks of 2 lanes: the previous layer's bitmap is replayed once per block
+])
+def test_half_resolution_model_matches_reference(tmp_path, seed, lanes, size):
+    """The default model's shape: Conv 5x5 stride 2 on direct pixels, 3x3 body at half resolution,
+    ConvTranspose 6x6 stride 2 into an Integrator, residual decoder."""
+    model = down_model(seed=seed, width=4, depth=4, timesteps=2)
+    p = plan(model, tile=size, device="ecp5-85f", lanes=lanes)
+    assert [lp.op for lp in p.layers] == ["conv", "conv", "conv", "convT"] and p.layers[-1].narrow == (p.lanes > 1)
+    res = check_tile(p, demo_image(*size, seed=3), vcd_dir=str(tmp_path))
+    assert res.spikes > 0
+
+
+def test_half_resolution_frame_as_halo_tiles_equals_reference():
+    """The default shape's halo (8 layers: 5x5 stride 2, six 3x3 at half resolution, ConvTranspose 6x6) is wide
+    enough: the hardware arithmetic (the cycle model, equal to the gateware tile by tile in the tests above) on
+    halo'd tiles, stitched, equals the reference on the whole frame; tiles start on even coordinates."""
+    model = down_model(seed=3, width=4, depth=8, timesteps=2)
+    p = plan(model, tile=(48, 40), device="ecp5-85f")
+    frame = demo_image(70, 58, seed=1)
+    out = np.zeros_like(frame)
+    regions = list(tiles(frame.shape, p.tile, p.halo, p.multiple))
+    assert p.halo == 18 and len(regions) > 4
+    for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) in regions:
+        assert all(v % 2 == 0 for v in (y0, x0, cy0, cx0))
+        c = tile_cost(p, frame[y0:y1, x0:x1])
+        out[cy0:cy1, cx0:cx1] = c.out[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+    want = reference.run(model, frame)
+    bad = np.argwhere(out != want)
+    assert not len(bad), f"first difference at {tuple(bad[0])}: tiles {out[tuple(bad[0])]} ref {want[tuple(bad[0])]}"
+
+
 def test_frame_as_halo_tiles_equals_reference():
     """A frame larger than the tile: halo'd tiles, stitched cores, equal to the reference on the whole frame."""
     model = chain_model(seed=5, channels=4, layers=2, timesteps=2, encoder="direct")
@@ -102,5 +136,16 @@ def test_cycle_model_counts_every_phase():
     model = chain_model(seed=7, channels=4, layers=3, timesteps=3)
     p = plan(model, tile=(16, 16))
     c = tile_cost(p, demo_image(16, 16))
-    assert c.cycles == c.init + c.encode + sum(c.scatter) + sum(c.fire) + c.readout
+    assert c.cycles == c.params + c.init + sum(c.input) + sum(c.fire) + c.readout
     assert np.array_equal(c.out, reference.run(model, demo_image(16, 16)))
+
+
+def test_cycle_model_of_the_default_shape_equals_the_reference():
+    """The full-size default shape (8 layers, 64 channels, T = 8) costed on a 64x64 tile by the cycle model,
+    whose arithmetic equals the reference pixel for pixel (the gateware itself is simulated on small instances)."""
+    model = down_model(seed=0, width=64, depth=8, timesteps=8)
+    p = plan(model, tile=(64, 64), device="ecp5-85f")
+    img = demo_image(64, 64, seed=2)
+    c = tile_cost(p, img)
+    assert np.array_equal(c.out, reference.run(model, img))
+    assert c.sops > c.cycles, "the 16-lane engine should average more than one synaptic op per cycle"

@@ -1,32 +1,40 @@
-"""Yosys synthesis of a layer engine for iCE40 and ECP5: no multiplier cells (the engine is adders-only), and
-the single-port membrane RAM lands in iCE40 SPRAM. Synthesis only: no place-and-route, no bitstream."""
+"""Yosys synthesis of the shared layer engine for iCE40 and ECP5: no multiplier cells (the engine is adders-only),
+and the single-port membrane RAM lands in iCE40 SPRAM. Synthesis only: no place-and-route, no bitstream."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from edgespike.rtl.layer import LayerEngine
-from edgespike.rtl.params import LayerParams
+from edgespike.model import Conv, ConvTranspose, Decoder, Encoder, Model, Neuron, ReadoutTerm
+from edgespike.rtl.engine import Engine
+from edgespike.rtl.params import plan
 from edgespike.rtl.synth import MULTIPLIER_CELLS, synth_stats
 
 pytestmark = pytest.mark.hw
 
 
-def feature_rich_engine() -> LayerEngine:
-    """Every datapath option at once: bit-serial shifts, 2 lanes x 2 groups, 3x3, LIF, count and UWD fields,
-    on a 64x64 tile so that the membranes (16384 words) want SPRAM."""
+def feature_rich_engine() -> Engine:
+    """Every datapath option at once: the bit-serial direct first layer (LIF soft), a stride-2 Conv (IF hard),
+    a ConvTranspose into a one-channel Neuron read out by its spike count (the packed narrow layer), two lanes;
+    a 128x128 tile so that the membranes (16384 words) want SPRAM."""
     rng = np.random.default_rng(0)
-    lp = LayerParams(
-        index=0, name="n", conv="c", kind="neuron", cin=3, cout=4, k=3, stride=1, lanes=1,
-        weight=rng.integers(-128, 128, size=(4, 3, 3, 3)).astype(np.int8), bias=[5, -7, 100, 0],
-        theta=[300, 17, 4000, 9], reset="soft", leak=2, v_init="half", bit_serial=True, timesteps=4, mbits=11,
-        keep_count=True, keep_uwd=False, level=0, max_h=64, max_w=64)
-    return LayerEngine(lp, 6, 6, 2)
+    nodes = [
+        Conv("c0", "input", rng.integers(-20, 21, size=(2, 1, 3, 3)).astype(np.int8), np.array([5, -7], np.int32)),
+        Neuron("n0", "c0", np.array([300, 900], np.int32), reset="soft", leak_shift=2, v_init="half"),
+        Conv("c1", "n0", rng.integers(-20, 21, size=(2, 2, 3, 3)).astype(np.int8), np.zeros(2, np.int32), stride=2),
+        Neuron("n1", "c1", np.array([17, 9], np.int32), reset="hard"),
+        ConvTranspose("c2", "n1", rng.integers(-20, 21, size=(1, 2, 4, 4)).astype(np.int8), np.zeros(1, np.int32),
+                      padding=1),
+        Neuron("n2", "c2", np.array([20], np.int32)),
+    ]
+    dec = Decoder([ReadoutTerm("n2", "count", np.array([-7], np.int32))], shift=1, residual=True)
+    model = Model(nodes=nodes, timesteps=4, encoder=Encoder("direct"), decoder=dec, membrane_bits=32)
+    return Engine(plan(model, device="ecp5-85f", tile=(128, 128), lanes=2))
 
 
 @pytest.mark.parametrize("family", ["ice40", "ecp5"])
-def test_layer_engine_synthesises_without_multipliers(family):
+def test_engine_synthesises_without_multipliers(family):
     cells = synth_stats(feature_rich_engine(), family, name="engine")
     luts = cells.get("SB_LUT4", 0) + cells.get("LUT4", 0)
     assert cells.get("coarse:$add", 0) + cells.get("coarse:$sub", 0) > 0, f"no coarse netlist parsed: {cells}"
@@ -35,3 +43,4 @@ def test_layer_engine_synthesises_without_multipliers(family):
     assert not found, f"multiplier cells in the layer engine: {found}"
     if family == "ice40":
         assert cells.get("SB_SPRAM256KA", 0) >= 1, f"membranes did not map to SPRAM: {cells}"
+    print(family, {k: v for k, v in cells.items() if not k.startswith("coarse:")})
