@@ -242,3 +242,20 @@ def test_unsupported_graphs_are_refused_in_one_line():
     m2.nodes.append(Integrator("extra", "conv2"))  # conv2 now feeds two nodes
     with pytest.raises(UserError, match="conv 'conv2' must feed exactly one"):
         ann.twin(m2)
+
+
+@pytest.mark.parametrize("which", ["halfres", "graph"])
+def test_quant_twins_of_new_shapes_run(shapes, which, tmp_path):
+    """``--twin quant``: T-level floors are discontinuous, so float32 (the graphs) against float64 (numpy) rounding
+    flips a few levels and int8 rounding flips more. Measured against the numpy quant twin: float ONNX 50 dB
+    (half-res) and identical (graph), float TFLite 47 and 81 dB, int8 TFLite 34 dB on both (a fused RELU_N1_TO_1
+    on TRANSPOSE_CONV in the graph). Bounds 40 and 28 dB: a wrong layout or scale costs far more."""
+    from edgespike.profile import ann
+
+    models, calib, frame = shapes
+    tw = ann.twin(models[which], "quant")
+    yq = np.clip(np.rint(tw.forward(frame / 255.0) * 255), 0, 255).astype(np.uint8)
+    ann.to_onnx(tw, tmp_path / "q.onnx")
+    assert psnr(yq, ann.OnnxRunner(tmp_path / "q.onnx")(frame)) > 40
+    assert psnr(yq, ann.TfliteRunner(lambda h, w: ann.to_tflite(tw, [], h, w, int8=False))(frame)) > 40
+    assert psnr(yq, ann.TfliteRunner(lambda h, w: ann.to_tflite(tw, [c / 255.0 for c in calib], h, w))(frame)) > 28
