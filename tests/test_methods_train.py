@@ -123,3 +123,25 @@ def test_train_method_cli_smoke(tmp_path):
     assert model.metadata["method"] == "cae" and model.metadata["noise"] == "speckle"
     assert model.metadata["trained_with"].startswith("python tools/train_method.py cae --width 2")
     assert out.with_suffix(".train.log").exists() and out.with_suffix(".ckpt.pt").exists()
+
+
+def test_conversion_only_from_a_trained_ann(tiny_data, tmp_path):
+    """SpikingIR ablations reuse one ANN: --init its checkpoint, skip the ANN phase, no fine-tuning budget; the
+    thresholds are still balanced (and T can differ)."""
+    torch.manual_seed(0)
+    ann = spikingir.spikingir(3, 4, 4, (3, 4), True)
+    common.train(ann, [common.Phase("ann", common.ann_mse_loss, iters=2, batch=2, patch=16),
+                       common.Phase("finetune", common.mse_loss)], tmp_path / "ann.esnn", 25.0, progress=False,
+                 train_dir=tiny_data, val_dir=tiny_data, val_images=0)
+    conv = spikingir.spikingir(3, 4, 6, None, False)  # no MPRN, no recycling, another T
+    assert conv.theta("n1").item() == pytest.approx(1.0)
+    common.train(conv, [common.Phase("ann", common.ann_mse_loss, iters=5),
+                        common.Phase("finetune", common.mse_loss, before=common.balance(0.99, n=4))],
+                 tmp_path / "conv.esnn", 25.0, progress=False, train_dir=tiny_data, val_dir=tiny_data, val_images=0,
+                 init=tmp_path / "ann.ckpt.pt", skip_phases=1)
+    assert torch.equal(conv.weight["conv1"], ann.weight["conv1"])  # the ANN's weights, not retrained
+    assert conv.theta("n1").item() != pytest.approx(1.0)  # balanced
+    model = _check_exported(conv, tmp_path / "conv.esnn")
+    assert model.timesteps == 6 and not model.has_extra_step and len(model.decoder.terms) == 1
+    with pytest.raises(FileNotFoundError, match="not found"):
+        common.load_parameters(conv, tmp_path / "nope.pt")

@@ -43,6 +43,9 @@ def _common(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="the .esnn to write; checkpoint and log go next to it")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint next to --out")
+    p.add_argument("--init", default="", help="start from the parameters of this checkpoint (e.g. a trained ANN)")
+    p.add_argument("--skip-phases", type=int, default=0,
+                   help="with --init: leading phases already done (1 = reuse the ANN, convert/fine-tune only)")
     p.add_argument("--val-every", type=int, default=50, help="iterations between validations")
     p.add_argument("--val-images", type=int, default=3, help="Set12 crops for validation (0: none)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -68,8 +71,8 @@ def main(argv=None) -> int:
 
     p = parser()
     a = p.parse_args(argv)
-    if a.minutes <= 0 and a.iters <= 0 and a.ann_minutes <= 0 and a.ann_iters <= 0:
-        p.error("give a budget: --minutes/--iters and/or --ann-minutes/--ann-iters")
+    if a.minutes <= 0 and a.iters <= 0 and a.ann_minutes <= 0 and a.ann_iters <= 0 and not a.init:
+        p.error("give a budget: --minutes/--iters and/or --ann-minutes/--ann-iters (or --init to convert only)")
     if a.patch % 4:
         p.error("--patch must be a multiple of 4")
     import torch
@@ -82,6 +85,8 @@ def main(argv=None) -> int:
     torch.manual_seed(a.seed)
     try:
         g, phases, arch = import_module(f"edgespike.train.methods.{a.method}").setup(a)
+        if a.init:
+            common.load_parameters(g, a.init)
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
     # The run's log goes to the terminal and next to the model (own handlers: callers' logging is left alone).
@@ -98,7 +103,7 @@ def main(argv=None) -> int:
     try:
         log.info("command: %s", command)
         common.train(g, phases, out, a.sigma, a.noise, a.seed, a.resume, not a.no_progress, meta, a.val_every,
-                     val_images=a.val_images)
+                     val_images=a.val_images, init=a.init, skip_phases=a.skip_phases)
     finally:
         for h in handlers:
             log.removeHandler(h)

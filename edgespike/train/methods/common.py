@@ -120,8 +120,14 @@ def _save(path: Path, g: QGraph, opt, state: dict, extra: dict) -> None:
 
 def train(g: QGraph, phases: list[Phase], out: str | Path, sigma: float, noise: str = "gaussian", seed: int = 0,
           resume: bool = False, progress: bool = True, metadata: dict | None = None, val_every: int = 50,
-          train_dir: Path = TRAIN_DIR, val_dir: Path = VAL_DIR, val_images: int = 3) -> QGraph:
-    """Run (or resume) ``phases`` on ``g``, export ``out`` (.esnn) and return ``g``."""
+          train_dir: Path = TRAIN_DIR, val_dir: Path = VAL_DIR, val_images: int = 3, init: str | Path = "",
+          skip_phases: int = 0) -> QGraph:
+    """Run (or resume) ``phases`` on ``g``, export ``out`` (.esnn) and return ``g``.
+
+    ``init``: start from the parameters of another run's checkpoint (parameters the graph lacks or adds, such as
+    MPRN spike values, are skipped or keep their initial value); ``skip_phases``: the number of leading phases
+    that run already did (e.g. 1 to reuse a trained ANN for several conversions).
+    """
     torch.manual_seed(seed)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -134,17 +140,23 @@ def train(g: QGraph, phases: list[Phase], out: str | Path, sigma: float, noise: 
         g.fixed_theta.update(ck["fixed_theta"])
         state = {k: ck[k] for k in state}
         log.info("resumed %s: phase %d, iteration %d", ckpt, state["phase"], state["it"])
+    elif init:
+        load_parameters(g, init)
+        state["phase"] = skip_phases
+        log.info("initialised from %s, skipping %d phase(s)", init, skip_phases)
     _, images = load_dir(train_dir)
     validator = Validator(sigma, noise, val_images, folder=val_dir) if val_images else None
     for pi, ph in enumerate(phases):
-        if pi < state["phase"] or ph.empty:
+        if pi < state["phase"]:
             continue
         if pi > state["phase"]:
             state = {"phase": pi, "it": 0, "elapsed": 0.0, "started": False}
         sampler = NoisyPatches(images, ph.patch, sigma, noise, seed * 1000 + pi * 7919 + state["it"])
         if ph.before is not None and not state["started"]:
-            ph.before(g, sampler)
+            ph.before(g, sampler)  # also for an empty phase: conversion without fine-tuning still balances
         state["started"] = True
+        if ph.empty:
+            continue
         params = list(g.parameters()) + list(ph.extra_params or [])
         opt = torch.optim.Adam(params, lr=ph.lr)
         if ck is not None and ck["phase"] == pi and ck["opt"] is not None:
@@ -156,6 +168,19 @@ def train(g: QGraph, phases: list[Phase], out: str | Path, sigma: float, noise: 
             log.info("%s done, val %.2f dB", ph.name, validator(g))
     export(g, out, metadata)
     return g
+
+
+def load_parameters(g: QGraph, path: str | Path) -> None:
+    """Load the parameters of a checkpoint into ``g`` where names and shapes match."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    own = g.state_dict()
+    same = {k: v for k, v in ck["model"].items() if k in own and own[k].shape == v.shape}
+    if not same:
+        raise ValueError(f"checkpoint {path} has no parameter of this network")
+    g.load_state_dict(same, strict=False)
+    g.fixed_theta.update({k: v for k, v in ck.get("fixed_theta", {}).items() if k in g.fixed_theta})
 
 
 def _fraction(ph: Phase, state: dict) -> float:

@@ -1,0 +1,89 @@
+"""tools/compare.py: the table and plot it writes into a METHODS.md, its figures against a direct evaluation,
+rows for models not trained yet, and one-line errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+
+from edgespike import data, fileformat, runtime  # noqa: E402
+from edgespike.metrics import psnr  # noqa: E402
+from edgespike.train.methods import cae, vtsnn  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SET12 = ROOT.parent / "shared" / "data" / "set12"
+sys.path.insert(0, str(ROOT / "tools"))
+
+
+@pytest.fixture
+def setup(tmp_path):
+    if not SET12.is_dir():
+        pytest.skip("../shared/data/set12 is not here")
+    from PIL import Image
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    for f in sorted(SET12.glob("*.png"))[:2]:
+        Image.fromarray(np.asarray(Image.open(f).convert("L"))[:32, :40]).save(ds / f.name)
+    torch.manual_seed(0)
+    fileformat.save(vtsnn.unet(2).to_model({"architecture": "tiny U-net"}), tmp_path / "vt.esnn")
+    fileformat.save(cae.cae(2, 3).to_model(), tmp_path / "cae.esnn")
+    (tmp_path / "m.toml").write_text(
+        '[[model]]\nname = "VT"\nmethod = "vtsnn"\npath = "vt.esnn"\ncommand = "cmd vt"\n\n'
+        '[[model]]\nname = "CAE speckle"\nmethod = "cae"\npath = "cae.esnn"\nnoise = "speckle"\ncommand = "cmd c"\n\n'
+        '[[model]]\nname = "later"\npath = "not-yet.esnn"\ncommand = "cmd later"\n')
+    doc = tmp_path / "METHODS.md"
+    doc.write_text("# Methods\n\nintro\n\n<!-- compare:begin -->\nold table\n<!-- compare:end -->\n\nfooter\n")
+    return tmp_path, ds, doc
+
+
+def test_compare_writes_table_and_plot(setup):
+    import compare
+
+    tmp, ds, doc = setup
+    plot = tmp / "p.png"
+    js = tmp / "rows.json"
+    assert compare.main(["--manifest", str(tmp / "m.toml"), "--dataset", str(ds), "--sigma", "25",
+                         "--doc", str(doc), "--plot", str(plot), "--json", str(js)]) == 0
+    text = doc.read_text()
+    assert text.startswith("# Methods\n\nintro\n") and text.rstrip().endswith("footer")
+    assert "old table" not in text and text.count("<!-- compare:begin -->") == 1
+    assert "| VT | gaussian 25 | 8 |" in text and "| CAE speckle | speckle 25 | 3 |" in text
+    assert "not trained yet" in text and "`cmd later`" in text
+    assert "![PSNR vs T per method](p.png)" in text
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The PSNR in the table is the mean over the images of the runtime's output, with the eval noise protocol.
+    import json
+
+    rows = {r["name"]: r for r in json.loads(js.read_text())}
+    label, files = data.resolve(str(ds))
+    rt = runtime.load(str(tmp / "cae.esnn"))
+    vals = []
+    for s in data.samples(files, 25.0, "speckle"):
+        vals.append(psnr(s.clean, rt.denoise(s.noisy)[0]))
+    assert rows["CAE speckle"]["psnr"] == pytest.approx(np.mean(vals))
+    assert f"| {np.mean(vals):.2f} |" in text
+    assert rows["VT"]["snn_uJ"] > 0 and rows["VT"]["spike_rate"] > 0 and rows["later"]["missing"]
+
+
+def test_compare_bad_manifest_is_one_line(tmp_path, capsys):
+    import compare
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[model]]\nname = 3\n")
+    assert compare.main(["--manifest", str(bad), "--dataset", str(tmp_path), "--doc", str(tmp_path / "d.md")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "needs string fields name, path and command" in err
+    bad.write_text("not toml [")
+    assert compare.main(["--manifest", str(bad), "--doc", str(tmp_path / "d.md")]) == 2
+    assert "is not valid TOML" in capsys.readouterr().err
+    assert compare.main(["--manifest", str(tmp_path / "none.toml"), "--doc", str(tmp_path / "d.md")]) == 2
+    assert "cannot read manifest" in capsys.readouterr().err
+    assert not (tmp_path / "d.md").exists()

@@ -1,0 +1,248 @@
+#!/usr/bin/env python
+"""Run trained method models side by side on one dataset and noise level; write the table and a PSNR-vs-T plot
+into docs/METHODS.md.
+
+The manifest (TOML or JSON) lists the models and the command that made each:
+
+    [[model]]
+    name = "VTSNN ITBP"              # the row label
+    method = "vtsnn"                 # the plot groups rows by method (one line per method, PSNR vs T)
+    path = "runs/methods/vtsnn_itbp.esnn"
+    command = "python tools/train_method.py vtsnn --loss itbp --minutes 60 --out runs/methods/vtsnn_itbp.esnn"
+    noise = "gaussian"               # optional: this row's noise kind and sigma (default: --noise, --sigma)
+
+Every model runs through the fast bit-exact runtime with the code paths of ``edgespike eval`` (the project's
+noise protocol, PSNR and SSIM of :mod:`edgespike.metrics`); per frame the energy of
+:func:`edgespike.profile.energy.estimate` is added. A model file that does not exist yet gets a row saying so.
+
+Example
+-------
+    python tools/compare.py --manifest docs/methods.toml --dataset bsd68 --sigma 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
+
+
+class CompareError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+@dataclass
+class Entry:
+    name: str
+    method: str
+    path: Path
+    command: str
+    noise: str
+    sigma: float
+
+
+def read_manifest(path: Path, noise: str, sigma: float) -> list[Entry]:
+    """The entries of a TOML (``[[model]]`` tables) or JSON (``{"model": [...]}``) manifest."""
+    try:
+        text = path.read_bytes()
+    except OSError as e:
+        raise CompareError(f"cannot read manifest {path}: {e.strerror}") from None
+    try:
+        doc = json.loads(text) if path.suffix == ".json" else tomllib.loads(text.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CompareError(f"manifest {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: "
+                           f"{str(e).splitlines()[0]}") from None
+    rows = doc.get("model") if isinstance(doc, dict) else None
+    if not isinstance(rows, list) or not rows:
+        raise CompareError(f"manifest {path} lists no models (expected [[model]] entries)")
+    out = []
+    for i, r in enumerate(rows, start=1):
+        if not isinstance(r, dict) or not all(isinstance(r.get(k), str) for k in ("name", "path", "command")):
+            raise CompareError(f"manifest {path}: model {i} needs string fields name, path and command")
+        p = Path(r["path"])
+        if not p.is_absolute():
+            p = (path.parent / p) if (path.parent / p).exists() else p
+        kind = r.get("noise", noise)
+        if kind not in ("gaussian", "speckle"):
+            raise CompareError(f"manifest {path}: model {r['name']!r} has unknown noise {kind!r}")
+        out.append(Entry(r["name"], str(r.get("method", r["name"])), p, r["command"], kind,
+                         float(r.get("sigma", sigma))))
+    return out
+
+
+class EnergyExecutor:
+    """The runtime of one model, adding the estimated energy of every frame to a running list."""
+
+    def __init__(self, model):
+        import edgespike
+
+        self.model = model
+        self.rt = edgespike.load(model)
+        self.energy: list[dict] = []
+
+    def denoise(self, frame):
+        from edgespike.profile.energy import estimate
+
+        out, stats = self.rt.denoise(frame)
+        self.energy.append(estimate(stats, self.model, frame.shape))
+        return out, stats
+
+
+def evaluate_entry(entry: Entry, files: list[Path]) -> dict:
+    """One table row: means over ``files`` of PSNR, SSIM, spikes/neuron/step, synaptic ops, MACs, energy."""
+    import numpy as np
+
+    from edgespike.commands.eval import evaluate, summary
+    from edgespike.fileformat import load
+
+    row = {"name": entry.name, "method": entry.method, "path": str(entry.path), "command": entry.command,
+           "noise": entry.noise, "sigma": entry.sigma}
+    if not entry.path.is_file():
+        return row | {"missing": True}
+    model = load(entry.path)
+    ex = EnergyExecutor(model)
+    mean = summary(evaluate(ex, files, entry.sigma, entry.noise, 0))
+    return row | {"missing": False, "T": model.timesteps, "extra_step": model.has_extra_step,
+                  "architecture": model.metadata.get("architecture", ""), **mean,
+                  "snn_uJ": float(np.mean([e["snn_pJ"] for e in ex.energy])) / 1e6,
+                  "ann_uJ": float(np.mean([e["ann_pJ"] for e in ex.energy])) / 1e6}
+
+
+def _f(x, fmt):
+    return "-" if x is None else format(x, fmt)
+
+
+def _si(n):
+    if n is None:
+        return "-"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n:.0f}"
+
+
+def markdown(rows: list[dict], dataset: str, n_images: int, plot: str | None) -> str:
+    """The generated section of docs/METHODS.md."""
+    lines = [BEGIN, "", f"Dataset **{dataset}** ({n_images} images), noise protocol of `edgespike eval` (seed 0); "
+             "all figures are means per image, measured by the fast runtime (bit-exact). Energy: "
+             "`edgespike.profile.energy.estimate` (SNN vs its ANN twin on the same layers).", "",
+             "| method | noise | T | PSNR dB | SSIM | spikes/neuron/step | synaptic ops | MACs | SNN energy uJ "
+             "| ANN energy uJ | command |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        noise = f"{r['noise']} {r['sigma']:g}"
+        if r["missing"]:
+            lines.append(f"| {r['name']} | {noise} | - | not trained yet (`{r['path']}` missing) | | | | | | "
+                         f"| `{r['command']}` |")
+            continue
+        T = f"{r['T']}+1" if r["extra_step"] else str(r["T"])
+        lines.append(f"| {r['name']} | {noise} | {T} | {_f(r['psnr'], '.2f')} | {_f(r['ssim'], '.4f')} "
+                     f"| {_f(r['spike_rate'], '.3f')} | {_si(r['synaptic_ops'])} | {_si(r['macs'])} "
+                     f"| {_f(r['snn_uJ'], '.1f')} | {_f(r['ann_uJ'], '.1f')} | `{r['command']}` |")
+    if plot:
+        lines += ["", f"![PSNR vs T per method]({plot})"]
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def write_section(doc: Path, section: str) -> None:
+    """Replace the text between the markers of ``doc`` (or append the section when there are none)."""
+    text = doc.read_text() if doc.exists() else "# Methods of the founding papers\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    doc.write_text(text)
+
+
+def plot_psnr_vs_t(rows: list[dict], path: Path, title: str) -> None:
+    """One line per method: PSNR against T."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    methods: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        if not r["missing"] and r["psnr"] is not None:
+            methods.setdefault(r["method"], []).append((r["T"], r["psnr"]))
+    for m, pts in sorted(methods.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+    ax.set_xlabel("timesteps T")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if methods:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", required=True, help="TOML or JSON list of models (see above)")
+    p.add_argument("--dataset", default="bsd68", help="set12, bsd68 or a folder of images (default bsd68)")
+    p.add_argument("--sigma", type=float, default=25.0, help="noise level, 0..255 scale (default 25)")
+    p.add_argument("--noise", choices=("gaussian", "speckle"), default="gaussian", help="default noise kind")
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--doc", default="docs/METHODS.md", help="markdown file whose compare section is rewritten")
+    p.add_argument("--plot", default="docs/methods_psnr_vs_t.png", help="PSNR-vs-T figure ('' for none)")
+    p.add_argument("--json", help="also write the rows as JSON here")
+    a = p.parse_args(argv)
+    try:
+        from edgespike import data
+        from edgespike.errors import UserError
+
+        try:
+            data.check_sigma(a.sigma)
+            entries = read_manifest(Path(a.manifest), a.noise, a.sigma)
+            # The project's copy of the benchmark sets (../shared/data) when the user has not chosen a cache.
+            shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+            root = shared if shared.is_dir() and not os.environ.get("EDGESPIKE_DATA") else None
+            label, files = data.resolve(a.dataset, root)
+        except UserError as e:
+            raise CompareError(str(e)) from None
+        if a.limit is not None:
+            if a.limit < 1:
+                raise CompareError(f"--limit must be at least 1, got {a.limit}")
+            files = files[: a.limit]
+        rows = []
+        for e in entries:
+            print(f"compare: {e.name} ({e.path}) on {label}, {e.noise} {e.sigma:g} ...", file=sys.stderr)
+            rows.append(evaluate_entry(e, files))
+        doc = Path(a.doc)
+        plot_rel = None
+        if a.plot:
+            plot_path = Path(a.plot)
+            plot_psnr_vs_t(rows, plot_path, f"{label}, sigma {a.sigma:g}")
+            try:
+                plot_rel = str(plot_path.resolve().relative_to(doc.resolve().parent))
+            except ValueError:
+                plot_rel = str(plot_path.resolve())
+        write_section(doc, markdown(rows, label, len(files), plot_rel))
+        if a.json:
+            Path(a.json).write_text(json.dumps(rows, indent=2, default=str))
+    except CompareError as e:
+        print(f"compare: error: {e}", file=sys.stderr)
+        return 2
+    for r in rows:
+        psnr = "missing" if r["missing"] else f"{r['psnr']:.2f} dB"
+        print(f"{r['name']:<28} {psnr}")
+    print(f"wrote {a.doc}" + (f" and {a.plot}" if a.plot else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
