@@ -242,6 +242,10 @@ def test_unsupported_graphs_are_refused_in_one_line():
     m2.nodes.append(Integrator("extra", "conv2"))  # conv2 now feeds two nodes
     with pytest.raises(UserError, match="conv 'conv2' must feed exactly one"):
         ann.twin(m2)
+    m3 = random_dncnn(depth=3, width=1, seed=0)
+    m3.nodes[4:] = [Integrator("readout", "if2")]  # a read-out of spikes, not of a conv's current
+    with pytest.raises(UserError, match="Integrator 'readout' must follow a conv"):
+        ann.twin(m3)
 
 
 @pytest.mark.parametrize("which", ["halfres", "graph"])

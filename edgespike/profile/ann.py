@@ -175,6 +175,9 @@ def twin(model: Model, activation: str = "relu") -> Twin:
         elif d.op == "integrator":
             if consumers.get(d.name):
                 raise _unsupported(f"Integrator {d.name!r} feeds other nodes (it passes 0 to them)")
+            src = by_name.get(d.inputs[0])
+            if src is None or src.op not in ("conv", "conv_transpose"):
+                raise _unsupported(f"Integrator {d.name!r} must follow a conv")
         else:  # add, concat
             missing = [i for i in d.inputs if i not in alias]
             if missing:
@@ -185,7 +188,7 @@ def twin(model: Model, activation: str = "relu") -> Twin:
             layers.append(TwinLayer(d.name, d.op, tuple(alias[i] for i in d.inputs)))
             alias[d.name] = d.name
             factor[d.name] = fs[0] if d.op == "add" else np.concatenate(fs)
-    if output is None:  # pragma: no cover - readout() guarantees an Integrator, whose input is a conv here
+    if output is None:  # pragma: no cover - readout() requires an Integrator, and each follows a conv (above)
         raise _unsupported("no read-out conv")
     return Twin(layers, T, output, model.size_multiple)
 
