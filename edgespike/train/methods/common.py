@@ -86,6 +86,16 @@ class Validator:
         out = decode(res.R, x, ints.shift, g.residual)[:, 0].numpy()
         return float(np.mean([psnr(o, c) for o, c in zip(out, self.clean, strict=True)]))
 
+    @torch.no_grad()
+    def ann(self, g: QGraph) -> float:
+        """The same figure for the float ANN with the same weights (the conversion's starting point), or NaN for
+        UWE-coded graphs, which have no ANN view."""
+        if g.encoder == "uwe":
+            return float("nan")
+        x = torch.from_numpy(np.stack(self.noisy).astype(np.float32))[:, None]
+        out = g.ann(x).round().clamp(0, 255).to(torch.uint8)[:, 0].numpy()
+        return float(np.mean([psnr(o, c) for o, c in zip(out, self.clean, strict=True)]))
+
 
 @dataclass
 class Phase:
@@ -165,7 +175,10 @@ def train(g: QGraph, phases: list[Phase], out: str | Path, sigma: float, noise: 
         state = {"phase": pi + 1, "it": 0, "elapsed": 0.0, "started": False}
         _save(ckpt, g, None, state, {})
         if validator is not None:
-            log.info("%s done, val %.2f dB", ph.name, validator(g))
+            log.info("%s done, val %.2f dB (float ANN, same weights: %.2f dB)", ph.name, validator(g),
+                     validator.ann(g))
+    if validator is not None:
+        log.info("final: SNN %.2f dB, float ANN %.2f dB (validation crops)", validator(g), validator.ann(g))
     export(g, out, metadata)
     return g
 
