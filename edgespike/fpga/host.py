@@ -1,0 +1,70 @@
+"""``edgespike run --backend fpga --port DEVICE[@BAUD]``: frames through a real board over its serial port.
+
+The board must run a bitstream built for the model (``edgespike fpga build --model M``): the firmware checks the
+gateware version and the model fingerprint before the first frame and refuses a mismatch with one line.
+"""
+
+from __future__ import annotations
+
+import time
+
+from edgespike.errors import UserError
+from edgespike.fpga.build import DEFAULT_BAUD
+
+
+def parse_port(port: str) -> tuple[str, int]:
+    """``/dev/ttyUSB0@115200`` -> (``/dev/ttyUSB0``, 115200); no ``@``: the build's default baud rate."""
+    if "@" in port and not port.startswith(("socket://", "loop://", "rfc2217://")):
+        name, _, baud = port.rpartition("@")
+        try:
+            return name, int(baud)
+        except ValueError:
+            raise UserError(f"--port {port!r}: the baud rate after '@' must be a number, e.g. /dev/ttyUSB0@1000000") \
+                from None
+    return port, DEFAULT_BAUD
+
+
+class BoardBackend:
+    """A board behind a serial port, driven by :class:`edgespike.firmware.Accelerator`."""
+
+    name = "fpga"
+
+    def __init__(self, model_path: str | None, port: str):
+        from edgespike.fileformat import load
+        from edgespike.firmware import Accelerator, LinkError
+        from edgespike.models import default_path
+
+        path = model_path or default_path("s25")
+        try:
+            self.model = load(path)
+        except FileNotFoundError:
+            raise UserError(f"model file {path} not found") from None
+        name, baud = parse_port(port)
+        try:
+            self.acc = Accelerator(name, baud=baud)
+            ident = self.acc.check_model(self.model)
+        except LinkError as exc:
+            raise UserError(str(exc)) from None
+        th, tw = ident.tile
+        clock = f", {ident.clock_hz / 1e6:g} MHz" if ident.clock_hz else ""
+        self.label = f"fpga ({name} at {baud} baud, tile {th}x{tw}{clock})"
+
+    def denoise(self, frame):
+        from edgespike.firmware import LinkError
+
+        t0 = time.perf_counter()
+        try:
+            out, results = self.acc.denoise(frame)
+        except LinkError as exc:
+            raise UserError(str(exc)) from None
+        stats = {"synaptic_ops": sum(r.sops for r in results), "seconds": time.perf_counter() - t0,
+                 "cycles": sum(r.cycles for r in results)}
+        return out, stats
+
+    def close(self) -> None:
+        self.acc.close()
+
+
+def open_backend(model_path: str | None, port: str):
+    """The ``fpga`` backend of ``edgespike run`` (see :mod:`edgespike.live.backends`)."""
+    return BoardBackend(model_path, port)

@@ -1,0 +1,278 @@
+"""The accelerator on the other end of a serial line: identify it, check it runs our model, send tiles, get results.
+
+Runs on the edge board (a Raspberry Pi) with numpy and pyserial only. The line is any pyserial URL: a real port
+(``/dev/ttyUSB0``), ``socket://127.0.0.1:7007`` (the simulation server, ``edgespike fpga serve-sim``) or
+``loop://``. Every answer is CRC-checked, length-checked and matched to its request's sequence number; a damaged,
+missing or refused exchange is retried, and when the retries run out :class:`LinkError` says what went wrong. A
+wrong image is never returned: either every byte of a result passed those checks or the call raises.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgespike.firmware import protocol as P
+
+
+class LinkError(Exception):
+    """The device did not give a valid answer (after retries), or answered something unusable."""
+
+
+class DeviceMismatch(LinkError):
+    """The device runs other gateware, another link version, or another model than the one asked for."""
+
+
+def model_fingerprint(model) -> int:
+    """CRC-32 of the model's ``.esnn`` serialisation: what a bitstream reports as the model it was built for."""
+    from edgespike.fileformat import to_bytes
+
+    return zlib.crc32(to_bytes(model))
+
+
+def tiles(shape: tuple[int, int], tile: tuple[int, int], halo: int):
+    """Regions of at most ``tile`` with ``halo`` pixels of context, and the cores to keep.
+
+    The same cut as :func:`edgespike.rtl.cycles.tiles` (a test checks it), repeated here because the board-side
+    code must not need Amaranth. Yields ``((y0, y1, x0, x1), (cy0, cy1, cx0, cx1))`` in frame coordinates.
+    """
+
+    def spans(n: int, t: int):
+        if n <= t:
+            return [(0, n, 0, n)]
+        core = t - 2 * halo
+        if core < 1:
+            raise ValueError(f"tile side {t} leaves no core inside a halo of {halo} on each side")
+        return [(max(0, c0 - halo), min(n, min(n, c0 + core) + halo), c0, min(n, c0 + core))
+                for c0 in range(0, n, core)]
+
+    for y0, y1, cy0, cy1 in spans(shape[0], tile[0]):
+        for x0, x1, cx0, cx1 in spans(shape[1], tile[1]):
+            yield (y0, y1, x0, x1), (cy0, cy1, cx0, cx1)
+
+
+@dataclass
+class TileResult:
+    """One tile's output pixels and the hardware's counters for it."""
+
+    out: np.ndarray
+    cycles: int
+    spikes: int
+    sops: int
+
+
+@dataclass
+class LinkStats:
+    """What the link went through: requests, retries and their causes."""
+
+    requests: int = 0
+    retries: int = 0
+    naks: dict[str, int] = field(default_factory=dict)
+    timeouts: int = 0
+    bad_frames: int = 0  # answers whose CRC failed (counted by the parser) or whose content was unusable
+
+    def note_nak(self, reason: int) -> None:
+        name = P.NAK_REASONS.get(reason, f"reason {reason}")
+        self.naks[name] = self.naks.get(name, 0) + 1
+
+
+class Accelerator:
+    """A board (or a simulated one) running the edgespike gateware, behind a serial line.
+
+    Parameters
+    ----------
+    port : str or serial-like
+        A pyserial URL or device path, or an open object with ``read``, ``write`` and ``close``.
+    baud : int
+        Line speed for a real port (ignored by ``socket://`` and ``loop://``).
+    ack_timeout : float
+        Seconds to wait for the ACK (or NAK) of a request before sending it again.
+    result_timeout : float
+        Seconds to wait for a tile's RESULT after its ACK (a simulated device is slow: minutes per tile).
+    retries : int
+        Times a request is sent again before :class:`LinkError`.
+
+    Examples
+    --------
+    >>> with Accelerator("/dev/ttyUSB0", baud=1_000_000) as acc:   # doctest: +SKIP
+    ...     acc.check_model(model)
+    ...     out = acc.denoise(frame)
+    """
+
+    def __init__(self, port, baud: int = 1_000_000, ack_timeout: float = 1.0, result_timeout: float = 30.0,
+                 retries: int = 4):
+        if isinstance(port, str):
+            try:
+                import serial
+            except ImportError:
+                raise LinkError("pyserial is not installed: pip install 'edgespike[hw]'") from None
+            try:
+                self.port = serial.serial_for_url(port, baudrate=baud, timeout=0.02)
+            except (serial.SerialException, ValueError, OSError) as exc:
+                raise LinkError(f"cannot open {port}: {exc}") from None
+        else:
+            self.port = port
+        self.name = port if isinstance(port, str) else type(port).__name__
+        self.ack_timeout = ack_timeout
+        self.result_timeout = result_timeout
+        self.retries = retries
+        self.stats = LinkStats()
+        self.ident: P.Ident | None = None
+        self._seq = 0
+        # until IDENT tells the tile size, accept the largest answer any tile could have
+        self.parser = P.Parser(max_payload=1 + 255 * 255 + P.COUNTER_BYTES)
+
+    def __enter__(self) -> Accelerator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.port.close()
+
+    # --- exchanges ---
+
+    def _read_frames(self) -> list[P.Frame]:
+        data = self.port.read(4096)  # returns after the port's short timeout when nothing comes
+        if not data:
+            return []
+        crc_before = self.parser.bad_crc
+        frames = self.parser.feed(data)
+        self.stats.bad_frames += self.parser.bad_crc - crc_before
+        return frames
+
+    def _request(self, kind: int, payload: bytes, answer: int, check) -> P.Frame:
+        """Send a request until a checked answer comes back; ``check(frame)`` returns a problem or None."""
+        self._seq = (self._seq + 1) & 0xFF
+        seq = self._seq
+        frame = P.encode(kind, seq, payload)
+        self.stats.requests += 1
+        problems: list[str] = []
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.stats.retries += 1
+            self.port.write(frame)
+            acked = False
+            deadline = time.monotonic() + self.ack_timeout
+            outcome = None
+            while outcome is None:
+                if time.monotonic() >= deadline:
+                    self.stats.timeouts += 1
+                    outcome = "no RESULT" if acked else "no ACK"
+                    break
+                damaged = self.parser.bad_crc
+                frames = self._read_frames()
+                if self.parser.bad_crc != damaged and not frames:
+                    # an answer arrived damaged: ask again now (a TILE with the same seq is not run twice)
+                    outcome = "damaged answer (CRC)"
+                    break
+                for f in frames:
+                    if f.kind == P.NAK:  # a NAK's seq may itself be damaged: any NAK means "send it again"
+                        reason = f.payload[0] if f.payload else 0
+                        self.stats.note_nak(reason)
+                        outcome = f"NAK ({P.NAK_REASONS.get(reason, reason)})"
+                        break
+                    if f.seq != seq:
+                        continue  # a late answer to an earlier request, or our own echo
+                    if f.kind == P.ACK and not acked:
+                        acked = True
+                        deadline = time.monotonic() + self.result_timeout
+                    elif f.kind == answer:
+                        problem = check(f)
+                        if problem is None:
+                            return f
+                        self.stats.bad_frames += 1
+                        outcome = problem
+                        break
+            problems.append(outcome)
+        tried = self.retries + 1
+        raise LinkError(f"{self.name}: no valid answer to {P.TYPE_NAMES[kind]} after {tried} attempts "
+                        f"({', '.join(problems)}); is the board programmed and the wiring/baud right?")
+
+    def identify(self) -> P.Ident:
+        """Ask the device what it is (this also makes it forget any stored result)."""
+
+        def check(f: P.Frame):
+            try:
+                P.Ident.decode(f.payload)
+            except ValueError as exc:
+                return str(exc)
+            return None
+
+        f = self._request(P.IDENT, b"", P.IDENT_REPLY, check)
+        self.ident = P.Ident.decode(f.payload)
+        th, tw = self.ident.tile
+        self.parser.max_payload = 1 + th * tw + P.COUNTER_BYTES
+        return self.ident
+
+    def check_versions(self) -> P.Ident:
+        """Identify the device and refuse one speaking another link version or running other gateware."""
+        ident = self.identify()
+        if ident.link_version != P.LINK_VERSION:
+            raise DeviceMismatch(f"{self.name}: the device speaks link version {ident.link_version}, this firmware "
+                                 f"speaks {P.LINK_VERSION}: update edgespike on one side")
+        if ident.gateware_version != P.GATEWARE_VERSION:
+            raise DeviceMismatch(f"{self.name}: the device runs gateware version {ident.gateware_version}, this "
+                                 f"firmware expects {P.GATEWARE_VERSION}: rebuild and flash the bitstream "
+                                 "(edgespike fpga build)")
+        return ident
+
+    def check_model(self, model) -> P.Ident:
+        """Make sure the device computes ``model``.
+
+        The gateware keeps its weights in ROM (``capabilities`` has no load bit), so the model cannot be loaded at
+        run time: the device's built-in model must be this one (same fingerprint), else :class:`DeviceMismatch`.
+        """
+        ident = self.check_versions()
+        want = model_fingerprint(model)
+        if ident.capabilities & P.CAP_LOAD_WEIGHTS:
+            raise DeviceMismatch(f"{self.name}: the device can load weights, which this firmware does not support")
+        if ident.fingerprint != want:
+            raise DeviceMismatch(f"{self.name}: the bitstream was built for model {ident.fingerprint:08x}, this model "
+                                 f"is {want:08x}: build one for it (edgespike fpga build --model M) and flash it")
+        if ident.timesteps != model.timesteps:
+            raise DeviceMismatch(f"{self.name}: the device runs T={ident.timesteps}, the model T={model.timesteps}")
+        return ident
+
+    def run_tile(self, tile: np.ndarray) -> TileResult:
+        """Run one uint8 tile (at most the device's tile size) and return its output and counters."""
+        if self.ident is None:
+            self.check_versions()
+        tile = np.asarray(tile)
+        if tile.dtype != np.uint8 or tile.ndim != 2:
+            raise ValueError(f"a tile is a 2-D uint8 array, got {tile.dtype} with shape {tile.shape}")
+        h, w = tile.shape
+        th, tw = self.ident.tile
+        if not (1 <= h <= th and 1 <= w <= tw):
+            raise ValueError(f"tile {h}x{w} does not fit the device's {th}x{tw}")
+        n = h * w
+        want = 1 + n + P.COUNTER_BYTES
+
+        def check(f: P.Frame):
+            if len(f.payload) != want:
+                return f"RESULT of {len(f.payload)} bytes, expected {want}"
+            if f.payload[0] != ord("R"):
+                return f"RESULT tagged {f.payload[0]:#x}, expected 'R'"
+            return None
+
+        f = self._request(P.TILE, bytes([h, w]) + tile.tobytes(), P.RESULT, check)
+        out = np.frombuffer(f.payload, np.uint8, n, 1).reshape(h, w).copy()
+        cycles, spikes, sops = (int.from_bytes(f.payload[1 + n + 4 * i:5 + n + 4 * i], "little") for i in range(3))
+        return TileResult(out, cycles, spikes, sops)
+
+    def denoise(self, frame: np.ndarray) -> tuple[np.ndarray, list[TileResult]]:
+        """A whole uint8 frame as halo'd tiles, stitched; returns the frame and each tile's result."""
+        if self.ident is None:
+            self.check_versions()
+        frame = np.asarray(frame, np.uint8)
+        out = np.zeros_like(frame)
+        results = []
+        for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) in tiles(frame.shape, self.ident.tile, self.ident.halo):
+            res = self.run_tile(np.ascontiguousarray(frame[y0:y1, x0:x1]))
+            out[cy0:cy1, cx0:cx1] = res.out[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+            results.append(res)
+        return out, results

@@ -1,0 +1,181 @@
+"""The framed serial link between the board-side Python and the accelerator's gateware: constants, CRC, frames.
+
+This module is the single source of truth for the link: the gateware (:mod:`edgespike.rtl.link`) imports its
+constants from here, and it needs nothing but the standard library (it runs on the Raspberry Pi).
+
+Frame, in both directions::
+
+    0xA5 0x5A | type (1) | seq (1) | length (2, LE) | payload (length bytes) | CRC-16 (2, big-endian)
+
+The CRC is CRC-16/CCITT-FALSE (polynomial 0x1021, initial 0xFFFF, no reflection, no final XOR) over type, seq,
+length and payload. It is sent most significant byte first, so that running the CRC over the whole frame after
+the sync bytes, CRC included, leaves a residue of zero: that is how the gateware checks it
+(``amaranth.lib.crc`` ``match_detected``).
+
+Exchanges (the host always waits for the answer before sending again)::
+
+    host IDENT (no payload)              -> device ACK, then IDENT_REPLY (IDENT_LAYOUT below)
+    host TILE  (h, w, h*w pixels)        -> device ACK, then RESULT ('R', h*w pixels, cycles, spikes, sops u32 LE)
+    a frame with a bad CRC, bad length,  -> device NAK (payload: one reason byte); the host sends it again
+    unknown type, bad tile shape, or
+    that stops arriving mid-way
+
+The ACK says "received intact, working on it", so the host can wait long for a result without mistaking a lost
+frame for a slow tile. A TILE with the same ``seq`` as the last completed one is not run again: the device sends
+the stored RESULT again. That is how the host recovers from a damaged RESULT without recomputing.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+SYNC = b"\xa5\x5a"
+HEADER_BYTES = 4  # type, seq, length (2)
+OVERHEAD = len(SYNC) + HEADER_BYTES + 2
+
+# Version of this framing; bump when frames or exchanges change. The gateware reports it and the firmware refuses a
+# device speaking another one.
+LINK_VERSION = 1
+# Version of the board top level (UART + link + accelerator); reported by IDENT.
+GATEWARE_VERSION = 1
+
+# frame types, host -> device
+IDENT = 0x01
+TILE = 0x02
+# frame types, device -> host
+ACK = 0x80
+NAK = 0x81
+IDENT_REPLY = 0x82
+RESULT = 0x83
+
+TYPE_NAMES = {IDENT: "IDENT", TILE: "TILE", ACK: "ACK", NAK: "NAK", IDENT_REPLY: "IDENT_REPLY", RESULT: "RESULT"}
+
+# NAK reasons
+NAK_CRC = 1  # the CRC did not match
+NAK_FORMAT = 2  # length over the maximum, unknown type, or a tile shape the device cannot take
+NAK_TIMEOUT = 3  # the frame stopped arriving mid-way (dropped bytes)
+NAK_UART = 4  # a UART framing error (a damaged start or stop bit) mid-frame
+NAK_REASONS = {NAK_CRC: "CRC mismatch", NAK_FORMAT: "bad length, type or tile shape",
+               NAK_TIMEOUT: "frame incomplete (timeout)", NAK_UART: "UART framing error"}
+
+MAGIC = b"ESNN"
+# IDENT_REPLY payload: magic, link version, gateware version, accelerator byte-protocol version, capabilities,
+# model fingerprint (u32), tile_h, tile_w, halo, T, clock (Hz, u32), UART divisor (u16)
+IDENT_LAYOUT = struct.Struct("<4sBBBBIBBBBIH")
+CAP_LOAD_WEIGHTS = 0x01  # weights can be loaded at run time (not in this gateware: they are ROMs)
+
+COUNTER_BYTES = 12  # cycles, spikes, sops: u32 little-endian each
+
+
+def crc16(data: bytes, crc: int = 0xFFFF) -> int:
+    """CRC-16/CCITT-FALSE of ``data`` (the check value of ``b"123456789"`` is 0x29B1)."""
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+            crc &= 0xFFFF
+    return crc
+
+
+def encode(kind: int, seq: int, payload: bytes = b"") -> bytes:
+    """One frame, ready to send."""
+    if len(payload) > 0xFFFF:
+        raise ValueError(f"payload of {len(payload)} bytes: a frame carries at most 65535")
+    body = bytes([kind, seq & 0xFF]) + len(payload).to_bytes(2, "little") + bytes(payload)
+    return SYNC + body + crc16(body).to_bytes(2, "big")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A received frame whose CRC matched."""
+
+    kind: int
+    seq: int
+    payload: bytes
+
+    @property
+    def name(self) -> str:
+        return TYPE_NAMES.get(self.kind, f"0x{self.kind:02x}")
+
+
+@dataclass(frozen=True)
+class Ident:
+    """What a device says it is (the IDENT_REPLY payload, decoded)."""
+
+    link_version: int
+    gateware_version: int
+    protocol_version: int
+    capabilities: int
+    fingerprint: int
+    tile: tuple[int, int]
+    halo: int
+    timesteps: int
+    clock_hz: int
+    divisor: int
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Ident:
+        if len(payload) != IDENT_LAYOUT.size:
+            raise ValueError(f"IDENT_REPLY of {len(payload)} bytes, expected {IDENT_LAYOUT.size}")
+        magic, link, gw, proto, caps, fp, th, tw, halo, t, clk, div = IDENT_LAYOUT.unpack(payload)
+        if magic != MAGIC:
+            raise ValueError(f"IDENT_REPLY magic {magic!r}, expected {MAGIC!r}")
+        return cls(link, gw, proto, caps, fp, (th, tw), halo, t, clk, div)
+
+    def encode(self) -> bytes:
+        return IDENT_LAYOUT.pack(MAGIC, self.link_version, self.gateware_version, self.protocol_version,
+                                 self.capabilities, self.fingerprint, self.tile[0], self.tile[1], self.halo,
+                                 self.timesteps, self.clock_hz, self.divisor)
+
+
+class Parser:
+    """Finds frames in a byte stream: hunts for the sync bytes, checks length and CRC, skips garbage.
+
+    Feed it bytes as they arrive; :meth:`feed` returns the complete frames found. Bytes that are not part of a
+    valid frame are skipped (counted in :attr:`skipped`); a frame whose CRC fails is dropped (counted in
+    :attr:`bad_crc`) and the hunt restarts one byte after its sync, so a sync pattern inside a damaged frame's
+    payload is still found.
+
+    Parameters
+    ----------
+    max_payload : int
+        Longest payload accepted; a header announcing more is treated as garbage (a damaged length byte must not
+        make the parser wait for 64 kB).
+    """
+
+    def __init__(self, max_payload: int):
+        self.max_payload = max_payload
+        self.buf = bytearray()
+        self.skipped = 0
+        self.bad_crc = 0
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self.buf += data
+        frames = []
+        while True:
+            start = self.buf.find(SYNC)
+            if start < 0:
+                keep = 1 if self.buf.endswith(SYNC[:1]) else 0  # a sync split across two reads
+                self.skipped += len(self.buf) - keep
+                del self.buf[:len(self.buf) - keep]
+                return frames
+            self.skipped += start
+            del self.buf[:start]
+            if len(self.buf) < len(SYNC) + HEADER_BYTES:
+                return frames
+            length = int.from_bytes(self.buf[4:6], "little")
+            if length > self.max_payload:
+                self.skipped += 1
+                del self.buf[:1]
+                continue
+            end = len(SYNC) + HEADER_BYTES + length + 2
+            if len(self.buf) < end:
+                return frames
+            body = bytes(self.buf[2:end - 2])
+            if crc16(body) != int.from_bytes(self.buf[end - 2:end], "big"):
+                self.bad_crc += 1
+                del self.buf[:1]
+                continue
+            frames.append(Frame(body[0], body[1], body[HEADER_BYTES:]))
+            del self.buf[:end]

@@ -1,0 +1,162 @@
+"""The board top level: UART + framed link + accelerator + status LEDs, and its place on a real board.
+
+:class:`Board` is what the simulation server runs and what a bitstream contains: a serial line in, a serial line
+out, four status outputs. :class:`BoardTop` puts it on an ``amaranth-boards`` platform (pins, clock, LEDs);
+:data:`BOARDS` lists the boards a bitstream can be built for.
+
+Status outputs (``leds``): 0 heartbeat (about 1 Hz on a board; shows the clock runs and the bitstream loaded),
+1 busy (a frame is being received, run or answered), 2 error (a NAK was sent, held about 0.2 s), 3 serial activity
+(a byte received, held about 0.05 s).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth.hdl import Elaboratable, Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from edgespike.firmware import protocol as P
+from edgespike.rtl.link import Link
+from edgespike.rtl.params import Plan
+from edgespike.rtl.top import Top
+from edgespike.rtl.uart import UARTRx, UARTTx
+
+
+class Board(wiring.Component):
+    """UART, link and accelerator between two serial pins.
+
+    Parameters
+    ----------
+    plan : Plan
+        What the accelerator runs.
+    divisor : int
+        UART clock cycles per bit (``clock_hz // baud`` on a board; a handful in simulation).
+    clock_hz : int
+        The board clock, reported by IDENT and used to time the LEDs (0: simulation; LEDs then blink fast).
+    gateware_version : int
+        Reported by IDENT; tests set another to play a device running other gateware.
+
+    Attributes
+    ----------
+    rx : In(1)
+        Serial line from the host (idle high).
+    tx : Out(1)
+        Serial line to the host.
+    leds : Out(4)
+        Heartbeat, busy, error, activity.
+    """
+
+    def __init__(self, plan: Plan, divisor: int, clock_hz: int = 0, gateware_version: int = P.GATEWARE_VERSION):
+        self.plan = plan
+        self.divisor = divisor
+        self.clock_hz = clock_hz
+        self.gateware_version = gateware_version
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "leds": Out(4)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.uart_rx = urx = UARTRx(self.divisor)
+        m.submodules.uart_tx = utx = UARTTx(self.divisor)
+        m.submodules.link = link = Link(self.plan, self.divisor, self.clock_hz,
+                                        gateware_version=self.gateware_version)
+        m.submodules.top = top = Top(self.plan)
+        self.link = link  # the simulation server watches link.started to count tiles run
+        wiring.connect(m, urx.out, link.rx)
+        wiring.connect(m, link.tx, utx.inp)
+        wiring.connect(m, link.acc_tx, top.rx)
+        wiring.connect(m, top.tx, link.acc_rx)
+        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx), link.rx_error.eq(urx.error | urx.overrun)]
+
+        # LED timing: in simulation (clock 0) short periods so a VCD shows them move
+        clk = self.clock_hz or 1 << 12
+        err_cycles, act_cycles = max(2, clk // 5), max(2, clk // 20)
+        beat = Signal(range(max(2, clk // 2)))
+        err_hold = Signal(range(err_cycles + 1))
+        act_hold = Signal(range(act_cycles + 1))
+        led_beat = Signal()
+        m.d.sync += beat.eq(beat + 1)
+        with m.If(beat == clk // 2 - 1):
+            m.d.sync += [beat.eq(0), led_beat.eq(~led_beat)]
+        with m.If(link.nak):
+            m.d.sync += err_hold.eq(err_cycles)
+        with m.Elif(err_hold != 0):
+            m.d.sync += err_hold.eq(err_hold - 1)
+        with m.If(urx.out.valid):
+            m.d.sync += act_hold.eq(act_cycles)
+        with m.Elif(act_hold != 0):
+            m.d.sync += act_hold.eq(act_hold - 1)
+        m.d.comb += self.leds.eq(led_beat | (link.busy << 1) | ((err_hold != 0) << 2) | ((act_hold != 0) << 3))
+        return m
+
+
+@dataclass(frozen=True)
+class BoardInfo:
+    """A board a bitstream can be built for."""
+
+    name: str
+    device: str  # key of edgespike.rtl.params.DEVICES for the fit check
+    family: str  # ice40 or ecp5
+    platform: str  # amaranth_boards module:class
+    leds: tuple[str, ...]  # resource names for the four status outputs (fewer on small boards)
+    flash: str  # how to program it, for the report and docs
+
+
+BOARDS = {
+    "icebreaker": BoardInfo("icebreaker", "up5k", "ice40", "amaranth_boards.icebreaker:ICEBreakerPlatform",
+                            ("led_g", "led_r"), "iceprog {bin}   (or: openFPGALoader -b ice40_generic {bin})"),
+    "ulx3s-85f": BoardInfo("ulx3s-85f", "ecp5-85f", "ecp5", "amaranth_boards.ulx3s:ULX3S_85F_Platform",
+                           ("led", "led", "led", "led"), "openFPGALoader -b ulx3s {bit}"),
+    "orangecrab": BoardInfo("orangecrab", "ecp5-25f", "ecp5",
+                            "amaranth_boards.orangecrab_r0_2:OrangeCrabR0_2_25FPlatform", ("rgb_led",),
+                            "dfu-util -D {bit}   (hold the button while plugging in)"),
+}
+
+
+def make_platform(board: str):
+    """An ``amaranth-boards`` platform for ``board`` (a key of :data:`BOARDS`), with a UART where it has none."""
+    import importlib
+
+    info = BOARDS[board]
+    mod, cls = info.platform.split(":")
+    platform = getattr(importlib.import_module(mod), cls)()
+    if board == "orangecrab":
+        # the OrangeCrab has only USB: put the UART on the Feather header, RX on pin 0, TX on pin 1
+        from amaranth.build import Attrs
+        from amaranth_boards.resources import UARTResource
+
+        platform.add_resources([UARTResource(0, rx="0", tx="1", conn=("io", 0),
+                                             attrs=Attrs(IO_TYPE="LVCMOS33", PULLMODE="UP"))])
+    return platform
+
+
+class BoardTop(Elaboratable):
+    """:class:`Board` wired to a platform's UART pins, clock and LEDs."""
+
+    def __init__(self, plan: Plan, board: str, baud: int):
+        self.plan = plan
+        self.board = board
+        self.baud = baud
+
+    def divisor(self, clock_hz: int) -> int:
+        return max(4, round(clock_hz / self.baud))
+
+    def elaborate(self, platform):
+        m = Module()
+        clock_hz = int(platform.default_clk_frequency)
+        m.submodules.board = board = Board(self.plan, self.divisor(clock_hz), clock_hz)
+        uart = platform.request("uart", 0)
+        m.d.comb += [board.rx.eq(uart.rx.i), uart.tx.o.eq(board.tx)]
+        info = BOARDS[self.board]
+        if info.leds == ("rgb_led",):
+            rgb = platform.request("rgb_led", 0)
+            m.d.comb += [rgb.g.o.eq(board.leds[0]), rgb.b.o.eq(board.leds[1]), rgb.r.o.eq(board.leds[2])]
+        else:
+            for i, name in enumerate(info.leds):
+                index = i if len(set(info.leds)) == 1 else 0
+                m.d.comb += platform.request(name, index).o.eq(board.leds[i])
+        if self.board == "ulx3s-85f":
+            # the ULX3S routes the FTDI's TX through a buffer the FPGA must enable
+            m.d.comb += platform.request("uart_tx_enable", 0).o.eq(1)
+        return m
