@@ -108,8 +108,8 @@ class BuildReport:
         lines.append(f"  DSP            {of(self.dsps, None)}")
         if self.fmax_mhz:
             verdict = "meets" if self.fmax_mhz >= self.clock_mhz else "FAILS"
-            lines.append(f"  Fmax           {self.fmax_mhz:.1f} MHz, board clock {self.clock_mhz:.1f} MHz: {verdict} it "
-                         f"({self.margin:.2f}x)")
+            lines.append(f"  Fmax           {self.fmax_mhz:.1f} MHz, board clock {self.clock_mhz:.1f} MHz: "
+                         f"{verdict} it ({self.margin:.2f}x)")
         t = self.throughput
         if t:
             lines.append(f"  throughput     {t['frame']}: {t['cycles_per_frame']:,} cycles/frame, "
