@@ -14,7 +14,8 @@ FIRE (t)    ``2 * W + 2``
 READOUT     ``2 * N + 1``
 ==========  ===========================================================================================
 
-``S = 2 * (taps landing in the tile) + (taps that do not)``: the engine's busy cycles for one event. Input
+``S = 2 * (taps landing in the tile) + (visited taps that do not)``: the engine's busy cycles for one event
+(a stride-2 Conv visits only the taps of the event's parity). Input
 events of layer 0 are the set bits of each pixel (direct coding, bit-serial) or the pixels whose bit ``7 - t``
 is set (UWE); those of layer ``l > 0`` are the spikes of layer ``l - 1`` at the same step, replayed once per
 output block. The tests check :func:`tile_cost` against the RTL's ``cycles`` counter.
@@ -77,8 +78,9 @@ class TileCost:
     spike_maps: list[list[np.ndarray]] = field(default_factory=list)  # [layer][t] -> [C, h, w] 0/1
 
 
-def _valid_taps(n_out: int, n_in: int, lp: LayerParams) -> np.ndarray:
-    """Per input coordinate, how many of the k kernel rows land on an output row inside the tile."""
+def _valid_taps(n_out: int, n_in: int, lp: LayerParams) -> tuple[np.ndarray, np.ndarray]:
+    """Per input coordinate: how many of the k kernel rows land on an output row inside the tile, and how many
+    the engine visits (all k, or at stride 2 those of the coordinate's parity)."""
     i = np.arange(lp.k)[None, :]
     y = np.arange(n_in)[:, None]
     if lp.op == "convT":
@@ -90,13 +92,16 @@ def _valid_taps(n_out: int, n_in: int, lp: LayerParams) -> np.ndarray:
             ok = (idx >= 0) & (idx < n_out)
         else:
             ok = (idx >= 0) & (idx % 2 == 0) & (idx // 2 < n_out)
-    return ok.sum(axis=1)
+            return ok.sum(axis=1), (idx % 2 == 0).sum(axis=1)
+    return ok.sum(axis=1), np.full(n_in, lp.k)
 
 
 def _scatter_cost(lp: LayerParams, h_in: int, w_in: int, h_out: int, w_out: int) -> tuple[np.ndarray, np.ndarray]:
     """Per input position: engine busy cycles for one event in one block, and the valid taps."""
-    valid = _valid_taps(h_out, h_in, lp)[:, None] * _valid_taps(w_out, w_in, lp)[None, :]
-    return 2 * valid + (lp.taps - valid), valid
+    vy, ty = _valid_taps(h_out, h_in, lp)
+    vx, tx = _valid_taps(w_out, w_in, lp)
+    valid, visited = vy[:, None] * vx[None, :], ty[:, None] * tx[None, :]
+    return 2 * valid + (visited - valid), valid
 
 
 def tile_cost(plan: Plan, tile: np.ndarray) -> TileCost:

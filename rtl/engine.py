@@ -7,9 +7,10 @@ weights, biases and thresholds from two run-time loadable RAMs. Per block:
 * **params** pass: the ``lanes`` biases and thresholds of the block into registers (``lanes + 1`` cycles);
 * **init** pass: every membrane word of the block gets ``v0`` leaked once plus the bias (one cycle per word);
 * per step, **scatter**: one input event ``(y, x, c, sh)`` at a time, for each kernel tap ``(i, j)`` the target
-  is ``o = (y + pad - i) / stride`` (Conv; skipped outside the tile or, at stride 2, when not an integer) or
-  ``o = 2*y - pad + i`` (ConvTranspose); there: read the membrane word, add the int8 weights (shifted left by
-  the event's bit weight in the bit-serial first layer), write back: 2 cycles; a skipped tap costs 1;
+  is ``o = (y + pad - i) / stride`` (Conv; skipped outside the tile) or ``o = 2*y - pad + i`` (ConvTranspose);
+  there: read the membrane word, add the int8 weights (shifted left by the event's bit weight in the
+  bit-serial first layer), write back: 2 cycles; a skipped tap costs 1. At stride 2 the engine visits only the
+  taps of the event's parity (``i = y + pad mod 2``): the others never land on an output;
 * per step, **fire** pass, per word: ``s = v >= theta``; soft ``v -= theta`` or hard ``v = 0``; unless last step,
   leak ``v -= v >> k`` and add the bias; the word's spikes leave on ``fire_bits`` (2 cycles per word).
 
@@ -45,7 +46,7 @@ class Engine(wiring.Component):
     ----------
     events : In(stream)
         Input spike events at the layer's input resolution. Accepted only when idle; each then keeps the engine
-        busy ``sum over taps (2 if the tap lands in the tile else 1)`` cycles.
+        busy ``sum over visited taps (2 if the tap lands in the tile else 1)`` cycles.
     layer, group : In
         The layer and the block of ``lanes`` output channels being run.
     h_out, w_out : In
@@ -106,7 +107,8 @@ class Engine(wiring.Component):
         wb = bits_for((p.weight_depth + 1) * p.lanes)
         cfg = {
             "k": Signal(bits_for(kmax + 1), name="cfg_k"),
-            "last_tap": Signal(bits_for(kmax * kmax), name="cfg_last_tap"),
+            "s2": Signal(name="cfg_s2"),
+            "row_step": Signal(bits_for(kmax * max(lp.groups for lp in p.layers) + 1), name="cfg_row_step"),
             "pad": Signal(bits_for(kmax + 1), name="cfg_pad"),
             "mode": Signal(2, name="cfg_mode"),
             "leak": Signal(6, name="cfg_leak"),
@@ -125,7 +127,8 @@ class Engine(wiring.Component):
                 with m.Case(lp.index):
                     mode = MODE_T if lp.op == "convT" else (MODE_S2 if lp.stride == 2 else MODE_S1)
                     m.d.comb += [
-                        cfg["k"].eq(lp.k), cfg["last_tap"].eq(lp.taps - 1), cfg["pad"].eq(lp.pad),
+                        cfg["k"].eq(lp.k), cfg["s2"].eq(mode == MODE_S2), cfg["pad"].eq(lp.pad),
+                        cfg["row_step"].eq(lp.k * (1 if lp.narrow else lp.groups)),
                         cfg["mode"].eq(mode), cfg["leak"].eq(lp.leak), cfg["soft"].eq(lp.reset == "soft"),
                         cfg["half"].eq(lp.v_init == "half"), cfg["integrator"].eq(lp.kind == "integrator"),
                         cfg["bit_serial"].eq(lp.bit_serial), cfg["narrow"].eq(lp.narrow),
@@ -164,7 +167,8 @@ class Engine(wiring.Component):
         ey, ex = Signal(p.ybits), Signal(p.xbits)
         esh = Signal(3)
         ti, tj = Signal(bits_for(max(lp.k for lp in p.layers))), Signal(bits_for(max(lp.k for lp in p.layers)))
-        tap = Signal(bits_for(max(lp.taps for lp in p.layers)))
+        i0, j0 = Signal(), Signal()  # first row / column visited: the event's parity at stride 2, else 0
+        wrow = Signal(cfg["wstart"].shape())  # weight pointer at (ti, j0)
         wptr = Signal(cfg["wstart"].shape())
         target = Signal(self.addr_bits)
         tlane = Signal(max(1, lb))  # narrow: lane of the target position
@@ -204,16 +208,21 @@ class Engine(wiring.Component):
             with m.If(last_pos):
                 m.next = "IDLE"
 
+        # taps in raster order, every other one at stride 2; the weight pointer follows with shift-adds only
+        step = Mux(cfg["s2"], 2, 1)
+        next_j, next_i = tj + step, ti + step
+        col_w = Mux(cfg["s2"], cfg["tap_step"] << 1, cfg["tap_step"])
+        row_w = Mux(cfg["s2"], cfg["row_step"] << 1, cfg["row_step"])
+
         def next_tap():
-            with m.If(tap == cfg["last_tap"]):
-                m.next = "IDLE"
-            with m.Else():
-                m.d.sync += [tap.eq(tap + 1), wptr.eq(wptr + cfg["tap_step"])]
-                with m.If(tj == cfg["k"] - 1):
-                    m.d.sync += [tj.eq(0), ti.eq(ti + 1)]
-                with m.Else():
-                    m.d.sync += tj.eq(tj + 1)
+            with m.If(next_j < cfg["k"]):
+                m.d.sync += [tj.eq(next_j), wptr.eq(wptr + col_w)]
                 m.next = "SCAT_A"
+            with m.Elif(next_i < cfg["k"]):
+                m.d.sync += [ti.eq(next_i), tj.eq(j0), wrow.eq(wrow + row_w), wptr.eq(wrow + row_w)]
+                m.next = "SCAT_A"
+            with m.Else():
+                m.next = "IDLE"
 
         # --- datapaths, one per lane
         def lane_field(word, lane, offset, bits):
@@ -279,10 +288,14 @@ class Engine(wiring.Component):
                     m.d.comb += [wmem.addr.eq(self.load_addr), wmem.wdata.eq(self.load_data),
                                  pmem.addr.eq(self.load_addr), pmem.wdata.eq(self.load_data),
                                  wmem.we.eq(~ram), pmem.we.eq(ram)]
-                m.d.sync += [px.eq(0), py.eq(0), ti.eq(0), tj.eq(0), tap.eq(0), j.eq(0), paddr.eq(cfg["pstart"])]
+                m.d.sync += [px.eq(0), py.eq(0), j.eq(0), paddr.eq(cfg["pstart"])]
                 with m.If(self.events.valid):
                     ev = self.events.payload
-                    m.d.sync += [ey.eq(ev.y), ex.eq(ev.x), esh.eq(ev.sh), wptr.eq(cfg["wstart"])]
+                    pi = cfg["s2"] & (ev.y[0] ^ cfg["pad"][0])  # parity of y + pad
+                    pj = cfg["s2"] & (ev.x[0] ^ cfg["pad"][0])
+                    first = cfg["wstart"] + Mux(pi, cfg["row_step"], 0) + Mux(pj, cfg["tap_step"], 0)
+                    m.d.sync += [ey.eq(ev.y), ex.eq(ev.x), esh.eq(ev.sh), ti.eq(pi), tj.eq(pj), i0.eq(pi),
+                                 j0.eq(pj), wptr.eq(first), wrow.eq(first)]
                     m.next = "SCAT_A"
                 with m.Elif(self.start_params):
                     m.next = "PARAMS"

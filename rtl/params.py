@@ -380,13 +380,13 @@ def plan(model: Model, device: str = "up5k", tile: tuple[int, int] = (32, 32), l
                            f"the last layer ({pairs[-1][1].name!r}) at the end")
     if lanes is not None:
         return _plan(model, analysis, DEVICES[device], (th, tw), pairs, lanes)
-    error = None
+    errors = []
     for n in _lane_choices(pairs):
         try:
             return _plan(model, analysis, DEVICES[device], (th, tw), pairs, n)
         except FitError as exc:
-            error = exc
-    raise error
+            errors.append(exc)
+    raise min(errors, key=lambda e: getattr(e, "over", 0))  # the nearest miss says best what to change
 
 
 def _plan(model, analysis, dev: Device, tile, pairs, lanes: int) -> Plan:
@@ -490,9 +490,13 @@ def _fit(p: Plan) -> None:
     if bram > dev.bram_blocks:
         worst = sorted(rams, key=lambda r: -_bram_blocks(r, dev) if "SPRAM" not in where[r.name] else 0)[:3]
         detail = ", ".join(f"{r.name} {where[r.name]}" for r in worst)
-        raise FitError(f"model does not fit {dev.name} at tile {th}x{tw} with {p.lanes} lanes: needs {bram} "
-                       f"{dev.bram_label} blocks, the device has {dev.bram_blocks} ({bram - dev.bram_blocks} over; "
-                       f"largest: {detail}); use a smaller tile or fewer channels")
+        error = FitError(f"model does not fit {dev.name} at tile {th}x{tw} with {p.lanes} lanes: needs {bram} "
+                         f"{dev.bram_label} blocks, the device has {dev.bram_blocks} ({bram - dev.bram_blocks} over; "
+                         f"largest: {detail}); use a smaller tile or fewer channels")
+        error.over = (bram - dev.bram_blocks) / dev.bram_blocks
+        raise error
     if luts > dev.luts:
-        raise FitError(f"model does not fit {dev.name}: needs about {luts} LUT4 of logic, the device has "
-                       f"{dev.luts} ({luts - dev.luts} over); use fewer lanes or fewer layers")
+        error = FitError(f"model does not fit {dev.name}: needs about {luts} LUT4 of logic, the device has "
+                         f"{dev.luts} ({luts - dev.luts} over); use fewer lanes or fewer layers")
+        error.over = (luts - dev.luts) / dev.luts
+        raise error

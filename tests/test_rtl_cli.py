@@ -35,7 +35,7 @@ def test_rtl_sim_reports_equality_counters_and_frame_estimate(files, capsys):
     model, image, tmp = files
     vcd = tmp / "t.vcd"
     assert cli.run(parse(["sim", "--model", model, "--image", image, "--tile", "6x6", "--vcd", str(vcd),
-                          "--device", "up5k"])) == 0
+                          "--device", "up5k", "--frame-estimate"])) == 0
     out = capsys.readouterr().out
     assert "equal to the CPU reference, pixel for pixel" in out
     assert "SOP/cycle" in out and "frames/s" in out
@@ -53,7 +53,7 @@ def test_rtl_sim_on_a_half_resolution_model_file(tmp_path, capsys):
                           "--sim-tile", "4x6"])) == 0
     out = capsys.readouterr().out
     assert "tile 4x6: equal to the CPU reference, pixel for pixel" in out
-    assert "ECP5-85F, tile 24x24 (halo 8)" in out and "30x28 frame (cycle model, 16 tiles)" in out
+    assert "ECP5-85F, tile 24x24 (halo 8)" in out and "30x28 frame: 16 tiles of 24x24" in out
     with pytest.raises(UserError, match="multiple of 2"):
         cli.run(parse(["sim", "--model", str(path), "--image", str(image), "--tile", "24x24", "--sim-tile", "3x4"]))
 

@@ -75,6 +75,45 @@ def test_uwe_planes_equal_reference_encode_for_all_256_values():
     assert set(busy) == {8}, "a SAR conversion takes one cycle per bit"
 
 
+def test_uwe_hold_freezes_the_converter():
+    """``hold`` (the engine is busy): no pixel is taken, no bit decided, no event offered; released, the
+    conversion finishes exactly as without the hold (one cycle per bit)."""
+    dut = UWEncoder(tag_bits=8)
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    seen = []
+
+    async def tb(ctx):
+        ctx.set(dut.events.ready, 1)
+        ctx.set(dut.hold, 1)
+        ctx.set(dut.pixels.valid, 1)
+        ctx.set(dut.pixels.payload, {"value": 0b10100001, "tag": 9})
+        for _ in range(3):
+            _, _, ready, busy = await ctx.tick().sample(dut.pixels.ready, dut.busy)
+            assert not ready and not busy, "a held encoder took a pixel"
+        ctx.set(dut.hold, 0)
+        await ctx.tick().until(dut.pixels.ready)
+        ctx.set(dut.pixels.valid, 0)
+        ctx.set(dut.hold, 1)  # hold in the middle of the conversion: nothing moves
+        for _ in range(4):
+            _, _, valid, busy = await ctx.tick().sample(dut.events.valid, dut.busy)
+            assert busy and not valid
+        ctx.set(dut.hold, 0)
+        cycles = 0
+        while True:
+            _, _, valid, busy, ev = await ctx.tick().sample(dut.events.valid, dut.busy, dut.events.payload)
+            if valid:
+                seen.append((ev.tag, ev.t))
+            if not busy:
+                break
+            cycles += 1
+        assert cycles == 8
+
+    sim.add_testbench(tb)
+    sim.run()
+    assert seen == [(9, 0), (9, 2), (9, 7)]
+
+
 @pytest.mark.parametrize("t", [0, 3, 7])
 def test_uwe_single_plane_mode(t):
     """UWE coding at step t: the SAR decides bits 7..7-t and emits only plane t."""
