@@ -167,7 +167,7 @@ class Engine(wiring.Component):
         ey, ex = Signal(p.ybits), Signal(p.xbits)
         esh = Signal(3)
         ti, tj = Signal(bits_for(max(lp.k for lp in p.layers))), Signal(bits_for(max(lp.k for lp in p.layers)))
-        i0, j0 = Signal(), Signal()  # first row / column visited: the event's parity at stride 2, else 0
+        j0 = Signal()  # first column visited in each row: the event's parity at stride 2, else 0
         wrow = Signal(cfg["wstart"].shape())  # weight pointer at (ti, j0)
         wptr = Signal(cfg["wstart"].shape())
         target = Signal(self.addr_bits)
@@ -178,7 +178,7 @@ class Engine(wiring.Component):
         span = p.ybits + bits_for(max(lp.k for lp in p.layers) + 1) + 3
         ny, nx = Signal(signed(span)), Signal(signed(span))
         transposed = cfg["mode"] == MODE_T
-        halved = cfg["mode"] == MODE_S2
+        halved = cfg["s2"]
         m.d.comb += [
             ny.eq(Mux(transposed, (ey << 1) + ti - cfg["pad"], ey + cfg["pad"] - ti)),
             nx.eq(Mux(transposed, (ex << 1) + tj - cfg["pad"], ex + cfg["pad"] - tj)),
@@ -294,8 +294,8 @@ class Engine(wiring.Component):
                     pi = cfg["s2"] & (ev.y[0] ^ cfg["pad"][0])  # parity of y + pad
                     pj = cfg["s2"] & (ev.x[0] ^ cfg["pad"][0])
                     first = cfg["wstart"] + Mux(pi, cfg["row_step"], 0) + Mux(pj, cfg["tap_step"], 0)
-                    m.d.sync += [ey.eq(ev.y), ex.eq(ev.x), esh.eq(ev.sh), ti.eq(pi), tj.eq(pj), i0.eq(pi),
-                                 j0.eq(pj), wptr.eq(first), wrow.eq(first)]
+                    m.d.sync += [ey.eq(ev.y), ex.eq(ev.x), esh.eq(ev.sh), ti.eq(pi), tj.eq(pj), j0.eq(pj),
+                                 wptr.eq(first), wrow.eq(first)]
                     m.next = "SCAT_A"
                 with m.Elif(self.start_params):
                     m.next = "PARAMS"
