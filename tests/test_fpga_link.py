@@ -188,3 +188,56 @@ def test_a_silent_socket_is_a_link_error():
                 acc.identify()
     finally:
         listener.close()
+
+
+def test_serve_sim_command_serves_a_board_the_firmware_can_identify(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from edgespike.fileformat import save
+
+    save(MODEL, tmp_path / "m.esnn")
+    with socket.socket() as s:  # a free port (released again for the server)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "edgespike.cli", "fpga", "serve-sim", "--model",
+                             str(tmp_path / "m.esnn"), "--port", str(port), "--tile", "4x4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "listening on" in line:
+                break
+        assert f"simulated board listening on socket://127.0.0.1:{port}" in lines[-1], "".join(lines)
+        with Accelerator(f"socket://127.0.0.1:{port}", **TIMEOUTS) as acc:
+            assert acc.check_model(MODEL).tile == (4, 4)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_run_backends_fpga_and_fpga_sim_denoise_a_frame_like_the_runtime(server, tmp_path):
+    from edgespike.fileformat import save
+    from edgespike.live.backends import open_backend, stats_dict
+
+    path = tmp_path / "m.esnn"
+    save(MODEL, path)
+    want = runtime.denoise(MODEL, TILE)
+    board = open_backend("fpga", str(path), port=server.url)  # a "real" board: the firmware over socket://
+    try:
+        assert board.label.startswith(f"fpga ({server.url} at 1000000 baud, tile 4x4")
+        out, stats = board.denoise(TILE)
+        assert np.array_equal(out, want)
+        assert stats_dict(stats)["synaptic_ops"] == tile_cost(PLAN, TILE).sops
+    finally:
+        board.close()
+    sim = open_backend("fpga-sim", str(path))  # its own simulated board (16x16 tile, UP5K settings)
+    try:
+        assert sim.label.startswith("fpga-sim (board top level in Amaranth's simulator, iCE40UP5K, tile 16x16")
+        out, _ = sim.denoise(TILE)
+        assert np.array_equal(out, want)
+    finally:
+        sim.close()

