@@ -11,13 +11,17 @@ The manifest (TOML or JSON) lists the models and the command that made each:
     command = "python tools/train_method.py vtsnn --loss itbp --minutes 60 --out runs/methods/vtsnn_itbp.esnn"
     noise = "gaussian"               # optional: this row's noise kind and sigma (default: --noise, --sigma)
 
+A relative ``path`` is taken from the manifest's folder when the file is there, else from the current directory
+(run from the repository root for the default manifest, whose paths are ``runs/methods/...``).
+
 Every model runs through the fast bit-exact runtime with the code paths of ``edgespike eval`` (the project's
 noise protocol, PSNR and SSIM of :mod:`edgespike.metrics`); per frame the energy of
 :func:`edgespike.profile.energy.estimate` is added. A model file that does not exist yet gets a row saying so.
 
 Example
 -------
-    python tools/compare.py --manifest docs/methods.toml --dataset bsd68 --sigma 25
+    python tools/compare.py --dataset bsd68 --sigma 25          # the manifest of docs/METHODS.md
+    python tools/compare.py --manifest mine.toml --dataset set12 --limit 3 --doc /tmp/M.md
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
+MANIFEST = Path(__file__).resolve().parents[1] / "edgespike" / "train" / "methods" / "manifest.toml"
 
 
 class CompareError(Exception):
@@ -192,7 +197,8 @@ def plot_psnr_vs_t(rows: list[dict], path: Path, title: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--manifest", required=True, help="TOML or JSON list of models (see above)")
+    p.add_argument("--manifest", default=str(MANIFEST), help="TOML or JSON list of models (default: the proposed "
+                   "runs of docs/METHODS.md, edgespike/train/methods/manifest.toml)")
     p.add_argument("--dataset", default="bsd68", help="set12, bsd68 or a folder of images (default bsd68)")
     p.add_argument("--sigma", type=float, default=25.0, help="noise level, 0..255 scale (default 25)")
     p.add_argument("--noise", choices=("gaussian", "speckle"), default="gaussian", help="default noise kind")
