@@ -145,7 +145,7 @@ def test_threshold_balancing_sets_the_activation_quantile():
         _, feats = g.ann(x, features=True)
     a = feats["n1"]
     assert got["n1"] == pytest.approx(float(torch.quantile(a[a > 0], 0.5)), rel=1e-5)
-    assert float(g.theta("n1")) == pytest.approx(got["n1"], rel=1e-5)
+    assert g.theta("n1").item() == pytest.approx(got["n1"], rel=1e-5)
 
 
 # ------------------------------------------------------------------ SpikerIR
@@ -223,3 +223,17 @@ def test_speckle_patches_keep_black_black_and_gaussian_does_not():
     ga = common.NoisyPatches([im], 20, 25.0, "gaussian", seed=0)
     clean, noisy = ga.batch(4)
     assert (noisy[clean == 0] != 0).any()
+
+
+def test_distiller_without_teacher_is_the_restoration_loss():
+    from edgespike.train.methods.dncnn import dncnn
+
+    torch.manual_seed(0)
+    g = dncnn(3, 4, 2)
+    d = spikerir.Distiller(g, None, 0.0, 3, 4)
+    assert d.pairs == []
+    clean = torch.rand(1, 1, 8, 8).mul(255).round()
+    noisy = (clean + 20).clamp(0, 255)
+    with torch.no_grad():
+        out, _ = g.output(noisy)
+        assert d(g, clean, noisy).item() == pytest.approx(spikerir.restoration_loss(out, clean).item())

@@ -334,9 +334,8 @@ class QGraph(nn.Module):
         extra = self.has_extra_step
         B = pixels.shape[0]
         values: dict[str, torch.Tensor] = {INPUT: self.encode(pixels)}
-        if extra:
+        if extra:  # the input is 0 at the extra step
             values[INPUT] = torch.cat([values[INPUT], torch.zeros_like(values[INPUT][:1])])
-        S = values[INPUT].shape[0]
         spikes: dict[str, torch.Tensor] = {}
         state: dict[str, dict[str, torch.Tensor]] = {}
         for s in self.specs:
@@ -365,9 +364,7 @@ class QGraph(nn.Module):
         R = 0
         for term, m in zip(self.terms, ints.multipliers, strict=True):
             R = R + m * state[term.node]["v" if term.quantity == "membrane" else term.quantity]
-        residual = R / 2**ints.shift
-        assert S == values[INPUT].shape[0]
-        return SimResult(spikes, state, R, residual)
+        return SimResult(spikes, state, R, R / 2**ints.shift)
 
     def _neuron(self, s: NeuronSpec, cur: torch.Tensor, ints: Ints, k: float):
         T = self.T
