@@ -145,3 +145,27 @@ def test_conversion_only_from_a_trained_ann(tiny_data, tmp_path):
     assert model.timesteps == 6 and not model.has_extra_step and len(model.decoder.terms) == 1
     with pytest.raises(FileNotFoundError, match="not found"):
         common.load_parameters(conv, tmp_path / "nope.pt")
+
+
+def test_resume_in_the_middle_of_a_phase(tiny_data, tmp_path):
+    """A run stopped mid-phase continues where it was: no second threshold balancing, only the iterations left."""
+    torch.manual_seed(0)
+    g = dncnn(3, 4, 2)
+    out = tmp_path / "r.esnn"
+    common._save(out.with_suffix(".ckpt.pt"), g, torch.optim.Adam(g.parameters()),
+                 {"phase": 1, "it": 2, "elapsed": 0.0, "started": True}, {})
+    calls = []
+
+    def loss(g, clean, noisy):
+        calls.append(1)
+        return common.mse_loss(g, clean, noisy)
+
+    def must_not_run(g, sampler):
+        raise AssertionError("balancing ran again on resume")
+
+    phases = [common.Phase("ann", common.ann_mse_loss, iters=5), common.Phase("snn", loss, iters=3, batch=1,
+                                                                              patch=16, before=must_not_run)]
+    common.train(g, phases, out, 25.0, resume=True, progress=False, train_dir=tiny_data, val_dir=tiny_data,
+                 val_images=0)
+    assert len(calls) == 1  # iterations 3 of 3: the ANN phase and the first two SNN iterations were done
+    assert torch.load(out.with_suffix(".ckpt.pt"), weights_only=False)["phase"] == 2
