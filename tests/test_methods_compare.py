@@ -71,6 +71,8 @@ def test_compare_writes_table_and_plot(setup):
     assert rows["CAE speckle"]["psnr"] == pytest.approx(np.mean(vals))
     assert f"| {np.mean(vals):.2f} |" in text
     assert rows["VT"]["snn_uJ"] > 0 and rows["VT"]["spike_rate"] > 0 and rows["later"]["missing"]
+    # The float ANN twin runs where the model has one (the CAE), not for UWE-coded VTSNN.
+    assert rows["VT"]["ann_psnr"] is None and rows["CAE speckle"]["ann_psnr"] > 0
 
 
 def test_compare_bad_manifest_is_one_line(tmp_path, capsys):

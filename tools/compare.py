@@ -101,12 +101,15 @@ class EnergyExecutor:
         return out, stats
 
 
-def evaluate_entry(entry: Entry, files: list[Path]) -> dict:
-    """One table row: means over ``files`` of PSNR, SSIM, spikes/neuron/step, synaptic ops, MACs, energy."""
+def evaluate_entry(entry: Entry, files: list[Path], ann_twin: bool = True) -> dict:
+    """One table row: means over ``files`` of PSNR, SSIM, spikes/neuron/step, synaptic ops, MACs, energy, and
+    (``ann_twin``) the PSNR of the model's float ANN twin (``edgespike eval --compare ann --ann-mode relu``) where
+    the model has one (direct input, soft-reset IF, no MPRN, no neuron-membrane read-out; else ``None``)."""
     import numpy as np
 
-    from edgespike.commands.eval import evaluate, summary
+    from edgespike.commands.eval import evaluate, open_comparison, summary
     from edgespike.fileformat import load
+    from edgespike.model import ModelError
 
     row = {"name": entry.name, "method": entry.method, "path": str(entry.path), "command": entry.command,
            "noise": entry.noise, "sigma": entry.sigma}
@@ -114,9 +117,16 @@ def evaluate_entry(entry: Entry, files: list[Path]) -> dict:
         return row | {"missing": True}
     model = load(entry.path)
     ex = EnergyExecutor(model)
-    mean = summary(evaluate(ex, files, entry.sigma, entry.noise, 0))
+    comparison = None
+    if ann_twin:
+        try:
+            comparison = open_comparison("ann", model, "relu")
+        except ModelError:  # this model's spikes carry timing a rate network does not have
+            comparison = None
+    mean = summary(evaluate(ex, files, entry.sigma, entry.noise, 0, comparison))
+    ann = mean.pop("compare", {}).get("psnr")
     return row | {"missing": False, "T": model.timesteps, "extra_step": model.has_extra_step,
-                  "architecture": model.metadata.get("architecture", ""), **mean,
+                  "architecture": model.metadata.get("architecture", ""), **mean, "ann_psnr": ann,
                   "snn_uJ": float(np.mean([e["snn_pJ"] for e in ex.energy])) / 1e6,
                   "ann_uJ": float(np.mean([e["ann_pJ"] for e in ex.energy])) / 1e6}
 
@@ -137,19 +147,23 @@ def _si(n):
 def markdown(rows: list[dict], dataset: str, n_images: int, plot: str | None) -> str:
     """The generated section of docs/METHODS.md."""
     lines = [BEGIN, "", f"Dataset **{dataset}** ({n_images} images), noise protocol of `edgespike eval` (seed 0); "
-             "all figures are means per image, measured by the fast runtime (bit-exact). Energy: "
-             "`edgespike.profile.energy.estimate` (SNN vs its ANN twin on the same layers).", "",
-             "| method | noise | T | PSNR dB | SSIM | spikes/neuron/step | synaptic ops | MACs | SNN energy uJ "
-             "| ANN energy uJ | command |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "all figures are means per image, measured by the fast runtime (bit-exact). ANN twin: the float ReLU twin "
+             "of the model's integers (`edgespike eval --compare ann --ann-mode relu`; '-' where the model has none: "
+             "UWE/rate input, LIF, MPRN, membrane recycling). Energy: `edgespike.profile.energy.estimate` (SNN vs "
+             "its ANN twin on the same layers).", "",
+             "| method | noise | T | PSNR dB | SSIM | ANN twin PSNR dB | spikes/neuron/step | synaptic ops | MACs "
+             "| SNN energy uJ | ANN energy uJ | command |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         noise = f"{r['noise']} {r['sigma']:g}"
         if r["missing"]:
-            lines.append(f"| {r['name']} | {noise} | - | not trained yet (`{r['path']}` missing) | | | | | | "
+            lines.append(f"| {r['name']} | {noise} | - | not trained yet (`{r['path']}` missing) | | | | | | | "
                          f"| `{r['command']}` |")
             continue
         T = f"{r['T']}+1" if r["extra_step"] else str(r["T"])
         lines.append(f"| {r['name']} | {noise} | {T} | {_f(r['psnr'], '.2f')} | {_f(r['ssim'], '.4f')} "
-                     f"| {_f(r['spike_rate'], '.3f')} | {_si(r['synaptic_ops'])} | {_si(r['macs'])} "
+                     f"| {_f(r['ann_psnr'], '.2f')} | {_f(r['spike_rate'], '.3f')} | {_si(r['synaptic_ops'])} "
+                     f"| {_si(r['macs'])} "
                      f"| {_f(r['snn_uJ'], '.1f')} | {_f(r['ann_uJ'], '.1f')} | `{r['command']}` |")
     if plot:
         lines += ["", f"![PSNR vs T per method]({plot})"]
@@ -206,6 +220,7 @@ def main(argv=None) -> int:
     p.add_argument("--doc", default="docs/METHODS.md", help="markdown file whose compare section is rewritten")
     p.add_argument("--plot", default="docs/methods_psnr_vs_t.png", help="PSNR-vs-T figure ('' for none)")
     p.add_argument("--json", help="also write the rows as JSON here")
+    p.add_argument("--no-ann-twin", action="store_true", help="skip the float ANN twin column (faster)")
     a = p.parse_args(argv)
     try:
         from edgespike import data
@@ -227,7 +242,7 @@ def main(argv=None) -> int:
         rows = []
         for e in entries:
             print(f"compare: {e.name} ({e.path}) on {label}, {e.noise} {e.sigma:g} ...", file=sys.stderr)
-            rows.append(evaluate_entry(e, files))
+            rows.append(evaluate_entry(e, files, not a.no_ann_twin))
         doc = Path(a.doc)
         plot_rel = None
         if a.plot:
