@@ -33,19 +33,40 @@ def model_fingerprint(model) -> int:
     return zlib.crc32(to_bytes(model))
 
 
-def tiles(shape: tuple[int, int], tile: tuple[int, int], halo: int):
+# Plan fields built into the gateware (everything but the weights, biases and thresholds a load replaces)
+_PLAN_KEYS = ("tile", "halo", "timesteps", "encoder", "lanes", "mbits", "count_bits", "uwd_bits", "readout_bits",
+              "shift", "residual")
+_LAYER_KEYS = ("kind", "op", "cin", "cout", "k", "stride", "pad", "reset", "leak", "v_init", "bit_serial",
+               "level_in", "level_out", "narrow", "groups", "wbase", "pbase")
+
+
+def structure_key(plan) -> int:
+    """CRC-32 of what a bitstream fixes about a model: geometry, widths, neuron kinds, read-out, tile.
+
+    Two models with the same key differ only in what a weight load replaces, so one can be loaded into a bitstream
+    built for the other. ``plan`` is an :class:`edgespike.rtl.params.Plan` (read by attribute only).
+    """
+    parts = [repr([getattr(plan, k) for k in _PLAN_KEYS]),
+             repr([(t.quantity, t.multiplier) for t in plan.terms])]
+    parts += [repr([getattr(lp, k) for k in _LAYER_KEYS]) for lp in plan.layers]
+    return zlib.crc32("|".join(parts).encode())
+
+
+def tiles(shape: tuple[int, int], tile: tuple[int, int], halo: int, multiple: int = 1):
     """Regions of at most ``tile`` with ``halo`` pixels of context, and the cores to keep.
 
     The same cut as :func:`edgespike.rtl.cycles.tiles` (a test checks it), repeated here because the board-side
-    code must not need Amaranth. Yields ``((y0, y1, x0, x1), (cy0, cy1, cx0, cx1))`` in frame coordinates.
+    code must not need Amaranth. Yields ``((y0, y1, x0, x1), (cy0, cy1, cx0, cx1))`` in frame coordinates; with
+    ``multiple`` > 1 every region is a multiple of it.
     """
 
     def spans(n: int, t: int):
         if n <= t:
             return [(0, n, 0, n)]
         core = t - 2 * halo
-        if core < 1:
+        if core < multiple:
             raise ValueError(f"tile side {t} leaves no core inside a halo of {halo} on each side")
+        core -= core % multiple
         return [(max(0, c0 - halo), min(n, min(n, c0 + core) + halo), c0, min(n, c0 + core))
                 for c0 in range(0, n, core)]
 
@@ -178,6 +199,8 @@ class Accelerator:
                         break
                     if f.seq != seq:
                         continue  # a late answer to an earlier request, or our own echo
+                    if f.kind == P.ACK and answer == P.ACK:
+                        return f
                     if f.kind == P.ACK and not acked:
                         acked = True
                         deadline = time.monotonic() + self.result_timeout
@@ -206,7 +229,7 @@ class Accelerator:
         f = self._request(P.IDENT, b"", P.IDENT_REPLY, check)
         self.ident = P.Ident.decode(f.payload)
         th, tw = self.ident.tile
-        self.parser.max_payload = 1 + th * tw + P.COUNTER_BYTES
+        self.parser.max_payload = max(P.IDENT_LAYOUT.size, 1 + th * tw + P.COUNTER_BYTES)  # the longest answer
         return self.ident
 
     def check_versions(self) -> P.Ident:
@@ -222,26 +245,70 @@ class Accelerator:
         return ident
 
     def check_model(self, model) -> P.Ident:
-        """Make sure the device computes ``model``.
+        """Make sure the device computes ``model``, loading its weights if the device can and must.
 
-        The gateware keeps its weights in ROM (``capabilities`` has no load bit), so the model cannot be loaded at
-        run time: the device's built-in model must be this one (same fingerprint), else :class:`DeviceMismatch`.
+        Nothing is sent when the device already runs this model (built in or loaded earlier: same fingerprint).
+        Otherwise, gateware with ``CAP_LOAD_WEIGHTS`` gets the model's weight image (:meth:`load_weights`), which
+        needs the model to have the structure the bitstream was built for; gateware without it is refused with
+        :class:`DeviceMismatch`.
         """
         ident = self.check_versions()
         want = model_fingerprint(model)
-        if ident.capabilities & P.CAP_LOAD_WEIGHTS:
-            raise DeviceMismatch(f"{self.name}: the device can load weights, which this firmware does not support")
-        if ident.fingerprint != want:
-            raise DeviceMismatch(f"{self.name}: the bitstream was built for model {ident.fingerprint:08x}, this model "
-                                 f"is {want:08x}: build one for it (edgespike fpga build --model M) and flash it")
         if ident.timesteps != model.timesteps:
             raise DeviceMismatch(f"{self.name}: the device runs T={ident.timesteps}, the model T={model.timesteps}")
+        if ident.fingerprint == want and ident.weights in (P.WEIGHTS_BUILT_IN, P.WEIGHTS_LOADED):
+            return ident
+        if not ident.capabilities & P.CAP_LOAD_WEIGHTS:
+            raise DeviceMismatch(f"{self.name}: the bitstream was built for model {ident.fingerprint:08x}, this model "
+                                 f"is {want:08x}: build one for it (edgespike fpga build --model M) and flash it")
+        return self.load_weights(model)
+
+    def load_weights(self, model) -> P.Ident:
+        """Send ``model``'s weights, biases and thresholds; the device then reports its fingerprint as its model.
+
+        Needs :mod:`edgespike.rtl.params` (the ``[hw]`` extra) to lay out the weight image as the gateware reads
+        it. Refuses, with :class:`DeviceMismatch`, a model whose structure (layers, channels, widths, read-out)
+        differs from the one the bitstream was built for.
+        """
+        ident = self.ident or self.check_versions()
+        try:
+            from edgespike.rtl.params import FitError, plan
+        except ImportError:
+            raise LinkError("loading weights needs edgespike.rtl: pip install 'edgespike[hw]'") from None
+        try:
+            p = plan(model, device=ident.device, tile=ident.tile, lanes=ident.lanes)
+        except (FitError, KeyError, ValueError) as exc:
+            raise DeviceMismatch(f"{self.name}: this model cannot run on the device's gateware: {exc}") from None
+        if structure_key(p) != ident.structure:
+            raise DeviceMismatch(f"{self.name}: this model's structure (layers, channels, membrane widths, read-out) "
+                                 "differs from the one the bitstream was built for, so its weights cannot be loaded: "
+                                 "build a bitstream for it (edgespike fpga build --model M)")
+        image = p.weight_image()
+        if len(image) != ident.weight_bytes:
+            raise DeviceMismatch(f"{self.name}: weight image of {len(image)} bytes, the device takes "
+                                 f"{ident.weight_bytes}")
+        fp = model_fingerprint(model)
+        self._request(P.WLOAD_BEGIN, fp.to_bytes(4, "little"), P.ACK, lambda f: None)
+        for i in range(0, len(image), ident.max_chunk):
+            self._request(P.WLOAD_DATA, image[i:i + ident.max_chunk], P.ACK, lambda f: None)
+
+        def stored(f: P.Frame):
+            return None if f.payload == b"K" else f"weight load answered {f.payload[:4]!r}, expected b'K'"
+
+        self._request(P.WLOAD_END, b"", P.RESULT, stored)
+        ident = self.identify()
+        if ident.fingerprint != fp or ident.weights != P.WEIGHTS_LOADED:
+            raise LinkError(f"{self.name}: after the weight load the device reports model {ident.fingerprint:08x} "
+                            f"(state {ident.weights}), expected {fp:08x} loaded")
         return ident
 
     def run_tile(self, tile: np.ndarray) -> TileResult:
         """Run one uint8 tile (at most the device's tile size) and return its output and counters."""
         if self.ident is None:
             self.check_versions()
+        if self.ident.weights in (P.WEIGHTS_NONE, P.WEIGHTS_LOADING):
+            raise LinkError(f"{self.name}: the device has no complete weights (state {self.ident.weights}): "
+                            "call check_model(model) first, which loads them")
         tile = np.asarray(tile)
         if tile.dtype != np.uint8 or tile.ndim != 2:
             raise ValueError(f"a tile is a 2-D uint8 array, got {tile.dtype} with shape {tile.shape}")
@@ -249,6 +316,8 @@ class Accelerator:
         th, tw = self.ident.tile
         if not (1 <= h <= th and 1 <= w <= tw):
             raise ValueError(f"tile {h}x{w} does not fit the device's {th}x{tw}")
+        if h % self.ident.multiple or w % self.ident.multiple:
+            raise ValueError(f"tile {h}x{w}: sides must be multiples of {self.ident.multiple} for this model")
         n = h * w
         want = 1 + n + P.COUNTER_BYTES
 
@@ -271,7 +340,8 @@ class Accelerator:
         frame = np.asarray(frame, np.uint8)
         out = np.zeros_like(frame)
         results = []
-        for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) in tiles(frame.shape, self.ident.tile, self.ident.halo):
+        for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) in tiles(frame.shape, self.ident.tile, self.ident.halo,
+                                                             self.ident.multiple):
             res = self.run_tile(np.ascontiguousarray(frame[y0:y1, x0:x1]))
             out[cy0:cy1, cx0:cx1] = res.out[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
             results.append(res)

@@ -16,13 +16,25 @@ Exchanges (the host always waits for the answer before sending again)::
 
     host IDENT (no payload)              -> device ACK, then IDENT_REPLY (IDENT_LAYOUT below)
     host TILE  (h, w, h*w pixels)        -> device ACK, then RESULT ('R', h*w pixels, cycles, spikes, sops u32 LE)
+    host WLOAD_BEGIN (fingerprint u32)   -> device ACK (the accelerator starts taking a weight image)
+    host WLOAD_DATA (1..max_chunk bytes) -> device ACK once the chunk is in the accelerator
+    host WLOAD_END (no payload)          -> device ACK, then RESULT ('K') once every weight is stored
     a frame with a bad CRC, bad length,  -> device NAK (payload: one reason byte); the host sends it again
-    unknown type, bad tile shape, or
-    that stops arriving mid-way
+    unknown type, bad tile shape, a
+    chunk beyond the image, a TILE
+    during a load, or that stops
+    arriving mid-way
 
 The ACK says "received intact, working on it", so the host can wait long for a result without mistaking a lost
-frame for a slow tile. A TILE with the same ``seq`` as the last completed one is not run again: the device sends
-the stored RESULT again. That is how the host recovers from a damaged RESULT without recomputing.
+frame for a slow tile. A request with the same type and ``seq`` as the last completed one is not carried out
+again: the device answers it as before (a TILE's or WLOAD_END's stored RESULT, a chunk's ACK). That is how the host
+recovers from a damaged answer without running a tile twice or storing a chunk twice.
+
+Weights (gateware with ``CAP_LOAD_WEIGHTS``): the image is :meth:`edgespike.rtl.params.Plan.weight_image` of the
+model (its length must equal IDENT's ``weight_bytes``), sent in chunks; after WLOAD_END the device reports the
+fingerprint sent with WLOAD_BEGIN as its model, and ``weights`` = 2. Until then it reports the model it was built
+for (``weights`` = 0: built in; on an iCE40 UP5K the built-in weights are not in the bitstream, SPRAM cannot be
+preloaded, so a load is required) or, mid-load, ``weights`` = 1.
 """
 
 from __future__ import annotations
@@ -43,27 +55,36 @@ GATEWARE_VERSION = 1
 # frame types, host -> device
 IDENT = 0x01
 TILE = 0x02
+WLOAD_BEGIN = 0x03
+WLOAD_DATA = 0x04
+WLOAD_END = 0x05
 # frame types, device -> host
 ACK = 0x80
 NAK = 0x81
 IDENT_REPLY = 0x82
 RESULT = 0x83
 
-TYPE_NAMES = {IDENT: "IDENT", TILE: "TILE", ACK: "ACK", NAK: "NAK", IDENT_REPLY: "IDENT_REPLY", RESULT: "RESULT"}
+TYPE_NAMES = {IDENT: "IDENT", TILE: "TILE", WLOAD_BEGIN: "WLOAD_BEGIN", WLOAD_DATA: "WLOAD_DATA",
+              WLOAD_END: "WLOAD_END", ACK: "ACK", NAK: "NAK", IDENT_REPLY: "IDENT_REPLY", RESULT: "RESULT"}
 
 # NAK reasons
 NAK_CRC = 1  # the CRC did not match
-NAK_FORMAT = 2  # length over the maximum, unknown type, or a tile shape the device cannot take
+NAK_FORMAT = 2  # bad length or type, a tile shape the device cannot take, a load out of order or too long
 NAK_TIMEOUT = 3  # the frame stopped arriving mid-way (dropped bytes)
 NAK_UART = 4  # a UART framing error (a damaged start or stop bit) mid-frame
-NAK_REASONS = {NAK_CRC: "CRC mismatch", NAK_FORMAT: "bad length, type or tile shape",
+NAK_REASONS = {NAK_CRC: "CRC mismatch", NAK_FORMAT: "refused (length, type, tile shape or load order)",
                NAK_TIMEOUT: "frame incomplete (timeout)", NAK_UART: "UART framing error"}
 
 MAGIC = b"ESNN"
 # IDENT_REPLY payload: magic, link version, gateware version, accelerator byte-protocol version, capabilities,
-# model fingerprint (u32), tile_h, tile_w, halo, T, clock (Hz, u32), UART divisor (u16)
-IDENT_LAYOUT = struct.Struct("<4sBBBBIBBBBIH")
-CAP_LOAD_WEIGHTS = 0x01  # weights can be loaded at run time (not in this gateware: they are ROMs)
+# model fingerprint (u32), tile_h, tile_w, halo, T, clock (Hz, u32), UART divisor (u16), lanes, size multiple,
+# weight image bytes (u32), largest WLOAD_DATA chunk (u16), weights state (WEIGHTS_*), device (the fit-check
+# key, 8 bytes ASCII, NUL padded), structure key (u32, see edgespike.firmware.accelerator.structure_key)
+IDENT_LAYOUT = struct.Struct("<4sBBBBIBBBBIHBBIHB8sI")
+CAP_LOAD_WEIGHTS = 0x01  # the weights, biases and thresholds can be loaded at run time
+# weights state: built into the bitstream, being loaded, loaded at run time, or none (an iCE40 UP5K bitstream:
+# SPRAM cannot be preloaded; the device refuses tiles until a load)
+WEIGHTS_BUILT_IN, WEIGHTS_LOADING, WEIGHTS_LOADED, WEIGHTS_NONE = 0, 1, 2, 3
 
 COUNTER_BYTES = 12  # cycles, spikes, sops: u32 little-endian each
 
@@ -113,20 +134,31 @@ class Ident:
     timesteps: int
     clock_hz: int
     divisor: int
+    lanes: int
+    multiple: int
+    weight_bytes: int
+    max_chunk: int
+    weights: int
+    device: str
+    structure: int
 
     @classmethod
     def decode(cls, payload: bytes) -> Ident:
         if len(payload) != IDENT_LAYOUT.size:
             raise ValueError(f"IDENT_REPLY of {len(payload)} bytes, expected {IDENT_LAYOUT.size}")
-        magic, link, gw, proto, caps, fp, th, tw, halo, t, clk, div = IDENT_LAYOUT.unpack(payload)
+        (magic, link, gw, proto, caps, fp, th, tw, halo, t, clk, div, lanes, mult, wbytes, chunk, state,
+         dev, structure) = IDENT_LAYOUT.unpack(payload)
         if magic != MAGIC:
             raise ValueError(f"IDENT_REPLY magic {magic!r}, expected {MAGIC!r}")
-        return cls(link, gw, proto, caps, fp, (th, tw), halo, t, clk, div)
+        return cls(link, gw, proto, caps, fp, (th, tw), halo, t, clk, div, lanes, mult, wbytes, chunk, state,
+                   dev.rstrip(b"\0").decode("ascii", "replace"), structure)
 
     def encode(self) -> bytes:
         return IDENT_LAYOUT.pack(MAGIC, self.link_version, self.gateware_version, self.protocol_version,
                                  self.capabilities, self.fingerprint, self.tile[0], self.tile[1], self.halo,
-                                 self.timesteps, self.clock_hz, self.divisor)
+                                 self.timesteps, self.clock_hz, self.divisor, self.lanes, self.multiple,
+                                 self.weight_bytes, self.max_chunk, self.weights, self.device.encode("ascii"),
+                                 self.structure)
 
 
 class Parser:

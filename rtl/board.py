@@ -37,6 +37,9 @@ class Board(wiring.Component):
         The board clock, reported by IDENT and used to time the LEDs (0: simulation; LEDs then blink fast).
     gateware_version : int
         Reported by IDENT; tests set another to play a device running other gateware.
+    preloaded : bool
+        The bitstream holds the model's weights (see :class:`~edgespike.rtl.link.Link`); False on iCE40, where the
+        weight RAMs lose their initialisers (SPRAM cannot be preloaded) and the host must load weights first.
 
     Attributes
     ----------
@@ -48,8 +51,10 @@ class Board(wiring.Component):
         Heartbeat, busy, error, activity.
     """
 
-    def __init__(self, plan: Plan, divisor: int, clock_hz: int = 0, gateware_version: int = P.GATEWARE_VERSION):
+    def __init__(self, plan: Plan, divisor: int, clock_hz: int = 0, gateware_version: int = P.GATEWARE_VERSION,
+                 preloaded: bool = True):
         self.plan = plan
+        self.preloaded = preloaded
         self.divisor = divisor
         self.clock_hz = clock_hz
         self.gateware_version = gateware_version
@@ -60,7 +65,7 @@ class Board(wiring.Component):
         m.submodules.uart_rx = urx = UARTRx(self.divisor)
         m.submodules.uart_tx = utx = UARTTx(self.divisor)
         m.submodules.link = link = Link(self.plan, self.divisor, self.clock_hz,
-                                        gateware_version=self.gateware_version)
+                                        gateware_version=self.gateware_version, preloaded=self.preloaded)
         m.submodules.top = top = Top(self.plan)
         self.link = link  # the simulation server watches link.started to count tiles run
         wiring.connect(m, urx.out, link.rx)
@@ -145,7 +150,8 @@ class BoardTop(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         clock_hz = int(platform.default_clk_frequency)
-        m.submodules.board = board = Board(self.plan, self.divisor(clock_hz), clock_hz)
+        preloaded = BOARDS[self.board].family != "ice40"  # the iCE40 build drops the weight RAMs' initialisers
+        m.submodules.board = board = Board(self.plan, self.divisor(clock_hz), clock_hz, preloaded=preloaded)
         uart = platform.request("uart", 0)
         m.d.comb += [board.rx.eq(uart.rx.i), uart.tx.o.eq(board.tx)]
         info = BOARDS[self.board]

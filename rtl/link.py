@@ -1,35 +1,37 @@
 """The framed link in gateware: checks the host's frames, replays intact requests to the accelerator, frames replies.
 
-Frames, types, NAK reasons and the CRC are defined in :mod:`edgespike.firmware.protocol` (also the firmware's). A
-request's payload is written to a buffer while it arrives and only replayed to :class:`~edgespike.rtl.top.Top` once
-its CRC matched, so a damaged frame never reaches the accelerator; the accelerator's reply is collected in a second
-buffer before it is framed, so a damaged RESULT can be sent again (a TILE with the last sequence number) without
-running the tile again.
+Frames, types, NAK reasons, the IDENT layout and the CRC are defined in :mod:`edgespike.firmware.protocol` (also
+the firmware's). A request's payload is written to a buffer while it arrives and only replayed to
+:class:`~edgespike.rtl.top.Top` once its CRC matched, so a damaged frame never reaches the accelerator; the
+accelerator's reply is collected in a second buffer before it is framed, so a damaged RESULT can be sent again
+(same type and sequence number) without running the tile again.
 
-Receiver: hunt for ``A5 5A`` -> header -> payload -> CRC -> check. A header announcing a type other than IDENT
-or TILE, or a length no tile can have, is answered NAK at once and the hunt restarts; so do a byte gap longer than
+Receiver: hunt for ``A5 5A`` -> header -> payload -> CRC -> check. A header announcing an unknown type, or a
+length that type cannot have, is answered NAK at once and the hunt restarts; so do a byte gap longer than
 ``timeout`` cycles mid-frame (dropped bytes) and a UART framing error. Bytes arriving while the link is busy
 (computing or sending) are discarded: the host waits for an answer before it sends again.
 
-A tile's pixel count must equal ``h * w``: the product is formed by repeated addition (one row per cycle) while
-the pixels arrive, so the link needs no multiplier either.
+The link also keeps the accelerator's byte protocol safe from a host's mistakes: it checks a tile's shape and
+pixel count (``h * w`` by repeated addition, one row per cycle while the pixels arrive: no multiplier) and the
+order and length of a weight load, so :class:`Top` never answers ``'E'`` or waits for bytes that do not come.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Const, Module, Signal
+from amaranth.hdl import Array, Const, Module, Mux, Signal
 from amaranth.lib import crc, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from edgespike.firmware import protocol as P
 from edgespike.rtl.params import Plan
-from edgespike.rtl.top import CMD_TILE, PROTOCOL_VERSION, REPLY_TILE
+from edgespike.rtl.top import CMD_TILE, CMD_WEIGHTS, PROTOCOL_VERSION, REPLY_TILE
 
 # what the link does once it has sent a frame
-_THEN_HUNT, _THEN_IDENT, _THEN_RUN, _THEN_RESEND = range(4)
+_THEN_HUNT, _THEN_IDENT, _THEN_RUN, _THEN_RESEND, _THEN_FORWARD, _THEN_FINISH = range(6)
 # where a frame's payload comes from
 _SRC_REASON, _SRC_IDENT, _SRC_RESULT = range(3)
+_FP_AT, _STATE_AT = 8, 30  # byte offsets of the fingerprint and the weights state in the IDENT payload
 
 
 def crc_processor() -> crc.Processor:
@@ -44,19 +46,29 @@ def fingerprint(model) -> int:
     return model_fingerprint(model)
 
 
+def device_key(plan: Plan) -> str:
+    """The fit-check key (``up5k``...) of the plan's device, reported by IDENT for the host's own plan."""
+    from edgespike.rtl.params import DEVICES
+
+    return next(k for k, d in DEVICES.items() if d.name == plan.device.name)
+
+
 class Link(wiring.Component):
     """Framing, checking and retransmission between a UART and the accelerator's byte-stream port.
 
     Parameters
     ----------
     plan : Plan
-        The accelerator's plan (tile size for the buffers and the shape check, IDENT contents).
+        The accelerator's plan (tile size for the buffers and the shape check, weight image size, IDENT).
     divisor, clock_hz : int
         Reported by IDENT (the UART's clock cycles per bit; the board clock, 0 in simulation).
     timeout : int
         Cycles without a byte after which a partly received frame is abandoned (NAK_TIMEOUT).
     gateware_version : int
         Reported by IDENT; only tests set it (to play a device with other gateware).
+    preloaded : bool
+        The bitstream holds the plan's weights (False for an iCE40 build, whose weight RAMs are SPRAM or lose
+        their initialisers: the link then refuses tiles until a weight load).
 
     Attributes
     ----------
@@ -69,25 +81,32 @@ class Link(wiring.Component):
     nak : Out(1)
         Pulses when a NAK is queued.
     started : Out(1)
-        Pulses when a tile is handed to the accelerator (not when a stored result is sent again).
+        Pulses (registered) when a tile is handed to the accelerator (not when a stored result is sent again).
     """
 
     def __init__(self, plan: Plan, divisor: int, clock_hz: int = 0, timeout: int | None = None,
-                 gateware_version: int = P.GATEWARE_VERSION):
+                 gateware_version: int = P.GATEWARE_VERSION, preloaded: bool = True):
+        from edgespike.firmware.accelerator import structure_key
+
         self.plan = plan
         self.pixels = plan.tile[0] * plan.tile[1]
         self.max_request = 2 + self.pixels
         self.max_result = 1 + self.pixels + P.COUNTER_BYTES
+        self.weight_bytes = len(plan.weight_image())
         self.timeout = timeout if timeout is not None else 40 * 10 * divisor  # 40 byte times
-        self.ident = P.Ident(P.LINK_VERSION, gateware_version, PROTOCOL_VERSION, 0, fingerprint(plan.model),
-                             plan.tile, plan.halo, plan.timesteps, clock_hz, divisor)
+        self.ident = P.Ident(P.LINK_VERSION, gateware_version, PROTOCOL_VERSION, P.CAP_LOAD_WEIGHTS,
+                             fingerprint(plan.model) if preloaded else 0, plan.tile, plan.halo, plan.timesteps,
+                             clock_hz, divisor, plan.lanes, plan.multiple, self.weight_bytes, self.pixels,
+                             P.WEIGHTS_BUILT_IN if preloaded else P.WEIGHTS_NONE, device_key(plan),
+                             structure_key(plan))
         super().__init__({"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8)), "rx_error": In(1),
                           "acc_tx": Out(stream.Signature(8)), "acc_rx": In(stream.Signature(8)),
                           "busy": Out(1), "nak": Out(1), "started": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
-        th, tw = self.plan.tile
+        p = self.plan
+        th, tw = p.tile
         m.submodules.req = req = Memory(shape=8, depth=self.pixels, init=[])
         m.submodules.res = res = Memory(shape=8, depth=self.max_result, init=[])
         req_w, req_r = req.write_port(), req.read_port()
@@ -98,65 +117,90 @@ class Link(wiring.Component):
         # --- received frame ---
         kind, seq, length = Signal(8), Signal(8), Signal(16)
         h, w = Signal(8), Signal(8)
+        fp_in = Signal(32)  # WLOAD_BEGIN's fingerprint
         got = Signal(16)  # payload bytes received
         gap = Signal(range(self.timeout + 1))  # cycles since the last byte, mid-frame
         rows, area = Signal(8), Signal(17)  # h * w by repeated addition
-        last_seq, have_result, res_len = Signal(8), Signal(), Signal(16)
         byte = self.rx.payload
         take = self.rx.valid & self.rx.ready
 
         with m.If(rows != h):
             m.d.sync += [area.eq(area + w), rows.eq(rows + 1)]
 
+        # --- what was last done, to answer a repeated request without doing it twice ---
+        last_seq, last_kind, have_last, res_len = Signal(8), Signal(8), Signal(), Signal(16)
+        repeat = have_last & (seq == last_seq) & (kind == last_kind)
+
+        # --- weight load state ---
+        loading = Signal()  # 'W' sent to the accelerator, not all of the image yet
+        wcount = Signal(range(self.weight_bytes + self.pixels + 1))
+        model_fp = Signal(32, init=self.ident.fingerprint)
+        wstate = Signal(8, init=self.ident.weights)
+
         # --- frame being sent ---
-        s_kind, s_seq, s_len, s_src, then = Signal(8), Signal(8), Signal(16), Signal(2), Signal(2)
+        s_kind, s_seq, s_len, s_src, then = Signal(8), Signal(8), Signal(16), Signal(2), Signal(3)
         reason = Signal(8)
         hi = Signal(3)  # header byte index
         pi = Signal(16)  # payload byte index
         header = Array([Const(P.SYNC[0], 8), Const(P.SYNC[1], 8), s_kind, s_seq, s_len[:8], s_len[8:]])
-        ident = Array(Const(b, 8) for b in self.ident.encode())
+        ident_bytes: list = [Const(b, 8) for b in self.ident.encode()]
+        ident_bytes[_FP_AT:_FP_AT + 4] = [model_fp[8 * i:8 * i + 8] for i in range(4)]
+        ident_bytes[_STATE_AT] = wstate
+        ident = Array(ident_bytes)
         sent = self.tx.valid & self.tx.ready
         m.d.comb += res_r.addr.eq(pi)
 
-        # --- accelerator side: feed 'T', h, w, pixels; collect the reply into `res` ---
-        feeding, fi, fresh = Signal(), Signal(16), Signal()
+        # --- accelerator side: feed a prefix ('T', h, w or 'W') and buffered bytes; collect the reply ---
+        feeding, fi, fresh = Signal(), Signal(17), Signal()
+        plen, npix = Signal(2), Signal(16)
         collecting, ci, want = Signal(), Signal(16), Signal(16)
-        npix = Signal(16)
-        m.d.comb += req_r.addr.eq(fi - 3)
+        prefix = Array([Mux(kind == P.TILE, CMD_TILE, CMD_WEIGHTS), h, w])
+        m.d.comb += req_r.addr.eq(fi - plen)
+        acc_taken = self.acc_tx.valid & self.acc_tx.ready
         with m.If(feeding):
-            with m.If(fi < 3):
-                m.d.comb += [self.acc_tx.valid.eq(1),
-                             self.acc_tx.payload.eq(Array([Const(CMD_TILE, 8), h, w])[fi[:2]])]
+            with m.If(fi < plen):
+                m.d.comb += [self.acc_tx.valid.eq(1), self.acc_tx.payload.eq(prefix[fi[:2]])]
             with m.Else():
                 m.d.comb += [self.acc_tx.valid.eq(fresh), self.acc_tx.payload.eq(req_r.data)]
-            # the RAM read is synchronous: after each pixel, one cycle for the next address's data
-            m.d.sync += fresh.eq(~(self.acc_tx.valid & self.acc_tx.ready) & (fi >= 3))
-            with m.If(self.acc_tx.valid & self.acc_tx.ready):
+            # the RAM read is synchronous: after each byte, one cycle for the next address's data
+            m.d.sync += fresh.eq(~acc_taken & (fi >= plen))
+            with m.If(acc_taken):
                 m.d.sync += fi.eq(fi + 1)
-                with m.If(fi == npix + 2):
+                with m.If(fi + 1 == plen + npix):
                     m.d.sync += feeding.eq(0)
         m.d.comb += [res_w.addr.eq(ci), res_w.data.eq(self.acc_rx.payload)]
         with m.If(collecting):
             m.d.comb += [self.acc_rx.ready.eq(1), res_w.en.eq(self.acc_rx.valid)]
             with m.If(self.acc_rx.valid):
                 m.d.sync += ci.eq(ci + 1)
-                # the first byte says how long the reply is: 'R' + pixels + counters, else one byte ('E')
+                # the first byte says how long the reply is: 'R' + pixels + counters, else one byte ('K')
                 with m.If(((ci == 0) & (self.acc_rx.payload != REPLY_TILE)) | (ci + 1 == want)):
                     m.d.sync += collecting.eq(0)
+
+        def feed(prefix_len, count):
+            m.d.sync += [feeding.eq(1), fi.eq(0), fresh.eq(0), plen.eq(prefix_len), npix.eq(count)]
+
+        def collect(count):
+            m.d.sync += [collecting.eq(1), ci.eq(0), want.eq(count)]
+
+        def done():  # remember the request just carried out
+            m.d.sync += [have_last.eq(1), last_seq.eq(seq), last_kind.eq(kind)]
 
         def receive_byte():
             m.d.comb += [rx_crc.valid.eq(take), rx_crc.data.eq(byte)]
             m.d.sync += gap.eq(0)
 
-        def send_nak(why):
-            m.d.comb += self.nak.eq(1)
-            m.d.sync += [reason.eq(why), s_kind.eq(P.NAK), s_seq.eq(seq), s_len.eq(1), s_src.eq(_SRC_REASON),
-                         then.eq(_THEN_HUNT), hi.eq(0)]
-            m.next = "TX_HEADER"
-
         def send(kind_, len_, src, then_):
             m.d.sync += [s_kind.eq(kind_), s_seq.eq(seq), s_len.eq(len_), s_src.eq(src), then.eq(then_), hi.eq(0)]
             m.next = "TX_HEADER"
+
+        def send_nak(why):
+            m.d.comb += self.nak.eq(1)
+            m.d.sync += reason.eq(why)
+            send(P.NAK, 1, _SRC_REASON, _THEN_HUNT)
+
+        def ack(then_):
+            send(P.ACK, 0, _SRC_REASON, then_)
 
         receiving = ("TYPE", "SEQ", "LEN0", "LEN1", "PAYLOAD", "CRC0", "CRC1")
         with m.FSM() as fsm:
@@ -196,22 +240,27 @@ class Link(wiring.Component):
                             n = Signal(16)
                             m.d.comb += n.eq(length[:8] | (byte << 8))
                             m.d.sync += [length[8:].eq(byte), got.eq(0)]
-                            ident_ok = (kind == P.IDENT) & (n == 0)
-                            tile_ok = (kind == P.TILE) & (n >= 3) & (n <= self.max_request)
-                            with m.If(~ident_ok & ~tile_ok):
+                            ok = (((kind == P.IDENT) & (n == 0)) | ((kind == P.WLOAD_END) & (n == 0))
+                                  | ((kind == P.TILE) & (n >= 3) & (n <= self.max_request))
+                                  | ((kind == P.WLOAD_BEGIN) & (n == 4))
+                                  | ((kind == P.WLOAD_DATA) & (n >= 1) & (n <= self.pixels)))
+                            with m.If(~ok):
                                 send_nak(P.NAK_FORMAT)  # at once: no point waiting for a frame we cannot use
                             with m.Elif(n == 0):
                                 m.next = "CRC0"
                             with m.Else():
                                 m.next = "PAYLOAD"
                         elif state == "PAYLOAD":
-                            m.d.sync += got.eq(got + 1)
-                            with m.If(got == 0):
+                            m.d.sync += [got.eq(got + 1), fp_in.eq(Mux(kind == P.WLOAD_BEGIN,
+                                                                       (fp_in >> 8) | (byte << 24), fp_in))]
+                            is_tile = kind == P.TILE
+                            with m.If(is_tile & (got == 0)):
                                 m.d.sync += h.eq(byte)
-                            with m.Elif(got == 1):
+                            with m.Elif(is_tile & (got == 1)):
                                 m.d.sync += [w.eq(byte), rows.eq(0), area.eq(0)]
-                            with m.Else():
-                                m.d.comb += [req_w.en.eq(1), req_w.addr.eq(got - 2), req_w.data.eq(byte)]
+                            with m.Elif(is_tile | (kind == P.WLOAD_DATA)):
+                                m.d.comb += [req_w.en.eq(1), req_w.addr.eq(Mux(is_tile, got - 2, got)),
+                                             req_w.data.eq(byte)]
                             with m.If(got + 1 == length):
                                 m.next = "CRC0"
                         elif state == "CRC0":
@@ -223,21 +272,59 @@ class Link(wiring.Component):
                 with m.If(~rx_crc.match_detected):
                     send_nak(P.NAK_CRC)
                 with m.Elif(kind == P.IDENT):
-                    m.d.sync += have_result.eq(0)  # a new host session: never resend a result it did not ask for
-                    send(P.ACK, 0, _SRC_REASON, _THEN_IDENT)
-                with m.Elif(rows == h):  # h * w is ready
-                    shape_ok = (h != 0) & (h <= th) & (w != 0) & (w <= tw) & (area + 2 == length)
-                    with m.If(~shape_ok):
-                        send_nak(P.NAK_FORMAT)
-                    with m.Elif(have_result & (seq == last_seq)):
-                        send(P.ACK, 0, _SRC_REASON, _THEN_RESEND)  # the host lost our RESULT: send it again
+                    m.d.sync += have_last.eq(0)  # a new host session: never replay an answer it did not ask for
+                    ack(_THEN_IDENT)
+                with m.Elif(kind == P.WLOAD_BEGIN):
+                    with m.If(repeat):
+                        ack(_THEN_HUNT)
+                    with m.Elif(loading):
+                        send_nak(P.NAK_FORMAT)  # the accelerator is mid-image: finish it first
                     with m.Else():
-                        m.d.sync += [have_result.eq(0), npix.eq(area)]
-                        send(P.ACK, 0, _SRC_REASON, _THEN_RUN)
-            with m.State("RUN"):
+                        m.d.sync += [loading.eq(1), wcount.eq(0), wstate.eq(P.WEIGHTS_LOADING), model_fp.eq(fp_in)]
+                        feed(1, 0)  # 'W'
+                        done()
+                        ack(_THEN_HUNT)
+                with m.Elif(kind == P.WLOAD_DATA):
+                    with m.If(repeat):
+                        ack(_THEN_HUNT)
+                    with m.Elif(~loading | (wcount + length > self.weight_bytes)):
+                        send_nak(P.NAK_FORMAT)
+                    with m.Else():
+                        m.d.sync += wcount.eq(wcount + length)
+                        feed(0, length)
+                        m.next = "FORWARD"
+                with m.Elif(kind == P.WLOAD_END):
+                    with m.If(repeat):
+                        ack(_THEN_RESEND)
+                    with m.Elif(~loading | (wcount != self.weight_bytes)):
+                        send_nak(P.NAK_FORMAT)  # not loading, or the image is incomplete
+                    with m.Else():
+                        m.d.sync += have_last.eq(0)
+                        collect(1)  # 'K', once the accelerator has stored every word
+                        ack(_THEN_FINISH)
+                with m.Elif(rows == h):  # a TILE; h * w is ready
+                    odd = p.multiple - 1  # tile sides must be multiples of the model's size multiple
+                    shape_ok = ((h != 0) & (h <= th) & (w != 0) & (w <= tw) & (area + 2 == length)
+                                & ((h & odd) == 0) & ((w & odd) == 0))
+                    with m.If(repeat):
+                        ack(_THEN_RESEND)  # the host lost our RESULT: send it again
+                    with m.Elif(~shape_ok | loading | (wstate == P.WEIGHTS_NONE)):  # no garbage images
+                        send_nak(P.NAK_FORMAT)
+                    with m.Else():
+                        m.d.sync += [have_last.eq(0), npix.eq(area)]
+                        ack(_THEN_RUN)
+            with m.State("FORWARD"):  # a weight chunk into the accelerator, then its ACK
+                m.d.comb += self.rx.ready.eq(1)
+                with m.If(~feeding):
+                    done()
+                    ack(_THEN_HUNT)
+            with m.State("RUN"):  # a tile (or the end of a weight load) until the reply is collected
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(~feeding & ~collecting):
-                    m.d.sync += [have_result.eq(1), last_seq.eq(seq), res_len.eq(ci)]
+                    with m.If(kind == P.WLOAD_END):
+                        m.d.sync += [loading.eq(0), wstate.eq(P.WEIGHTS_LOADED)]
+                    m.d.sync += res_len.eq(ci)
+                    done()
                     send(P.RESULT, ci, _SRC_RESULT, _THEN_HUNT)
             with m.State("TX_HEADER"):
                 m.d.comb += [self.rx.ready.eq(1), self.tx.valid.eq(1), self.tx.payload.eq(header[hi])]
@@ -259,7 +346,7 @@ class Link(wiring.Component):
                     with m.Case(_SRC_REASON):
                         m.d.comb += value.eq(reason)
                     with m.Case(_SRC_IDENT):
-                        m.d.comb += value.eq(ident[pi[:5]])
+                        m.d.comb += value.eq(ident[pi[:6]])
                     with m.Default():
                         m.d.comb += value.eq(res_r.data)
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
@@ -284,8 +371,10 @@ class Link(wiring.Component):
                             send(P.RESULT, res_len, _SRC_RESULT, _THEN_HUNT)
                         with m.Case(_THEN_RUN):
                             m.d.sync += self.started.eq(1)
-                            m.d.sync += [feeding.eq(1), fi.eq(0), fresh.eq(0), collecting.eq(1), ci.eq(0),
-                                         want.eq(npix + 1 + P.COUNTER_BYTES)]
+                            feed(3, npix)  # 'T', h, w, pixels
+                            collect(npix + 1 + P.COUNTER_BYTES)
+                            m.next = "RUN"
+                        with m.Case(_THEN_FINISH):
                             m.next = "RUN"
         with m.If(self.started):  # a registered one-cycle pulse: no combinational glitches for a watcher
             m.d.sync += self.started.eq(0)

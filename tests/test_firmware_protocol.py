@@ -47,7 +47,8 @@ def test_parser_does_not_wait_for_an_impossible_length():
 
 
 def test_ident_round_trip_and_bad_magic():
-    ident = P.Ident(1, 1, 1, 0, 0xDEADBEEF, (16, 16), 3, 4, 12_000_000, 12)
+    ident = P.Ident(1, 1, 2, P.CAP_LOAD_WEIGHTS, 0xDEADBEEF, (16, 16), 3, 4, 12_000_000, 12, 8, 2, 4321, 256,
+                    P.WEIGHTS_NONE, "up5k", 0x01234567)
     assert P.Ident.decode(ident.encode()) == ident
     with pytest.raises(ValueError, match="magic"):
         P.Ident.decode(b"XXXX" + ident.encode()[4:])
@@ -57,8 +58,9 @@ def test_ident_round_trip_and_bad_magic():
 
 def test_firmware_tiles_equal_the_rtl_tiling():
     cycles = pytest.importorskip("edgespike.rtl.cycles")
-    for shape, tile, halo in (((13, 9), (8, 8), 2), ((256, 256), (16, 16), 3), ((5, 40), (16, 16), 1)):
-        assert list(tiles(shape, tile, halo)) == list(cycles.tiles(shape, tile, halo))
+    for shape, tile, halo, mult in (((13, 9), (8, 8), 2, 1), ((256, 256), (16, 16), 3, 1), ((5, 40), (16, 16), 1, 1),
+                                    ((64, 48), (16, 16), 4, 2), ((30, 30), (12, 12), 2, 2)):
+        assert list(tiles(shape, tile, halo, mult)) == list(cycles.tiles(shape, tile, halo, mult))
 
 
 def test_a_device_that_never_answers_is_reported_not_waited_for_forever():

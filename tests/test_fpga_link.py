@@ -170,11 +170,49 @@ def test_wrong_gateware_version_is_refused():
         srv.close()
 
 
-def test_another_model_is_refused(server):
-    other = chain_model(seed=1, channels=2, layers=2, timesteps=2)
+def test_a_model_of_another_structure_is_refused(server):
+    other = chain_model(seed=1, channels=4, layers=2, timesteps=2)  # 4 channels: not loadable into this bitstream
     with Accelerator(server.url, **TIMEOUTS) as acc:
-        with pytest.raises(DeviceMismatch, match="the bitstream was built for model [0-9a-f]{8}, this model is"):
+        with pytest.raises(DeviceMismatch, match="structure .* differs from the one the bitstream was built for"):
             acc.check_model(other)
+
+
+def flipped_kernels(model):
+    """The same structure and bounds (kernels mirrored), other outputs: a model loadable into MODEL's bitstream."""
+    import copy
+
+    other = copy.deepcopy(model)
+    for node in other.nodes:
+        if hasattr(node, "weight"):
+            node.weight = np.ascontiguousarray(node.weight[:, :, ::-1, ::-1])
+    return other
+
+
+def test_weights_load_at_run_time_and_a_board_without_weights_refuses_tiles():
+    # plays an iCE40 bitstream: the weight RAMs are not preloaded, so the board refuses tiles until a load
+    srv = Server(PLAN, preloaded=False).start()
+    try:
+        with Accelerator(srv.url, **TIMEOUTS) as acc:
+            ident = acc.check_versions()
+            assert ident.weights == P.WEIGHTS_NONE and ident.capabilities & P.CAP_LOAD_WEIGHTS
+            with pytest.raises(LinkError, match="no complete weights"):
+                acc.run_tile(TILE)
+            # the gateware itself refuses too (the firmware check above is only the polite first line)
+            acc.ident = P.Ident(**{**ident.__dict__, "weights": P.WEIGHTS_LOADED})
+            acc.retries = 0
+            with pytest.raises(LinkError, match="refused"):
+                acc.run_tile(TILE)
+            assert srv.sim.tiles_run == 0
+            other = flipped_kernels(MODEL)
+            want = runtime.denoise(other, TILE)
+            assert not np.array_equal(want, runtime.denoise(MODEL, TILE))
+            ident = acc.check_model(other)  # loads the weight image in chunks
+            assert ident.weights == P.WEIGHTS_LOADED
+            res = acc.run_tile(TILE)
+            assert np.array_equal(res.out, want)
+            assert acc.stats.naks == {"refused (length, type, tile shape or load order)": 1}
+    finally:
+        srv.close()
 
 
 def test_a_silent_socket_is_a_link_error():

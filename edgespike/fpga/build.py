@@ -254,16 +254,19 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     env = _check_tools(info.family)
     platform = make_platform(board)
     clock_mhz = platform.default_clk_frequency / 1e6
-    top = BoardTop(plan, board, baud)
-    if abs(clock_mhz * 1e6 / top.divisor(int(platform.default_clk_frequency)) - baud) > 0.03 * baud:
+    divisor = max(4, round(platform.default_clk_frequency / baud))  # as BoardTop.divisor
+    if abs(clock_mhz * 1e6 / divisor - baud) > 0.03 * baud:
         raise UserError(f"{baud} baud is not within 3% of {clock_mhz:g} MHz / an integer divisor: choose another")
+    top = BoardTop(plan, board, baud)
     out = Path(out_dir or f"build/fpga-{board}")
     out.mkdir(parents=True, exist_ok=True)
 
-    drops = " ".join(f"*.{n}/t:$meminit_v2" for n in RW_RAM_NAMES)
-    overrides = {"script_after_read": f"hierarchy -top top; delete {drops}"}  # see rtl/synth.py: SPRAM needs it
+    overrides = {}
     if info.family == "ice40":
-        overrides["synth_opts"] = "-spram"
+        # as rtl/synth.py: yosys maps a memory to SPRAM only without initialiser, so the RAMs lose theirs, the
+        # weights included (the board then refuses tiles until the host loads weights); ECP5 keeps its weights
+        drops = " ".join(f"*.{n}/t:$meminit_v2" for n in RW_RAM_NAMES)
+        overrides = {"script_after_read": f"hierarchy -top top; delete {drops}", "synth_opts": "-spram"}
     products = platform.prepare(top, name="top", **overrides)
     products.extract(str(out))
     script = "build_top.sh"

@@ -41,12 +41,14 @@ class BoardSim:
         Passed to :class:`Board` (tests play other gateware with it).
     reset_after : int, optional
         Press the reset once, right after this many bytes have gone into the board (a device reset mid-frame).
+    preloaded : bool
+        False plays an iCE40 bitstream: no weights until the host loads them.
     """
 
     def __init__(self, plan: Plan, sink, divisor: int = DEFAULT_DIVISOR, gateware_version: int | None = None,
-                 reset_after: int | None = None):
+                 reset_after: int | None = None, preloaded: bool = True):
         kwargs = {} if gateware_version is None else {"gateware_version": gateware_version}
-        self.board = Board(plan, divisor, **kwargs)
+        self.board = Board(plan, divisor, preloaded=preloaded, **kwargs)
         self.divisor = divisor
         self.sink = sink
         self.inbox: queue.Queue[int] = queue.Queue()
