@@ -72,9 +72,11 @@ class Validator:
     def __init__(self, sigma: float, noise: str, n: int = 3, crop: int = 96, folder: Path = VAL_DIR):
         _, ims = load_dir(folder)
         self.clean, self.noisy = [], []
+        # One square side for all crops (they are simulated as one batch); every method's size multiple divides 4.
+        side = min([crop] + [min(im.shape) for im in ims[:n]]) // 4 * 4
         for i, im in enumerate(ims[:n]):
-            y0, x0 = (im.shape[0] - crop) // 2, (im.shape[1] - crop) // 2
-            c = im[y0:y0 + crop, x0:x0 + crop]
+            y0, x0 = (im.shape[0] - side) // 2, (im.shape[1] - side) // 2
+            c = im[y0:y0 + side, x0:x0 + side]
             self.clean.append(c)
             self.noisy.append(add_noise(c, sigma, np.random.default_rng(i), noise))
 
