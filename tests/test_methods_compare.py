@@ -35,7 +35,7 @@ def setup(tmp_path):
     fileformat.save(vtsnn.unet(2).to_model({"architecture": "tiny U-net"}), tmp_path / "vt.esnn")
     fileformat.save(cae.cae(2, 3).to_model(), tmp_path / "cae.esnn")
     (tmp_path / "m.toml").write_text(
-        '[[model]]\nname = "VT"\nmethod = "vtsnn"\npath = "vt.esnn"\ncommand = "cmd vt"\n\n'
+        '[[model]]\nname = "VT"\nmethod = "vtsnn"\npath = "vt.esnn"\ncommand = "cmd vt"\ncurve = true\n\n'
         '[[model]]\nname = "CAE speckle"\nmethod = "cae"\npath = "cae.esnn"\nnoise = "speckle"\ncommand = "cmd c"\n\n'
         '[[model]]\nname = "later"\npath = "not-yet.esnn"\ncommand = "cmd later"\n')
     doc = tmp_path / "METHODS.md"
@@ -50,7 +50,9 @@ def test_compare_writes_table_and_plot(setup):
     plot = tmp / "p.png"
     js = tmp / "rows.json"
     assert compare.main(["--manifest", str(tmp / "m.toml"), "--dataset", str(ds), "--sigma", "25",
-                         "--doc", str(doc), "--plot", str(plot), "--json", str(js)]) == 0
+                         "--doc", str(doc), "--plot", str(plot), "--json", str(js),
+                         "--curves", str(tmp / "c0.png")]) == 0
+    assert not (tmp / "c0.png").exists()  # no training log next to the models: no curves figure
     text = doc.read_text()
     assert text.startswith("# Methods\n\nintro\n") and text.rstrip().endswith("footer")
     assert "old table" not in text and text.count("<!-- compare:begin -->") == 1
@@ -89,3 +91,24 @@ def test_compare_bad_manifest_is_one_line(tmp_path, capsys):
     assert compare.main(["--manifest", str(tmp_path / "none.toml"), "--doc", str(tmp_path / "d.md")]) == 2
     assert "cannot read manifest" in capsys.readouterr().err
     assert not (tmp_path / "d.md").exists()
+
+
+def test_training_curves_from_the_logs(setup):
+    import compare
+
+    tmp, ds, doc = setup
+    log = tmp / "vt.train.log"
+    log.write_text("10:00:00 command: python tools/train_method.py vtsnn --out old\n"
+                   "10:00:05 itbp it 50 1.0 min loss 9.0e+01 val 11.00 dB\n"
+                   "11:00:00 command: python tools/train_method.py vtsnn --out vt.esnn\n"
+                   "11:00:05 itbp it 50 1.5 min loss 8.0e+01 val 12.50 dB\n"
+                   "11:00:09 itbp it 100 3.0 min loss 7.0e+01 val nan dB\n"
+                   "12:00:00 command: python tools/train_method.py vtsnn --out vt.esnn --resume\n"
+                   "12:00:05 itbp it 150 4.5 min loss 6.5e+01 val 13.25 dB\n")
+    assert compare.read_curve(log) == {"itbp": [(1.5, 12.5), (4.5, 13.25)]}
+    curves = tmp / "c.png"
+    assert compare.main(["--manifest", str(tmp / "m.toml"), "--dataset", str(ds), "--doc", str(doc),
+                         "--plot", "", "--curves", str(curves), "--no-ann-twin"]) == 0
+    assert curves.read_bytes()[:4] == b"\x89PNG"
+    text = doc.read_text()
+    assert "![validation PSNR vs training time](c.png)" in text and "PSNR vs T per method" not in text

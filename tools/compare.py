@@ -10,6 +10,7 @@ The manifest (TOML or JSON) lists the models and the command that made each:
     path = "runs/methods/vtsnn_itbp.esnn"
     command = "python tools/train_method.py vtsnn --loss itbp --minutes 60 --out runs/methods/vtsnn_itbp.esnn"
     noise = "gaussian"               # optional: this row's noise kind and sigma (default: --noise, --sigma)
+    curve = true                     # optional: plot its validation PSNR against training minutes
 
 A relative ``path`` is taken from the manifest's folder when the file is there, else from the current directory
 (run from the repository root for the default manifest, whose paths are ``runs/methods/...``).
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tomllib
 from dataclasses import dataclass
@@ -52,6 +54,7 @@ class Entry:
     command: str
     noise: str
     sigma: float
+    curve: bool = False  # plot this run's validation PSNR against training time (from its .train.log)
 
 
 def read_manifest(path: Path, noise: str, sigma: float) -> list[Entry]:
@@ -79,7 +82,7 @@ def read_manifest(path: Path, noise: str, sigma: float) -> list[Entry]:
         if kind not in ("gaussian", "speckle"):
             raise CompareError(f"manifest {path}: model {r['name']!r} has unknown noise {kind!r}")
         out.append(Entry(r["name"], str(r.get("method", r["name"])), p, r["command"], kind,
-                         float(r.get("sigma", sigma))))
+                         float(r.get("sigma", sigma)), bool(r.get("curve", False))))
     return out
 
 
@@ -144,7 +147,7 @@ def _si(n):
     return f"{n:.0f}"
 
 
-def markdown(rows: list[dict], dataset: str, n_images: int, plot: str | None) -> str:
+def markdown(rows: list[dict], dataset: str, n_images: int, plot: str | None, curves: str | None = None) -> str:
     """The generated section of docs/METHODS.md."""
     lines = [BEGIN, "", f"Dataset **{dataset}** ({n_images} images), noise protocol of `edgespike eval` (seed 0); "
              "all figures are means per image, measured by the fast runtime (bit-exact). ANN twin: the float ReLU twin "
@@ -167,6 +170,8 @@ def markdown(rows: list[dict], dataset: str, n_images: int, plot: str | None) ->
                      f"| {_f(r['snn_uJ'], '.1f')} | {_f(r['ann_uJ'], '.1f')} | `{r['command']}` |")
     if plot:
         lines += ["", f"![PSNR vs T per method]({plot})"]
+    if curves:
+        lines += ["", f"![validation PSNR vs training time]({curves})"]
     lines += ["", END]
     return "\n".join(lines)
 
@@ -209,6 +214,50 @@ def plot_psnr_vs_t(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+LOG_LINE = re.compile(r"(\S+) it (\d+) ([\d.]+) min loss \S+ val ([\d.]+) dB")
+
+
+def read_curve(log: Path) -> dict[str, list[tuple[float, float]]]:
+    """``{phase: [(minutes, validation PSNR), ...]}`` from a ``tools/train_method.py`` log (its last run, with the
+    ``--resume`` continuations of that run: their minutes carry on)."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    if not log.is_file():
+        return curves
+    for line in log.read_text(errors="replace").splitlines():
+        if "command: " in line and "--resume" not in line:  # a fresh run into the same log: keep only it
+            curves = {}
+        m = LOG_LINE.search(line)
+        if m:
+            curves.setdefault(m.group(1), []).append((float(m.group(3)), float(m.group(4))))
+    return curves
+
+
+def plot_curves(entries: list[Entry], path: Path) -> bool:
+    """Validation PSNR against training minutes of the entries marked ``curve``; False if none has a log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = False
+    for e in entries:
+        if not e.curve:
+            continue
+        for phase, pts in read_curve(e.path.with_suffix(".train.log")).items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{e.name} ({phase})")
+            drawn = True
+    if drawn:
+        ax.set_xlabel("training minutes (2 cores)")
+        ax.set_ylabel("validation PSNR (dB), exact integer output")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", default=str(MANIFEST), help="TOML or JSON list of models (default: the proposed "
@@ -221,6 +270,8 @@ def main(argv=None) -> int:
     p.add_argument("--plot", default="docs/methods_psnr_vs_t.png", help="PSNR-vs-T figure ('' for none)")
     p.add_argument("--json", help="also write the rows as JSON here")
     p.add_argument("--no-ann-twin", action="store_true", help="skip the float ANN twin column (faster)")
+    p.add_argument("--curves", default="docs/methods_curves.png",
+                   help="validation PSNR vs training minutes of the manifest's 'curve' rows ('' for none)")
     a = p.parse_args(argv)
     try:
         from edgespike import data
@@ -252,7 +303,13 @@ def main(argv=None) -> int:
                 plot_rel = str(plot_path.resolve().relative_to(doc.resolve().parent))
             except ValueError:
                 plot_rel = str(plot_path.resolve())
-        write_section(doc, markdown(rows, label, len(files), plot_rel))
+        curves_rel = None
+        if a.curves and plot_curves(entries, Path(a.curves)):
+            try:
+                curves_rel = str(Path(a.curves).resolve().relative_to(doc.resolve().parent))
+            except ValueError:
+                curves_rel = str(Path(a.curves).resolve())
+        write_section(doc, markdown(rows, label, len(files), plot_rel, curves_rel))
         if a.json:
             Path(a.json).write_text(json.dumps(rows, indent=2, default=str))
     except CompareError as e:
