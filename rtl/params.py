@@ -108,7 +108,7 @@ class LayerParams:
     level_out: int
     narrow: bool = False
     groups: int = 1
-    wbase: int = 0  # first weight word (wide) or first weight byte (narrow)
+    wbase: int = 0  # first weight word (a narrow layer packs its bytes from byte wbase * lanes on)
     pbase: int = 0  # params word of output channel 0
 
     @property
