@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edgespike import fileformat, reference, runtime, torchsim  # noqa: E402
+from edgespike.frames import pad_to_multiple  # noqa: E402
 from edgespike.train.methods import cae, coding, dncnn, spikingir, vtsnn  # noqa: E402
 
 
@@ -39,8 +40,9 @@ def _instance(name):
     torch.manual_seed(0)
     g = BUILDERS[name]()
     frame = _frame()
-    if g.encoder != "uwe":
-        g.balance_thresholds(torch.from_numpy(frame.astype(np.float32))[None, None], 0.9)
+    if g.encoder != "uwe":  # the ANN runs on the padded frame, as the SNN does
+        padded = pad_to_multiple(frame, g.size_multiple)
+        g.balance_thresholds(torch.from_numpy(padded.astype(np.float32))[None, None], 0.9)
     for k in g.beta:
         g.beta[k].data.fill_(1.3)
     return g, frame
@@ -105,10 +107,10 @@ def test_cae_shape_and_padding():
     g, _ = _instance("cae")
     model = g.to_model()
     kinds = [type(n).__name__ for n in model.nodes if type(n).__name__ in ("Conv", "ConvTranspose")]
-    assert kinds == ["Conv"] * 4 + ["ConvTranspose"] * 2 + ["Conv"] * 2
-    assert [n.stride for n in model.nodes if type(n).__name__ == "Conv"] == [1, 2, 2, 1, 1, 1]
-    assert model.size_multiple == 4
-    frame = _frame(13, 11, seed=3)  # not a multiple of 4: padded, run and cropped the same way everywhere
+    assert kinds == ["Conv"] * 4 + ["ConvTranspose"] * 3 + ["Conv"]  # SPIDEN's CAE: 3 down, 3 up, 8 layers
+    assert [n.stride for n in model.nodes if type(n).__name__ == "Conv"] == [1, 2, 2, 2, 1]
+    assert model.size_multiple == 8
+    frame = _frame(13, 11, seed=3)  # not a multiple of 8: padded, run and cropped the same way everywhere
     out = runtime.denoise(model, frame)
     assert out.shape == frame.shape
     assert np.array_equal(out, reference.run(model, frame))

@@ -237,3 +237,31 @@ def test_distiller_without_teacher_is_the_restoration_loss():
     with torch.no_grad():
         out, _ = g.output(noisy)
         assert d(g, clean, noisy).item() == pytest.approx(spikerir.restoration_loss(out, clean).item())
+
+
+def test_constant_drive_rate_hand_cases():
+    from edgespike.train.methods.graph import constant_drive_rate
+
+    current = torch.tensor([0.0, 0.1, 0.2, 0.5, 0.9, 1.0, 2.0, -1.0])
+    th = torch.tensor(1.0)
+    if_half = constant_drive_rate(current, th, NeuronSpec("n", "c"), 4) * 4
+    assert if_half.tolist() == [0, 0, 1, 2, 4, 4, 4, 0]  # clip(floor(4 I + 1/2), 0, 4)
+    # LIF, v -= v/4, hard reset to 0, v0 = 0. I = 0.5: v = .5, .875, 1.156 (spike, 0), .5 -> 1 spike;
+    # I = 0.9: .9, 1.575 (spike), .9, 1.575 (spike) -> 2; I = 0.2: v tends to 0.8 < 1, never fires (dead zone).
+    lif = constant_drive_rate(current, th, NeuronSpec("n", "c", reset="hard", leak_shift=2, v_init="zero"), 4) * 4
+    assert lif.tolist() == [0, 0, 0, 1, 2, 4, 4, 0]
+
+
+def test_rate_aware_ann_gives_spike_rate_levels_and_gradients():
+    from edgespike.train.methods.dncnn import dncnn
+
+    torch.manual_seed(0)
+    g = dncnn(3, 4, 4)
+    x = torch.rand(1, 1, 8, 8) * 255
+    g.balance_thresholds(x, 0.9)
+    out, feats = g.ann(x, features=True, rate_aware=True)
+    for name, a in feats.items():
+        levels = (a / g.theta(name)).detach() * 4  # spike counts out of T = 4
+        assert torch.allclose(levels, levels.round(), atol=1e-4) and levels.min() >= 0 and levels.max() <= 4
+    ((out - x) ** 2).mean().backward()
+    assert g.weight["conv1"].grad.abs().sum() > 0 and g.log_theta["n1"].grad is not None

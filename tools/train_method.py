@@ -38,7 +38,7 @@ def _common(p) -> None:
     p.add_argument("--snn-lr", type=float, default=1e-4, help="peak learning rate of SNN fine-tuning")
     p.add_argument("--batch", type=int, default=16, help="patches per SNN step")
     p.add_argument("--ann-batch", type=int, default=64, help="patches per ANN step")
-    p.add_argument("--patch", type=int, default=40, help="patch side (a multiple of 4)")
+    p.add_argument("--patch", type=int, default=40, help="patch side (a multiple of 8, the CAE's size multiple)")
     p.add_argument("--quantile", type=float, default=0.999, help="threshold balancing quantile")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="the .esnn to write; checkpoint and log go next to it")
@@ -73,8 +73,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.minutes <= 0 and a.iters <= 0 and a.ann_minutes <= 0 and a.ann_iters <= 0 and not a.init:
         p.error("give a budget: --minutes/--iters and/or --ann-minutes/--ann-iters (or --init to convert only)")
-    if a.patch % 4:
-        p.error("--patch must be a multiple of 4")
+    if a.patch % 8:
+        p.error("--patch must be a multiple of 8")
     import torch
 
     from edgespike.train.methods import common

@@ -1,7 +1,9 @@
-"""SPIDEN's strided convolutional auto-encoder: 8 conv layers, two stride-2 convolutions down and two stride-2
-transposed convolutions up (4x4 kernels, padding 1, exactly doubling), IF neurons with learned thresholds and
-soft reset, membrane read-out, residual output. Trained like :mod:`.coding` (ANN phase, threshold balancing,
-BPTT)."""
+"""SPIDEN's strided convolutional auto-encoder (CAE-S): 8 conv layers of C filters; the first keeps the
+resolution, the second, third and fourth down-sample by 2 (stride-2 convs), the fifth, sixth and seventh
+up-sample by 2 (4x4 stride-2 transposed convs, padding 1, exactly doubling), the eighth maps to one channel. IF
+neurons with learned thresholds and soft reset after the first seven, membrane read-out, residual output (as
+DnCNN). Frames are padded to a multiple of 8. Trained like :mod:`.coding` (threshold balancing, rate-aware ANN
+phase, BPTT)."""
 
 from __future__ import annotations
 
@@ -13,18 +15,17 @@ HELP = "strided spiking CAE (8 layers, stride-2 down, stride-2 transposed up)"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--width", type=int, default=32, help="channels at full resolution (2x after the downs)")
+    p.add_argument("--width", type=int, default=32, help="filters per layer (the paper: 64)")
     p.add_argument("--T", type=int, default=8)
 
 
 def cae(width: int, T: int, seed: int = 0) -> QGraph:
-    """conv(1->C), conv s2 (C->C), conv s2 (C->2C), conv (2C->2C), convT (2C->C), convT (C->C), conv (C->C),
-    conv (C->1) + Integrator; an IF layer after each of the first seven."""
+    """conv(1->C); conv s2, conv s2, conv s2 (C->C); convT, convT, convT (C->C); an IF layer after each of these
+    seven; conv(C->1) + Integrator."""
     C = width
     layers = [  # name, c_in, c_out, stride, transposed
-        ("conv1", 1, C, 1, False), ("conv2", C, C, 2, False), ("conv3", C, 2 * C, 2, False),
-        ("conv4", 2 * C, 2 * C, 1, False), ("up5", 2 * C, C, 2, True), ("up6", C, C, 2, True),
-        ("conv7", C, C, 1, False)]
+        ("conv1", 1, C, 1, False), ("down2", C, C, 2, False), ("down3", C, C, 2, False), ("down4", C, C, 2, False),
+        ("up5", C, C, 2, True), ("up6", C, C, 2, True), ("up7", C, C, 2, True)]
     specs, src = [], "input"
     for i, (name, ci, co, stride, tr) in enumerate(layers, start=1):
         if tr:
@@ -42,8 +43,9 @@ def cae(width: int, T: int, seed: int = 0) -> QGraph:
 def setup(a):
     g = cae(a.width, a.T, a.seed)
     phases = [
-        common.Phase("ann", common.ann_mse_loss, a.ann_minutes, a.ann_iters, a.lr, a.ann_batch, a.patch),
-        common.Phase("snn", common.mse_loss, a.minutes, a.iters, a.snn_lr, a.batch, a.patch,
+        common.Phase("qann", common.qann_mse_loss, a.ann_minutes, a.ann_iters, a.lr, a.ann_batch, a.patch,
                      before=common.balance(a.quantile)),
+        common.Phase("snn", common.mse_loss, a.minutes, a.iters, a.snn_lr, a.batch, a.patch),
     ]
-    return g, phases, f"spiking strided CAE, 8 layers, width {a.width}, IF learned Vth, T={a.T}, membrane read-out"
+    return g, phases, (f"spiking strided CAE, 8 layers (3 stride-2 down, 3 stride-2 transposed up), width {a.width}, "
+                       f"IF learned Vth, T={a.T}, membrane read-out")

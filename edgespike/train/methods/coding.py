@@ -6,8 +6,11 @@
 * ``--encoder direct`` (the pixel at every step) or ``rate`` (Bernoulli spikes with probability x/256 from the
   format's counter-based lowbias32 encoder: the training sees exactly the spikes the runtime will make).
 
-Training: an optional float-ANN phase, threshold balancing from its activations, then BPTT on the exact SNN
-(surrogate gradient). ``--noise speckle`` gives SPIDEN's Table 2 setting (y = x + x v).
+Training: thresholds balanced on the initial ANN's activations, a rate-aware ANN phase (each activation is the
+neuron's own spike rate under constant drive, with a clipped-ReLU gradient: the T + 1 levels of IF, the dead zone
+and uneven levels of LIF), then BPTT on the exact SNN (surrogate gradient). ``--noise speckle`` gives SPIDEN's
+Table 2 setting (y = x + x v). With ``--init`` of another run and ``--skip-phases 1`` the thresholds and weights of
+that run are reused as they are (e.g. the direct-coded model run with rate coding or another T).
 """
 
 from __future__ import annotations
@@ -37,9 +40,9 @@ def neuron_kwargs(kind: str, leak_shift: int) -> dict:
 def setup(a):
     g = dncnn(a.depth, a.width, a.T, a.encoder, neuron_kwargs(a.neuron, a.leak_shift), seed=a.seed)
     phases = [
-        common.Phase("ann", common.ann_mse_loss, a.ann_minutes, a.ann_iters, a.lr, a.ann_batch, a.patch),
-        common.Phase("snn", common.mse_loss, a.minutes, a.iters, a.snn_lr, a.batch, a.patch,
+        common.Phase("qann", common.qann_mse_loss, a.ann_minutes, a.ann_iters, a.lr, a.ann_batch, a.patch,
                      before=common.balance(a.quantile)),
+        common.Phase("snn", common.mse_loss, a.minutes, a.iters, a.snn_lr, a.batch, a.patch),
     ]
     if a.neuron == "lif":
         kind = f"LIF (tau 2^{a.leak_shift}, hard reset, fixed Vth)"

@@ -72,8 +72,8 @@ class Validator:
     def __init__(self, sigma: float, noise: str, n: int = 3, crop: int = 96, folder: Path = VAL_DIR):
         _, ims = load_dir(folder)
         self.clean, self.noisy = [], []
-        # One square side for all crops (they are simulated as one batch); every method's size multiple divides 4.
-        side = min([crop] + [min(im.shape) for im in ims[:n]]) // 4 * 4
+        # One square side for all crops (they are simulated as one batch); every method's size multiple divides 8.
+        side = min([crop] + [min(im.shape) for im in ims[:n]]) // 8 * 8
         for i, im in enumerate(ims[:n]):
             y0, x0 = (im.shape[0] - side) // 2, (im.shape[1] - side) // 2
             c = im[y0:y0 + side, x0:x0 + side]
@@ -254,6 +254,11 @@ def mse_loss(g: QGraph, clean: torch.Tensor, noisy: torch.Tensor) -> torch.Tenso
 def ann_mse_loss(g: QGraph, clean: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
     """MSE of the float ANN view (the network conversion starts from)."""
     return ((g.ann(noisy) - clean) / 255.0).pow(2).mean()
+
+
+def qann_mse_loss(g: QGraph, clean: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
+    """MSE of the rate-aware ANN view (each activation is its neuron's spike rate under constant drive)."""
+    return ((g.ann(noisy, rate_aware=True) - clean) / 255.0).pow(2).mean()
 
 
 def balance(quantile: float = 0.999, n: int = 64):

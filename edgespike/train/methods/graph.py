@@ -410,9 +410,12 @@ class QGraph(nn.Module):
         return (pixels - res.residual if self.residual else res.residual), res
 
     # ------------------------------------------------------------------ the ANN
-    def ann(self, pixels: torch.Tensor, clip: bool = False, features: bool = False):
+    def ann(self, pixels: torch.Tensor, clip: bool = False, features: bool = False, rate_aware: bool = False):
         """The float ANN with the same weights: ReLU activations (clipped at ``theta`` when ``clip``), the
         read-out terms summed as real values (membrane of an Integrator = its mean current). Not for UWE input.
+        ``rate_aware``: every activation is instead the neuron's own spike rate under its constant mean current
+        (:func:`constant_drive_rate`: the T + 1 levels of IF, the dead zone and uneven levels of LIF) with the
+        clipped ReLU's gradient - a rate-coded q-ANN, so that the SNN starts where the ANN ends.
         Returns the denoised image in pixels, and ``{neuron: activation}`` when ``features``."""
         if self.encoder == "uwe":
             raise ValueError("the ANN view needs the direct or rate encoder")
@@ -424,9 +427,14 @@ class QGraph(nn.Module):
                 acts[s.name] = self._conv(s, acts[s.src], self.weight[s.name], self.bias[s.name]
                                           if s.name in self.bias else None)
             elif isinstance(s, NeuronSpec):
-                a = F.relu(acts[s.src])
-                if clip:
-                    a = torch.minimum(a, self.theta(s.name))
+                cur, th = acts[s.src], self.theta(s.name)
+                if rate_aware:
+                    exact = th.detach() * constant_drive_rate(cur.detach(), th.detach(), s, self.T)
+                    a = ste(exact, torch.minimum(F.relu(cur), th))
+                else:
+                    a = F.relu(cur)
+                    if clip:
+                        a = torch.minimum(a, th)
                 acts[s.name] = feats[s.name] = a
             elif isinstance(s, IntegratorSpec):
                 acts[s.name] = acts[s.src]
@@ -507,6 +515,23 @@ class QGraph(nn.Module):
         x = torch.from_numpy(pad_to_multiple(frame, self.size_multiple).astype(np.float64))[None, None]
         res = self.simulate(x, ints)
         return decode(res.R, x, ints.shift, self.residual)[0, 0, :h, :w].numpy()
+
+
+def constant_drive_rate(current: torch.Tensor, theta: torch.Tensor, spec: NeuronSpec, T: int) -> torch.Tensor:
+    """Spikes per step of a neuron driven by the same real ``current`` at each of ``T`` steps (real-valued
+    dynamics of section 5.2: leak ``v -= v / 2**k``, integrate, fire at ``v >= theta``, soft or hard reset,
+    ``v0 = theta / 2`` or 0). For a soft-reset IF neuron with ``v0 = theta/2`` this is
+    ``clip(floor(T I / theta + 1/2), 0, T) / T``."""
+    v = (theta / 2 if spec.v_init == "half" else torch.zeros_like(theta)).expand_as(current)
+    count = torch.zeros_like(current)
+    for _ in range(T):
+        if spec.leak_shift:
+            v = v - v / 2**spec.leak_shift
+        v = v + current
+        s = (v >= theta).to(current.dtype)
+        v = v - theta * s if spec.reset == "soft" else v * (1 - s)
+        count = count + s
+    return count / T
 
 
 def decode(R: torch.Tensor, pixels: torch.Tensor, shift: int, residual: bool) -> torch.Tensor:
