@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from amaranth.hdl import Elaboratable, Module, Signal
-from amaranth.lib import wiring
+from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
 from edgespike.firmware import protocol as P
@@ -152,17 +152,21 @@ class BoardTop(Elaboratable):
         clock_hz = int(platform.default_clk_frequency)
         preloaded = BOARDS[self.board].family != "ice40"  # the iCE40 build drops the weight RAMs' initialisers
         m.submodules.board = board = Board(self.plan, self.divisor(clock_hz), clock_hz, preloaded=preloaded)
-        uart = platform.request("uart", 0)
-        m.d.comb += [board.rx.eq(uart.rx.i), uart.tx.o.eq(board.tx)]
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.rx_pin = rx_pin = io.Buffer("i", uart.rx)
+        m.submodules.tx_pin = tx_pin = io.Buffer("o", uart.tx)
+        m.d.comb += [board.rx.eq(rx_pin.i), tx_pin.o.eq(board.tx)]
         info = BOARDS[self.board]
         if info.leds == ("rgb_led",):
-            rgb = platform.request("rgb_led", 0)
-            m.d.comb += [rgb.g.o.eq(board.leds[0]), rgb.b.o.eq(board.leds[1]), rgb.r.o.eq(board.leds[2])]
+            rgb = platform.request("rgb_led", 0, dir="-")
+            outputs = [(rgb.g, board.leds[0]), (rgb.b, board.leds[1]), (rgb.r, board.leds[2])]  # beat, busy, error
         else:
-            for i, name in enumerate(info.leds):
-                index = i if len(set(info.leds)) == 1 else 0
-                m.d.comb += platform.request(name, index).o.eq(board.leds[i])
+            outputs = [(platform.request(name, i if len(set(info.leds)) == 1 else 0, dir="-"), board.leds[i])
+                       for i, name in enumerate(info.leds)]
         if self.board == "ulx3s-85f":
             # the ULX3S routes the FTDI's TX through a buffer the FPGA must enable
-            m.d.comb += platform.request("uart_tx_enable", 0).o.eq(1)
+            outputs.append((platform.request("uart_tx_enable", 0, dir="-"), 1))
+        for i, (port, value) in enumerate(outputs):
+            m.submodules[f"out_pin{i}"] = buf = io.Buffer("o", port)
+            m.d.comb += buf.o.eq(value)
         return m
