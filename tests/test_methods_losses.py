@@ -265,3 +265,18 @@ def test_rate_aware_ann_gives_spike_rate_levels_and_gradients():
         assert torch.allclose(levels, levels.round(), atol=1e-4) and levels.min() >= 0 and levels.max() <= 4
     ((out - x) ** 2).mean().backward()
     assert g.weight["conv1"].grad.abs().sum() > 0 and g.log_theta["n1"].grad is not None
+
+
+def test_itbp_cuts_the_gradient_through_time_but_not_the_forward():
+    torch.manual_seed(0)
+    g = vtsnn.unet(4)
+    x = torch.rand(1, 1, 8, 8).mul(255).round()
+    a = g.simulate(x, temporal=True)
+    b = g.simulate(x, temporal=False)
+    assert torch.equal(a.spikes[vtsnn.OUT], b.spikes[vtsnn.OUT]) and torch.equal(a.R, b.R)
+    grads = []
+    for res in (a, b):
+        g.zero_grad()
+        res.spikes[vtsnn.OUT][7].sum().backward()  # the last step's output only
+        grads.append(g.weight["enc1"].grad.clone())
+    assert not torch.allclose(grads[0], grads[1])  # BPTT also reaches enc1 through earlier steps' membranes

@@ -326,9 +326,13 @@ class QGraph(nn.Module):
             return F.conv_transpose2d(x, w.transpose(0, 1), b, stride=2, padding=s.padding)
         return F.conv2d(x, w, b, stride=s.stride, padding=s.k // 2)
 
-    def simulate(self, pixels: torch.Tensor, ints: Ints | None = None, k: float = 4.0) -> SimResult:
+    def simulate(self, pixels: torch.Tensor, ints: Ints | None = None, k: float = 4.0,
+                 temporal: bool = True) -> SimResult:
         """Run the integer SNN on pixels ``[B, 1, H, W]`` (float holding 0..255, sizes a multiple of
-        :attr:`size_multiple`). Differentiable (surrogate gradient ``k``); exact in float64."""
+        :attr:`size_multiple`). Differentiable (surrogate gradient ``k``); exact in float64.
+
+        ``temporal=False`` cuts the gradient through the membranes from one step to the next (VTSNN's ITBP: errors
+        propagate through the layers only, never back in time); the forward pass is the same."""
         ints = ints or self.integerise()
         T = self.T
         extra = self.has_extra_step
@@ -353,7 +357,7 @@ class QGraph(nn.Module):
                     y = torch.cat([y, ye.unsqueeze(0)])
                 values[s.name] = y
             elif isinstance(s, NeuronSpec):
-                values[s.name], state[s.name] = self._neuron(s, values[s.src], ints, k)
+                values[s.name], state[s.name] = self._neuron(s, values[s.src], ints, k, temporal)
                 spikes[s.name] = values[s.name]
             elif isinstance(s, IntegratorSpec):
                 cur = values[s.src]
@@ -366,12 +370,14 @@ class QGraph(nn.Module):
             R = R + m * state[term.node]["v" if term.quantity == "membrane" else term.quantity]
         return SimResult(spikes, state, R, R / 2**ints.shift)
 
-    def _neuron(self, s: NeuronSpec, cur: torch.Tensor, ints: Ints, k: float):
+    def _neuron(self, s: NeuronSpec, cur: torch.Tensor, ints: Ints, k: float, temporal: bool = True):
         T = self.T
         th = ints.theta[s.name][None, :, None, None]
         v = (torch.floor(th / 2) if s.v_init == "half" else torch.zeros_like(th)).expand_as(cur[0])
         out, count, uwd = [], 0, 0
         for t in range(T):
+            if not temporal:
+                v = v.detach()
             if s.leak_shift:  # v -= v >> k: an arithmetic shift is a floor division
                 v = v - ste(torch.floor(v / 2**s.leak_shift), v / 2**s.leak_shift)
             v = v + cur[t]

@@ -7,9 +7,12 @@
   conv(2C->C)+IF, concat with the first layer's spikes, conv(2C->C)+IF, 1x1 conv(C->1)+IF. No biases; IF with
   soft reset (SpikingJelly's ``v_reset=None``), ``v0 = 0``, fixed thresholds 1.0, and 0.077 after the 1x1 conv
   (the paper's values; real units, gain-compensated into the integers).
-* ITBP: the label is UWE-encoded and the loss is ``sum_t 2**(7-t) mean((o_t - l_t)**2)`` on the output spike
-  planes (the paper's ``sum_t 2^t ||o_t - o_hat_t||^2`` with its MSB-first bit index); no decoding in training.
-* STBP baseline: ``mean((UWD(o) - y)**2)`` on the decoded image (the paper's eq. 9), in [0, 1] units.
+* ITBP (Independent-Temporal BackPropagation): the label is UWE-encoded and the loss is
+  ``sum_t 2**(7-t) mean((o_t - l_t)**2)`` on the output spike planes (the paper's ``sum_t 2^t ||o_t - o_hat_t||^2``
+  with its MSB-first bit index); no decoding in training, and errors propagate only through the layers (the
+  membranes' step-to-step path carries no gradient).
+* STBP baseline: ``mean((UWD(o) - y)**2)`` on the decoded image (the paper's eq. 9), in [0, 1] units, with
+  gradients through layers and time (BPTT).
 """
 
 from __future__ import annotations
@@ -72,11 +75,13 @@ def stbp_loss_planes(out: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
 
 
 def itbp_loss(g: QGraph, clean: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
-    res = g.simulate(noisy)
+    """ITBP: the bit-plane loss, gradients through the layers only (no backpropagation through time)."""
+    res = g.simulate(noisy, temporal=False)
     return itbp_loss_planes(res.spikes[OUT], uwe_planes(clean, T))
 
 
 def stbp_loss(g: QGraph, clean: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
+    """STBP: the loss of the decoded image, gradients through layers and time (BPTT)."""
     res = g.simulate(noisy)
     return stbp_loss_planes(res.spikes[OUT], clean)
 
