@@ -1,8 +1,9 @@
 """``edgespike fpga build``: a real iCEBreaker (iCE40UP5K) bitstream of a small model, and the build's refusals.
 
-The bitstream build runs yosys, nextpnr and icepack (YoWASP, offline). It takes one to five minutes depending on
-the machine's load, so it is marked ``slow``: ``pytest -m "slow and hw" tests/test_fpga_build.py`` runs it as a
-CI step of its own, ``-m "not slow"`` leaves it out.
+The bitstream build runs yosys, nextpnr and icepack (YoWASP, offline). It took 5 to 10 minutes on this shared
+2-core machine (561 s of toolchain, 625 s for the test, with a training run holding the CPU), so it is marked
+``slow``: ``pytest -m "slow and hw" tests/test_fpga_build.py`` runs it as a CI step of its own, ``-m "not slow"``
+leaves it out.
 """
 
 from __future__ import annotations
