@@ -110,7 +110,7 @@ class BoardInfo:
 
 BOARDS = {
     "icebreaker": BoardInfo("icebreaker", "up5k", "ice40", "amaranth_boards.icebreaker:ICEBreakerPlatform",
-                            ("led_g", "led_r"), "iceprog {bin}   (or: openFPGALoader -b ice40_generic {bin})"),
+                            ("led_g", "led_r"), "iceprog {bin}   (or: openFPGALoader -b icebreaker {bin})"),
     "ulx3s-85f": BoardInfo("ulx3s-85f", "ecp5-85f", "ecp5", "amaranth_boards.ulx3s:ULX3S_85F_Platform",
                            ("led", "led", "led", "led"), "openFPGALoader -b ulx3s {bit}"),
     "orangecrab": BoardInfo("orangecrab", "ecp5-25f", "ecp5",
