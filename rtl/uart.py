@@ -19,8 +19,9 @@ from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
 
-def _check_divisor(divisor: int) -> int:
+def _check_divisor(component, divisor: int) -> int:
     if int(divisor) != divisor or divisor < 4:
+        component._MustUse__silence = True  # a refused component is not an unused one: no warning at collection
         raise ValueError(f"UART divisor must be an integer >= 4 clock cycles per bit, got {divisor!r}")
     return int(divisor)
 
@@ -46,7 +47,7 @@ class UARTRx(wiring.Component):
     """
 
     def __init__(self, divisor: int):
-        self.divisor = _check_divisor(divisor)
+        self.divisor = _check_divisor(self, divisor)
         super().__init__({"rx": In(1, init=1), "out": Out(stream.Signature(8)), "error": Out(1),
                           "overrun": Out(1)})
 
@@ -120,7 +121,7 @@ class UARTTx(wiring.Component):
     """
 
     def __init__(self, divisor: int):
-        self.divisor = _check_divisor(divisor)
+        self.divisor = _check_divisor(self, divisor)
         super().__init__({"inp": In(stream.Signature(8)), "tx": Out(1, init=1), "busy": Out(1)})
 
     def elaborate(self, platform):
