@@ -65,7 +65,9 @@ def tiles(shape: tuple[int, int], tile: tuple[int, int], halo: int, multiple: in
             return [(0, n, 0, n)]
         core = t - 2 * halo
         if core < multiple:
-            raise ValueError(f"tile side {t} leaves no core inside a halo of {halo} on each side")
+            raise DeviceMismatch(f"the device's {t}-pixel tiles leave no core inside this model's {halo}-pixel halo: "
+                                 f"the model needs tiles of at least {2 * halo + multiple} pixels (a larger device "
+                                 "or a shallower model)")
         core -= core % multiple
         return [(max(0, c0 - halo), min(n, min(n, c0 + core) + halo), c0, min(n, c0 + core))
                 for c0 in range(0, n, core)]

@@ -228,8 +228,14 @@ class SimBackend:
     def denoise(self, frame):
         import time
 
+        from edgespike.errors import UserError
+        from edgespike.firmware import LinkError
+
         t0 = time.perf_counter()
-        out, results = self.acc.denoise(frame)
+        try:
+            out, results = self.acc.denoise(frame)
+        except LinkError as exc:
+            raise UserError(str(exc)) from None
         stats = {"spikes": None, "synaptic_ops": sum(r.sops for r in results), "seconds": time.perf_counter() - t0,
                  "cycles": sum(r.cycles for r in results)}
         return out, stats
