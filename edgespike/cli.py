@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from edgespike import __version__
@@ -63,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgespike: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``edgespike info M | head``): not an error of ours. Point stdout at devnull so
+        # the interpreter's final flush does not raise again (the recipe of the Python signal docs).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -205,3 +205,16 @@ def test_saved_files_get_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_info_into_a_closed_pipe_is_quiet():
+    """``edgespike info M | head -1``: the reader leaves early; no BrokenPipeError traceback, exit 0."""
+    from pathlib import Path
+
+    model = Path(fileformat.__file__).parent / "models" / "default_s25.esnn"
+    proc = subprocess.Popen([sys.executable, "-m", "edgespike.cli", "info", str(model)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the table is written (Python flushes a piped stdout at exit)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err
