@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-
 from edgespike.errors import UserError
+from edgespike.rtl.cli import _tile_arg  # the same HxW option as `edgespike rtl`
 
 HELP = "build a bitstream for a board, or serve a simulated board on a TCP port"
 DESCRIPTION = """fpga build: check that the model fits the board's FPGA, synthesise, place and route, and pack a
@@ -14,14 +13,6 @@ the report is also written as DIR/report.json. Boards: icebreaker (iCE40UP5K), u
 orangecrab (ECP5-25F; UART on Feather pins 0/1).
 fpga serve-sim: run the board top level (UART included) in Amaranth's simulator behind a TCP socket; the firmware
 reaches it as socket://127.0.0.1:PORT (e.g. edgespike run --backend fpga --port socket://127.0.0.1:7007)."""
-
-
-def _tile_arg(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"tile must be HxW, e.g. 16x16, got {text!r}") from None
-    return h, w
 
 
 def add_arguments(p) -> None:

@@ -24,6 +24,21 @@ def parse_port(port: str) -> tuple[str, int]:
     return port, DEFAULT_BAUD
 
 
+def denoise_frame(acc, frame):
+    """One frame through an :class:`edgespike.firmware.Accelerator`: ``(output, stats)`` for the run pipeline; a link
+    failure becomes a one-line :class:`UserError` (a wrong image is never returned)."""
+    from edgespike.firmware import LinkError
+
+    t0 = time.perf_counter()
+    try:
+        out, results = acc.denoise(frame)
+    except LinkError as exc:
+        raise UserError(str(exc)) from None
+    stats = {"synaptic_ops": sum(r.sops for r in results), "seconds": time.perf_counter() - t0,
+             "cycles": sum(r.cycles for r in results)}
+    return out, stats
+
+
 class BoardBackend:
     """A board behind a serial port, driven by :class:`edgespike.firmware.Accelerator`."""
 
@@ -50,16 +65,7 @@ class BoardBackend:
         self.label = f"fpga ({name} at {baud} baud, tile {th}x{tw}{clock})"
 
     def denoise(self, frame):
-        from edgespike.firmware import LinkError
-
-        t0 = time.perf_counter()
-        try:
-            out, results = self.acc.denoise(frame)
-        except LinkError as exc:
-            raise UserError(str(exc)) from None
-        stats = {"synaptic_ops": sum(r.sops for r in results), "seconds": time.perf_counter() - t0,
-                 "cycles": sum(r.cycles for r in results)}
-        return out, stats
+        return denoise_frame(self.acc, frame)
 
     def close(self) -> None:
         self.acc.close()

@@ -226,19 +226,10 @@ class SimBackend:
         self.label = f"fpga-sim (board top level in Amaranth's simulator, {plan.device.name}, tile {th}x{tw})"
 
     def denoise(self, frame):
-        import time
+        from edgespike.fpga.host import denoise_frame
 
-        from edgespike.errors import UserError
-        from edgespike.firmware import LinkError
-
-        t0 = time.perf_counter()
-        try:
-            out, results = self.acc.denoise(frame)
-        except LinkError as exc:
-            raise UserError(str(exc)) from None
-        stats = {"spikes": None, "synaptic_ops": sum(r.sops for r in results), "seconds": time.perf_counter() - t0,
-                 "cycles": sum(r.cycles for r in results)}
-        return out, stats
+        out, stats = denoise_frame(self.acc, frame)
+        return out, {"spikes": None, **stats}
 
     def close(self) -> None:
         self.acc.close()
