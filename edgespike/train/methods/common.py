@@ -147,7 +147,7 @@ def train(g: QGraph, phases: list[Phase], out: str | Path, sigma: float, noise: 
     state = {"phase": 0, "it": 0, "elapsed": 0.0, "started": False}
     ck = None
     if resume and ckpt.exists():
-        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+        ck = torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors, numbers, dicts only
         g.load_state_dict(ck["model"])
         g.fixed_theta.update(ck["fixed_theta"])
         state = {k: ck[k] for k in state}
@@ -189,7 +189,7 @@ def load_parameters(g: QGraph, path: str | Path) -> None:
     """Load the parameters of a checkpoint into ``g`` where names and shapes match."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = torch.load(path, map_location="cpu", weights_only=True)  # tensors, numbers, dicts only
     own = g.state_dict()
     same = {k: v for k, v in ck["model"].items() if k in own and own[k].shape == v.shape}
     if not same:
