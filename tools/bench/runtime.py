@@ -47,6 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from edgespike import fileformat  # noqa: E402
 from edgespike.png import read_png  # noqa: E402
 from edgespike.runtime import Runtime  # noqa: E402
 from edgespike.testing import dncnn_like  # noqa: E402
@@ -161,6 +162,19 @@ print(json.dumps({{"ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def twin_session(model, size: tuple[int, int]):
+    """Any model's int8 QDQ ANN twin, as ``edgespike profile`` builds it (strided and transposed convs included)."""
+    from edgespike.profile.ann import OnnxRunner, quantize_onnx, to_onnx, twin
+
+    f = frame(size)
+    with tempfile.TemporaryDirectory() as tmp:
+        f32, q8 = Path(tmp) / "f32.onnx", Path(tmp) / "q8.onnx"
+        to_onnx(twin(model), f32)
+        quantize_onnx(f32, q8, [f.astype(np.float32) / 255.0])
+        run = OnnxRunner(q8, THREADS)
+    return lambda: run(f)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
@@ -168,6 +182,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--setting", action="append", metavar="T:WxH",
                     help="run only this setting (repeatable), e.g. --setting 8:640x480; no memory run")
+    ap.add_argument("--model", help="benchmark this .esnn instead of dncnn_like(10, 32, T) (T from the file; "
+                    "the int8 ANN is its profile twin); default settings 640x480 and 256x256")
     args = ap.parse_args(argv)
 
     import torch
@@ -178,15 +194,18 @@ def main(argv=None) -> int:
     os.environ.setdefault("EDGESPIKE_THREADS", str(THREADS))
     settings = [(4, (256, 256))] if args.quick else [(4, (256, 256)), (8, (256, 256)), (4, (480, 640)),
                                                       (8, (480, 640))]
+    given = fileformat.load(args.model) if args.model else None
+    if given is not None:
+        settings = [(given.timesteps, (480, 640)), (given.timesteps, (256, 256))]
     if args.setting:
         settings = []
         for spec in args.setting:
             t, wh = spec.split(":")
             w, h = wh.split("x")
-            settings.append((int(t), (int(h), int(w))))
+            settings.append((given.timesteps if given else int(t), (int(h), int(w))))
     results = []
     for T, size in settings:
-        model = dncnn_like(10, 32, T, 0)
+        model = given if given is not None else dncnn_like(10, 32, T, 0)
         f = frame(size)
         rt = Runtime(model)
         sim = TorchSim(model)
@@ -194,8 +213,8 @@ def main(argv=None) -> int:
         same = bool(np.array_equal(out, sim.run(f)))
         assert same, "runtime and torch simulation differ"
         fns = {"runtime": lambda rt=rt, f=f: rt.denoise(f), "torch": lambda sim=sim, f=f: sim.run(f),
-               "ann_int8": ann_session(model, size)}
-        if T == 4 and size == (256, 256):
+               "ann_int8": (twin_session if given else ann_session)(model, size)}
+        if T == 4 and size == (256, 256) and given is None:
             npy = Runtime(model, backend="numpy")
             assert np.array_equal(npy.denoise(f)[0], out)
             fns["runtime_numpy"] = lambda npy=npy, f=f: npy.denoise(f)
@@ -215,7 +234,7 @@ def main(argv=None) -> int:
             row["cpu_numpy_speedup_vs_torch"] = round(mcpu["torch"] / mcpu["runtime_numpy"], 2)
         results.append(row)
         print(json.dumps(row), flush=True)
-    mem = None if (args.quick or args.setting) else memory_1080p(8)
+    mem = None if (args.quick or args.setting or given) else memory_1080p(8)
     if mem:
         print(json.dumps({"memory_1920x1080_T8": mem}), flush=True)
     load = os.getloadavg()
