@@ -78,7 +78,7 @@ def test_half_resolution_body_exports_bit_exact(shape):
     net = QSpikingDnCNN(depth=4, width=6, timesteps=8, down=True)
     net.calibrate(torch.from_numpy(_frame(32, 32).astype(np.float32))[None, None])
     model = net.to_model()
-    assert model.size_multiple == 2
+    assert model.size_multiple == net.size_multiple == 2
     assert isinstance(model.nodes[0], Conv) and model.nodes[0].stride == 2 and model.nodes[0].kernel == 5
     assert isinstance(model.nodes[-2], ConvTranspose) and model.nodes[-2].kernel == 6
     frame = _frame(*shape, seed=4)

@@ -82,7 +82,7 @@ def main(argv=None) -> int:
                         out = predict_uint8(net, noisy, "qann")
                     else:
                         with torch.no_grad():
-                            padded = pad_to_multiple(noisy, 2 if net.down else 1)
+                            padded = pad_to_multiple(noisy, net.size_multiple)
                             x = torch.from_numpy(padded.astype(np.float32))[None, None]
                             r = net.twin(x)[0, 0].numpy()[: noisy.shape[0], : noisy.shape[1]]
                         out = np.clip(np.round(noisy - r), 0, 255).astype(np.uint8)

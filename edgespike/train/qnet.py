@@ -132,6 +132,11 @@ class QSpikingDnCNN(nn.Module):
         with torch.no_grad():
             self.weight[-1].mul_(0.1)
 
+    @property
+    def size_multiple(self) -> int:
+        """Frames are edge-padded to a multiple of this, as the exported model's ``size_multiple``."""
+        return 2 if self.down else 1
+
     def conv(self, i: int, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
         """The linear map of layer ``i`` (a "same" conv; stride 2 / transposed for a half-resolution body)."""
         if self.down and i == 0:
@@ -329,6 +334,6 @@ def predict_uint8(net: QSpikingDnCNN, frame: np.ndarray, view: str = "snn") -> n
     (``view="snn"``, float64, bit-exact) or by the q-ANN approximation (``view="qann"``)."""
     ints = net.integerise().double()  # the very integers to_model() exports, simulated in float64
     h, w = frame.shape
-    x = torch.from_numpy(pad_to_multiple(frame, 2 if net.down else 1).astype(np.float64))[None, None]
+    x = torch.from_numpy(pad_to_multiple(frame, net.size_multiple).astype(np.float64))[None, None]
     R = net.snn(x, ints, return_R=True) if view == "snn" else net.qann(x, ints, return_R=True)
     return decode(R, x, ints.multiplier, ints.shift)[0, 0, :h, :w].numpy()
