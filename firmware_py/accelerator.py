@@ -120,7 +120,7 @@ class Accelerator:
 
     Examples
     --------
-    >>> with Accelerator("/dev/ttyUSB0", baud=1_000_000) as acc:   # doctest: +SKIP
+    >>> with Accelerator("/dev/ttyUSB0", baud=500_000) as acc:   # doctest: +SKIP
     ...     acc.check_model(model)
     ...     out = acc.denoise(frame)
     """

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Elaboratable, Module, Signal
+from amaranth.hdl import ClockDomain, Elaboratable, Module, Signal
 from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
 from edgespike.firmware import protocol as P
 from edgespike.rtl.link import Link
 from edgespike.rtl.params import Plan
+from edgespike.rtl.pll import ECP5PLLDomain
 from edgespike.rtl.top import Top
 from edgespike.rtl.uart import UARTRx, UARTTx
 
@@ -106,17 +107,24 @@ class BoardInfo:
     platform: str  # amaranth_boards module:class
     leds: tuple[str, ...]  # resource names for the four status outputs (fewer on small boards)
     flash: str  # how to program it, for the report and docs
+    pll_hz: float | None = None  # design clock made by a PLL from the board's oscillator (None: the oscillator)
 
 
 BOARDS = {
     "icebreaker": BoardInfo("icebreaker", "up5k", "ice40", "amaranth_boards.icebreaker:ICEBreakerPlatform",
                             ("led_g", "led_r"), "iceprog {bin}   (or: openFPGALoader -b icebreaker {bin})"),
     "ulx3s-85f": BoardInfo("ulx3s-85f", "ecp5-85f", "ecp5", "amaranth_boards.ulx3s:ULX3S_85F_Platform",
-                           ("led", "led", "led", "led"), "openFPGALoader -b ulx3s {bit}"),
+                           ("led", "led", "led", "led"), "openFPGALoader -b ulx3s {bit}",
+                           pll_hz=12.5e6),  # the accelerator places at ~20 MHz, under the 25 MHz oscillator
     "orangecrab": BoardInfo("orangecrab", "ecp5-25f", "ecp5",
                             "amaranth_boards.orangecrab_r0_2:OrangeCrabR0_2_25FPlatform", ("rgb_led",),
-                            "dfu-util -D {bit}   (hold the button while plugging in)"),
+                            "dfu-util -D {bit}   (hold the button while plugging in)", pll_hz=12e6),
 }
+
+
+def design_clock_hz(board: str, platform) -> float:
+    """The clock the design runs at on ``board``: its PLL's output, or the board's oscillator."""
+    return BOARDS[board].pll_hz or platform.default_clk_frequency
 
 
 def make_platform(board: str):
@@ -149,14 +157,17 @@ class BoardTop(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        clock_hz = int(platform.default_clk_frequency)
+        info = BOARDS[self.board]
+        clock_hz = int(design_clock_hz(self.board, platform))
+        if info.pll_hz:
+            m.domains.sync = ClockDomain("sync")
+            m.submodules.clocks = ECP5PLLDomain(info.pll_hz)
         preloaded = BOARDS[self.board].family != "ice40"  # the iCE40 build drops the weight RAMs' initialisers
         m.submodules.board = board = Board(self.plan, self.divisor(clock_hz), clock_hz, preloaded=preloaded)
         uart = platform.request("uart", 0, dir="-")
         m.submodules.rx_pin = rx_pin = io.Buffer("i", uart.rx)
         m.submodules.tx_pin = tx_pin = io.Buffer("o", uart.tx)
         m.d.comb += [board.rx.eq(rx_pin.i), tx_pin.o.eq(board.tx)]
-        info = BOARDS[self.board]
         if info.leds == ("rgb_led",):
             rgb = platform.request("rgb_led", 0, dir="-")
             outputs = [(rgb.g, board.leds[0]), (rgb.b, board.leds[1]), (rgb.r, board.leds[2])]  # beat, busy, error

@@ -112,3 +112,29 @@ Info: Max frequency for clock 'board.clk': 21.52 MHz (PASS at 12.00 MHz)
                                  "SB_LUT4": 2496}
     assert _utilisation(tim) == {"ICESTORM_LC": (3079, 5280), "ICESTORM_RAM": (25, 30)}
     assert _fmax(tim) == 21.52  # the last one: after routing
+
+
+def test_ecp5_pll_dividers_make_the_design_clock_exactly():
+    from edgespike.rtl.pll import ecp5_pll_dividers
+
+    ulx3s = ecp5_pll_dividers(25e6, 12.5e6)  # as ecppll -i 25 -o 12.5
+    assert (ulx3s.clki_div, ulx3s.clkfb_div, ulx3s.clkop_div) == (2, 1, 48) and ulx3s.f_vco == 600e6
+    crab = ecp5_pll_dividers(48e6, 12e6)
+    assert crab.f_out == 12e6 and 400e6 <= crab.f_vco <= 800e6 and 10e6 <= 48e6 / crab.clki_div
+    with pytest.raises(ValueError, match="no ECP5 PLL setting makes 12 MHz from 25 MHz"):
+        ecp5_pll_dividers(25e6, 12e6)  # 12/25 needs a 1 MHz phase detector, below the PLL's 10 MHz
+
+
+def test_ulx3s_top_runs_the_accelerator_from_the_pll(small_model, tmp_path):
+    """The ULX3S design clock is the PLL's 12.5 MHz, constrained for nextpnr, with a UART divisor exact for it."""
+    from edgespike.rtl.board import BoardTop, design_clock_hz, make_platform
+
+    _, plan = load_plan(str(small_model), "ecp5-85f", (8, 8))
+    platform = make_platform("ulx3s-85f")
+    assert design_clock_hz("ulx3s-85f", platform) == 12.5e6
+    top = BoardTop(plan, "ulx3s-85f", 500_000)
+    assert top.divisor(12.5e6) == 25
+    plan_files = platform.prepare(top, name="top").files
+    il, lpf = plan_files["top.il"], plan_files["top.lpf"]
+    assert "EHXPLLL" in il and "CLKI_DIV" in il and "CLKOP_DIV" in il
+    assert "12500000" in lpf or "12.5" in lpf  # nextpnr checks Fmax against the PLL output

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from edgespike.errors import UserError
+from edgespike.fpga.build import DEFAULT_BAUD
 from edgespike.rtl.cli import _tile_arg  # the same HxW option as `edgespike rtl`
 
 HELP = "build a bitstream for a board, or serve a simulated board on a TCP port"
 DESCRIPTION = """fpga build: check that the model fits the board's FPGA, synthesise, place and route, and pack a
 bitstream with the open toolchain (amaranth-boards + YoWASP yosys/nextpnr, offline), then report LUTs, logic cells,
-flip-flops, block RAM, SPRAM, DSPs, Fmax against the board clock, build time and throughput at Fmax (cycle model);
+flip-flops, block RAM, SPRAM, DSPs, Fmax against the design clock (the ULX3S and OrangeCrab run the
+accelerator from a PLL at 12.5 / 12 MHz), build time and throughput at Fmax (cycle model);
 the report is also written as DIR/report.json. Boards: icebreaker (iCE40UP5K), ulx3s-85f (ECP5-85F),
 orangecrab (ECP5-25F; UART on Feather pins 0/1).
 fpga serve-sim: run the board top level (UART included) in Amaranth's simulator behind a TCP socket; the firmware
@@ -21,9 +23,10 @@ def add_arguments(p) -> None:
     b.add_argument("--board", required=True, help="icebreaker, ulx3s-85f or orangecrab")
     b.add_argument("--model", help="model file (default: the shipped sigma-25 model)")
     b.add_argument("--out", help="build directory (default build/fpga-BOARD)")
-    b.add_argument("--tile", type=_tile_arg, help="largest tile HxW, halo included (default 16x16; 32x32 on ECP5-85F)")
+    b.add_argument("--tile", type=_tile_arg, help="largest tile HxW, halo included (default 16x16; 64x64 on ECP5-85F)")
     b.add_argument("--lanes", type=int, help="output channels per membrane word (default 1 on iCE40, else all)")
-    b.add_argument("--baud", type=int, default=1_000_000, help="UART baud rate (default 1000000)")
+    b.add_argument("--baud", type=int, default=DEFAULT_BAUD,
+                   help=f"UART baud rate (default {DEFAULT_BAUD}; must divide the design clock within 3%%)")
     b.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
     s = sub.add_parser("serve-sim", help="a simulated board on a TCP port")
     s.add_argument("--model", help="model file (default: the shipped sigma-25 model)")

@@ -31,8 +31,8 @@ TOOL_ENV = {
              # the ULX3S and OrangeCrab platforms list their programmers as required even when not programming
              "OPENFPGALOADER": "true", "DFU_SUFFIX": "true", "DFU_UTIL": "true"},
 }
-DEFAULT_TILE = {"up5k": (16, 16), "ecp5-85f": (32, 32), "ecp5-25f": (16, 16)}
-DEFAULT_BAUD = 1_000_000
+DEFAULT_TILE = {"up5k": (16, 16), "ecp5-85f": (64, 64), "ecp5-25f": (16, 16)}
+DEFAULT_BAUD = 500_000  # exact on every board clock: 12 MHz / 24, 12.5 MHz (ULX3S PLL) / 25; FTDI: 3 MHz / 6
 
 
 def load_plan(model_path: str | None, device: str, tile: tuple[int, int] | None = None, lanes: int | None = None):
@@ -66,7 +66,8 @@ class BuildReport:
     tile: tuple[int, int]
     timesteps: int
     baud: int
-    clock_mhz: float
+    clock_mhz: float  # the design clock: the board's oscillator, or the PLL output made from it
+    oscillator_mhz: float | None = None  # the board's oscillator when a PLL makes the design clock
     bitstream: str = ""
     seconds: float = 0.0
     stage_seconds: dict = field(default_factory=dict)
@@ -84,7 +85,7 @@ class BuildReport:
 
     @property
     def margin(self) -> float | None:
-        """Fmax over the board clock (1.0: exactly meets it)."""
+        """Fmax over the design clock (1.0: exactly meets it)."""
         return self.fmax_mhz / self.clock_mhz if self.fmax_mhz else None
 
     def to_json(self) -> str:
@@ -108,8 +109,9 @@ class BuildReport:
         lines.append(f"  DSP            {of(self.dsps, None)}")
         if self.fmax_mhz:
             verdict = "meets" if self.fmax_mhz >= self.clock_mhz else "FAILS"
-            lines.append(f"  Fmax           {self.fmax_mhz:.1f} MHz, board clock {self.clock_mhz:.1f} MHz: "
-                         f"{verdict} it ({self.margin:.2f}x)")
+            clock = f"clock {self.clock_mhz:g} MHz" + (f" (PLL from the {self.oscillator_mhz:g} MHz oscillator)"
+                                                        if self.oscillator_mhz else "")
+            lines.append(f"  Fmax           {self.fmax_mhz:.1f} MHz, {clock}: {verdict} it ({self.margin:.2f}x)")
         t = self.throughput
         if t:
             lines.append(f"  throughput     {t['frame']}: {t['cycles_per_frame']:,} cycles/frame, "
@@ -117,7 +119,7 @@ class BuildReport:
             for label in ("board_clock", "fmax"):
                 if label in t:
                     r = t[label]
-                    lines.append(f"    at {r['mhz']:.1f} MHz ({label.replace('_', ' ')}): {r['frames_per_second']:.3g} "
+                    lines.append(f"    at {r['mhz']:.1f} MHz ({'design clock' if label == 'board_clock' else 'Fmax'}): {r['frames_per_second']:.3g} "
                                  f"frames/s compute, {r['sops_per_second']:.3g} SOP/s")
             lines.append(f"    UART at {self.baud} baud: {t['uart_seconds_per_frame']:.2f} s/frame of tile traffic")
             if "cpu_frames_per_second" in t:
@@ -137,9 +139,15 @@ def _utilisation(log: str) -> dict[str, tuple[int, int]]:
 
 
 def _fmax(log: str) -> float | None:
-    """nextpnr's last (post-route) Fmax of the board clock, in MHz."""
+    """nextpnr's last (post-route) Fmax, in MHz, of the slowest clock (the design has one domain; with a PLL the
+    oscillator's net clocks nothing but the PLL and is not reported)."""
     found = re.findall(r"Max frequency for clock '([^']+)': ([\d.]+) MHz", log)
-    return float(found[-1][1]) if found else None
+    if not found:
+        return None
+    last: dict[str, float] = {}
+    for name, mhz in found:
+        last[name] = float(mhz)
+    return min(last.values())
 
 
 def _yosys_cells(log: str) -> dict[str, int]:
@@ -244,7 +252,7 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     cpu : bool
         Also time the CPU runtime on the bundled sample for the report.
     """
-    from edgespike.rtl.board import BOARDS, BoardTop, make_platform
+    from edgespike.rtl.board import BOARDS, BoardTop, design_clock_hz, make_platform
     from edgespike.rtl.synth import RW_RAM_NAMES
 
     if board not in BOARDS:
@@ -253,8 +261,8 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     model, plan = load_plan(model_path, info.device, tile, lanes)  # the pre-flight fit check
     env = _check_tools(info.family)
     platform = make_platform(board)
-    clock_mhz = platform.default_clk_frequency / 1e6
-    divisor = max(4, round(platform.default_clk_frequency / baud))  # as BoardTop.divisor
+    clock_mhz = design_clock_hz(board, platform) / 1e6
+    divisor = max(4, round(clock_mhz * 1e6 / baud))  # as BoardTop.divisor
     if abs(clock_mhz * 1e6 / divisor - baud) > 0.03 * baud:
         raise UserError(f"{baud} baud is not within 3% of {clock_mhz:g} MHz / an integer divisor: choose another")
     top = BoardTop(plan, board, baud)
@@ -271,7 +279,8 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     products.extract(str(out))
     script = "build_top.sh"
     report = BuildReport(board, plan.device.name, str(model_path or "shipped sigma-25 model"), plan.tile,
-                         plan.timesteps, baud, clock_mhz)
+                         plan.timesteps, baud, clock_mhz,
+                         platform.default_clk_frequency / 1e6 if info.pll_hz else None)
     if progress is None:
         progress = sys.stderr if sys.stderr.isatty() else None
     for _, product in STAGES[info.family]:

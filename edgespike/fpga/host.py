@@ -19,7 +19,7 @@ def parse_port(port: str) -> tuple[str, int]:
         try:
             return name, int(baud)
         except ValueError:
-            raise UserError(f"--port {port!r}: the baud rate after '@' must be a number, e.g. /dev/ttyUSB0@1000000") \
+            raise UserError(f"--port {port!r}: the baud rate after '@' must be a number, e.g. /dev/ttyUSB0@500000") \
                 from None
     return port, DEFAULT_BAUD
 
