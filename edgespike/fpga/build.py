@@ -116,10 +116,10 @@ class BuildReport:
         if t:
             lines.append(f"  throughput     {t['frame']}: {t['cycles_per_frame']:,} cycles/frame, "
                          f"{t['sops_per_cycle']:.2f} SOP/cycle")
-            for label in ("board_clock", "fmax"):
+            for label, name in (("board_clock", "design clock"), ("fmax", "Fmax")):
                 if label in t:
                     r = t[label]
-                    lines.append(f"    at {r['mhz']:.1f} MHz ({'design clock' if label == 'board_clock' else 'Fmax'}): {r['frames_per_second']:.3g} "
+                    lines.append(f"    at {r['mhz']:.1f} MHz ({name}): {r['frames_per_second']:.3g} "
                                  f"frames/s compute, {r['sops_per_second']:.3g} SOP/s")
             lines.append(f"    UART at {self.baud} baud: {t['uart_seconds_per_frame']:.2f} s/frame of tile traffic")
             if "cpu_frames_per_second" in t:
