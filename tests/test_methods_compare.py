@@ -112,3 +112,31 @@ def test_training_curves_from_the_logs(setup):
     assert curves.read_bytes()[:4] == b"\x89PNG"
     text = doc.read_text()
     assert "![validation PSNR vs training time](c.png)" in text and "PSNR vs T per method" not in text
+
+
+def test_cache_evaluates_each_model_once_and_only_selects_rows(setup, monkeypatch):
+    import json
+
+    import compare
+
+    tmp, ds, doc = setup
+    cache = tmp / "cache"
+    args = ["--manifest", str(tmp / "m.toml"), "--dataset", str(ds), "--doc", str(doc), "--plot", "", "--curves", "",
+            "--cache", str(cache), "--json", str(tmp / "rows.json")]
+    assert compare.main(args + ["--only", "VT"]) == 0  # the VTSNN row only: the CAE row is left out
+    names = [r["name"] for r in json.loads((tmp / "rows.json").read_text())]
+    assert names == ["VT", "later"] and len(list(cache.glob("*.json"))) == 1
+    first = json.loads((tmp / "rows.json").read_text())[0]
+
+    calls = []
+    real = compare.evaluate_entry
+    monkeypatch.setattr(compare, "evaluate_entry", lambda e, *a: calls.append(e.name) or real(e, *a))
+    assert compare.main(args) == 0
+    assert calls == ["CAE speckle", "later"]  # VT came from the cache; a missing model is never cached
+    rows = json.loads((tmp / "rows.json").read_text())
+    assert rows[0] == first and [r["name"] for r in rows] == ["VT", "CAE speckle", "later"]
+
+    fileformat.save(vtsnn.unet(2).to_model({"architecture": "retrained"}), tmp / "vt.esnn")  # a new file
+    calls.clear()
+    assert compare.main(args + ["--only", "VT"]) == 0
+    assert calls == ["VT", "later"] and len(list(cache.glob("*.json"))) == 3  # a missing model is always a row

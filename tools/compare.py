@@ -19,15 +19,21 @@ Every model runs through the fast bit-exact runtime with the code paths of ``edg
 noise protocol, PSNR and SSIM of :mod:`edgespike.metrics`); per frame the energy of
 :func:`edgespike.profile.energy.estimate` is added. A model file that does not exist yet gets a row saying so.
 
+With ``--cache DIR`` each row is kept as JSON under the SHA-256 of its model file and the evaluation settings, so
+a second run (after one more model has been trained) evaluates only what changed; ``--only`` restricts a run to
+the rows whose name contains a string (the doc's table is still written from every cached row).
+
 Example
 -------
     python tools/compare.py --dataset bsd68 --sigma 25          # the manifest of docs/METHODS.md
     python tools/compare.py --manifest mine.toml --dataset set12 --limit 3 --doc /tmp/M.md
+    python tools/compare.py --cache runs/compare-cache          # re-run: only new or retrained models
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -132,6 +138,29 @@ def evaluate_entry(entry: Entry, files: list[Path], ann_twin: bool = True) -> di
                   "architecture": model.metadata.get("architecture", ""), **mean, "ann_psnr": ann,
                   "snn_uJ": float(np.mean([e["snn_pJ"] for e in ex.energy])) / 1e6,
                   "ann_uJ": float(np.mean([e["ann_pJ"] for e in ex.energy])) / 1e6}
+
+
+def cached_row(entry: Entry, files: list[Path], ann_twin: bool, cache: Path | None, run: bool) -> dict | None:
+    """The row of ``entry``: from ``cache`` when its model file and settings were evaluated before, else evaluated
+    (when ``run``; else None) and stored there. A missing model file is never cached."""
+    if cache is None or not entry.path.is_file():
+        return evaluate_entry(entry, files, ann_twin) if run or not entry.path.is_file() else None
+    digest = hashlib.sha256(entry.path.read_bytes())
+    digest.update(json.dumps([entry.noise, entry.sigma, ann_twin, [f.name for f in files]]).encode())
+    path = cache / f"{digest.hexdigest()[:24]}.json"
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        # name, path and command are the manifest's, not the cache's (a renamed row keeps its figures)
+        return stored | {"name": entry.name, "method": entry.method, "path": str(entry.path),
+                         "command": entry.command}
+    if not run:
+        return None
+    row = evaluate_entry(entry, files, ann_twin)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(row, default=str))
+    tmp.replace(path)  # never a half-written cache file
+    return row
 
 
 def _f(x, fmt):
@@ -270,6 +299,10 @@ def main(argv=None) -> int:
     p.add_argument("--plot", default="docs/methods_psnr_vs_t.png", help="PSNR-vs-T figure ('' for none)")
     p.add_argument("--json", help="also write the rows as JSON here")
     p.add_argument("--no-ann-twin", action="store_true", help="skip the float ANN twin column (faster)")
+    p.add_argument("--cache", help="keep each row here (JSON, keyed by the model file's SHA-256 and the settings) and "
+                   "evaluate only models not seen before")
+    p.add_argument("--only", help="evaluate only rows whose name contains this; the others come from --cache or "
+                   "are left out")
     p.add_argument("--curves", default="docs/methods_curves.png",
                    help="validation PSNR vs training minutes of the manifest's 'curve' rows ('' for none)")
     a = p.parse_args(argv)
@@ -290,10 +323,15 @@ def main(argv=None) -> int:
             if a.limit < 1:
                 raise CompareError(f"--limit must be at least 1, got {a.limit}")
             files = files[: a.limit]
+        cache = Path(a.cache) if a.cache else None
         rows = []
         for e in entries:
-            print(f"compare: {e.name} ({e.path}) on {label}, {e.noise} {e.sigma:g} ...", file=sys.stderr)
-            rows.append(evaluate_entry(e, files, not a.no_ann_twin))
+            run = a.only is None or a.only in e.name
+            if run:
+                print(f"compare: {e.name} ({e.path}) on {label}, {e.noise} {e.sigma:g} ...", file=sys.stderr)
+            row = cached_row(e, files, not a.no_ann_twin, cache, run)
+            if row is not None:
+                rows.append(row)
         doc = Path(a.doc)
         plot_rel = None
         if a.plot:
