@@ -148,6 +148,24 @@ def test_threshold_balancing_sets_the_activation_quantile():
     assert g.theta("n1").item() == pytest.approx(got["n1"], rel=1e-5)
 
 
+def test_lif_balanced_layer_by_layer_keeps_the_deep_layers_firing():
+    """All layers balanced at once on the ReLU ANN silence a deep LIF network (its dead zone below theta / 4
+    shrinks every layer's output); balanced in order on the rate-aware ANN, the last layer still fires."""
+    from edgespike.train.methods.coding import neuron_kwargs
+    from edgespike.train.methods.dncnn import dncnn
+
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 1, 48, 48)).astype(np.float32))
+    rates = {}
+    for sequential, q in ((False, 0.999), (True, 0.95)):
+        g = dncnn(10, 32, 8, "direct", neuron_kwargs("lif", 2), seed=0)
+        got = g.balance_thresholds(x, q, sequential=sequential)
+        with torch.no_grad():
+            _, feats = g.ann(x, features=True, rate_aware=True)
+        rates[sequential] = float((feats["n9"] > 0).float().mean())
+        assert set(got) == {f"n{i}" for i in range(1, 10)}
+    assert rates[False] < 0.01 and rates[True] > 0.05
+
+
 # ------------------------------------------------------------------ SpikerIR
 
 

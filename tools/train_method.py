@@ -39,7 +39,8 @@ def _common(p) -> None:
     p.add_argument("--batch", type=int, default=16, help="patches per SNN step")
     p.add_argument("--ann-batch", type=int, default=64, help="patches per ANN step")
     p.add_argument("--patch", type=int, default=40, help="patch side (a multiple of 8, the CAE's size multiple)")
-    p.add_argument("--quantile", type=float, default=0.999, help="threshold balancing quantile")
+    p.add_argument("--quantile", type=float, help="threshold balancing quantile (default 0.999; 0.95 for LIF, "
+                   "balanced layer by layer)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="the .esnn to write; checkpoint and log go next to it")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint next to --out")

@@ -2,7 +2,8 @@
 
 * ``--neuron if`` (SPIDEN DnSNN): IF, soft reset, threshold learned per layer, ``v0 = theta / 2``.
 * ``--neuron lif``: LIF with the format's shift leak ``v -= v >> k`` (tau = 2**k steps), hard reset to 0,
-  ``v0 = 0`` and a FIXED threshold (set once by threshold balancing, never trained).
+  ``v0 = 0`` and a FIXED threshold (set once by threshold balancing, layer by layer on the rate-aware ANN at the
+  95 % quantile, never trained).
 * ``--encoder direct`` (the pixel at every step) or ``rate`` (Bernoulli spikes with probability x/256 from the
   format's counter-based lowbias32 encoder: the training sees exactly the spikes the runtime will make).
 
@@ -39,9 +40,13 @@ def neuron_kwargs(kind: str, leak_shift: int) -> dict:
 
 def setup(a):
     g = dncnn(a.depth, a.width, a.T, a.encoder, neuron_kwargs(a.neuron, a.leak_shift), seed=a.seed)
+    lif = a.neuron == "lif"
+    # LIF's dead zone silences the deep layers unless each layer is balanced on what the layers before it
+    # really pass on, at a lower quantile (measured: 10x32, T=8: at 0.999 layer 9 fires nowhere, at 0.95 on 19 %)
+    balance = common.balance(0.95 if lif and a.quantile is None else a.quantile, sequential=lif)
     phases = [
         common.Phase("qann", common.qann_mse_loss, a.ann_minutes, a.ann_iters, a.lr, a.ann_batch, a.patch,
-                     before=common.balance(a.quantile)),
+                     before=balance),
         common.Phase("snn", common.mse_loss, a.minutes, a.iters, a.snn_lr, a.batch, a.patch),
     ]
     if a.neuron == "lif":

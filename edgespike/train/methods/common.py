@@ -261,10 +261,11 @@ def qann_mse_loss(g: QGraph, clean: torch.Tensor, noisy: torch.Tensor) -> torch.
     return ((g.ann(noisy, rate_aware=True) - clean) / 255.0).pow(2).mean()
 
 
-def balance(quantile: float = 0.999, n: int = 64):
-    """A :attr:`Phase.before` hook: threshold balancing from the ANN's activations on ``n`` training patches."""
+def balance(quantile: float | None = 0.999, n: int = 64, sequential: bool = False):
+    """A :attr:`Phase.before` hook: threshold balancing from the ANN's activations on ``n`` training patches
+    (``quantile`` None: 0.999; ``sequential``: see :meth:`QGraph.balance_thresholds`)."""
     def hook(g: QGraph, sampler: NoisyPatches) -> None:
         _, noisy = sampler.batch(n)
-        th = g.balance_thresholds(noisy, quantile)
+        th = g.balance_thresholds(noisy, 0.999 if quantile is None else quantile, sequential)
         log.info("balanced thresholds: %s", {k: round(v, 4) for k, v in th.items()})
     return hook

@@ -416,13 +416,15 @@ class QGraph(nn.Module):
         return (pixels - res.residual if self.residual else res.residual), res
 
     # ------------------------------------------------------------------ the ANN
-    def ann(self, pixels: torch.Tensor, clip: bool = False, features: bool = False, rate_aware: bool = False):
+    def ann(self, pixels: torch.Tensor, clip: bool = False, features: bool = False, rate_aware: bool = False,
+            currents: dict | None = None):
         """The float ANN with the same weights: ReLU activations (clipped at ``theta`` when ``clip``), the
         read-out terms summed as real values (membrane of an Integrator = its mean current). Not for UWE input.
         ``rate_aware``: every activation is instead the neuron's own spike rate under its constant mean current
         (:func:`constant_drive_rate`: the T + 1 levels of IF, the dead zone and uneven levels of LIF) with the
         clipped ReLU's gradient - a rate-coded q-ANN, so that the SNN starts where the ANN ends.
-        Returns the denoised image in pixels, and ``{neuron: activation}`` when ``features``."""
+        Returns the denoised image in pixels, and ``{neuron: activation}`` when ``features``; ``currents``, when
+        given, receives ``{neuron: input current}``."""
         if self.encoder == "uwe":
             raise ValueError("the ANN view needs the direct or rate encoder")
         # A rate-coded pixel fires with probability x / 256: its expected spike is the ANN's input.
@@ -434,6 +436,8 @@ class QGraph(nn.Module):
                                           if s.name in self.bias else None)
             elif isinstance(s, NeuronSpec):
                 cur, th = acts[s.src], self.theta(s.name)
+                if currents is not None:
+                    currents[s.name] = cur
                 if rate_aware:
                     exact = th.detach() * constant_drive_rate(cur.detach(), th.detach(), s, self.T)
                     a = ste(exact, torch.minimum(F.relu(cur), th))
@@ -459,18 +463,36 @@ class QGraph(nn.Module):
         return (out, feats) if features else out
 
     @torch.no_grad()
-    def balance_thresholds(self, pixels: torch.Tensor, quantile: float = 0.999) -> dict[str, float]:
+    def balance_thresholds(self, pixels: torch.Tensor, quantile: float = 0.999,
+                           sequential: bool = False) -> dict[str, float]:
         """Threshold balancing (Rueckauer et al. 2017): each neuron layer's real threshold becomes a high
-        quantile of its ANN activation over ``pixels``. Returns the thresholds set."""
-        _, feats = self.ann(pixels, features=True)
-        out = {}
-        for name, a in feats.items():
+        quantile of its ANN activation over ``pixels``. Returns the thresholds set.
+
+        ``sequential``: layer by layer in order, each from its input current in the rate-aware ANN whose earlier
+        thresholds are already set. For LIF, whose dead zone (no spike below ``theta / 2**k`` of constant drive)
+        shrinks each layer's output, balancing all layers on the ReLU ANN at once silences the deep layers."""
+        def quantile_of(a):
             pos = a[a > 0].flatten()
-            if pos.numel():
-                pos = pos[torch.randperm(pos.numel())[:1_000_000]]
-                val = float(torch.quantile(pos, quantile).clamp(min=1e-3))
-                self.set_theta(name, val)
-                out[name] = val
+            if not pos.numel():
+                return None
+            pos = pos[torch.randperm(pos.numel())[:1_000_000]]
+            return float(torch.quantile(pos, quantile).clamp(min=1e-3))
+
+        out = {}
+        if not sequential:
+            _, feats = self.ann(pixels, features=True)
+            for name, a in feats.items():
+                if (val := quantile_of(a)) is not None:
+                    self.set_theta(name, val)
+                    out[name] = val
+            return out
+        for s in self.specs:
+            if isinstance(s, NeuronSpec):
+                cur: dict = {}
+                self.ann(pixels, rate_aware=True, currents=cur)
+                if (val := quantile_of(cur[s.name])) is not None:
+                    self.set_theta(s.name, val)
+                    out[s.name] = val
         return out
 
     # ------------------------------------------------------------------ export

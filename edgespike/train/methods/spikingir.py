@@ -70,7 +70,7 @@ def setup(a):
         common.Phase("finetune", common.mse_loss, a.minutes, a.iters, a.snn_lr, a.batch, a.patch,
                      before=common.balance(a.quantile)),
     ]
-    parts = [f"SpikingIR DnCNN {a.depth}x{a.width}, T={a.T}, converted (threshold balancing q={a.quantile})",
+    parts = [f"SpikingIR DnCNN {a.depth}x{a.width}, T={a.T}, converted (threshold balancing q={a.quantile or 0.999})",
              "1x1 pixel mapper", "membrane recycling" if not a.no_recycle else "no recycling",
              f"MPRN alpha={a.alpha}" if mprn else "no MPRN", "surrogate fine-tuning"]
     return g, phases, ", ".join(parts)
