@@ -167,6 +167,11 @@ def _f(x, fmt):
     return "-" if x is None else format(x, fmt)
 
 
+def _mj(uj):
+    """Energy per image in mJ to three significant figures."""
+    return "-" if uj is None else f"{uj / 1e3:.3g}"
+
+
 def _si(n):
     if n is None:
         return "-"
@@ -184,7 +189,7 @@ def markdown(rows: list[dict], dataset: str, n_images: int, plot: str | None, cu
              "UWE/rate input, LIF, MPRN, membrane recycling). Energy: `edgespike.profile.energy.estimate` (SNN vs "
              "its ANN twin on the same layers).", "",
              "| method | noise | T | PSNR dB | SSIM | ANN twin PSNR dB | spikes/neuron/step | synaptic ops | MACs "
-             "| SNN energy uJ | ANN energy uJ | command |",
+             "| SNN energy mJ | ANN energy mJ | command |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         noise = f"{r['noise']} {r['sigma']:g}"
@@ -196,7 +201,7 @@ def markdown(rows: list[dict], dataset: str, n_images: int, plot: str | None, cu
         lines.append(f"| {r['name']} | {noise} | {T} | {_f(r['psnr'], '.2f')} | {_f(r['ssim'], '.4f')} "
                      f"| {_f(r['ann_psnr'], '.2f')} | {_f(r['spike_rate'], '.3f')} | {_si(r['synaptic_ops'])} "
                      f"| {_si(r['macs'])} "
-                     f"| {_f(r['snn_uJ'], '.1f')} | {_f(r['ann_uJ'], '.1f')} | `{r['command']}` |")
+                     f"| {_mj(r['snn_uJ'])} | {_mj(r['ann_uJ'])} | `{r['command']}` |")
     if plot:
         lines += ["", f"![PSNR vs T per method]({plot})"]
     if curves:
