@@ -136,7 +136,14 @@ def test_cache_evaluates_each_model_once_and_only_selects_rows(setup, monkeypatc
     rows = json.loads((tmp / "rows.json").read_text())
     assert rows[0] == first and [r["name"] for r in rows] == ["VT", "CAE speckle", "later"]
 
+    # a row limited to the first image: its own cache entry, and the table says so
+    (tmp / "m.toml").write_text((tmp / "m.toml").read_text().replace('curve = true\n', 'curve = true\nlimit = 1\n'))
+    calls.clear()
+    assert compare.main(args) == 0
+    assert calls == ["VT", "later"] and "| VT (first 1 of 2 images) |" in doc.read_text()
+    assert json.loads((tmp / "rows.json").read_text())[0]["images"] == 1
+
     fileformat.save(vtsnn.unet(2).to_model({"architecture": "retrained"}), tmp / "vt.esnn")  # a new file
     calls.clear()
     assert compare.main(args + ["--only", "VT"]) == 0
-    assert calls == ["VT", "later"] and len(list(cache.glob("*.json"))) == 3  # a missing model is always a row
+    assert calls == ["VT", "later"] and len(list(cache.glob("*.json"))) == 4  # a missing model is always a row

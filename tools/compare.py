@@ -11,6 +11,7 @@ The manifest (TOML or JSON) lists the models and the command that made each:
     command = "python tools/train_method.py vtsnn --loss itbp --minutes 60 --out runs/methods/vtsnn_itbp.esnn"
     noise = "gaussian"               # optional: this row's noise kind and sigma (default: --noise, --sigma)
     curve = true                     # optional: plot its validation PSNR against training minutes
+    limit = 12                       # optional: this row on the first 12 images only (e.g. rate coding at T = 64)
 
 A relative ``path`` is taken from the manifest's folder when the file is there, else from the current directory
 (run from the repository root for the default manifest, whose paths are ``runs/methods/...``).
@@ -61,6 +62,7 @@ class Entry:
     noise: str
     sigma: float
     curve: bool = False  # plot this run's validation PSNR against training time (from its .train.log)
+    limit: int | None = None  # this row on the first N images only (a long-T model costs T times more per image)
 
 
 def read_manifest(path: Path, noise: str, sigma: float) -> list[Entry]:
@@ -87,8 +89,11 @@ def read_manifest(path: Path, noise: str, sigma: float) -> list[Entry]:
         kind = r.get("noise", noise)
         if kind not in ("gaussian", "speckle"):
             raise CompareError(f"manifest {path}: model {r['name']!r} has unknown noise {kind!r}")
+        limit = r.get("limit")
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise CompareError(f"manifest {path}: model {r['name']!r} has limit {limit!r}, not a positive integer")
         out.append(Entry(r["name"], str(r.get("method", r["name"])), p, r["command"], kind,
-                         float(r.get("sigma", sigma)), bool(r.get("curve", False))))
+                         float(r.get("sigma", sigma)), bool(r.get("curve", False)), limit))
     return out
 
 
@@ -198,7 +203,9 @@ def markdown(rows: list[dict], dataset: str, n_images: int, plot: str | None, cu
                          f"| `{r['command']}` |")
             continue
         T = f"{r['T']}+1" if r["extra_step"] else str(r["T"])
-        lines.append(f"| {r['name']} | {noise} | {T} | {_f(r['psnr'], '.2f')} | {_f(r['ssim'], '.4f')} "
+        part = r.get("images", n_images) < n_images
+        name = r["name"] + (f" (first {r['images']} of {n_images} images)" if part else "")
+        lines.append(f"| {name} | {noise} | {T} | {_f(r['psnr'], '.2f')} | {_f(r['ssim'], '.4f')} "
                      f"| {_f(r['ann_psnr'], '.2f')} | {_f(r['spike_rate'], '.3f')} | {_si(r['synaptic_ops'])} "
                      f"| {_si(r['macs'])} "
                      f"| {_mj(r['snn_uJ'])} | {_mj(r['ann_uJ'])} | `{r['command']}` |")
@@ -334,9 +341,9 @@ def main(argv=None) -> int:
             run = a.only is None or a.only in e.name
             if run:
                 print(f"compare: {e.name} ({e.path}) on {label}, {e.noise} {e.sigma:g} ...", file=sys.stderr)
-            row = cached_row(e, files, not a.no_ann_twin, cache, run)
+            row = cached_row(e, files[: e.limit] if e.limit else files, not a.no_ann_twin, cache, run)
             if row is not None:
-                rows.append(row)
+                rows.append(row | {"images": min(len(files), e.limit or len(files))})
         doc = Path(a.doc)
         plot_rel = None
         if a.plot:
