@@ -125,7 +125,7 @@ class Accelerator:
     ...     out = acc.denoise(frame)
     """
 
-    def __init__(self, port, baud: int = 500_000, ack_timeout: float = 1.0, result_timeout: float = 30.0,
+    def __init__(self, port, baud: int = P.DEFAULT_BAUD, ack_timeout: float = 1.0, result_timeout: float = 30.0,
                  retries: int = 4):
         if isinstance(port, str):
             try:

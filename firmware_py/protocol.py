@@ -51,6 +51,9 @@ OVERHEAD = len(SYNC) + HEADER_BYTES + 2
 LINK_VERSION = 1
 # Version of the board top level (UART + link + accelerator); reported by IDENT.
 GATEWARE_VERSION = 1
+# the serial line speed of every bitstream and of the firmware, unless chosen otherwise: exact on every design
+# clock (12 MHz / 24, the ULX3S PLL's 12.5 MHz / 25) and for the FTDI bridges (3 MHz / 6)
+DEFAULT_BAUD = 500_000
 
 # frame types, host -> device
 IDENT = 0x01

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgespike.errors import UserError
-from edgespike.fpga.build import DEFAULT_BAUD
+from edgespike.firmware.protocol import DEFAULT_BAUD
 from edgespike.rtl.cli import _tile_arg  # the same HxW option as `edgespike rtl`
 
 HELP = "build a bitstream for a board, or serve a simulated board on a TCP port"

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgespike.errors import UserError
+from edgespike.firmware.protocol import DEFAULT_BAUD
 
 # Amaranth runs each tool named by these variables; the YoWASP builds come with the [hw] extra
 TOOL_ENV = {
@@ -32,7 +33,6 @@ TOOL_ENV = {
              "OPENFPGALOADER": "true", "DFU_SUFFIX": "true", "DFU_UTIL": "true"},
 }
 DEFAULT_TILE = {"up5k": (16, 16), "ecp5-85f": (64, 64), "ecp5-25f": (16, 16)}
-DEFAULT_BAUD = 500_000  # exact on every board clock: 12 MHz / 24, 12.5 MHz (ULX3S PLL) / 25; FTDI: 3 MHz / 6
 
 
 def load_plan(model_path: str | None, device: str, tile: tuple[int, int] | None = None, lanes: int | None = None):
@@ -144,9 +144,7 @@ def _fmax(log: str) -> float | None:
     found = re.findall(r"Max frequency for clock '([^']+)': ([\d.]+) MHz", log)
     if not found:
         return None
-    last: dict[str, float] = {}
-    for name, mhz in found:
-        last[name] = float(mhz)
+    last = {name: float(mhz) for name, mhz in found}  # later reports of a clock replace earlier ones
     return min(last.values())
 
 
@@ -262,10 +260,9 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     env = _check_tools(info.family)
     platform = make_platform(board)
     clock_mhz = design_clock_hz(board, platform) / 1e6
-    divisor = max(4, round(clock_mhz * 1e6 / baud))  # as BoardTop.divisor
-    if abs(clock_mhz * 1e6 / divisor - baud) > 0.03 * baud:
-        raise UserError(f"{baud} baud is not within 3% of {clock_mhz:g} MHz / an integer divisor: choose another")
     top = BoardTop(plan, board, baud)
+    if abs(clock_mhz * 1e6 / top.divisor(clock_mhz * 1e6) - baud) > 0.03 * baud:
+        raise UserError(f"{baud} baud is not within 3% of {clock_mhz:g} MHz / an integer divisor: choose another")
     out = Path(out_dir or f"build/fpga-{board}")
     out.mkdir(parents=True, exist_ok=True)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from edgespike.errors import UserError
-from edgespike.fpga.build import DEFAULT_BAUD
+from edgespike.firmware.protocol import DEFAULT_BAUD
 
 
 def parse_port(port: str) -> tuple[str, int]:
