@@ -404,6 +404,10 @@ class Runtime:
                 kk = node.kernel ** 2
                 if node.name in self.fused:
                     work = px_in * T * cin / 4 + px * T * C  # nibble indices + spikes out
+                elif isinstance(node, ConvTranspose):  # input copy, one tap's product, the scattered output
+                    isz = np.dtype(_gemm_dtype(self.plans[node.name].bound)).itemsize
+                    work = L * isz * (px_in * cin + px_in * C + px * C)
+                    value = max(value, L * isz * C * px)
                 else:
                     isz = np.dtype(_gemm_dtype(self.plans[node.name].bound)).itemsize
                     if kk * C <= SMALL_GEMM:
@@ -421,10 +425,17 @@ class Runtime:
         return int(peak + 2 * value + state) + 1
 
     def _strip_rows(self, H: int, W: int) -> int:
+        """Output rows per strip: as many as the working-set budget allows, but never fewer than twice the halo.
+
+        Each strip recomputes ``2 * halo`` rows; below ``2 * halo`` output rows that recomputation would cost more
+        than the strip itself (a three-level encoder-decoder has a 72-row halo: 8-row strips made it 19x slower
+        than a whole-frame run), so such a model runs over the budget instead.
+        """
         if self.strip_rows is not None:
             return self.strip_rows
         rows = self.max_strip_bytes // self._bytes_per_row(W) - 2 * self.halo
-        rows = max(self.M, rows // self.M * self.M)
+        rows = max(rows, 2 * self.halo)
+        rows = max(self.M, -(-rows // self.M) * self.M)
         return min(rows, H)
 
     # ------------------------------------------------------------------ running
