@@ -57,6 +57,34 @@ def test_tiny_training_exports_bit_exact(tmp_path):
     assert np.any(ref != frame)
 
 
+@needs_data
+def test_float_pretraining_runs_before_the_qann_phase(tmp_path, caplog):
+    """``--float-iters``: the float twin is trained first, then the q-ANN starts from its weights and thresholds."""
+    import logging
+
+    from edgespike.train.loop import Config, Validator, train
+
+    torch.manual_seed(0)
+    out = tmp_path / "f.esnn"
+    cfg = Config(depth=4, width=6, T=8, sigma="25", float_iters=3, iters=2, batch=8, patch=24,
+                 val_images=1, val_crop=32, val_every=1000, out=str(out))
+    with caplog.at_level(logging.INFO, logger="edgespike.train"):
+        net = train(cfg, progress=False)
+    done = [r.getMessage().split(" done")[0] for r in caplog.records if " done: " in r.getMessage()]
+    assert done == ["float", "qann"]
+    ck = torch.load(cfg.ckpt_path, weights_only=True)
+    assert (ck["phase"], ck["it"]) == ("qann", 2)
+    # The float view scores the twin's own output: a network whose read-out is zero returns the noisy crop.
+    with torch.no_grad():
+        net.weight[-1].zero_()
+        net.bias[-1].zero_()
+    v = Validator(cfg)
+    from edgespike.train.data import psnr
+
+    assert v(net, "float") == pytest.approx(psnr(v.noisy[0], v.clean[0]))
+    np.testing.assert_array_equal(predict_uint8(net, _frame(), "snn"), _frame())
+
+
 def test_qann_is_exact_with_one_hidden_layer():
     """With direct encoding the first neuron layer sees a constant current: the q-ANN count formula
     ``clip(floor((Theta>>1 + T*I) / Theta), 0, T)`` is then exactly the IF neuron's spike count."""

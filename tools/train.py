@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Train an edgespike spiking denoiser and export it as ``.esnn``.
 
-Method: a rate-coded, quantisation-aware ANN whose integers ARE the SNN's (int8 weights per output channel,
+Method: optionally, the float ANN twin (float weights, ReLU clipped at the learned thresholds) is trained first
+(phase "float": the architecture's float reference, and a starting point); then a rate-coded, quantisation-aware ANN whose integers ARE the SNN's (int8 weights per output channel,
 thresholds folded in, T-step IF neurons with v0 = theta/2 and soft reset) is trained with straight-through
 gradients (phase "qann", one conv per layer); then, optionally, the exact spiking simulation is fine-tuned with
 BPTT through the T steps (phase "snn", surrogate sigmoid gradient). See docs/MODELS.md.
@@ -32,6 +33,9 @@ def main(argv=None) -> int:
     p.add_argument("--down", action="store_true",
                    help="half-resolution body: stride-2 5x5 first conv and stride-2 transposed read-out (4x fewer ops)")
     p.add_argument("--sigma", default="25", help="training noise level (0..255 scale) or 'blind' = U[0, 55]")
+    p.add_argument("--float-minutes", type=float, default=0.0,
+                   help="float pre-training of the ANN twin (ReLU clipped at the thresholds) before the q-ANN phase")
+    p.add_argument("--float-iters", type=int, default=0, help="iterations of the float phase (if no --float-minutes)")
     p.add_argument("--minutes", type=float, default=0.0, help="wall-clock budget of the q-ANN phase")
     p.add_argument("--iters", type=int, default=0, help="iteration budget of the q-ANN phase (if no --minutes)")
     p.add_argument("--snn-minutes", type=float, default=0.0, help="budget of the BPTT fine-tuning phase")
@@ -64,12 +68,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(), logging.FileHandler(out.with_suffix(".train.log"))])
     cfg = Config(depth=a.depth, width=a.width, T=a.T, down=a.down, sigma=a.sigma, minutes=a.minutes, iters=a.iters,
+                 float_minutes=a.float_minutes, float_iters=a.float_iters,
                  snn_minutes=a.snn_minutes, snn_iters=a.snn_iters, batch=a.batch, snn_batch=a.snn_batch,
                  patch=a.patch, lr=a.lr, snn_lr=a.snn_lr, snn_mode=a.snn_mode, seed=a.seed, out=a.out,
                  ckpt=a.ckpt, init=a.init,
                  val_every=a.val_every)
-    if cfg.minutes <= 0 and cfg.iters <= 0 and cfg.snn_minutes <= 0 and cfg.snn_iters <= 0:
-        p.error("give a budget: --minutes/--iters and/or --snn-minutes/--snn-iters")
+    if max(cfg.float_minutes, cfg.float_iters, cfg.minutes, cfg.iters, cfg.snn_minutes, cfg.snn_iters) <= 0:
+        p.error("give a budget: --float-minutes/--float-iters, --minutes/--iters and/or --snn-minutes/--snn-iters")
     logging.getLogger("edgespike.train").info("command: %s", " ".join(sys.argv))
     logging.getLogger("edgespike.train").info("config: %s", cfg)
     train(cfg, resume=a.resume, progress=not a.no_progress)

@@ -1,4 +1,5 @@
-"""Training loop: q-ANN phase, optional BPTT fine-tuning on the spiking simulation, checkpoints, export.
+"""Training loop: optional float pre-training, q-ANN phase, optional BPTT fine-tuning on the spiking simulation,
+checkpoints, export.
 
 Phases share one optimiser state layout and one checkpoint file. Budgets are in minutes (wall clock, resumed
 across restarts) or iterations; the learning rate follows a cosine over the budget of each phase, so a run that is
@@ -23,6 +24,9 @@ from edgespike.train.qnet import QSpikingDnCNN, decode
 
 log = logging.getLogger("edgespike.train")
 
+PHASES = ("float", "qann", "snn")
+"""The phases of a run, in order; a phase without a budget is skipped."""
+
 
 @dataclass
 class Config:
@@ -33,6 +37,8 @@ class Config:
     T: int = 8
     down: bool = False  # half-resolution body (stride-2 first conv, transposed read-out)
     sigma: str = "25"  # a number or "blind"
+    float_minutes: float = 0.0  # float pre-training of the ANN twin (clipped ReLU at theta), before the q-ANN
+    float_iters: int = 0
     minutes: float = 0.0  # q-ANN phase budget (wall clock); 0 -> use iters
     iters: int = 0
     snn_minutes: float = 0.0  # BPTT fine-tuning budget on the spiking simulation
@@ -89,8 +95,11 @@ class Validator:
     def __call__(self, net: QSpikingDnCNN, view: str) -> float:
         ints = net.integerise()
         x = torch.from_numpy(np.stack(self.noisy).astype(np.float32))[:, None]
-        R = net.snn(x, ints, return_R=True) if view == "snn" else net.qann(x, ints, return_R=True)
-        out = decode(R, x, ints.multiplier, ints.shift)[:, 0].numpy()
+        if view == "float":  # the float twin: no integers, the output is only rounded to pixels
+            out = (x - net.twin(x)).round().clamp(0, 255)[:, 0].to(torch.uint8).numpy()
+        else:
+            R = net.snn(x, ints, return_R=True) if view == "snn" else net.qann(x, ints, return_R=True)
+            out = decode(R, x, ints.multiplier, ints.shift)[:, 0].numpy()
         return float(np.mean([psnr(o, c) for o, c in zip(out, self.clean, strict=True)]))
 
 
@@ -109,7 +118,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> QSpikingD
     torch.manual_seed(cfg.seed)
     net = QSpikingDnCNN(cfg.depth, cfg.width, cfg.T, down=cfg.down)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    state = {"phase": "qann", "it": 0, "elapsed": 0.0, "best": None}
+    state = {"phase": PHASES[0], "it": 0, "elapsed": 0.0, "best": None}
     ckpt_path = cfg.ckpt_path
     if resume and os.path.exists(ckpt_path):
         ck = _load_ckpt(ckpt_path)
@@ -126,15 +135,16 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> QSpikingD
     validator = Validator(cfg)
     sigma = "blind" if cfg.sigma == "blind" else float(cfg.sigma)
 
-    if state["it"] == 0 and state["phase"] == "qann" and not cfg.init:
+    if state["it"] == 0 and state["phase"] == PHASES[0] and not cfg.init:
         cal = PatchSampler(train_ims, cfg.patch, sigma, seed=cfg.seed + 10**6)
         _, noisy = cal.batch(128)
         net.calibrate(torch.from_numpy(noisy.astype(np.float32))[:, None])
         log.info("calibrated thetas: %s", np.round(net.theta.detach().numpy(), 4).tolist())
 
-    phases = [("qann", cfg.minutes, cfg.iters, cfg.lr, cfg.batch, cfg.val_every),
+    phases = [("float", cfg.float_minutes, cfg.float_iters, cfg.lr, cfg.batch, cfg.val_every),
+              ("qann", cfg.minutes, cfg.iters, cfg.lr, cfg.batch, cfg.val_every),
               ("snn", cfg.snn_minutes, cfg.snn_iters, cfg.snn_lr, cfg.snn_batch, cfg.snn_val_every)]
-    start_index = 0 if state["phase"] == "qann" else 1
+    start_index = PHASES.index(state["phase"])
     for name, minutes, iters, lr, batch, val_every in phases[start_index:]:
         if minutes <= 0 and iters <= 0:
             continue
@@ -154,7 +164,8 @@ def _run_phase(net, opt, cfg, state, train_ims, sigma, validator, name, minutes,
     from tqdm import tqdm
 
     # Reseed per (phase, iteration) so a resumed run draws fresh, reproducible patches.
-    sampler = PatchSampler(train_ims, cfg.patch, sigma, seed=cfg.seed * 1000 + state["it"] + (name == "snn") * 7919)
+    sampler = PatchSampler(train_ims, cfg.patch, sigma, seed=cfg.seed * 1000 + state["it"] + (name == "snn") * 7919
+                           + (name == "float") * 104729)
     total = int(minutes * 60) if minutes > 0 else iters
     bar = tqdm(total=total, initial=min(int(state["elapsed"]) if minutes > 0 else state["it"], total),
                unit="s" if minutes > 0 else "it", desc=name, disable=not progress, mininterval=2.0)
@@ -169,13 +180,14 @@ def _run_phase(net, opt, cfg, state, train_ims, sigma, validator, name, minutes,
         clean, noisy = sampler.batch(batch)
         x = torch.from_numpy(noisy.astype(np.float32))[:, None]
         target = x - torch.from_numpy(clean.astype(np.float32))[:, None]
-        ints = net.integerise()
-        if name == "qann":
-            pred = net.qann(x, ints)
+        if name == "float":
+            pred = net.twin(x)
+        elif name == "qann":
+            pred = net.qann(x)
         elif cfg.snn_mode == "bptt":
-            pred = net.snn(x, ints)
+            pred = net.snn(x)
         else:
-            pred = net.tandem(x, ints)
+            pred = net.tandem(x)
         loss = ((pred - target) / 255.0).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
