@@ -2,10 +2,11 @@
 """Train an edgespike spiking denoiser and export it as ``.esnn``.
 
 Method: optionally, the float ANN twin (float weights, ReLU clipped at the learned thresholds) is trained first
-(phase "float": the architecture's float reference, and a starting point); then a rate-coded, quantisation-aware ANN whose integers ARE the SNN's (int8 weights per output channel,
-thresholds folded in, T-step IF neurons with v0 = theta/2 and soft reset) is trained with straight-through
-gradients (phase "qann", one conv per layer); then, optionally, the exact spiking simulation is fine-tuned with
-BPTT through the T steps (phase "snn", surrogate sigmoid gradient). See docs/MODELS.md.
+(phase "float": the architecture's float reference, and a starting point); then a rate-coded, quantisation-aware
+ANN whose integers ARE the SNN's (int8 weights per output channel, thresholds folded in, T-step IF neurons with
+v0 = theta/2 and soft reset) is trained with straight-through gradients (phase "qann", one conv per layer); then,
+optionally, the exact spiking simulation is fine-tuned with BPTT through the T steps (phase "snn", surrogate
+sigmoid gradient). See docs/MODELS.md.
 
 Examples
 --------

@@ -27,6 +27,9 @@ log = logging.getLogger("edgespike.train")
 PHASES = ("float", "qann", "snn")
 """The phases of a run, in order; a phase without a budget is skipped."""
 
+_PHASE_SEED_OFFSET = {"float": 104729, "qann": 0, "snn": 7919}
+"""Added to the patch sampler's seed so that each phase draws its own patches (distinct primes)."""
+
 
 @dataclass
 class Config:
@@ -164,8 +167,8 @@ def _run_phase(net, opt, cfg, state, train_ims, sigma, validator, name, minutes,
     from tqdm import tqdm
 
     # Reseed per (phase, iteration) so a resumed run draws fresh, reproducible patches.
-    sampler = PatchSampler(train_ims, cfg.patch, sigma, seed=cfg.seed * 1000 + state["it"] + (name == "snn") * 7919
-                           + (name == "float") * 104729)
+    sampler = PatchSampler(train_ims, cfg.patch, sigma,
+                           seed=cfg.seed * 1000 + state["it"] + _PHASE_SEED_OFFSET[name])
     total = int(minutes * 60) if minutes > 0 else iters
     bar = tqdm(total=total, initial=min(int(state["elapsed"]) if minutes > 0 else state["it"], total),
                unit="s" if minutes > 0 else "it", desc=name, disable=not progress, mininterval=2.0)
