@@ -127,6 +127,11 @@ def design_clock_hz(board: str, platform) -> float:
     return BOARDS[board].pll_hz or platform.default_clk_frequency
 
 
+def uart_divisor(clock_hz: float, baud: int) -> int:
+    """UART clock cycles per bit at ``baud`` (at least 4: the receiver samples mid-bit)."""
+    return max(4, round(clock_hz / baud))
+
+
 def make_platform(board: str):
     """An ``amaranth-boards`` platform for ``board`` (a key of :data:`BOARDS`), with a UART where it has none."""
     import importlib
@@ -153,7 +158,7 @@ class BoardTop(Elaboratable):
         self.baud = baud
 
     def divisor(self, clock_hz: int) -> int:
-        return max(4, round(clock_hz / self.baud))
+        return uart_divisor(clock_hz, self.baud)
 
     def elaborate(self, platform):
         m = Module()

@@ -250,7 +250,7 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     cpu : bool
         Also time the CPU runtime on the bundled sample for the report.
     """
-    from edgespike.rtl.board import BOARDS, BoardTop, design_clock_hz, make_platform
+    from edgespike.rtl.board import BOARDS, BoardTop, design_clock_hz, make_platform, uart_divisor
     from edgespike.rtl.synth import RW_RAM_NAMES
 
     if board not in BOARDS:
@@ -260,9 +260,9 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     env = _check_tools(info.family)
     platform = make_platform(board)
     clock_mhz = design_clock_hz(board, platform) / 1e6
-    top = BoardTop(plan, board, baud)
-    if abs(clock_mhz * 1e6 / top.divisor(clock_mhz * 1e6) - baud) > 0.03 * baud:
+    if abs(clock_mhz * 1e6 / uart_divisor(clock_mhz * 1e6, baud) - baud) > 0.03 * baud:
         raise UserError(f"{baud} baud is not within 3% of {clock_mhz:g} MHz / an integer divisor: choose another")
+    top = BoardTop(plan, board, baud)
     out = Path(out_dir or f"build/fpga-{board}")
     out.mkdir(parents=True, exist_ok=True)
 
