@@ -3,10 +3,12 @@
 * :mod:`~edgespike.firmware.protocol` -- frames, CRC, types and versions (shared with the gateware's link).
 * :mod:`~edgespike.firmware.accelerator` -- :class:`Accelerator`: identify, version and model checks, tiles,
   frames, retries.
+* :mod:`~edgespike.firmware.tiling` -- how a frame is cut into halo'd tiles (the gateware simulation cuts the same).
 
 Needs numpy and pyserial only (the ``[hw]`` extra brings pyserial); no Amaranth.
 """
 
-from edgespike.firmware.accelerator import Accelerator, DeviceMismatch, LinkError, TileResult
+from edgespike.firmware.accelerator import Accelerator, DeviceMismatch, LinkError
+from edgespike.firmware.tiling import TileResult
 
 __all__ = ["Accelerator", "DeviceMismatch", "LinkError", "TileResult"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgespike.firmware import protocol as P
+from edgespike.firmware.tiling import TileResult, tiles
 
 
 class LinkError(Exception):
@@ -50,41 +51,6 @@ def structure_key(plan) -> int:
              repr([(t.quantity, t.multiplier) for t in plan.terms])]
     parts += [repr([getattr(lp, k) for k in _LAYER_KEYS]) for lp in plan.layers]
     return zlib.crc32("|".join(parts).encode())
-
-
-def tiles(shape: tuple[int, int], tile: tuple[int, int], halo: int, multiple: int = 1):
-    """Regions of at most ``tile`` with ``halo`` pixels of context, and the cores to keep.
-
-    The same cut as :func:`edgespike.rtl.cycles.tiles` (a test checks it), repeated here because the board-side
-    code must not need Amaranth. Yields ``((y0, y1, x0, x1), (cy0, cy1, cx0, cx1))`` in frame coordinates; with
-    ``multiple`` > 1 every region is a multiple of it.
-    """
-
-    def spans(n: int, t: int):
-        if n <= t:
-            return [(0, n, 0, n)]
-        core = t - 2 * halo
-        if core < multiple:
-            raise DeviceMismatch(f"the device's {t}-pixel tiles leave no core inside this model's {halo}-pixel halo: "
-                                 f"the model needs tiles of at least {2 * halo + multiple} pixels (a larger device "
-                                 "or a shallower model)")
-        core -= core % multiple
-        return [(max(0, c0 - halo), min(n, min(n, c0 + core) + halo), c0, min(n, c0 + core))
-                for c0 in range(0, n, core)]
-
-    for y0, y1, cy0, cy1 in spans(shape[0], tile[0]):
-        for x0, x1, cx0, cx1 in spans(shape[1], tile[1]):
-            yield (y0, y1, x0, x1), (cy0, cy1, cx0, cx1)
-
-
-@dataclass
-class TileResult:
-    """One tile's output pixels and the hardware's counters for it."""
-
-    out: np.ndarray
-    cycles: int
-    spikes: int
-    sops: int
 
 
 @dataclass
@@ -342,8 +308,11 @@ class Accelerator:
         frame = np.asarray(frame, np.uint8)
         out = np.zeros_like(frame)
         results = []
-        for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) in tiles(frame.shape, self.ident.tile, self.ident.halo,
-                                                             self.ident.multiple):
+        try:
+            regions = list(tiles(frame.shape, self.ident.tile, self.ident.halo, self.ident.multiple))
+        except ValueError as exc:
+            raise DeviceMismatch(f"{self.name}: the device's {exc}") from None
+        for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) in regions:
             res = self.run_tile(np.ascontiguousarray(frame[y0:y1, x0:x1]))
             out[cy0:cy1, cx0:cx1] = res.out[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
             results.append(res)

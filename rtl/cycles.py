@@ -1,4 +1,4 @@
-"""Cycle model of the accelerator, exact to the cycle, and the frame tiling.
+"""Cycle model of the accelerator, exact to the cycle, over one tile or a whole frame.
 
 The sequencer is strictly sequential (``sequencer.py``), so its cycle count is a closed form of the input
 pixels and the spike maps of every layer at every step. Per layer ``l`` and block ``g`` (``W`` = membrane words
@@ -30,36 +30,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgespike.firmware.tiling import tiles
 from edgespike.model import Model
 from edgespike.reference import conv2d, conv_transpose2d, encode
 from edgespike.rtl.params import LayerParams, Plan
-
-
-def tiles(shape: tuple[int, int], tile: tuple[int, int], halo: int, multiple: int = 1):
-    """Cut a frame into regions of at most ``tile`` with ``halo`` pixels of context around each core.
-
-    Yields ``((y0, y1, x0, x1), (cy0, cy1, cx0, cx1))``: the region to run and the core to keep (frame
-    coordinates). Regions are clipped to the frame, so the hardware's zero padding at a region edge is the
-    frame's own padding wherever the region touches the frame border. With ``multiple`` > 1 (a model that
-    halves the resolution), the frame, ``tile`` and ``halo`` must be multiples of it, and so is every region.
-    """
-
-    def spans(n: int, t: int):
-        if n <= t:
-            return [(0, n, 0, n)]
-        core = t - 2 * halo
-        if core < multiple:
-            raise ValueError(f"tile side {t} leaves no core inside a halo of {halo} on each side")
-        core -= core % multiple
-        out = []
-        for c0 in range(0, n, core):
-            c1 = min(n, c0 + core)
-            out.append((max(0, c0 - halo), min(n, c1 + halo), c0, c1))
-        return out
-
-    for y0, y1, cy0, cy1 in spans(shape[0], tile[0]):
-        for x0, x1, cx0, cx1 in spans(shape[1], tile[1]):
-            yield (y0, y1, x0, x1), (cy0, cy1, cx0, cx1)
 
 
 @dataclass

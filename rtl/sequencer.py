@@ -21,7 +21,7 @@ exact closed form of the spike maps (:mod:`edgespike.rtl.cycles`; the tests chec
 ``wload`` (after a ``start_wload`` pulse) takes the weight image (:meth:`Plan.weight_image`) byte by byte and
 writes the engine's weight and params RAMs: the host loads or replaces the weights at run time.
 
-A tile is a piece of a frame with a halo (:func:`edgespike.rtl.cycles.tiles`); the tile's own edges are zero
+A tile is a piece of a frame with a halo (:func:`edgespike.firmware.tiling.tiles`); the tile's own edges are zero
 padding, exact at frame borders and wrong only inside the halo, which the host discards.
 """
 

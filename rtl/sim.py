@@ -8,24 +8,13 @@ are costed with :mod:`edgespike.rtl.cycles` instead.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import numpy as np
 from amaranth.sim import Simulator
 
-from edgespike.rtl.cycles import tiles
+from edgespike.firmware.tiling import TileResult, tiles
 from edgespike.rtl.params import Plan
 from edgespike.rtl.sequencer import Sequencer
-
-
-@dataclass
-class TileResult:
-    """What one simulated tile returned: the output pixels and the hardware counters."""
-
-    out: np.ndarray
-    cycles: int
-    spikes: int
-    sops: int
 
 
 def run_tile(plan: Plan, tile: np.ndarray, vcd: str | None = None) -> TileResult:

@@ -15,7 +15,7 @@ the model the gateware was built from (an FPGA that cannot preload its RAMs, lik
 'W' before the first tile). Version 2 of the protocol added 'W'; 'I' and 'T' are unchanged.
 
 A tile is a region of the frame with its halo (see
-:func:`edgespike.rtl.cycles.tiles`); the host keeps the core of each reply. Any other byte while idle is
+:func:`edgespike.firmware.tiling.tiles`); the host keeps the core of each reply. Any other byte while idle is
 ignored, so a host can resynchronise by sending a few zero bytes and an 'I'. The counters are those of
 :class:`~edgespike.rtl.sequencer.Sequencer` for this tile.
 """

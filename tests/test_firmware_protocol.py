@@ -7,7 +7,7 @@ import pytest
 
 from edgespike.firmware import Accelerator, LinkError
 from edgespike.firmware import protocol as P
-from edgespike.firmware.accelerator import tiles
+from edgespike.firmware.tiling import tiles
 
 
 def test_crc_is_crc16_ccitt_false_and_equals_amaranths():
@@ -56,11 +56,24 @@ def test_ident_round_trip_and_bad_magic():
         P.Ident.decode(ident.encode()[:-1])
 
 
-def test_firmware_tiles_equal_the_rtl_tiling():
-    cycles = pytest.importorskip("edgespike.rtl.cycles")
+def test_tiles_cover_the_frame_with_cores_that_do_not_overlap():
     for shape, tile, halo, mult in (((13, 9), (8, 8), 2, 1), ((256, 256), (16, 16), 3, 1), ((5, 40), (16, 16), 1, 1),
                                     ((64, 48), (16, 16), 4, 2), ((30, 30), (12, 12), 2, 2)):
-        assert list(tiles(shape, tile, halo, mult)) == list(cycles.tiles(shape, tile, halo, mult))
+        covered = np.zeros(shape, int)
+        for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) in tiles(shape, tile, halo, mult):
+            assert y1 - y0 <= tile[0] and x1 - x0 <= tile[1]
+            assert y0 % mult == x0 % mult == y1 % mult == x1 % mult == 0
+            # the core has the full halo of context wherever it is not at the frame border
+            assert y0 == max(0, cy0 - halo) and y1 == min(shape[0], cy1 + halo)
+            assert x0 == max(0, cx0 - halo) and x1 == min(shape[1], cx1 + halo)
+            covered[cy0:cy1, cx0:cx1] += 1
+        assert (covered == 1).all()
+
+
+def test_a_device_whose_tiles_cannot_hold_the_halo_is_refused_before_any_tile_runs():
+    with pytest.raises(ValueError, match="16-pixel tiles leave no core inside this model's 8-pixel halo: the model "
+                                         "needs tiles of at least 17 pixels"):
+        next(tiles((20, 4), (16, 16), 8))
 
 
 def test_a_device_that_never_answers_is_reported_not_waited_for_forever():

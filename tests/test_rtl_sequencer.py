@@ -12,7 +12,8 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from edgespike import reference
-from edgespike.rtl.cycles import frame_cost, tile_cost, tiles
+from edgespike.firmware.tiling import tiles
+from edgespike.rtl.cycles import frame_cost, tile_cost
 from edgespike.rtl.examples import chain_model, demo_image, down_model
 from edgespike.rtl.params import plan
 from edgespike.rtl.sim import Mismatch, check_tile, run_frame

@@ -1,0 +1,58 @@
+"""How a frame is cut into the accelerator's halo'd tiles, and what one tile returns.
+
+The board-side driver (:mod:`edgespike.firmware.accelerator`), the gateware simulation (:mod:`edgespike.rtl.sim`)
+and the cycle model (:mod:`edgespike.rtl.cycles`) cut frames the same way, with this module. It needs numpy only,
+so the edge board runs it without Amaranth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+Region = tuple[int, int, int, int]
+"""``(y0, y1, x0, x1)`` in frame coordinates, end exclusive."""
+
+
+@dataclass
+class TileResult:
+    """One tile's output pixels and the hardware's counters for it."""
+
+    out: np.ndarray
+    cycles: int
+    spikes: int
+    sops: int
+
+
+def tiles(shape: tuple[int, int], tile: tuple[int, int], halo: int,
+          multiple: int = 1) -> Iterator[tuple[Region, Region]]:
+    """Cut a frame into regions of at most ``tile`` with ``halo`` pixels of context around each core.
+
+    Yields ``(region, core)``: the region to run and the core of it to keep. Regions are clipped to the frame, so
+    the hardware's zero padding at a region edge is the frame's own padding wherever the region touches the frame
+    border. With ``multiple`` > 1 (a model that halves the resolution), the frame, ``tile`` and ``halo`` must be
+    multiples of it, and so is every region.
+
+    Raises
+    ------
+    ValueError
+        A tile side leaves no core inside the halo: the model needs larger tiles than the device has.
+    """
+
+    def spans(n: int, t: int) -> list[tuple[int, int, int, int]]:
+        if n <= t:
+            return [(0, n, 0, n)]
+        core = t - 2 * halo
+        if core < multiple:
+            raise ValueError(f"{t}-pixel tiles leave no core inside this model's {halo}-pixel halo: the model needs "
+                             f"tiles of at least {2 * halo + multiple} pixels (a larger device or a shallower model)")
+        core -= core % multiple
+        return [(max(0, c0 - halo), min(n, min(n, c0 + core) + halo), c0, min(n, c0 + core))
+                for c0 in range(0, n, core)]
+
+    rows, cols = spans(shape[0], tile[0]), spans(shape[1], tile[1])  # both checked before the first tile runs
+    for y0, y1, cy0, cy1 in rows:
+        for x0, x1, cx0, cx1 in cols:
+            yield (y0, y1, x0, x1), (cy0, cy1, cx0, cx1)
