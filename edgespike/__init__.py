@@ -11,8 +11,8 @@ __all__ = ["ModelError", "ModelFileError", "FrameError", "__version__", "load"]
 def load(path=None, **kwargs):
     """The fast CPU runtime for a model file: ``edgespike.load(path).denoise(frame) -> (frame, stats)``.
 
-    ``path=None`` loads the shipped sigma-25 model (``ModelError`` if this build has none yet). Imported lazily so
-    ``import edgespike`` stays light. See :class:`edgespike.runtime.Runtime`.
+    ``path`` may name a shipped model (``"s25"``, ``"blind"``); ``None`` loads the shipped sigma-25 model.
+    Imported lazily so ``import edgespike`` stays light. See :class:`edgespike.runtime.Runtime`.
     """
     from edgespike.runtime import load as _load
 

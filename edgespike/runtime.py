@@ -724,22 +724,15 @@ class Runtime:
 def load(path=None, **kwargs) -> Runtime:
     """A :class:`Runtime` for the model file ``path`` (a :class:`Model` is also accepted).
 
-    ``path=None`` loads the shipped sigma-25 model ``edgespike/models/default_s25.esnn``; raises
-    :class:`ModelError` when this installation has none yet. Keyword arguments go to :class:`Runtime`.
+    ``path`` may also name a shipped model (``"s25"``, ``"blind"``); ``None`` loads the shipped sigma-25 model.
+    Keyword arguments go to :class:`Runtime`.
     """
-    from pathlib import Path
-
     from edgespike.fileformat import load as load_model
+    from edgespike.models import resolve
 
     if isinstance(path, Model):
         return Runtime(path, **kwargs)
-    if path is None:
-        default = Path(__file__).parent / "models" / "default_s25.esnn"
-        if not default.exists():
-            raise ModelError("no default model is shipped in this build yet (edgespike/models/default_s25.esnn); "
-                             "pass a model file path")
-        path = default
-    return Runtime(load_model(path), **kwargs)
+    return Runtime(load_model(resolve(path)), **kwargs)
 
 
 def denoise(model: Model, frame: np.ndarray, **kwargs) -> np.ndarray:

@@ -12,6 +12,8 @@ import sys
 
 import numpy as np
 
+from edgespike.models import MODEL_HELP, resolve
+
 HELP = "simulate the accelerator on a frame tile (bit-exact check) or emit its Verilog"
 DESCRIPTION = """rtl sim: run one tile of a frame (the top-left corner: --sim-tile, default 4x4 or --tile if smaller)
 through the simulated gateware built for --tile, compare it pixel for pixel with the CPU reference (on a
@@ -35,7 +37,7 @@ def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="rtl_command", metavar="{sim,verilog}", required=True)
     for name in ("sim", "verilog"):
         q = sub.add_parser(name, help=HELP)
-        q.add_argument("--model", help="model file (default: the shipped sigma-25 model)")
+        q.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: s25)")
         q.add_argument("--device", default="ecp5-85f", help="up5k, ecp5-85f or ecp5-25f (default ecp5-85f)")
         q.add_argument("--tile", type=_tile_arg, default=(64, 64), help="largest tile HxW, halo included "
                                                                        "(default 64x64)")
@@ -57,10 +59,9 @@ def add_arguments(p) -> None:
 
 def _load(args):
     from edgespike.fileformat import load
-    from edgespike.models import default_path
     from edgespike.rtl.params import plan
 
-    model = load(args.model or default_path("s25"))
+    model = load(resolve(args.model))
     return plan(model, device=args.device, tile=args.tile, lanes=args.lanes)
 
 

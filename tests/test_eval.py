@@ -257,3 +257,22 @@ def test_compare_bm3d_calls_the_package_with_the_noise_std(capsys, model_file, t
     assert rec["compare"]["method"] == "BM3D"
     assert rec["compare"]["psnr"] == pytest.approx(rec["psnr_noisy"])
     assert calls[0][0] == np.float64 and calls[0][1] <= 1.0 and calls[0][2] == pytest.approx(15 / 255)
+
+
+@pytest.mark.parametrize(("args", "shipped"), [
+    (["--sigma", "25"], "default_s25"),
+    (["--sigma", "50"], "default_blind"),  # the sigma-25 model is trained for one noise level
+    (["--noise", "speckle", "--sigma", "25"], "default_blind"),
+    (["--sigma", "50", "--model", "s25"], "default_s25"),  # a shipped model by name
+    (["--model", "blind"], "default_blind"),
+])
+def test_without_a_model_the_shipped_one_for_the_noise_runs(capsys, two_images, args, shipped):
+    assert main(["eval", "--dataset", str(two_images), "--limit", "1", "--json", *args]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["model_metadata"]["name"] == shipped
+    assert Path(doc["model"]).name == f"{shipped}.esnn"
+
+
+def test_a_missing_model_file_names_the_shipped_alternatives(capsys, tmp_path):
+    err = one_line_error(capsys, ["eval", "--model", str(tmp_path / "x.esnn")])
+    assert "x.esnn not found" in err and "shipped model: s25, blind" in err

@@ -95,6 +95,26 @@ def test_no_arguments_runs_the_demo_through_the_default_model(tmp_path, capsys, 
     assert result.ndim == 3 and result.shape[0] >= h and result.shape[1] == 2 * w + 4  # noisy | denoised + strip
 
 
+@pytest.mark.parametrize(("argv", "kind"), [
+    ([], "s25"),
+    (["--sigma", "15"], "blind"),  # the sigma-25 model is trained for one noise level only
+    (["--noise", "poisson-gaussian"], "blind"),
+    (["--sigma", "15", "--model", "s25"], "s25"),  # a shipped model by name
+    (["IMAGES"], "blind"),  # a real source: its noise is not known
+])
+def test_the_demo_picks_the_shipped_model_for_its_noise(tmp_path, capsys, monkeypatch, model_path, argv, kind):
+    import edgespike.models
+
+    asked = []
+    monkeypatch.setattr(edgespike.models, "default_path", lambda k="s25": asked.append(k) or model_path)
+    if argv == ["IMAGES"]:
+        png.write_png(tmp_path / "a.png", np.zeros((30, 40), np.uint8))
+        argv = [tmp_path / "a.png"]
+    rc, out, err = run_cli(capsys, *argv, "--size", "40x30", "--frames", 1, "-o", tmp_path / "x.png", "-q")
+    assert rc == 0, err
+    assert asked == [kind]
+
+
 def test_demo_frames_are_reproducible_and_denoised_exactly(tmp_path, capsys, model_path):
     out_dir = tmp_path / "frames"
     rc, out, err = run_cli(capsys, "--model", model_path, "--size", "40x30", "--frames", 3, "-o", f"{out_dir}/",

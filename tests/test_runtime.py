@@ -183,12 +183,10 @@ def test_load_default_and_errors(tmp_path):
     rt = edgespike.load(path)
     frame = np.random.default_rng(0).integers(0, 256, (7, 5), dtype=np.uint8)
     np.testing.assert_array_equal(rt.denoise(frame)[0], reference.run(model, frame))
-    default = Path(edgespike.__file__).parent / "models" / "default_s25.esnn"
-    if default.exists():
-        assert isinstance(edgespike.load(), Runtime)
-    else:
-        with pytest.raises(ModelError, match="no default model"):
-            edgespike.load()
+    assert edgespike.load().model.metadata["name"] == "default_s25"  # no path: the shipped sigma-25 model
+    assert edgespike.load("blind").model.metadata["name"] == "default_blind"  # a shipped model by name
+    with pytest.raises(FileNotFoundError, match="shipped model: s25, blind"):
+        edgespike.load(tmp_path / "missing.esnn")
 
 
 def test_cli_denoise(tmp_path, capsys):
@@ -217,6 +215,15 @@ def test_cli_denoise(tmp_path, capsys):
     assert not (tmp_path / "y.png").exists()
     assert cli_main(["denoise", str(src), "--model", str(mpath), "-o", str(tmp_path / "z.jpg")]) == 2
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_cli_denoise_without_a_model_uses_the_blind_one(tmp_path):
+    """An image's noise level is not known: the shipped blind model, not the one trained for sigma 25 only."""
+    img = np.random.default_rng(0).integers(0, 256, (16, 12), dtype=np.uint8)
+    write_png(tmp_path / "in.png", img)
+    assert cli_main(["denoise", str(tmp_path / "in.png"), "-q"]) == 0
+    blind = edgespike.load("blind")
+    np.testing.assert_array_equal(read_png(tmp_path / "in.denoised.png"), blind.denoise(img)[0])
 
 
 @pytest.mark.skipif(not HAVE_KERNEL, reason="no C compiler")

@@ -7,19 +7,21 @@ from pathlib import Path
 import numpy as np
 
 from edgespike.errors import UserError
+from edgespike.models import MODEL_HELP, resolve, shipped_for
 
 HELP = "denoise an image file (PNG out) with the CPU runtime"
 DESCRIPTION = """Denoise one image with a spiking model on the CPU and write a PNG. Colour images are denoised on
 their BT.601 luma plane with the chroma passed through; 16-bit, float and alpha images are converted to 8 bits
-first (a note says so). Without --model the shipped sigma-25 model is used. The output is written to a temporary
-file and renamed into place, so an error never leaves a partial file. Exits with status 2 and one line on any
-problem the user can fix."""
+first (a note says so). Without --model the shipped blind model (sigma 0..55) is used. The output is written to a
+temporary file and renamed into place, so an error never leaves a partial file. Exits with status 2 and one line on
+any problem the user can fix."""
 
 
 def add_arguments(p) -> None:
     p.add_argument("input", metavar="IN", help="image file (PNG; JPEG and others with Pillow or OpenCV)")
     p.add_argument("-o", "--output", metavar="OUT", help="output PNG (default: IN with suffix '.denoised.png')")
-    p.add_argument("--model", metavar="M", help="model file .esnn (default: the shipped sigma-25 model)")
+    p.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: blind, as the noise of an image "
+                   "is not known)")
     p.add_argument("--backend", choices=("auto", "c", "numpy"), default="auto",
                    help="runtime kernels (default: the compiled kernel when available)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
@@ -41,12 +43,8 @@ def run(args) -> int:
         raise UserError(f"output {out_path} must be a .png file")
     if not out_path.parent.is_dir():
         raise UserError(f"cannot write {out_path}: directory {out_path.parent} does not exist")
-    if args.model is not None and not Path(args.model).is_file():
-        raise UserError(f"model file {args.model} not found")
-    if args.model is None and not (Path(__file__).parents[1] / "models" / "default_s25.esnn").exists():
-        raise UserError("no default model is shipped in this build yet (edgespike/models/default_s25.esnn); "
-                        "pass --model FILE")
-    runtime = load(args.model, backend=args.backend)  # before reading the image: a bad model fails fast
+    # the model before the image: a bad model fails fast
+    runtime = load(resolve(args.model or shipped_for(None)), backend=args.backend)
     img = read_image(src)
     if img.ndim == 3:
         y, cb, cr = frames.to_luma(img)

@@ -14,6 +14,7 @@ import numpy as np
 from edgespike import data
 from edgespike.errors import UserError
 from edgespike.metrics import psnr, ssim
+from edgespike.models import MODEL_HELP, resolve, shipped_for
 
 HELP = "measure PSNR/SSIM, spikes and ops of a model on Set12, BSD68 or a folder"
 DESCRIPTION = """Denoise every image of a dataset with simulated noise and report per-image and mean PSNR and SSIM
@@ -29,7 +30,8 @@ from the PyPI 'bm3d' package (pip install bm3d)."""
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", metavar="M", help="model file (default: the shipped sigma-25 model)")
+    p.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: s25 for Gaussian noise of sigma 25, "
+                   "else blind)")
     p.add_argument("--dataset", metavar="NAME|DIR", default="set12",
                    help="set12, bsd68, bsd400, a folder of images or a glob (default: set12)")
     p.add_argument("--sigma", type=float, default=25.0, help="noise level on the 0..255 scale (default: 25)")
@@ -46,14 +48,14 @@ def add_arguments(p) -> None:
 # ------------------------------------------------------------------ executors
 
 
-def open_executor(path: Path | None):
-    """The fast bit-exact runtime for ``path`` (the shipped default when ``None``).
+def open_executor(path: Path):
+    """The fast bit-exact runtime for the model file ``path``.
 
     Returns ``(executor, label)``; ``executor.denoise(frame) -> (uint8 frame, stats)``.
     """
     import edgespike
 
-    return edgespike.load(None if path is None else str(path)), "edgespike runtime"
+    return edgespike.load(str(path)), "edgespike runtime"
 
 
 def _bm3d(noisy: np.ndarray, sigma: float, kind: str) -> np.ndarray:
@@ -232,22 +234,13 @@ def run(args) -> int:
     sigma = data.check_sigma(args.sigma)
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
-    path = None
-    if args.model is not None:
-        path = Path(args.model)
-        if not path.is_file():
-            raise UserError(f"model file {path} not found")
+    path = resolve(args.model or shipped_for(args.noise, sigma))
     # Resolve the data first: a missing dataset should fail before a slow model load.
     label, files = data.resolve(args.dataset)
     if args.limit is not None:
         files = files[: args.limit]
     executor, executor_label = open_executor(path)
-    model = getattr(executor, "model", None)
-    if model is None:
-        from edgespike.fileformat import load
-        from edgespike.models import default_path
-
-        model = load(path or default_path())
+    model = executor.model
     comparison = open_comparison(args.compare, model, args.ann_mode)
 
     def note(msg: str) -> None:
@@ -258,7 +251,7 @@ def run(args) -> int:
     mean = summary(records)
     if args.json:
         doc = {
-            "model": str(path) if path else "default", "executor": executor_label,
+            "model": str(path), "executor": executor_label,
             "model_metadata": model.metadata, "timesteps": model.timesteps,
             "dataset": label, "noise": args.noise, "sigma": sigma, "seed": args.seed,
             "compare": args.compare, "images": records, "mean": mean,

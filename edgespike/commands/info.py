@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 
 from edgespike.fileformat import VERSION, load
 from edgespike.model import Conv, ConvTranspose, Integrator, Model, Neuron
+from edgespike.models import MODEL_HELP, resolve
 from edgespike.validate import analyse
 
 HELP = "show a model file: graph, widths, bounds, metadata"
@@ -18,7 +18,7 @@ provenance). Exits with status 2 and one line if the file is damaged, foreign or
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model", nargs="?", help="model file (default: the shipped sigma-25 model)")
+    p.add_argument("model", nargs="?", help=MODEL_HELP + " (default: s25)")
     p.add_argument("--json", action="store_true", help="print the header as JSON (for scripts)")
 
 
@@ -70,12 +70,7 @@ def describe(model: Model) -> str:
 
 
 def run(args) -> int:
-    if args.model is None:
-        from edgespike.models import default_path
-
-        path = default_path()
-    else:
-        path = Path(args.model)
+    path = resolve(args.model)
     model = load(path)
     if args.json:
         from edgespike.fileformat import model_to_header_and_tensors

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from edgespike.errors import UserError
+from edgespike.models import MODEL_HELP, resolve
 
 HELP = "compare the SNN with its int8 ANN twins: PSNR, latency, op counts, estimated and measured energy"
 DESCRIPTION = """Profile a model against its quantised ANN twin on this machine.
@@ -47,7 +48,7 @@ def _sweep(text: str | None) -> tuple[int, ...]:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", metavar="M", help="model file (default: the shipped sigma-25 model)")
+    p.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: s25)")
     p.add_argument("--ann", default="onnx,tflite", metavar="LIST",
                    help="int8 twins: onnx, tflite (XNNPACK), tflite-builtin (XNNPACK off); default onnx,tflite; "
                         "none for the SNN alone")
@@ -82,14 +83,7 @@ def run(args) -> int:
     from edgespike.profile import energy as E
     from edgespike.profile.run import Options, markdown, plot, profile, table
 
-    if args.model is None:
-        from edgespike.models import default_path
-
-        path = default_path()
-    else:
-        path = Path(args.model)
-        if not path.exists():
-            raise UserError(f"no model file {path}")
+    path = resolve(args.model)
     model = load(path)
     anns = tuple(a.strip() for a in args.ann.split(",") if a.strip() and a.strip() != "none")
     bad = [a for a in anns if a not in ("onnx", "tflite", "tflite-builtin")]

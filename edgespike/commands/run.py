@@ -6,6 +6,7 @@ import re
 import sys
 
 from edgespike.errors import UserError
+from edgespike.models import MODEL_HELP, shipped_for
 
 HELP = "denoise a live camera, video, images or the demo, with per-frame spike stats"
 DESCRIPTION = """Denoise frames live with the spiking network and show what it costs per frame.
@@ -39,7 +40,8 @@ def add_arguments(p) -> None:
     p.add_argument("--list-sources", action="store_true", help="say which sources and outputs work here, and why "
                    "not the others")
     g = p.add_argument_group("model and backend")
-    g.add_argument("--model", metavar="FILE", help="model file (default: the shipped sigma-25 model)")
+    g.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: s25 for the demo at Gaussian sigma 25, "
+                   "else blind: a camera's noise is not known in advance)")
     g.add_argument("--backend", default="cpu", help="cpu (default), fpga (with --port) or fpga-sim")
     g.add_argument("--port", metavar="DEVICE", help="serial port of the FPGA board, e.g. /dev/ttyUSB0")
     g.add_argument("--color", default="luma", help="colour input: luma (denoise Y, keep chroma; default), "
@@ -127,7 +129,8 @@ def run(args) -> int:
     if output is None and is_demo and not previewing and not args.json_log:
         output, view = DEMO_OUTPUT, view or "side"
 
-    backend = backends.open_backend(args.backend, args.model, args.port)
+    model = args.model or (shipped_for(args.noise, args.sigma) if is_demo else shipped_for(None))
+    backend = backends.open_backend(args.backend, model, args.port)
     opened: list = []
     try:
         if output:

@@ -42,13 +42,10 @@ def load_plan(model_path: str | None, device: str, tile: tuple[int, int] | None 
     for a model the device cannot hold, and :class:`UserError` for a missing file.
     """
     from edgespike.fileformat import load
-    from edgespike.models import default_path
+    from edgespike.models import resolve
     from edgespike.rtl.params import plan
 
-    path = Path(model_path) if model_path else default_path("s25")
-    if not path.exists():
-        raise UserError(f"model file {path} not found")
-    model = load(path)
+    model = load(resolve(model_path))
     if tile is None:
         tile = DEFAULT_TILE.get(device, (16, 16))
     if lanes is None and device == "up5k":

@@ -47,13 +47,9 @@ class BoardBackend:
     def __init__(self, model_path: str | None, port: str):
         from edgespike.fileformat import load
         from edgespike.firmware import Accelerator, LinkError
-        from edgespike.models import default_path
+        from edgespike.models import resolve
 
-        path = model_path or default_path("s25")
-        try:
-            self.model = load(path)
-        except FileNotFoundError:
-            raise UserError(f"model file {path} not found") from None
+        self.model = load(resolve(model_path))
         name, baud = parse_port(port)
         try:
             self.acc = Accelerator(name, baud=baud)

@@ -8,7 +8,6 @@ A backend has ``denoise(frame) -> (uint8 frame, stats)`` for one grey uint8 plan
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
 import numpy as np
 
@@ -24,12 +23,9 @@ class CPUBackend:
 
     def __init__(self, model_path: str | None) -> None:
         import edgespike
-        from edgespike.models import default_path
+        from edgespike.models import resolve
 
-        path = Path(model_path) if model_path else default_path()  # one message for a missing shipped model
-        if not path.exists():
-            raise UserError(f"model file {path} not found")
-        self.runtime = edgespike.load(path)
+        self.runtime = edgespike.load(resolve(model_path))
         self.label = f"cpu (edgespike runtime, {self.runtime.backend} kernels)"
         self.model = self.runtime.model
 

@@ -6,8 +6,17 @@ from pathlib import Path
 
 from edgespike.errors import UserError
 
+
+class ModelFileNotFound(UserError, FileNotFoundError):
+    """A ``--model`` names no file: a :class:`UserError` for the CLI, a ``FileNotFoundError`` for library users."""
+
+
 HERE = Path(__file__).parent
 DEFAULTS = {"s25": "default_s25.esnn", "blind": "default_blind.esnn"}
+"""The shipped models by name: Gaussian sigma 25, and blind (Gaussian sigma 0..55)."""
+
+MODEL_HELP = "model file, or a shipped model by name: s25 (Gaussian sigma 25) or blind (sigma 0..55)"
+"""The ``--model`` help shared by every command (each adds its default)."""
 
 
 def default_path(kind: str = "s25") -> Path:
@@ -17,6 +26,27 @@ def default_path(kind: str = "s25") -> Path:
     path = HERE / DEFAULTS[kind]
     if not path.exists():
         raise UserError(f"the shipped model {path.name} is missing from this installation; pass --model FILE")
+    return path
+
+
+def shipped_for(noise: str | None, sigma: float | None = None) -> str:
+    """The shipped model for inputs with ``noise`` (``"gaussian"``, ...) of level ``sigma``; ``None``: unknown.
+
+    ``s25`` only for Gaussian noise of sigma 25, what it was trained for: at other levels it is far worse than
+    ``blind`` (Set12, sigma 5 / 15 / 50: 28.05 / 28.35 / 18.69 dB against 33.86 / 29.46 / 23.79, docs/MODELS.md),
+    and a camera's or an image's noise is not known in advance.
+    """
+    return "s25" if noise == "gaussian" and sigma == 25 else "blind"
+
+
+def resolve(model: str | Path | None) -> Path:
+    """The file a ``--model`` argument names: a shipped model's name (``s25``, ``blind``), a path, or ``None`` for
+    the shipped sigma-25 model. Raises :class:`ModelFileNotFound` for a missing file."""
+    if model is None or str(model) in DEFAULTS:
+        return default_path("s25" if model is None else str(model))
+    path = Path(model)
+    if not path.is_file():
+        raise ModelFileNotFound(f"model file {path} not found (a file, or a shipped model: {', '.join(DEFAULTS)})")
     return path
 
 
