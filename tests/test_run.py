@@ -101,18 +101,20 @@ def test_no_arguments_runs_the_demo_through_the_default_model(tmp_path, capsys, 
     (["--noise", "poisson-gaussian"], "blind"),
     (["--sigma", "15", "--model", "s25"], "s25"),  # a shipped model by name
     (["IMAGES"], "blind"),  # a real source: its noise is not known
+    (["IMAGES", "--backend", "fpga-sim"], "s25"),  # what the default bitstream carries
 ])
-def test_the_demo_picks_the_shipped_model_for_its_noise(tmp_path, capsys, monkeypatch, model_path, argv, kind):
-    import edgespike.models
+def test_the_shipped_model_for_the_source_and_backend(tmp_path, capsys, monkeypatch, argv, kind):
+    from edgespike.live import backends
 
-    asked = []
-    monkeypatch.setattr(edgespike.models, "default_path", lambda k="s25": asked.append(k) or model_path)
-    if argv == ["IMAGES"]:
+    def opened(name, model, port):
+        raise UserError(f"backend {name} asked for model {model}")
+
+    monkeypatch.setattr(backends, "open_backend", opened)
+    if argv[:1] == ["IMAGES"]:
         png.write_png(tmp_path / "a.png", np.zeros((30, 40), np.uint8))
-        argv = [tmp_path / "a.png"]
-    rc, out, err = run_cli(capsys, *argv, "--size", "40x30", "--frames", 1, "-o", tmp_path / "x.png", "-q")
-    assert rc == 0, err
-    assert asked == [kind]
+        argv = [tmp_path / "a.png", *argv[1:]]
+    rc, out, err = run_cli(capsys, *argv, "-q")
+    assert_one_line_error(rc, err, f"asked for model {kind}")
 
 
 def test_demo_frames_are_reproducible_and_denoised_exactly(tmp_path, capsys, model_path):

@@ -40,8 +40,9 @@ def add_arguments(p) -> None:
     p.add_argument("--list-sources", action="store_true", help="say which sources and outputs work here, and why "
                    "not the others")
     g = p.add_argument_group("model and backend")
-    g.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: s25 for the demo at Gaussian sigma 25, "
-                   "else blind: a camera's noise is not known in advance)")
+    g.add_argument("--model", metavar="M", help=MODEL_HELP + " (default on the cpu backend: s25 for the demo at "
+                   "Gaussian sigma 25, else blind, as a camera's noise is not known in advance; on the fpga "
+                   "backends: s25, the model `edgespike fpga build` builds)")
     g.add_argument("--backend", default="cpu", help="cpu (default), fpga (with --port) or fpga-sim")
     g.add_argument("--port", metavar="DEVICE", help="serial port of the FPGA board, e.g. /dev/ttyUSB0")
     g.add_argument("--color", default="luma", help="colour input: luma (denoise Y, keep chroma; default), "
@@ -129,7 +130,14 @@ def run(args) -> int:
     if output is None and is_demo and not previewing and not args.json_log:
         output, view = DEMO_OUTPUT, view or "side"
 
-    model = args.model or (shipped_for(args.noise, args.sigma) if is_demo else shipped_for(None))
+    if args.model:
+        model = args.model
+    elif args.backend != "cpu":
+        # `edgespike fpga build` builds s25 by default, and the read-out scale is gateware: a board built for one
+        # shipped model cannot load the other's weights
+        model = "s25"
+    else:
+        model = shipped_for(args.noise, args.sigma) if is_demo else shipped_for(None)
     backend = backends.open_backend(args.backend, model, args.port)
     opened: list = []
     try:
