@@ -33,8 +33,8 @@ def shipped_for(noise: str | None, sigma: float | None = None) -> str:
     """The shipped model for inputs with ``noise`` (``"gaussian"``, ...) of level ``sigma``; ``None``: unknown.
 
     ``s25`` only for Gaussian noise of sigma 25, what it was trained for: at other levels it is far worse than
-    ``blind`` (Set12, sigma 5 / 15 / 50: 28.05 / 28.35 / 18.69 dB against 33.86 / 29.46 / 23.79, docs/MODELS.md),
-    and a camera's or an image's noise is not known in advance.
+    ``blind`` (5-6 dB at sigma 5 and 50, the table in docs/MODELS.md), and a camera's or an image's noise is not
+    known in advance.
     """
     return "s25" if noise == "gaussian" and sigma == 25 else "blind"
 
