@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgespike.errors import UserError
+from edgespike.files import check_output
 from edgespike.models import MODEL_HELP, resolve, shipped_for
 
 HELP = "denoise an image file (PNG out) with the CPU runtime"
@@ -41,8 +42,7 @@ def run(args) -> int:
     out_path = Path(args.output) if args.output else default_output(src)
     if out_path.suffix.lower() != ".png":
         raise UserError(f"output {out_path} must be a .png file")
-    if not out_path.parent.is_dir():
-        raise UserError(f"cannot write {out_path}: directory {out_path.parent} does not exist")
+    check_output(out_path)  # before the model and the image: a bad output fails in a moment, not after the work
     # the model before the image: a bad model fails fast
     runtime = load(resolve(args.model or shipped_for(None)), backend=args.backend)
     img = read_image(src)

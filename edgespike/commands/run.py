@@ -92,6 +92,31 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return int(m.group(1)), int(m.group(2))
 
 
+def _refuse_overwriting_sources(output: str, paths) -> None:
+    """A folder output names each file after its source image: refuse the folder the images come from.
+
+    Parameters
+    ----------
+    output
+        The ``-o`` argument.
+    paths
+        The source images.
+
+    Raises
+    ------
+    UserError
+        A denoised frame would replace the image it came from.
+    """
+    from pathlib import Path
+
+    folder = Path(output)
+    if not (output.endswith(("/", "\\")) or folder.is_dir()):
+        return
+    for path in paths:
+        if (folder / f"{path.stem}.png").resolve() == path.resolve():
+            raise UserError(f"-o {output} would overwrite the source image {path}; choose another folder")
+
+
 def run(args) -> int:
     from edgespike.live import backends, pipeline, sinks, sources
     from edgespike.live.server import PreviewServer
@@ -139,6 +164,8 @@ def run(args) -> int:
     else:
         model = shipped_for(args.noise, args.sigma) if is_demo else shipped_for(None)
     backend = backends.open_backend(args.backend, model, args.port)
+    if output and isinstance(source, sources.ImageSource):
+        _refuse_overwriting_sources(output, source.paths)
     opened: list = []
     try:
         if output:

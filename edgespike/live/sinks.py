@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgespike.errors import UserError
+from edgespike.files import OutputError, check_output, replace
 from edgespike.live import imageio
 
 VIEWS = ("denoised", "side", "noisy")
@@ -171,10 +172,13 @@ class VideoSink:
                 fps = min(fps, max(0.5, (len(self.pending) - 1) / span))
         self.fps = round(fps, 3)
         self.size = (first.shape[1], first.shape[0])
+        check_output(self.tmp)  # the folder may have gone read-only since the start: say so, not "no encoder"
         writer = self.cv.VideoWriter(str(self.tmp), self.cv.VideoWriter_fourcc(*self.fourcc), self.fps, self.size)
         if not writer.isOpened():
+            self.tmp.unlink(missing_ok=True)
+            other = ".mp4" if self.path.suffix.lower() in (".avi", ".mkv") else ".avi"
             raise UserError(f"cannot write video {self.path}: OpenCV has no {self.fourcc} encoder for "
-                            f"{self.path.suffix} here; use .avi")
+                            f"{self.path.suffix} here; try {other} or -o out.png")
         self.writer = writer
 
     def _open_and_flush(self) -> None:
@@ -195,25 +199,35 @@ class VideoSink:
         if self.writer is not None:
             self.writer.release()  # writes the AVI index: only now is the file playable
             self.writer = None
-            os.replace(self.tmp, self.path)
+            replace(self.tmp, self.path)  # on failure the partial file is removed and the error names the target
         elif self.tmp.exists():
             self.tmp.unlink()
 
 
 class ImageSink:
-    """PNG (or other image) output: one file replaced by the latest frame, or a numbered sequence.
+    """PNG (or other image) output: one file replaced by the latest frame, or one file per frame.
 
-    ``out.png`` always holds the latest frame; ``out_%05d.png`` (printf pattern) or a folder (``frames/``,
-    written as ``frame_000000.png``...) keeps every frame. Each file is written whole and renamed into place.
+    ``out.png`` always holds the latest frame; ``out_%05d.png`` (printf pattern) numbers every frame; a folder
+    (``frames/``) keeps every frame under its source's name (``img7.png`` from ``img7.jpg``), or as
+    ``frame_000000.png``... when the frames have no names (cameras, video, the demo). Each file is written whole
+    and renamed into place.
     """
 
     def __init__(self, target: str, view: str) -> None:
         self.view = view
         self.frames = 0
+        self.folder: Path | None = None
+        self.written: set[str] = set()
         p = Path(target)
         if target.endswith(("/", os.sep)) or p.is_dir():
-            p.mkdir(parents=True, exist_ok=True)
-            self.pattern, self.ext = str(p / "frame_%06d.png"), ".png"
+            if not p.is_dir():
+                check_output(p)  # the folder it goes in must exist and be writable before mkdir is tried
+                try:
+                    p.mkdir()
+                except OSError as exc:
+                    raise OutputError(f"cannot create folder {p}: {exc.strerror}; choose another -o") from None
+            check_output(p, folder_ok=True)
+            self.folder, self.pattern, self.ext = p, str(p / "frame_%06d.png"), ".png"
         elif "%" in p.name:
             try:
                 p.name % 0
@@ -224,19 +238,28 @@ class ImageSink:
             self.pattern, self.ext = None, p.suffix.lower()
         if self.ext not in imageio.IMAGE_EXTS:
             raise UserError(f"cannot write {target}: unknown image type {self.ext!r} (use .png)")
-        parent = Path(self.pattern).parent if self.pattern else p.parent
-        if not parent.is_dir():
-            raise UserError(f"cannot write {target}: folder {parent} does not exist")
+        if self.folder is None:
+            check_output(Path(self.pattern % 0) if self.pattern else p)
         if self.ext != ".png" and imageio.can_encode_jpeg() is None:
             raise UserError(f"writing {self.ext} needs OpenCV or Pillow: pip install 'edgespike[camera]' (or .png)")
         self.path = p
-        kind = "PNG sequence" if self.pattern else "latest frame"
-        self.description = f"{self.pattern or p} ({kind}, {view})"
+        kind = "one PNG per frame" if self.folder else "PNG sequence" if self.pattern else "latest frame"
+        self.description = f"{p if self.folder else self.pattern or p} ({kind}, {view})"
+
+    def target(self, result: Result) -> Path:
+        """Where ``result`` goes: a folder names a file after its source image, once (a looped list numbers
+        the repeats), else the pattern numbers it."""
+        name = result.record.get("name")
+        if self.folder is not None and name:
+            stem = Path(name).stem
+            file = f"{stem}.png" if stem + ".png" not in self.written else f"{stem}_{self.frames:06d}.png"
+            self.written.add(file)
+            return self.folder / file
+        return Path(self.pattern % self.frames) if self.pattern else self.path
 
     def write(self, result: Result) -> None:
         data = imageio.encode_image(result.view(self.view), self.ext)
-        target = self.pattern % self.frames if self.pattern else self.path
-        imageio.write_atomic(target, data)
+        imageio.write_atomic(self.target(result), data)
         self.frames += 1
 
     def close(self) -> None:
@@ -247,15 +270,15 @@ def open_output(target: str, view: str, fps, live: bool = False):
     """A :class:`VideoSink` or :class:`ImageSink` chosen by the target's extension.
 
     ``fps`` is a number or a function returning the source's nominal rate once it is open; ``live`` makes a
-    video measure the denoised rate first (see :class:`VideoSink`).
+    video measure the denoised rate first (see :class:`VideoSink`). A target that cannot be written (a folder in
+    a file's place, a missing or read-only folder) is refused here, before any frame is denoised.
     """
     if view not in VIEWS:
         raise UserError(f"unknown view {view!r}: choose one of {', '.join(VIEWS)}")
     p = Path(target)
     ext = p.suffix.lower()
     if ext in VIDEO_FOURCC:
-        if not p.parent.is_dir():
-            raise UserError(f"cannot write {target}: folder {p.parent} does not exist")
+        check_output(p)
         return VideoSink(p, view, fps, measure=live)
     if ext in imageio.IMAGE_EXTS or target.endswith(("/", os.sep)) or p.is_dir():
         return ImageSink(target, view)
