@@ -1,14 +1,12 @@
-"""The analytical energy model: hand-checked counts, and SPIDEN's published directions and figures.
+"""The analytical energy model: hand-checked counts, SPIDEN's published figures from the paper's own inputs, the
+memory models and their ranges, and the stored widths.
 
-SPIDEN (Castagnetti et al. 2023, section 4.7) with the Lemaire et al. model, DnCNN 17 layers, 256x256:
-DnCNN-64 28.1e9 "nJ" (the paper's unit; our pJ / 1e3 gives the same number), DnSNN-64 24.4e9 at T = 1
-(0.45 spikes/neuron), about 30 % more than DnCNN at T = 2, DnCNN-128 220e9 and DnSNN-128 173e9 at T = 2.
-
-Tolerances: the absolute DnCNN figures depend only on shapes and the table, so they must agree within 5 %. The
-SNN figures also depend on sparsities the paper gives only roughly (0.45 per inference at T = 1, "about 0.3" per
-timestep; the width study's Table 5 is missing from our text), so the ratios get bands around the paper's value
-that still exclude the opposite conclusion: T = 1 in [0.80, 0.95] (paper 0.868), T = 2 in [1.10, 1.45] (paper
-about 1.3).
+SPIDEN (Castagnetti et al. 2023, section 4.7) with the Lemaire et al. model, DnCNN 17 layers, 256x256, in the
+paper's "nJ" (our pJ / 1e3 gives the same numbers). The paper states its inputs for three figures only:
+DnCNN-64 28.1e9 and DnCNN-128 220e9 (shapes only) and DnSNN-64 at T = 1 with 0.45 spikes per neuron per
+inference, 24.4e9. Those are reproduced within 2 %. Its T = 2 figure ("almost 30 % more") and its 128/160-filter
+DnSNN figures depend on spike rates that are only in its Figure 6 and Table 5, which our copy of the text does
+not hold: no test fits a rate to them (docs/PROFILE.md says so).
 """
 
 import math
@@ -17,33 +15,40 @@ import numpy as np
 import pytest
 
 from edgespike.profile import energy as E
+from edgespike.profile import memory as M
 from edgespike.profile.testmodels import random_dncnn
 
 
-def spiden(width=64, T=1, rate=0.45, table="spiden", addressing="code"):
+def spiden(width=64, T=1, rate=0.45, table="spiden", addressing="code", memory_model=None, hybrid="bcefe7d"):
     layers = E.dncnn_layers(17, width, 256)
-    return E.analyse_layers(layers, E.activity_from_rates(layers, T, rate), table, addressing)
+    return E.analyse_layers(layers, E.activity_from_rates(layers, T, rate), table, addressing,
+                            memory_model=memory_model, hybrid=hybrid)
 
 
-def test_dncnn_absolute_energy_matches_spiden():
-    # shapes and the table only: the paper's 28.1e9 and 220e9 (reported in "nJ") are our pJ / 1e3
-    assert spiden().total("ann") / 1e3 == pytest.approx(28.1e9, rel=0.05)
-    assert spiden(width=128, T=2, rate=0.2).total("ann") / 1e3 == pytest.approx(220e9, rel=0.05)
+def test_spiden_figures_from_the_papers_own_inputs():
+    # shapes and the preset only: 28.1e9 and 220e9 "nJ" (the paper's unit, our pJ / 1e3)
+    assert spiden().total("ann") / 1e3 == pytest.approx(28.1e9, rel=0.02)
+    assert spiden(width=128, T=2).total("ann") / 1e3 == pytest.approx(220e9, rel=0.02)
+    # T = 1 with the paper's 0.45 spikes/neuron per inference: 24.4e9, i.e. 15 % below DnCNN
+    for hybrid in E.HYBRID:  # the authors' two first-layer accountings agree here (T = 1, dense frame)
+        r = spiden(T=1, rate=0.45, hybrid=hybrid)
+        assert r.total("snn") / 1e3 == pytest.approx(24.4e9, rel=0.02)
+        assert r.ratio == pytest.approx(24.4 / 28.1, rel=0.02)
 
 
-def test_snn_beats_cnn_at_T1_only():
-    r1 = spiden(T=1, rate=0.45).ratio  # 0.45 spikes/neuron per inference at T = 1
-    r2 = spiden(T=2, rate=0.3).ratio  # about 0.3 spikes/neuron/timestep
-    assert 0.80 <= r1 <= 0.95, r1  # paper: 24.4 / 28.1 = 0.868
-    assert 1.10 <= r2 <= 1.45, r2  # paper: about 1.3
-    assert spiden(T=1, rate=0.45).total("snn") / 1e3 == pytest.approx(24.4e9, rel=0.10)
+def test_spiden_figures_are_outside_the_fits_range_and_say_so():
+    # 64 x 256 x 256 membranes of 16 bits are 8 MiB: the SRAM fit is extrapolated there, and the report says so
+    r = spiden()
+    assert not r.verdict("snn")["inside"] and "OUTSIDE" in r.verdict("snn")["text"]
+    assert r.verdict("snn")["above_share"] > 0.9
+    assert not r.verdict("ann")["inside"]
 
 
 @pytest.mark.parametrize("T,rate", [(1, 0.45), (2, 0.3)])
 def test_memory_dominates_and_snn_ops_are_orders_below(T, rate):
     r = spiden(T=T, rate=rate)
     for net in ("snn", "ann"):
-        mem = sum(r.total(net, k) for k in ("mem_input", "mem_weight", "mem_bias", "mem_potential", "mem_output"))
+        mem = sum(r.total(net, k) for k in E.MEM_KEYS)
         assert mem / r.total(net) > 0.9
     ops = r.total("snn", "ops") / r.total("ann", "ops")
     assert 1e-2 <= ops <= 1e-1  # "one to two orders of magnitude lower"
@@ -51,21 +56,61 @@ def test_memory_dominates_and_snn_ops_are_orders_below(T, rate):
 
 def test_width_at_fixed_sparsity_does_not_change_the_ratio():
     # In this model every large memory (ANN activations, SNN membranes) has C*H*W elements, so at a fixed
-    # spike rate the ratio is nearly width-independent: the paper's gain for wide nets comes from their lower
-    # spike rates ("as the network size increases ... the sparsity of DnSNN improve[s]").
+    # spike rate the ratio is nearly width-independent: the paper's gain for wide nets must come from their
+    # lower spike rates (its Table 5, not in our copy; no rate is fitted to its energies here).
     rs = [spiden(width=w, T=2, rate=0.3).ratio for w in (64, 96, 128, 160)]
     assert max(rs) - min(rs) < 0.02
 
 
-def test_widening_with_the_papers_sparsity_favours_the_snn():
-    # 173/220 at 128 filters is reproduced at 0.2 spikes/neuron/step (a rate inferred from the paper's energies,
-    # its Table 5 being unavailable to us); the same sparser regime at 160 gives "almost 40 %".
-    r128 = spiden(width=128, T=2, rate=0.2)
-    assert r128.total("snn") / 1e3 == pytest.approx(173e9, rel=0.05)
-    assert r128.ratio < 0.82  # "more than 20 % energy gain"
-    assert spiden(width=160, T=2, rate=0.15).ratio < 0.65  # "almost 40 %"
-    # and wider nets favour the SNN at a given T when sparsity improves with width, as the paper reports
-    assert r128.ratio < spiden(width=64, T=2, rate=0.3).ratio
+def test_memory_models_and_their_ranges():
+    fit, packed, bram = M.model("sram-fit"), M.model("packed-sram"), M.model("fpga-bram")
+    # Horowitz's points the fit was made from: 8 KB / 32 KB / 1 MB of 64-bit words: 10 / 20 / 100 pJ
+    for kib, pj in ((8, 10), (32, 20), (1024, 100)):
+        assert fit.access_pJ(kib * 1024 / 8, 64) == pytest.approx(pj, abs=5)
+    assert fit.where(8 * 1024, 8) == "inside" and fit.where(2**21, 8) == "above" and fit.where(64, 8) == "below"
+    assert packed.access_pJ(10**9, 8) == pytest.approx(10 / 8) and packed.access_pJ(1, 1) == pytest.approx(10 / 64)
+    assert packed.where(1024, 64) == "inside" and packed.where(1025, 64) == "above"
+    assert bram.access_pJ(10, 36) == 10 and bram.access_pJ(10, 37) == 20 and bram.access_pJ(10**6, 1) == 10
+    assert bram.where(208 * 1024, 18) == "inside" and bram.where(208 * 1024 + 1, 18) == "above"
+    assert M.model({"model": "constant", "pJ": 2.5}).access_pJ(10**12, 64) == 2.5
+    with pytest.raises(KeyError, match="choose one of"):
+        M.model("dram")
+
+
+def test_constants_per_memory_kind_and_the_memory_model_switch():
+    tab = dict(E.get_table("stored"), name="mine")
+    tab["memory"] = {"model": "sram-fit", "kinds": {"membrane": {"model": "constant", "pJ": 1.0}}}
+    r = spiden(table=tab)
+    pot = r.count("snn", "rd_potential") + r.count("snn", "wr_potential")
+    assert r.total("snn", "mem_potential") == pytest.approx(pot * 1.0)
+    # a memory-model switch replaces the table's model but keeps a kind's stated constant
+    assert spiden(table=tab, memory_model="packed-sram").total("snn", "mem_potential") == pytest.approx(pot)
+    w = spiden(table="stored", memory_model="packed-sram")
+    assert w.total("snn", "mem_weight") == pytest.approx(w.count("snn", "rd_weight") * 10 / 8)
+
+
+def test_stored_widths_price_what_the_executors_store():
+    m = random_dncnn(depth=3, width=4, timesteps=2, seed=1)
+    pr = E.pricing("stored", m)
+    assert pr.widths["snn"] == {"weight": 8, "bias": 32, "membrane": m.membrane_bits, "spike": 1, "pixel": 8}
+    assert pr.widths["ann"]["weight"] == pr.widths["ann"]["activation"] == 8
+    assert pr.widths["ann"]["accumulator"] == 32
+    assert pr.ops["ann"]["mac"] == pytest.approx(0.2 + 0.1)  # int8 multiply, int32 accumulate
+    assert pr.ops["snn"]["acc"] == pytest.approx(E.add_pJ(m.membrane_bits))
+    assert E.add_pJ(16) == 0.05 and E.mul_pJ(32) == pytest.approx(3.1)
+    # a 24-bit membrane is priced at 24 bits, and its memory too
+    m.membrane_bits = 24
+    assert E.pricing("stored", m).widths["snn"]["membrane"] == 24
+    # the SPIDEN preset prices every memory at 16 bits
+    assert set(E.pricing("spiden").widths["snn"].values()) == {16}
+
+
+def test_each_memory_kind_is_counted():
+    r = spiden(table="stored", T=2, rate=0.3)
+    acc = r.accesses("snn")
+    assert set(acc) == {"pixel", "spike", "weight", "bias", "membrane"}
+    assert acc["membrane"] == r.count("snn", "rd_potential") + r.count("snn", "wr_potential")
+    assert set(r.accesses("ann")) == {"pixel", "activation", "weight", "bias"}
 
 
 def test_addressing_variants_differ_only_in_addressing():
@@ -91,11 +136,10 @@ def test_hand_counts_of_one_layer():
     corner = np.zeros((4, 4))
     corner[0, 0] = 10
     assert E.snn_counts(layer, E.Activity(2, {"n0": 10.0, "n1": 7.0}, maps={"n0": corner})).rd_weight == 10 * 4 * 3
-    tab = E.get_table("horowitz45-int32")
-    e = E.energy(s, tab)
+    e = E.energy(s, E.pricing("horowitz45-int32"))
     assert e["mem_potential"] == pytest.approx(2 * s.rd_potential * (1.09e-5 * 48 * 32 + 13.2))
     assert e["ops"] == pytest.approx(s.accs * 0.1)
-    oc = E.energy(ann, E.get_table("opcount-vtsnn"))
+    oc = E.energy(ann, E.pricing("opcount-vtsnn"), "ann")
     assert oc["total"] == pytest.approx(ann.macs * 4.6 + ann.accs * 0.9)
 
 

@@ -37,10 +37,17 @@ from pathlib import Path
 
 import numpy as np
 
-from edgespike.model import INPUT, Add, Concat, Conv, ConvTranspose, Model, Neuron
+from edgespike import model as _model
+from edgespike.model import INPUT, Add, Concat, Conv, ConvTranspose, Model
+from edgespike.profile import memory as M
+
+# Every node that emits spikes, one per neuron per step, whatever its kind (IF/LIF, bit-plane); the counts are the
+# runtime's, so a bit-plane layer's spike (an add of a weight shifted by its bit position) is one add like any other.
+SPIKING = tuple(c for c in (getattr(_model, "Neuron", None), getattr(_model, "BitPlaneNeuron", None)) if c)
 
 TABLES_FILE = Path(__file__).with_name("tables") / "energy.json"
-DEFAULT_TABLE = "spiden"
+DEFAULT_TABLE = "stored"
+PAPER_TABLE = "spiden"
 MEM_KINDS = ("input", "weight", "bias", "potential", "output")
 FIFO_ELEMENTS = 64
 """Size of the per-layer event FIFO that SNN inputs are read from and output spikes written to (the authors'
@@ -67,17 +74,116 @@ def get_table(name: str | dict = DEFAULT_TABLE, extra: str | Path | None = None)
     return dict(tables[name], name=name)
 
 
-def _bits(table: dict, kind: str) -> int:
-    bits = table["memory"]["bits"]
-    return int(bits[kind] if isinstance(bits, dict) else bits)
+# Horowitz, ISSCC 2014, 45 nm: integer add and multiply by operand width (pJ). Between the published widths
+# the add is interpolated linearly and the multiply as a power law (its cost grows about as bits squared).
+HOROWITZ_ADD = {8: 0.03, 16: 0.05, 32: 0.1}
+HOROWITZ_MUL = {8: 0.2, 32: 3.1}
 
 
-def e_ram(table: dict, n_elements: int, kind: str) -> float:
-    """Energy in pJ of one access to a memory of ``n_elements`` elements of kind ``kind``."""
-    mem = table.get("memory")
-    if not mem:
-        return 0.0
-    return mem["a"] * n_elements * _bits(table, kind) + mem["c"]
+def add_pJ(bits: float) -> float:
+    """Horowitz 45 nm integer add of ``bits`` bits (linear between 8, 16 and 32; proportional outside)."""
+    pts = sorted(HOROWITZ_ADD.items())
+    if bits <= pts[0][0]:
+        return pts[0][1] * bits / pts[0][0]
+    for (b0, e0), (b1, e1) in zip(pts, pts[1:], strict=False):
+        if bits <= b1:
+            return e0 + (e1 - e0) * (bits - b0) / (b1 - b0)
+    return pts[-1][1] * bits / pts[-1][0]
+
+
+def mul_pJ(bits: float) -> float:
+    """Horowitz 45 nm integer multiply of ``bits`` bits (power law through 8 and 32 bits)."""
+    (b0, e0), (b1, e1) = sorted(HOROWITZ_MUL.items())
+    return e0 * (bits / b0) ** (np.log(e1 / e0) / np.log(b1 / b0))
+
+
+def stored_widths(model: Model | None) -> dict[str, dict[str, int]]:
+    """The integer widths edgespike really stores: the SNN's int8 weights, int32 biases, the membrane width the
+    model declares and 1-bit spikes (bit maps, one bit per neuron per step, bit-plane layers included); the int8
+    twins' int8 weights and activations, int32 biases and accumulators (onnxruntime QDQ and TFLite int8)."""
+    mbits = int(getattr(model, "membrane_bits", 32) or 32)
+    return {"snn": {"weight": 8, "bias": 32, "membrane": mbits, "spike": 1, "pixel": 8},
+            "ann": {"weight": 8, "bias": 32, "activation": 8, "accumulator": 32, "pixel": 8}}
+
+
+@dataclass
+class Pricing:
+    """Everything a table decides, resolved for one model: widths, op costs and memory models per kind."""
+
+    table: dict
+    widths: dict  # net -> kind -> bits
+    ops: dict  # net -> {"mac", "acc", "addr_mac", "addr_acc"} in pJ
+    spikes: str  # "fifo" (Lemaire's event FIFOs) or "bitmap" (1-bit maps of all steps)
+    memory: dict  # kind -> memory.MemoryModel, or {} for no memory term
+    addressing: bool
+
+    @property
+    def name(self) -> str:
+        return str(self.table.get("name", "custom"))
+
+    def describe(self) -> dict:
+        return {"widths": self.widths, "ops_pJ": self.ops, "spikes": self.spikes, "addressing": self.addressing,
+                "memory": {k: {"model": m.name, "label": m.label, "range": m.range.text(), "source": m.source}
+                           for k, m in self.memory.items()}}
+
+
+MEM_MODEL_KINDS = ("weight", "bias", "membrane", "spike", "activation", "pixel")
+
+
+def pricing(table: str | dict = DEFAULT_TABLE, model: Model | None = None, memory_model: str | None = None,
+            extra: str | Path | None = None) -> Pricing:
+    """Resolve ``table`` for ``model``; ``memory_model`` replaces the table's memory model (kinds the table
+    prices with a constant keep it)."""
+    tab = get_table(table, extra)
+    widths = _widths(tab, model)
+    if "mac" in tab:  # op-count model: #MAC x E_MAC + #AC x E_AC, nothing else
+        ops = {net: {"mac": tab["mac"], "acc": tab["ac"], "addr_mac": 0.0, "addr_acc": 0.0} for net in ("snn", "ann")}
+    elif tab.get("ops", "fixed") == "by-width" or "add" not in tab:
+        ab = tab.get("addressing_bits", 16)
+        snn_w, ann_w = widths["snn"], widths["ann"]
+        ops = {"snn": {"mac": mul_pJ(snn_w["weight"]) + add_pJ(snn_w["membrane"]), "acc": add_pJ(snn_w["membrane"]),
+                       "addr_mac": mul_pJ(ab) + add_pJ(ab), "addr_acc": add_pJ(ab)},
+               "ann": {"mac": mul_pJ(ann_w["weight"]) + add_pJ(ann_w["accumulator"]),
+                       "acc": add_pJ(ann_w["accumulator"]), "addr_mac": mul_pJ(ab) + add_pJ(ab),
+                       "addr_acc": add_pJ(ab)}}
+    else:
+        mac, add = tab["mul"] + tab["add"], tab["add"]
+        ops = {net: {"mac": mac, "acc": add, "addr_mac": mac, "addr_acc": add} for net in ("snn", "ann")}
+    mem_spec = tab.get("memory")
+    mem: dict = {}
+    if mem_spec:
+        base = dict(mem_spec) if isinstance(mem_spec, dict) else {"model": mem_spec}
+        per_kind = base.pop("kinds", {}) or {}
+        base.pop("bits", None)
+        if memory_model:
+            base = {"model": memory_model}
+        for kind in MEM_MODEL_KINDS:
+            spec = per_kind.get(kind, base)
+            if memory_model and spec.get("model") != "constant":
+                spec = base
+            mem[kind] = M.model(spec)
+    return Pricing(tab, widths, ops, tab.get("spikes", "fifo"), mem,
+                   bool(tab.get("addressing", True)) and "mac" not in tab)
+
+
+def _widths(tab: dict, model: Model | None) -> dict:
+    w = tab.get("widths")
+    if w == "stored" or (w is None and "bits" not in (tab.get("memory") or {})):
+        return stored_widths(model)
+    if w is None:  # an older table: memory.bits, one width or one per memory
+        bits = tab["memory"]["bits"]
+        if isinstance(bits, dict):
+            g = lambda k, d=32: int(bits.get(k, d))  # noqa: E731
+            return {"snn": {"weight": g("weight"), "bias": g("bias"), "membrane": g("potential"),
+                            "spike": g("input"), "pixel": g("input")},
+                    "ann": {"weight": g("weight"), "bias": g("bias"), "activation": g("input"),
+                            "accumulator": g("potential"), "pixel": g("input")}}
+        w = {"all": int(bits)}
+    if "all" in w:
+        b = int(w["all"])
+        return {"snn": {"weight": b, "bias": b, "membrane": b, "spike": b, "pixel": b},
+                "ann": {"weight": b, "bias": b, "activation": b, "accumulator": b, "pixel": b}}
+    return {net: {k: int(v) for k, v in w[net].items()} for net in ("snn", "ann")}
 
 
 # --------------------------------------------------------------------------- geometry
@@ -160,10 +266,10 @@ def layers(model: Model, height: int, width: int) -> list[Layer]:
                 ho, wo = 2 * h, 2 * w
             shape[node.name] = (node.out_channels, ho, wo)
             nxt = consumers.get(node.name, [])
-            neuron = nxt[0] if len(nxt) == 1 and isinstance(nxt[0], Neuron) else None
+            neuron = nxt[0] if len(nxt) == 1 and isinstance(nxt[0], SPIKING) else None
             out.append(Layer(node.name, "conv" if isinstance(node, Conv) else "convT", c, node.out_channels, h, w,
                              ho, wo, node.kernel, node.stride, _sources(model, node.input), binary[node.input],
-                             neuron.name if neuron else None, bool(neuron and neuron.leak_shift),
+                             neuron.name if neuron else None, bool(neuron and getattr(neuron, "leak_shift", 0)),
                              node.padding if isinstance(node, ConvTranspose) else None))
             binary[node.name] = False
         elif isinstance(node, Concat):
@@ -180,7 +286,7 @@ def layers(model: Model, height: int, width: int) -> list[Layer]:
                 out.append(Layer(node.name, "add", c * len(node.inputs), c, h, w, h, w))
         else:  # Neuron, Integrator: element-wise, same shape
             shape[node.name] = shape[node.input]
-            binary[node.name] = isinstance(node, Neuron)
+            binary[node.name] = isinstance(node, SPIKING)
     return out
 
 
@@ -281,7 +387,9 @@ class Counts:
     wr_output: float = 0.0
     addr_macs: float = 0.0
     addr_accs: float = 0.0
-    # elements of the memory each access goes to (for the SRAM energy fit)
+    # elements of the memory each access goes to: "input", "weight", "bias", "potential", "output" as Lemaire et
+    # al. size them (SNN spikes in 64-entry FIFOs), "input_map" / "output_map" for spikes kept as bit maps of all
+    # steps; "input_is" says what the input memory holds ("spike", "activation" or "pixel")
     n_mem: dict = field(default_factory=dict)
 
     @property
@@ -292,10 +400,11 @@ class Counts:
 
 def ann_counts(layer: Layer) -> Counts:
     """Dense counts of the ANN twin's layer (Lemaire et al. eqs. 3-6, 12-14 for conv)."""
+    src = "pixel" if layer.source == (INPUT,) else "activation"
     if layer.kind == "add":
         n = layer.n_out
         return Counts(accs=layer.n_in - n, rd_input=layer.n_in, wr_output=n, addr_accs=layer.n_in + n,
-                      n_mem={"input": layer.n_in, "output": n})
+                      n_mem={"input": layer.n_in, "output": n, "input_is": "activation"})
     taps = layer.cin * layer.k * layer.k
     if layer.kind == "convT":
         # every input element reaches k*k outputs of every output channel
@@ -306,11 +415,18 @@ def ann_counts(layer: Layer) -> Counts:
         macs=macs, accs=layer.n_out,
         rd_input=macs, rd_weight=macs, rd_bias=layer.n_out, wr_output=layer.n_out,
         addr_accs=layer.n_in + layer.n_out + layer.cout * layer.k * layer.k,
-        n_mem={"input": layer.n_in, "weight": layer.cout * taps, "bias": layer.cout, "output": layer.n_out},
+        n_mem={"input": layer.n_in, "weight": layer.cout * taps, "bias": layer.cout, "output": layer.n_out,
+               "input_is": src},
     )
 
 
-def snn_counts(layer: Layer, act: Activity, addressing: str = "code") -> Counts:
+HYBRID = ("bcefe7d", "head")
+"""How the direct-coded first layer is counted: as in the authors' commit bcefe7d (2024-05-27; dense MACs,
+dense input reads, ANN addressing) or as at their HEAD 15165fe (MACs, input reads, weight reads and addressing
+scaled by the input's non-zero rate, once, not T times). docs/PROFILE.md lists the differences."""
+
+
+def snn_counts(layer: Layer, act: Activity, addressing: str = "code", hybrid: str = "bcefe7d") -> Counts:
     """Event-driven counts of the SNN's layer (Lemaire et al. as implemented by its authors; see module doc)."""
     T = act.timesteps
     if layer.kind == "add":  # a dense Add of currents: same as the ANN, every step
@@ -326,7 +442,8 @@ def snn_counts(layer: Layer, act: Activity, addressing: str = "code") -> Counts:
     per_step = T * layer.n_out
     leak_macs = per_step if layer.leak else 0
     n_mem = {"input": FIFO_ELEMENTS, "weight": layer.cout * layer.cin * layer.k * layer.k, "bias": layer.cout,
-             "potential": layer.n_out, "output": FIFO_ELEMENTS}
+             "potential": layer.n_out, "output": FIFO_ELEMENTS, "input_map": layer.n_in * T,
+             "output_map": layer.n_out * T, "input_is": "spike"}
     pot = syn * layer.cout + per_step
     c = Counts(rd_weight=syn * layer.cout, rd_bias=per_step, rd_potential=pot, wr_potential=pot,
                wr_output=th_out, n_mem=n_mem)
@@ -336,31 +453,75 @@ def snn_counts(layer: Layer, act: Activity, addressing: str = "code") -> Counts:
         c.rd_input = th_in
         c.addr_macs = 2 * th_in
         c.addr_accs = syn * (layer.cout if addressing == "paper" else 1)
-    else:  # hybrid: dense pixels in (authors' code: FNN ops and addressing, dense input reads)
-        dense = ann_counts(layer)
-        # the authors count the leak once here (not x T): kept as in their code
-        c.macs = dense.macs + (layer.n_out if layer.leak else 0)
+        return c
+    dense = ann_counts(layer)
+    c.n_mem["input_is"] = dense.n_mem["input_is"]
+    if hybrid == "head":
+        # HEAD: "sparse input over a single timestep but with MAC operations"; theta = non-zero inputs, once
+        nz = act.input_nonzero
+        c.macs = dense.macs * nz + (layer.n_out if layer.leak else 0)
         c.accs = dense.accs + th_out
-        c.rd_input = dense.rd_input
-        c.n_mem["input"] = layer.n_in
-        c.addr_accs = dense.addr_accs
+        c.rd_input = nz * layer.n_in
+        c.rd_weight = syn * layer.cout / T
+        c.addr_macs = 2 * nz * layer.n_in
+        c.addr_accs = syn / T * (layer.cout if addressing == "paper" else 1)
+        c.n_mem["input"] = FIFO_ELEMENTS
+        return c
+    # bcefe7d: dense pixels in (FNN ops and addressing, dense input reads); the leak once, not x T
+    c.macs = dense.macs + (layer.n_out if layer.leak else 0)
+    c.accs = dense.accs + th_out
+    c.rd_input = dense.rd_input
+    c.n_mem["input"] = layer.n_in
+    c.n_mem["input_map"] = layer.n_in
+    c.addr_accs = dense.addr_accs
     return c
 
 
-def energy(c: Counts, table: dict) -> dict[str, float]:
-    """Energy breakdown in pJ of one layer's counts: ops, addressing and memory by kind."""
-    if "mac" in table:  # op-count model: #MAC x E_MAC + #AC x E_AC, nothing else
-        e = {"ops": c.macs * table["mac"] + c.accs * table["ac"], "addr": 0.0}
-    else:
-        mac, add = table["mul"] + table["add"], table["add"]
-        e = {"ops": c.macs * mac + c.accs * add,
-             "addr": (c.addr_macs * mac + c.addr_accs * add) if table.get("addressing", True) else 0.0}
+def _memories(c: Counts, pr: Pricing, net: str) -> dict[str, tuple[str, float, float, float]]:
+    """Per breakdown key: (memory kind, elements, bits, accesses) of one layer's counts under ``pr``."""
+    w = pr.widths[net]
     n = c.n_mem
-    e["mem_input"] = c.rd_input * e_ram(table, n.get("input", 0), "input")
-    e["mem_weight"] = c.rd_weight * e_ram(table, n.get("weight", 0), "weight")
-    e["mem_bias"] = c.rd_bias * e_ram(table, n.get("bias", 0), "bias")
-    e["mem_potential"] = (c.rd_potential + c.wr_potential) * e_ram(table, n.get("potential", 0), "potential")
-    e["mem_output"] = c.wr_output * e_ram(table, n.get("output", 0), "output")
+    src = n.get("input_is", "spike" if net == "snn" else "activation")
+    out: dict[str, tuple[str, float, float, float]] = {}
+    if net == "snn":
+        bitmap = pr.spikes == "bitmap"
+        if src == "spike":
+            out["mem_input"] = ("spike", n.get("input_map" if bitmap else "input", 0), w["spike"], c.rd_input)
+        else:  # the frame (direct coding)
+            out["mem_input"] = ("pixel", n.get("input", 0), w["pixel"], c.rd_input)
+        out["mem_potential"] = ("membrane", n.get("potential", 0), w["membrane"], c.rd_potential + c.wr_potential)
+        out["mem_output"] = ("spike", n.get("output_map" if bitmap else "output", 0), w["spike"], c.wr_output)
+    else:
+        out["mem_input"] = (src, n.get("input", 0), w[src], c.rd_input)
+        out["mem_potential"] = ("activation", 0, 0, 0.0)
+        out["mem_output"] = ("activation", n.get("output", 0), w["activation"], c.wr_output)
+    out["mem_weight"] = ("weight", n.get("weight", 0), w["weight"], c.rd_weight)
+    out["mem_bias"] = ("bias", n.get("bias", 0), w["bias"], c.rd_bias)
+    return out
+
+
+MEM_KEYS = ("mem_input", "mem_weight", "mem_bias", "mem_potential", "mem_output")
+
+
+def energy(c: Counts, pr: Pricing | dict | str, net: str = "snn", uses: list | None = None) -> dict[str, float]:
+    """Energy breakdown in pJ of one layer's counts: ops, addressing and memory by kind.
+
+    ``uses`` (a list) receives one ``{"kind", "model", "elements", "bits", "pJ"}`` per memory touched, for the
+    range verdict.
+    """
+    if not isinstance(pr, Pricing):
+        pr = pricing(pr)
+    o = pr.ops[net]
+    e = {"ops": c.macs * o["mac"] + c.accs * o["acc"],
+         "addr": (c.addr_macs * o["addr_mac"] + c.addr_accs * o["addr_acc"]) if pr.addressing else 0.0}
+    for key, (kind, n, bits, acc) in _memories(c, pr, net).items():
+        if not pr.memory or acc == 0:
+            e[key] = 0.0
+            continue
+        m = pr.memory[kind]
+        e[key] = acc * m.access_pJ(n, bits)
+        if uses is not None:
+            uses.append({"kind": kind, "model": m, "elements": n, "bits": bits, "pJ": e[key]})
     e["total"] = sum(e.values())
     return e
 
@@ -386,6 +547,8 @@ class Report:
     table: dict
     timesteps: int
     layers: list[LayerReport]
+    pricing: Pricing | None = None
+    uses: dict = field(default_factory=dict)  # net -> list of memory uses (see energy())
 
     def total(self, net: str, key: str = "total") -> float:
         return float(sum(getattr(lr, f"{net}_energy")[key] for lr in self.layers))
@@ -399,16 +562,36 @@ class Report:
         """SNN energy / ANN energy (below 1: the SNN wins)."""
         return self.total("snn") / self.total("ann")
 
+    def accesses(self, net: str) -> dict[str, float]:
+        """Memory accesses per memory kind (weight, bias, membrane, spike, activation, pixel)."""
+        out: dict[str, float] = {}
+        pr = self.pricing or pricing(self.table)
+        for lr in self.layers:
+            for kind, _, _, acc in _memories(getattr(lr, net), pr, net).values():
+                if acc:
+                    out[kind] = out.get(kind, 0.0) + acc
+        return out
+
+    def verdict(self, net: str) -> dict:
+        """Whether this net's memory energy stays inside the memory models' ranges (:func:`memory.verdict`)."""
+        if not self.uses.get(net):
+            return {"inside": True, "above_share": 0.0, "below_share": 0.0, "text": "no memory term"}
+        return M.verdict(self.uses[net])
+
     def to_dict(self) -> dict:
         keys = ("macs", "accs", "mem_accesses", "addr_macs", "addr_accs", "rd_input", "rd_weight", "rd_bias",
                 "rd_potential", "wr_potential", "wr_output")
+        pr = self.pricing
         return {
             "table": {k: v for k, v in self.table.items()},
+            "pricing": pr.describe() if pr else None,
             "timesteps": self.timesteps,
             "energy_pJ": {"snn": self.total("snn"), "ann": self.total("ann"), "snn_over_ann": self.ratio},
             "breakdown_pJ": {net: {k: self.total(net, k) for k in self.layers[0].snn_energy} for net in ("snn", "ann")}
             if self.layers else {},
             "counts": {net: {k: self.count(net, k) for k in keys} for net in ("snn", "ann")},
+            "accesses": {net: self.accesses(net) for net in ("snn", "ann")},
+            "range": {net: self.verdict(net) for net in ("snn", "ann")},
             "layers": [{"name": lr.name, "kind": lr.kind, "hybrid": lr.hybrid, "theta_in": lr.theta_in,
                         "theta_out": lr.theta_out,
                         "snn": {k: v for k, v in asdict(lr.snn).items() if k != "n_mem"},
@@ -417,33 +600,39 @@ class Report:
         }
 
 
-def analyse_layers(model_layers: list[Layer], act: Activity, table: str | dict = DEFAULT_TABLE,
-                   addressing: str = "code", extra_tables: str | Path | None = None) -> Report:
-    """Counts and energies of every layer for the activity ``act``."""
+def analyse_layers(model_layers: list[Layer], act: Activity, table: str | dict | Pricing = DEFAULT_TABLE,
+                   addressing: str = "code", extra_tables: str | Path | None = None, model: Model | None = None,
+                   memory_model: str | None = None, hybrid: str = "bcefe7d") -> Report:
+    """Counts and energies of every layer for the activity ``act`` (``model`` gives the stored widths)."""
     if addressing not in ("code", "paper"):
         raise ValueError("addressing must be 'code' or 'paper'")
-    tab = get_table(table, extra_tables)
+    if hybrid not in HYBRID:
+        raise ValueError(f"hybrid must be one of {', '.join(HYBRID)}")
+    pr = table if isinstance(table, Pricing) else pricing(table, model, memory_model, extra_tables)
     out = []
+    uses: dict[str, list] = {"snn": [], "ann": []}
     for layer in model_layers:
-        s, a = snn_counts(layer, act, addressing), ann_counts(layer)
+        s, a = snn_counts(layer, act, addressing, hybrid), ann_counts(layer)
         out.append(LayerReport(layer.name, layer.kind, not layer.binary_input and layer.kind != "add", s, a,
-                               energy(s, tab), energy(a, tab), act.theta_in(layer) if layer.kind != "add" else 0.0,
-                               act.theta_out(layer)))
-    return Report(tab, act.timesteps, out)
+                               energy(s, pr, "snn", uses["snn"]), energy(a, pr, "ann", uses["ann"]),
+                               act.theta_in(layer) if layer.kind != "add" else 0.0, act.theta_out(layer)))
+    return Report(pr.table, act.timesteps, out, pr, uses)
 
 
 def analyse(model: Model, height: int, width: int, spikes: dict, frame: np.ndarray | None = None,
-            table: str | dict = DEFAULT_TABLE, addressing: str = "code", counts: dict | None = None) -> Report:
+            table: str | dict | Pricing = DEFAULT_TABLE, addressing: str = "code", counts: dict | None = None,
+            memory_model: str | None = None, extra_tables: str | Path | None = None) -> Report:
     """The report for ``model`` on one ``height`` x ``width`` frame whose run produced ``spikes`` (per neuron
     node, per step or summed); ``counts`` (per-position spike counts, the reference ``Trace.counts``) makes the
     synaptic counts exact per position (see :class:`Activity`)."""
     return analyse_layers(layers(model, height, width), activity_from_spikes(model, spikes, frame, counts), table,
-                          addressing)
+                          addressing, extra_tables, model, memory_model)
 
 
 def estimate(stats, model: Model, shape: tuple[int, int] | None = None, table: str | dict = DEFAULT_TABLE,
-             ) -> dict:
-    """Per-frame energy estimate for ``edgespike run``: ``{"snn_pJ", "ann_pJ", "ratio", "table"}``.
+             memory_model: str | None = None) -> dict:
+    """Per-frame energy estimate for ``edgespike run``: ``{"snn_pJ", "ann_pJ", "ratio", "table", "memory",
+    "in_range"}`` (``in_range``: both nets' memories inside the memory model's range, see :mod:`memory`).
 
     ``stats`` is the runtime's ``Stats`` (attribute ``spikes``: per neuron node per step) or a reference
     ``Trace``; ``shape`` is the frame's ``(height, width)`` when ``stats`` does not carry it (``shape`` or
@@ -453,8 +642,10 @@ def estimate(stats, model: Model, shape: tuple[int, int] | None = None, table: s
     if shape is None:
         raise ValueError("estimate() needs the frame shape (height, width)")
     r = analyse(model, int(shape[0]), int(shape[1]), stats.spikes, None, table,
-                counts=getattr(stats, "counts", None))
-    return {"snn_pJ": r.total("snn"), "ann_pJ": r.total("ann"), "ratio": r.ratio, "table": r.table["name"]}
+                counts=getattr(stats, "counts", None), memory_model=memory_model)
+    mem = sorted({m.name for m in r.pricing.memory.values()}) if r.pricing.memory else []
+    return {"snn_pJ": r.total("snn"), "ann_pJ": r.total("ann"), "ratio": r.ratio, "table": r.table["name"],
+            "memory": ",".join(mem) or "none", "in_range": r.verdict("snn")["inside"] and r.verdict("ann")["inside"]}
 
 
 # --------------------------------------------------------------------------- SPIDEN's networks
