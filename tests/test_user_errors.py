@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +154,201 @@ def test_run_on_a_folder_names_outputs_after_the_sources(tmp_path, capsys, model
     rc, _, err = cli(capsys, "run", src, "--model", model_path, "-q", "-o", src)
     assert_one_line_error(rc, err, "would overwrite the source image")
     assert (src / "b.png").read_bytes() == before
+
+
+# ------------------------------------------------------------------------------------------------- image size
+
+
+def bomb_png(path: Path, side: int = 16000) -> Path:
+    """A valid PNG declaring ``side`` x ``side`` grey pixels, all zero: ~250 KB on disk, 256 MB decoded."""
+    comp = zlib.compressobj(9)
+    row = b"\0" * (side + 1)
+    data = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    path.write_bytes(png.SIGNATURE + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture()
+def bomb(tmp_path) -> Path:
+    return bomb_png(tmp_path / "bomb.png")
+
+
+@pytest.fixture(params=["installed decoders", "numpy only"])
+def decoders(request, monkeypatch):
+    """Both installs: with Pillow/OpenCV (Pillow would warn about a decompression bomb), and numpy alone."""
+    from edgespike.live import imageio
+
+    if request.param == "numpy only":
+        monkeypatch.setattr(imageio, "pil_image", lambda: None)
+        monkeypatch.setattr(imageio, "cv2", lambda: None)
+    return request.param
+
+
+def test_denoise_refuses_an_image_over_the_pixel_limit_from_its_header(tmp_path, capsys, model_path, bomb,
+                                                                      decoders, monkeypatch, recwarn):
+    from edgespike import png as png_module
+
+    def no_decode(*a, **k):
+        raise AssertionError("the image was decoded before its size was checked")
+
+    monkeypatch.setattr(png_module, "decode_png", no_decode)
+    rc, out, err = cli(capsys, "denoise", bomb, "--model", model_path, "-o", tmp_path / "out.png")
+    assert_one_line_error(rc, err, "bomb.png is 16000x16000", "over the limit of 40 megapixels", "--max-pixels")
+    assert len(err.strip().splitlines()) == 1 and not recwarn.list  # no DecompressionBombWarning either
+    assert not (tmp_path / "out.png").exists() and leftovers(tmp_path) == []
+
+
+def test_run_refuses_an_image_over_a_lower_pixel_limit(tmp_path, capsys, model_path, image):
+    rc, out, err = cli(capsys, "run", image, "--model", model_path, "-q", "--max-pixels", 100, "-o",
+                       tmp_path / "out.png")
+    assert_one_line_error(rc, err, "in.png is 16x12", "over the limit of 0.0001 megapixels")
+    assert not (tmp_path / "out.png").exists()
+    rc, _, err = cli(capsys, "run", image, "--model", model_path, "-q", "--max-pixels", 192, "-o",
+                     tmp_path / "out.png")
+    assert rc == 0 and (tmp_path / "out.png").exists()
+
+
+def test_the_pixel_limit_is_stated_in_help(capsys):
+    for command in ("denoise", "run"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--max-pixels N" in text and "40,000,000" in text and "0 = no limit" in text
+
+
+def test_negative_pixel_limit_is_one_line(capsys, model_path, image):
+    rc, _, err = cli(capsys, "denoise", image, "--model", model_path, "--max-pixels", -1)
+    assert_one_line_error(rc, err, "--max-pixels -1")
+
+
+# ------------------------------------------------------------------------------------------- conversion notes
+
+
+def conversions(tmp_path) -> dict[str, tuple[Path, str]]:
+    """Image files that need converting, and the note each must produce."""
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, (12, 16, 4), dtype=np.uint8)
+    rgba[..., 3] = 128
+    cases = {}
+    p = tmp_path / "rgba.png"
+    p.write_bytes(_png_bytes(rgba, 6, 8))
+    cases["rgba"] = (p, "alpha channel dropped (transparent parts")
+    g16 = (rng.integers(0, 65536, (12, 16))).astype(">u2")
+    p = tmp_path / "g16.png"
+    p.write_bytes(_png_bytes(g16.view(np.uint8).reshape(12, 32), 0, 16))
+    cases["16-bit"] = (p, "16-bit scaled to 8-bit")
+    p = tmp_path / "pal.png"
+    p.write_bytes(_png_bytes(rng.integers(0, 4, (12, 16), dtype=np.uint8), 3, 8,
+                             plte=bytes([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])))
+    cases["palette"] = (p, "palette colours expanded to RGB")
+    return cases
+
+
+def _png_bytes(rows: np.ndarray, ctype: int, depth: int, plte: bytes | None = None) -> bytes:
+    """A PNG of raw rows (filter 0) of colour type ``ctype`` and bit depth ``depth``: written by hand, so the
+    16-bit and palette files do not depend on an imaging library."""
+    h = rows.shape[0]
+    w = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[ctype]
+    width = rows.reshape(h, -1).shape[1] // (w * depth // 8)
+    raw = b"".join(b"\0" + r.tobytes() for r in rows.reshape(h, -1))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    body = chunk(b"IHDR", struct.pack(">IIBBBBB", width, h, depth, ctype, 0, 0, 0))
+    if plte:
+        body += chunk(b"PLTE", plte)
+    return png.SIGNATURE + body + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("kind", ["rgba", "16-bit", "palette"])
+def test_denoise_notes_each_conversion(tmp_path, capsys, model_path, decoders, kind):
+    path, note = conversions(tmp_path)[kind]
+    rc, out, err = cli(capsys, "denoise", path, "--model", model_path, "-o", tmp_path / "out.png")
+    assert rc == 0, err
+    assert f"edgespike: note: {path}: {note}" in err
+    assert (tmp_path / "out.png").exists()
+
+
+def test_denoise_notes_a_jpeg(tmp_path, capsys, model_path):
+    from edgespike.live import imageio
+
+    if imageio.pil_image() is None:
+        pytest.skip("reading JPEG here needs Pillow")
+    Image = imageio.pil_image()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 16), dtype=np.uint8)).save(tmp_path / "a.jpg")
+    rc, out, err = cli(capsys, "denoise", tmp_path / "a.jpg", "--model", model_path, "-o", tmp_path / "out.png")
+    assert rc == 0 and "lossy JPEG" in err
+
+
+def test_run_notes_a_conversion_once_per_kind(tmp_path, capsys, model_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    path, note = conversions(tmp_path)["rgba"]
+    for i in range(3):
+        (folder / f"a{i}.png").write_bytes(path.read_bytes())
+    rc, out, err = cli(capsys, "run", folder, "--model", model_path, "-q", "-o", f"{tmp_path / 'out'}/")
+    assert rc == 0, err
+    assert err.count(note) == 1 and "a0.png" in err
+
+
+# --------------------------------------------------------------------------------------------- wrong-flag advice
+
+
+def test_serve_with_a_value_says_what_was_meant(capsys, model_path):
+    rc, _, err = cli(capsys, "run", "--serve", "8081", "--model", model_path, "-q")
+    assert_one_line_error(rc, err, "--serve takes no value", "--serve --serve-port 8081")
+    assert "/dev/video8081" in err  # says how the number was read
+
+
+def test_advice_names_flags_that_exist(capsys, monkeypatch, model_path):
+    """Every piece of advice in the messages names an option the command takes, with the value it takes."""
+    from edgespike.live import sinks
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    rc, _, err = cli(capsys, "run", "--window", "--model", model_path, "-q")
+    assert_one_line_error(rc, err, "--serve")
+    assert "--serve PORT" not in err and "--serve 0" not in err
+    assert "--serve PORT" not in sinks.window_problem()
+
+
+def test_rtl_subcommands_have_their_own_help(capsys):
+    pytest.importorskip("amaranth")
+    texts = {}
+    for name in ("sim", "verilog"):
+        with pytest.raises(SystemExit):
+            main(["rtl", name, "--help"])
+        texts[name] = " ".join(capsys.readouterr().out.split())
+    assert "Verilog" in texts["verilog"] and "simulate" not in texts["verilog"]
+    assert "simulate one tile" in texts["sim"]
+    with pytest.raises(SystemExit):
+        main(["rtl", "--help"])
+    out = capsys.readouterr().out
+    assert "write the accelerator's top level as Verilog" in " ".join(out.split())
+
+
+def test_export_takes_a_shipped_model_name(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    rc, out, err = cli(capsys, "export", "s25", "--to", "onnx", "-o", tmp_path / "s25.onnx")
+    assert rc == 0, err
+    assert (tmp_path / "s25.onnx").stat().st_size > 0
+    rc, _, err = cli(capsys, "export", "s25", "--to", "onnx", "-o", tmp_path / "no" / "x.onnx")
+    assert_one_line_error(rc, err, "does not exist")
+
+
+# ----------------------------------------------------------------------------------------- the model that ran
+
+
+def test_run_and_denoise_summaries_name_the_model(tmp_path, capsys, model_path, image):
+    rc, out, err = cli(capsys, "denoise", image, "--model", model_path, "-o", tmp_path / "o.png")
+    assert rc == 0 and f"model: {model_path} (no name in its metadata)" in out
+    rc, out, err = cli(capsys, "run", image, "-q", "-o", tmp_path / "o.png")  # an image file: the blind model
+    assert rc == 0, err
+    (line,) = [ln for ln in out.splitlines() if ln.strip().startswith("model")]
+    assert "default_blind.esnn (shipped 'blind', name default_blind)" in line

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from edgespike.errors import UserError
+from edgespike.files import check_output
+from edgespike.models import MODEL_HELP, resolve
 
 HELP = "export a model as a NIR graph (for snnTorch, Norse, ...) or as its float ANN twin in ONNX"
 DESCRIPTION = """--to nir writes the NIR graph of the model (HDF5, readable by nir.read and by the NIR importers of
@@ -19,7 +20,7 @@ convolutions or concatenation are refused: NIR 1.0 has no such nodes.
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model", help="edgespike model file (.esnn)")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--to", required=True, choices=("nir", "onnx"), help="target format")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="file to write")
     p.add_argument("--dt", type=float, default=1e-4,
@@ -33,8 +34,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from edgespike.fileformat import load
 
-    model = load(args.model)
-    out = Path(args.output)
+    model = load(resolve(args.model))
+    out = check_output(args.output)  # before the export's work, which can take a while for ONNX
     if args.to == "onnx":
         from edgespike.profile.ann import to_onnx, twin
 

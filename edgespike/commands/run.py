@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 from edgespike.errors import UserError
-from edgespike.models import MODEL_HELP, shipped_for
+from edgespike.live.imageio import MAX_PIXELS_HELP, check_max_pixels
+from edgespike.models import MODEL_HELP, label, resolve, shipped_for
+from edgespike.progress import prepare_kernel
 
 HELP = "denoise a live camera, video, images or the demo, with per-frame spike stats"
 DESCRIPTION = """Denoise frames live with the spiking network and show what it costs per frame.
@@ -55,6 +58,7 @@ def add_arguments(p) -> None:
     g.add_argument("--frames", type=int, metavar="N", help=f"stop after N denoised frames (demo default: "
                    f"{DEMO_FRAMES} unless previewing)")
     g.add_argument("--loop", action="store_true", help="repeat a video or image list")
+    g.add_argument("--max-pixels", type=int, metavar="N", help="image files: " + MAX_PIXELS_HELP)
     g.add_argument("--noise", default="gaussian", help="demo noise: gaussian (default) or poisson-gaussian")
     g.add_argument("--sigma", type=float, default=25.0, help="demo: Gaussian / read-noise sigma on 0..255 "
                    "(default 25)")
@@ -107,8 +111,6 @@ def _refuse_overwriting_sources(output: str, paths) -> None:
     UserError
         A denoised frame would replace the image it came from.
     """
-    from pathlib import Path
-
     folder = Path(output)
     if not (output.endswith(("/", "\\")) or folder.is_dir()):
         return
@@ -127,6 +129,10 @@ def run(args) -> int:
     if args.source_arg and args.source_opt and args.source_arg != args.source_opt:
         raise UserError(f"two sources given ({args.source_arg!r} and --source {args.source_opt!r}): pick one")
     spec = args.source_opt or args.source_arg or "demo"
+    if args.serve and args.source_arg and args.source_arg.isdigit() and not Path(f"/dev/video{spec}").exists():
+        # `--serve 8081` reads as `--serve` plus camera 8081: say what was meant rather than "no camera"
+        raise UserError(f"--serve takes no value, so {spec} was read as camera /dev/video{spec}; for the preview "
+                        f"on port {spec} use --serve --serve-port {spec}")
     if args.frames is not None and args.frames < 1:
         raise UserError("--frames must be at least 1")
     if args.retries < 0 or args.timeout <= 0:
@@ -140,7 +146,8 @@ def run(args) -> int:
     if args.serve and not 0 <= args.serve_port <= 65535:
         raise UserError(f"--serve-port {args.serve_port}: a port is 0..65535")
     opts = sources.SourceOptions(size=parse_size(args.size), fps=args.fps, noise=args.noise, sigma=args.sigma,
-                                 gain=args.gain, seed=args.seed, loop=args.loop, timeout=args.timeout)
+                                 gain=args.gain, seed=args.seed, loop=args.loop, timeout=args.timeout,
+                                 max_pixels=check_max_pixels(args.max_pixels))
     source = sources.open_source(spec, opts)  # checks the spec; the device is opened by the pipeline
 
     is_demo = isinstance(source, sources.DemoSource)
@@ -163,7 +170,11 @@ def run(args) -> int:
         model = "s25"
     else:
         model = shipped_for(args.noise, args.sigma) if is_demo else shipped_for(None)
+    if args.backend == "cpu":
+        prepare_kernel(enabled=not args.quiet)  # a first run builds the C kernel: say so rather than pause
     backend = backends.open_backend(args.backend, model, args.port)
+    backend_model = getattr(backend, "model", None)
+    model_label = label(resolve(model), getattr(backend_model, "metadata", None))
     if output and isinstance(source, sources.ImageSource):
         _refuse_overwriting_sources(output, source.paths)
     opened: list = []
@@ -188,7 +199,7 @@ def run(args) -> int:
         raise
     run_opts = pipeline.RunOptions(frames=frames, color=args.color, queue=args.queue, retries=args.retries,
                                    retry_delay=min(1.0, args.timeout / 5), stall_timeout=max(10.0, args.timeout * 2),
-                                   status="off" if args.quiet else "auto")
+                                   status="off" if args.quiet else "auto", model_label=model_label)
     summary = pipeline.run_pipeline(source, backend, opened, run_opts)
     if summary.processed or summary.error is None:
         print(summary.table(), flush=True)

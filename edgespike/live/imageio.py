@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -36,21 +37,92 @@ def pil_image():
     return optional("PIL.Image")
 
 
-def normalise(a: np.ndarray) -> np.ndarray:
-    """Any decoded image to uint8 grey (H x W) or RGB (H x W x 3): alpha dropped, 16-bit and float scaled."""
+DEFAULT_MAX_PIXELS = 40_000_000
+"""Largest image (width x height) read by default: a 40-megapixel photo passes; a file that declares far more
+(a decompression bomb, or a panorama that would take many minutes and gigabytes) is refused from its header."""
+
+MAX_PIXELS_HELP = (f"largest image accepted, in pixels (default {DEFAULT_MAX_PIXELS:,}, i.e. 40 megapixels; "
+                   "0 = no limit); checked from the file's header before it is decoded")
+
+
+def check_max_pixels(value: int | None) -> int | None:
+    """The ``--max-pixels`` value as a limit (None: no limit), or :class:`UserError` for a negative one."""
+    if value is None:
+        return DEFAULT_MAX_PIXELS
+    if value < 0:
+        raise UserError(f"--max-pixels {value}: give a pixel count, or 0 for no limit")
+    return value or None
+
+
+def header_info(path: Path) -> tuple[int, int, int | None] | None:
+    """``(width, height, bits per sample)`` from a PNG or JPEG header without decoding it; None for others.
+
+    Reads at most 64 KiB, so a file declaring an enormous size costs nothing to check.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536)
+    except OSError:
+        return None
+    if head.startswith(png.SIGNATURE) and len(head) >= 26 and head[12:16] == b"IHDR":
+        w, h, depth = struct.unpack(">IIB", head[16:25])
+        return w, h, depth
+    if head[:2] == b"\xff\xd8":  # JPEG: walk the markers to the first start-of-frame
+        pos = 2
+        while pos + 9 <= len(head):
+            if head[pos] != 0xFF:
+                return None
+            marker = head[pos + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+                pos += 2
+                continue
+            (length,) = struct.unpack(">H", head[pos + 2:pos + 4])
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                depth, h, w = struct.unpack(">BHH", head[pos + 4:pos + 9])
+                return w, h, depth
+            pos += 2 + length
+    return None
+
+
+def _check_size(path: Path, w: int, h: int, max_pixels: int | None) -> None:
+    if max_pixels and w * h > max_pixels:
+        raise UserError(f"image {path} is {w}x{h} ({w * h / 1e6:.1f} megapixels), over the limit of "
+                        f"{max_pixels / 1e6:g} megapixels: resize it, or raise the limit with --max-pixels "
+                        f"{w * h} (0 = no limit) if you mean it")
+
+
+def normalise(a: np.ndarray, notes: list[str] | None = None) -> np.ndarray:
+    """Any decoded image to uint8 grey (H x W) or RGB (H x W x 3): alpha dropped, 16-bit and float scaled.
+
+    Parameters
+    ----------
+    a
+        The decoded image.
+    notes
+        When given, one short note per conversion is appended (what ``--help`` promises the user is told).
+    """
+    notes = [] if notes is None else notes
     a = np.asarray(a)
-    if a.ndim == 3 and a.shape[2] == 4:
-        a = a[..., :3]
+    if a.ndim == 3 and a.shape[2] in (2, 4):  # grey or RGB with alpha: the network denoises intensities only
+        alpha = a[..., -1]
+        opaque = {np.dtype(np.uint16): 65535, np.dtype(bool): True}.get(a.dtype, 1.0 if a.dtype.kind == "f" else 255)
+        notes.append("alpha channel dropped" + (" (transparent parts show their stored colour)"
+                                                if alpha.size and alpha.min() < opaque else " (it was fully opaque)"))
+        a = a[..., :-1]
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[..., 0]
     if a.dtype == np.uint16:
         a = ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+        notes.append("16-bit scaled to 8-bit")
     elif a.dtype.kind == "f":
         a = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+        notes.append("floating-point [0, 1] scaled to 8-bit")
     elif a.dtype == bool:
         a = a.astype(np.uint8) * 255
+        notes.append("1-bit scaled to 0/255")
     elif a.dtype != np.uint8:
         a = np.clip(a, 0, 255).astype(np.uint8)
+        notes.append(f"{a.dtype} values clipped to 0..255")
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] != 3):
         raise ValueError(f"unsupported image shape {a.shape}")
     if a.ndim == 3 and np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 1], a[..., 2]):
@@ -58,21 +130,66 @@ def normalise(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as uint8 grey or RGB; raises :class:`UserError` naming the file if it cannot."""
+# Pillow modes converted before the array is taken, and what the user is told about each
+PIL_CONVERT = {"P": ("RGB", "palette colours expanded to RGB"), "PA": ("RGBA", "palette colours expanded to RGB"),
+               "CMYK": ("RGB", "CMYK converted to RGB"), "YCbCr": ("RGB", "YCbCr converted to RGB"),
+               "LAB": ("RGB", "Lab converted to RGB"), "HSV": ("RGB", "HSV converted to RGB"),
+               "1": ("L", "1-bit scaled to 0/255")}
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               notes: list[str] | None = None) -> np.ndarray:
+    """Read an image file as uint8 grey or RGB; raises :class:`UserError` naming the file if it cannot.
+
+    Parameters
+    ----------
+    path
+        The image file.
+    max_pixels
+        Refuse, from the header and before decoding, an image of more pixels (None: no limit).
+    notes
+        When given, a note is appended for every conversion (16-bit, alpha, palette, CMYK...).
+    """
     path = Path(path)
+    notes = [] if notes is None else notes
     if not path.is_file():
         raise UserError(f"cannot read image {path}: no such file")
+    info = header_info(path)
+    if info is not None:
+        _check_size(path, info[0], info[1], max_pixels)
     Image = pil_image()
     if Image is not None:
+        import warnings
+
         try:
-            with Image.open(path) as im:
-                if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
-                    im = im.convert("RGB")
+            with warnings.catch_warnings():
+                # our limit is checked below from the same header; Pillow's own warning would be a second,
+                # two-line message about the same thing
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im_ctx = Image.open(path)
+        except Image.DecompressionBombError:
+            raise UserError(f"image {path} is too large to decode (Pillow refuses it as a decompression bomb); "
+                            "resize it") from None
+        except Exception as exc:  # Pillow raises many types for bad files; all mean "cannot read"
+            raise UserError(f"cannot read image {path}: {exc}") from None
+        try:
+            with im_ctx as im:
+                _check_size(path, im.width, im.height, max_pixels)
+                if info is not None and info[2] == 16 and im.mode in ("RGB", "RGBA"):
+                    notes.append("16-bit scaled to 8-bit")  # Pillow reduces 16-bit colour PNG to 8 bits itself
+                if im.format == "JPEG":
+                    notes.append("lossy JPEG: its block artefacts are not the noise the models were trained on")
+                if im.mode in PIL_CONVERT:
+                    mode, note = PIL_CONVERT[im.mode]
+                    im = im.convert(mode)
+                    notes.append(note)
                 elif im.mode == "LA":
                     im = im.convert("L")
-                return normalise(np.asarray(im))
-        except Exception as exc:  # Pillow raises many types for bad files; all mean "cannot read"
+                    notes.append("alpha channel dropped")
+                return normalise(np.asarray(im), notes)
+        except UserError:
+            raise
+        except Exception as exc:
             raise UserError(f"cannot read image {path}: {exc}") from None
     cv = cv2()
     if cv is not None:
@@ -81,14 +198,23 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             raise UserError(f"cannot read image {path}: OpenCV could not decode it")
         if a.ndim == 3:
             a = a[..., [2, 1, 0]] if a.shape[2] == 3 else a[..., [2, 1, 0, 3]]
-        return normalise(a)
+        return normalise(a, notes)
     if path.suffix.lower() != ".png":
         raise UserError(f"cannot read image {path}: only PNG is readable without Pillow or OpenCV; "
                         "pip install 'edgespike[camera]'")
     try:
-        return normalise(png.decode_png(path.read_bytes(), str(path)))
+        a = png.decode_png(path.read_bytes(), str(path))
     except (png.PNGError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
+    if info is not None and a.ndim == 3 and info[2] < 16 and _is_palette_png(path):
+        notes.append("palette colours expanded to RGB")
+    return normalise(a, notes)
+
+
+def _is_palette_png(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return len(head) == 26 and head[25] == 3
 
 
 def to_bgr(img: np.ndarray) -> np.ndarray:

@@ -188,6 +188,7 @@ class Summary:
     """What a run did, for the table printed at the end (and for tests)."""
 
     source: str = ""
+    model: str = ""
     backend: str = ""
     sinks: list[str] = field(default_factory=list)
     processed: int = 0
@@ -218,8 +219,9 @@ class Summary:
         n = max(self.processed, 1)
         rows = [
             ("source", self.source),
+            ("model", self.model or "-"),
             ("backend", self.backend),
-            ("outputs", ", ".join(self.sinks) or "none (pass -o FILE, --serve PORT or --window)"),
+            ("outputs", ", ".join(self.sinks) or "none (pass -o FILE, --serve or --window)"),
             ("ended", self.stop_reason),
             ("frames", f"{self.processed} denoised, {self.captured} captured, {self.dropped} dropped"
              + (f", {self.read_failures} failed reads" if self.read_failures else "")),
@@ -259,6 +261,7 @@ class RunOptions:
     stall_timeout: float = 10.0
     status: str = "auto"  # "auto" (a live line on a terminal, a line every 5 s otherwise), "off"
     status_stream: object = None
+    model_label: str = ""  # the model file and its name, for the summary (the command may have chosen it)
 
 
 class Processor:
@@ -369,7 +372,7 @@ def run_pipeline(source: Source, backend, sinks: list, opts: RunOptions) -> Summ
     Never raises for run-time failures: they are returned in ``Summary.error`` after every sink was closed, so the
     caller prints the summary and then the one-line error.
     """
-    summary = Summary(rss_start=rss_bytes(), backend=getattr(backend, "label", "?"))
+    summary = Summary(rss_start=rss_bytes(), backend=getattr(backend, "label", "?"), model=opts.model_label)
     stop = threading.Event()
     reasons: list[str] = []
     process = Processor(backend, opts.color)

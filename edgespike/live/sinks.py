@@ -84,7 +84,8 @@ def wrap(lines: list[str], width: int) -> list[str]:
 def window_problem() -> str | None:
     """Why a local window cannot open here, or None if it can."""
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return "no display ($DISPLAY and $WAYLAND_DISPLAY are unset): use --serve PORT for a browser preview"
+        return ("no display ($DISPLAY and $WAYLAND_DISPLAY are unset): use --serve for a browser preview "
+                "(--serve-port PORT to choose its port)")
     cv = imageio.cv2()
     if cv is None:
         return "a window needs OpenCV: pip install opencv-python (the full build, with GUI)"
@@ -92,7 +93,7 @@ def window_problem() -> str | None:
     gui = re.search(r"GUI:\s*(\S+)", info)
     if gui and gui.group(1).upper() == "NONE":
         return ("this OpenCV has no GUI (opencv-python-headless): pip install opencv-python for a window, or use "
-                "--serve PORT")
+                "--serve")
     return None
 
 

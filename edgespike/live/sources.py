@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob as _glob
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ class SourceOptions:
     seed: int = 0
     loop: bool = False
     timeout: float = 5.0
+    max_pixels: int | None = imageio.DEFAULT_MAX_PIXELS  # images only: larger ones are refused from their header
 
 
 class Source:
@@ -211,6 +213,7 @@ class ImageSource(Source):
         n = len(paths)
         self.description = f"{'image' if n == 1 else f'{n} images'} from {label}" + (" (looped)" if opts.loop else "")
         self._pos = 0
+        self._noted: set[str] = set()
 
     def read(self) -> Frame | None:
         if self._pos >= len(self.paths):
@@ -219,7 +222,13 @@ class ImageSource(Source):
             self._pos = 0
         path = self.paths[self._pos]
         self._pos += 1
-        img = imageio.read_image(path)
+        notes: list[str] = []
+        img = imageio.read_image(path, self.opts.max_pixels, notes)
+        for note in notes:  # each kind of conversion once: a folder of RGBA images should not print a line each
+            if note not in self._noted:
+                self._noted.add(note)
+                more = " (and any further image like it)" if len(self.paths) > 1 else ""
+                print(f"edgespike: note: {path}: {note}{more}", file=sys.stderr, flush=True)
         if self.opts.size:
             img = imageio.resize(img, self.opts.size)
         return self._frame(img, name=path.name)
@@ -520,8 +529,8 @@ def list_sources() -> list[str]:
     lines.append("  yes  --window          local window (OpenCV highgui)" if problem is None
                  else f"  no   --window          {problem}")
     jpeg = imageio.can_encode_jpeg()
-    lines.append(f"  yes  --serve PORT      MJPEG preview in a browser (JPEG by {jpeg})" if jpeg
-                 else "  no   --serve PORT      needs OpenCV or Pillow to encode JPEG: pip install 'edgespike[camera]'")
+    lines.append(f"  yes  --serve           MJPEG preview in a browser (JPEG by {jpeg})" if jpeg
+                 else "  no   --serve           needs OpenCV or Pillow to encode JPEG: pip install 'edgespike[camera]'")
     if cv is not None:
         lines.append("  yes  -o FILE.avi       MJPEG AVI video (OpenCV)")
     else:

@@ -53,3 +53,28 @@ def resolve(model: str | Path | None) -> Path:
 def sample_path() -> Path:
     """The bundled sample frame (256x256 grayscale PNG)."""
     return HERE / "sample.png"
+
+
+def label(path: str | Path, metadata: dict | None = None) -> str:
+    """How a summary names the model that ran: its file, and its name.
+
+    Parameters
+    ----------
+    path
+        The model file (as :func:`resolve` returned it).
+    metadata
+        The model's metadata; its ``"name"`` is shown when present.
+
+    Returns
+    -------
+    str
+        e.g. ``".../default_blind.esnn (shipped 'blind', name default_blind)"`` or ``"my.esnn (name dncnn-17)"``;
+        the commands choose a shipped model by themselves (``blind`` for cameras and images), so the summary must
+        say which one ran.
+    """
+    path = Path(path)
+    shipped = path.parent.resolve() == HERE.resolve()
+    parts = [f"shipped {k!r}" for k, v in DEFAULTS.items() if shipped and path.name == v]
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    parts.append(f"name {name}" if name else "no name in its metadata")
+    return f"{path} ({', '.join(parts)})"
