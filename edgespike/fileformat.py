@@ -157,6 +157,9 @@ def from_bytes(data: bytes) -> Model:
             f"format version {major}.{minor} is not readable by this edgespike (reads {VERSION[0]}.x): "
             "upgrade edgespike or re-export the model"
         )
+    if minor > VERSION[1]:  # a newer minor adds fields this reader would silently ignore: refuse, do not guess
+        raise ModelFileError(f"format version {major}.{minor} is newer than this edgespike reads ({VERSION[0]}."
+                             f"{VERSION[1]}): upgrade edgespike")
     if hlen > MAX_HEADER:
         raise ModelFileError(f"corrupted: header length {hlen} is absurd")
     start = PREAMBLE.size + hlen
@@ -168,6 +171,8 @@ def from_bytes(data: bytes) -> Model:
     head = data[PREAMBLE.size:PREAMBLE.size + hlen]
     if zlib.crc32(head) != hcrc:
         raise ModelFileError("corrupted: header checksum mismatch")
+    if any(data[PREAMBLE.size + hlen:start]):  # the padding is outside both checksums: it must be the zeros written
+        raise ModelFileError("corrupted: the padding after the header is not zero")
     payload = memoryview(data)[start:start + plen]
     if zlib.crc32(payload) != pcrc:
         raise ModelFileError("corrupted: payload checksum mismatch")
@@ -177,6 +182,11 @@ def from_bytes(data: bytes) -> Model:
         raise ModelFileError(f"corrupted: header is not valid JSON ({exc})") from None
     if not isinstance(header, dict) or header.get("format") != "edgespike-snn":
         raise ModelFileError("header does not describe an edgespike-snn model")
+    metadata = header.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):  # info and the commands read it as key: value
+        kind = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}[type(metadata)]
+        raise ModelFileError(f"corrupted: the header's metadata is a JSON {kind}, not an object; re-export the "
+                             "model with metadata as a dict")
     tensors = _read_tensors(header.get("tensors"), payload)
     model = _build_model(header, tensors)
     try:

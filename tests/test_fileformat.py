@@ -218,3 +218,44 @@ def test_info_into_a_closed_pipe_is_quiet():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+# ------------------------------------------------------------------------------- header checks (issue 19)
+
+
+def _with_preamble(header: dict, payload: bytes, minor: int = 0, padding: bytes | None = None) -> bytes:
+    """Like :func:`rebuild`, with a chosen minor version and header padding (valid CRCs: neither covers them)."""
+    head = json.dumps(header).encode()
+    pre = PREAMBLE.pack(MAGIC, 1, minor, len(head), len(payload), zlib.crc32(head), zlib.crc32(payload))
+    n = (-(len(pre) + len(head))) % 64
+    return pre + head + (padding or b"\0" * n)[:n].ljust(n, b"\0") + payload
+
+
+def test_metadata_that_is_not_a_json_object_is_one_line(tmp_path):
+    header, payload = parts()
+    header["metadata"] = ["a", "list"]
+    path = tmp_path / "listmeta.esnn"
+    path.write_bytes(_with_preamble(header, payload))
+    with pytest.raises(ModelFileError, match="metadata is a JSON array, not an object"):
+        fileformat.load(path)
+    r = subprocess.run([sys.executable, "-m", "edgespike.cli", "info", str(path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+    assert r.stderr.startswith(f"edgespike: error: {path}: corrupted: the header's metadata is a JSON array")
+
+
+def test_a_newer_minor_version_is_refused_and_the_current_one_read():
+    header, payload = parts()
+    assert fileformat.from_bytes(_with_preamble(header, payload, minor=fileformat.VERSION[1])) is not None
+    newer = fileformat.VERSION[1] + 1
+    with pytest.raises(ModelFileError, match=rf"format version 1\.{newer} is newer than this edgespike reads"):
+        fileformat.from_bytes(_with_preamble(header, payload, minor=newer))
+
+
+def test_non_zero_header_padding_is_corruption():
+    header, payload = parts()
+    header["metadata"]["pad"] = ""
+    while (PREAMBLE.size + len(json.dumps(header).encode())) % 64 == 0:  # make sure there is padding to damage
+        header["metadata"]["pad"] += "-"
+    assert fileformat.from_bytes(_with_preamble(header, payload)) is not None
+    with pytest.raises(ModelFileError, match="padding after the header is not zero"):
+        fileformat.from_bytes(_with_preamble(header, payload, padding=b"x"))
