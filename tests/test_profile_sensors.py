@@ -185,9 +185,12 @@ def test_energy_per_frame_subtracts_idle():
         s.frames += 1
         time.sleep(0.005)
 
-    m = measure.energy(fn, None, s, idle_s=0.1, min_s=0.1)
+    m = measure.energy(fn, None, s, idle_s=0.1, min_s=0.1, trials=2)
     assert m.idle_w == pytest.approx(2.0, rel=0.05)
-    assert m.joules_per_frame == pytest.approx(3.0, rel=0.05)
+    assert m.net_j_per_frame == pytest.approx(3.0, rel=0.05)
+    # gross adds the idle floor over each frame's wall time
+    assert m.gross_j_per_frame == pytest.approx(3.0 + 2.0 * m.seconds_per_frame, rel=0.05)
+    assert m.method == "energy counter" and m.samples == 0 and m.counter_reads == 2 * 2 * 2
 
 
 class FakePower(sensors.Sensor):
@@ -209,8 +212,96 @@ def test_power_sampling_and_a_sensor_that_dies():
         s.busy = True
         time.sleep(0.003)
 
-    m = measure.energy(fn, None, s, idle_s=0.05, min_s=0.05)
-    assert m.idle_w == pytest.approx(1.0) and m.samples >= 2
-    assert m.joules_per_frame > 0
+    m = measure.energy(fn, None, s, idle_s=0.05, min_s=0.05, trials=1, idle=lambda: time.sleep(0.01))
+    assert m.trials[0].idle_w == pytest.approx(1.0) and m.samples >= 2
+    assert m.net_j_per_frame > 0
     with pytest.raises(sensors.SensorError, match="gone"):
         measure.energy(fn, None, FakePower(fail_after=3), idle_s=0.05, min_s=0.05)
+
+
+class FakeClock:
+    """Seconds that advance only when the fake device works or idles: the figures are then exact."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_a_fake_rapl_tree_gives_gross_net_and_spread_over_trials(tmp_path):
+    d = tmp_path / "intel-rapl:0"
+    write(d / "name", "package-0\n")
+    write(d / "max_energy_range_uj", "262143328850\n")
+    write(d / "energy_uj", "1000\n")
+    (rapl,), _ = sensors.find_rapl(tmp_path)
+    clock, uj = FakeClock(), [1000]
+    per_frame_j = iter([0.50] * 8 + [0.60] * 8 + [0.55] * 8)  # the device does the work at three levels
+
+    def advance(seconds, joules):
+        clock.t += seconds
+        uj[0] += round(joules * 1e6)
+        write(d / "energy_uj", f"{uj[0]}\n")
+
+    def idle():  # 2 W at idle
+        advance(0.0625, 2.0 * 0.0625)
+
+    def frame(_):  # each frame 0.125 s (exact in binary), its energy including the idle floor
+        advance(0.125, next(per_frame_j))
+
+    m = measure.energy(frame, None, rapl, idle_s=0.5, min_s=1.0, trials=3, clock=clock, idle=idle)
+    assert [t.frames for t in m.trials] == [8, 8, 8]
+    assert [t.gross_j for t in m.trials] == pytest.approx([0.50, 0.60, 0.55])
+    assert [t.net_j for t in m.trials] == pytest.approx([0.25, 0.35, 0.30])  # minus 2 W x 0.125 s
+    assert m.gross_j_per_frame == pytest.approx(0.55) and m.net_j_per_frame == pytest.approx(0.30)
+    assert m.gross_range_j == pytest.approx((0.50, 0.60)) and m.net_range_j == pytest.approx((0.25, 0.35))
+    assert m.seconds_per_frame == pytest.approx(0.125) and m.idle_w == pytest.approx(2.0)
+    # a counter is read, not sampled: two reads per phase, no "samples"
+    assert m.samples == 0 and m.counter_reads == 3 * 2 * 2 and m.method == "energy counter"
+
+
+def test_a_fake_hwmon_tree_reports_every_sample_it_took(tmp_path):
+    write(tmp_path / "hwmon2/name", "ina226\n")
+    write(tmp_path / "hwmon2/power1_input", "4000000\n")  # 4 W, idle and busy alike
+    write(tmp_path / "hwmon2/update_interval", "2\n")
+    (ina,) = sensors.find_hwmon(tmp_path)
+    reads = []
+    real = ina.read_watts
+
+    def counted():
+        reads.append(phase[0])
+        return real()
+
+    ina.read_watts = counted
+    phase = ["idle"]
+
+    def idle():
+        phase[0] = "idle"
+        time.sleep(0.005)
+
+    def frame(_):
+        phase[0] = "busy"
+        time.sleep(0.004)
+
+    m = measure.energy(frame, None, ina, idle_s=0.03, min_s=0.03, trials=2, idle=idle)
+    assert len(m.trials) == 2 and m.method == "power samples" and m.counter_reads == 0
+    # every reading taken is reported, idle and active, and nothing else
+    assert sum(t.samples + t.idle_samples for t in m.trials) == len(reads)
+    assert m.samples == sum(t.samples for t in m.trials) >= 2
+    for t in m.trials:
+        assert t.active_w == t.idle_w == 4.0
+        assert t.gross_j == pytest.approx(4.0 * t.seconds / t.frames) and t.net_j == 0.0
+
+
+def test_discover_says_where_it_looked(tmp_path, monkeypatch):
+    write(tmp_path / "hwmon/hwmon0/name", "coretemp\n")
+    monkeypatch.setattr(sensors, "HWMON_ROOT", str(tmp_path / "hwmon"))
+    monkeypatch.setattr(sensors, "POWERCAP_ROOT", str(tmp_path / "powercap"))
+    monkeypatch.setattr(sensors, "PMIC_COMMAND", ("false",))
+    found, absent = sensors.discover()
+    assert found == []
+    text = "; ".join(absent)
+    assert "no --um-port" in text and "coretemp" in text and str(tmp_path / "hwmon") in text
+    assert "Pi 5 PMIC" in text and "RAPL" in text and str(tmp_path / "powercap") in text
+    pmic, _ = sensors.find_pmic(("true",))
+    assert pmic == [] or pmic[0].period_s >= 1.0  # never a process every 50 ms

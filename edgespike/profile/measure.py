@@ -3,10 +3,18 @@
 Latency: ``warmup`` untimed runs, then ``repeats`` timed runs (``perf_counter``); median and p95 reported, never
 asserted on. Memory: the process's peak resident set (``VmHWM``) during construction, warm-up and runs above
 the resident set before them, the peak reset through ``/proc/self/clear_refs`` (Linux; "n/a" elsewhere).
-Energy: only with a real sensor (:mod:`edgespike.profile.sensors`): the idle power is measured first over
-``idle_s`` seconds, then the frames run while the sensor is sampled at its own period; energy per frame =
-(mean power while running - idle power) x wall time / frames (for an energy counter: counter difference minus
-idle power x time). Without a sensor there is no measurement and the report says "estimated only".
+Energy: only with a real sensor (:mod:`edgespike.profile.sensors`), in ``trials`` trials; each measures the idle
+power over ``idle_s`` seconds, then runs frames for at least ``min_s`` seconds while the sensor is sampled at its
+own period (a power sensor) or read before and after (an energy counter). Per frame, per trial:
+
+* **gross** = mean power while running x wall time / frames: what the whole device spent on each frame;
+* **net** = (mean power while running - idle power) x wall time / frames: what running added above idle;
+* **time to solution** = wall time / frames.
+
+Gross is what a whole-device comparison needs (a runtime 10x slower pays 10x the idle floor); net isolates the
+work. The medians over trials are reported with their spread (min and max). A power sensor's sample count is
+the number of readings taken while running; an energy counter has none (it integrates in hardware): its
+reads are reported as such. Without a sensor there is no measurement and the report says "estimated only".
 """
 
 from __future__ import annotations
@@ -75,15 +83,36 @@ def latency(fn, frame: np.ndarray, repeats: int = 5, warmup: int = 1, make=None)
 
 
 @dataclass
-class EnergyMeasurement:
-    sensor: str
-    sample_period_s: float
-    samples: int
-    idle_w: float
-    active_w: float
-    joules_per_frame: float
+class Trial:
+    """One trial: idle phase, then frames; energies in joules per frame."""
+
     frames: int
     seconds: float
+    idle_w: float
+    active_w: float
+    samples: int  # power readings while running (0 for an energy counter)
+    idle_samples: int
+    gross_j: float
+    net_j: float
+
+
+@dataclass
+class EnergyMeasurement:
+    """Measured energy per frame over several trials (medians, spread as min and max)."""
+
+    sensor: str
+    method: str  # "power samples" or "energy counter"
+    sample_period_s: float
+    resolution: str
+    trials: list[Trial]
+    gross_j_per_frame: float
+    net_j_per_frame: float
+    gross_range_j: tuple[float, float]
+    net_range_j: tuple[float, float]
+    seconds_per_frame: float
+    idle_w: float
+    samples: int  # power readings while running, all trials (0 for a counter)
+    counter_reads: int  # reads of an energy counter, all trials and phases (0 for a power sensor)
 
 
 class _Sampler(threading.Thread):
@@ -106,27 +135,27 @@ class _Sampler(threading.Thread):
         self.join()
 
 
-def _mean_power(sensor: Sensor, work, min_s: float) -> tuple[float, int, float, int]:
+def _mean_power(sensor: Sensor, work, min_s: float, clock) -> tuple[float, int, float, int]:
     """Mean power (W) while ``work()`` is called repeatedly for at least ``min_s`` s; returns
-    (watts, samples, seconds, calls)."""
+    (watts, power samples or counter reads, seconds, calls)."""
     if sensor.kind == "energy":
-        j0, t0 = sensor.read_joules(), time.perf_counter()
+        j0, t0 = sensor.read_joules(), clock()
         calls = 0
-        while calls == 0 or time.perf_counter() - t0 < min_s:
+        while calls == 0 or clock() - t0 < min_s:
             work()
             calls += 1
-        j1, t1 = sensor.read_joules(), time.perf_counter()
+        j1, t1 = sensor.read_joules(), clock()
         return (j1 - j0) / (t1 - t0), 2, t1 - t0, calls
     sampler = _Sampler(sensor)
-    t0 = time.perf_counter()
+    t0 = clock()
     sampler.start()
     calls = 0
     # at least two sensor periods, so a slow meter still yields a mean and not one sample
-    while calls == 0 or time.perf_counter() - t0 < max(min_s, 2 * sensor.period_s):
+    while calls == 0 or clock() - t0 < max(min_s, 2 * sensor.period_s):
         work()
         calls += 1
     sampler.stop()
-    t1 = time.perf_counter()
+    t1 = clock()
     if sampler.error is not None:
         raise sampler.error
     if not sampler.values:
@@ -134,10 +163,32 @@ def _mean_power(sensor: Sensor, work, min_s: float) -> tuple[float, int, float, 
     return float(np.mean(sampler.values)), len(sampler.values), t1 - t0, calls
 
 
-def energy(fn, frame: np.ndarray, sensor: Sensor, idle_s: float = 3.0, min_s: float = 3.0,
-           ) -> EnergyMeasurement:
-    """Measured energy per frame of ``fn(frame)`` with ``sensor``, idle baseline subtracted."""
-    idle_w, _, _, _ = _mean_power(sensor, lambda: time.sleep(min(0.05, idle_s)), idle_s)
-    active_w, n, secs, calls = _mean_power(sensor, lambda: fn(frame), min_s)
-    return EnergyMeasurement(sensor.name, sensor.period_s, n, idle_w, active_w,
-                             (active_w - idle_w) * secs / calls, calls, secs)
+def energy(fn, frame: np.ndarray, sensor: Sensor, idle_s: float = 3.0, min_s: float = 3.0, trials: int = 3,
+           clock=time.perf_counter, idle=None) -> EnergyMeasurement:
+    """Measured gross and net energy per frame of ``fn(frame)`` with ``sensor`` over ``trials`` trials.
+
+    ``clock`` (seconds) and ``idle`` (one short idle wait, default a 50 ms sleep) are parameters so that tests
+    can drive a fake sensor tree deterministically.
+    """
+    idle = idle or (lambda: time.sleep(min(0.05, idle_s)))
+    counter = sensor.kind == "energy"
+    out: list[Trial] = []
+    reads = 0
+    for _ in range(max(1, trials)):
+        idle_w, n_idle, _, _ = _mean_power(sensor, idle, idle_s, clock)
+        active_w, n, secs, calls = _mean_power(sensor, lambda: fn(frame), min_s, clock)
+        reads += (n_idle + n) if counter else 0
+        out.append(Trial(calls, secs, idle_w, active_w, 0 if counter else n, 0 if counter else n_idle,
+                         active_w * secs / calls, (active_w - idle_w) * secs / calls))
+    gross, net = [t.gross_j for t in out], [t.net_j for t in out]
+    if counter:
+        method, res = "energy counter", (f"counter read before and after each phase (its own update period is "
+                                         f"about {sensor.period_s * 1e3:g} ms)")
+    else:
+        method, res = "power samples", f"one reading every {sensor.period_s:g} s"
+    note = getattr(sensor, "note", "")
+    return EnergyMeasurement(
+        sensor.name, method, sensor.period_s, res + (f"; {note}" if note else ""), out, float(np.median(gross)),
+        float(np.median(net)), (min(gross), max(gross)), (min(net), max(net)),
+        float(np.median([t.seconds / t.frames for t in out])), float(np.median([t.idle_w for t in out])),
+        sum(t.samples for t in out), reads)

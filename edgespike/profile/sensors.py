@@ -7,7 +7,10 @@
   /1000), amps u16 at 4 (/1000, UM25C /10000), watts u32 at 6 (/1000). Poll at most every 500 ms.
 * x86 RAPL (``/sys/class/powercap/intel-rapl:0/energy_uj``): a cumulative counter that wraps at
   ``max_energy_range_uj``; usually readable by root only.
-* Raspberry Pi 5 PMIC: ``vcgencmd pmic_read_adc`` lists rail currents and voltages; power = sum of V x A.
+* Raspberry Pi 5 PMIC: ``vcgencmd pmic_read_adc`` lists rail currents and voltages; power = sum of V x A. Each
+  reading starts one ``vcgencmd`` process on the device being measured, so it is read once a second (not every
+  50 ms): that is its resolution, and the sampler's own cost is in the idle and the active power alike (it
+  cancels in the net figure, not in the gross one).
 
 A sensor is either a power sensor (``read_watts``) or an energy counter (``read_joules``, cumulative).
 :func:`discover` returns the sensors present and, for the others, why not, so a report can say "estimated only"
@@ -38,6 +41,7 @@ class Sensor:
     name: str
     period_s: float
     kind: str = "power"
+    note: str = ""  # what limits this sensor's resolution, reported with every figure
 
     def read_watts(self) -> float:  # pragma: no cover - interface
         raise NotImplementedError
@@ -66,10 +70,16 @@ class HwmonINA(Sensor):
         return mv * ma * 1e-6
 
 
-def find_hwmon(root: str | Path = "/sys/class/hwmon") -> list[HwmonINA]:
+HWMON_ROOT = "/sys/class/hwmon"
+POWERCAP_ROOT = "/sys/class/powercap"
+PMIC_COMMAND = ("vcgencmd", "pmic_read_adc")
+PMIC_PERIOD_S = 1.0
+
+
+def find_hwmon(root: str | Path | None = None) -> list[HwmonINA]:
     """Every INA2xx hwmon device under ``root`` (numbers change across boots: match by ``name``)."""
     out = []
-    for d in sorted(Path(root).glob("hwmon*")):
+    for d in sorted(Path(root or HWMON_ROOT).glob("hwmon*")):
         try:
             name = (d / "name").read_text().strip()
         except OSError:
@@ -110,8 +120,9 @@ class Rapl(Sensor):
         return (raw + self._wraps * (self.max_uj + 1)) * 1e-6
 
 
-def find_rapl(root: str | Path = "/sys/class/powercap") -> tuple[list[Rapl], str | None]:
+def find_rapl(root: str | Path | None = None) -> tuple[list[Rapl], str | None]:
     """Package RAPL domains under ``root`` and, when none is usable, why (missing or root-only)."""
+    root = root or POWERCAP_ROOT
     out, why = [], None
     for d in sorted(Path(root).glob("intel-rapl:[0-9]")):
         try:
@@ -207,8 +218,10 @@ class PiPmic(Sensor):
         return parse_pmic(text)
 
 
-def find_pmic(command: tuple[str, ...] = ("vcgencmd", "pmic_read_adc")) -> tuple[list[PiPmic], str | None]:
-    s = PiPmic(name="Raspberry Pi 5 PMIC (vcgencmd pmic_read_adc)", period_s=0.05, command=command)
+def find_pmic(command: tuple[str, ...] | None = None) -> tuple[list[PiPmic], str | None]:
+    command = tuple(command or PMIC_COMMAND)
+    s = PiPmic(name=f"Raspberry Pi 5 PMIC ({' '.join(command)})", period_s=PMIC_PERIOD_S, command=command,
+               note="one vcgencmd process per reading, so one reading a second")
     try:
         s.read_watts()
     except SensorError as exc:
@@ -217,8 +230,19 @@ def find_pmic(command: tuple[str, ...] = ("vcgencmd", "pmic_read_adc")) -> tuple
 
 
 # --------------------------------------------------------------------------- discovery
+def _hwmon_names(root) -> list[str]:
+    names = []
+    for d in sorted(Path(root).glob("hwmon*")):
+        try:
+            names.append((d / "name").read_text().strip())
+        except OSError:
+            continue
+    return names
+
+
 def discover(um_port: str | None = None, um_model: str = "UM24C") -> tuple[list[Sensor], list[str]]:
-    """Sensors present on this machine (best first: board-level meters, then RAPL) and why others are not."""
+    """Sensors present on this machine (best first: board-level meters, then RAPL) and, for every sensor looked
+    for and not usable, where it was looked for and why it does not apply."""
     found: list[Sensor] = []
     absent: list[str] = []
     if um_port:
@@ -228,16 +252,20 @@ def discover(um_port: str | None = None, um_model: str = "UM24C") -> tuple[list[
             found.append(m)
         except Exception as exc:  # noqa: BLE001 - any failure means: not usable, say why
             absent.append(f"UM meter at {um_port}: {exc}")
+    else:
+        absent.append("RDTech UM meter: no --um-port given")
     ina = find_hwmon()
     found += ina
     if not ina:
-        absent.append("no INA2xx hwmon device")
+        names = _hwmon_names(HWMON_ROOT)
+        absent.append(f"INA2xx hwmon: none under {HWMON_ROOT}"
+                      + (f" (devices there: {', '.join(names)})" if names else " (no hwmon device)"))
     pmic, why = find_pmic()
     found += pmic
     if why:
-        absent.append(f"Pi PMIC: {why}")
+        absent.append(f"Pi 5 PMIC: {why}")
     rapl, why = find_rapl()
     found += rapl
     if why:
-        absent.append(why)
+        absent.append(f"RAPL: {why}")
     return found, absent
