@@ -14,6 +14,13 @@ FIRE (t)    ``2 * W + 2``
 READOUT     ``2 * N + 1``
 ==========  ===========================================================================================
 
+Memory accesses (:class:`Accesses`): every read and write of each RAM of the design, the same quantities the
+simulation counts from the RAMs' enables (``sim.run_tile(..., accesses=...)``). Per block ``g`` of layer ``l``:
+params ``L`` reads; membranes ``W`` init writes, per step one read and one write per in-tile tap of every input
+event and per fire word, ``N`` read-out reads; weights one read per in-tile tap; bitmap ``l % 2`` ``W`` writes
+per step (all but the last layer) and bitmap ``(l - 1) % 2`` ``words_in`` reads per step; pixels ``N`` writes
+(LOAD), ``N`` reads per step of each block of layer 0 and ``N`` at read-out.
+
 ``S = 2 * (taps landing in the tile) + (visited taps that do not)``: the engine's busy cycles for one event
 (a stride-2 Conv visits only the taps of the event's parity). Input
 events of layer 0 are the set bits of each pixel (direct coding, bit-serial) or the pixels whose bit ``7 - t``
@@ -35,6 +42,54 @@ from edgespike.model import Model
 from edgespike.reference import conv2d, conv_transpose2d, encode
 from edgespike.rtl.params import LayerParams, Plan
 
+RAMS = ("pixels", "membranes", "weights", "params", "bitmap0", "bitmap1")
+
+
+@dataclass
+class Accesses:
+    """Reads and writes of each RAM of the accelerator and its adds, for a tile or a whole frame.
+
+    A plain record so that any implementation (this sequencer, a future layer pipeline) can fill it: ``rams``
+    maps a RAM name to ``{"reads", "writes", "width", "depth"}`` (bits per word, words); ``adds`` maps an adder
+    use to a count: ``synaptic`` (one per lane per membrane update, the ``sops``), ``fire`` (one threshold,
+    reset and bias update per lane per fire word), ``init`` (one per lane per init word); ``add_bits`` is the
+    membrane width those adders work at.
+    """
+
+    rams: dict = field(default_factory=dict)
+    adds: dict = field(default_factory=dict)
+    add_bits: int = 32
+
+    def add(self, ram: str, reads: int = 0, writes: int = 0) -> None:
+        r = self.rams[ram]
+        r["reads"] += int(reads)
+        r["writes"] += int(writes)
+
+    def merge(self, other: Accesses) -> None:
+        for name, r in other.rams.items():
+            if name not in self.rams:
+                self.rams[name] = dict(r, reads=0, writes=0)
+            self.add(name, r["reads"], r["writes"])
+        for k, v in other.adds.items():
+            self.adds[k] = self.adds.get(k, 0) + v
+        self.add_bits = other.add_bits
+
+
+def ram_shapes(plan: Plan) -> dict[str, tuple[int, int]]:
+    """``{name: (width bits, depth words)}`` of the RAMs the design instantiates for ``plan``."""
+    from edgespike.rtl.params import PARAM_BITS
+
+    shapes = {"pixels": (8, 1 << (plan.ybits + plan.xbits)), "membranes": (plan.word_bits, plan.mem_depth),
+              "weights": (plan.lanes * 8, plan.weight_depth), "params": (PARAM_BITS, plan.params_depth)}
+    if len(plan.layers) > 1:
+        shapes.update({f"bitmap{b}": (plan.lanes, plan.bitmap_depth) for b in (0, 1)})
+    return shapes
+
+
+def _empty(plan: Plan) -> Accesses:
+    return Accesses({k: {"reads": 0, "writes": 0, "width": w, "depth": d} for k, (w, d) in ram_shapes(plan).items()},
+                    {"synaptic": 0, "fire": 0, "init": 0}, plan.mbits)
+
 
 @dataclass
 class TileCost:
@@ -50,6 +105,7 @@ class TileCost:
     sops: int = 0
     out: np.ndarray | None = None  # the output pixels the hardware computes (golden model)
     spike_maps: list[list[np.ndarray]] = field(default_factory=list)  # [layer][t] -> [C, h, w] 0/1
+    accesses: Accesses | None = None
 
 
 def _valid_taps(n_out: int, n_in: int, lp: LayerParams) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +142,9 @@ def tile_cost(plan: Plan, tile: np.ndarray) -> TileCost:
     n = h * w
     T, L = plan.timesteps, plan.lanes
     nl = len(plan.layers)
-    c = TileCost(input=[0] * nl, fire=[0] * nl, spike_maps=[[] for _ in plan.layers])
+    c = TileCost(input=[0] * nl, fire=[0] * nl, spike_maps=[[] for _ in plan.layers], accesses=_empty(plan))
+    acc = c.accesses
+    acc.add("pixels", writes=n)  # LOAD
 
     if plan.encoder == "direct":
         bits_at = sum((x.astype(np.int64) >> b) & 1 for b in range(8))
@@ -99,6 +157,9 @@ def tile_cost(plan: Plan, tile: np.ndarray) -> TileCost:
         busy, valid = _scatter_cost(lp, h_in, w_in, h_out, w_out)
         c.params += lp.groups * (L + 3)
         c.init += lp.groups * (words + 2)
+        acc.add("params", reads=lp.groups * L)
+        acc.add("membranes", writes=lp.groups * words)
+        acc.adds["init"] += lp.groups * words * L
         bias = np.array(lp.bias, np.int64)[:, None, None]
         theta = np.array(lp.theta, np.int64)[:, None, None]
         v = np.broadcast_to(np.array([lp.init_value(ch) for ch in range(lp.cout)], np.int64)[:, None, None],
@@ -110,11 +171,18 @@ def tile_cost(plan: Plan, tile: np.ndarray) -> TileCost:
                 d = 8 if plan.encoder == "direct" else t + 1
                 events_at = bits_at if plan.encoder == "direct" else inputs[t][0]
                 c.input[li] += lp.groups * (n * (1 + d) + int((events_at * busy).sum()) + 2)
+                acc.add("pixels", reads=lp.groups * n)
             else:
                 events_at = inputs[t].sum(axis=0)
                 words_in = h_in * w_in * plan.layers[li - 1].groups
                 c.input[li] += lp.groups * (3 * words_in + int((events_at * (1 + busy)).sum()) + 1)
-            c.sops += int((events_at * valid).sum()) * lp.cout
+                acc.add(f"bitmap{(li - 1) % 2}", reads=lp.groups * words_in)
+            taps = int((events_at * valid).sum())
+            c.sops += taps * lp.cout
+            # one membrane read-modify-write and one weight-word read per in-tile tap, per block
+            acc.add("membranes", reads=lp.groups * taps, writes=lp.groups * taps)
+            acc.add("weights", reads=lp.groups * taps)
+            acc.adds["synaptic"] += taps * lp.cout
             # the membrane after the scatter: the prepared value plus this step's synaptic sum
             syn = conv_transpose2d(inputs[t], lp.weight, lp.pad) if lp.op == "convT" \
                 else conv2d(inputs[t], lp.weight, lp.stride)
@@ -135,6 +203,10 @@ def tile_cost(plan: Plan, tile: np.ndarray) -> TileCost:
                 uwds += s << (T - 1 - t)
             c.spikes += int(s.sum())
             c.fire[li] += lp.groups * (2 * words + 2)
+            acc.add("membranes", reads=lp.groups * words, writes=lp.groups * words)
+            acc.adds["fire"] += lp.groups * words * L
+            if li != nl - 1:
+                acc.add(f"bitmap{li % 2}", writes=lp.groups * words)
             c.spike_maps[li].append(s)
             outputs.append(s)
         inputs = outputs
@@ -148,19 +220,22 @@ def tile_cost(plan: Plan, tile: np.ndarray) -> TileCost:
     y = x.astype(np.int64) - r if plan.residual else r
     c.out = np.clip(y, 0, 255).astype(np.uint8)
     c.readout = 2 * n + 1
+    acc.add("pixels", reads=n)
+    acc.add("membranes", reads=n)
     c.cycles = c.params + c.init + sum(c.input) + sum(c.fire) + c.readout
     return c
 
 
 @dataclass
 class FrameCost:
-    """A whole frame through the tiles: cycles, activity, and the throughput they imply."""
+    """A whole frame through the tiles: cycles, activity, memory accesses, and the throughput they imply."""
 
     tiles: int
     cycles: int
     spikes: int
     sops: int
     io_bytes: int
+    accesses: Accesses = field(default_factory=Accesses)
 
     def frames_per_second(self, fmax_hz: float) -> float:
         return fmax_hz / self.cycles
@@ -183,6 +258,7 @@ def frame_cost(plan: Plan, frame: np.ndarray) -> FrameCost:
         total.cycles += c.cycles
         total.spikes += c.spikes
         total.sops += c.sops
+        total.accesses.merge(c.accesses)
         n = (y1 - y0) * (x1 - x0)
         total.io_bytes += 3 + n + n + 1 + 12  # request header + pixels, reply tag + pixels + counters
     return total

@@ -150,6 +150,8 @@ class Engine(wiring.Component):
         m.submodules.mem = mem = SinglePortRAM(p.word_bits, p.mem_depth, init=[0] * p.mem_depth)
         m.submodules.wmem = wmem = SinglePortRAM(L * 8, p.weight_depth, init=p.weight_words())
         m.submodules.pmem = pmem = SinglePortRAM(PARAM_BITS, p.params_depth, init=p.param_words())
+        # handles for the simulation's access counters (edgespike.rtl.sim), no hardware of their own
+        self.rams = {"membranes": mem, "weights": wmem, "params": pmem}
         cfg = self._config(m)
         narrow = cfg["narrow"]
 

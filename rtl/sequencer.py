@@ -94,6 +94,8 @@ class Sequencer(wiring.Component):
                 bm = SinglePortRAM(L, p.bitmap_depth)
                 m.submodules[f"bitmap{b}"] = bm
                 bitmaps.append(bm)
+        # handles for the simulation's access counters (edgespike.rtl.sim), no hardware of their own
+        self.engine, self.rams = eng, {"pixels": pixmem} | {f"bitmap{b}": bm for b, bm in enumerate(bitmaps)}
 
         h, w = Signal(9), Signal(9)
         py, px = Signal(9), Signal(9)  # pixel counters (LOAD, ENC, READOUT); scan position in SCAN

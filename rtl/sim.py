@@ -17,8 +17,13 @@ from edgespike.rtl.params import Plan
 from edgespike.rtl.sequencer import Sequencer
 
 
-def run_tile(plan: Plan, tile: np.ndarray, vcd: str | None = None) -> TileResult:
-    """Simulate the sequencer on one uint8 tile (at most ``plan.tile``); optionally write a VCD."""
+def run_tile(plan: Plan, tile: np.ndarray, vcd: str | None = None, accesses: dict | None = None) -> TileResult:
+    """Simulate the sequencer on one uint8 tile (at most ``plan.tile``); optionally write a VCD.
+
+    ``accesses`` (a dict) receives ``{ram: {"reads", "writes"}}``: the cycles each RAM's read and write enables
+    were high during the run, LOAD included (what :class:`edgespike.rtl.cycles.Accesses` predicts). Sampling them
+    every cycle slows the simulation, so it is off unless asked for.
+    """
     tile = np.asarray(tile, dtype=np.uint8)
     h, w = tile.shape
     if h > plan.tile[0] or w > plan.tile[1]:
@@ -49,6 +54,18 @@ def run_tile(plan: Plan, tile: np.ndarray, vcd: str | None = None) -> TileResult
         result.update(out=out, cycles=ctx.get(dut.cycles), spikes=ctx.get(dut.spikes), sops=ctx.get(dut.sops))
 
     sim.add_testbench(testbench)
+    if accesses is not None:
+        rams = dict(dut.rams) | dut.engine.rams
+        accesses.update({k: {"reads": 0, "writes": 0} for k in rams})
+        sigs = [s for ram in rams.values() for s in (ram.re, ram.we)]
+
+        async def count(ctx):
+            async for _, _, *vals in ctx.tick().sample(*sigs):
+                for i, name in enumerate(rams):
+                    accesses[name]["reads"] += int(vals[2 * i])
+                    accesses[name]["writes"] += int(vals[2 * i + 1])
+
+        sim.add_process(count)
     cm = sim.write_vcd(vcd) if vcd else contextlib.nullcontext()
     with cm:
         sim.run()
