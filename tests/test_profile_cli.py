@@ -38,8 +38,18 @@ def test_profile_json_report_and_plot(setup, capsys):
                "--report", str(tmp / "rep"), "--quiet"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "estimated only" in text and "SNN / ANN energy" in text
+    assert "estimated only" in text and "SNN / ANN estimated energy" in text
+    # ratios lead; both width presets under every memory model, each with its range verdict
+    assert text.splitlines()[1].startswith("SNN / ANN estimated energy")
+    for preset in ("stored", "spiden"):
+        for mm in ("sram-fit", "packed-sram", "fpga-bram"):
+            assert any(preset in ln and mm in ln and ("range" in ln or "OUT" in ln) for ln in text.splitlines())
+    assert "SNN memory accesses by kind: weight" in text and "membrane" in text and "spike" in text
+    assert "ANN memory accesses by kind: weight" in text and "activation" in text
     res = json.loads((tmp / "rep" / "profile.json").read_text())
+    assert {(e["table"], e["memory"]) for e in res["estimates"]} >= {
+        (t, m) for t in ("stored", "spiden") for m in ("sram-fit", "packed-sram", "fpga-bram")}
+    assert res["estimate"]["range"]["snn"]["inside"] in (True, False)
     assert res["measured"] == "estimated only"
     assert set(res["quality"]) >= {"snn", "float", "onnx", "tflite", "noisy"}
     assert set(res["latency"]) == {"snn", "float", "onnx", "tflite"}
@@ -112,3 +122,45 @@ def test_profile_of_a_half_resolution_model_on_odd_frames(tmp_path, monkeypatch,
     assert layers[-1]["ann"]["macs"] == 4 * 12 * 9 * 36
     for f in ("report.md", "profile.png", "twin.onnx", "twin.int8.onnx", "twin.int8.tflite"):
         assert (tmp_path / "rep" / f).stat().st_size > 0
+
+
+def test_profile_measured_branch_with_a_fake_hwmon_tree(setup, tmp_path, monkeypatch, capsys):
+    """The measured branch end to end: a fake INA226 hwmon tree (4 W, idle and busy alike) instead of stubbing
+    the sensors away: gross = 4 W x time per frame, net = 0, three trials, the sample count as taken."""
+    tmp, imgs = setup
+    monkeypatch.undo()  # the fixture's "no sensor" stub
+    hw = tmp_path / "hwmon"
+    (hw / "hwmon1").mkdir(parents=True)
+    (hw / "hwmon1/name").write_text("ina226\n")
+    (hw / "hwmon1/power1_input").write_text("4000000\n")
+    (hw / "hwmon1/update_interval").write_text("5\n")
+    monkeypatch.setattr(sensors, "HWMON_ROOT", str(hw))
+    monkeypatch.setattr(sensors, "POWERCAP_ROOT", str(tmp_path / "none"))
+    monkeypatch.setattr(sensors, "PMIC_COMMAND", ("false",))
+    monkeypatch.setattr(prun.Options, "energy_seconds", 0.05)
+    rc = main(["profile", "--model", str(tmp / "m.esnn"), "--eval", str(imgs), "--ann", "none", "--size", "16x16",
+               "--frames", "1", "--warmup", "0", "--energy-trials", "3", "--json", str(tmp_path / "p.json"),
+               "--quiet"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    m = json.loads((tmp_path / "p.json").read_text())["measured"]["snn"]
+    assert m["method"] == "power samples" and len(m["trials"]) == 3
+    assert m["samples"] == sum(t["samples"] for t in m["trials"]) >= 3
+    for t in m["trials"]:
+        assert t["gross_j"] == pytest.approx(4.0 * t["seconds"] / t["frames"]) and t["net_j"] == 0
+    assert m["gross_range_j"][0] <= m["gross_j_per_frame"] <= m["gross_range_j"][1]
+    assert "gross" in text and "net" in text and "3 trials" in text and f"{m['samples']} samples" in text
+
+
+def test_profile_without_sensors_names_what_it_looked_for(setup, tmp_path, monkeypatch, capsys):
+    tmp, imgs = setup
+    monkeypatch.undo()
+    monkeypatch.setattr(sensors, "HWMON_ROOT", str(tmp_path / "hwmon"))
+    monkeypatch.setattr(sensors, "POWERCAP_ROOT", str(tmp_path / "powercap"))
+    monkeypatch.setattr(sensors, "PMIC_COMMAND", ("false",))
+    rc = main(["profile", "--model", str(tmp / "m.esnn"), "--eval", str(imgs), "--ann", "none", "--size", "16x16",
+               "--frames", "1", "--warmup", "0", "--quiet"])
+    assert rc == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("measured energy")][0]
+    assert "estimated only" in line and "UM meter" in line and "INA2xx" in line and "PMIC" in line
+    assert "RAPL" in line and str(tmp_path / "powercap") in line

@@ -17,9 +17,11 @@ its ONNX QDQ int8 version (onnxruntime quantize_static, per-channel symmetric we
 BSD400 patches) and its TFLite int8 version (written without TensorFlow, run by ai-edge-litert / tflite-runtime).
 Speed: median and p95 latency at --size with the same thread count for every runtime, and peak memory.
 Energy: the analytical model of Lemaire et al. (ICONIP 2022) as SPIDEN uses it, with spike counts from running
-the SNN on a real frame (tables: --table; docs/PROFILE.md), and measured energy where a sensor exists
-(INA2xx hwmon, RDTech UM meter via --um-port, RAPL, Raspberry Pi 5 PMIC), idle baseline subtracted;
-"estimated only" otherwise.
+the SNN on a real frame, priced with the widths each executor stores and with SPIDEN's preset under every
+memory model, each flagged when outside its validity range (docs/PROFILE.md); with --accelerator also the
+accelerator's own counts; and measured energy where a sensor exists (INA2xx hwmon, RDTech UM meter via
+--um-port, RAPL, Raspberry Pi 5 PMIC): gross and net (above idle) per frame over several trials;
+"estimated only" otherwise, naming the sensors looked for.
 
 --sweep T=1,2,4,8 reruns the same integers for other timesteps (decoder rescaled; not retrained)."""
 
@@ -64,7 +66,17 @@ def add_arguments(p) -> None:
     p.add_argument("--sigma", type=float, help="noise level (default: the model's metadata, else 25)")
     p.add_argument("--calib", default="bsd400", metavar="NAME|DIR", help="calibration images (default bsd400)")
     p.add_argument("--calib-count", type=int, default=16, metavar="N", help="calibration patches (default 16)")
-    p.add_argument("--table", default=None, help="energy table (default spiden; see docs/PROFILE.md)")
+    p.add_argument("--table", default=None,
+                   help="energy table: stored (default: the widths each executor stores), spiden (the paper's "
+                        "16-bit preset), horowitz45-int32, opcount-vtsnn; see docs/PROFILE.md")
+    p.add_argument("--memory", choices=("sram-fit", "packed-sram", "fpga-bram"),
+                   help="memory model of the headline estimate (default: the table's, sram-fit); every model is "
+                        "reported with its validity range")
+    p.add_argument("--accelerator", action="store_true",
+                   help="also the accelerator's own energy from its cycle model's counts (slow: minutes per "
+                        "256x256 frame)")
+    p.add_argument("--energy-trials", type=int, default=3, metavar="N",
+                   help="measured-energy trials per runtime (default 3; needs a sensor)")
     p.add_argument("--energy-table", metavar="FILE", help="JSON file with more energy tables")
     p.add_argument("--addressing", choices=("code", "paper"), default="code",
                    help="SNN conv addressing count: the authors' code (default) or the paper")
@@ -117,7 +129,8 @@ def run(args) -> int:
     log = None if args.quiet else (lambda m: print(f"edgespike profile: {m}", file=sys.stderr, flush=True))
     opts = Options(anns=anns, size=_size(args.size), frames=args.frames, warmup=args.warmup, threads=args.threads,
                    sweep=_sweep(args.sweep), eval_files=files, eval_label=label, sigma=sigma, calib_files=calib,
-                   calib_count=args.calib_count, twin_mode=args.twin, table=table_name,
+                   calib_count=args.calib_count, twin_mode=args.twin, table=table_name, memory=args.memory,
+                   accelerator=args.accelerator, energy_trials=max(1, args.energy_trials),
                    extra_tables=args.energy_table, addressing=args.addressing, um_port=args.um_port,
                    um_model=args.um_model, log=log)
     res = profile(model, opts, str(path))

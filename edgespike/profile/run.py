@@ -22,6 +22,7 @@ from edgespike.metrics import psnr
 from edgespike.model import Model
 from edgespike.profile import energy as E
 from edgespike.profile import measure, sensors
+from edgespike.profile import memory as M
 
 
 @dataclass
@@ -41,11 +42,14 @@ class Options:
     calib_count: int = 16
     twin_mode: str = "relu"
     table: str = E.DEFAULT_TABLE
+    memory: str | None = None  # memory model of the headline estimate (None: the table's)
     extra_tables: str | None = None
+    accelerator: bool = False  # the accelerator's own counts and energy (its cycle model: minutes per 256x256)
     addressing: str = "code"
     um_port: str | None = None
     um_model: str = "UM24C"
     energy_seconds: float = 3.0
+    energy_trials: int = 3
     log: object = None  # callable(str) for progress lines, or None
 
 
@@ -226,16 +230,20 @@ def profile(model: Model, opts: Options, model_label: str = "") -> dict:
 
     # ---------------------------------------------------------------- estimated energy (spikes from this frame)
     _, spikes = snn.run(frame)
-    est = E.analyse(model, h, w, spikes, frame, E.get_table(opts.table, opts.extra_tables), opts.addressing)
+    est = E.analyse(model, h, w, spikes, frame, E.pricing(opts.table, model, opts.memory, opts.extra_tables),
+                    opts.addressing)
     res["estimate"] = est.to_dict()
     res["estimate"]["spike_rate"] = (sum(sum(v) for v in spikes.values())
                                      / max(1, sum(la.n_out for la in E.layers(model, h, w) if la.neuron)
                                            * model.timesteps))
-    res["estimate_all_tables"] = {}
-    for name in E.load_tables(opts.extra_tables):
-        r = E.analyse(model, h, w, spikes, frame, E.get_table(name, opts.extra_tables), opts.addressing)
-        res["estimate_all_tables"][name] = {"label": r.table["label"], "snn_pJ": r.total("snn"),
-                                            "ann_pJ": r.total("ann"), "snn_over_ann": r.ratio}
+    res["estimates"] = estimate_matrix(model, h, w, spikes, frame, opts)
+    if opts.accelerator:
+        from edgespike.profile import accel
+
+        _say(opts, "accelerator counts (edgespike.rtl.cycles over the frame's tiles)")
+        res["accelerator"] = accel.profile_entry(model, frame)
+        res["accelerator"].update(lemaire_snn_pJ=est.total("snn"), lemaire_table=f"{opts.table} widths, "
+                                  f"{res['estimates'][0]['memory']}")
 
     # ---------------------------------------------------------------- measured energy
     found, absent = sensors.discover(opts.um_port, opts.um_model)
@@ -246,10 +254,10 @@ def profile(model: Model, opts: Options, model_label: str = "") -> dict:
         s = found[0]
         meas = {}
         for name, fn in runners.items():
-            _say(opts, f"energy of {name} with {s.name}")
+            _say(opts, f"energy of {name} with {s.name} ({opts.energy_trials} trials)")
             try:
                 meas[name] = dataclasses.asdict(measure.energy(fn, frame, s, opts.energy_seconds,
-                                                               opts.energy_seconds))
+                                                               opts.energy_seconds, opts.energy_trials))
             except sensors.SensorError as exc:
                 meas[name] = {"error": str(exc)}
         res["measured"] = meas
@@ -263,7 +271,8 @@ def profile(model: Model, opts: Options, model_label: str = "") -> dict:
             _say(opts, f"sweep T={T}")
             ps = [psnr(s.clean, runner(s.noisy)) for s in samples]
             _, spT = runner.run(frame)
-            r = E.analyse(mT, h, w, spT, frame, E.get_table(opts.table, opts.extra_tables), opts.addressing)
+            r = E.analyse(mT, h, w, spT, frame, E.pricing(opts.table, mT, opts.memory, opts.extra_tables),
+                          opts.addressing)
             n = sum(la.n_out for la in E.layers(mT, h, w) if la.neuron) * T
             entry = {"T": T, "snn_psnr_db": float(np.mean(ps)), "spike_rate": sum(sum(v) for v in spT.values()) / n,
                      "snn_pJ": r.total("snn"), "ann_pJ": r.total("ann"), "snn_over_ann": r.ratio}
@@ -280,20 +289,132 @@ def profile(model: Model, opts: Options, model_label: str = "") -> dict:
     return res
 
 
+PRESETS = (E.DEFAULT_TABLE, E.PAPER_TABLE)
+
+
+def estimate_matrix(model: Model, h: int, w: int, spikes: dict, frame: np.ndarray, opts: Options) -> list[dict]:
+    """The estimate under each width preset (stored, SPIDEN's) and each memory model, plus the other tables:
+    per frame, SNN and ANN energy, their ratio and whether each stays inside its memory model's range."""
+    out = []
+    tables = list(E.load_tables(opts.extra_tables))
+    combos = [(t, m) for t in PRESETS for m in M.MODELS]
+    combos += [(t, None) for t in tables if t not in PRESETS]
+    for t, m in combos:
+        r = E.analyse(model, h, w, spikes, frame, E.pricing(t, model, m, opts.extra_tables), opts.addressing)
+        mem = sorted({x.name for x in r.pricing.memory.values()}) if r.pricing.memory else []
+        out.append({"table": t, "memory": ",".join(mem) or "none", "label": r.table.get("label", ""),
+                    "snn_pJ": r.total("snn"), "ann_pJ": r.total("ann"), "snn_over_ann": r.ratio,
+                    "range": {net: r.verdict(net) for net in ("snn", "ann")}})
+    return out
+
+
 # --------------------------------------------------------------------------- rendering
-def _fmt_e(pj: float) -> str:
-    for unit, k in (("J", 1e12), ("mJ", 1e9), ("uJ", 1e6), ("nJ", 1e3)):
-        if pj >= k:
-            return f"{pj / k:.3g} {unit}"
-    return f"{pj:.3g} pJ"
+def fmt_energy(pj: float) -> str:
+    """Energy with three significant figures in the unit that reads naturally (pJ ... J)."""
+    if pj == 0:
+        return "0 J"
+    for unit, k in (("J", 1e12), ("mJ", 1e9), ("uJ", 1e6), ("nJ", 1e3), ("pJ", 1.0)):
+        if abs(pj) >= k or unit == "pJ":
+            return f"{pj / k:#.3g}".rstrip(".") + f" {unit}"
+    raise AssertionError("unreachable")
+
+
+_fmt_e = fmt_energy
+
+
+def _range_short(v: dict) -> str:
+    if v["inside"]:
+        return "in range" if v["below_share"] <= 0.01 else f"in range ({v['below_share']:.0%} below)"
+    return f"OUT ({v['above_share']:.0%} above)"
+
+
+def _accesses_line(acc: dict) -> str:
+    order = ("weight", "bias", "membrane", "spike", "activation", "pixel")
+    return ", ".join(f"{k} {acc[k]:.3g}" for k in order if acc.get(k))
+
+
+def energy_lines(res: dict) -> list[str]:
+    """The estimated-energy part of the report: ratios first, then per-frame energies, counts and ranges."""
+    est = res["estimate"]
+    c = est["counts"]
+    lines = ["", f"estimated energy per frame ({res['size'][1]}x{res['size'][0]}, spikes of the profiled frame: "
+             f"{est['spike_rate']:.3f} spikes/neuron/step; {res['spike_rate_eval']:.3f} on the evaluation set)",
+             f"{'SNN/ANN':>9}{'SNN':>12}{'ANN':>12}  {'widths':<18}{'memory model':<14}range SNN | ANN"]
+    for e in res["estimates"]:
+        lines.append(f"{e['snn_over_ann']:>9.3g}{fmt_energy(e['snn_pJ']):>12}{fmt_energy(e['ann_pJ']):>12}  "
+                     f"{e['table']:<18}{e['memory']:<14}"
+                     + ("-" if e["memory"] == "none" else
+                        f"{_range_short(e['range']['snn'])} | {_range_short(e['range']['ann'])}"))
+    lines.append("  widths: stored = SNN int8 weights, int32 biases, "
+                 f"{est['pricing']['widths']['snn']['membrane'] if est.get('pricing') else '?'}-bit membranes, "
+                 "1-bit spike maps; twins int8 weights/activations, int32 accumulators. spiden = every memory "
+                 "16 bits, int32 ops (the paper's setting). Memory models and ranges: docs/PROFILE.md")
+    for net in ("snn", "ann"):
+        v = est["range"][net]
+        if not v["inside"]:
+            lines.append(f"  {net.upper()} under {est['table']['name']}/"
+                         f"{','.join(sorted({m['model'] for m in est['pricing']['memory'].values()}))}: {v['text']}")
+    lines += [f"  counts per frame{'':>4}{'MACs':>10}{'ACs':>10}{'addr ops':>10}{'mem acc.':>10}"]
+    for net in ("snn", "ann"):
+        lines.append(f"  {net.upper():<20}{c[net]['macs']:>10.3g}{c[net]['accs']:>10.3g}"
+                     f"{c[net]['addr_macs'] + c[net]['addr_accs']:>10.3g}{c[net]['mem_accesses']:>10.3g}")
+    for net in ("snn", "ann"):
+        lines.append(f"  {net.upper()} memory accesses by kind: {_accesses_line(est['accesses'][net])}")
+    b = est["breakdown_pJ"]
+    lines.append(f"  breakdown under {est['table']['name']} (SNN | ANN): " + ", ".join(
+        f"{k} {fmt_energy(b['snn'][k])} | {fmt_energy(b['ann'][k])}" for k in b["snn"]
+        if k != "total" and (b["snn"][k] or b["ann"][k])))
+    return lines
+
+
+def accelerator_lines(acc: dict | None) -> list[str]:
+    if not acc:
+        return []
+    if "error" in acc:
+        return ["", f"accelerator: {acc['error']}"]
+    lines = ["", f"accelerator's own energy per frame ({acc['plan']}; counts from edgespike.rtl.cycles, "
+             f"{acc['tiles']} tiles, {acc['cycles']:.3g} cycles):"]
+    for e in acc["energy"]:
+        lines.append(f"  {fmt_energy(e['total_pJ']):>10}  memory model {e['memory']:<12}"
+                     f"{'in range' if e['inside'] else 'OUT of range'}; adds {fmt_energy(e['adds_pJ'])}")
+    head = acc["energy"][0]
+    lines.append("  by memory (" + head["memory"] + "): " + ", ".join(
+        f"{k} {v['accesses']:.3g} acc. {fmt_energy(v['pJ'])}" for k, v in head["memories"].items()))
+    lines.append(f"  beside the Lemaire estimate of the same frame: SNN {fmt_energy(acc['lemaire_snn_pJ'])} "
+                 f"({acc['lemaire_table']})")
+    return lines
+
+
+def measured_lines(res: dict) -> list[str]:
+    if res["measured"] == "estimated only":
+        return ["", "measured energy: estimated only; sensors looked for: " + "; ".join(res["sensors"]["absent"])]
+    lines = ["", f"measured energy per frame ({res['sensors']['found'][0]}), median of trials [min, max]:"]
+    for k, v in res["measured"].items():
+        if "error" in v:
+            lines.append(f"  {k:<8}{v['error']}")
+            continue
+        g, n = v["gross_range_j"], v["net_range_j"]
+        count = (f"{v['samples']} samples" if v["method"] == "power samples"
+                 else f"{v['counter_reads']} counter reads")
+        lines.append(f"  {k:<8}gross {fmt_energy(v['gross_j_per_frame'] * 1e12)} [{fmt_energy(g[0] * 1e12)}, "
+                     f"{fmt_energy(g[1] * 1e12)}], net {fmt_energy(v['net_j_per_frame'] * 1e12)} "
+                     f"[{fmt_energy(n[0] * 1e12)}, {fmt_energy(n[1] * 1e12)}], "
+                     f"{v['seconds_per_frame'] * 1e3:.3g} ms/frame, idle {v['idle_w']:.3g} W, "
+                     f"{len(v['trials'])} trials, {count} ({v['resolution']})")
+    return lines
 
 
 def table(res: dict) -> str:
-    """The terminal report."""
+    """The terminal report: the ratios and per-frame energies first, then quality and speed."""
     h, w = res["size"]
-    q, lat, est = res["quality"], res["latency"], res["estimate"]
+    q, lat = res["quality"], res["latency"]
+    head = res["estimates"][0]
     lines = [f"model {res['model']}  T={res['timesteps']}  frame {w}x{h}  threads {res['threads']}  "
              f"({res['machine']['processor']})",
+             f"SNN / ANN estimated energy {head['snn_over_ann']:.3g} ({fmt_energy(head['snn_pJ'])} vs "
+             f"{fmt_energy(head['ann_pJ'])} per frame; widths {head['table']}, memory {head['memory']}, "
+             f"{'inside' if head['range']['snn']['inside'] and head['range']['ann']['inside'] else 'OUTSIDE'}"
+             " the memory model's range)",
              f"eval: {res['eval']['dataset']} ({res['eval']['images']} images), sigma {res['eval']['sigma']:g}; "
              f"noisy input {q['noisy']['psnr_db']:.2f} dB",
              "", f"{'net':<15}{'PSNR dB':>9}{'vs float':>10}{'median ms':>11}{'p95 ms':>9}{'peak MiB':>10}  runtime"]
@@ -309,34 +430,15 @@ def table(res: dict) -> str:
                      f"{(f'{mem:.0f}' if mem is not None else 'n/a'):>10}  {res['runtimes'][name]}")
     if res["twin"]["error"]:
         lines.append(f"ANN twins: not built ({res['twin']['error']})")
-    c = est["counts"]
-    lines += ["", f"estimated per frame, table {est['table']['name']}: {est['table']['label']}",
-              f"  spike rate {est['spike_rate']:.3f} spikes/neuron/step on the profiled frame, "
-              f"{res['spike_rate_eval']:.3f} on the evaluation set",
-              f"{'':>10}{'MACs':>12}{'ACs':>12}{'mem acc.':>12}{'addr ops':>12}{'energy':>12}"]
-    for net in ("snn", "ann"):
-        lines.append(f"{net.upper():>10}{c[net]['macs']:>12.3g}{c[net]['accs']:>12.3g}{c[net]['mem_accesses']:>12.3g}"
-                     f"{c[net]['addr_macs'] + c[net]['addr_accs']:>12.3g}{_fmt_e(est['energy_pJ'][net]):>12}")
-    lines.append(f"  SNN / ANN energy = {est['energy_pJ']['snn_over_ann']:.3f}")
-    b = est["breakdown_pJ"]
-    lines.append("  breakdown (SNN | ANN): " + ", ".join(
-        f"{k} {_fmt_e(b['snn'][k])} | {_fmt_e(b['ann'][k])}" for k in b["snn"] if k != "total"))
-    lines.append("  other tables: " + "; ".join(f"{k} {v['snn_over_ann']:.2f}"
-                                               for k, v in res["estimate_all_tables"].items()))
-    if res["measured"] == "estimated only":
-        lines += ["", "measured energy: estimated only (no sensor: " + "; ".join(res["sensors"]["absent"]) + ")"]
-    else:
-        lines += ["", f"measured energy ({res['sensors']['found'][0]}):"]
-        for k, v in res["measured"].items():
-            lines.append(f"  {k:<8}" + (v["error"] if "error" in v else
-                                        f"{v['joules_per_frame'] * 1e3:.2f} mJ/frame (idle {v['idle_w']:.2f} W, "
-                                        f"{v['samples']} samples every {v['sample_period_s']:g} s)"))
+    lines += energy_lines(res)
+    lines += accelerator_lines(res.get("accelerator"))
+    lines += measured_lines(res)
     if "sweep" in res:
         lines += ["", f"T sweep ({res['sweep']['note']}):",
                   f"{'T':>4}{'SNN dB':>9}{'quant-twin dB':>15}{'rate':>8}{'SNN':>12}{'ANN':>12}{'SNN/ANN':>9}"]
         for p in res["sweep"]["points"]:
             lines.append(f"{p['T']:>4}{p['snn_psnr_db']:>9.2f}{p.get('quant_twin_psnr_db', float('nan')):>15.2f}"
-                         f"{p['spike_rate']:>8.3f}{_fmt_e(p['snn_pJ']):>12}{_fmt_e(p['ann_pJ']):>12}"
+                         f"{p['spike_rate']:>8.3f}{fmt_energy(p['snn_pJ']):>12}{fmt_energy(p['ann_pJ']):>12}"
                          f"{p['snn_over_ann']:>9.3f}")
     return "\n".join(lines)
 
@@ -407,8 +509,12 @@ def markdown(res: dict, plot_name: str | None) -> str:
     out = [f"# edgespike profile: {res['model']}", "", "```", table(res), "```", ""]
     if plot_name:
         out += [f"![profile]({plot_name})", ""]
-    out += ["Energy estimates: Lemaire et al. (ICONIP 2022) as in SPIDEN, see docs/PROFILE.md. "
+    out += ["Energy estimates: the counts of Lemaire et al. (ICONIP 2022) as SPIDEN uses them, priced with the "
+            "widths each executor stores (and SPIDEN's 16-bit preset) under each memory model; a figure marked "
+            "OUT lies outside its memory model's range and is extrapolated (docs/PROFILE.md). "
             "Latencies: median and p95 over the timed runs after warm-up, same thread count for every runtime. "
             + ("Measured energy: none (no sensor on this machine): estimated only."
-               if res["measured"] == "estimated only" else "Measured energy: idle baseline subtracted."), ""]
+               if res["measured"] == "estimated only"
+               else "Measured energy: gross (the whole device) and net (above idle) per frame, median of the "
+               "trials with min and max."), ""]
     return "\n".join(out)
