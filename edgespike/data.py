@@ -29,6 +29,7 @@ then ``noisy = clip(rint(y * 255), 0, 255)`` as uint8 (``rint``: round half to e
 
 from __future__ import annotations
 
+import contextlib
 import glob as globmod
 import hashlib
 import os
@@ -193,11 +194,18 @@ def fetch(name: str, root: Path | None = None, download: bool = True, progress=N
                 f"{len(damaged)} file(s) fail their SHA-256 check (e.g. {damaged[0]})")
             raise UserError(f"dataset {name}: {what} in {folder} and downloading is off; "
                             f"{_how_to_provide(name, folder)}")
+        created = [p for p in (folder, folder.parent) if not p.exists()]  # deepest first, for the clean-up
         for k, fname in enumerate(todo):
             url = source_url(name, fname)
             try:
                 _download(url, folder / fname, expected[fname])
-            except (urllib.error.URLError, OSError, ValueError) as exc:
+            except (urllib.error.URLError, OSError, ValueError, UserError) as exc:
+                # an empty dataset folder left behind would look like a fetched set to the next look at the cache
+                for p in created:
+                    with contextlib.suppress(OSError):
+                        p.rmdir()  # only if still empty: files verified before the failure are kept
+                if isinstance(exc, UserError):
+                    raise
                 reason = getattr(exc, "reason", None) or exc
                 raise UserError(f"dataset {name}: cannot download {url} ({reason}); "
                                 f"{_how_to_provide(name, folder)}") from None

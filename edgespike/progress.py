@@ -119,3 +119,41 @@ def prepare_kernel(backend: str = "auto", enabled: bool = True) -> None:
 
     with notice_if_slow("compiling the C kernel (first use on this machine only, about 10 s)", enabled=enabled):
         kernels.load()
+
+
+@contextlib.contextmanager
+def heartbeat(what: str, expected: float | None = None, every: float = 5.0, enabled: bool = True, stream=None):
+    """While the block runs, show every ``every`` seconds that ``what`` is still running, and for how long.
+
+    For work that cannot report its own progress (a simulator inside one long call): the elapsed time against an
+    ``expected`` duration in seconds (an estimate) tells the user it is alive and about how long is left. On a
+    terminal the line is rewritten in place every second; in a log one line is written every ``every`` seconds.
+    """
+    stream = stream or sys.stderr
+    tty = hasattr(stream, "isatty") and stream.isatty()
+    start = time.monotonic()
+    stop = threading.Event()
+    width = 0
+
+    def beat() -> None:
+        nonlocal width
+        while not stop.wait(1.0 if tty else every):
+            text = f"{what}: running for {time.monotonic() - start:.0f} s"
+            if expected:
+                text += f" (about {expected:.0f} s expected)"
+            stream.write(f"\r{text}" if tty else f"{text}\n")
+            width = len(text)
+            stream.flush()
+
+    thread = threading.Thread(target=beat, name="edgespike-heartbeat", daemon=True)
+    if enabled:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if enabled:
+            thread.join()
+            if tty and width:
+                stream.write("\r" + " " * width + "\r")
+                stream.flush()

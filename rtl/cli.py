@@ -112,6 +112,7 @@ def run(args) -> int:
     from edgespike.frames import check_frame, pad_to_multiple
     from edgespike.models import sample_path
     from edgespike.png import read_png
+    from edgespike.progress import heartbeat
     from edgespike.rtl.cycles import frame_cost, tile_cost, tiles
     from edgespike.rtl.sim import Mismatch, check_tile
 
@@ -126,7 +127,9 @@ def run(args) -> int:
     print(f"simulating a {tile.shape[0]}x{tile.shape[1]} tile: {expected} cycles (cycle model); Amaranth's simulator "
           f"runs about 1-4k cycles/s", flush=True)
     try:
-        res = check_tile(p, tile, vcd_dir="rtl-mismatch", vcd=args.vcd)
+        # minutes for a DnCNN-scale model, in one simulator call: a heartbeat shows it is alive and how long so far
+        with heartbeat(f"rtl sim: {tile.shape[0]}x{tile.shape[1]} tile", expected / 2000):
+            res = check_tile(p, tile, vcd_dir="rtl-mismatch", vcd=args.vcd)
     except Mismatch as exc:
         print(f"MISMATCH: {exc}")
         return 1
@@ -143,7 +146,8 @@ def run(args) -> int:
         print(f"whole {frame.shape[0]}x{frame.shape[1]} frame: {n_tiles} tiles of {p.tile[0]}x{p.tile[1]} "
               f"(--frame-estimate costs them with the cycle model)")
         return 0
-    fc = frame_cost(p, frame)
+    with heartbeat(f"rtl sim: cycle model of {n_tiles} tiles", 10.0 * n_tiles):
+        fc = frame_cost(p, frame)
     print(f"whole {frame.shape[0]}x{frame.shape[1]} frame (cycle model, {fc.tiles} tiles): {fc.cycles} cycles, "
           f"{fc.sops_per_cycle():.2f} SOP/cycle, {fc.frames_per_second(args.fmax):.3f} frames/s at "
           f"{args.fmax / 1e6:.1f} MHz; UART at 3 Mbaud adds {fc.uart_seconds():.2f} s")

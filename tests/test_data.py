@@ -249,3 +249,16 @@ def test_non_png_without_pillow_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)
     with pytest.raises(UserError, match="pip install pillow"):
         data.read_image(p)
+
+
+def test_failed_fetch_leaves_no_empty_dataset_folder(tmp_path, monkeypatch, capsys):
+    """Without network: one line, exit 2, and no empty set12/ that would look like a fetched dataset."""
+    from edgespike.cli import main
+
+    monkeypatch.setenv("EDGESPIKE_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("EDGESPIKE_DATA_MIRROR", (tmp_path / "no-mirror").as_uri())
+    monkeypatch.delenv("EDGESPIKE_OFFLINE", raising=False)
+    assert main(["data", "fetch", "set12"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edgespike: error: dataset set12: cannot download") and err.count("\n") == 1
+    assert not (tmp_path / "cache").exists()

@@ -276,3 +276,12 @@ def test_without_a_model_the_shipped_one_for_the_noise_runs(capsys, two_images, 
 def test_a_missing_model_file_names_the_shipped_alternatives(capsys, tmp_path):
     err = one_line_error(capsys, ["eval", "--model", str(tmp_path / "x.esnn")])
     assert "x.esnn not found" in err and "shipped model: s25, blind" in err
+
+
+def test_the_summary_names_the_model_file_and_its_name(capsys, two_images, model_file):
+    """eval may choose the model itself (s25 or blind by the noise): the table and the JSON say which one ran."""
+    assert main(["eval", "--dataset", str(two_images), "--limit", "1", "--sigma", "50"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("model ") and "default_blind.esnn (shipped 'blind', name default_blind)" in out
+    assert main(["eval", "--model", str(model_file), "--dataset", str(two_images), "--limit", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model_label"] == f"{model_file} (no name in its metadata)"

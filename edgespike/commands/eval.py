@@ -15,6 +15,8 @@ from edgespike import data
 from edgespike.errors import UserError
 from edgespike.metrics import psnr, ssim
 from edgespike.models import MODEL_HELP, resolve, shipped_for
+from edgespike.models import label as model_label
+from edgespike.progress import prepare_kernel
 
 HELP = "measure PSNR/SSIM, spikes and ops of a model on Set12, BSD68 or a folder"
 DESCRIPTION = """Denoise every image of a dataset with simulated noise and report per-image and mean PSNR and SSIM
@@ -88,12 +90,16 @@ def open_comparison(kind: str, model, ann_mode: str):
 
 
 class _Bar:
-    """tqdm when installed, else a one-line stderr bar; silent when stderr is not a terminal or for --json."""
+    """tqdm when installed, else a one-line stderr bar; in a log (stderr not a terminal) a line every few seconds
+    (:class:`edgespike.progress.Progress`), as BSD68 takes minutes; silent for --json."""
 
     def __init__(self, total: int, enabled: bool) -> None:
+        from edgespike.progress import Progress
+
         self.total = total
         self.done = 0
         self.tqdm = None
+        self.log = Progress("eval", total, "images", enabled=enabled and not sys.stderr.isatty())
         self.enabled = enabled and sys.stderr.isatty()
         if self.enabled:
             try:
@@ -105,6 +111,7 @@ class _Bar:
 
     def update(self, label: str) -> None:
         self.done += 1
+        self.log.update(self.done)
         if not self.enabled:
             return
         if self.tqdm is not None:
@@ -239,6 +246,7 @@ def run(args) -> int:
     label, files = data.resolve(args.dataset)
     if args.limit is not None:
         files = files[: args.limit]
+    prepare_kernel(enabled=not args.json)  # the first use builds the C kernel: say so rather than pause
     executor, executor_label = open_executor(path)
     model = executor.model
     comparison = open_comparison(args.compare, model, args.ann_mode)
@@ -251,14 +259,14 @@ def run(args) -> int:
     mean = summary(records)
     if args.json:
         doc = {
-            "model": str(path), "executor": executor_label,
+            "model": str(path), "model_label": model_label(path, model.metadata), "executor": executor_label,
             "model_metadata": model.metadata, "timesteps": model.timesteps,
             "dataset": label, "noise": args.noise, "sigma": sigma, "seed": args.seed,
             "compare": args.compare, "images": records, "mean": mean,
         }
         print(json.dumps(doc, indent=2, default=str))
         return 0
-    print(f"model {path or 'default'}  T={model.timesteps}  executor: {executor_label}")
+    print(f"model {model_label(path, model.metadata)}  T={model.timesteps}  executor: {executor_label}")
     print(f"dataset {label} ({len(files)} images), {args.noise} noise sigma {sigma:g}, seed {args.seed}"
           + (f", compared with {comparison[0]}" if comparison else ""))
     print(table(records, mean))

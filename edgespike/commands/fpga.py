@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from edgespike.errors import UserError
 from edgespike.firmware.protocol import DEFAULT_BAUD
 from edgespike.models import MODEL_HELP
@@ -44,7 +46,9 @@ def run(args) -> int:
     if args.fpga_command == "build":
         from edgespike.fpga.build import build
 
-        report = build(args.board, args.model, args.out, tile=args.tile, lanes=args.lanes, baud=args.baud)
+        # progress to stderr also when it is a log: a build takes minutes, and a CI log should show each stage
+        report = build(args.board, args.model, args.out, tile=args.tile, lanes=args.lanes, baud=args.baud,
+                       progress=sys.stderr)
         print(report.to_json() if args.json else report.text())
         return 0
 
