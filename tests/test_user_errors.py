@@ -352,3 +352,19 @@ def test_run_and_denoise_summaries_name_the_model(tmp_path, capsys, model_path, 
     assert rc == 0, err
     (line,) = [ln for ln in out.splitlines() if ln.strip().startswith("model")]
     assert "default_blind.esnn (shipped 'blind', name default_blind)" in line
+
+
+def test_profile_summary_names_the_model(tmp_path, capsys, monkeypatch):
+    from edgespike.profile import sensors
+    from edgespike.profile.testmodels import random_dncnn
+
+    monkeypatch.setattr(sensors, "discover", lambda *a, **k: ([], ["no sensor (test)"]))
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(2):
+        png.write_png(imgs / f"{i}.png", np.full((16, 16), 60 + 40 * i, np.uint8))
+    save(random_dncnn(depth=3, width=4, timesteps=2, seed=0), tmp_path / "m.esnn")
+    rc, out, err = cli(capsys, "profile", "--model", tmp_path / "m.esnn", "--eval", imgs, "--ann", "none",
+                       "--size", "16x16", "--frames", 1, "--quiet")
+    assert rc == 0, err
+    assert out.splitlines()[0].startswith(f"model {tmp_path / 'm.esnn'} (")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from edgespike.errors import UserError
 from edgespike.models import MODEL_HELP, resolve
+from edgespike.models import label as model_label
 
 HELP = "compare the SNN with its int8 ANN twins: PSNR, latency, op counts, estimated and measured energy"
 DESCRIPTION = """Profile a model against its quantised ANN twin on this machine.
@@ -133,7 +134,7 @@ def run(args) -> int:
                    accelerator=args.accelerator, energy_trials=max(1, args.energy_trials),
                    extra_tables=args.energy_table, addressing=args.addressing, um_port=args.um_port,
                    um_model=args.um_model, log=log)
-    res = profile(model, opts, str(path))
+    res = profile(model, opts, model_label(path, model.metadata))  # the summary names the file and the model
     res["calibration"] = (f"{args.calib_count} noisy 64x64 patches from {min(len(calib), args.calib_count)} of "
                           f"{len(calib)} images ({args.calib})" if calib else "patches of the evaluation images")
     if args.report:  # keep the twins next to the report so that they can be inspected or deployed
