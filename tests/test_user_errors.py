@@ -368,3 +368,44 @@ def test_profile_summary_names_the_model(tmp_path, capsys, monkeypatch):
                        "--size", "16x16", "--frames", 1, "--quiet")
     assert rc == 0, err
     assert out.splitlines()[0].startswith(f"model {tmp_path / 'm.esnn'} (")
+
+
+def test_profile_measures_the_snn_memory_with_a_fresh_runtime(tmp_path, monkeypatch):
+    """The SNN that scored the eval set keeps its buffers: measured as it was, its peak showed 0 MiB. It is now
+    built inside its measurement, as the ANN runtimes are."""
+    from edgespike.profile import measure
+    from edgespike.profile import run as prun
+
+    calls = []
+    real = measure.latency
+
+    def spy(fn, frame, *a, make=None, **k):
+        calls.append(make)
+        return real(fn, frame, *a, make=make, **k)
+
+    monkeypatch.setattr(measure, "latency", spy)
+    from edgespike.profile.testmodels import random_dncnn
+
+    rng = np.random.default_rng(0)
+    model = random_dncnn(depth=3, width=4, timesteps=2, seed=0)
+    files = []
+    for i in range(2):
+        path = tmp_path / f"{i}.png"
+        png.write_png(path, rng.integers(0, 256, (16, 16), dtype=np.uint8))
+        files.append(path)
+    opts = prun.Options(anns=(), size=(16, 16), frames=1, warmup=0, eval_files=files, eval_label="t", sigma=25.0)
+    res = prun.profile(model, opts, "m")
+    assert calls and calls[0] is not None and isinstance(calls[0](), prun.SnnRunner)
+    assert "snn" in res["latency"]
+
+
+def test_tflite_prints_no_info_line(capfd):
+    pytest.importorskip("ai_edge_litert")
+    from edgespike.profile.ann import TfliteRunner, to_tflite, twin
+    from edgespike.profile.testmodels import random_dncnn
+
+    frames = [np.random.default_rng(0).integers(0, 256, (16, 16), dtype=np.uint8)]
+    content = to_tflite(twin(random_dncnn(depth=3, width=4, timesteps=2, seed=0)), frames, 16, 16)
+    capfd.readouterr()
+    TfliteRunner(content, 1)(frames[0])
+    assert "INFO:" not in capfd.readouterr().err

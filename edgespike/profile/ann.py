@@ -21,6 +21,10 @@ exactly as the runtime does, so every file takes a frame of any size.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -588,6 +592,30 @@ def to_tflite(tw: Twin, frames: list[np.ndarray], height: int, width: int,
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+@contextlib.contextmanager
+def _without_native_info():
+    """Drop TFLite's native ``INFO:`` lines ("Created TensorFlow Lite XNNPACK delegate for CPU") while inside.
+
+    The C++ logger writes them straight to file descriptor 2, once per interpreter, and no option or variable
+    turns them off; in the middle of the profile's report they look like a problem. File descriptor 2 goes to a
+    temporary file meanwhile, and every other line (a warning, an error) is written back to stderr afterwards.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [ln for ln in caught.read().decode(errors="replace").splitlines() if not ln.startswith("INFO: ")]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
+                sys.stderr.flush()
+
+
 class TfliteRunner:
     """Runs a .tflite twin on uint8 frames: tflite-runtime where installed, else ai-edge-litert.
 
@@ -628,9 +656,10 @@ class TfliteRunner:
         return self._built[(h, w)]
 
     def _load(self, content: bytes) -> None:
-        self.interp = self._make(model_content=content, num_threads=self.threads,
-                                 experimental_op_resolver_type=self._resolver)
-        self.interp.allocate_tensors()
+        with _without_native_info():
+            self.interp = self._make(model_content=content, num_threads=self.threads,
+                                     experimental_op_resolver_type=self._resolver)
+            self.interp.allocate_tensors()
         self.inp = self.interp.get_input_details()[0]["index"]
         self.out = self.interp.get_output_details()[0]["index"]
         self.shape = tuple(self.interp.get_input_details()[0]["shape"])
