@@ -409,3 +409,26 @@ def test_tflite_prints_no_info_line(capfd):
     capfd.readouterr()
     TfliteRunner(content, 1)(frames[0])
     assert "INFO:" not in capfd.readouterr().err
+
+
+def test_denoise_of_a_large_image_shows_a_heartbeat(tmp_path, capsys, model_path, image, monkeypatch):
+    import contextlib
+
+    from edgespike import progress
+    from edgespike.commands import denoise
+
+    seen = []
+
+    @contextlib.contextmanager
+    def beat(what, expected=None, every=5.0, enabled=True, stream=None):
+        seen.append((what, enabled))
+        yield
+
+    monkeypatch.setattr(progress, "heartbeat", beat)
+    monkeypatch.setattr(denoise, "LARGE_PIXELS", 100)  # the 16x12 test image counts as large
+    rc, _, err = cli(capsys, "denoise", image, "--model", model_path, "-o", tmp_path / "o.png")
+    assert rc == 0, err
+    assert seen == [(f"denoising {image} (16x12)", True)]
+    monkeypatch.setattr(denoise, "LARGE_PIXELS", 10**6)
+    cli(capsys, "denoise", image, "--model", model_path, "-o", tmp_path / "o.png")
+    assert seen[-1][1] is False

@@ -20,6 +20,10 @@ refused from their header, before decoding. The output is written to a temporary
 an error never leaves a partial file. Exits with status 2 and one line on any problem the user can fix."""
 
 
+LARGE_PIXELS = 4_000_000
+"""Images larger than this get a heartbeat line while they are denoised (they take several seconds or more)."""
+
+
 def add_arguments(p) -> None:
     from edgespike.live.imageio import MAX_PIXELS_HELP
 
@@ -42,7 +46,7 @@ def run(args) -> int:
     from edgespike.live.imageio import check_max_pixels, read_image, write_atomic
     from edgespike.models import label
     from edgespike.png import encode_png
-    from edgespike.progress import prepare_kernel
+    from edgespike.progress import heartbeat, prepare_kernel
     from edgespike.runtime import load
 
     src = Path(args.input)
@@ -56,19 +60,21 @@ def run(args) -> int:
     prepare_kernel(args.backend, enabled=not args.quiet)
     model_path = resolve(args.model or shipped_for(None))
     runtime = load(model_path, backend=args.backend)
-    if img.ndim == 3:
-        y, cb, cr = frames.to_luma(img)
-        den, stats = runtime.denoise(y)
-        result = frames.from_luma(den, cb, cr)
-        colour = "colour: luma denoised, chroma passed through"
-    else:
-        result, stats = runtime.denoise(np.ascontiguousarray(img))
-        colour = None
+    h, w = img.shape[:2]
+    # a large photo takes a minute or more (about 1.3 s per megapixel on a 2-core board): show it is working
+    with heartbeat(f"denoising {src} ({w}x{h})", enabled=not args.quiet and h * w > LARGE_PIXELS):
+        if img.ndim == 3:
+            y, cb, cr = frames.to_luma(img)
+            den, stats = runtime.denoise(y)
+            result = frames.from_luma(den, cb, cr)
+            colour = "colour: luma denoised, chroma passed through"
+        else:
+            result, stats = runtime.denoise(np.ascontiguousarray(img))
+            colour = None
     write_atomic(out_path, encode_png(result))
     if not args.quiet:
         for note in notes:  # what was converted on the way in, as eval reports it
             print(f"edgespike: note: {src}: {note}", file=sys.stderr)
-        h, w = img.shape[:2]
         print(f"{out_path}  ({w}x{h}, {stats.total_seconds:.2f} s, {stats.spike_rate:.3f} spikes/neuron/step, "
               f"{stats.backend} kernels{', ' + colour if colour else ''})")
         print(f"  model: {label(model_path, runtime.model.metadata)}")
