@@ -291,6 +291,7 @@ def test_http_0_9_gets_an_answer_and_the_connection_closes(server):
 
 
 def test_more_clients_than_the_limit_get_503_without_a_thread():
+    base = threading.active_count()
     srv = PreviewServer("127.0.0.1", 0, max_clients=3)
     srv.write(result(1))
     streams = []
@@ -304,7 +305,7 @@ def test_more_clients_than_the_limit_get_503_without_a_thread():
             with pytest.raises(urllib.error.HTTPError) as e:
                 urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/stats.json", timeout=10)
             assert e.value.code == 503 and b"too many preview clients (at most 3)" in e.value.read()
-        assert srv.httpd.active == 3 and threading.active_count() < 20
+        assert srv.httpd.active == 3 and threading.active_count() <= base + 4  # serve_forever + 3 handlers
         streams.pop().close()  # a viewer leaves: its slot is free once a write to it fails
 
         def left() -> bool:
