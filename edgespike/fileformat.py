@@ -41,7 +41,11 @@ from edgespike.model import (
 )
 
 MAGIC = b"\x89ESN\r\n\x1a\n"
-VERSION = (1, 0)
+VERSION = (1, 1)
+"""The newest version this edgespike writes. 1.1 added bit-plane layers (``BitPlaneNeuron`` and the ``uwd`` and
+``bias`` fields of ``Integrator``); a model that uses none of them is written as 1.0, byte for byte as before."""
+NEW_IN_1_1 = {("Integrator", "uwd"): False, ("Integrator", "bias"): None}
+"""Fields added in 1.1, with the default a 1.0 file implies; written only when they differ from it."""
 PREAMBLE = struct.Struct("<8sHHIQII")
 ALIGN = 64
 MAX_HEADER = 16 * 2**20
@@ -67,6 +71,9 @@ def model_to_header_and_tensors(model: Model) -> tuple[dict, dict[str, np.ndarra
         entry: dict = {"type": type(node).__name__}
         for f in dataclasses.fields(node):
             value = getattr(node, f.name)
+            key_1_1 = (type(node).__name__, f.name)
+            if key_1_1 in NEW_IN_1_1 and _is_default(value, NEW_IN_1_1[key_1_1]):
+                continue
             if f.name in ARRAY_FIELDS:
                 if value is not None:
                     key = f"{node.name}.{f.name}"
@@ -93,6 +100,15 @@ def model_to_header_and_tensors(model: Model) -> tuple[dict, dict[str, np.ndarra
     return header, tensors
 
 
+def _is_default(value, default) -> bool:
+    return value is None if default is None else (not isinstance(value, np.ndarray) and value == default)
+
+
+def format_version(model: Model) -> tuple[int, int]:
+    """The oldest format version that can hold ``model`` (1.0 unless it has bit-plane layers)."""
+    return (1, 1) if model.has_bitplane else (1, 0)
+
+
 def to_bytes(model: Model) -> bytes:
     """Serialise ``model`` (checked first: an invalid model is never written)."""
     from edgespike.validate import analyse
@@ -113,7 +129,7 @@ def to_bytes(model: Model) -> bytes:
     except (TypeError, ValueError) as exc:
         raise ModelError(f"metadata cannot be stored as JSON: {exc}") from None
     payload = b"".join(chunks)
-    pre = PREAMBLE.pack(MAGIC, *VERSION, len(head), len(payload), zlib.crc32(head), zlib.crc32(payload))
+    pre = PREAMBLE.pack(MAGIC, *format_version(model), len(head), len(payload), zlib.crc32(head), zlib.crc32(payload))
     body = pre + head
     return body + b"\0" * _pad(len(body)) + payload
 

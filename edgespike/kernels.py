@@ -53,9 +53,9 @@ INLINE uint32_t nibble(const uint8_t *p) {
    arithmetic: exact because the final sum is proved to fit int16 (fits16 in Python). */
 #define BLK 64
 #define ROW_FN(NAME, VT, VTU, LT)                                                                              \
-INLINE void NAME(const uint8_t *x, int h, int w, int k, int st, int oy, int wo, const VTU *lut,              \
-                 int groups, int nq, int co, const int32_t *bias, int32_t *v, const int32_t *theta,          \
-                 int leak, int hard, uint8_t *so) {                                                          \
+INLINE void NAME(const uint8_t *x, const uint8_t *nz, int h, int w, int k, int st, int oy, int wo,             \
+                 const VTU *lut, int groups, int nq, int co, const int32_t *bias, int32_t *v,                  \
+                 const int32_t *theta, int leak, int hard, int uwd, uint8_t *so) {                             \
     VT acc[BLK * nq];                                                                                         \
     int p = k / 2;                                                                                           \
     long tabstride = 16L * nq;                                                                               \
@@ -66,6 +66,7 @@ INLINE void NAME(const uint8_t *x, int h, int w, int k, int st, int oy, int wo, 
             int iy = oy * st + i - p;                                                                        \
             if (iy < 0 || iy >= h) continue;                                                                 \
             const uint8_t *xrow = x + (long)iy * w * groups;                                                 \
+            const uint8_t *nzrow = nz + (long)iy * w;                                                          \
             for (int j = 0; j < k; j++) {                                                                    \
                 const VTU *tab = lut + (long)((i * k + j) * groups) * tabstride;                             \
                 /* output pixels of this block whose input column is inside the frame */                     \
@@ -73,6 +74,8 @@ INLINE void NAME(const uint8_t *x, int h, int w, int k, int st, int oy, int wo, 
                 while (lo < nb && (ox0 + lo) * st + j - p < 0) lo++;                                         \
                 while (hi > lo && (ox0 + hi - 1) * st + j - p >= w) hi--;                                    \
                 for (int b = lo; b < hi; b++) {                                                              \
+                    /* an input pixel without a spike in any channel adds nothing: skip it */                  \
+                    if (!nzrow[(ox0 + b) * st + j - p]) continue;                                              \
                     const uint8_t *px = xrow + (long)((ox0 + b) * st + j - p) * groups;                      \
                     VT *a = acc + b * nq;                                                                    \
                     VT s0[nq], s1[nq];                                                                         \
@@ -95,6 +98,10 @@ INLINE void NAME(const uint8_t *x, int h, int w, int k, int st, int oy, int wo, 
             const LT *a = (const LT *)(acc + b * nq);                                                        \
             int32_t *vv = v + (long)(ox0 + b) * co;                                                          \
             uint8_t *ss = so + (long)(ox0 + b) * co;                                                         \
+            if (uwd) {  /* bit-plane decoding (UWD): the membrane doubles, then integrates; no firing */     \
+                for (int c = 0; c < co; c++) vv[c] = 2 * vv[c] + (int32_t)a[c] + bias[c];                    \
+                continue;                                                                                    \
+            }                                                                                                \
             for (int c = 0; c < co; c++) {                                                                   \
                 int32_t m = vv[c];                                                                           \
                 if (leak) m -= m >> leak;                                                                    \
@@ -117,29 +124,45 @@ ROW_FN(row16, w16, w16u, int16_t)
    strip's core, for the statistics) */
 int conv_neuron(const uint8_t *x, int L, long x_step, int h, int w, int cs, int k, int st,
                 const void *lut, int co, int nq, int lanes16, const int32_t *bias,
-                int32_t *v, const int32_t *theta, int leak, int hard, uint8_t *spk, int threads,
+                int32_t *v, const int32_t *theta, int leak, int hard, int uwd, uint8_t *spk, int threads,
                 int cy0, int cy1, int64_t *counts) {
     int ho = (h + st - 1) / st, wo = (w + st - 1) / st, groups = cs / 4;
     if (nq > 64) return -1;
     /* Nibble indices once per input pixel (each is read by k*k output pixels). */
     int Lx = x_step ? L : 1;
     long npx = (long)h * w;
-    uint8_t *idx = malloc((size_t)Lx * npx * groups);
+    uint8_t *idx = malloc((size_t)Lx * npx * (groups + 1));
     if (!idx) return -2;
+    uint8_t *nzs = idx + (size_t)Lx * npx * groups;  /* per input pixel: any spike in any channel? */
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (long e = 0; e < Lx * npx; e++) {
         const uint8_t *src = x + (e / npx) * x_step + (e % npx) * cs;
-        for (int g = 0; g < groups; g++) idx[e * groups + g] = (uint8_t)nibble(src + 4 * g);
+        uint8_t any = 0;
+        for (int g = 0; g < groups; g++) any |= idx[e * groups + g] = (uint8_t)nibble(src + 4 * g);
+        nzs[e] = any != 0;
     }
     for (int t = 0; t < L; t++) {
         const uint8_t *xt = idx + (x_step ? (long)t * npx * groups : 0);
+        const uint8_t *nzt = nzs + (x_step ? (long)t * npx : 0);
         uint8_t *so = spk + (long)t * ho * wo * co;
         long cnt = 0;
+        if (uwd) {  /* a bit plane without any spike: the decoding only doubles the membrane and adds the bias */
+            long any = 0;
+            for (long e = 0; e < npx && !any; e++) any = nzt[e];
+            if (!any) {
+                #pragma omp parallel for schedule(static) num_threads(threads)
+                for (long e = 0; e < (long)ho * wo; e++)
+                    for (int c = 0; c < co; c++) v[e * co + c] = 2 * v[e * co + c] + bias[c];
+                counts[t] = 0;
+                continue;
+            }
+        }
         #pragma omp parallel for schedule(static) num_threads(threads) reduction(+:cnt)
         for (int oy = 0; oy < ho; oy++) {
             int32_t *vr = v + (long)oy * wo * co;
             uint8_t *sr = so + (long)oy * wo * co;
-#define CALL(FN, TY, N, G) FN(xt, h, w, k, st, oy, wo, (const TY *)lut, G, N, co, bias, vr, theta, leak, hard, sr)
+#define CALL(FN, TY, N, G) FN(xt, nzt, h, w, k, st, oy, wo, (const TY *)lut, G, N, co, bias, vr, theta, leak, hard, \
+                               uwd, sr)
             /* compile-time shapes for the common layers (32 or 16 channels in and out, 3x3) */
             if (lanes16 && nq == 2 && groups == 8 && k == 3) CALL(row16, w16u, 2, 8);
             else if (lanes16 && nq == 1 && groups == 4 && k == 3) CALL(row16, w16u, 1, 4);
@@ -160,7 +183,7 @@ int conv_neuron(const uint8_t *x, int L, long x_step, int h, int w, int cs, int 
                 default: CALL(row32, v8u, nq, groups);
                 }
             }
-            if (oy >= cy0 && oy < cy1) {  /* the row is still in cache */
+            if (!uwd && oy >= cy0 && oy < cy1) {  /* the row is still in cache */
                 long c = 0;
                 for (long e = 0; e < (long)wo * co; e++) c += sr[e];
                 cnt += c;
@@ -259,7 +282,7 @@ def load():
         fn.restype = ctypes.c_int
         P = ctypes.c_void_p
         I = ctypes.c_int  # noqa: E741
-        fn.argtypes = [P, I, ctypes.c_long, I, I, I, I, I, P, I, I, I, P, P, P, I, I, P, I, I, I, P]
+        fn.argtypes = [P, I, ctypes.c_long, I, I, I, I, I, P, I, I, I, P, P, P, I, I, I, P, I, I, I, P]
         nf = lib.neuron
         nf.restype = None
         nf.argtypes = [P, ctypes.c_long, I, ctypes.c_long, I, P, P, I, I, P, I, ctypes.c_long, ctypes.c_long, P]
@@ -330,7 +353,10 @@ def conv_neuron(lib, x: np.ndarray, lut: np.ndarray, conv, neuron, v: np.ndarray
                 out: np.ndarray | None = None, rows: tuple[int, int] | None = None):
     """Run ``conv`` on binary ``x [L, h, w, C_in]`` (uint8) and update ``neuron``'s membranes ``v [ho, wo, C_out]``
     in place over the L steps. Returns the spikes ``[L, ho, wo, C_out]`` (uint8) and the spike count of each step
-    within output rows ``rows`` (default all)."""
+    within output rows ``rows`` (default all).
+
+    ``neuron=None`` decodes bit planes instead (the UWD of a bit-plane layer): ``v = 2 v + I[t]`` at every step,
+    no firing; the spikes returned are then meaningless and the counts zero."""
     L, h, w, cin = x.shape
     cs = lut.shape[1] * 4
     const = L > 1 and x.strides[0] == 0  # one step standing for all (direct-coded constant input)
@@ -356,7 +382,8 @@ def conv_neuron(lib, x: np.ndarray, lut: np.ndarray, conv, neuron, v: np.ndarray
     counts = np.zeros(L, np.int64)
     rc = lib.conv_neuron(x.ctypes.data, L, x_step, h, w, cs, conv.kernel, st, lut.ctypes.data, cout,
                          lut.shape[3] // lanes, int(lanes == 16), bias.ctypes.data, v.ctypes.data, theta.ctypes.data,
-                         int(neuron.leak_shift), int(neuron.reset == "hard"), spk.ctypes.data, threads(ho * wo * cout),
+                         int(neuron.leak_shift) if neuron else 0, int(neuron is not None and neuron.reset == "hard"),
+                         int(neuron is None), spk.ctypes.data, threads(ho * wo * cout),
                          r0, r1, counts.ctypes.data)
     if rc != 0:
         raise RuntimeError(f"kernel conv_neuron failed ({rc})")

@@ -129,11 +129,41 @@ class Neuron:
 
 
 @dataclass(eq=False)
-class Integrator:
-    """Integrate-without-fire read-out: ``v += I`` every step, no threshold, no reset, ``v0 = 0``."""
+class BitPlaneNeuron:
+    """A layer of bit-plane neurons (VTSNN's UWD and UWE at a layer boundary), one per element of its input.
+
+    Over the T steps the membrane decodes the input MSB first, ``v = 2 v + I[t]`` (the UWD, a DAC: accumulate
+    and shift only); then ``bias`` (int32 ``[C]``) is added once, and the neuron emits the T bits of
+    ``clip(floor(v / threshold), 0, 2**T - 1)`` MSB first, one per step (the UWE, a successive-approximation ADC).
+    It needs its whole input before its first output bit (``docs/SEMANTICS.md`` section 5.5). A network of such
+    layers is exactly an integer quantised ANN with T-bit unsigned activations.
+    """
 
     name: str
     input: str
+    threshold: np.ndarray
+    bias: np.ndarray
+    scale: np.ndarray | None = None
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.input,)
+
+    @property
+    def kind(self) -> str:
+        return "bit-plane"
+
+
+@dataclass(eq=False)
+class Integrator:
+    """Integrate-without-fire read-out: ``v += I`` every step (``uwd``: ``v = 2 v + I``, the binary-weighted sum
+    that decodes bit planes MSB first), no threshold, no reset, ``v0 = 0``; ``bias`` (int32 ``[C]``, optional) is
+    added once after the last step."""
+
+    name: str
+    input: str
+    uwd: bool = False
+    bias: np.ndarray | None = None
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -156,10 +186,12 @@ class Concat:
     inputs: tuple[str, ...]
 
 
-Node = Conv | ConvTranspose | Neuron | Integrator | Add | Concat
+Node = Conv | ConvTranspose | Neuron | BitPlaneNeuron | Integrator | Add | Concat
 NODE_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (Conv, ConvTranspose, Neuron, Integrator, Add, Concat)
+    cls.__name__: cls for cls in (Conv, ConvTranspose, Neuron, BitPlaneNeuron, Integrator, Add, Concat)
 }
+SPIKING = (Neuron, BitPlaneNeuron)
+"""Node types that emit spikes."""
 
 
 @dataclass(eq=False)
@@ -213,6 +245,11 @@ class Model:
     def has_extra_step(self) -> bool:
         """True when some neuron is MPRN: the model then runs one extra step after step T."""
         return any(isinstance(n, Neuron) and n.mprn for n in self.nodes)
+
+    @property
+    def has_bitplane(self) -> bool:
+        """True when some layer is a bit-plane layer (execution must then be layer-major)."""
+        return any(isinstance(n, BitPlaneNeuron) or (isinstance(n, Integrator) and n.uwd) for n in self.nodes)
 
     @property
     def size_multiple(self) -> int:

@@ -1,8 +1,8 @@
-"""The reference implementation of ``docs/SEMANTICS.md``: plain, step-major, int64, slow on purpose.
+"""The reference implementation of ``docs/SEMANTICS.md``: plain, layer-major, int64, slow on purpose.
 
 Every other executor (the fast runtime, the PyTorch integer simulation, the RTL, the firmware, the exporters) is
-tested bit for bit against :func:`run`. Keep it obviously right rather than fast: one loop over timesteps, one
-pass over the nodes per step, one kernel tap at a time.
+tested bit for bit against :func:`run`. Keep it obviously right rather than fast: one pass over the nodes, one
+loop over timesteps inside each node, one kernel tap at a time.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import numpy as np
 from edgespike.frames import check_frame, pad_to_multiple
 from edgespike.model import (
     INPUT,
+    SPIKING,
     Add,
+    BitPlaneNeuron,
     Concat,
     Conv,
     ConvTranspose,
@@ -96,7 +98,12 @@ class Trace:
 
 def run(model: Model, frame: np.ndarray, trace: bool = False):
     """Denoise one uint8 grayscale frame exactly as the semantics define. Returns the output frame
-    (and a :class:`Trace` when ``trace``)."""
+    (and a :class:`Trace` when ``trace``).
+
+    Layer-major (section 2 of the semantics): each node computes its value at every step from its inputs' values
+    at every step, in file order. For a graph without bit-plane layers this is the same as stepping the whole
+    graph once per step, because every other node reads only the present step and its own past.
+    """
     analysis = analyse(model)
     frame = check_frame(frame)
     H, W = frame.shape
@@ -105,70 +112,60 @@ def run(model: Model, frame: np.ndarray, trace: bool = False):
     steps = T + (1 if model.has_extra_step else 0)
     limit = 2 ** (model.membrane_bits - 1)
 
+    seq: dict[str, list[np.ndarray]] = {INPUT: [encode(model, x, t) for t in range(steps)]}
     membrane: dict[str, np.ndarray] = {}
     count: dict[str, np.ndarray] = {}
     uwd: dict[str, np.ndarray] = {}
     spikes: dict[str, list[int]] = {}
 
-    for t in range(steps):
-        extra = t == T
-        values = {INPUT: encode(model, x, t)}
-        for node in model.nodes:
-            if isinstance(node, Conv):
+    def check(name: str, arr: np.ndarray) -> None:
+        # The bound proved by analyse() must hold: a failure here is a bug in validate.py.
+        assert not arr.size or np.abs(arr).max() < limit, name
+
+    for node in model.nodes:
+        if isinstance(node, Conv):
+            out = []
+            for t, value in enumerate(seq[node.input]):
+                extra = t == T
                 w = node.weight_extra if (extra and node.weight_extra is not None) else node.weight
-                out = conv2d(values[node.input], w, node.stride)
+                cur = conv2d(value, w, node.stride)
                 if not extra:
-                    out += node.bias.astype(np.int64)[:, None, None]
-            elif isinstance(node, ConvTranspose):
-                out = conv_transpose2d(values[node.input], node.weight, node.padding)
-                if not extra:
-                    out += node.bias.astype(np.int64)[:, None, None]
-            elif isinstance(node, Neuron):
-                cur = values[node.input]
-                theta = node.threshold.astype(np.int64)[:, None, None]
-                if t == 0:
-                    v0 = theta >> 1 if node.v_init == "half" else np.zeros_like(theta)
-                    membrane[node.name] = np.broadcast_to(v0, cur.shape).copy()
-                    count[node.name] = np.zeros(cur.shape, np.int64)
-                    uwd[node.name] = np.zeros(cur.shape, np.int64)
-                    spikes[node.name] = []
-                v = membrane[node.name]
-                if not extra:
-                    if node.leak_shift:
-                        v -= v >> node.leak_shift
-                    v += cur
-                    s = (v >= theta).astype(np.int64)
-                    uwd[node.name] += s << (T - 1 - t)
-                else:
-                    v += cur
-                    if node.mprn:
-                        num, den = node.mprn
-                        s = (den * v >= num * theta).astype(np.int64)
-                    else:
-                        s = np.zeros_like(v)
-                if node.reset == "soft":
-                    v -= theta * s
-                else:
-                    v[s == 1] = 0
-                count[node.name] += s
-                spikes[node.name].append(int(s.sum()))
-                out = s
-            elif isinstance(node, Integrator):
-                cur = values[node.input]
-                if t == 0:
-                    membrane[node.name] = np.zeros(cur.shape, np.int64)
-                membrane[node.name] += cur
-                out = np.zeros_like(cur)
-            elif isinstance(node, Add):
-                out = sum(values[i] for i in node.inputs)
-            elif isinstance(node, Concat):
-                out = np.concatenate([values[i] for i in node.inputs], axis=0)
-            else:  # pragma: no cover - analyse() refuses unknown nodes
-                raise TypeError(type(node))
-            values[node.name] = out
-            # The bound proved by analyse() must hold: a failure here is a bug in validate.py.
-            for arr in (out, membrane.get(node.name)):
-                assert arr is None or not arr.size or np.abs(arr).max() < limit, node.name
+                    cur += node.bias.astype(np.int64)[:, None, None]
+                out.append(cur)
+        elif isinstance(node, ConvTranspose):
+            out = []
+            for t, value in enumerate(seq[node.input]):
+                cur = conv_transpose2d(value, node.weight, node.padding)
+                if t < T:
+                    cur += node.bias.astype(np.int64)[:, None, None]
+                out.append(cur)
+        elif isinstance(node, Neuron):
+            out = _if_neuron(node, seq[node.input], T, check)
+            membrane[node.name] = out.pop()
+        elif isinstance(node, BitPlaneNeuron):
+            out, membrane[node.name] = _bitplane_neuron(node, seq[node.input], T, check)
+        elif isinstance(node, Integrator):
+            v = np.zeros_like(seq[node.input][0])
+            for cur in seq[node.input]:
+                v = 2 * v + cur if node.uwd else v + cur
+                check(node.name, v)
+            if node.bias is not None:
+                v = v + node.bias.astype(np.int64)[:, None, None]
+            membrane[node.name] = v
+            out = [np.zeros_like(v) for _ in range(steps)]
+        elif isinstance(node, Add):
+            out = [sum(values) for values in zip(*(seq[i] for i in node.inputs), strict=True)]
+        elif isinstance(node, Concat):
+            out = [np.concatenate(values, axis=0) for values in zip(*(seq[i] for i in node.inputs), strict=True)]
+        else:  # pragma: no cover - analyse() refuses unknown nodes
+            raise TypeError(type(node))
+        for value in out:
+            check(node.name, value)
+        if isinstance(node, SPIKING):
+            spikes[node.name] = [int(s.sum()) for s in out]
+            count[node.name] = sum(out)
+            uwd[node.name] = sum(s << (T - 1 - t) for t, s in enumerate(out[:T]))
+        seq[node.name] = out
 
     dec = model.decoder
     R = np.zeros((1,) + x.shape, np.int64)
@@ -187,3 +184,50 @@ def run(model: Model, frame: np.ndarray, trace: bool = False):
     if trace:
         return out, Trace(spikes=spikes, counts=count, membranes=membrane)
     return out
+
+
+def _if_neuron(node: Neuron, currents: list[np.ndarray], T: int, check) -> list[np.ndarray]:
+    """Section 5.2 and 5.4: the spikes of every step, then (appended last) the membrane after the last step."""
+    theta = node.threshold.astype(np.int64)[:, None, None]
+    v0 = theta >> 1 if node.v_init == "half" else np.zeros_like(theta)
+    v = np.broadcast_to(v0, currents[0].shape).copy()
+    out = []
+    for t, cur in enumerate(currents):
+        if t < T:
+            if node.leak_shift:
+                v -= v >> node.leak_shift
+            v += cur
+            s = (v >= theta).astype(np.int64)
+        else:  # the MPRN extra step
+            v += cur
+            if node.mprn:
+                num, den = node.mprn
+                s = (den * v >= num * theta).astype(np.int64)
+            else:
+                s = np.zeros_like(v)
+        check(node.name, v)
+        if node.reset == "soft":
+            v -= theta * s
+        else:
+            v[s == 1] = 0
+        out.append(s)
+    out.append(v)
+    return out
+
+
+def _bitplane_neuron(node: BitPlaneNeuron, currents: list[np.ndarray], T: int, check):
+    """Section 5.5: decode the T input steps MSB first (UWD), add the bias, emit the T bits of the quantised
+    value MSB first by successive approximation (UWE). Returns the spikes of every step and the final residue."""
+    theta = node.threshold.astype(np.int64)[:, None, None]
+    v = np.zeros_like(currents[0])
+    for cur in currents:
+        v = 2 * v + cur
+        check(node.name, v)
+    v = v + node.bias.astype(np.int64)[:, None, None]
+    out = []
+    for t in range(T):
+        weight = theta << (T - 1 - t)
+        s = (v >= weight).astype(np.int64)
+        v = v - weight * s
+        out.append(s)
+    return out, v

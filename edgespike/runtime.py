@@ -31,7 +31,9 @@ import numpy as np
 from edgespike.frames import check_frame, pad_to_multiple
 from edgespike.model import (
     INPUT,
+    SPIKING,
     Add,
+    BitPlaneNeuron,
     Conv,
     ConvTranspose,
     Integrator,
@@ -115,7 +117,10 @@ class _Val:
     """The value of a node over the steps of one pass, channels last: ``[L, h, w, C]``.
 
     ``const``: one slice ``[1, h, w, C]`` stands for every step. ``summed``: the array holds the sum over the
-    pass's steps (only Integrators read such values). ``binary``: values are 0/1 (uint8).
+    pass's steps (only Integrators read such values). ``binary``: values are 0/1 (uint8). ``weighted``: the
+    array ``[1, h, w, C]`` holds the binary-weighted sum ``sum_t 2**(T-1-t) value[t]`` (what a bit-plane layer or
+    a ``uwd`` Integrator decodes); with ``planes`` as well, those are 0/1 values, the bits of the array MSB first
+    (a bit-plane layer's spikes, or the ``uwe``-coded pixel).
     """
 
     arr: np.ndarray
@@ -123,11 +128,18 @@ class _Val:
     summed: bool = False
     binary: bool = False
     pooled: bool = False  # the array is a runtime buffer: give it back after its last read
+    weighted: bool = False
+    planes: bool = False
 
 
 def _lv(rows: int, level: int) -> int:
     """``rows`` level-0 rows expressed at ``level`` (levels below 0 are up-sampled maps)."""
     return rows >> level if level >= 0 else rows << -level
+
+
+def _decodes_planes(node) -> bool:
+    """Nodes that read their input only as its binary-weighted sum over the steps (the UWD)."""
+    return isinstance(node, BitPlaneNeuron) or (isinstance(node, Integrator) and node.uwd)
 
 
 def _gemm_dtype(bound: int):
@@ -159,6 +171,8 @@ class _ConvPlan:
         self.bound = _abs_partial_bound(node.weight, node.bias, mag)
         # Read-out form: applied once to the sum over T steps of the input, plus T * bias.
         self.bound_sum = _abs_partial_bound(node.weight, node.bias, mag, T)
+        # Bit-plane form: applied once to the binary-weighted sum of the input, plus (2**T - 1) * bias.
+        self.bound_weighted = _abs_partial_bound(node.weight, node.bias, mag, 2**T - 1)
         w_extra = getattr(node, "weight_extra", None)
         self.w_extra = w_extra
         self.bound_extra = _abs_partial_bound(node.weight if w_extra is None else w_extra, None, mag_x)
@@ -171,6 +185,12 @@ class _ConvPlan:
             self.taps[key] = np.ascontiguousarray(w.transpose(2, 3, 1, 0).astype(dtype))
         return self.taps[key]
 
+
+BITPLANE_PATHS = ("auto", "dense", "spikes")
+SPIKE_PATH_MAX_DENSITY = 0.0
+"""With ``bitplane_path="auto"``, a convolution into a bit-plane layer runs spike by spike when the fraction of its
+input pixels (over all planes) that carry at least one spike is below this; otherwise dense. Measured by
+``tools/bench/bitplane_paths.py`` (docs/BENCHMARKS.md)."""
 
 SMALL_GEMM = 72
 """Below this many columns (k*k*C_out) or rows (k*k*C_in) of the weight matrix, one GEMM over all taps (with
@@ -254,6 +274,26 @@ def conv_transpose_nhwc(x: np.ndarray, taps: np.ndarray, padding: int) -> np.nda
     return full[:, padding:padding + 2 * h, padding:padding + 2 * w]
 
 
+_POP8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+def _popcount(a: np.ndarray) -> np.ndarray:
+    """Number of 1-bits of each element of a non-negative integer array (below 2**16)."""
+    if a.dtype == np.uint8:
+        return _POP8[a]
+    a = a.astype(np.uint16, copy=False)
+    return _POP8[a & 0xFF] + _POP8[a >> 8]
+
+
+def _unpack_planes(val: _Val, T: int) -> _Val:
+    """The per-step spikes ``[T, h, w, C]`` (uint8 0/1, MSB first) of a bit-plane value."""
+    q = val.arr[0]
+    out = np.empty((T,) + q.shape, np.uint8)
+    for t in range(T):
+        np.bitwise_and(q >> (T - 1 - t), 1, out=out[t], casting="unsafe")
+    return _Val(out, binary=True)
+
+
 class Runtime:
     """A model prepared for fast repeated denoising.
 
@@ -264,6 +304,11 @@ class Runtime:
     backend : {"auto", "c", "numpy"}
         ``"auto"`` uses the compiled kernel when it builds and loads, numpy otherwise; ``"c"`` raises if the
         kernel is unavailable.
+    bitplane_path : {"auto", "dense", "spikes"}
+        How a convolution into a bit-plane layer runs: ``"dense"`` decodes its input planes and runs one integer
+        GEMM; ``"spikes"`` convolves plane by plane, each plane a binary input (the compiled lookup-table kernel,
+        which skips input pixels without a spike and empty planes), and shifts the results together; ``"auto"``
+        chooses per layer and strip from the number of spikes (:data:`SPIKE_PATH_MAX_DENSITY`). Same integers.
     strip_rows : int, optional
         Core rows per strip (rounded up to ``model.size_multiple``). Default: from ``max_strip_bytes``.
     max_strip_bytes : int
@@ -276,7 +321,10 @@ class Runtime:
     """
 
     def __init__(self, model: Model, backend: str = "auto", strip_rows: int | None = None,
-                 max_strip_bytes: int = DEFAULT_STRIP_BYTES):
+                 max_strip_bytes: int = DEFAULT_STRIP_BYTES, bitplane_path: str = "auto"):
+        if bitplane_path not in BITPLANE_PATHS:
+            raise ValueError(f"bitplane_path must be one of {BITPLANE_PATHS}, got {bitplane_path!r}")
+        self.bitplane_path = bitplane_path
         self.model = model
         self.analysis = analyse(model)
         self.T = model.timesteps
@@ -309,12 +357,18 @@ class Runtime:
         self.plans: dict[str, _ConvPlan] = {}
         self.summed: set[str] = set()
         self.fused: dict[str, str] = {}  # conv name -> neuron name, run by the compiled kernel
+        # Convolutions read only by bit-plane layers or uwd Integrators run once on the decoded (binary-weighted)
+        # input: sum_t 2**(T-1-t) conv(x[t]) = conv(sum_t 2**(T-1-t) x[t]) (linearity; exact in integers).
+        self.weighted: set[str] = set()
         for node in model.nodes:
             if isinstance(node, (Conv, ConvTranspose)):
                 self.plans[node.name] = _ConvPlan(node, infos[node.input], self.T)
                 cons = self.consumers[node.name]
-                if cons and all(isinstance(c, Integrator) for c in cons) and node.name not in decoder_nodes:
+                plain = all(isinstance(c, Integrator) and not c.uwd for c in cons)
+                if cons and plain and node.name not in decoder_nodes:
                     self.summed.add(node.name)
+                if cons and all(_decodes_planes(c) for c in cons):
+                    self.weighted.add(node.name)
         if self.kernels is not None:
             from edgespike import kernels
 
@@ -449,7 +503,7 @@ class Runtime:
         stats = Stats(steps=self.steps, backend=self.backend)
         for node in self.model.nodes:
             stats.node_seconds[node.name] = 0.0
-            if isinstance(node, Neuron):
+            if isinstance(node, SPIKING):
                 stats.spikes[node.name] = np.zeros(self.steps, np.int64)
                 info = self.analysis.nodes[node.name]
                 stats.neurons[node.name] = info.channels * _lv(Hp, info.level) * _lv(Wp, info.level)
@@ -473,11 +527,10 @@ class Runtime:
             return _Val(np.zeros((1,) + rows.shape + (1,), np.uint8), const=True, binary=True)
         if kind == "direct":
             return _Val(rows[None, :, :, None], const=True, binary=False)
+        if kind == "uwe":  # the pixel's bits MSB first: T = 8 steps whose binary-weighted sum is the pixel
+            return _Val(rows[None, :, :, None], binary=True, weighted=True, planes=True)
         out = np.empty((L,) + rows.shape + (1,), np.uint8)
-        if kind == "uwe":
-            for i in range(L):
-                out[i, ..., 0] = (rows >> (7 - (t0 + i))) & 1
-        else:
+        if True:
             Hp, Wp = x.shape
             base = (np.arange(a0, b0, dtype=np.uint64)[:, None] * np.uint64(Wp)
                     + np.arange(Wp, dtype=np.uint64)[None, :])
@@ -511,7 +564,21 @@ class Runtime:
             tic = time.perf_counter()
             name = node.name
             lvl = infos[name].level
-            if isinstance(node, (Conv, ConvTranspose)):
+            if not (_decodes_planes(node) or name in self.weighted):
+                for i in node.inputs:  # this node reads the steps one by one: unpack bit planes
+                    if vals[i].planes:
+                        vals[i] = _unpack_planes(vals[i], self.T)
+            if isinstance(node, (Conv, ConvTranspose)) and name in self.weighted:
+                src = vals[node.input]
+                self._count_ops(node, src, L, stats, c0, c1)
+                vals[name] = self._conv_weighted(node, src)
+            elif isinstance(node, BitPlaneNeuron):
+                vals[name] = self._bitplane(node, vals[node.input], state, stats, _lv(c0, lvl), _lv(c1, lvl))
+            elif isinstance(node, Integrator) and node.uwd:
+                st = state.setdefault(name, {})
+                st["v"] = self._weighted_sum(vals[node.input])
+                vals[name] = _Val(np.zeros((1,) + st["v"].shape, np.uint8), const=True, binary=True)
+            elif isinstance(node, (Conv, ConvTranspose)):
                 src = vals[node.input]
                 self._count_ops(node, src, L, stats, c0, c1)
                 if name in self.fused and not extra:
@@ -575,6 +642,8 @@ class Runtime:
             fan = (k * k if isinstance(node, ConvTranspose) else (-(-k // node.stride)) ** 2) * cout
             if node.input in self._core_events:  # a neuron's spikes, already counted by its update
                 events = self._core_events[node.input]
+            elif src.planes:  # the 1-bits of the uwe-coded pixels
+                events = int(_popcount(a).sum())
             else:
                 events = int(np.count_nonzero(a)) * (L if src.const else 1)
             stats.synops += events * fan
@@ -613,6 +682,102 @@ class Runtime:
             b = node.bias.astype(dt)
             out += b * (L if summed else 1)
         return _Val(out, const=src.const and not summed, summed=summed)
+
+    def _weighted_sum(self, src: _Val) -> np.ndarray:
+        """``sum_t 2**(T-1-t) value[t]`` of a value over the T steps, ``[h, w, C]`` (int64 unless already
+        decoded)."""
+        a = src.arr
+        if src.weighted:
+            return a[0]
+        if src.const:
+            return a[0].astype(np.int64) * (2**self.T - 1)
+        acc = np.zeros(a.shape[1:], np.int64)
+        for t in range(a.shape[0]):
+            acc *= 2
+            acc += a[t].astype(np.int64, copy=False)
+        return acc
+
+    def _conv_weighted(self, node, src: _Val) -> _Val:
+        """A convolution read only by bit-plane layers: the binary-weighted sum over the steps of its currents."""
+        if not src.const and self._spike_path(node, src):
+            return self._conv_planes(node, src)
+        plan = self.plans[node.name]
+        dt = _gemm_dtype(plan.bound_weighted)
+        taps = plan.taps_for(False, dt)
+        T1 = 2**self.T - 1
+        # A constant input (direct coding) is convolved once and scaled after, so the GEMM sees small values.
+        a = src.arr[:1] if src.const else self._weighted_sum(src)[None]
+        out = conv_nhwc(a, taps, node.stride) if isinstance(node, Conv) else conv_transpose_nhwc(a, taps, node.padding)
+        out = out.astype(np.int64) if dt is not np.int64 else out
+        out += node.bias.astype(np.int64)
+        if src.const:
+            out *= T1
+        else:
+            out += node.bias.astype(np.int64) * (T1 - 1)
+        return _Val(out, weighted=True)
+
+    def _spike_path(self, node, src: _Val) -> bool:
+        if self.bitplane_path != "auto":
+            return self.bitplane_path == "spikes"
+        if self.kernels is None or not isinstance(node, Conv) or not src.binary:
+            return False
+        # Density of input pixels with a spike in some channel, per plane: what the kernel cannot skip.
+        a = src.arr
+        if src.planes:
+            occupied = np.count_nonzero(a[0].any(axis=-1, keepdims=False) if a.shape[-1] > 1 else a[0])
+            planes = self.T * occupied  # upper bound: a non-zero pixel may still have empty planes
+        else:
+            planes = np.count_nonzero(a.any(axis=-1))
+        return planes < SPIKE_PATH_MAX_DENSITY * self.T * a.shape[1] * a.shape[2]
+
+    def _conv_planes(self, node, src: _Val) -> _Val:
+        """The spike-driven path: one binary convolution per step (plane), combined by doubling (the UWD)."""
+        steps = _unpack_planes(src, self.T) if src.planes else src
+        a = steps.arr
+        T1 = 2**self.T - 1
+        if self.kernels is not None and isinstance(node, Conv) and src.binary:
+            from edgespike import kernels
+
+            lut = self._lut_cache.get(node.name)
+            if lut is None:
+                lut = self._lut_cache[node.name] = kernels.build_lut(node.weight)
+            h, w = a.shape[1], a.shape[2]
+            ho, wo = -(-h // node.stride), -(-w // node.stride)
+            v = np.zeros((ho, wo, node.out_channels), np.int32)
+            spk = self._buffer((a.shape[0], ho, wo, node.out_channels), np.uint8)
+            kernels.conv_neuron(self.kernels, a, lut, node, None, v, np.ones(node.out_channels, np.int32), out=spk)
+            self._release(spk)
+            return _Val(v[None].astype(np.int64), weighted=True)
+        plan = self.plans[node.name]
+        dt = _gemm_dtype(plan.bound)
+        taps = plan.taps_for(False, dt)
+        cur = conv_nhwc(a, taps, node.stride) if isinstance(node, Conv) else conv_transpose_nhwc(a, taps, node.padding)
+        v = np.zeros(cur.shape[1:], np.int64)
+        for t in range(cur.shape[0]):
+            v *= 2
+            v += cur[t].astype(np.int64)
+        v += node.bias.astype(np.int64) * T1
+        return _Val(v[None], weighted=True)
+
+    def _bitplane(self, node: BitPlaneNeuron, src: _Val, state, stats: Stats, c0: int, c1: int) -> _Val:
+        """Section 5.5 of the semantics: decode, add the bias, quantise to T bits (the spikes, MSB first)."""
+        T = self.T
+        v = self._weighted_sum(src).astype(np.int64, copy=False) + node.bias.astype(np.int64)
+        theta = node.threshold.astype(np.int64)
+        q = np.clip(v // theta, 0, 2**T - 1)
+        # The spikes of step t are bit T-1-t of q; the statistics count them in the strip's core rows.
+        core = q[c0:c1]
+        for t in range(T):
+            stats.spikes[node.name][t] += int(np.count_nonzero((core >> (T - 1 - t)) & 1))
+        self._core_events[node.name] = int(_popcount(core).sum())
+        st = state.setdefault(node.name, {})
+        if node.name in self.keep_v:
+            st["v"] = v - theta * q  # the successive approximation's residue
+        if node.name in self.need_uwd:
+            st["uwd"] = q
+        if node.name in self.need_count:
+            st["count"] = _popcount(q)
+        return _Val(q[None].astype(np.uint8 if T <= 8 else np.uint16), binary=True, weighted=True, planes=True)
 
     def _neuron_state(self, node: Neuron, shape, state) -> dict:
         st = state.get(node.name)
@@ -714,8 +879,11 @@ class Runtime:
         for term in dec.terms:
             st = state[term.node]
             key = "v" if term.quantity == "membrane" else term.quantity
-            q = st[key][c0:c1, :, 0]
-            R += np.int64(term.multiplier[0]) * q.astype(np.int64)
+            q = st[key][c0:c1, :, 0].astype(np.int64)
+            node = self.model.node(term.node)
+            if isinstance(node, Integrator) and node.bias is not None:
+                q = q + np.int64(node.bias[0])
+            R += np.int64(term.multiplier[0]) * q
         r = (R + (1 << (dec.shift - 1))) >> dec.shift if dec.shift else R
         y = x_core.astype(np.int64) - r if dec.residual else r
         return np.clip(y, 0, 255).astype(np.uint8)

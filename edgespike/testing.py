@@ -5,8 +5,10 @@
   a realistic rate (``rate``, default 0.2 spikes per neuron per step).
 * :func:`models` is a hypothesis strategy over small random models covering every node kind (Conv k 1/3/5 stride
   1/2, ConvTranspose, Add, Concat in U-net shapes), every neuron variant (IF/LIF, soft/hard reset, v_init
-  zero/half, MPRN with ``weight_extra``), every encoder (direct/uwe/rate) and every read-out (membrane, count,
+  zero/half, MPRN with ``weight_extra``, bit-plane layers mixed with IF ones, ``uwd`` Integrators with a bias),
+  every encoder (direct/uwe/rate) and every read-out (membrane, count,
   uwd, SpikingIR membrane recycling), residual or direct output, sometimes with bounds that force float64/int64.
+* :func:`bitplane_dncnn` builds a DnCNN-shaped network of bit-plane layers (the shipped models' coding).
 * :func:`frames` draws uint8 frames of odd sizes (1x1, 3x7, occasionally 257x255).
 
 Hypothesis is imported lazily: :func:`dncnn_like` works without it.
@@ -19,6 +21,7 @@ import numpy as np
 from edgespike.model import (
     INPUT,
     Add,
+    BitPlaneNeuron,
     Concat,
     Conv,
     ConvTranspose,
@@ -161,9 +164,18 @@ def _rand_model(draw_int, draw_bool, draw_choice, seed: int) -> Model:
         info[name] = (cout, lvl - 1, False)
         return name
 
+    bitplane = not mprn_model and draw_int(0, 2) > 0  # some models mix bit-plane and IF layers
+
     def neuron(src):
         c, lvl, _ = info[src]
         name = fresh("n")
+        if bitplane and draw_int(0, 3) > 0:
+            # thresholds small enough that theta << (T-1) fits the 32-bit membranes at T = 8
+            theta = rng.integers(1, 2**16 if big else 400, c).astype(np.int32)
+            b = rng.integers(-2**20 if big else -300, (2**20 if big else 300) + 1, c).astype(np.int32)
+            nodes.append(BitPlaneNeuron(name, src, theta, b))
+            info[name] = (c, lvl, True)
+            return name
         hi = 2**24 if big else 400
         theta = rng.integers(1, hi, c).astype(np.int32)
         if draw_bool():
@@ -222,7 +234,9 @@ def _rand_model(draw_int, draw_bool, draw_choice, seed: int) -> Model:
     mult = lambda: np.array([draw_int(-40, 40)], np.int32)  # noqa: E731
     if readout == "membrane":
         integ = fresh("int")
-        nodes.append(Integrator(integ, head))
+        uwd = bitplane and draw_bool()
+        nodes.append(Integrator(integ, head, uwd=uwd,
+                                bias=np.array([draw_int(-500, 500)], np.int32) if draw_bool() else None))
         terms = [ReadoutTerm(integ, "membrane", mult())]
     elif readout in ("count", "uwd", "neuron_membrane"):
         n = neuron(head)
@@ -275,3 +289,53 @@ def frames(max_side: int = 12, large: bool = True):
         return np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8)
 
     return strategy()
+
+
+# --------------------------------------------------------------------------- bit-plane networks
+
+
+def bitplane_dncnn(depth: int = 4, width: int = 8, T: int = 8, seed: int = 0, down: bool = False,
+                   encoder: str | None = None, calib: np.ndarray | None = None) -> Model:
+    """A DnCNN-shaped network of bit-plane layers (conv + ``BitPlaneNeuron``, a ``uwd`` Integrator read-out) with
+    random int8 weights, thresholds calibrated on ``calib`` (default :func:`calibration_frame`) so that the
+    activations use their ``2**T`` levels, and random neuron biases; ``down`` gives the shipped shape (5x5 stride-2
+    conv in, 6x6 stride-2 transposed conv out). ``encoder`` defaults to ``uwe`` at T = 8, ``direct`` otherwise."""
+    from edgespike.reference import conv2d, conv_transpose2d
+
+    rng = np.random.default_rng(seed)
+    encoder = encoder or ("uwe" if T == 8 else "direct")
+    calib = calibration_frame(48, seed) if calib is None else calib
+    levels = 2**T - 1
+    gain = 1 if encoder == "uwe" else levels  # the decoded input is x (uwe) or (2**T - 1) x (direct)
+    q = calib.astype(np.int64)[None]
+    nodes: list = []
+    src = INPUT
+    for i in range(depth):
+        cin = 1 if i == 0 else width
+        last = i == depth - 1
+        cout = 1 if last else width
+        k = (5 if i == 0 else 6 if last else 3) if down else 3
+        w = rng.integers(-127, 128, (cout, cin, k, k)).astype(np.int8)
+        zero = np.zeros(cout, np.int32)
+        if down and last:
+            nodes.append(ConvTranspose(f"conv{i + 1}", src, w, zero, padding=2))
+            z = conv_transpose2d(q, w, 2)
+        else:
+            stride = 2 if (down and i == 0) else 1
+            nodes.append(Conv(f"conv{i + 1}", src, w, zero, stride=stride))
+            z = conv2d(q, w, stride)
+        if i == 0:
+            z = z * gain
+        if last:
+            bias = rng.integers(-1000, 1001, 1).astype(np.int32)
+            nodes.append(Integrator("readout", f"conv{i + 1}", uwd=True, bias=bias))
+            break
+        top = np.quantile(np.abs(z).reshape(cout, -1), 0.99, axis=1)
+        theta = np.maximum(1, top / levels).astype(np.int32)
+        bias = (rng.integers(-2, 3, cout) * theta // 4).astype(np.int32)
+        nodes.append(BitPlaneNeuron(f"bp{i + 1}", f"conv{i + 1}", theta, bias))
+        q = np.clip((z + bias[:, None, None]) // theta[:, None, None].astype(np.int64), 0, levels)
+        src = f"bp{i + 1}"
+    dec = Decoder([ReadoutTerm("readout", "membrane", np.array([int(rng.integers(1, 64))], np.int32))],
+                  shift=int(rng.integers(8, 20)), residual=True)
+    return Model(nodes=nodes, timesteps=T, encoder=Encoder(encoder), decoder=dec)

@@ -16,6 +16,10 @@ Two schedules give identical results:
 * ``mode="layer"``: layer-major, each node processes all T steps at once as one batched conv (SpikingJelly's
   multi-step mode). Valid because the graphs are feed-forward within a step.
 
+A bit-plane layer (``BitPlaneNeuron``, ``Integrator(uwd=True)``) needs all T steps of its input before it emits its
+first bit (``docs/SEMANTICS.md`` section 5.5), so models with such layers always run layer-major (``mode="step"``
+runs them as ``"layer"``).
+
 Supported: Conv (stride 1/2), ConvTranspose, Neuron (IF/LIF, soft/hard reset, v_init zero/half), Integrator,
 Add, Concat; direct, uwe and rate encoders; membrane, count and uwd read-outs; the MPRN extra step of SpikingIR
 (``weight_extra``, firing at ``den * v >= num * theta``, compared in float64) when asked for with
@@ -29,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from edgespike.frames import check_frame, pad_to_multiple
-from edgespike.model import INPUT, Add, Concat, Conv, ConvTranspose, Integrator, Model, Neuron
+from edgespike.model import INPUT, Add, BitPlaneNeuron, Concat, Conv, ConvTranspose, Integrator, Model, Neuron
 from edgespike.reference import encode
 from edgespike.validate import analyse
 
@@ -70,8 +74,10 @@ class TorchSim:
             elif isinstance(node, ConvTranspose):
                 p["w"] = self._t(node.weight).transpose(0, 1).contiguous()  # PyTorch wants [C_in, C_out, k, k]
                 p["b"] = self._t(node.bias)
-            elif isinstance(node, Neuron):
+            elif isinstance(node, (Neuron, BitPlaneNeuron)):
                 p["theta"] = self._t(node.threshold)[None, :, None, None]
+            if isinstance(node, BitPlaneNeuron):
+                p["b"] = self._t(node.bias)[None, :, None, None]
             self.params[node.name] = p
 
     def _t(self, a: np.ndarray) -> torch.Tensor:
@@ -93,10 +99,10 @@ class TorchSim:
         T = m.timesteps
         enc = self._encode(x)  # [T, N, 1, Hp, Wp]
         state: dict[str, dict[str, torch.Tensor]] = {}
-        if mode == "step":
+        if mode == "step" and not m.has_bitplane:
             for t in range(T):
                 self._pass(enc[t:t + 1], t, state)
-        elif mode == "layer":
+        elif mode in ("layer", "step"):
             self._pass(enc, 0, state)
         else:
             raise ValueError(f"mode must be 'step' or 'layer', got {mode!r}")
@@ -164,10 +170,12 @@ class TorchSim:
                     spikes.append(s)
                 st["v"] = v
                 out = torch.stack(spikes)
+            elif isinstance(node, BitPlaneNeuron):
+                out = self._bitplane(node, p, values[node.input], state)
             elif isinstance(node, Integrator):
                 cur = values[node.input]
                 st = state.setdefault(node.name, {"v": torch.zeros_like(cur[0])})
-                st["v"] = st["v"] + cur.sum(0)
+                st["v"] = st["v"] + (_binary_weighted(cur).to(cur.dtype) if node.uwd else cur.sum(0))
                 out = torch.zeros_like(cur)
             elif isinstance(node, Add):
                 out = sum(values[i] for i in node.inputs)
@@ -177,17 +185,39 @@ class TorchSim:
                 raise NotImplementedError(type(node).__name__)
             values[node.name] = out
 
+    def _bitplane(self, node: BitPlaneNeuron, p: dict, cur: torch.Tensor, state: dict) -> torch.Tensor:
+        """Decode T steps MSB first, add the bias, emit the T bits of ``clip(floor(v / theta))`` MSB first.
+        The division runs in float64 (exact for integers below 2**53)."""
+        T = self.model.timesteps
+        theta = p["theta"].double()
+        v = _binary_weighted(cur) + p["b"].double()
+        q = torch.floor(v / theta).clamp(0, 2**T - 1)
+        bits = [torch.remainder(torch.floor(q / 2 ** (T - 1 - t)), 2) for t in range(T)]
+        state[node.name] = {"v": v - theta * q, "uwd": q, "count": sum(bits)}
+        return torch.stack(bits).to(cur.dtype)
+
     def _decode(self, x: np.ndarray, state: dict) -> np.ndarray:
         dec = self.model.decoder
         R = torch.zeros((x.shape[0], 1) + x.shape[1:], dtype=torch.int64)
         for term in dec.terms:
             key = "v" if term.quantity == "membrane" else term.quantity
             q = state[term.node][key].cpu().to(torch.float64).round().to(torch.int64)
+            node = self.model.node(term.node)
+            if isinstance(node, Integrator) and node.bias is not None:
+                q = q + int(node.bias[0])
             R += int(term.multiplier[0]) * q
         r = (R + (1 << (dec.shift - 1))) >> dec.shift if dec.shift else R
         xt = torch.from_numpy(x.astype(np.int64))[:, None]
         y = xt - r if dec.residual else r
         return y.clamp(0, 255).to(torch.uint8)[:, 0].numpy()
+
+
+def _binary_weighted(cur: torch.Tensor) -> torch.Tensor:
+    """``sum_t 2**(T-1-t) cur[t]`` over the first axis, in float64 (the UWD)."""
+    v = torch.zeros_like(cur[0], dtype=torch.float64)
+    for c in cur:
+        v = 2 * v + c.double()
+    return v
 
 
 def run(model: Model, frame: np.ndarray, mode: str = "step", device="cpu", dtype: torch.dtype | None = None,

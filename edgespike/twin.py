@@ -26,6 +26,13 @@ multiple and cropped back, as in the reference.
 Refused, with one line naming the node: rate and UWE encoders, LIF and MPRN neurons, hard reset, and the
 ``membrane`` of a Neuron or the ``uwd`` quantity in the decoder (their value depends on spike timing, which a
 rate network does not have).
+
+**Bit-plane models** (``docs/SEMANTICS.md`` section 5.5) have an exact twin: the integer quantised ANN they are.
+Every value is then the *decoded* one (``sum_t 2^(T-1-t) value[t]``): the input is the pixel (``uwe``) or
+``(2^T - 1)`` times it (``direct``, folded into the first conv's weights), a conv gives ``W q + (2^T - 1) b`` plus the
+bias of the bit-plane layer or ``uwd`` Integrator it feeds (folded into the conv's bias), and a bit-plane layer
+``q = clip(floor(I / theta), 0, 2^T - 1)`` in ``"quant"`` mode (``clip(I / theta, 0, 2^T - 1)`` in ``"relu"`` mode,
+the same network without activation rounding). Mixing bit-plane and IF layers has no twin.
 """
 
 from __future__ import annotations
@@ -35,7 +42,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgespike.frames import check_frame, pad_to_multiple
-from edgespike.model import INPUT, Add, Concat, Conv, ConvTranspose, Integrator, Model, ModelError, Neuron
+from edgespike.model import (
+    INPUT,
+    Add,
+    BitPlaneNeuron,
+    Concat,
+    Conv,
+    ConvTranspose,
+    Integrator,
+    Model,
+    ModelError,
+    Neuron,
+)
 from edgespike.validate import analyse
 
 MODES = ("relu", "quant")
@@ -58,6 +76,8 @@ class TwinLayer:
         Conv: stride 1 or 2 with zero padding ``k // 2``; ConvTranspose: stride 2 with the PyTorch paddings.
     theta, v_init
         Rate ops: per-channel threshold ``[C]`` (float) and the neuron's initial membrane (rounding in quant mode).
+    levels
+        Bit-plane layers only: the largest activation ``2**T - 1``.
     scale
         The model's float ``scale`` metadata for this node, if any (the real value of one integer unit).
     """
@@ -73,6 +93,7 @@ class TwinLayer:
     theta: np.ndarray | None = None
     v_init: str = "zero"
     scale: np.ndarray | None = None
+    levels: int | None = None  # a bit-plane layer's 2**T - 1 (its values are then decoded, not per step)
 
 
 @dataclass
@@ -91,6 +112,8 @@ def _refuse(msg: str) -> ModelError:
 def layers(model: Model) -> list[TwinLayer]:
     """The twin's layer-by-layer description of ``model`` (validated; unsupported parts raise ModelError)."""
     analyse(model)
+    if model.has_bitplane:
+        return _bitplane_layers(model)
     if model.encoder.kind != "direct":
         raise _refuse(f"encoder {model.encoder.kind!r} (only the direct encoder has a rate-domain twin)")
     out = []
@@ -120,6 +143,42 @@ def layers(model: Model) -> list[TwinLayer]:
         else:  # pragma: no cover - analyse() refuses unknown node types
             raise _refuse(f"node {n.name!r} of type {type(n).__name__}")
     readout(model)  # refuse unsupported decoder terms up front
+    return out
+
+
+def _bitplane_layers(model: Model) -> list[TwinLayer]:
+    """The exact twin of a bit-plane model: its integer quantised ANN (see the module docstring)."""
+    if model.encoder.kind not in ("uwe", "direct"):
+        raise _refuse(f"encoder {model.encoder.kind!r} (bit-plane models decode uwe or direct input)")
+    levels = 2**model.timesteps - 1
+    consumers: dict[str, list] = {}
+    for n in model.nodes:
+        for i in n.inputs:
+            consumers.setdefault(i, []).append(n)
+    out = []
+    for n in model.nodes:
+        if isinstance(n, (Conv, ConvTranspose)):
+            nxt = consumers.get(n.name, [])
+            if len(nxt) != 1 or not isinstance(nxt[0], (BitPlaneNeuron, Integrator)):
+                raise _refuse(f"conv {n.name!r} must feed exactly one bit-plane layer or uwd Integrator")
+            after = nxt[0]
+            w = n.weight.astype(np.float64) * (levels if n.input == INPUT and model.encoder.kind == "direct" else 1)
+            b = n.bias.astype(np.float64) * levels
+            if getattr(after, "bias", None) is not None:
+                b = b + after.bias.astype(np.float64)
+            op = "conv" if isinstance(n, Conv) else "conv_transpose"
+            out.append(TwinLayer(n.name, op, n.inputs, w, b, stride=n.stride,
+                                 padding=n.kernel // 2 if op == "conv" else n.padding,
+                                 output_padding=0 if op == "conv" else n.output_padding, scale=n.scale))
+        elif isinstance(n, BitPlaneNeuron):
+            out.append(TwinLayer(n.name, "rate", n.inputs, theta=n.threshold.astype(np.float64), v_init="zero",
+                                 scale=n.scale, levels=levels))
+        elif isinstance(n, Integrator) and n.uwd:
+            out.append(TwinLayer(n.name, "integrator", n.inputs))
+        else:
+            raise _refuse(f"node {n.name!r} ({type(n).__name__}) in a bit-plane model; the twin takes chains of "
+                          "convs into bit-plane layers and a uwd Integrator")
+    readout(model)
     return out
 
 
@@ -188,6 +247,8 @@ class Twin:
         self.layers = layers(model)
         self.terms = readout(model)
         self.T = model.timesteps
+        # Bit-plane models are computed on decoded values: no per-step averages, nothing to scale by T.
+        self.bitplane = model.has_bitplane
         # Cast the parameters once: the per-tap matmuls run in self.dtype.
         self._w = {layer.name: layer.weight.astype(self.dtype) for layer in self.layers if layer.weight is not None}
         self._b = {layer.name: layer.bias.astype(self.dtype)[:, None, None]
@@ -202,7 +263,7 @@ class Twin:
         exact below 2**24 and the floor of the count formula never sees rounding dust. In relu mode they are rates.
         """
         T = self.T
-        k = T if self.mode == "quant" else 1
+        k = T if self.mode == "quant" and not self.bitplane else 1
         vals = {INPUT: (k * frame.astype(self.dtype))[None]}
         currents = {}
         for layer in self.layers:
@@ -214,7 +275,10 @@ class Twin:
             elif layer.op == "rate":
                 current = vals[layer.inputs[0]]
                 theta = self._th[layer.name]
-                if self.mode == "relu":
+                if layer.levels is not None:  # a bit-plane layer: T-bit activations
+                    v = current / theta if self.mode == "relu" else np.floor(current / theta)
+                    v = np.clip(v, 0, layer.levels)
+                elif self.mode == "relu":
                     v = np.clip(current / theta, 0, 1)
                 else:  # the spike count of a soft-reset IF neuron driven by a constant current I for T steps
                     offset = np.floor(theta / 2) if layer.v_init == "half" else 0
@@ -236,13 +300,14 @@ class Twin:
 
         Integrators map to their input current I (the read-out membrane is ``T * I``), not to the 0 they pass on.
         """
-        k = self.T if self.mode == "quant" else 1
+        k = self.T if self.mode == "quant" and not self.bitplane else 1
         return {name: v / k for name, v in self._run(frame).items()}
 
     def readout_value(self, frame: np.ndarray) -> np.ndarray:
         """The decoder sum ``R`` (float64, ``H x W`` of the padded frame) before the shift and rounding."""
         vals = self._run(frame)
-        k = 1 if self.mode == "quant" else self.T  # quant values are already totals over T steps
+        # quant values are already totals over T steps; bit-plane values are decoded (their own totals)
+        k = 1 if self.mode == "quant" or self.bitplane else self.T
         R = np.zeros(frame.shape, np.float64)
         for term in self.terms:
             R += term.multiplier * (k * vals[term.node][0].astype(np.float64))

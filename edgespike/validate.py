@@ -21,6 +21,7 @@ from edgespike.model import (
     RESETS,
     V_INITS,
     Add,
+    BitPlaneNeuron,
     Concat,
     Conv,
     ConvTranspose,
@@ -245,10 +246,44 @@ def _analyse_node(node, ins: list[NodeInfo], model: Model, T: int) -> NodeInfo:
         extra = Interval.const(0, 1 if node.mprn else 0, C)
         return NodeInfo(C, src.level, Interval.const(0, 1, C), extra, state=state, binary=True)
 
+    if isinstance(node, BitPlaneNeuron):
+        src = ins[0]
+        C = src.channels
+        _check_bitplane_step(name, model)
+        _check_array(name, "threshold", node.threshold, np.int32, shape=(C,))
+        if np.any(node.threshold <= 0):
+            raise _fail(name, "thresholds must be strictly positive")
+        _check_array(name, "bias", node.bias, np.int32, shape=(C,))
+        if node.scale is not None:
+            _check_array(name, "scale", node.scale, np.float32, shape=(C,))
+        # The decoded membrane is sum_t 2**(T-1-t) I[t] (every partial sum lies between 0 and that), plus the
+        # bias; the successive approximation compares it with theta * 2**(T-1) and only ever subtracts.
+        weight = 2**T - 1
+        lo, hi = [], []
+        for c in range(C):
+            b = int(node.bias[c])
+            lo.append(min(weight * src.value.lo[c], 0) + min(b, 0))
+            hi.append(max(weight * src.value.hi[c], 0) + max(b, 0, int(node.threshold[c]) << (T - 1)))
+        zero = Interval.const(0, 0, C)
+        return NodeInfo(C, src.level, Interval.const(0, 1, C), zero, state=Interval(lo, hi), binary=True)
+
     if isinstance(node, Integrator):
         src = ins[0]
-        lo = [T * min(a, 0) + min(e, 0) for a, e in zip(src.value.lo, src.extra.lo, strict=True)]
-        hi = [T * max(a, 0) + max(e, 0) for a, e in zip(src.value.hi, src.extra.hi, strict=True)]
+        if not isinstance(node.uwd, bool):
+            raise _fail(name, f"uwd must be true or false, got {node.uwd!r}")
+        if node.bias is not None:
+            _check_array(name, "bias", node.bias, np.int32, shape=(src.channels,))
+        bias = [0] * src.channels if node.bias is None else [int(b) for b in node.bias]
+        if node.uwd:
+            _check_bitplane_step(name, model)
+            weight = 2**T - 1
+            lo = [weight * min(a, 0) + min(b, 0) for a, b in zip(src.value.lo, bias, strict=True)]
+            hi = [weight * max(a, 0) + max(b, 0) for a, b in zip(src.value.hi, bias, strict=True)]
+        else:
+            lo = [T * min(a, 0) + min(e, 0) + min(b, 0)
+                  for a, e, b in zip(src.value.lo, src.extra.lo, bias, strict=True)]
+            hi = [T * max(a, 0) + max(e, 0) + max(b, 0)
+                  for a, e, b in zip(src.value.hi, src.extra.hi, bias, strict=True)]
         zero = Interval.const(0, 0, src.channels)
         return NodeInfo(src.channels, src.level, zero, zero, state=Interval(lo, hi))
 
@@ -278,6 +313,11 @@ def _analyse_node(node, ins: list[NodeInfo], model: Model, T: int) -> NodeInfo:
     raise ModelError(f"node {name!r} has unknown type {type(node).__name__}")
 
 
+def _check_bitplane_step(name: str, model: Model) -> None:
+    if model.has_extra_step:
+        raise _fail(name, "bit-plane layers cannot be combined with an MPRN extra step (a step past the last bit)")
+
+
 def _analyse_decoder(model: Model, infos: dict[str, NodeInfo], T: int) -> Interval:
     dec = model.decoder
     if not dec.terms:
@@ -293,9 +333,9 @@ def _analyse_decoder(model: Model, infos: dict[str, NodeInfo], T: int) -> Interv
         info = infos[term.node]
         if term.quantity not in QUANTITIES:
             raise ModelError(f"decoder quantity {term.quantity!r} is not one of {', '.join(QUANTITIES)}")
-        if term.quantity in ("count", "uwd") and not isinstance(node, Neuron):
+        if term.quantity in ("count", "uwd") and not isinstance(node, (Neuron, BitPlaneNeuron)):
             raise ModelError(f"decoder reads the {term.quantity} of {term.node!r}, which is not a Neuron")
-        if term.quantity == "membrane" and not isinstance(node, (Neuron, Integrator)):
+        if term.quantity == "membrane" and not isinstance(node, (Neuron, BitPlaneNeuron, Integrator)):
             raise ModelError(f"decoder reads the membrane of {term.node!r}, which has none")
         if term.quantity == "uwd" and model.has_extra_step:
             raise ModelError("decoder 'uwd' is undefined with an MPRN extra step")

@@ -12,10 +12,12 @@ class ModelFileNotFound(UserError, FileNotFoundError):
 
 
 HERE = Path(__file__).parent
-DEFAULTS = {"s25": "default_s25.esnn", "blind": "default_blind.esnn"}
-"""The shipped models by name: Gaussian sigma 25, and blind (Gaussian sigma 0..55)."""
+DEFAULTS = {"s25": "if_s25.esnn", "blind": "if_blind.esnn", "if-s25": "if_s25.esnn", "if-blind": "if_blind.esnn"}
+"""The shipped models by name: ``s25`` (Gaussian sigma 25) and ``blind`` (Gaussian sigma 0..55), the defaults;
+``if-s25`` and ``if-blind``, the rate-coded IF networks (T = 8 spike counts) of the same shape."""
 
-MODEL_HELP = "model file, or a shipped model by name: s25 (Gaussian sigma 25) or blind (sigma 0..55)"
+MODEL_HELP = ("model file, or a shipped model by name: s25 (Gaussian sigma 25), blind (sigma 0..55), "
+              "if-s25 or if-blind (the rate-coded IF models)")
 """The ``--model`` help shared by every command (each adds its default)."""
 
 

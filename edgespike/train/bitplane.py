@@ -1,0 +1,292 @@
+"""The bit-plane spiking DnCNN: a quantisation-aware integer ANN that *is* the spiking network.
+
+A bit-plane layer (``docs/SEMANTICS.md`` section 5.5) decodes its T input planes MSB first (the UWD: the membrane
+doubles before each step), adds its bias once, and emits the T bits of ``clip(floor(V / Theta), 0, 2**T - 1)``
+MSB first (the UWE, successive approximation). A network of such layers therefore equals, bit for bit, the integer
+quantised ANN
+
+    q_0 = x (pixels 0..255),    q_l = clip(floor((W_l q_{l-1} + B_l) / Theta_l), 0, 2**T - 1),
+    V   = W_L q_{L-1} + B_L    (the read-out: residual = 255 * u_L * V pixels)
+
+with int8 weights ``W_l`` (per output channel), int32 biases ``B_l`` (the rounding offset ``Theta >> 1``
+included) and integer per-channel thresholds ``Theta_l``. No spiking dynamics have to be simulated to train it:
+this module trains that integer ANN directly.
+
+Parameters are float weights/biases and one learned activation step ``s_l`` per hidden layer (the real value of
+one activation unit, learned in the log domain: LSQ, Esser et al. 2020). :meth:`BitPlaneDnCNN.integerise` maps them
+to integers; with ``u_l = s_{l-1} * max|w_l|[c] / 127`` (``s_0 = 1/255``, the pixel unit):
+
+* ``W_l = round(w_l / max|w_l|[c] * 127)``, ``B_l = round(b_l / u_l) + (Theta_l >> 1)``,
+  ``Theta_l = round(s_l / u_l)`` (>= 1);
+* read-out: ``V`` decoded as ``(m V + 2**(s-1)) >> s`` pixels with ``m / 2**s ~= 255 u_L``.
+
+Rounding uses straight-through gradients; the forward pass of :meth:`BitPlaneDnCNN.qforward` computes exactly
+the integers above (in float32 it is exact while every accumulator stays below 2**24; :func:`predict_uint8`
+uses float64). Phase one of training (:meth:`BitPlaneDnCNN.float_forward`) is a plain ReLU network of the same
+shape; :meth:`BitPlaneDnCNN.init_steps` then sets each ``s_l`` from the activations' range.
+
+``down=True`` (the shipped shape) runs the body at half resolution: a 5x5 stride-2 conv of the pixels, 3x3 convs
+at half resolution, and a 6x6 stride-2 transposed conv (padding 2) back to full resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgespike.frames import pad_to_multiple
+
+WEIGHT_MAX = 127
+MULT_MAX = 2**31 - 1
+DOWN_KERNEL = 5  # first conv of a half-resolution body: 5x5, stride 2, padding 2
+UP_KERNEL, UP_PADDING = 6, 2  # its read-out: 6x6 transposed conv, stride 2, padding 2 (exactly doubles H, W)
+
+
+def ste(exact: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
+    """Forward ``exact``, backward the gradient of ``smooth`` (straight-through estimator)."""
+    return smooth + (exact - smooth).detach()
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    return ste(torch.round(x), x)
+
+
+@dataclass
+class BitPlaneIntegers:
+    """The integer tensors of one network (float tensors holding exact integers, with STE gradients)."""
+
+    weights: list[torch.Tensor]  # W_l, [C_out, C_in, k, k]
+    biases: list[torch.Tensor]  # B_l (hidden layers: Theta >> 1 included), [C_out]
+    thetas: list[torch.Tensor]  # Theta_l per hidden layer, [C_out]
+    units: list[torch.Tensor]  # u_l: the real value of one unit of layer l's accumulator, [C_out]
+    multiplier: int
+    shift: int
+
+    def double(self) -> BitPlaneIntegers:
+        """The same integers as detached float64 tensors (exact simulation of large frames)."""
+        def f(ts):
+            return [t.detach().double() for t in ts]
+        return BitPlaneIntegers(f(self.weights), f(self.biases), f(self.thetas), f(self.units), self.multiplier,
+                                self.shift)
+
+
+class BitPlaneDnCNN(nn.Module):
+    """DnCNN-shaped network of bit-plane layers: conv(1->C), (D-2) x conv(C->C), conv(C->1), residual.
+
+    Parameters
+    ----------
+    depth : int
+        Number of conv layers D (>= 2); D - 1 of them are followed by a bit-plane neuron layer.
+    width : int
+        Channels C of the hidden layers.
+    timesteps : int
+        T: every hidden activation has ``2**T`` levels, carried by T spikes (bit planes).
+    down : bool
+        Half-resolution body: stride-2 first conv, stride-2 transposed read-out conv.
+    """
+
+    def __init__(self, depth: int = 8, width: int = 64, timesteps: int = 8, down: bool = True):
+        super().__init__()
+        if depth < 2:
+            raise ValueError("depth must be >= 2")
+        if not 1 <= timesteps <= 16:
+            raise ValueError("timesteps must be 1..16")
+        self.depth, self.width, self.T, self.down = depth, width, timesteps, down
+        chans = [1] + [width] * (depth - 1) + [1]
+        self.weight = nn.ParameterList()
+        self.bias = nn.ParameterList()
+        for i in range(depth):
+            k = 3
+            if down and i == 0:
+                k = DOWN_KERNEL
+            elif down and i == depth - 1:
+                k = UP_KERNEL
+            # Every weight is stored [C_out, C_in, k, k] (the model file's layout, transposed conv included).
+            w = torch.empty(chans[i + 1], chans[i], k, k)
+            nn.init.kaiming_normal_(w, nonlinearity="relu")
+            self.weight.append(nn.Parameter(w))
+            self.bias.append(nn.Parameter(torch.zeros(chans[i + 1])))
+        with torch.no_grad():
+            self.weight[-1].mul_(0.1)
+        # log of the activation step s_l of each hidden layer (real units, pixels / 255); init_steps() sets them.
+        self.log_step = nn.Parameter(torch.full((depth - 1,), math.log(1.0 / 255)))
+
+    @property
+    def levels(self) -> int:
+        """Largest activation value, ``2**T - 1``."""
+        return 2**self.T - 1
+
+    @property
+    def size_multiple(self) -> int:
+        """Frames are edge-padded to a multiple of this, as the exported model's ``size_multiple``."""
+        return 2 if self.down else 1
+
+    def conv(self, i: int, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        """The linear map of layer ``i`` (a "same" conv; stride 2 / transposed for a half-resolution body)."""
+        if self.down and i == 0:
+            return F.conv2d(x, w, b, stride=2, padding=DOWN_KERNEL // 2)
+        if self.down and i == self.depth - 1:
+            return F.conv_transpose2d(x, w.transpose(0, 1), b, stride=2, padding=UP_PADDING)
+        return F.conv2d(x, w, b, padding=w.shape[-1] // 2)
+
+    # ------------------------------------------------------------------ float phase
+    def float_forward(self, pixels: torch.Tensor, return_acts: bool = False):
+        """Plain ReLU network of the same shape. ``pixels``: float [B,1,H,W] holding 0..255; returns the
+        predicted residual in pixels (and the hidden activations when ``return_acts``)."""
+        x = pixels / 255.0
+        acts = []
+        for i in range(self.depth):
+            x = self.conv(i, x, self.weight[i], self.bias[i])
+            if i < self.depth - 1:
+                x = F.relu(x)
+                acts.append(x)
+        return (255.0 * x, acts) if return_acts else 255.0 * x
+
+    @torch.no_grad()
+    def init_steps(self, pixels: torch.Tensor, quantile: float = 0.9999) -> None:
+        """Set each step ``s_l`` so that ``2**T - 1`` steps cover a high quantile of the layer's float
+        activations (before quantisation-aware training)."""
+        _, acts = self.float_forward(pixels, return_acts=True)
+        for i, a in enumerate(acts):
+            v = a.flatten()
+            v = v[torch.randperm(v.numel())[:2_000_000]]
+            top = float(torch.quantile(v, quantile)) if v.numel() else 1.0
+            self.log_step[i] = math.log(max(top, 1e-4) / self.levels)
+
+    # ------------------------------------------------------------------ integers
+    def integerise(self) -> BitPlaneIntegers:
+        """The exact integers of the network, differentiable through straight-through rounding."""
+        steps = self.log_step.exp()
+        Ws, Bs, Ths, us = [], [], [], []
+        prev = torch.tensor(1.0 / 255.0)
+        for i in range(self.depth):
+            w = self.weight[i]
+            # The per-channel weight scale is detached (its gradient through max() touches one weight and makes
+            # it jitter); the steps s_l are what LSQ learns.
+            wmax = w.detach().abs().amax(dim=(1, 2, 3)).clamp(min=1e-12)
+            W = round_ste(w / wmax[:, None, None, None] * WEIGHT_MAX).clamp(-WEIGHT_MAX, WEIGHT_MAX)
+            u = prev * wmax / WEIGHT_MAX
+            B = round_ste(self.bias[i] / u)
+            if i < self.depth - 1:
+                Th = round_ste(steps[i] / u).clamp(min=1.0)
+                Ths.append(Th)
+                B = B + torch.floor(Th.detach() / 2)
+                prev = steps[i]
+            Ws.append(W)
+            Bs.append(B)
+            us.append(u)
+        m, s = decoder_constants(float(us[-1][0]))
+        return BitPlaneIntegers(Ws, Bs, Ths, us, m, s)
+
+    def qforward(self, pixels: torch.Tensor, ints: BitPlaneIntegers | None = None, return_V: bool = False,
+                 return_q: bool = False):
+        """The integer network. ``pixels``: float [B,1,H,W] holding 0..255. Returns the residual in pixels
+        (float, before the decoder's rounding), or the integer read-out ``V`` when ``return_V``; with
+        ``return_q`` also the list of hidden activations ``q_l`` (integers)."""
+        ints = ints or self.integerise()
+        q = pixels
+        qs = []
+        for i in range(self.depth - 1):
+            z = self.conv(i, q, ints.weights[i]) + ints.biases[i][None, :, None, None]
+            Th = ints.thetas[i][None, :, None, None]
+            exact = torch.floor(z / Th).clamp(0, self.levels)
+            q = ste(exact, (z / Th - 0.5).clamp(0, self.levels))
+            qs.append(q)
+        V = self.conv(self.depth - 1, q, ints.weights[-1]) + ints.biases[-1][None, :, None, None]
+        out = V if return_V else V * (255.0 * ints.units[-1][None, :, None, None])
+        return (out, qs) if return_q else out
+
+    # ------------------------------------------------------------------ export
+    @torch.no_grad()
+    def to_model(self, metadata: dict | None = None):
+        """The :class:`edgespike.model.Model` these parameters define (bit-plane layers, uwe input at T = 8,
+        direct input otherwise)."""
+        from edgespike.model import (
+            BitPlaneNeuron,
+            Conv,
+            ConvTranspose,
+            Decoder,
+            Encoder,
+            Integrator,
+            Model,
+            ReadoutTerm,
+        )
+
+        ints = self.integerise().double()
+        T = self.T
+        # With the uwe encoder (T = 8) the first layer decodes the pixel itself; with direct input every step
+        # carries the whole pixel, so the decoded membrane is (2**T - 1) times the pixel's current.
+        encoder = "uwe" if T == 8 else "direct"
+        first_gain = 1 if encoder == "uwe" else self.levels
+        nodes = []
+        src = "input"
+        steps = self.log_step.exp()
+
+        def i64(t):
+            return t.cpu().numpy().round().astype(np.int64)
+
+        for i in range(self.depth):
+            W = i64(ints.weights[i]).astype(np.int8)
+            zero = np.zeros(W.shape[0], np.int32)
+            unit = ints.units[i].cpu().numpy().astype(np.float32)
+            if self.down and i == self.depth - 1:
+                nodes.append(ConvTranspose(name=f"conv{i + 1}", input=src, weight=W, bias=zero, padding=UP_PADDING,
+                                           output_padding=0, scale=unit))
+            else:
+                nodes.append(Conv(name=f"conv{i + 1}", input=src, weight=W, bias=zero,
+                                  stride=2 if (self.down and i == 0) else 1, scale=unit))
+            gain = first_gain if i == 0 else 1
+            B = i64(ints.biases[i]) * gain
+            if i < self.depth - 1:
+                Th = i64(ints.thetas[i]) * gain
+                _check_int32(f"bp{i + 1}", B, Th)
+                nodes.append(BitPlaneNeuron(name=f"bp{i + 1}", input=f"conv{i + 1}", threshold=Th.astype(np.int32),
+                                            bias=B.astype(np.int32),
+                                            scale=np.full(Th.shape, float(steps[i]), np.float32)))
+                src = f"bp{i + 1}"
+            else:
+                _check_int32("readout", B)
+                nodes.append(Integrator(name="readout", input=f"conv{i + 1}", uwd=True, bias=B.astype(np.int32)))
+        dec = Decoder(terms=[ReadoutTerm("readout", "membrane", np.array([ints.multiplier], np.int32))],
+                      shift=ints.shift, residual=True)
+        return Model(nodes=nodes, timesteps=T, encoder=Encoder(encoder), decoder=dec, membrane_bits=32,
+                     metadata=dict(metadata or {}))
+
+
+def _check_int32(name: str, *arrays: np.ndarray) -> None:
+    for a in arrays:
+        if np.abs(a).max(initial=0) >= 2**31:
+            raise ValueError(f"{name}: an integer does not fit int32")
+
+
+def decoder_constants(unit: float) -> tuple[int, int]:
+    """``(m, s)`` with ``m / 2**s`` closest to ``255 * unit`` (pixels per read-out unit), ``m < 2**31``."""
+    target = 255.0 * unit
+    s = min(62, int(math.floor(math.log2(MULT_MAX / target))))
+    m = int(round(target * 2**s))
+    while m > MULT_MAX:
+        s -= 1
+        m = int(round(target * 2**s))
+    return max(m, 1), s
+
+
+def decode(V: torch.Tensor, pixels: torch.Tensor, m: int, s: int) -> torch.Tensor:
+    """The integer decoder: ``clip(x - ((m V + 2**(s-1)) >> s), 0, 255)`` in int64, for exact predictions."""
+    Vi = V.round().to(torch.int64)
+    r = (Vi * m + (1 << (s - 1))) >> s if s else Vi * m
+    return (pixels.round().to(torch.int64) - r).clamp(0, 255).to(torch.uint8)
+
+
+@torch.no_grad()
+def predict_uint8(net: BitPlaneDnCNN, frame: np.ndarray) -> np.ndarray:
+    """What the exported model outputs for one uint8 frame (the integer network in float64: exact)."""
+    ints = net.integerise().double()
+    h, w = frame.shape
+    x = torch.from_numpy(pad_to_multiple(frame, net.size_multiple).astype(np.float64))[None, None]
+    V = net.qforward(x, ints, return_V=True)
+    return decode(V, x, ints.multiplier, ints.shift)[0, 0, :h, :w].numpy()

@@ -1,0 +1,197 @@
+"""Training loop of the bit-plane denoiser: float pre-training, then quantisation-aware training of the exact
+integer network, checkpoints that resume bit for bit, export.
+
+Budgets are iterations (so that the committed command reproduces the shipped file); the learning rate follows a
+cosine over each phase. The patch sampler's random state is stored in the checkpoint, so a run stopped and resumed
+draws the same patches as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgespike import fileformat
+from edgespike.train.bitplane import BitPlaneDnCNN, decode
+from edgespike.train.data import SHARED, PatchSampler, load_dir, noisy_frame, psnr
+
+log = logging.getLogger("edgespike.train")
+
+PHASES = ("float", "qat")
+"""The phases of a run, in order; a phase without iterations is skipped."""
+
+
+@dataclass
+class Config:
+    """Everything that defines a run (stored in the checkpoint and the model's metadata)."""
+
+    depth: int = 8
+    width: int = 64
+    T: int = 8
+    down: bool = True
+    sigma: str = "25"  # a number or "blind" (uniform in [0, blind_max] per patch)
+    blind_max: float = 55.0
+    float_iters: int = 0
+    qat_iters: int = 0
+    batch: int = 32
+    patch: int = 64
+    lr: float = 1e-3
+    qat_lr: float = 2e-4
+    seed: int = 0
+    out: str = "runs/model.esnn"
+    init: str = ""  # start from the parameters of this checkpoint (e.g. blind from the sigma-25 float state)
+    val_dir: str = str(SHARED / "data" / "set12")
+    val_every: int = 1000
+    ckpt_minutes: float = 3.0
+
+    @property
+    def ckpt_path(self) -> str:
+        return str(Path(self.out).with_suffix(".ckpt.pt"))
+
+
+def _cosine(lr: float, frac: float, floor: float = 0.01) -> float:
+    frac = min(max(frac, 0.0), 1.0)
+    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+class Validator:
+    """Mean PSNR on whole images (Set12 by default) with the evaluation noise protocol at sigma 25."""
+
+    def __init__(self, val_dir: str, sigma: float = 25.0):
+        _, ims = load_dir(val_dir)
+        self.clean = ims
+        self.noisy = [noisy_frame(im, sigma, i) for i, im in enumerate(ims)]
+
+    @torch.no_grad()
+    def __call__(self, net: BitPlaneDnCNN, phase: str) -> float:
+        ints = None if phase == "float" else net.integerise()
+        scores = []
+        for clean, noisy in zip(self.clean, self.noisy, strict=True):
+            x = torch.from_numpy(noisy.astype(np.float32))[None, None]
+            if ints is None:
+                out = (x - net.float_forward(x)).round().clamp(0, 255)[0, 0].to(torch.uint8).numpy()
+            else:
+                V = net.qforward(x, ints, return_V=True)
+                out = decode(V, x, ints.multiplier, ints.shift)[0, 0].numpy()
+            scores.append(psnr(out, clean))
+        return float(np.mean(scores))
+
+
+def _save_ckpt(path: str, net, opt, cfg: Config, state: dict, sampler: PatchSampler) -> None:
+    tmp = path + ".tmp"
+    rng = json.dumps(sampler.rng.bit_generator.state)
+    torch.save({"config": asdict(cfg), "model": net.state_dict(), "opt": opt.state_dict(), "rng": rng, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def load_ckpt(path: str) -> dict:
+    """A checkpoint (tensors and plain Python values only: no pickled code)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def net_from_ckpt(path: str) -> BitPlaneDnCNN:
+    """The network stored in a checkpoint."""
+    ck = load_ckpt(path)
+    c = ck["config"]
+    net = BitPlaneDnCNN(c["depth"], c["width"], c["T"], down=c["down"])
+    net.load_state_dict(ck["model"])
+    return net
+
+
+def train(cfg: Config, resume: bool = False, progress: bool = True) -> BitPlaneDnCNN:
+    """Run (or resume) the phases of ``cfg``, export ``cfg.out`` and return the network."""
+    torch.manual_seed(cfg.seed)
+    net = BitPlaneDnCNN(cfg.depth, cfg.width, cfg.T, down=cfg.down)
+    _, train_ims = load_dir(SHARED / "data" / "bsd400")
+    sigma = "blind" if cfg.sigma == "blind" else float(cfg.sigma)
+    state = {"phase": PHASES[0], "it": 0, "seconds": 0.0}
+    ck = None
+    if resume and os.path.exists(cfg.ckpt_path):
+        ck = load_ckpt(cfg.ckpt_path)
+        net.load_state_dict(ck["model"])
+        state = {k: ck[k] for k in state}
+        log.info("resumed %s: phase %s, iteration %d", cfg.ckpt_path, state["phase"], state["it"])
+    elif cfg.init:
+        net.load_state_dict(load_ckpt(cfg.init)["model"])
+        log.info("initialised from %s", cfg.init)
+    validator = Validator(cfg.val_dir)
+    budgets = {"float": (cfg.float_iters, cfg.lr), "qat": (cfg.qat_iters, cfg.qat_lr)}
+    for phase in PHASES[PHASES.index(state["phase"]):]:
+        iters, lr = budgets[phase]
+        if iters <= 0:
+            continue
+        sampler = PatchSampler(train_ims, cfg.patch, sigma, seed=cfg.seed * 1000 + PHASES.index(phase),
+                               blind_max=cfg.blind_max)
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
+        if ck is not None and ck["phase"] == phase:
+            opt.load_state_dict(ck["opt"])
+            sampler.rng.bit_generator.state = json.loads(ck["rng"])
+        else:
+            state = {"phase": phase, "it": 0, "seconds": 0.0}
+            if phase == "qat":
+                cal = PatchSampler(train_ims, 128, sigma, seed=cfg.seed + 10**6, blind_max=cfg.blind_max)
+                _, noisy = cal.batch(32)
+                net.init_steps(torch.from_numpy(noisy.astype(np.float32))[:, None])
+                log.info("activation steps (x255): %s", np.round(net.log_step.detach().exp().numpy() * 255, 4)
+                         .tolist())
+                log.info("qat starts at val %.2f dB", validator(net, "qat"))
+        _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progress)
+    if cfg.qat_iters > 0:  # a float-only run is a pre-training stage: nothing integer to export yet
+        export(net, cfg)
+    return net
+
+
+def _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progress) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=iters, initial=state["it"], unit="it", desc=phase, disable=not progress, mininterval=5.0)
+    t_last = last_save = time.monotonic()
+    loss_ema = None
+    while state["it"] < iters:
+        for g in opt.param_groups:
+            g["lr"] = _cosine(lr, state["it"] / iters)
+        clean, noisy = sampler.batch(cfg.batch)
+        x = torch.from_numpy(noisy.astype(np.float32))[:, None]
+        target = x - torch.from_numpy(clean.astype(np.float32))[:, None]
+        pred = net.float_forward(x) if phase == "float" else net.qforward(x)
+        loss = ((pred - target) / 255.0).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state["it"] += 1
+        now = time.monotonic()
+        state["seconds"] += now - t_last
+        t_last = now
+        lv = loss.item()
+        loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
+        bar.update(1)
+        if state["it"] % cfg.val_every == 0 or state["it"] == iters:
+            val = validator(net, phase)
+            log.info("%s it %d  %.1f min  lr %.2e  loss %.3e (%.2f dB)  val %.2f dB", phase, state["it"],
+                     state["seconds"] / 60, opt.param_groups[0]["lr"], loss_ema, -10 * math.log10(loss_ema), val)
+            bar.set_postfix(val=f"{val:.2f}")
+            t_last = time.monotonic()  # validation time is not training time
+        if now - last_save > cfg.ckpt_minutes * 60 or state["it"] == iters:
+            _save_ckpt(cfg.ckpt_path, net, opt, cfg, state, sampler)
+            last_save = time.monotonic()
+    bar.close()
+
+
+def export(net: BitPlaneDnCNN, cfg: Config) -> None:
+    """Write ``cfg.out`` (.esnn) with the training configuration as metadata."""
+    body = "half-resolution body (5x5 stride-2 conv in, 6x6 stride-2 transposed conv out), " if cfg.down else ""
+    meta = {"name": Path(cfg.out).stem, "coding": "bitplane",
+            "architecture": f"bit-plane spiking DnCNN {cfg.depth}x{cfg.width}, {body}T={cfg.T}, residual",
+            "sigma": cfg.sigma, "trained_with": "tools/train_bitplane.py", "seed": cfg.seed}
+    model = net.to_model(meta)
+    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+    fileformat.save(model, cfg.out)
+    log.info("exported %s (%d bytes)", cfg.out, os.path.getsize(cfg.out))

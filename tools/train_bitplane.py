@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""Train a bit-plane spiking denoiser (the shipped default coding) and export it as ``.esnn``.
+
+A bit-plane network equals an integer quantised ANN bit for bit (docs/SEMANTICS.md, section 5.5), so it is trained
+as one: a float ReLU network of the same shape first (phase "float"), then quantisation-aware training of the exact
+integer network (phase "qat": int8 per-channel weights, T-bit activations with learned per-layer steps, LSQ,
+straight-through rounding). No BPTT: an iteration costs what an ANN's costs. See docs/MODELS.md.
+
+Training uses the evaluation's noise protocol: BSD400 patches, Gaussian noise, the noisy patch clipped and rounded
+to uint8 as a camera delivers it. A checkpoint (``OUT.ckpt.pt``) is written every few minutes; ``--resume`` continues
+exactly where it stopped, drawing the same patches.
+
+Examples
+--------
+    python tools/train_bitplane.py --sigma 25 --float-iters 20000 --qat-iters 6000 --out runs/bp_s25.esnn
+    python tools/train_bitplane.py ... --resume            # continue the run of that checkpoint
+    python tools/train_bitplane.py --sigma blind --init runs/bp_s25.ckpt.pt --qat-iters 4000 --out runs/bp_blind.esnn
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--depth", type=int, default=8, help="conv layers D (default 8)")
+    p.add_argument("--width", type=int, default=64, help="hidden channels C (default 64)")
+    p.add_argument("--T", type=int, default=8, help="timesteps = bits per activation (default 8)")
+    p.add_argument("--full-resolution", action="store_true",
+                   help="run the body at full resolution (default: half resolution, 5x5 stride-2 conv in, "
+                   "6x6 stride-2 transposed conv out: 4x fewer operations per pixel)")
+    p.add_argument("--sigma", default="25", help="training noise level (0..255 scale) or 'blind' = U[0, 55]")
+    p.add_argument("--float-iters", type=int, default=0, help="iterations of float pre-training")
+    p.add_argument("--qat-iters", type=int, default=0, help="iterations of quantisation-aware training")
+    p.add_argument("--batch", type=int, default=32, help="patches per iteration (default 32)")
+    p.add_argument("--patch", type=int, default=64, help="patch side (default 64)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate of the float phase")
+    p.add_argument("--qat-lr", type=float, default=2e-4, help="peak learning rate of the QAT phase")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/model.esnn", help="the .esnn to write; checkpoint and log go next to it")
+    p.add_argument("--init", default="", help="initialise the parameters from this checkpoint (fine-tuning)")
+    p.add_argument("--resume", action="store_true", help="continue the run stored in OUT's checkpoint")
+    p.add_argument("--val-every", type=int, default=1000, help="iterations between validations on Set12")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    if a.float_iters <= 0 and a.qat_iters <= 0:
+        p.error("give a budget: --float-iters and/or --qat-iters")
+
+    import torch
+
+    from edgespike.train.bitplane_loop import Config, train
+
+    torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        handlers=[logging.StreamHandler(), logging.FileHandler(out.with_suffix(".train.log"))])
+    cfg = Config(depth=a.depth, width=a.width, T=a.T, down=not a.full_resolution, sigma=a.sigma,
+                 float_iters=a.float_iters, qat_iters=a.qat_iters, batch=a.batch, patch=a.patch, lr=a.lr,
+                 qat_lr=a.qat_lr, seed=a.seed, out=a.out, init=a.init, val_every=a.val_every)
+    logging.getLogger("edgespike.train").info("command: %s", " ".join(sys.argv))
+    logging.getLogger("edgespike.train").info("config: %s", cfg)
+    train(cfg, resume=a.resume, progress=not a.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
