@@ -8,7 +8,7 @@ one adder. This is the reference's ``uwd`` read-out quantity (``uwd += s << (T -
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Signal
+from amaranth.hdl import Const, Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -88,4 +88,64 @@ class UWDecoder(wiring.Component):
                     m.d.comb += [ram.addr.eq(idx), ram.we.eq(1), ram.wdata.eq(0)]
                     m.d.sync += idx.eq(idx + 1)
                     m.next = "DRAIN_READ"
+        return m
+
+
+class UWDAccumulator(wiring.Component):
+    """The UWD as a layer's synapse: ``lanes`` membranes that decode bit-plane spikes by accumulation only.
+
+    A bit-plane layer decodes its input ``sum_t 2**(T-1-t) * (W s_t)`` (SEMANTICS 5.5, step 1). Adding each input
+    spike's weights shifted by ``T-1-t`` is the same sum in any order, so the engine can visit only the set bits
+    (spike-free planes and words cost nothing here) and no doubling pass over the membranes is needed: the
+    binary-weighted DAC of :class:`UWDecoder` with a weight per lane instead of a 1.
+
+    Parameters
+    ----------
+    lanes : int
+        Output channels updated in parallel (one adder each).
+    vbits : int
+        Signed membrane width (the decoded sum plus the bias must fit).
+    T : int
+        Number of bit planes.
+
+    Attributes
+    ----------
+    clear : In(1)
+        Membranes to 0 (takes precedence).
+    add : In(1)
+        ``acc[l] += weights[l] << (T - 1 - t)``.
+    t : In
+        Plane of the spike being added (0 = MSB).
+    weights : In(array of signed 8)
+        The spike's int8 weight for each lane.
+    bias_add : In(1)
+        ``acc[l] += bias[l]`` (once, after the last plane; never together with ``add``).
+    bias : In(array of signed vbits)
+    acc : Out(array of signed vbits)
+    """
+
+    def __init__(self, lanes: int, vbits: int, T: int):
+        self.lanes, self.vbits, self.T = lanes, vbits, T
+        super().__init__({
+            "clear": In(1),
+            "add": In(1),
+            "t": In(bits_for(T)),
+            "weights": In(data.ArrayLayout(signed(8), lanes)),
+            "bias_add": In(1),
+            "bias": In(data.ArrayLayout(signed(vbits), lanes)),
+            "acc": Out(data.ArrayLayout(signed(vbits), lanes)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        shift = Signal(bits_for(self.T))
+        m.d.comb += shift.eq(self.T - 1 - self.t)
+        for lane in range(self.lanes):
+            acc = self.acc[lane]
+            with m.If(self.clear):
+                m.d.sync += acc.eq(0)
+            with m.Elif(self.add):
+                m.d.sync += acc.eq(acc + (self.weights[lane] << shift))  # a shifter and an adder per lane
+            with m.Elif(self.bias_add):
+                m.d.sync += acc.eq(acc + self.bias[lane])
         return m

@@ -13,7 +13,7 @@ and one OR: no adder, no multiplier.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -97,4 +97,66 @@ class UWEncoder(wiring.Component):
                     m.d.sync += [bit.eq(bit >> 1), t.eq(t + 1)]
                     with m.If(t == self.stop_at):
                         m.next = "IDLE"
+        return m
+
+
+class SARNeuron(wiring.Component):
+    """The UWE as a layer's neuron: ``lanes`` successive-approximation converters of membranes into T-bit codes.
+
+    SEMANTICS 5.5, step 3: for ``t = 0 .. T-1``, ``s[t] = v >= theta * 2**(T-1-t)``, and ``v -= theta *
+    2**(T-1-t)`` when it spikes. This is :class:`UWEncoder` with a DAC of gain ``theta``: the level under trial
+    is ``theta << (T-1-t)``, a register shifted right once per step (exact: its low ``T-1`` bits start at 0),
+    one comparator and one subtractor per lane, no multiplier. The bits are those of
+    ``clip(floor(v / theta), 0, 2**T - 1)`` MSB first, also for negative or saturating ``v``.
+
+    Parameters
+    ----------
+    lanes : int
+    vbits : int
+        Signed width of the membranes loaded.
+    theta_bits : int
+        Unsigned width of the thresholds (``theta > 0``).
+    T : int
+        Bits per code.
+
+    Attributes
+    ----------
+    load : In(1)
+        Take ``v`` and ``theta`` (a new conversion; the code register is cleared).
+    v : In(array of signed vbits)
+    theta : In(array of unsigned theta_bits)
+    step : In(1)
+        Decide one bit in every lane (MSB first); after ``T`` steps ``q`` holds the codes.
+    q : Out(array of unsigned T)
+        The codes, shifted in MSB first.
+    residue : Out(array of signed)
+        The membranes left (``v - theta * q`` after ``T`` steps).
+    """
+
+    def __init__(self, lanes: int, vbits: int, theta_bits: int, T: int):
+        self.lanes, self.vbits, self.theta_bits, self.T = lanes, vbits, theta_bits, T
+        self.level_bits = theta_bits + T - 1
+        self.rbits = max(vbits, self.level_bits + 1)
+        super().__init__({
+            "load": In(1),
+            "v": In(data.ArrayLayout(signed(vbits), lanes)),
+            "theta": In(data.ArrayLayout(unsigned(theta_bits), lanes)),
+            "step": In(1),
+            "q": Out(data.ArrayLayout(unsigned(T), lanes)),
+            "residue": Out(data.ArrayLayout(signed(self.rbits), lanes)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        for lane in range(self.lanes):
+            v = self.residue[lane]
+            level = Signal(self.level_bits, name=f"level{lane}")
+            q = self.q[lane]
+            spike = v >= level  # the comparator (v signed, level unsigned: compared as integers)
+            with m.If(self.load):
+                m.d.sync += [v.eq(self.v[lane]), level.eq(self.theta[lane] << (self.T - 1)), q.eq(0)]
+            with m.Elif(self.step):
+                m.d.sync += [q.eq(Cat(spike, q[:-1])), level.eq(level >> 1)]
+                with m.If(spike):
+                    m.d.sync += v.eq(v - level)
         return m

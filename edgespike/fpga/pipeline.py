@@ -1,0 +1,209 @@
+"""The layer pipeline, host side: a bit-plane model as a chain of layer engines, and its exact cycle model.
+
+A bit-plane network (SEMANTICS 5.5) is a chain ``Conv -> BitPlaneNeuron -> ... -> Conv(Transpose) -> uwd
+Integrator``; each Conv and its neuron become one :class:`edgespike.rtl.bitplane.BitPlaneLayer`, with its own
+weight RAM and line buffer. :func:`layer_specs` cuts a model into :class:`LayerSpec` records (refusing what the
+pipeline cannot run, with :class:`PipelineError`); :meth:`LayerSpec.compute` is the layer's arithmetic by
+``edgespike.reference`` itself (bit planes, the conv of each plane, the reference's bit-plane neuron), and
+:meth:`LayerSpec.cost` the engine's cycles and memory accesses, a closed form of the input's bit counts that the
+simulation must equal (``tests/test_rtl_bitplane.py``).
+
+Nothing here imports Amaranth: costing and planning run without the ``[hw]`` extra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgespike.model import BitPlaneNeuron, Conv, ConvTranspose, Integrator, Model
+from edgespike.reference import _bitplane_neuron, conv2d, conv_transpose2d
+
+
+class PipelineError(ValueError):
+    """The model cannot run on the layer pipeline (one line naming the node and the reason)."""
+
+
+@dataclass
+class LayerSpec:
+    """One engine of the pipeline: a Conv or ConvTranspose and the bit-plane neuron or Integrator after it."""
+
+    conv: Conv | ConvTranspose
+    neuron: BitPlaneNeuron | Integrator
+    T: int
+
+    @property
+    def transposed(self) -> bool:
+        return isinstance(self.conv, ConvTranspose)
+
+    @property
+    def stride(self) -> int:
+        return 2 if self.transposed else self.conv.stride
+
+    @property
+    def padding(self) -> int:
+        return self.conv.padding if self.transposed else self.conv.weight.shape[2] // 2
+
+    @property
+    def c_in(self) -> int:
+        return self.conv.weight.shape[1]
+
+    @property
+    def c_out(self) -> int:
+        return self.conv.weight.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.conv.weight.shape[2]
+
+    @property
+    def bias(self) -> np.ndarray:
+        """Added once after decoding: the neuron's bias plus the conv's per-step bias weighted by ``2**T - 1``."""
+        own = self.neuron.bias if self.neuron.bias is not None else np.zeros(self.c_out)
+        return own.astype(np.int64) + (2**self.T - 1) * self.conv.bias.astype(np.int64)
+
+    @property
+    def theta(self) -> np.ndarray | None:
+        return self.neuron.threshold if isinstance(self.neuron, BitPlaneNeuron) else None
+
+    def out_size(self, h: int, w: int) -> tuple[int, int]:
+        if self.transposed:
+            return 2 * h, 2 * w
+        k, p, s = self.k, self.padding, self.stride
+        return (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+
+    def gateware(self, height: int, width: int, lanes: int) -> dict:
+        """Keyword arguments of :class:`edgespike.rtl.bitplane.BitPlaneLayer` for an input of ``height x width``."""
+        return dict(weights=self.conv.weight, bias=self.bias, theta=self.theta, T=self.T, height=height,
+                    width=width, lanes=lanes, stride=self.stride, transposed=self.transposed,
+                    padding=self.conv.padding if self.transposed else 0)
+
+    def compute(self, q: np.ndarray) -> np.ndarray:
+        """The layer on input codes ``q`` (``[C_in, H, W]``, ``0 .. 2**T - 1``) as ``reference.run`` computes it:
+        bit planes MSB first, the conv of each plane plus the conv's bias, then the reference's bit-plane neuron
+        (codes out) or ``uwd`` Integrator (membranes out)."""
+        T = self.T
+        currents = []
+        for t in range(T):
+            plane = (q >> (T - 1 - t)) & 1
+            cur = (conv_transpose2d(plane, self.conv.weight, self.conv.padding) if self.transposed
+                   else conv2d(plane, self.conv.weight, self.stride))
+            currents.append(cur + self.conv.bias.astype(np.int64)[:, None, None])
+        if isinstance(self.neuron, BitPlaneNeuron):
+            spikes, _ = _bitplane_neuron(self.neuron, currents, T, lambda *a: None)
+            return sum(s << (T - 1 - t) for t, s in enumerate(spikes))
+        v = np.zeros_like(currents[0])
+        for cur in currents:
+            v = 2 * v + cur
+        return v + self.bias[:, None, None] - (2**T - 1) * self.conv.bias.astype(np.int64)[:, None, None]
+
+    def taps(self, h: int, w: int):
+        """For each kernel tap the engine visits: the input row of every output row and the input column of every
+        output column (``-1`` or ``>= h``/``w`` when outside), in the engine's visiting order."""
+        ho, wo = self.out_size(h, w)
+        oy, ox = np.arange(ho), np.arange(wo)
+        if self.transposed:
+            side, p = self.k // 2, self.padding
+            return [(((oy + p) >> 1) - a, ((ox + p) >> 1) - b) for a in range(side) for b in range(side)]
+        k, p, s = self.k, self.padding, self.stride
+        return [(s * oy + i - p, s * ox + j - p) for i in range(k) for j in range(k)]
+
+    def need(self, h: int) -> np.ndarray:
+        """Input rows received before each output row is computed."""
+        ho, _ = self.out_size(h, 1)
+        oy = np.arange(ho)
+        rows = ((oy + self.padding) >> 1) + 1 if self.transposed else self.stride * oy + self.k - self.padding
+        return np.minimum(rows, h)
+
+    def cost(self, q: np.ndarray, lanes: int) -> LayerCost:
+        """Cycles and memory accesses of the engine on one frame of input codes ``q``, input always valid and
+        output always ready (the engine alone); see :mod:`edgespike.rtl.bitplane` for the schedule."""
+        _, h, w = q.shape
+        ho, wo = self.out_size(h, w)
+        G = self.c_out // lanes
+        pop = np.zeros((h, w), np.int64)
+        for c in range(q.shape[0]):
+            pop += np.array([bin(int(v)).count("1") for v in range(2**self.T)])[q[c]]
+        tap_cycles = np.zeros((ho, wo), np.int64)
+        inside_taps = np.zeros((ho, wo), np.int64)
+        events = np.zeros((ho, wo), np.int64)
+        for iy, ix in self.taps(h, w):
+            vy, vx = (iy >= 0) & (iy < h), (ix >= 0) & (ix < w)
+            inside = vy[:, None] & vx[None, :]
+            p = pop[np.clip(iy, 0, h - 1)][:, np.clip(ix, 0, w - 1)] * inside
+            tap_cycles += np.where(inside, 3 + p, 1)
+            inside_taps += inside
+            events += p
+        neuron = self.theta is not None
+        per_block = 1 + tap_cycles + 3 + ((1 + self.T) if neuron else 0)
+        need = self.need(h)
+        received = np.diff(np.concatenate([[0], need]))
+        cycles = int((1 + received * (w + 1)).sum() + (G * per_block + 1).sum())
+        n_events = int(G * events.sum())
+        pixels = ho * wo
+        return LayerCost(
+            cycles=cycles, events=n_events, sops=n_events * lanes,
+            reads={"linebuf": int(G * inside_taps.sum()), "weights": n_events, "params": G * pixels},
+            writes={"linebuf": h * w},
+            adds={"synaptic": n_events * lanes, "bias": G * pixels * lanes,
+                  "sar": G * pixels * lanes * self.T if neuron else 0},
+        )
+
+
+@dataclass
+class LayerCost:
+    """One engine's work on one frame: cycles, spikes added (``events``), synaptic ops (``events * lanes``),
+    reads and writes per memory, adds per use."""
+
+    cycles: int
+    events: int
+    sops: int
+    reads: dict = field(default_factory=dict)
+    writes: dict = field(default_factory=dict)
+    adds: dict = field(default_factory=dict)
+
+
+def layer_specs(model: Model) -> list[LayerSpec]:
+    """Cut a bit-plane model into pipeline layers, or raise :class:`PipelineError`.
+
+    The pipeline runs a chain ``Conv/ConvTranspose -> BitPlaneNeuron`` ending in ``-> uwd Integrator``, read by
+    a decoder with one ``membrane`` term of that Integrator, and the ``uwe`` encoder at T = 8 (its planes are the
+    pixel's bits, so the first layer's input codes are the pixels).
+    """
+    if model.encoder.kind != "uwe":
+        raise PipelineError(f"the layer pipeline takes the uwe encoder, not {model.encoder.kind!r}")
+    nodes = list(model.nodes)
+    if len(nodes) % 2:
+        raise PipelineError("the layer pipeline takes a chain of conv + neuron pairs")
+    specs, src = [], "input"
+    for conv, neuron in zip(nodes[::2], nodes[1::2], strict=True):
+        if not isinstance(conv, (Conv, ConvTranspose)) or conv.input != src or neuron.input != conv.name:
+            raise PipelineError(f"{conv.name}: the layer pipeline takes a single chain of conv + neuron pairs")
+        if isinstance(conv, ConvTranspose) and (conv.output_padding or conv.weight.shape[2] % 2):
+            raise PipelineError(f"{conv.name}: transposed convs need an even kernel and no output padding")
+        last = neuron is nodes[-1]
+        if last and not (isinstance(neuron, Integrator) and neuron.uwd):
+            raise PipelineError(f"{neuron.name}: the last layer must be a uwd Integrator")
+        if not last and not isinstance(neuron, BitPlaneNeuron):
+            raise PipelineError(f"{neuron.name}: {type(neuron).__name__} layers do not run on the layer pipeline")
+        specs.append(LayerSpec(conv, neuron, model.timesteps))
+        src = neuron.name
+    terms = model.decoder.terms
+    if len(terms) != 1 or terms[0].node != src or terms[0].quantity != "membrane":
+        raise PipelineError("the layer pipeline's decoder reads one membrane term of the last Integrator")
+    if specs[-1].c_out != 1:
+        raise PipelineError(f"{specs[-1].conv.name}: the read-out layer must have one output channel")
+    return specs
+
+
+def decode(model: Model, pixels: np.ndarray, membrane: np.ndarray) -> np.ndarray:
+    """The decoder (SEMANTICS 6) on the last Integrator's membranes ``[1, H, W]``: uint8 output frame."""
+    dec = model.decoder
+    R = np.int64(dec.terms[0].multiplier[0]) * membrane[0].astype(np.int64)
+    r = (R + (1 << (dec.shift - 1))) >> dec.shift if dec.shift else R
+    y = pixels.astype(np.int64) - r if dec.residual else r
+    return np.clip(y, 0, 255).astype(np.uint8)
+
+
+__all__ = ["LayerCost", "LayerSpec", "PipelineError", "decode", "layer_specs"]

@@ -1,0 +1,323 @@
+"""A bit-plane layer as a streaming engine: one layer of a layer pipeline, with its own weights and line buffer.
+
+Every bit-plane layer computes ``q_out = clip(floor((W q_in + bias) / theta), 0, 2**T - 1)`` (SEMANTICS 5.5,
+the conv's own bias folded into ``bias`` as ``(2**T - 1) * b``), or, for the ``uwd`` Integrator that ends the
+network, ``W q_in + bias``. The engine computes it the way the semantics define it, adders only:
+
+* **line buffer**: input pixels arrive in raster order, one per handshake, each carrying its ``C_in`` codes of
+  ``T`` bits (the T bit planes of its spikes). They are stored plane-major, one word per pixel; the buffer holds
+  the last ``S`` input rows (``S`` = the rows one output row needs, rounded up to a power of two), so every
+  input pixel is received once and no halo is ever recomputed;
+* **UWD** (:class:`~edgespike.rtl.uwd.UWDAccumulator`): for each output pixel and block of ``lanes`` output
+  channels, each kernel tap's input word is scanned for set bits only (a priority encoder; a spike-free word is
+  skipped whole, spike-free planes cost nothing) and each spike ``(t, c)`` adds its ``lanes`` int8 weights
+  shifted by ``T - 1 - t`` (one weight-RAM read, one add per lane);
+* **bias** once, then **UWE** (:class:`~edgespike.rtl.uwe.SARNeuron`): ``T`` successive-approximation steps
+  against ``theta << (T - 1 - t)`` give the output code MSB first. An Integrator skips the SAR and sends the
+  membrane.
+
+Output pixels leave in raster order with all ``C_out`` channels, which is the next layer's input format: layers
+chain with ``wiring.connect`` into a pipeline where every layer works at once (:mod:`~edgespike.rtl.pipeline`).
+
+Control is strictly sequential, so the cycles are a closed form of the input's bit counts
+(``edgespike.fpga.pipeline.layer_cost``): per output pixel and block ``1 + sum over taps (3 + popcount of the
+tap's input word if the tap is inside the input, else 1) + 3 (+ 1 + T with a SAR)``, per output pixel ``+ 1``,
+per output row ``1 + (W_in + 1)`` per input row received before it.
+
+Supported: Conv (odd ``k``, stride 1 or 2, padding ``k // 2``), ConvTranspose (stride 2, even ``k``, any
+``padding``, no output padding: the shipped read-out's 6x6 ``padding=2``), into a bit-plane neuron or an
+Integrator. A ConvTranspose is computed in gather form: output row ``oy`` takes input rows
+``(oy + p) // 2 - a`` with kernel row ``(oy + p) % 2 + 2a``, ``a < k / 2``; its weights are stored per parity
+class so that the address stays a counter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from edgespike.rtl.common import bits_for, const_mul
+from edgespike.rtl.uwd import UWDAccumulator
+from edgespike.rtl.uwe import SARNeuron
+
+
+def pow2_at_least(n: int) -> int:
+    """The smallest power of two ``>= n`` (1 for ``n <= 1``)."""
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def first_set(bits: list):
+    """Tree priority encoder: ``(any, index of the lowest set bit)`` of a power-of-two list of 1-bit values."""
+    if len(bits) == 1:
+        return bits[0], Const(0, 0)
+    half = len(bits) // 2
+    any_lo, i_lo = first_set(bits[:half])
+    any_hi, i_hi = first_set(bits[half:])
+    index = Cat(Mux(any_lo, i_lo, i_hi), ~any_lo) if len(i_lo) else ~any_lo
+    return any_lo | any_hi, index
+
+
+def weight_words(weights: np.ndarray, lanes: int, transposed: bool) -> tuple[list[int], int]:
+    """The weight RAM's contents: ``lanes`` int8 per word, address ``(g, [parity,] tap, c)`` row-major.
+
+    Returns the words and the number of taps per (block, parity) row. ``c`` is padded to a power of two.
+    """
+    c_out, c_in, k, _ = weights.shape
+    cin_p = pow2_at_least(c_in)
+    if transposed:
+        side = k // 2
+        taps = [[(py + 2 * a, px + 2 * b) for a in range(side) for b in range(side)]
+                for py in range(2) for px in range(2)]
+    else:
+        taps = [[(i, j) for i in range(k) for j in range(k)]]
+    words = []
+    for g in range(c_out // lanes):
+        for cls in taps:
+            for i, j in cls:
+                for c in range(cin_p):
+                    word = 0
+                    for lane in range(lanes):
+                        w = int(weights[g * lanes + lane, c, i, j]) if c < c_in else 0
+                        word |= (w & 0xFF) << (8 * lane)
+                    words.append(word)
+    return words, len(taps[0])
+
+
+class BitPlaneLayer(wiring.Component):
+    """One bit-plane layer (Conv or ConvTranspose into a bit-plane neuron or a ``uwd`` Integrator), streaming.
+
+    Parameters
+    ----------
+    weights : ndarray, int8 ``[C_out, C_in, k, k]``
+    bias : ndarray of int
+        Per output channel, added once after decoding: the neuron's (or Integrator's) bias plus
+        ``(2**T - 1)`` times the conv's own bias.
+    theta : ndarray of int or None
+        Per output channel thresholds (> 0) of the bit-plane neuron; ``None`` for a ``uwd`` Integrator.
+    T : int
+        Bits of the input and output codes (timesteps).
+    height, width : int
+        Input frame size.
+    lanes : int
+        Output channels computed in parallel; divides ``C_out``.
+    stride : int
+        Conv stride (1 or 2).
+    transposed : bool
+        A stride-2 ConvTranspose with ``padding`` (``k`` even) instead of a Conv.
+    padding : int
+        ConvTranspose padding (a Conv pads ``k // 2``).
+
+    Attributes
+    ----------
+    i : In(stream.Signature(ArrayLayout(unsigned(T), C_in)))
+        Input pixels, raster order, ``height * width`` per frame.
+    o : Out(stream.Signature(ArrayLayout(unsigned(T) or signed(vbits), C_out)))
+        Output pixels, raster order: codes (neuron) or membranes (Integrator).
+    lb_read, w_read, p_read : Out(1)
+        This cycle reads the line buffer, the weight RAM, the params RAM (for the access counts).
+    """
+
+    def __init__(self, weights, bias, theta, T: int, height: int, width: int, lanes: int, stride: int = 1,
+                 transposed: bool = False, padding: int = 0):
+        w = np.asarray(weights)
+        self.c_out, self.c_in, self.k, _ = w.shape
+        assert self.c_out % lanes == 0, "lanes must divide the output channels"
+        assert (self.k % 2 == 0) if transposed else (self.k % 2 == 1 and stride in (1, 2))
+        self.weights, self.T, self.lanes = w, T, lanes
+        self.bias = np.asarray(bias, np.int64)
+        self.theta = None if theta is None else np.asarray(theta, np.int64)
+        self.height, self.width, self.stride, self.transposed = height, width, stride, transposed
+        self.pad = padding if transposed else self.k // 2
+        if transposed:
+            self.h_out, self.w_out = 2 * height, 2 * width
+        else:
+            self.h_out = (height + 2 * self.pad - self.k) // stride + 1
+            self.w_out = (width + 2 * self.pad - self.k) // stride + 1
+        # Membrane width: any partial sum of the decoding lies between 0 and +-(2**T - 1) sum |w| (SEMANTICS 5.5).
+        top = (2**T - 1) * int(np.abs(w.astype(np.int64)).reshape(self.c_out, -1).sum(1).max())
+        top += int(np.abs(self.bias).max())
+        self.vbits = top.bit_length() + 1
+        self.theta_bits = max(1, int(self.theta.max()).bit_length()) if self.theta is not None else 1
+        out_shape = unsigned(T) if self.theta is not None else signed(self.vbits)
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(unsigned(T), self.c_in))),
+            "o": Out(stream.Signature(data.ArrayLayout(out_shape, self.c_out))),
+            "lb_read": Out(1),
+            "w_read": Out(1),
+            "p_read": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        T, L, k, s = self.T, self.lanes, self.k, self.stride
+        G = self.c_out // L
+        cin_p = pow2_at_least(self.c_in)
+        cbits = (cin_p - 1).bit_length()
+        span = k // 2 if self.transposed else k
+        slots = pow2_at_least(span)
+        xbits = bits_for(self.width)
+        side = k // 2 if self.transposed else k
+        neuron = self.theta is not None
+
+        # Memories: line buffer (S rows of plane-major words), weights, per-block bias and threshold.
+        mask_bits = pow2_at_least(T * cin_p)
+        m.submodules.linebuf = lb = memory.Memory(shape=unsigned(T * cin_p), depth=slots << xbits, init=[])
+        lb_w, lb_r = lb.write_port(), lb.read_port()
+        words, ntaps = weight_words(self.weights, L, self.transposed)
+        m.submodules.weights = wm = memory.Memory(shape=unsigned(8 * L), depth=len(words), init=words)
+        w_r = wm.read_port()
+        vb, tb = self.vbits, self.theta_bits
+        params = []
+        for g in range(G):
+            word = 0
+            for lane in range(L):
+                o = g * L + lane
+                th = int(self.theta[o]) if neuron else 0
+                word |= ((int(self.bias[o]) & ((1 << vb) - 1)) | (th << vb)) << ((vb + tb) * lane)
+            params.append(word)
+        m.submodules.params = pm = memory.Memory(shape=unsigned((vb + tb) * L), depth=G, init=params)
+        p_r = pm.read_port()
+
+        m.submodules.acc = acc = UWDAccumulator(L, vb, T)
+        if neuron:
+            m.submodules.sar = sar = SARNeuron(L, vb, tb, T)
+
+        # Counters: output position, input rows received, input column, block, tap, SAR step.
+        ybits = bits_for(max(self.height, self.h_out, self.width, self.w_out) + 1) + 2
+        oy = Signal(ybits)
+        ox = Signal(ybits)
+        rows_in = Signal(ybits)
+        x_in = Signal(xbits)
+        g = Signal(bits_for(G))
+        ti = Signal(bits_for(side))
+        tj = Signal(bits_for(side))
+        wrow = Signal(bits_for(len(words) + 1))
+        tt = Signal(bits_for(T))
+        mask = Signal(mask_bits)
+        ev_valid = Signal()
+        ev_t = Signal(bits_for(T))
+        obits = (T if neuron else vb) * L
+        out_reg = Signal(obits * G)
+
+        # Input rows an output row needs (all of them up to ``need``), and a tap's input position.
+        def sg(v):  # as a non-negative signed value, so that differences below keep their sign
+            return Cat(v, Const(0, 1)).as_signed()
+
+        need = Signal(ybits)
+        iy, ix = Signal(signed(ybits + 2)), Signal(signed(ybits + 2))
+        if self.transposed:
+            m.d.comb += need.eq(((oy + self.pad) >> 1) + 1)
+            m.d.comb += [iy.eq(sg((oy + self.pad) >> 1) - sg(ti)), ix.eq(sg((ox + self.pad) >> 1) - sg(tj))]
+            parity = Cat((ox + self.pad)[0], (oy + self.pad)[0])
+            gsel = Cat(parity, g)
+        else:
+            m.d.comb += need.eq((oy << (s - 1)) + (k - self.pad))
+            m.d.comb += [iy.eq(sg(oy << (s - 1)) + sg(ti) - self.pad), ix.eq(sg(ox << (s - 1)) + sg(tj) - self.pad)]
+            gsel = g
+        inside = (iy >= 0) & (iy < self.height) & (ix >= 0) & (ix < self.width)
+        enough = (rows_in >= need) | (rows_in == self.height)
+        last_tap = (ti == side - 1) & (tj == side - 1)
+
+        # Plane-major input word: bit t * cin_p + c is plane t (MSB first) of channel c.
+        m.d.comb += lb_w.data.eq(Cat(*[self.i.payload[c][T - 1 - t] if c < self.c_in else Const(0, 1)
+                                       for t in range(T) for c in range(cin_p)]))
+        any_set, first = first_set([mask[b] for b in range(mask_bits)])
+
+        # UWD pipeline: a weight read issued in SCAN is added in the next cycle.
+        m.d.sync += ev_valid.eq(0)
+        m.d.comb += [
+            acc.add.eq(ev_valid), acc.t.eq(ev_t), acc.weights.eq(w_r.data),
+            w_r.addr.eq(Cat(first[:cbits], wrow) if cbits else wrow),
+            lb_r.addr.eq(Cat(ix[:xbits], iy[:(slots - 1).bit_length()])),
+            lb_w.addr.eq(Cat(x_in, rows_in[:(slots - 1).bit_length()])),
+            p_r.addr.eq(g),
+            self.lb_read.eq(lb_r.en), self.w_read.eq(w_r.en), self.p_read.eq(p_r.en),
+        ]
+        for lane in range(L):
+            m.d.comb += acc.bias[lane].eq(p_r.data[(vb + tb) * lane:][:vb].as_signed())
+            if neuron:
+                m.d.comb += [sar.v[lane].eq(acc.acc[lane]),
+                             sar.theta[lane].eq(p_r.data[(vb + tb) * lane + vb:][:tb])]
+        m.d.comb += [self.o.payload.eq(out_reg), lb_r.en.eq(0), w_r.en.eq(0), p_r.en.eq(0)]
+
+        def next_tap():
+            m.d.sync += wrow.eq(wrow + 1)
+            with m.If(last_tap):
+                m.next = "DRAIN"
+            with m.Elif(tj == side - 1):
+                m.d.sync += [tj.eq(0), ti.eq(ti + 1)]
+                m.next = "TAP"
+            with m.Else():
+                m.d.sync += tj.eq(tj + 1)
+                m.next = "TAP"
+
+        with m.FSM():
+            with m.State("ROW"):  # receive input rows until the next output row can be computed
+                with m.If(enough):
+                    m.d.sync += g.eq(0)
+                    m.next = "START"
+                with m.Else():
+                    m.next = "RECV"
+            with m.State("RECV"):
+                m.d.comb += [self.i.ready.eq(1), lb_w.en.eq(self.i.valid)]
+                with m.If(self.i.valid):
+                    m.d.sync += x_in.eq(x_in + 1)
+                    with m.If(x_in == self.width - 1):
+                        m.d.sync += [x_in.eq(0), rows_in.eq(rows_in + 1)]
+                        m.next = "ROW"
+            with m.State("START"):  # one block of one output pixel
+                m.d.comb += acc.clear.eq(1)
+                m.d.sync += [ti.eq(0), tj.eq(0), wrow.eq(const_mul(gsel, ntaps))]
+                m.next = "TAP"
+            with m.State("TAP"):
+                with m.If(inside):
+                    m.d.comb += lb_r.en.eq(1)
+                    m.next = "LOAD"
+                with m.Else():
+                    next_tap()
+            with m.State("LOAD"):
+                m.d.sync += mask.eq(lb_r.data)
+                m.next = "SCAN"
+            with m.State("SCAN"):  # one spike per cycle, lowest set bit first; an empty word ends the tap
+                with m.If(any_set):
+                    m.d.comb += w_r.en.eq(1)
+                    m.d.sync += [ev_valid.eq(1), ev_t.eq(first[cbits:]), mask.bit_select(first, 1).eq(0)]
+                with m.Else():
+                    next_tap()
+            with m.State("DRAIN"):  # the last spike's add; read the block's bias and threshold
+                m.d.comb += p_r.en.eq(1)
+                m.next = "BIAS"
+            with m.State("BIAS"):
+                m.d.comb += acc.bias_add.eq(1)
+                m.next = "LOADSAR" if neuron else "STORE"
+            if neuron:
+                with m.State("LOADSAR"):
+                    m.d.comb += sar.load.eq(1)
+                    m.d.sync += tt.eq(0)
+                    m.next = "SAR"
+                with m.State("SAR"):
+                    m.d.comb += sar.step.eq(1)
+                    m.d.sync += tt.eq(tt + 1)
+                    with m.If(tt == T - 1):
+                        m.next = "STORE"
+            with m.State("STORE"):  # the block's L outputs enter the output word from the top
+                new = Cat(*[sar.q[lane] for lane in range(L)]) if neuron else acc.acc.as_value()
+                m.d.sync += out_reg.eq(Cat(out_reg[obits:], new) if G > 1 else new)
+                with m.If(g == G - 1):
+                    m.next = "OUT"
+                with m.Else():
+                    m.d.sync += g.eq(g + 1)
+                    m.next = "START"
+            with m.State("OUT"):
+                m.d.comb += self.o.valid.eq(1)
+                with m.If(self.o.ready):
+                    m.d.sync += [g.eq(0), ox.eq(ox + 1)]
+                    m.next = "START"
+                    with m.If(ox == self.w_out - 1):
+                        m.d.sync += [ox.eq(0), oy.eq(oy + 1)]
+                        m.next = "ROW"
+                        with m.If(oy == self.h_out - 1):  # frame done: the next frame starts afresh
+                            m.d.sync += [oy.eq(0), rows_in.eq(0)]
+        return m

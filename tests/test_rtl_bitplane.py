@@ -1,0 +1,194 @@
+"""The bit-plane layer engine (``edgespike.rtl.bitplane``) in Amaranth's simulator against the reference.
+
+Each layer is fed input codes in raster order and its output pixels are compared, bit for bit, with the layer as
+``edgespike.reference`` computes it (bit planes, conv per plane, the reference's bit-plane neuron or ``uwd``
+Integrator: :meth:`LayerSpec.compute`); its cycles and its memory reads and writes are compared with the cycle
+model (:meth:`LayerSpec.cost`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from edgespike.fpga.pipeline import LayerSpec, PipelineError, layer_specs
+from edgespike.model import BitPlaneNeuron, Conv, ConvTranspose, Decoder, Encoder, Integrator, Model, ReadoutTerm
+from edgespike.rtl.bitplane import BitPlaneLayer
+from edgespike.testing import bitplane_dncnn
+
+pytestmark = pytest.mark.hw
+
+
+def pack(values, bits: int) -> int:
+    word = 0
+    for n, v in enumerate(values):
+        word |= (int(v) & ((1 << bits) - 1)) << (bits * n)
+    return word
+
+
+def unpack(word: int, bits: int, n: int, signed: bool) -> list[int]:
+    out = []
+    for i in range(n):
+        v = (word >> (bits * i)) & ((1 << bits) - 1)
+        out.append(v - (1 << bits) if signed and v >> (bits - 1) else v)
+    return out
+
+
+def simulate_layer(dut: BitPlaneLayer, q: np.ndarray, stall: int = 0, frames: int = 1):
+    """Stream ``q`` ``[C_in, H, W]`` through the layer; returns the outputs ``[C_out, H_out, W_out]``, the cycles
+    until the last output is taken, and the reads counted from the RAM enables. ``stall``: the output is not
+    ready for that many cycles of every ``stall + 1`` (backpressure must not change the result). ``frames``: ``q``
+    holds that many frames one below the other (the same raster stream)."""
+    c_in, h, w = q.shape
+    inputs = [pack(q[:, y, x], dut.T) for y in range(h) for x in range(w)]
+    n_out = dut.h_out * dut.w_out * frames
+    signed = dut.theta is None
+    obits = dut.T if not signed else dut.vbits
+    result = {}
+
+    async def tb(ctx):
+        outs, i, cycles = [], 0, 0
+        reads = {"linebuf": 0, "weights": 0, "params": 0}
+        while len(outs) < n_out:
+            ready = 1 if not stall else int(cycles % (stall + 1) == stall)
+            ctx.set(dut.o.ready, ready)
+            if i < len(inputs):
+                ctx.set(dut.i.valid, 1)
+                ctx.set(dut.i.payload.as_value(), inputs[i])
+            else:
+                ctx.set(dut.i.valid, 0)
+            _, _, iready, ovalid, opay, lb, wr, pr = await ctx.tick().sample(
+                dut.i.ready, dut.o.valid, dut.o.payload.as_value(), dut.lb_read, dut.w_read, dut.p_read)
+            cycles += 1
+            reads["linebuf"] += lb
+            reads["weights"] += wr
+            reads["params"] += pr
+            if iready and i < len(inputs):
+                i += 1
+            if ovalid and ready:
+                outs.append(unpack(opay, obits, dut.c_out, signed))
+        result.update(outs=outs, cycles=cycles, reads=reads, taken=i)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    out = np.array(result["outs"], np.int64).T.reshape(dut.c_out, dut.h_out * frames, dut.w_out)
+    assert result["taken"] == len(inputs), "the layer did not take its whole input"
+    return out, result["cycles"], result["reads"]
+
+
+def layer(weights, theta, bias, T, stride=1, transposed=False, padding=0, conv_bias=None) -> LayerSpec:
+    c_out = weights.shape[0]
+    b = np.zeros(c_out, np.int32) if conv_bias is None else np.asarray(conv_bias, np.int32)
+    conv = (ConvTranspose("c", "input", weights, b, padding=padding) if transposed
+            else Conv("c", "input", weights, b, stride=stride))
+    neuron = (BitPlaneNeuron("n", "c", np.asarray(theta, np.int32), np.asarray(bias, np.int32)) if theta is not None
+              else Integrator("n", "c", uwd=True, bias=np.asarray(bias, np.int32)))
+    return LayerSpec(conv, neuron, T)
+
+
+def check_layer(spec: LayerSpec, q: np.ndarray, lanes: int, stall: int = 0):
+    _, h, w = q.shape
+    dut = BitPlaneLayer(**spec.gateware(h, w, lanes))
+    out, cycles, reads = simulate_layer(dut, q, stall)
+    want = spec.compute(q)
+    bad = np.argwhere(out != want)
+    assert not len(bad), f"first difference at {tuple(bad[0])}: {out[tuple(bad[0])]} != {want[tuple(bad[0])]}"
+    if not stall:
+        cost = spec.cost(q, lanes)
+        assert cycles == cost.cycles
+        assert reads == cost.reads
+    return out
+
+
+def random_layer(rng, c_in, c_out, k, T, **kw):
+    w = rng.integers(-127, 128, (c_out, c_in, k, k)).astype(np.int8)
+    # thresholds put the codes across their whole range on inputs of about half scale
+    scale = max(1, int(np.abs(w.astype(np.int64)).reshape(c_out, -1).sum(1).max()) * (2**T) // 8 // (2**T - 1))
+    theta = rng.integers(max(1, scale // 2), scale + 2, c_out)
+    bias = rng.integers(-scale * 4, scale * 4, c_out)
+    return w, theta, bias
+
+
+@pytest.mark.parametrize("c_in,c_out,k,stride,lanes,h,w", [
+    (1, 4, 5, 2, 4, 6, 8),   # the shipped first layer's shape: 5x5 stride 2 on the pixels' 8 planes
+    (4, 4, 3, 1, 2, 5, 6),   # a body layer in two blocks of 2 lanes
+    (3, 2, 3, 1, 1, 4, 4),   # channels not a power of two, one lane
+    (2, 2, 1, 1, 2, 3, 3),   # 1x1
+])
+def test_conv_layer_equals_reference(c_in, c_out, k, stride, lanes, h, w):
+    rng = np.random.default_rng(c_in * 100 + k)
+    T = 8
+    wts, theta, bias = random_layer(rng, c_in, c_out, k, T)
+    q = rng.integers(0, 2**T, (c_in, h, w))
+    q[:, rng.random((h, w)) < 0.3] = 0  # spike-free words are skipped whole
+    out = check_layer(layer(wts, theta, bias, T, stride=stride), q, lanes)
+    assert out.min() == 0 and out.max() > 0, "the test layer should produce both zero and non-zero codes"
+
+
+def test_saturation_negative_and_conv_bias():
+    """Codes clip at ``2**T - 1`` and at 0 (negative membranes); the conv's own bias counts ``2**T - 1`` times."""
+    rng = np.random.default_rng(5)
+    T = 4
+    wts = rng.integers(-127, 128, (2, 2, 3, 3)).astype(np.int8)
+    q = rng.integers(0, 2**T, (2, 4, 5))
+    spec = layer(wts, theta=[3, 5], bias=[4000, -4000], T=T, conv_bias=[7, -3])
+    out = check_layer(spec, q, lanes=2)
+    assert (out[0] == 2**T - 1).any() and (out[1] == 0).any()
+
+
+def test_readout_transposed_conv_into_integrator():
+    """The shipped read-out's shape: ConvTranspose 6x6 stride 2 padding 2 into a ``uwd`` Integrator (membranes
+    out, every output parity class)."""
+    rng = np.random.default_rng(7)
+    T = 8
+    wts = rng.integers(-127, 128, (1, 4, 6, 6)).astype(np.int8)
+    q = rng.integers(0, 2**T, (4, 3, 4))
+    check_layer(layer(wts, None, [-321], T, transposed=True, padding=2), q, lanes=1)
+
+
+def test_transposed_4x4_padding_1_into_neurons():
+    rng = np.random.default_rng(8)
+    T = 4
+    wts, theta, bias = random_layer(rng, 2, 2, 4, T)
+    q = rng.integers(0, 2**T, (2, 3, 3))
+    check_layer(layer(wts, theta, bias, T, transposed=True, padding=1), q, lanes=2)
+
+
+def test_backpressure_keeps_the_result():
+    rng = np.random.default_rng(9)
+    T = 4
+    wts, theta, bias = random_layer(rng, 2, 2, 3, T)
+    q = rng.integers(0, 2**T, (2, 4, 4))
+    check_layer(layer(wts, theta, bias, T), q, lanes=1, stall=3)
+
+
+def test_two_frames_in_a_row():
+    """The engine starts the next frame afresh (line buffer rows and counters)."""
+    rng = np.random.default_rng(10)
+    T = 4
+    wts, theta, bias = random_layer(rng, 2, 2, 3, T)
+    spec = layer(wts, theta, bias, T)
+    q = rng.integers(0, 2**T, (2, 3, 4))
+    dut = BitPlaneLayer(**spec.gateware(3, 4, 2))
+    second = q[:, ::-1, ::-1].copy()
+    out, _, _ = simulate_layer(dut, np.concatenate([q, second], axis=1), frames=2)
+    assert np.array_equal(out[:, :3], spec.compute(q))
+    assert np.array_equal(out[:, 3:], spec.compute(second))
+
+
+def test_layer_specs_of_the_shipped_shape_and_refusals():
+    model = bitplane_dncnn(depth=3, width=4, T=8, down=True)
+    specs = layer_specs(model)
+    assert [(s.k, s.stride, s.transposed, s.c_in, s.c_out) for s in specs] == [
+        (5, 2, False, 1, 4), (3, 1, False, 4, 4), (6, 2, True, 4, 1)]
+    assert [s.out_size(8, 12) for s in specs] == [(4, 6), (8, 12), (16, 24)]
+    direct = bitplane_dncnn(depth=3, width=4, T=4, down=True)
+    with pytest.raises(PipelineError, match="uwe"):
+        layer_specs(direct)
+    extra = Model(model.nodes + [Integrator("x", "readout")], 8, Encoder("uwe"),
+                  Decoder([ReadoutTerm("x", "membrane", np.ones(1, np.int32))]))
+    with pytest.raises(PipelineError):
+        layer_specs(extra)
