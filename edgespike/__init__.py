@@ -3,6 +3,11 @@
 from edgespike.fileformat import ModelFileError
 from edgespike.frames import FrameError
 from edgespike.model import ModelError
+from edgespike.parallel import note_import as _note_import
+
+# Idle OpenMP workers (the compiled kernel's, and torch's if it loads later) sleep instead of spinning; libgomp
+# reads this once, when it loads, so it is set as early as possible (edgespike.parallel explains why).
+_note_import()
 
 __version__ = "0.1.0"
 __all__ = ["ModelError", "ModelFileError", "FrameError", "__version__", "load"]

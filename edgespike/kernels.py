@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -30,6 +32,16 @@ C_SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
 #include <stdlib.h>
+#include <math.h>
+
+/* 1 when built with OpenMP: the Python side checks that the threads it asks for exist */
+int kernel_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 #define INLINE static inline __attribute__((always_inline))
 /* 32-byte vectors: 8 x int32 or 16 x uint16 lanes. Loads are declared 4-byte aligned (numpy gives 16). */
@@ -195,6 +207,32 @@ int conv_neuron(const uint8_t *x, int L, long x_step, int h, int w, int cs, int 
     return 0;
 }
 
+/* Bit-plane neuron (docs/SEMANTICS.md 5.5) on decoded membranes: q = clip(floor((v + bias) / theta), 0, levels),
+   in double: exact, because v and bias are integers below 2^53 and the floor of the correctly rounded quotient of
+   two such integers is their integer floor. v [n][co]: float (f64 = 0) or double (f64 = 1); q [n][co]: uint8
+   (levels < 256) or uint16. bits[b] counts the elements of rows p0..p1-1 (the strip's core) whose bit b is 1:
+   the spikes of step T-1-b. */
+void bitplane_quantise(const void *v, int f64, long n, int co, const double *bias, const double *theta,
+                       int levels, void *q, int threads, long p0, long p1, int64_t *bits) {
+    int nb = 0;
+    while ((1L << nb) <= levels) nb++;
+    int64_t hist[17] = {0};
+    #pragma omp parallel for schedule(static) num_threads(threads) reduction(+:hist[:17])
+    for (long i = 0; i < n; i++) {
+        int core = i >= p0 && i < p1;
+        for (int c = 0; c < co; c++) {
+            long e = i * co + c;
+            double x = (f64 ? ((const double *)v)[e] : (double)((const float *)v)[e]) + bias[c];
+            double f = floor(x / theta[c]);
+            int qi = f < 0 ? 0 : (f > levels ? levels : (int)f);
+            if (levels < 256) ((uint8_t *)q)[e] = (uint8_t)qi; else ((uint16_t *)q)[e] = (uint16_t)qi;
+            if (core)
+                for (int b = 0; b < nb; b++) hist[b] += (qi >> b) & 1;
+        }
+    }
+    for (int b = 0; b < nb; b++) bits[b] = hist[b];
+}
+
 /* Neuron update alone (currents computed elsewhere): cur [L][n][co] int32 (cur_step = 0 repeats one step),
    v [n][co] int32 updated in place, spk [L][n][co] uint8. Steps t < T only (no MPRN extra step). */
 void neuron(const int32_t *cur, long cur_step, int L, long n, int co, int32_t *v, const int32_t *theta,
@@ -227,6 +265,22 @@ void neuron(const int32_t *cur, long cur_step, int L, long n, int co, int32_t *v
 _LIB = None
 _ERROR = None
 _TRIED = False
+_INFO: dict = {}
+
+ARCH_FLAGS = ("-march=native", "-mcpu=native")
+"""Tried in turn, the first the compiler accepts is kept: GCC/Clang on x86-64 spell it ``-march``, GCC on ARM
+accepts both, some ARM compilers only ``-mcpu``; cross compilers reject both (there is no "native" target)."""
+OPENMP_FLAG = "-fopenmp"
+BASE_FLAGS = ("-O3", "-fPIC", "-shared")
+
+_PROBE_SOURCE = """
+int probe(int n) {
+    int s = 0;
+    #pragma omp parallel for reduction(+:s)
+    for (int i = 0; i < n; i++) s += i;
+    return s;
+}
+"""
 
 
 def _cache_dir() -> Path:
@@ -235,60 +289,224 @@ def _cache_dir() -> Path:
     return Path(base)
 
 
-def _compile(out: Path) -> None:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if not cc:
-        raise OSError("no C compiler (cc) found")
+def compiler() -> list[str] | None:
+    """The C compiler command: ``$CC`` (split like a shell word list, e.g. ``ccache gcc``), else the first of
+    ``cc``, ``gcc``, ``clang`` on the PATH; ``None`` if there is none."""
+    cc = os.environ.get("CC")
+    if cc:
+        return shlex.split(cc)
+    found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    return [found] if found else None
+
+
+def _reason(stderr: str) -> str:
+    """The line of a compiler's output that says why it failed (the first error, not the notes after it)."""
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    for ln in lines:
+        if "error" in ln.lower():
+            return ln
+    return lines[-1] if lines else "no message"
+
+
+def _run(cmd: list[str], timeout: float = 300) -> tuple[int, str]:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except OSError as exc:  # the compiler named by CC does not exist or cannot run
+        return 127, f"{cmd[0]}: {exc.strerror or exc}"
+    except subprocess.TimeoutExpired:
+        return 124, f"{cmd[0]} did not finish within {timeout:.0f} s"
+    return r.returncode, r.stderr + r.stdout
+
+
+def _identity(cmd: list[str]) -> str:
+    """What makes a compiler this compiler: every word's resolved executable with its size and modification time
+    (an upgraded or replaced compiler, or a CC wrapper that was edited, gets another identity; no subprocess)."""
+    parts = []
+    for word in cmd:
+        path = shutil.which(word) if os.sep not in word else word
+        try:
+            real = os.path.realpath(path) if path else word
+            st = os.stat(real)
+            parts.append(f"{word}={real}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append(word)
+    return "|".join(parts)
+
+
+def cpu_id() -> str:
+    """The CPU ``-march=native`` compiles for: machine, model and feature flags (``/proc/cpuinfo`` on Linux)."""
+    parts = [platform.machine(), platform.processor()]
+    try:
+        seen = set()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key = line.split(":", 1)[0].strip().lower()
+            if key in ("vendor_id", "model name", "cpu family", "model", "flags", "features", "cpu implementer",
+                       "cpu architecture", "cpu variant", "cpu part") and key not in seen:
+                seen.add(key)
+                parts.append(line.strip())
+    except OSError:
+        pass
+    return "\n".join(parts)
+
+
+def _cpu_name(cpu: str) -> str:
+    for line in cpu.splitlines():
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return cpu.splitlines()[0] if cpu else "?"
+
+
+def _extra_flags() -> list[str]:
+    return shlex.split(os.environ.get("EDGESPIKE_CFLAGS", ""))
+
+
+def probe_flags(cmd: list[str]) -> dict:
+    """Which optional flags ``cmd`` accepts, each tried on its own on a small OpenMP source (about 50 ms each).
+
+    Returns ``{"version", "flags", "rejected": {flag: reason}}``: the first accepted of :data:`ARCH_FLAGS`, and
+    ``-fopenmp`` when it compiles and links (a compiler that rejects ``-march=native`` still gets OpenMP)."""
+    rc, out = _run(cmd + ["--version"], timeout=60)
+    version = out.strip().splitlines()[0] if rc == 0 and out.strip() else "unknown version"
+    flags: list[str] = []
+    rejected: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "probe.c"
+        src.write_text(_PROBE_SOURCE)
+        lib = str(Path(tmp) / "probe.so")
+        for flag in ARCH_FLAGS:
+            rc, out = _run(cmd + ["-fPIC", "-shared", flag, str(src), "-o", lib], timeout=60)
+            if rc == 0:
+                flags.append(flag)
+                break
+            rejected[flag] = _reason(out)
+        rc, out = _run(cmd + ["-fPIC", "-shared", OPENMP_FLAG, str(src), "-o", lib], timeout=60)
+        if rc == 0:
+            flags.append(OPENMP_FLAG)
+        else:
+            rejected[OPENMP_FLAG] = _reason(out)
+    return {"version": version, "flags": flags, "rejected": rejected}
+
+
+def compile_kernel(cmd: list[str], flags: list[str], out: Path, sources: tuple = ()) -> tuple[bool, str]:
+    """Compile :data:`C_SOURCE` (plus ``sources``, e.g. a test driver) with ``cmd`` and ``flags`` into ``out``,
+    published atomically. Returns ``(ok, reason)``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "kernel.c"
         src.write_text(C_SOURCE)
-        lib = Path(tmp) / "kernel.so"
-        base = [cc, "-O3", "-fPIC", "-shared", str(src), "-o", str(lib)]
-        errors = []
-        for flags in (["-march=native", "-fopenmp"], ["-march=native"], []):
-            r = subprocess.run(base[:1] + flags + base[1:], capture_output=True, text=True)
-            if r.returncode == 0:
-                break
-            errors.append(r.stderr.strip().splitlines()[-1:] or ["?"])
-        else:
-            raise OSError(f"compiling the kernel failed: {errors[-1][0]}")
+        lib = Path(tmp) / out.name
+        rc, msg = _run(cmd + list(flags) + [str(src), *map(str, sources), "-o", str(lib)])
+        if rc != 0:
+            return False, _reason(msg)
         # Atomic publish: concurrent first uses never load a half-written library.
-        fd, tmp_out = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
+        fd, tmp_out = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
         os.close(fd)
         shutil.copyfile(lib, tmp_out)
+        os.chmod(tmp_out, 0o755)
         os.replace(tmp_out, out)
+    return True, ""
+
+
+def plan() -> dict:
+    """What :func:`build` would compile, and where: compiler, version, flags (probed once per compiler identity
+    and cached), CPU and the library path. The path is keyed by the C source, the compiler's identity and
+    version, the flags and the CPU, so a changed compiler, ``CC``, ``EDGESPIKE_CFLAGS`` or CPU builds anew
+    instead of reusing a single-threaded or wrong-CPU library. ``{"error": reason}`` without a compiler."""
+    cmd = compiler()
+    if not cmd:
+        return {"error": "no C compiler found (install gcc or clang, or set CC)"}
+    ident = _identity(cmd)
+    cache = _cache_dir()
+    pfile = cache / f"probe-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.json"
+    probe = None
+    try:
+        probe = json.loads(pfile.read_text())
+    except (OSError, ValueError):
+        pass
+    if not isinstance(probe, dict) or probe.get("identity") != ident:
+        probe = dict(probe_flags(cmd), identity=ident)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(probe, fh)
+            os.replace(tmp, pfile)
+        except OSError:  # a read-only cache only costs the probe again next time
+            pass
+    flags = list(BASE_FLAGS) + probe["flags"] + _extra_flags()
+    cpu = cpu_id()
+    tag = hashlib.sha256("\0".join([C_SOURCE, ident, probe["version"], " ".join(flags), cpu]).encode())
+    return {"compiler": cmd, "version": probe["version"], "flags": flags, "rejected": probe["rejected"],
+            "openmp": OPENMP_FLAG in flags, "cpu": _cpu_name(cpu),
+            "path": str(cache / f"kernel-{tag.hexdigest()[:16]}.so")}
+
+
+def build(info: dict | None = None) -> dict:
+    """Compile the library :func:`plan` describes unless it is cached; returns the plan with ``built`` (compiled
+    now) and, on failure, ``error`` (the compiler's reason). If the probed flags fail on the real source, the
+    architecture flag and then OpenMP are dropped in turn, each drop recorded in ``rejected``."""
+    info = dict(info or plan())
+    if "error" in info:
+        return info
+    path = Path(info["path"])
+    info["built"] = False
+    if path.exists():
+        return info
+    flags = list(info["flags"])
+    reasons = []
+    while True:
+        ok, why = compile_kernel(info["compiler"], flags, path)
+        if ok:
+            break
+        reasons.append(why)
+        drop = next((f for f in (*ARCH_FLAGS, OPENMP_FLAG) if f in flags), None)
+        if drop is None:
+            info["error"] = f"compiling the kernel with {' '.join(info['compiler'])} failed: {reasons[0]}"
+            return info
+        info["rejected"] = dict(info["rejected"], **{drop: why})
+        flags.remove(drop)
+    info.update(flags=flags, openmp=OPENMP_FLAG in flags, built=True)
+    return info
+
+
+def _open(path: str):
+    lib = ctypes.CDLL(path)
+    fn = lib.conv_neuron
+    fn.restype = ctypes.c_int
+    P = ctypes.c_void_p
+    I = ctypes.c_int  # noqa: E741
+    fn.argtypes = [P, I, ctypes.c_long, I, I, I, I, I, P, I, I, I, P, P, P, I, I, I, P, I, I, I, P]
+    nf = lib.neuron
+    nf.restype = None
+    nf.argtypes = [P, ctypes.c_long, I, ctypes.c_long, I, P, P, I, I, P, I, ctypes.c_long, ctypes.c_long, P]
+    lib.kernel_openmp.restype = ctypes.c_int
+    lib.kernel_openmp.argtypes = []
+    return lib
 
 
 def load():
-    """The compiled kernel library (ctypes), building it on first use; ``None`` if unavailable."""
-    global _LIB, _ERROR, _TRIED
+    """The compiled kernel library (ctypes), building it on first use; ``None`` if unavailable (the reason is
+    :func:`load_error`, the build details :func:`info`)."""
+    global _LIB, _ERROR, _TRIED, _INFO
     if _TRIED:
         return _LIB
     _TRIED = True
     if os.environ.get("EDGESPIKE_NO_KERNEL"):
         _ERROR = "disabled by EDGESPIKE_NO_KERNEL"
         return None
-    tag = hashlib.sha256((C_SOURCE + platform.machine() + platform.node()).encode()).hexdigest()[:16]
-    path = _cache_dir() / f"kernel-{tag}.so"
+    # Idle OpenMP workers sleep instead of spinning: the runtime opens a parallel region per layer and step,
+    # and spinning threads would steal the CPU from the caller's other work (and from other processes). Only
+    # effective if no library loaded libgomp before (see edgespike.parallel).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        if not path.exists():
-            _compile(path)
-        # Idle OpenMP workers sleep instead of spinning: the runtime opens a parallel region per layer and step,
-        # and spinning threads would steal the CPU from the caller's other work (and from other processes).
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        lib = ctypes.CDLL(str(path))
-        fn = lib.conv_neuron
-        fn.restype = ctypes.c_int
-        P = ctypes.c_void_p
-        I = ctypes.c_int  # noqa: E741
-        fn.argtypes = [P, I, ctypes.c_long, I, I, I, I, I, P, I, I, I, P, P, P, I, I, I, P, I, I, I, P]
-        nf = lib.neuron
-        nf.restype = None
-        nf.argtypes = [P, ctypes.c_long, I, ctypes.c_long, I, P, P, I, I, P, I, ctypes.c_long, ctypes.c_long, P]
-        _LIB = lib
+        _INFO = build()
+        if "error" in _INFO:
+            _ERROR = _INFO["error"]
+            return None
+        _LIB = _open(_INFO["path"])
+        _INFO["openmp"] = bool(_LIB.kernel_openmp())
     except OSError as exc:
-        _ERROR = str(exc)
+        _ERROR = f"loading the compiled kernel failed: {exc}"
         _LIB = None
     return _LIB
 
@@ -296,6 +514,45 @@ def load():
 def load_error() -> str | None:
     """Why :func:`load` returned ``None`` (for error messages)."""
     return _ERROR
+
+
+def fallback_notice() -> str:
+    """One line saying that the slow numpy fallback runs instead of the compiled kernel, and why."""
+    return (f"the compiled C kernel is unavailable ({load_error() or 'not built'}); running the numpy fallback, "
+            "about 10x slower")
+
+
+_NOTIFIED = False
+
+
+def warn_fallback(stacklevel: int = 3) -> None:
+    """A ``RuntimeWarning`` with :func:`fallback_notice`, once per process; none when the user disabled the
+    kernel (``EDGESPIKE_NO_KERNEL``) or a command already printed the notice (:func:`mark_notified`)."""
+    global _NOTIFIED
+    if _NOTIFIED or os.environ.get("EDGESPIKE_NO_KERNEL"):
+        return
+    _NOTIFIED = True
+    import warnings
+
+    warnings.warn(fallback_notice(), RuntimeWarning, stacklevel=stacklevel + 1)
+
+
+def mark_notified() -> None:
+    """The fallback notice has reached the user another way (the CLI's line): no Python warning as well."""
+    global _NOTIFIED
+    _NOTIFIED = True
+
+
+def info() -> dict:
+    """How the kernel :func:`load` returned was built: compiler, version, flags, ``openmp``, rejected flags with
+    the compiler's reasons, CPU, library path (empty before :func:`load`)."""
+    return dict(_INFO)
+
+
+def _reset() -> None:
+    """Forget the loaded kernel so the next :func:`load` looks again (tests)."""
+    global _LIB, _ERROR, _TRIED, _INFO, _NOTIFIED
+    _LIB, _ERROR, _TRIED, _INFO, _NOTIFIED = None, None, False, {}, False
 
 
 MAX_OUT = 64 * 8
@@ -339,14 +596,14 @@ MIN_PARALLEL = 1 << 16
 
 
 def threads(work: int = MIN_PARALLEL) -> int:
-    """Threads for a kernel call producing ``work`` values per step: ``EDGESPIKE_THREADS`` or the usable CPUs
-    (at most 8), and 1 for small calls."""
+    """Threads for a kernel call producing ``work`` values per step: the running runtime's setting
+    (:func:`edgespike.parallel.kernel_threads`: ``threads=``, ``EDGESPIKE_THREADS`` or the usable CPUs), and 1
+    for small calls."""
     if work < MIN_PARALLEL:
         return 1
-    n = os.environ.get("EDGESPIKE_THREADS")
-    if n:
-        return max(1, int(n))
-    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8))
+    from edgespike.parallel import kernel_threads
+
+    return kernel_threads()
 
 
 def conv_neuron(lib, x: np.ndarray, lut: np.ndarray, conv, neuron, v: np.ndarray, theta: np.ndarray,
@@ -408,3 +665,27 @@ def neuron(lib, cur: np.ndarray, neuron, v: np.ndarray, theta: np.ndarray, out: 
                int(neuron.leak_shift), int(neuron.reset == "hard"), spk.ctypes.data, threads(v.size),
                r0 * v.shape[1], r1 * v.shape[1], counts.ctypes.data)
     return spk, counts
+
+
+def bitplane_quantise(lib, v: np.ndarray, bias: np.ndarray, theta: np.ndarray, T: int,
+                      rows: tuple[int, int] | None = None):
+    """A bit-plane layer's output for decoded membranes ``v [h, w, C]`` (float32 or float64 holding exact
+    integers): ``q = clip(floor((v + bias) / theta), 0, 2**T - 1)`` (uint8 for T <= 8, else uint16), and the
+    number of spikes of each step ``t`` (bit ``T-1-t`` of q) within rows ``rows`` (default all)."""
+    fn = lib.bitplane_quantise
+    if fn.argtypes is None:
+        P, I, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_long  # noqa: E741
+        fn.restype = None
+        fn.argtypes = [P, I, L, I, P, P, I, P, I, L, L, P]
+    v = np.ascontiguousarray(v)
+    if v.dtype not in (np.float32, np.float64):
+        v = v.astype(np.float64)
+    h, w, co = v.shape
+    q = np.empty(v.shape, np.uint8 if T <= 8 else np.uint16)
+    b = np.ascontiguousarray(bias, dtype=np.float64)
+    th = np.ascontiguousarray(theta, dtype=np.float64)
+    r0, r1 = rows if rows is not None else (0, h)
+    bits = np.zeros(17, np.int64)
+    fn(v.ctypes.data, int(v.dtype == np.float64), h * w, co, b.ctypes.data, th.ctypes.data, 2**T - 1, q.ctypes.data,
+       threads(v.size), r0 * w, r1 * w, bits.ctypes.data)
+    return q, bits[:T][::-1].copy()

@@ -110,7 +110,8 @@ def notice_if_slow(message: str, after: float = 1.0, enabled: bool = True, strea
 def prepare_kernel(backend: str = "auto", enabled: bool = True) -> None:
     """Build the compiled kernel now, with a notice if that takes a while (the first use on a machine: ~10 s).
 
-    Commands call this before loading a model, so the build is not a silent pause inside the first frame.
+    Commands call this before loading a model, so the build is not a silent pause inside the first frame, and a
+    kernel that cannot be built is said in one line on stderr (why, and that the slow numpy fallback runs).
     ``backend="numpy"`` needs no kernel.
     """
     if backend == "numpy":
@@ -118,7 +119,12 @@ def prepare_kernel(backend: str = "auto", enabled: bool = True) -> None:
     from edgespike import kernels
 
     with notice_if_slow("compiling the C kernel (first use on this machine only, about 10 s)", enabled=enabled):
-        kernels.load()
+        lib = kernels.load()
+    # Never silently slow: one line, even when quiet (and no Python warning repeating it)
+    if lib is None and backend == "auto":
+        sys.stderr.write(f"edgespike: {kernels.fallback_notice()}\n")
+        sys.stderr.flush()
+        kernels.mark_notified()
 
 
 @contextlib.contextmanager

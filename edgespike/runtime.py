@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgespike import parallel
 from edgespike.frames import check_frame, pad_to_multiple
 from edgespike.model import (
     INPUT,
@@ -313,6 +314,10 @@ class Runtime:
         Core rows per strip (rounded up to ``model.size_multiple``). Default: from ``max_strip_bytes``.
     max_strip_bytes : int
         Working-set budget per strip used to choose ``strip_rows``.
+    threads : int, optional
+        Threads for a frame: the compiled kernel runs this many, and numpy's BLAS is limited while the frame runs
+        (to 1 beside the kernel, whose threads its busy-waiting workers would slow; to ``threads`` on the numpy
+        fallback). Default ``EDGESPIKE_THREADS``, else the usable CPUs (at most 8). See :mod:`edgespike.parallel`.
 
     Examples
     --------
@@ -321,7 +326,8 @@ class Runtime:
     """
 
     def __init__(self, model: Model, backend: str = "auto", strip_rows: int | None = None,
-                 max_strip_bytes: int = DEFAULT_STRIP_BYTES, bitplane_path: str = "auto"):
+                 max_strip_bytes: int = DEFAULT_STRIP_BYTES, bitplane_path: str = "auto",
+                 threads: int | None = None):
         if bitplane_path not in BITPLANE_PATHS:
             raise ValueError(f"bitplane_path must be one of {BITPLANE_PATHS}, got {bitplane_path!r}")
         self.bitplane_path = bitplane_path
@@ -341,7 +347,15 @@ class Runtime:
             self.kernels = kernels.load()
             if self.kernels is None and backend == "c":
                 raise ModelError(f"the compiled kernel is unavailable: {kernels.load_error()}")
+            if self.kernels is None:
+                kernels.warn_fallback()
         self.backend = "c" if self.kernels is not None else "numpy"
+        self.threads = parallel.resolve(threads)
+        # BLAS beside the kernel gets one thread (its spinning workers would take the kernel's cores); on the numpy
+        # fallback it is the only parallel part.
+        self.blas_threads = 1 if self.kernels is not None else self.threads
+        if self.kernels is not None:
+            parallel.check_wait_policy(self.threads)
 
         infos = self.analysis.nodes
         self.consumers: dict[str, list] = {INPUT: []}
@@ -509,13 +523,14 @@ class Runtime:
                 stats.neurons[node.name] = info.channels * _lv(Hp, info.level) * _lv(Wp, info.level)
         out = np.empty((Hp, Wp), np.uint8)
         rows = self._strip_rows(Hp, Wp)
-        for r0 in range(0, Hp, rows):
-            r1 = min(Hp, r0 + rows)
-            a0, b0 = max(0, r0 - self.halo), min(Hp, r1 + self.halo)
-            if (b0 - a0, Wp) != self._strip_shape:  # buffers of another strip size would only sit in memory
-                self._free.clear()
-                self._strip_shape = (b0 - a0, Wp)
-            out[r0:r1] = self._strip(x, a0, b0, r0 - a0, r1 - a0, stats)
+        with parallel.limits(self.threads, self.blas_threads):
+            for r0 in range(0, Hp, rows):
+                r1 = min(Hp, r0 + rows)
+                a0, b0 = max(0, r0 - self.halo), min(Hp, r1 + self.halo)
+                if (b0 - a0, Wp) != self._strip_shape:  # buffers of another strip size would only sit in memory
+                    self._free.clear()
+                    self._strip_shape = (b0 - a0, Wp)
+                out[r0:r1] = self._strip(x, a0, b0, r0 - a0, r1 - a0, stats)
         stats.total_seconds = time.perf_counter() - t0
         return out[:H, :W], stats
 

@@ -10,6 +10,7 @@ import numpy as np
 from edgespike.errors import UserError
 from edgespike.files import check_output
 from edgespike.models import MODEL_HELP, resolve, shipped_for
+from edgespike.parallel import add_threads_argument, apply_threads_argument
 
 HELP = "denoise an image file (PNG out) with the CPU runtime"
 DESCRIPTION = """Denoise one image with a spiking model on the CPU and write a PNG. Colour images are denoised on
@@ -33,6 +34,7 @@ def add_arguments(p) -> None:
                    "is not known)")
     p.add_argument("--backend", choices=("auto", "c", "numpy"), default="auto",
                    help="runtime kernels (default: the compiled kernel when available)")
+    add_threads_argument(p)
     p.add_argument("--max-pixels", type=int, metavar="N", help=MAX_PIXELS_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
@@ -49,6 +51,7 @@ def run(args) -> int:
     from edgespike.progress import heartbeat, prepare_kernel
     from edgespike.runtime import load
 
+    apply_threads_argument(args)  # a bad count fails at once, before any work
     src = Path(args.input)
     out_path = Path(args.output) if args.output else default_output(src)
     if out_path.suffix.lower() != ".png":

@@ -16,6 +16,7 @@ from edgespike.errors import UserError
 from edgespike.metrics import psnr, ssim
 from edgespike.models import MODEL_HELP, resolve, shipped_for
 from edgespike.models import label as model_label
+from edgespike.parallel import add_threads_argument, apply_threads_argument
 from edgespike.progress import prepare_kernel
 
 HELP = "measure PSNR/SSIM, spikes and ops of a model on Set12, BSD68 or a folder"
@@ -44,6 +45,7 @@ def add_arguments(p) -> None:
     p.add_argument("--ann-mode", choices=("quant", "relu"), default="quant",
                    help="ANN twin activations: T+1-level rates (quant, default) or clipped ReLU (relu)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N images")
+    add_threads_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
 
 
@@ -246,6 +248,7 @@ def run(args) -> int:
     label, files = data.resolve(args.dataset)
     if args.limit is not None:
         files = files[: args.limit]
+    apply_threads_argument(args)
     prepare_kernel(enabled=not args.json)  # the first use builds the C kernel: say so rather than pause
     executor, executor_label = open_executor(path)
     model = executor.model

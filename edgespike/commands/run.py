@@ -9,6 +9,7 @@ from pathlib import Path
 from edgespike.errors import UserError
 from edgespike.live.imageio import MAX_PIXELS_HELP, check_max_pixels
 from edgespike.models import MODEL_HELP, label, resolve, shipped_for
+from edgespike.parallel import add_threads_argument, apply_threads_argument
 from edgespike.progress import prepare_kernel
 
 HELP = "denoise a live camera, video, images or the demo, with per-frame spike stats"
@@ -47,6 +48,7 @@ def add_arguments(p) -> None:
                    "Gaussian sigma 25, else blind, as a camera's noise is not known in advance; on the fpga "
                    "backends: s25, the model `edgespike fpga build` builds)")
     g.add_argument("--backend", default="cpu", help="cpu (default), fpga (with --port) or fpga-sim")
+    add_threads_argument(g)
     g.add_argument("--port", metavar="DEVICE", help="serial port of the FPGA board, e.g. /dev/ttyUSB0")
     g.add_argument("--color", default="luma", help="colour input: luma (denoise Y, keep chroma; default), "
                    "per-channel (R, G, B separately: 3x the cost) or gray (output grey)")
@@ -171,6 +173,7 @@ def run(args) -> int:
     else:
         model = shipped_for(args.noise, args.sigma) if is_demo else shipped_for(None)
     if args.backend == "cpu":
+        apply_threads_argument(args)
         prepare_kernel(enabled=not args.quiet)  # a first run builds the C kernel: say so rather than pause
     backend = backends.open_backend(args.backend, model, args.port)
     backend_model = getattr(backend, "model", None)
