@@ -96,7 +96,7 @@ class LayerSpec:
         v = np.zeros_like(currents[0])
         for cur in currents:
             v = 2 * v + cur
-        return v + self.bias[:, None, None] - (2**T - 1) * self.conv.bias.astype(np.int64)[:, None, None]
+        return v + (0 if self.neuron.bias is None else self.neuron.bias.astype(np.int64)[:, None, None])
 
     def taps(self, h: int, w: int):
         """For each kernel tap the engine visits: the input row of every output row and the input column of every
@@ -116,15 +116,17 @@ class LayerSpec:
         rows = ((oy + self.padding) >> 1) + 1 if self.transposed else self.stride * oy + self.k - self.padding
         return np.minimum(rows, h)
 
-    def cost(self, q: np.ndarray, lanes: int) -> LayerCost:
-        """Cycles and memory accesses of the engine on one frame of input codes ``q``, input always valid and
-        output always ready (the engine alone); see :mod:`edgespike.rtl.bitplane` for the schedule."""
+    def schedule(self, q: np.ndarray, lanes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The engine's work on input codes ``q``: input rows received before each output row, the cycles from
+        ``START`` of an output pixel's first block to its ``OUT`` (all blocks), and per output pixel the kernel
+        taps inside the input and the spikes added (one block)."""
         _, h, w = q.shape
         ho, wo = self.out_size(h, w)
         G = self.c_out // lanes
         pop = np.zeros((h, w), np.int64)
+        table = np.array([bin(v).count("1") for v in range(2**self.T)])
         for c in range(q.shape[0]):
-            pop += np.array([bin(int(v)).count("1") for v in range(2**self.T)])[q[c]]
+            pop += table[q[c]]
         tap_cycles = np.zeros((ho, wo), np.int64)
         inside_taps = np.zeros((ho, wo), np.int64)
         events = np.zeros((ho, wo), np.int64)
@@ -132,24 +134,48 @@ class LayerSpec:
             vy, vx = (iy >= 0) & (iy < h), (ix >= 0) & (ix < w)
             inside = vy[:, None] & vx[None, :]
             p = pop[np.clip(iy, 0, h - 1)][:, np.clip(ix, 0, w - 1)] * inside
-            tap_cycles += np.where(inside, 3 + p, 1)
+            tap_cycles += np.where(inside, 3 + p, 1)  # TAP, LOAD, one SCAN per spike, the empty SCAN; or TAP
             inside_taps += inside
             events += p
-        neuron = self.theta is not None
-        per_block = 1 + tap_cycles + 3 + ((1 + self.T) if neuron else 0)
-        need = self.need(h)
-        received = np.diff(np.concatenate([[0], need]))
-        cycles = int((1 + received * (w + 1)).sum() + (G * per_block + 1).sum())
+        sar = (1 + self.T) if self.theta is not None else 0
+        busy = G * (1 + tap_cycles + 3 + sar)  # START, taps, DRAIN, BIAS, [LOADSAR, SAR x T], STORE
+        received = np.diff(np.concatenate([[0], self.need(h)]))
+        return received, busy, inside_taps, events
+
+    def cost(self, q: np.ndarray, lanes: int) -> LayerCost:
+        """Cycles and memory accesses of the engine on one frame of input codes ``q``, input always valid and
+        output always ready (the engine alone); see :mod:`edgespike.rtl.bitplane` for the schedule."""
+        _, h, w = q.shape
+        G = self.c_out // lanes
+        received, busy, inside_taps, events = self.schedule(q, lanes)
+        # per output row: ROW once plus once per input row received (W cycles each); per pixel: busy + OUT
+        cycles = int((1 + received * (w + 1)).sum() + (busy + 1).sum())
         n_events = int(G * events.sum())
-        pixels = ho * wo
+        pixels = busy.size
         return LayerCost(
             cycles=cycles, events=n_events, sops=n_events * lanes,
             reads={"linebuf": int(G * inside_taps.sum()), "weights": n_events, "params": G * pixels},
             writes={"linebuf": h * w},
             adds={"synaptic": n_events * lanes, "bias": G * pixels * lanes,
-                  "sar": G * pixels * lanes * self.T if neuron else 0},
+                  "sar": G * pixels * lanes * self.T if self.theta is not None else 0},
         )
 
+    def program(self, q: np.ndarray, lanes: int):
+        """The engine's handshakes in time, as a generator for :func:`pipeline_cycles`: it yields
+        ``("recv", cycle)`` / ``("send", cycle)`` when it is ready to take / offer a pixel and is resumed with
+        the cycle the handshake happens in."""
+        _, h, w = q.shape
+        received, busy, _, _ = self.schedule(q, lanes)
+        t = 0  # the cycle the engine is in ROW
+        for oy in range(busy.shape[0]):
+            for _ in range(int(received[oy])):
+                t += 1
+                for _ in range(w):
+                    t = (yield ("recv", t)) + 1
+                # now in ROW again
+            for ox in range(busy.shape[1]):
+                t = yield ("send", t + 1 + int(busy[oy, ox]))
+            t += 1  # the cycle after the row's last handshake is ROW (or the next frame's ROW)
 
 @dataclass
 class LayerCost:
@@ -162,6 +188,70 @@ class LayerCost:
     reads: dict = field(default_factory=dict)
     writes: dict = field(default_factory=dict)
     adds: dict = field(default_factory=dict)
+
+
+def pipeline_cycles(specs: list[LayerSpec], codes: list[np.ndarray], lanes: list[int]) -> int:
+    """Cycles of the whole pipeline on one frame, input always valid and output always ready: each engine's
+    program (:meth:`LayerSpec.program`) with the ``k``-th handshake between two engines in the cycle both are
+    ready (``max`` of the two), exactly as the ``lib.stream`` handshakes of :mod:`edgespike.rtl.pipeline` behave.
+    ``codes[n]`` is layer ``n``'s input. Returns the cycles until the last output is taken."""
+    n = len(specs)
+    gens = [spec.program(q, lane) for spec, q, lane in zip(specs, codes, lanes, strict=True)]
+    posted: list = [None] * n  # what each engine waits for: ("recv" | "send", cycle)
+    done = [False] * n
+    last = -1
+
+    def advance(i, value=None):
+        try:
+            posted[i] = gens[i].send(value) if value is not None else next(gens[i])
+        except StopIteration:
+            posted[i], done[i] = None, True
+
+    for i in range(n):
+        advance(i)
+    progress = True
+    while progress:
+        progress = False
+        for i in range(n):
+            while posted[i] is not None:
+                kind, t = posted[i]
+                if kind == "recv" and i == 0:  # the source always has a pixel
+                    advance(i, t)
+                elif kind == "send" and i == n - 1:  # the sink is always ready
+                    last = t
+                    advance(i, t)
+                elif kind == "send" and posted[i + 1] is not None and posted[i + 1][0] == "recv":
+                    h = max(t, posted[i + 1][1])
+                    advance(i, h)
+                    advance(i + 1, h)
+                else:
+                    break
+                progress = True
+    assert all(done), "pipeline model deadlocked"
+    return last + 1
+
+
+def run_codes(specs: list[LayerSpec], x: np.ndarray) -> list[np.ndarray]:
+    """Every layer's input codes for a padded uint8 frame ``x``, and the last layer's membranes (last item)."""
+    codes = [x.astype(np.int64)[None]]
+    for spec in specs:
+        codes.append(spec.compute(codes[-1]))
+    return codes
+
+
+def residual_depth(specs: list[LayerSpec], h: int, w: int) -> int:
+    """Pixels the decoder's FIFO must hold: the input rows the pipeline can have taken ahead of the output row
+    being sent (each engine at most one output row ahead of its consumer's need), plus two rows."""
+    sizes = [(h, w)]
+    for spec in specs:
+        sizes.append(spec.out_size(*sizes[-1]))
+    ho = sizes[-1][0]
+    rows = np.arange(ho) + 1  # output rows 0 .. oy sent or in flight
+    for spec, (hi, _) in zip(reversed(specs), reversed(sizes[:-1]), strict=True):
+        need = spec.need(hi)
+        rows = need[np.minimum(rows, len(need) - 1)]  # one row ahead: the row after the one needed
+    lag = int((rows - (np.arange(ho) + 1)).max())
+    return (lag + 2) * w
 
 
 def layer_specs(model: Model) -> list[LayerSpec]:
@@ -206,4 +296,5 @@ def decode(model: Model, pixels: np.ndarray, membrane: np.ndarray) -> np.ndarray
     return np.clip(y, 0, 255).astype(np.uint8)
 
 
-__all__ = ["LayerCost", "LayerSpec", "PipelineError", "decode", "layer_specs"]
+__all__ = ["LayerCost", "LayerSpec", "PipelineError", "decode", "layer_specs", "pipeline_cycles", "residual_depth",
+           "run_codes"]

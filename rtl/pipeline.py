@@ -1,0 +1,87 @@
+"""A bit-plane model as a layer pipeline: one :class:`~edgespike.rtl.bitplane.BitPlaneLayer` per layer, all at work.
+
+Pixels stream in raster order; each layer keeps only the input rows its kernel needs (its line buffer) and
+passes its output pixels, all channels at once, to the next layer over a ``lib.stream`` handshake, so every
+layer computes a different part of the frame at the same time and no pixel is computed twice. The first layer's
+input codes are the pixels themselves: with the ``uwe`` encoder (T = 8) the spikes of step ``t`` are bit
+``7 - t`` of the pixel, which is what the line buffer stores plane by plane.
+
+The last layer (a ConvTranspose into a ``uwd`` Integrator) produces membranes at full resolution in raster order;
+the **decoder** (SEMANTICS 6: ``r = (m * v + 2**(shift-1)) >> shift``, output ``clip(x - r, 0, 255)`` for a
+residual model) needs the pixel ``x`` of the same position, which a FIFO keeps from the input (as deep as the
+rows the pipeline holds back, plus two). The multiplier is a constant product (shift-add), no multiplier cell.
+
+The host-side plan and cycle model are :mod:`edgespike.fpga.pipeline`; the frame is padded to the model's size
+multiple by the host, as for every executor.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from edgespike.rtl.bitplane import BitPlaneLayer, pow2_at_least
+from edgespike.rtl.common import const_mul
+
+
+class LayerPipeline(wiring.Component):
+    """The whole bit-plane model, pixels in, denoised pixels out, for frames of ``height x width``.
+
+    Parameters
+    ----------
+    layers : list of dict
+        Each layer's :class:`BitPlaneLayer` arguments (``LayerSpec.gateware``), in order.
+    multiplier, shift : int
+        The decoder's constants; ``residual`` whether the output is ``x - r``.
+    fifo_depth : int
+        Pixels the residual FIFO holds (``edgespike.fpga.pipeline.residual_depth``).
+
+    Attributes
+    ----------
+    i : In(stream.Signature(8))
+        Input pixels, raster order.
+    o : Out(stream.Signature(8))
+        Output pixels, raster order.
+    """
+
+    def __init__(self, layers: list[dict], multiplier: int, shift: int, residual: bool, fifo_depth: int):
+        self.layer_args = layers
+        self.multiplier, self.shift, self.residual = multiplier, shift, residual
+        self.fifo_depth = pow2_at_least(fifo_depth)
+        self.engines = [BitPlaneLayer(**args) for args in layers]
+        super().__init__({"i": In(stream.Signature(8)), "o": Out(stream.Signature(8))})
+
+    def elaborate(self, platform):
+        m = Module()
+        for n, engine in enumerate(self.engines):
+            m.submodules[f"layer{n}"] = engine
+        for a, b in zip(self.engines, self.engines[1:], strict=False):
+            wiring.connect(m, a.o, b.i)
+        first, last = self.engines[0], self.engines[-1]
+
+        # The input goes to the first layer and, for the residual, into the FIFO: both must take it.
+        m.submodules.pixels = px = fifo.SyncFIFOBuffered(width=8, depth=self.fifo_depth)
+        m.d.comb += [
+            first.i.payload.eq(self.i.payload),
+            first.i.valid.eq(self.i.valid & px.w_rdy),
+            px.w_data.eq(self.i.payload),
+            px.w_en.eq(self.i.valid & first.i.ready),
+            self.i.ready.eq(first.i.ready & px.w_rdy),
+        ]
+
+        # Decoder: the membrane and its pixel leave together.
+        v = last.o.payload[0]
+        prod = Signal(signed(len(v) + self.multiplier.bit_length() + 1))
+        m.d.comb += prod.eq(const_mul(v, self.multiplier))
+        r = Signal(signed(len(prod) + 1))
+        m.d.comb += r.eq((prod + (1 << (self.shift - 1))) >> self.shift if self.shift else prod)
+        y = Signal(signed(len(r) + 2))
+        m.d.comb += y.eq(px.r_data - r if self.residual else r)
+        m.d.comb += [
+            self.o.payload.eq(Mux(y < 0, 0, Mux(y > 255, 255, y[:8]))),
+            self.o.valid.eq(last.o.valid & px.r_rdy),
+            last.o.ready.eq(self.o.ready & px.r_rdy),
+            px.r_en.eq(self.o.ready & last.o.valid),
+        ]
+        return m
