@@ -33,17 +33,24 @@ def add_arguments(p) -> None:
     p.add_argument("--weight-bits", type=int, default=8, help="integer weight width, 2..8 (default: 8)")
     p.add_argument("--timesteps", type=int, default=None, help="timesteps T (default: from the graph, else 8)")
     p.add_argument("--dt", type=float, default=None,
-                   help="Euler step of the NIR neurons in seconds (default: from the graph, else 1e-4, snnTorch's)")
+                   help="Euler step of the NIR neurons in seconds (default: from the graph, else the framework's: "
+                        "1e-4 for nir, snnTorch and SpikingJelly, 1e-3 for Norse and Rockpool; unused for Sinabs, "
+                        "which writes tau in steps)")
     p.add_argument("--input-scale", type=float, default=None,
                    help="NIR input value per pixel level (default: 1/255, i.e. frames on [0, 1])")
     p.add_argument("--output-scale", type=float, default=None,
                    help="pixel levels per unit of the read-out (default: 1 / (input-scale * T): the read-out "
                         "averaged over T steps, in input units)")
     p.add_argument("--residual", action="store_true", help="the network predicts the noise: output = input - it")
-    p.add_argument("--reset", choices=("hard", "soft"), default="hard",
-                   help="reset of the spiking layers: hard = NIR's reset to v_reset (default); soft = subtract the "
-                        "threshold, for frameworks that subtract but cannot say so in NIR (snnTorch's default "
-                        "reset_mechanism='subtract' is exported as v_reset = 0)")
+    p.add_argument("--from", dest="producer", default="auto",
+                   choices=("auto", "nir", "snntorch", "norse", "sinabs", "spikingjelly", "rockpool"),
+                   help="the framework that wrote the file: apply its exporter's time, gain, compare and reset "
+                        "conventions (docs/INTERCHANGE.md). auto (default): the one the file names in its metadata, "
+                        "else nir (the NIR spec's reading)")
+    p.add_argument("--reset", choices=("hard", "soft", "soft-delayed"), default=None,
+                   help="reset of the spiking layers (default: the framework's, hard for nir): hard = reset to "
+                        "v_reset; soft = subtract the threshold, for frameworks that subtract but cannot say so in "
+                        "NIR; soft-delayed = snnTorch's default (subtract one step late, reset_delay=True)")
     p.add_argument("--membrane-bits", type=int, default=32, help="declared membrane width, 8..32 (default: 32)")
     p.add_argument("--frames", type=int, default=8, help="at most this many calibration frames (default: 8)")
     p.add_argument("--crop", type=int, default=64, help="calibration frames are centre crops of this size (64)")
@@ -117,7 +124,11 @@ def run(args) -> int:
     meta = graph.metadata if isinstance(getattr(graph, "metadata", None), dict) else {}
     # A graph exported by edgespike and re-quantised keeps its own conventions unless the options say otherwise.
     hd = nir_export.header_defaults(graph, nir_export.header_of(graph)) if "edgespike" in meta else {}
-    dt = args.dt if args.dt is not None else hd.get("dt", _meta_float(meta, "dt", nir_import.DEFAULT_DT))
+    from edgespike.interchange.producers import PRODUCERS, detect
+
+    producer = args.producer if args.producer != "auto" else (detect(graph) or "nir")
+    default_dt = PRODUCERS[producer].dt or nir_import.DEFAULT_DT
+    dt = args.dt if args.dt is not None else hd.get("dt", _meta_float(meta, "dt", default_dt))
     T = args.timesteps if args.timesteps is not None else int(hd.get("timesteps", _meta_float(meta, "timesteps", 8)))
     input_scale = args.input_scale if args.input_scale is not None else hd.get("input_scale", 1 / 255)
     output_scale = args.output_scale if args.output_scale is not None else hd.get("output_scale")
@@ -128,7 +139,8 @@ def run(args) -> int:
         raise UserError("--input-scale must be positive")
     try:
         net = nir_import.lower(graph, dt=dt, timesteps=T, input_scale=input_scale,
-                               output_scale=output_scale, residual=residual, reset=args.reset)
+                               output_scale=output_scale, residual=residual, reset=args.reset,
+                               producer=producer)
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
         # A node whose fields nir.read accepted but whose values make no sense (wrong types, missing arrays).
         raise UserError(f"{args.model}: malformed NIR graph ({type(exc).__name__}: {exc})") from None
@@ -136,15 +148,19 @@ def run(args) -> int:
     model, report = nir_import.quantise(net, frames, weight_bits=args.weight_bits, membrane_bits=args.membrane_bits,
                                         source=Path(args.model).name)
     model.metadata["calibration"] = what
+    model.metadata["producer"] = producer
     model.metadata["psnr_vs_float_min_db"] = None if math.isinf(report.psnr_min) else round(report.psnr_min, 3)
     save(model, args.output)
-    print(f"{args.model}: {len(net.nodes)} nodes, T = {T}, dt = {dt:g}, calibration: {what}")
+    how = f"read as written by {producer}" + (" (named in the file)" if args.producer == "auto" and producer != "nir"
+                                              else "")
+    print(f"{args.model}: {len(net.nodes)} nodes, T = {T}, dt = {dt:g}, {how}, calibration: {what}")
     print(report.text())
     print(f"wrote {args.output}")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "psnr_db": [None if math.isinf(p) else p for p in report.psnr], "max_abs_error": report.max_abs,
-            "layers": [vars(r) for r in report.layers], "notes": report.notes, "calibration": what,
+            "layers": [vars(r) for r in report.layers], "notes": report.notes, "warnings": report.warnings,
+            "producer": producer, "calibration": what,
         }, indent=2))
     return 0
 

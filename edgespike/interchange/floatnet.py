@@ -41,8 +41,11 @@ class FConv:
 
 @dataclass
 class FNeuron:
-    """A neuron layer in current units: ``u <- a*u + I``; fire ``u > thr`` (NIR's strict compare); reset.
+    """A neuron layer in current units: ``u <- a*u + I``; fire ``u > thr`` (NIR's strict compare; ``compare="ge"``:
+    ``u >= thr``, as Sinabs and SpikingJelly fire); reset.
 
+    ``reset``: ``"hard"`` (to 0), ``"soft"`` (subtract ``thr``) or ``"soft-delayed"`` (snnTorch's default: the
+    threshold of a spike at step t is subtracted at step t + 1, after the leak: ``u <- a*u + I - thr*s_prev``).
     ``spiking=False`` is a leaky read-out (NIR ``LI``): it never fires and its membrane is read.
     ``leak_shift`` is the edgespike shift leak chosen for ``a`` (0 = no leak).
     """
@@ -58,6 +61,7 @@ class FNeuron:
     path: str = ""
     origin: str = "LIF"
     tau_steps: float | None = None  # tau / dt, for the report
+    compare: str = "gt"
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -103,6 +107,7 @@ class FloatNet:
     timesteps: int = 8
     dt: float = 1e-4
     notes: list[str] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)  # frameworks the file's parameters look written by
 
     def node(self, name: str):
         for n in self.nodes:
@@ -157,11 +162,16 @@ def simulate(net: FloatNet, frame: np.ndarray, record: bool = False) -> FloatRun
                     counts[n.name] = np.zeros_like(cur)
                 u = state[n.name] = n.a * state[n.name] + cur
                 if n.spiking:
-                    s = (u > n.thr[:, None, None]).astype(np.float64)
+                    thr = n.thr[:, None, None]
+                    if n.reset == "soft-delayed" and t > 0:
+                        u -= thr * state[n.name + "\0spikes"]
+                    s = ((u >= thr) if n.compare == "ge" else (u > thr)).astype(np.float64)
                     if n.reset == "soft":
-                        u -= n.thr[:, None, None] * s
-                    else:
+                        u -= thr * s
+                    elif n.reset == "hard":
                         u[s == 1] = 0.0
+                    else:
+                        state[n.name + "\0spikes"] = s
                     counts[n.name] += s
                     out = s
                 else:

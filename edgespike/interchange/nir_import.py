@@ -24,6 +24,7 @@ import numpy as np
 
 from edgespike.interchange import InterchangeError, nir_module
 from edgespike.interchange.floatnet import FAdd, FConv, FIntegrator, FloatNet, FNeuron, simulate
+from edgespike.interchange.producers import NIR, PRODUCERS, Producer, guess
 from edgespike.model import (
     INPUT,
     Add,
@@ -41,6 +42,7 @@ DEFAULT_DT = 1e-4
 """snnTorch's exporter and importer hard-code dt = 1e-4 s; Norse users pass dt explicitly (see --dt)."""
 
 MULT_MAX = 2**31 - 1
+RESETS = ("hard", "soft", "soft-delayed")
 
 
 def _refuse(key: str, node, why: str) -> InterchangeError:
@@ -147,17 +149,22 @@ def leak_for(key, node, tau: float, dt: float) -> tuple[float, int]:
         raise _refuse(key, node, f"tau = {tau:g} is shorter than dt = {dt:g}: forward Euler is unstable "
                                  "(pass the framework's dt with --dt)")
     a = 1.0 - 1.0 / ratio
-    if ratio >= 2**30:  # a leak smaller than 2^-30 per step never moves an integer membrane of this size
-        return a, 0
-    # The shift leak multiplies by 1 - 2^-k where Euler multiplies by 1 - dt/tau: pick the nearest 2^-k to dt/tau.
-    k = min(range(1, 31), key=lambda k: abs(1.0 / ratio - 2.0**-k))
-    return a, k
+    return a, shift_for(1.0 / ratio)
+
+
+def shift_for(decay: float) -> int:
+    """The edgespike shift leak ``k`` whose ``2**-k`` is nearest the per-step decay ``1 - a`` (0: no leak)."""
+    if decay < 2.0**-30:  # a leak smaller than 2^-30 per step never moves an integer membrane of this size
+        return 0
+    # The shift leak multiplies by 1 - 2^-k where the neuron multiplies by a: pick the nearest 2^-k to 1 - a.
+    return min(range(1, 31), key=lambda k: abs(decay - 2.0**-k))
 
 
 @dataclass
 class _Lowering:
     graph: object
     dt: float
+    producer: Producer = NIR
     nodes: list = field(default_factory=list)
     out_of: dict = field(default_factory=dict)  # NIR key -> float-net node name whose value it is
     channels: dict = field(default_factory=dict)  # float-net name -> channels
@@ -203,21 +210,29 @@ def _topological(graph) -> tuple[list[str], dict[str, list[str]], dict[str, list
     return order, preds, succs
 
 
-def lower(graph, dt: float = DEFAULT_DT, timesteps: int = 8, input_scale: float = 1 / 255,
-          output_scale: float | None = None, residual: bool = False, reset: str = "hard") -> FloatNet:
+def lower(graph, dt: float | None = None, timesteps: int = 8, input_scale: float = 1 / 255,
+          output_scale: float | None = None, residual: bool = False, reset: str | None = None,
+          producer: str | Producer = "nir") -> FloatNet:
     """Map a NIR graph onto a :class:`FloatNet`, refusing (one line, node path and type) what edgespike lacks.
 
-    ``reset="soft"`` reads every spiking layer as resetting by subtraction: NIR 1.0 can only say "reset to
-    v_reset", so frameworks whose neurons subtract (snnTorch's default ``reset_mechanism="subtract"``) still
-    write ``v_reset = 0``; only the user knows.
+    ``producer`` names the framework whose exporter wrote the graph (:mod:`edgespike.interchange.producers`):
+    its time, gain, compare and reset conventions are applied. ``dt`` defaults to that framework's (1e-4 for
+    NIR's own reading, snnTorch's). ``reset`` overrides the framework's default reset: NIR 1.0 can only say
+    "reset to v_reset", so frameworks whose neurons subtract (snnTorch's default ``reset_mechanism="subtract"``)
+    still write ``v_reset = 0``; ``"soft"`` reads every spiking layer as resetting by subtraction,
+    ``"soft-delayed"`` as snnTorch's subtraction one step late.
     """
     nir = nir_module()
+    prod = PRODUCERS[producer] if isinstance(producer, str) else producer
+    if dt is None:
+        dt = prod.dt or DEFAULT_DT
     if not dt > 0:
         raise InterchangeError(f"dt must be positive, got {dt}")
-    if reset not in ("hard", "soft"):
-        raise InterchangeError(f"reset must be 'hard' or 'soft', got {reset!r}")
+    reset = reset or prod.reset
+    if reset not in RESETS:
+        raise InterchangeError(f"reset must be one of {', '.join(RESETS)}, got {reset!r}")
     order, preds, succs = _topological(graph)
-    low = _Lowering(graph, dt)
+    low = _Lowering(graph, dt, prod)
     inputs = [k for k in order if isinstance(graph.nodes[k], nir.Input)]
     outputs = [k for k in order if isinstance(graph.nodes[k], nir.Output)]
     if len(inputs) != 1:
@@ -231,6 +246,8 @@ def lower(graph, dt: float = DEFAULT_DT, timesteps: int = 8, input_scale: float 
         src = preds[key]
         if isinstance(node, nir.Input):
             shape = np.asarray((node.input_type or {}).get("input") if isinstance(node.input_type, dict) else None)
+            if shape.ndim == 1 and shape.size == 4 and int(shape[0]) == 1:
+                shape = shape[1:]  # Norse and Sinabs (nirtorch) keep the batch dimension of their sample input
             if shape.ndim == 1 and shape.size == 3 and int(shape[0]) != 1:
                 raise _refuse(key, node, f"input has {int(shape[0])} channels; edgespike models take one "
                                          "grayscale plane")
@@ -292,10 +309,14 @@ def lower(graph, dt: float = DEFAULT_DT, timesteps: int = 8, input_scale: float 
         raise _refuse(readout_key, graph.nodes[readout_key],
                       f"the read-out has {low.channels[readout]} channels; the output frame is grayscale (1)")
     net = FloatNet(nodes=low.nodes, readout=readout, input_scale=input_scale, residual=residual,
-                   timesteps=timesteps, dt=dt)
+                   timesteps=timesteps, dt=dt, hints=[p for p in guess(graph, dt) if p != prod.name])
     for n in net.nodes:
         if isinstance(n, FNeuron) and n.spiking:
             n.reset = reset
+            n.compare = prod.compare
+    if prod.name != "nir":
+        net.notes.append(prod.describe(dt) + (f" ({prod.reset_note})" if reset == prod.reset and prod.reset_note
+                                              else f"; reset {reset} as asked"))
     depth = {INPUT: 0}
     for n in net.nodes:
         depth[n.name] = max(depth[i] for i in n.inputs) + (isinstance(n, FConv) and n.stride == 2)
@@ -434,24 +455,34 @@ def _lower_neuron(low: _Lowering, key, node, inp: str, C: int, dt: float):
     r = per_channel(key, node, "r", C)
     name = low.fresh(key)
     spiking = not isinstance(node, (nir.LI, nir.I))
+    prod = low.producer
     if isinstance(node, nir.I):
-        gain = dt * r
+        _, gain, _ = prod.coefficients("I", None, r, dt)
         low.nodes.append(FIntegrator(name, inp, _uniform(key, node, "gain dt*r", gain), path=key))
         low.channels[name], low.kind[name], low.out_of[key] = C, "readout", name
         return
     if isinstance(node, nir.IF):
-        a, k, gain, tau_steps = 1.0, 0, dt * r, None
+        a, gain, _ = prod.coefficients("IF", None, r, dt)
+        k, tau_steps = 0, None
     else:
         tau_field = "tau_mem" if isinstance(node, nir.CubaLIF) else "tau"
         tau = _uniform(key, node, tau_field, per_channel(key, node, tau_field, C))
-        a, k = leak_for(key, node, tau, dt)
-        gain = dt / tau * r
-        tau_steps = tau / dt
+        if not tau > 0:
+            raise _refuse(key, node, f"{tau_field} = {tau} must be positive")
+        a, gain, tau_steps = prod.coefficients(type(node).__name__, tau, r, dt)
+        if tau_steps < 1:
+            hint = [p for p in guess(low.graph, dt) if p != prod.name]
+            raise _refuse(key, node, f"tau = {tau:g} is shorter than dt = {dt:g}: forward Euler is unstable ("
+                                     + (f"the file looks written by {' or '.join(hint)}: try --from {hint[0]}"
+                                        if hint else "pass the framework's dt with --dt, or its name with --from")
+                                     + ")")
+        k = shift_for(1.0 - a)
         if isinstance(node, nir.CubaLIF):
-            tau_syn = per_channel(key, node, "tau_syn", C)
-            if not np.allclose(tau_syn, dt, rtol=1e-6):
-                alpha = 1 - dt / float(tau_syn[0])
-                raise _refuse(key, node, f"synaptic current filter tau_syn = {tau_syn[0]:g} (alpha = {alpha:.4g}) "
+            tau_syn = _uniform(key, node, "tau_syn", per_channel(key, node, "tau_syn", C))
+            _, _, syn_steps = prod.coefficients("CubaLIF", tau_syn, np.ones(1), dt)
+            if not math.isclose(syn_steps, 1.0, rel_tol=1e-6):
+                alpha = 1 - 1 / syn_steps
+                raise _refuse(key, node, f"synaptic current filter tau_syn = {tau_syn:g} (alpha = {alpha:.4g}) "
                                          "is not representable; only tau_syn = dt (alpha = 0, a plain LIF) is")
             gain = gain * per_channel(key, node, "w_in", C)
     if np.any(gain <= 0):
@@ -491,6 +522,7 @@ class ImportReport:
     notes: list[str]
     frames: int
     size: tuple[int, int]
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def psnr_min(self) -> float:
@@ -505,8 +537,10 @@ class ImportReport:
         mean = sum(self.psnr) / len(self.psnr) if self.psnr else math.inf
         lines.append(f"output vs the float NIR model on {self.frames} calibration frame(s) of "
                      f"{self.size[1]}x{self.size[0]}: PSNR min {self.psnr_min:.2f} dB, mean {mean:.2f} dB, "
-                     f"max |error| {max(self.max_abs, default=0):.1f} levels")
+                     f"max |error| {max(self.max_abs, default=0):.1f} levels"
+                     + (" (meaningless: see the warnings)" if self.warnings else ""))
         lines += [f"note: {n}" for n in self.notes]
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -575,7 +609,7 @@ def quantise(net: FloatNet, frames: list[np.ndarray], weight_bits: int = 8, memb
             if isinstance(c, FNeuron) and c.spiking:
                 # Only a subtractive reset needs thr to be a whole number of units (it subtracts theta); a hard
                 # reset's strict compare v*q > thr is exactly v >= floor(thr/q) + 1 for any q.
-                return c.thr if c.reset == "soft" else None
+                return c.thr if c.reset.startswith("soft") else None
             if isinstance(c, FAdd):
                 todo += consumers.get(c.name, [])
         return None
@@ -646,9 +680,10 @@ def quantise(net: FloatNet, frames: list[np.ndarray], weight_bits: int = 8, memb
                 x = n.thr / q
                 near = np.rint(x)
                 exact = np.abs(x - near) < 1e-6 * np.maximum(1, near)
-                if n.reset == "soft":
+                if n.reset.startswith("soft") or n.compare == "ge":
                     # Subtract exactly thr (an integer number of units thanks to the aligned scale); the compare
-                    # then differs from NIR's strict one only when v lands exactly on it.
+                    # then differs from NIR's strict one only when v lands exactly on it. v >= thr (Sinabs,
+                    # SpikingJelly) on integer membranes is exactly v >= ceil(thr/q).
                     theta = np.where(exact, near, np.floor(x) + 1)
                 else:
                     # strict v > thr on integer membranes is v >= floor(thr/q) + 1
@@ -661,7 +696,10 @@ def quantise(net: FloatNet, frames: list[np.ndarray], weight_bits: int = 8, memb
                 tau = "IF" if n.a == 1 else (f"tau {n.tau_steps:.3g} dt -> leak 2^-{n.leak_shift} "
                                              f"(a {n.a:.4f} vs {1 - 2.0 ** -n.leak_shift:.4f})"
                                              if n.leak_shift else f"tau {n.tau_steps:.3g} dt -> no leak")
-                nodes.append(Neuron(n.name, n.input, theta.astype(np.int32), reset=n.reset,
+                # snnTorch's delayed subtraction becomes edgespike's soft reset (exact for IF; the measured
+                # error of the report covers LIF).
+                reset = "soft" if n.reset.startswith("soft") else "hard"
+                nodes.append(Neuron(n.name, n.input, theta.astype(np.int32), reset=reset,
                                     leak_shift=n.leak_shift, scale=np.asarray(q, np.float32).copy()))
                 th = f"theta {int(theta.min())}" + (f"..{int(theta.max())}" if theta.max() != theta.min() else "")
                 layers.append(LayerReport(n.name, n.origin, f"{th}, {tau}", ""))
@@ -727,7 +765,52 @@ def quantise(net: FloatNet, frames: list[np.ndarray], weight_bits: int = 8, memb
             fr_, ir_ = np.mean(rates[lr.name], axis=0)
             lr.error = (f"rate {fr_:.3f} float / {ir_:.3f} int, |d count|/T {np.mean(dcount[lr.name]):.4f}")
     size = frames[0].shape if frames else (0, 0)
-    return model, ImportReport(layers, psnrs, maxabs, notes, len(frames), size)
+    warnings = diagnose(net, runs, dcount, rates, psnrs, {lr.name: lr for lr in layers})
+    return model, ImportReport(layers, psnrs, maxabs, notes, len(frames), size, warnings)
+
+
+PSNR_WARN_DB = 20.0
+"""Below this PSNR of the integer output against the float model, the import is flagged: at 8 bits the
+quantisation of a network read the right way costs far less (measured 25..64 dB on 16x16 frames where a single
+spike-count step is 16 levels; docs/INTERCHANGE.md)."""
+
+
+def diagnose(net: FloatNet, runs, dcount, rates, psnrs, layers) -> list[str]:
+    """Warnings about an import that measured well but cannot be right: dead or saturated layers, a constant
+    output, an integer output far from the float one. Each names the layer and what to try."""
+    out = []
+    n_frames = len(runs)
+    if net.hints:
+        conv = f"the file looks written by {' or '.join(net.hints)}: try --from {net.hints[0]}"
+    else:
+        conv = "try --from with the framework that wrote the file"
+    conv += ", or check --dt and --input-scale"
+    for n in net.nodes:
+        if not (isinstance(n, FNeuron) and n.spiking) or n.name not in rates:
+            continue
+        f_rate, i_rate = np.mean(rates[n.name], axis=0)
+        where = f"layer {n.name!r} (NIR node {n.path!r}, {n.origin})"
+        if i_rate == 0:
+            both = "; so does the float model" if f_rate == 0 else f" (the float model fires at rate {f_rate:.3g})"
+            out.append(f"{where} never fires on the {n_frames} calibration frame(s){both}: every later layer and "
+                       f"the output are then meaningless; {conv}")
+        elif i_rate > 0.99 and f_rate > 0.99:
+            out.append(f"{where} fires at every step on the calibration frames (saturated): it carries no "
+                       f"information; {conv}")
+    ys = [r.y for r in runs]
+    if ys and all(np.all(y == ys[0].reshape(-1)[0]) for y in ys):
+        out.append(f"the read-out {net.readout!r} is constant ({float(ys[0].reshape(-1)[0]):g}) on every calibration "
+                   "frame: the output frame does not depend on the input, so its PSNR against the float model says "
+                   f"nothing; {conv}")
+    finite = [p for p in psnrs if math.isfinite(p)]
+    if finite and min(finite) < PSNR_WARN_DB:
+        worst = max(dcount, key=lambda k: np.mean(dcount[k]), default=None)
+        which = (f"; the largest spike-count difference is in layer {worst!r} (|d count|/T "
+                 f"{np.mean(dcount[worst]):.3f})" if worst else "")
+        out.append(f"the integer output differs from the float model by more than quantisation should cost "
+                   f"(PSNR min {min(finite):.1f} dB < {PSNR_WARN_DB:g} dB){which}: try --weight-bits 8, a "
+                   "calibration set like the real input (--calibrate), or check --reset")
+    return out
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
