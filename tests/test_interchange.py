@@ -126,10 +126,13 @@ def test_round_trip_through_the_cli(tmp_path, capsys):
     model = rich_model()
     model.encoder = Encoder("rate", seed=12345)
     save(model, tmp_path / "a.esnn")
-    assert main(["export", str(tmp_path / "a.esnn"), "--to", "nir", "-o", str(tmp_path / "a.nir"),
-                 "--frame-size", "32x16"]) == 0
+    argv = ["export", str(tmp_path / "a.esnn"), "--to", "nir", "-o", str(tmp_path / "a.nir"), "--frame-size", "32x16"]
+    line = _refused(capsys, argv)  # what NIR consumers will not simulate is named, nothing is written
+    assert "soft reset" in line and "'rate' encoder" in line and "--lossy" in line
+    assert not (tmp_path / "a.nir").exists()
+    assert main(argv + ["--lossy"]) == 0
     out = capsys.readouterr().out
-    assert "reset by subtraction" in out and "encoder 'rate'" in out  # what NIR consumers will not simulate
+    assert "lost: soft reset" in out and "lost: the 'rate' encoder" in out
     assert main(["import", str(tmp_path / "a.nir"), "-o", str(tmp_path / "b.esnn")]) == 0
     assert load(tmp_path / "b.esnn").equals(model)
 
@@ -424,3 +427,88 @@ def test_onnx_export_of_the_ann_twin(tmp_path, capsys):
     assert [n.op_type for n in m.graph.node].count("Conv") == 3
     save(rich_model(), tmp_path / "r.esnn")
     _refused(capsys, ["export", str(tmp_path / "r.esnn"), "--to", "onnx", "-o", str(tmp_path / "r.onnx")])
+
+
+# --------------------------------------------------------------------------- export: what NIR loses
+def test_export_names_what_it_would_lose_and_refuses_without_lossy(tmp_path, capsys):
+    """Soft reset, the theta/2 start and (for a framework, none of whose importers reads NIR's I) the Integrator
+    read-out and the decoder: listed, refused without --lossy, one line, no file."""
+    model = random_dncnn(depth=3, width=4, timesteps=4, seed=2)  # soft reset, v_init half, Integrator read-out
+    save(model, tmp_path / "m.esnn")
+    out = tmp_path / "m.nir"
+    line = _refused(capsys, ["export", str(tmp_path / "m.esnn"), "--to", "nir", "-o", str(out)])
+    assert "soft reset (subtract theta) of if1, if2" in line and "initial membrane theta/2" in line
+    assert "Integrator" not in line  # NIR's own reading has I: only the frameworks' importers lack it
+    assert not out.exists()
+    line = _refused(capsys, ["export", str(tmp_path / "m.esnn"), "--to", "nir", "--target", "norse", "-o", str(out)])
+    assert "the Integrator read-out readout" in line and "the decoder" in line and not out.exists()
+    assert main(["export", str(tmp_path / "m.esnn"), "--to", "nir", "--target", "norse", "--lossy", "-o",
+                 str(out)]) == 0
+    assert "lost: the Integrator read-out" in capsys.readouterr().out
+    graph = nir.read(out)
+    assert not any(isinstance(n, nir.I) for n in graph.nodes.values())  # the output is the current feeding it
+    assert ("conv3", "output") in graph.edges
+
+
+def test_a_faithful_model_exports_without_lossy(tmp_path, capsys):
+    model = random_dncnn(depth=3, width=4, timesteps=4, seed=1, reset="hard", v_init="zero", leak_shift=2)
+    assert nir_export.losses(model) == []
+    save(model, tmp_path / "m.esnn")
+    assert main(["export", str(tmp_path / "m.esnn"), "--to", "nir", "-o", str(tmp_path / "m.nir"),
+                 "--frame-size", "16x16"]) == 0
+    assert "lost:" not in capsys.readouterr().out
+
+
+def test_bitplane_layers_are_refused_even_with_lossy(tmp_path, capsys):
+    from edgespike.testing import bitplane_dncnn
+
+    save(bitplane_dncnn(depth=3, width=4, T=4), tmp_path / "bp.esnn")
+    line = _refused(capsys, ["export", str(tmp_path / "bp.esnn"), "--to", "nir", "--lossy", "-o",
+                             str(tmp_path / "bp.nir")])
+    assert "'bp1' (BitPlaneNeuron)" in line and "even --lossy" in line
+    assert not (tmp_path / "bp.nir").exists()
+
+
+def test_shipped_if_model_is_refused_by_name(tmp_path, capsys):
+    """The shipped IF models up-sample with a transposed convolution, which the installed NIR has no node for."""
+    line = _refused(capsys, ["export", "if-s25", "--to", "nir", "--lossy", "-o", str(tmp_path / "s.nir")])
+    assert "(ConvTranspose)" in line and "transposed convolution" in line
+    assert not (tmp_path / "s.nir").exists()
+
+
+@pytest.mark.parametrize("target", ["snntorch", "spikingjelly"])
+def test_framework_target_makes_thresholds_uniform_exactly(target):
+    """snnTorch and SpikingJelly need one threshold per layer: per-channel thresholds are folded into the feeding
+    conv (divide its output channel by the real threshold), which NIR's own reading simulates identically."""
+    model = random_dncnn(depth=3, width=4, timesteps=8, seed=1, reset="hard", v_init="zero", leak_shift=2)
+    assert len(set(model.node("if1").threshold.tolist())) > 1
+    graph, _ = nir_export.to_nir(model, frame_size=(16, 16), target=target)
+    for key in ("if1", "if2"):
+        assert np.unique(graph.nodes[key].v_threshold).size == 1
+    # the framework graph has no I node (no framework reads it): put one back to simulate it here
+    graph.nodes["ri"] = nir.I(r=np.ones((1, 16, 16)))
+    graph.edges = [e for e in graph.edges if e[1] != "output"] + [("conv3", "ri"), ("ri", "output")]
+    plain, _ = nir_export.to_nir(model, frame_size=(16, 16))
+    frame = np.random.default_rng(0).integers(0, 256, (16, 16)).astype(np.uint8)
+    a = simulate(nir_import.lower(plain, dt=nir_export.DEFAULT_DT, timesteps=8), frame)
+    b = simulate(nir_import.lower(graph, dt=nir_export.DEFAULT_DT, timesteps=8), frame)
+    for name in ("if1", "if2"):
+        assert np.mean(a.counts[name] != b.counts[name]) < 0.01  # float rounding at exact ties only
+    assert a.counts["if1"].mean() > 0.05
+
+
+def test_nir_1_0_4_files_have_no_metadata_and_no_v_reset(tmp_path, capsys):
+    """NIR 1.0.4's reader passes every stored field to the node's constructor, which knows neither ``metadata``
+    (Conv2d) nor ``v_reset``: --nir-version 1.0.4 writes neither (and says the exact round trip is lost)."""
+    model = random_dncnn(depth=3, width=4, timesteps=4, seed=1, reset="hard", v_init="zero", leak_shift=2)
+    save(model, tmp_path / "m.esnn")
+    argv = ["export", str(tmp_path / "m.esnn"), "--to", "nir", "--nir-version", "1.0.4", "-o", str(tmp_path / "m.nir"),
+            "--frame-size", "16x16"]
+    assert "NIR 1.0.4 cannot read node metadata" in _refused(capsys, argv)
+    assert main(argv + ["--lossy"]) == 0
+    names = []
+    with h5py.File(tmp_path / "m.nir") as f:
+        f.visit(names.append)
+    assert names and not any(n.split("/")[-1] in ("metadata", "v_reset") for n in names)
+    graph = nir.read(tmp_path / "m.nir")  # the current reader still reads it
+    assert nir_export.header_of(graph) is None and isinstance(graph.nodes["if1"], nir.LIF)

@@ -27,6 +27,7 @@ from edgespike.interchange import InterchangeError, nir_module
 from edgespike.model import (
     INPUT,
     Add,
+    BitPlaneNeuron,
     Concat,
     Conv,
     ConvTranspose,
@@ -43,22 +44,144 @@ FORMAT = "edgespike-nir"
 VERSION = 1
 DEFAULT_DT = 1e-4  # snnTorch's fixed dt: its importer then reads tau and r as intended
 
+TARGETS = ("nir", "snntorch", "norse", "sinabs", "spikingjelly")
+"""``nir``: NIR's own reading plus edgespike metadata (exact round trip). The others write what that framework's
+NIR importer reads (snnTorch 1.0.0, Norse 1.1.0, Sinabs 3.1.3, SpikingJelly 2.0.0; docs/INTERCHANGE.md)."""
+TARGET_DT = {"nir": 1e-4, "snntorch": 1e-4, "norse": 1e-3, "sinabs": 1.0, "spikingjelly": 1e-4}
+"""The dt each importer assumes (snnTorch hard-codes 1e-4; Norse's and SpikingJelly's ``from_nir`` default to
+1e-3 and 1e-4; Sinabs reads tau in steps)."""
+NIR_VERSIONS = ("1.0.4", "current")
+"""``1.0.4`` (pinned by Sinabs 3.1.3 and Rockpool 3.1.0) cannot read node ``metadata`` nor IF/LIF ``v_reset``."""
+IF_TAU = 2.0**40
+"""snnTorch imports NIR IF as a Leaky with beta 0.9: IF layers are written for it as LIF with tau = 2^40 dt
+(beta = 1 - 2^-40, 1.0 in float32)."""
+
 
 def _refuse(node, why: str) -> InterchangeError:
     return InterchangeError(f"node {node.name!r} ({type(node).__name__}): {why}")
 
 
-def to_nir(model: Model, dt: float = DEFAULT_DT, frame_size: tuple[int, int] = (64, 64)):
-    """The NIR graph of ``model`` and a list of warnings (what other frameworks will simulate differently).
+def check_expressible(model: Model) -> None:
+    """Refuse, naming the node, what no NIR node expresses even approximately (``--lossy`` does not help)."""
+    nir = nir_module()
+    for node in model.nodes:
+        if isinstance(node, BitPlaneNeuron):
+            raise _refuse(node, "a bit-plane layer (UWD decode of the whole input, then UWE encode) has no NIR node "
+                                "and nothing in NIR approximates it, so even --lossy cannot export it; export an "
+                                "IF model (e.g. if-s25)")
+        if isinstance(node, Integrator) and (node.uwd or node.bias is not None):
+            raise _refuse(node, "a bit-plane (uwd) read-out, v = 2 v + I, has no NIR node (NIR's I integrates "
+                                "v + I); even --lossy cannot export it")
+        if isinstance(node, ConvTranspose) and not hasattr(nir, "ConvTranspose2d"):
+            raise _refuse(node, f"NIR {_nir_version()} has no transposed convolution (no up-sampling node); this "
+                                "model cannot be written as NIR")
+        if isinstance(node, Concat):
+            raise _refuse(node, "NIR has no channel concatenation node; this model cannot be written as NIR")
+        if "/" in node.name:
+            raise _refuse(node, "NIR (HDF5) node names cannot contain '/'")
+
+
+def _nir_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("nir")
+    except Exception:  # the name is only for the message
+        return "1.0"
+
+
+def _consumers(model: Model) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for n in model.nodes:
+        for i in n.inputs:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def _foldable(model: Model, neuron: Neuron) -> bool:
+    """A neuron's per-channel threshold can be folded into the conv feeding it (that conv feeds nothing else)."""
+    try:
+        src = model.node(neuron.input)
+    except ModelError:
+        return False
+    return isinstance(src, Conv) and len(_consumers(model).get(src.name, [])) == 1
+
+
+def losses(model: Model, target: str = "nir", nir_version: str = "current") -> list[str]:
+    """What NIR (as ``target`` reads it) cannot carry for this model, one ``what: where (consequence)`` each.
+
+    Empty when the export is faithful up to float rounding and the shift leak's floor. What NIR carries exactly
+    is not listed: edgespike's ``v >= theta`` on integer membranes is NIR's ``v > theta - 1/2``.
+    """
+    check_expressible(model)
+    out: list[str] = []
+    neurons = [n for n in model.nodes if isinstance(n, Neuron)]
+    soft = [n.name for n in neurons if n.reset == "soft"]
+    if soft:
+        out.append(f"soft reset (subtract theta) of {', '.join(soft)}: NIR neurons reset to v_reset, so readers "
+                   "simulate a reset to zero")
+    half = [n.name for n in neurons if n.v_init == "half"]
+    if half:
+        out.append(f"initial membrane theta/2 (v_init 'half') of {', '.join(half)}: NIR neurons start at 0")
+    mprn = [n.name for n in neurons if n.mprn]
+    if mprn:
+        out.append(f"the MPRN extra step of {', '.join(mprn)} (and weight_extra): NIR has no extra step")
+    if model.encoder.kind != "direct":
+        out.append(f"the {model.encoder.kind!r} encoder: the NIR input is the encoded value per step, not the pixel")
+    if target != "nir":
+        integ = [n.name for n in model.nodes if isinstance(n, Integrator)]
+        if integ:
+            out.append(f"the Integrator read-out {', '.join(integ)}: {target}'s NIR importer has no I node; the "
+                       "graph's output is the current feeding it, to be summed over the T steps")
+        out.append(f"the decoder (output = {'x - ' if model.decoder.residual else ''}scaled "
+                   f"{'/'.join(t.quantity for t in model.decoder.terms)} of "
+                   f"{', '.join(t.node for t in model.decoder.terms)}): {target} gets the raw NIR output")
+    if target == "sinabs":
+        hard = [n.name for n in neurons if n.reset == "hard"]
+        if hard:
+            out.append(f"hard reset of {', '.join(hard)}: Sinabs's NIR importer builds MembraneSubtract neurons "
+                       "with MultiSpike")
+        ifs = [n.name for n in neurons if not n.leak_shift]
+        if ifs:
+            out.append(f"the unbounded membrane of {', '.join(ifs)}: Sinabs's NIR importer clamps IF membranes at "
+                       "-v_threshold")
+    if target in ("snntorch", "spikingjelly"):
+        varied = [n.name for n in neurons if len(set(n.threshold.tolist())) > 1 and not _foldable(model, n)]
+        if varied:
+            out.append(f"per-channel thresholds of {', '.join(varied)} (fed by a sum, so not folded into one conv): "
+                       f"{target} requires one threshold per layer")
+    if nir_version == "1.0.4" and target == "nir":
+        out.append("the edgespike metadata (exact round trip): NIR 1.0.4 cannot read node metadata")
+    return out
+
+
+def to_nir(model: Model, dt: float | None = None, frame_size: tuple[int, int] = (64, 64), target: str = "nir"):
+    """The NIR graph of ``model`` as ``target`` reads it, and a list of warnings.
 
     ``frame_size`` (H, W) fixes the shapes NIR's type checker wants; the network itself is fully convolutional.
+    ``target="nir"`` writes NIR's own reading (real values, unit-gain Euler at ``dt``) and the edgespike metadata
+    that makes the round trip exact. A framework target writes what its importer reads, in the same real units:
+    thresholds folded into the feeding conv so that they are uniform (snnTorch, SpikingJelly), ``r = 1`` with the
+    gain moved into the threshold (Norse, whose importer ignores ``r``), ``tau`` in steps (Sinabs), IF as a LIF
+    with ``beta = 1`` (snnTorch), no Integrator (none of them reads ``I``). What is lost is :func:`losses`.
     """
     from edgespike.validate import analyse
 
     nir = nir_module()
+    if target not in TARGETS:
+        raise InterchangeError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
+    check_expressible(model)
     analysis = analyse(model)
+    if dt is None:
+        dt = TARGET_DT[target]
     if not dt > 0:
         raise InterchangeError(f"dt must be positive, got {dt}")
+    with_meta = target == "nir"
+    fold: dict[str, np.ndarray] = {}  # conv name -> per-channel divisor (the real threshold it is folded into)
+    if target in ("snntorch", "spikingjelly"):
+        for n in model.nodes:
+            if isinstance(n, Neuron) and _foldable(model, n) and len(set(n.threshold.tolist())) > 1:
+                fold[n.input] = np.ones(len(n.threshold))  # filled below, once the input unit is known
     H, W = frame_size
     M = model.size_multiple
     if H % M or W % M or H < 1 or W < 1:
@@ -68,13 +191,14 @@ def to_nir(model: Model, dt: float = DEFAULT_DT, frame_size: tuple[int, int] = (
     unit: dict[str, np.ndarray] = {INPUT: np.array([input_scale])}
     nodes: dict = {INPUT: nir.Input(input_type={"input": np.array([1, H, W])})}
     edges: list[tuple[str, str]] = []
-    soft = []
 
     def shape(name: str) -> tuple[int, int, int]:
         info = analysis.nodes[name]
         return (info.channels, H >> info.level, W >> info.level)
 
     def meta(node, **arrays) -> dict:
+        if not with_meta:
+            return {}
         d = {k: v for k, v in vars(node).items() if not isinstance(v, np.ndarray) and v is not None}
         d["type"] = type(node).__name__
         if "inputs" in d:
@@ -87,18 +211,23 @@ def to_nir(model: Model, dt: float = DEFAULT_DT, frame_size: tuple[int, int] = (
                 out[k] = np.asarray(v)
         return out
 
+    # Folding a per-channel threshold into the conv that feeds it divides that conv's output channel by the real
+    # threshold: exact, since v_leak = v_reset = 0 makes the neuron homogeneous in its input.
+    for n in model.nodes:
+        if isinstance(n, Neuron) and n.input in fold:
+            src = model.node(n.input)
+            s_src = src.scale.astype(np.float64) if src.scale is not None else np.ones(len(n.threshold))
+            fold[n.input] = (n.threshold.astype(np.float64) - 0.5) * np.broadcast_to(s_src, (len(n.threshold),))
+    skip = {n.name for n in model.nodes if isinstance(n, Integrator)} if target != "nir" else set()
     for node in model.nodes:
-        if "/" in node.name:
-            raise _refuse(node, "NIR (HDF5) node names cannot contain '/'")
-        if isinstance(node, ConvTranspose):
-            raise _refuse(node, "NIR 1.0 has no transposed convolution (no up-sampling node); this model cannot be "
-                                "written as NIR")
-        if isinstance(node, Concat):
-            raise _refuse(node, "NIR 1.0 has no channel concatenation node; this model cannot be written as NIR")
+        if node.name in skip:
+            continue
         C, h, w = shape(node.name)
         if isinstance(node, Conv):
             u_in = np.broadcast_to(unit[node.input], (node.weight.shape[1],)).astype(np.float64)
             s_out = (node.scale.astype(np.float64) if node.scale is not None else np.ones(C))
+            if node.name in fold:
+                s_out = s_out / fold[node.name]
             wr = node.weight.astype(np.float64) * s_out[:, None, None, None] / u_in[None, :, None, None]
             k = node.kernel
             hi, wi = shape(node.input)[1:]
@@ -110,31 +239,38 @@ def to_nir(model: Model, dt: float = DEFAULT_DT, frame_size: tuple[int, int] = (
                               es_weight_extra=node.weight_extra))
             edges.append((node.input, node.name))
             unit[node.name] = s_out
-            if node.weight_extra is not None:
-                warnings.append(f"{node.name}: weight_extra (MPRN extra step) is kept only in edgespike metadata")
         elif isinstance(node, Neuron):
             u_in = np.broadcast_to(unit[node.input], (C,)).astype(np.float64)
             thr = (node.threshold.astype(np.float64) - 0.5) * u_in
             full = (C, h, w)
             thr_full = np.broadcast_to(thr[:, None, None], full).astype(np.float64)  # exact for int32 theta
             md = meta(node, es_in_unit=u_in, es_scale=node.scale)
-            if node.leak_shift:
-                k = node.leak_shift
-                nodes[node.name] = nir.LIF(tau=np.full(full, dt * 2.0**k, np.float32),
-                                           r=np.full(full, 2.0**k, np.float32),
-                                           v_leak=np.zeros(full, np.float32), v_threshold=thr_full,
-                                           v_reset=np.zeros(full, np.float32), metadata=md)
+            k = node.leak_shift
+            if node.input in fold:  # folded: the unit of the input is the threshold itself
+                thr_full = np.ones(full)
+            zeros = np.zeros(full, np.float32)
+            if target == "norse" and k:
+                # Norse's importer ignores r (gain dt / tau): r = 1, and the threshold in those units
+                nodes[node.name] = nir.LIF(tau=np.full(full, dt * 2.0**k, np.float32), r=np.ones(full, np.float32),
+                                           v_leak=zeros, v_threshold=thr_full * 2.0**-k, v_reset=zeros, metadata=md)
+            elif target == "sinabs":
+                # Sinabs reads tau in steps, a = exp(-1 / tau), gain 1 (norm_input=False), r = 1
+                tau = 1 / np.log(1 / (1 - 2.0**-k)) if k else np.inf
+                if k:
+                    nodes[node.name] = nir.LIF(tau=np.full(full, tau, np.float32), r=np.ones(full, np.float32),
+                                               v_leak=zeros, v_threshold=thr_full, v_reset=zeros, metadata=md)
+                else:
+                    nodes[node.name] = nir.IF(r=np.ones(full, np.float32), v_threshold=thr_full, v_reset=zeros,
+                                              metadata=md)
+            elif k or target == "snntorch":
+                kk = 2.0**k if k else IF_TAU
+                nodes[node.name] = nir.LIF(tau=np.full(full, dt * kk, np.float32), r=np.full(full, kk, np.float32),
+                                           v_leak=zeros, v_threshold=thr_full, v_reset=zeros, metadata=md)
             else:
                 nodes[node.name] = nir.IF(r=np.full(full, 1 / dt, np.float32), v_threshold=thr_full,
-                                          v_reset=np.zeros(full, np.float32), metadata=md)
+                                          v_reset=zeros, metadata=md)
             edges.append((node.input, node.name))
             unit[node.name] = np.ones(C)
-            if node.reset == "soft":
-                soft.append(node.name)
-            if node.v_init == "half":
-                warnings.append(f"{node.name}: v_init 'half' (NIR neurons start at 0) is kept only in metadata")
-            if node.mprn:
-                warnings.append(f"{node.name}: the MPRN extra step is kept only in edgespike metadata")
         elif isinstance(node, Integrator):
             nodes[node.name] = nir.I(r=np.full((C, h, w), 1 / dt, np.float32), metadata=meta(node))
             edges.append((node.input, node.name))
@@ -150,20 +286,15 @@ def to_nir(model: Model, dt: float = DEFAULT_DT, frame_size: tuple[int, int] = (
             unit[node.name] = units[0]
         else:  # pragma: no cover - analyse() refuses unknown node types
             raise _refuse(node, "unknown node type")
-    if soft:
-        warnings.append(f"{len(soft)} neuron layer(s) reset by subtraction ({', '.join(soft)}); NIR 1.0 neurons "
-                        "reset to v_reset, so other frameworks simulate a reset to zero there")
-    if model.encoder.kind != "direct":
-        warnings.append(f"encoder {model.encoder.kind!r}: the NIR input is the encoded 0/1 value per step, not "
-                        "the pixel")
     taken = set(nodes)
     for i, term in enumerate(model.decoder.terms):
         key = "output" if i == 0 else f"output_{term.node}"
         while key in taken:
             key += "_"
         taken.add(key)
-        nodes[key] = nir.Output(output_type={"output": np.array(shape(term.node))})
-        edges.append((term.node, key))
+        src = model.node(term.node).input if term.node in skip else term.node
+        nodes[key] = nir.Output(output_type={"output": np.array(shape(src))})
+        edges.append((src, key))
     header = {
         "format": FORMAT, "version": VERSION, "timesteps": model.timesteps,
         "encoder": {"kind": model.encoder.kind, "seed": model.encoder.seed},
@@ -173,9 +304,33 @@ def to_nir(model: Model, dt: float = DEFAULT_DT, frame_size: tuple[int, int] = (
         "membrane_bits": model.membrane_bits, "metadata": model.metadata,
         "order": [n.name for n in model.nodes], "dt": dt, "input_scale": input_scale,
     }
-    graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata={"edgespike": json.dumps(header, sort_keys=True)},
+    graph = nir.NIRGraph(nodes=nodes, edges=edges,
+                         metadata={"edgespike": json.dumps(header, sort_keys=True)} if with_meta else {},
                          type_check=True)
     return graph, warnings
+
+
+def write(graph, path, nir_version: str = "current") -> None:
+    """``nir.write`` the graph; for ``nir_version="1.0.4"`` then drop what NIR 1.0.4's reader cannot take (node and
+    graph ``metadata`` groups, IF/LIF ``v_reset``: its reader passes every stored field to the node's constructor).
+    Dropping ``v_reset = 0`` changes nothing (1.0.4's neurons reset to 0)."""
+    nir = nir_module()
+    if nir_version not in NIR_VERSIONS:
+        raise InterchangeError(f"NIR version {nir_version!r}: one of {', '.join(NIR_VERSIONS)}")
+    nir.write(path, graph)
+    if nir_version == "1.0.4":
+        import h5py
+
+        def strip(group) -> None:
+            for key in list(group.keys()):
+                item = group[key]
+                if key in ("metadata", "v_reset"):
+                    del group[key]
+                elif isinstance(item, h5py.Group):
+                    strip(item)
+
+        with h5py.File(path, "a") as f:
+            strip(f)
 
 
 def header_of(graph) -> dict | None:
