@@ -156,7 +156,7 @@ class BitPlaneLayer(wiring.Component):
         cin_p = pow2_at_least(self.c_in)
         cbits = (cin_p - 1).bit_length()
         span = k // 2 if self.transposed else k
-        slots = pow2_at_least(span)
+        slots = pow2_at_least(span + 1)  # one row more than a window: the next row arrives while this one computes
         xbits = bits_for(self.width)
         side = k // 2 if self.transposed else k
         neuron = self.theta is not None
@@ -206,18 +206,24 @@ class BitPlaneLayer(wiring.Component):
             return Cat(v, Const(0, 1)).as_signed()
 
         need = Signal(ybits)
+        first_row = Signal(signed(ybits + 2))  # the oldest input row the current output row reads
         iy, ix = Signal(signed(ybits + 2)), Signal(signed(ybits + 2))
         if self.transposed:
             m.d.comb += need.eq(((oy + self.pad) >> 1) + 1)
+            m.d.comb += first_row.eq(sg((oy + self.pad) >> 1) - (side - 1))
             m.d.comb += [iy.eq(sg((oy + self.pad) >> 1) - sg(ti)), ix.eq(sg((ox + self.pad) >> 1) - sg(tj))]
             parity = Cat((ox + self.pad)[0], (oy + self.pad)[0])
             gsel = Cat(parity, g)
         else:
             m.d.comb += need.eq((oy << (s - 1)) + (k - self.pad))
+            m.d.comb += first_row.eq(sg(oy << (s - 1)) - self.pad)
             m.d.comb += [iy.eq(sg(oy << (s - 1)) + sg(ti) - self.pad), ix.eq(sg(ox << (s - 1)) + sg(tj) - self.pad)]
             gsel = g
         inside = (iy >= 0) & (iy < self.height) & (ix >= 0) & (ix < self.width)
         enough = (rows_in >= need) | (rows_in == self.height)
+        # The receiver fills the line buffer while the engine computes: row r goes to slot r mod S once the
+        # current output row no longer reads the row that was there (r < first_row + S), until the frame is in.
+        room = (sg(rows_in) < first_row + slots) & (rows_in < self.height)
         last_tap = (ti == side - 1) & (tj == side - 1)
 
         # Plane-major input word: bit t * cin_p + c is plane t (MSB first) of channel c.
@@ -242,6 +248,12 @@ class BitPlaneLayer(wiring.Component):
                              sar.theta[lane].eq(p_r.data[(vb + tb) * lane + vb:][:tb])]
         m.d.comb += [self.o.payload.eq(out_reg), lb_r.en.eq(0), w_r.en.eq(0), p_r.en.eq(0)]
 
+        m.d.comb += [self.i.ready.eq(room), lb_w.en.eq(self.i.valid & room)]
+        with m.If(self.i.valid & room):
+            m.d.sync += x_in.eq(x_in + 1)
+            with m.If(x_in == self.width - 1):
+                m.d.sync += [x_in.eq(0), rows_in.eq(rows_in + 1)]
+
         def next_tap():
             m.d.sync += wrow.eq(wrow + 1)
             with m.If(last_tap):
@@ -254,19 +266,10 @@ class BitPlaneLayer(wiring.Component):
                 m.next = "TAP"
 
         with m.FSM():
-            with m.State("ROW"):  # receive input rows until the next output row can be computed
+            with m.State("ROW"):  # wait until the rows the next output row reads are in
                 with m.If(enough):
                     m.d.sync += g.eq(0)
                     m.next = "START"
-                with m.Else():
-                    m.next = "RECV"
-            with m.State("RECV"):
-                m.d.comb += [self.i.ready.eq(1), lb_w.en.eq(self.i.valid)]
-                with m.If(self.i.valid):
-                    m.d.sync += x_in.eq(x_in + 1)
-                    with m.If(x_in == self.width - 1):
-                        m.d.sync += [x_in.eq(0), rows_in.eq(rows_in + 1)]
-                        m.next = "ROW"
             with m.State("START"):  # one block of one output pixel
                 m.d.comb += acc.clear.eq(1)
                 m.d.sync += [ti.eq(0), tj.eq(0), wrow.eq(const_mul(gsel, ntaps))]

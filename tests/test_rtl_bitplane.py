@@ -205,15 +205,6 @@ def test_layer_specs_of_the_shipped_shape_and_refusals():
         layer_specs(extra)
 
 
-def test_single_layer_pipeline_model_equals_the_layer_cost():
-    """The handshake model of a one-engine pipeline is the engine's own closed form."""
-    rng = np.random.default_rng(12)
-    wts, theta, bias = random_layer(rng, 2, 2, 3, 4)
-    spec = layer(wts, theta, bias, 4)
-    q = rng.integers(0, 16, (2, 5, 6))
-    assert pipeline_cycles([spec], [q], [1]) == spec.cost(q, 1).cycles
-
-
 def simulate_pipeline(dut: LayerPipeline, x: np.ndarray, limit: int):
     pixels = [int(v) for v in x.reshape(-1)]
     result = {}

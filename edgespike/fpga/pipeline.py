@@ -147,9 +147,8 @@ class LayerSpec:
         output always ready (the engine alone); see :mod:`edgespike.rtl.bitplane` for the schedule."""
         _, h, w = q.shape
         G = self.c_out // lanes
-        received, busy, inside_taps, events = self.schedule(q, lanes)
-        # per output row: ROW once plus once per input row received (W cycles each); per pixel: busy + OUT
-        cycles = int((1 + received * (w + 1)).sum() + (busy + 1).sum())
+        _, busy, inside_taps, events = self.schedule(q, lanes)
+        cycles = pipeline_cycles([self], [q], [lanes])
         n_events = int(G * events.sum())
         pixels = busy.size
         return LayerCost(
@@ -160,22 +159,54 @@ class LayerSpec:
                   "sar": G * pixels * lanes * self.T if self.theta is not None else 0},
         )
 
-    def program(self, q: np.ndarray, lanes: int):
-        """The engine's handshakes in time, as a generator for :func:`pipeline_cycles`: it yields
-        ``("recv", cycle)`` / ``("send", cycle)`` when it is ready to take / offer a pixel and is resumed with
-        the cycle the handshake happens in."""
+    def slots(self) -> int:
+        """Input rows the line buffer holds: a window's rows plus one, rounded up to a power of two."""
+        span = self.k // 2 if self.transposed else self.k
+        return 1 << span.bit_length()
+
+    def first_row(self, h: int) -> np.ndarray:
+        """The oldest input row each output row reads (may be negative: padding)."""
+        oy = np.arange(self.out_size(h, 1)[0])
+        if self.transposed:
+            return ((oy + self.padding) >> 1) - (self.k // 2 - 1)
+        return self.stride * oy - self.padding
+
+    def agents(self, n: int, q: np.ndarray, lanes: int, times: dict):
+        """The engine's receiver and compute processes in time, as generators for :func:`pipeline_cycles`.
+
+        They yield ``("recv", link, cycle)`` / ``("send", link, cycle)`` when ready to take / offer a pixel on a
+        link (link ``n`` feeds engine ``n``) and are resumed with the handshake's cycle; ``("wait", key)`` waits
+        for a time another process records in ``times``: ``("R", n, r)`` the handshake of input row ``r``'s
+        last pixel, ``("S", n, oy)`` that of output row ``oy``'s last pixel.
+        """
         _, h, w = q.shape
-        received, busy, _, _ = self.schedule(q, lanes)
-        t = 0  # the cycle the engine is in ROW
-        for oy in range(busy.shape[0]):
-            for _ in range(int(received[oy])):
-                t += 1
+        _, busy, _, _ = self.schedule(q, lanes)
+        need, first, slots = self.need(h), self.first_row(h), self.slots()
+
+        def receiver():
+            t = 0
+            for r in range(h):
+                # room for row r once the current output row reads no row below r - S + 1
+                later = np.nonzero(first + slots > r)[0]
+                if later[0] > 0:
+                    t = max(t, (yield ("wait", ("S", n, int(later[0]) - 1))) + 1)
                 for _ in range(w):
-                    t = (yield ("recv", t)) + 1
-                # now in ROW again
-            for ox in range(busy.shape[1]):
-                t = yield ("send", t + 1 + int(busy[oy, ox]))
-            t += 1  # the cycle after the row's last handshake is ROW (or the next frame's ROW)
+                    hs = yield ("recv", n, t)
+                    t = hs + 1
+                times[("R", n, r)] = hs
+
+        def compute():
+            c = 0  # the cycle the engine enters ROW
+            for oy in range(busy.shape[0]):
+                c = max(c, (yield ("wait", ("R", n, int(need[oy]) - 1))) + 1)  # rows_in counts one cycle later
+                t = c
+                for ox in range(busy.shape[1]):
+                    t = yield ("send", n + 1, t + 1 + int(busy[oy, ox]))  # START, busy cycles, OUT
+                times[("S", n, oy)] = t
+                c = t + 1
+
+        return receiver(), compute()
+
 
 @dataclass
 class LayerCost:
@@ -191,43 +222,52 @@ class LayerCost:
 
 
 def pipeline_cycles(specs: list[LayerSpec], codes: list[np.ndarray], lanes: list[int]) -> int:
-    """Cycles of the whole pipeline on one frame, input always valid and output always ready: each engine's
-    program (:meth:`LayerSpec.program`) with the ``k``-th handshake between two engines in the cycle both are
-    ready (``max`` of the two), exactly as the ``lib.stream`` handshakes of :mod:`edgespike.rtl.pipeline` behave.
-    ``codes[n]`` is layer ``n``'s input. Returns the cycles until the last output is taken."""
+    """Cycles of the whole pipeline on one frame, input always valid and output always ready.
+
+    Each engine is two processes (:meth:`LayerSpec.agents`); the ``k``-th handshake on a link happens in the
+    first cycle both sides are ready (the ``max`` of the two), as the ``lib.stream`` handshakes of
+    :mod:`edgespike.rtl.pipeline` behave. ``codes[n]`` is layer ``n``'s input. Returns the cycles until the last
+    output pixel is taken (its handshake's cycle + 1).
+    """
     n = len(specs)
-    gens = [spec.program(q, lane) for spec, q, lane in zip(specs, codes, lanes, strict=True)]
-    posted: list = [None] * n  # what each engine waits for: ("recv" | "send", cycle)
-    done = [False] * n
+    times: dict = {}
+    gens = []
+    for i, (spec, q, lane) in enumerate(zip(specs, codes, lanes, strict=True)):
+        gens.extend(spec.agents(i, q, lane, times))  # agent 2i receives link i, 2i + 1 sends on link i + 1
+    posts: list = [None] * len(gens)
     last = -1
 
-    def advance(i, value=None):
+    def resume(a, value=None):
         try:
-            posted[i] = gens[i].send(value) if value is not None else next(gens[i])
+            posts[a] = gens[a].send(value) if value is not None else next(gens[a])
         except StopIteration:
-            posted[i], done[i] = None, True
+            posts[a] = None
 
-    for i in range(n):
-        advance(i)
+    for a in range(len(gens)):
+        resume(a)
     progress = True
     while progress:
         progress = False
-        for i in range(n):
-            while posted[i] is not None:
-                kind, t = posted[i]
-                if kind == "recv" and i == 0:  # the source always has a pixel
-                    advance(i, t)
-                elif kind == "send" and i == n - 1:  # the sink is always ready
-                    last = t
-                    advance(i, t)
-                elif kind == "send" and posted[i + 1] is not None and posted[i + 1][0] == "recv":
-                    h = max(t, posted[i + 1][1])
-                    advance(i, h)
-                    advance(i + 1, h)
+        for a in range(len(gens)):
+            while posts[a] is not None:
+                kind, *rest = posts[a]
+                if kind == "wait":
+                    if rest[0] not in times:
+                        break
+                    resume(a, times[rest[0]])
+                elif kind == "recv" and rest[0] == 0:  # the source always has a pixel
+                    resume(a, rest[1])
+                elif kind == "send" and rest[0] == n:  # the sink is always ready
+                    last = rest[1]
+                    resume(a, rest[1])
+                elif kind == "send" and posts[a + 1] is not None and posts[a + 1][0] == "recv":
+                    hs = max(rest[1], posts[a + 1][2])
+                    resume(a, hs)
+                    resume(a + 1, hs)
                 else:
                     break
                 progress = True
-    assert all(done), "pipeline model deadlocked"
+    assert all(p is None for p in posts), "pipeline model deadlocked"
     return last + 1
 
 
