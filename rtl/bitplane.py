@@ -59,8 +59,9 @@ def first_set(bits: list):
     return any_lo | any_hi, index
 
 
-def weight_words(weights: np.ndarray, lanes: int, transposed: bool) -> tuple[list[int], int]:
-    """The weight RAM's contents: ``lanes`` int8 per word, address ``(g, [parity,] tap, c)`` row-major.
+def weight_words(weights: np.ndarray, lanes: int, transposed: bool, group: int = 1) -> tuple[list[int], int]:
+    """The weight RAM's contents: ``lanes x group`` int8 per word (lane-major), address ``(g, [parity,] tap,
+    c // group)`` row-major.
 
     Returns the words and the number of taps per (block, parity) row. ``c`` is padded to a power of two.
     """
@@ -76,11 +77,13 @@ def weight_words(weights: np.ndarray, lanes: int, transposed: bool) -> tuple[lis
     for g in range(c_out // lanes):
         for cls in taps:
             for i, j in cls:
-                for c in range(cin_p):
+                for c0 in range(0, cin_p, group):
                     word = 0
                     for lane in range(lanes):
-                        w = int(weights[g * lanes + lane, c, i, j]) if c < c_in else 0
-                        word |= (w & 0xFF) << (8 * lane)
+                        for m in range(group):
+                            c = c0 + m
+                            w = int(weights[g * lanes + lane, c, i, j]) if c < c_in else 0
+                            word |= (w & 0xFF) << (8 * (lane * group + m))
                     words.append(word)
     return words, len(taps[0])
 
@@ -102,6 +105,9 @@ class BitPlaneLayer(wiring.Component):
         Input frame size.
     lanes : int
         Output channels computed in parallel; divides ``C_out``.
+    group : int
+        Input channels of a plane added per cycle (a power of two, at most ``C_in`` rounded up to one); a group
+        without spikes is skipped.
     stride : int
         Conv stride (1 or 2).
     transposed : bool
@@ -120,12 +126,13 @@ class BitPlaneLayer(wiring.Component):
     """
 
     def __init__(self, weights, bias, theta, T: int, height: int, width: int, lanes: int, stride: int = 1,
-                 transposed: bool = False, padding: int = 0):
+                 transposed: bool = False, padding: int = 0, group: int = 1):
         w = np.asarray(weights)
         self.c_out, self.c_in, self.k, _ = w.shape
         assert self.c_out % lanes == 0, "lanes must divide the output channels"
         assert (self.k % 2 == 0) if transposed else (self.k % 2 == 1 and stride in (1, 2))
-        self.weights, self.T, self.lanes = w, T, lanes
+        self.weights, self.T, self.lanes, self.group = w, T, lanes, group
+        assert group == pow2_at_least(group) and group <= pow2_at_least(self.c_in), "group: a power of two <= C_in"
         self.bias = np.asarray(bias, np.int64)
         self.theta = None if theta is None else np.asarray(theta, np.int64)
         self.height, self.width, self.stride, self.transposed = height, width, stride, transposed
@@ -154,7 +161,9 @@ class BitPlaneLayer(wiring.Component):
         T, L, k, s = self.T, self.lanes, self.k, self.stride
         G = self.c_out // L
         cin_p = pow2_at_least(self.c_in)
-        cbits = (cin_p - 1).bit_length()
+        M = self.group
+        ngroups = cin_p // M
+        gbits = (ngroups - 1).bit_length()
         span = k // 2 if self.transposed else k
         slots = pow2_at_least(span + 1)  # one row more than a window: the next row arrives while this one computes
         xbits = bits_for(self.width)
@@ -162,11 +171,11 @@ class BitPlaneLayer(wiring.Component):
         neuron = self.theta is not None
 
         # Memories: line buffer (S rows of plane-major words), weights, per-block bias and threshold.
-        mask_bits = pow2_at_least(T * cin_p)
+        mask_bits = pow2_at_least(T * ngroups)  # one flag per (plane, group of M channels) holding spikes
         m.submodules.linebuf = lb = memory.Memory(shape=unsigned(T * cin_p), depth=slots << xbits, init=[])
         lb_w, lb_r = lb.write_port(), lb.read_port()
-        words, ntaps = weight_words(self.weights, L, self.transposed)
-        m.submodules.weights = wm = memory.Memory(shape=unsigned(8 * L), depth=len(words), init=words)
+        words, ntaps = weight_words(self.weights, L, self.transposed, M)
+        m.submodules.weights = wm = memory.Memory(shape=unsigned(8 * L * M), depth=len(words), init=words)
         w_r = wm.read_port()
         vb, tb = self.vbits, self.theta_bits
         params = []
@@ -180,7 +189,7 @@ class BitPlaneLayer(wiring.Component):
         m.submodules.params = pm = memory.Memory(shape=unsigned((vb + tb) * L), depth=G, init=params)
         p_r = pm.read_port()
 
-        m.submodules.acc = acc = UWDAccumulator(L, vb, T)
+        m.submodules.acc = acc = UWDAccumulator(L, vb, T, M)
         if neuron:
             m.submodules.sar = sar = SARNeuron(L, vb, tb, T)
 
@@ -195,8 +204,10 @@ class BitPlaneLayer(wiring.Component):
         tj = Signal(bits_for(side))
         wrow = Signal(bits_for(len(words) + 1))
         tt = Signal(bits_for(T))
+        word = Signal(T * cin_p)
         mask = Signal(mask_bits)
         ev_valid = Signal()
+        ev_bits = Signal(M)
         ev_t = Signal(bits_for(T))
         obits = (T if neuron else vb) * L
         out_reg = Signal(obits * G)
@@ -234,8 +245,8 @@ class BitPlaneLayer(wiring.Component):
         # UWD pipeline: a weight read issued in SCAN is added in the next cycle.
         m.d.sync += ev_valid.eq(0)
         m.d.comb += [
-            acc.add.eq(ev_valid), acc.t.eq(ev_t), acc.weights.eq(w_r.data),
-            w_r.addr.eq(Cat(first[:cbits], wrow) if cbits else wrow),
+            acc.add.eq(ev_valid), acc.t.eq(ev_t), acc.weights.eq(w_r.data), acc.spikes.eq(ev_bits),
+            w_r.addr.eq(Cat(first[:gbits], wrow) if gbits else wrow),
             lb_r.addr.eq(Cat(ix[:xbits], iy[:(slots - 1).bit_length()])),
             lb_w.addr.eq(Cat(x_in, rows_in[:(slots - 1).bit_length()])),
             p_r.addr.eq(g),
@@ -281,12 +292,14 @@ class BitPlaneLayer(wiring.Component):
                 with m.Else():
                     next_tap()
             with m.State("LOAD"):
-                m.d.sync += mask.eq(lb_r.data)
+                m.d.sync += [word.eq(lb_r.data), mask.eq(Cat(*[lb_r.data[e * M:(e + 1) * M].any()
+                                                              for e in range(T * ngroups)]))]
                 m.next = "SCAN"
-            with m.State("SCAN"):  # one spike per cycle, lowest set bit first; an empty word ends the tap
+            with m.State("SCAN"):  # one group with spikes per cycle, lowest first; an empty word ends the tap
                 with m.If(any_set):
                     m.d.comb += w_r.en.eq(1)
-                    m.d.sync += [ev_valid.eq(1), ev_t.eq(first[cbits:]), mask.bit_select(first, 1).eq(0)]
+                    m.d.sync += [ev_valid.eq(1), ev_t.eq(first[gbits:]), ev_bits.eq(word.word_select(first, M)),
+                                 mask.bit_select(first, 1).eq(0)]
                 with m.Else():
                     next_tap()
             with m.State("DRAIN"):  # the last spike's add; read the block's bias and threshold

@@ -8,7 +8,7 @@ one adder. This is the reference's ``uwd`` read-out quantity (``uwd += s << (T -
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Signal, signed
+from amaranth.hdl import Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -95,42 +95,48 @@ class UWDAccumulator(wiring.Component):
     """The UWD as a layer's synapse: ``lanes`` membranes that decode bit-plane spikes by accumulation only.
 
     A bit-plane layer decodes its input ``sum_t 2**(T-1-t) * (W s_t)`` (SEMANTICS 5.5, step 1). Adding each input
-    spike's weights shifted by ``T-1-t`` is the same sum in any order, so the engine can visit only the set bits
-    (spike-free planes and words cost nothing here) and no doubling pass over the membranes is needed: the
-    binary-weighted DAC of :class:`UWDecoder` with a weight per lane instead of a 1.
+    spike's weights shifted by ``T-1-t`` is the same sum in any order, so the engine can visit only the words
+    that hold spikes (spike-free planes and words cost nothing here) and no doubling pass over the membranes is
+    needed: the binary-weighted DAC of :class:`UWDecoder` with a weight per lane instead of a 1.
 
     Parameters
     ----------
     lanes : int
-        Output channels updated in parallel (one adder each).
+        Output channels updated in parallel.
     vbits : int
         Signed membrane width (the decoded sum plus the bias must fit).
     T : int
         Number of bit planes.
+    group : int
+        Input channels of one plane taken per add: each lane sums the weights of the spiking ones (an adder tree
+        of ``group`` masked int8 values), then adds the sum, shifted, to its membrane.
 
     Attributes
     ----------
     clear : In(1)
         Membranes to 0 (takes precedence).
     add : In(1)
-        ``acc[l] += weights[l] << (T - 1 - t)``.
+        ``acc[l] += (sum_m spikes[m] * weights[l * group + m]) << (T - 1 - t)``.
     t : In
-        Plane of the spike being added (0 = MSB).
-    weights : In(array of signed 8)
-        The spike's int8 weight for each lane.
+        Plane of the spikes being added (0 = MSB).
+    spikes : In(group)
+        Which of the group's input channels spike in plane ``t``.
+    weights : In(array of signed 8, lanes * group)
+        The group's int8 weights for each lane (lane-major).
     bias_add : In(1)
         ``acc[l] += bias[l]`` (once, after the last plane; never together with ``add``).
     bias : In(array of signed vbits)
     acc : Out(array of signed vbits)
     """
 
-    def __init__(self, lanes: int, vbits: int, T: int):
-        self.lanes, self.vbits, self.T = lanes, vbits, T
+    def __init__(self, lanes: int, vbits: int, T: int, group: int = 1):
+        self.lanes, self.vbits, self.T, self.group = lanes, vbits, T, group
         super().__init__({
             "clear": In(1),
             "add": In(1),
             "t": In(bits_for(T)),
-            "weights": In(data.ArrayLayout(signed(8), lanes)),
+            "spikes": In(group),
+            "weights": In(data.ArrayLayout(signed(8), lanes * group)),
             "bias_add": In(1),
             "bias": In(data.ArrayLayout(signed(vbits), lanes)),
             "acc": Out(data.ArrayLayout(signed(vbits), lanes)),
@@ -141,11 +147,16 @@ class UWDAccumulator(wiring.Component):
         shift = Signal(bits_for(self.T))
         m.d.comb += shift.eq(self.T - 1 - self.t)
         for lane in range(self.lanes):
+            terms = [Mux(self.spikes[i], self.weights[lane * self.group + i], 0) for i in range(self.group)]
+            while len(terms) > 1:  # a balanced adder tree
+                terms = [a + b for a, b in zip(terms[::2], terms[1::2], strict=True)] + terms[len(terms) & ~1:]
+            total = Signal(signed(8 + bits_for(self.group) + 1), name=f"sum{lane}")
+            m.d.comb += total.eq(terms[0])
             acc = self.acc[lane]
             with m.If(self.clear):
                 m.d.sync += acc.eq(0)
             with m.Elif(self.add):
-                m.d.sync += acc.eq(acc + (self.weights[lane] << shift))  # a shifter and an adder per lane
+                m.d.sync += acc.eq(acc + (total << shift))  # a shifter and an adder per lane
             with m.Elif(self.bias_add):
                 m.d.sync += acc.eq(acc + self.bias[lane])
         return m

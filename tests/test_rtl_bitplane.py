@@ -100,15 +100,15 @@ def layer(weights, theta, bias, T, stride=1, transposed=False, padding=0, conv_b
     return LayerSpec(conv, neuron, T)
 
 
-def check_layer(spec: LayerSpec, q: np.ndarray, lanes: int, stall: int = 0):
+def check_layer(spec: LayerSpec, q: np.ndarray, lanes: int, stall: int = 0, group: int = 1):
     _, h, w = q.shape
-    dut = BitPlaneLayer(**spec.gateware(h, w, lanes))
+    dut = BitPlaneLayer(**spec.gateware(h, w, lanes, group))
     out, cycles, reads = simulate_layer(dut, q, stall)
     want = spec.compute(q)
     bad = np.argwhere(out != want)
     assert not len(bad), f"first difference at {tuple(bad[0])}: {out[tuple(bad[0])]} != {want[tuple(bad[0])]}"
     if not stall:
-        cost = spec.cost(q, lanes)
+        cost = spec.cost(q, lanes, group)
         assert cycles == cost.cycles
         assert reads == cost.reads
     return out
@@ -123,19 +123,20 @@ def random_layer(rng, c_in, c_out, k, T, **kw):
     return w, theta, bias
 
 
-@pytest.mark.parametrize("c_in,c_out,k,stride,lanes,h,w", [
-    (1, 4, 5, 2, 4, 6, 8),   # the shipped first layer's shape: 5x5 stride 2 on the pixels' 8 planes
-    (4, 4, 3, 1, 2, 5, 6),   # a body layer in two blocks of 2 lanes
-    (3, 2, 3, 1, 1, 4, 4),   # channels not a power of two, one lane
-    (2, 2, 1, 1, 2, 3, 3),   # 1x1
+@pytest.mark.parametrize("c_in,c_out,k,stride,lanes,group,h,w", [
+    (1, 4, 5, 2, 4, 1, 6, 8),   # the shipped first layer's shape: 5x5 stride 2 on the pixels' 8 planes
+    (4, 4, 3, 1, 2, 1, 5, 6),   # a body layer in two blocks of 2 lanes, one spike per cycle
+    (4, 4, 3, 1, 4, 2, 5, 6),   # two input channels per cycle
+    (3, 2, 3, 1, 1, 4, 4, 4),   # channels not a power of two, one lane, all channels per cycle
+    (2, 2, 1, 1, 2, 1, 3, 3),   # 1x1
 ])
-def test_conv_layer_equals_reference(c_in, c_out, k, stride, lanes, h, w):
+def test_conv_layer_equals_reference(c_in, c_out, k, stride, lanes, group, h, w):
     rng = np.random.default_rng(c_in * 100 + k)
     T = 8
     wts, theta, bias = random_layer(rng, c_in, c_out, k, T)
     q = rng.integers(0, 2**T, (c_in, h, w))
     q[:, rng.random((h, w)) < 0.3] = 0  # spike-free words are skipped whole
-    out = check_layer(layer(wts, theta, bias, T, stride=stride), q, lanes)
+    out = check_layer(layer(wts, theta, bias, T, stride=stride), q, lanes, group=group)
     assert out.min() == 0 and out.max() > 0, "the test layer should produce both zero and non-zero codes"
 
 
@@ -157,7 +158,10 @@ def test_readout_transposed_conv_into_integrator():
     T = 8
     wts = rng.integers(-127, 128, (1, 4, 6, 6)).astype(np.int8)
     q = rng.integers(0, 2**T, (4, 3, 4))
-    check_layer(layer(wts, None, [-321], T, transposed=True, padding=2), q, lanes=1)
+    q[:2, 1] = 0  # some channel groups without spikes
+    spec = layer(wts, None, [-321], T, transposed=True, padding=2)
+    check_layer(spec, q, lanes=1)
+    check_layer(spec, q, lanes=1, group=2)
 
 
 def test_transposed_4x4_padding_1_into_neurons():
@@ -231,25 +235,25 @@ def simulate_pipeline(dut: LayerPipeline, x: np.ndarray, limit: int):
     return np.array(result["outs"], np.uint8).reshape(x.shape), result["cycles"]
 
 
-def check_model(model: Model, frame: np.ndarray, lanes: list[int]):
+def check_model(model: Model, frame: np.ndarray, folds: list[tuple[int, int]]):
     specs = layer_specs(model)
     h, w = frame.shape
     sizes = [(h, w)]
     for spec in specs:
         sizes.append(spec.out_size(*sizes[-1]))
     term = model.decoder.terms[0]
-    dut = LayerPipeline([s.gateware(*size, lane) for s, size, lane in zip(specs, sizes[:-1], lanes, strict=True)],
+    dut = LayerPipeline([s.gateware(*size, *fold) for s, size, fold in zip(specs, sizes[:-1], folds, strict=True)],
                         multiplier=int(term.multiplier[0]), shift=model.decoder.shift,
                         residual=model.decoder.residual, fifo_depth=residual_depth(specs, h, w))
     codes = run_codes(specs, frame)
-    want_cycles = pipeline_cycles(specs, codes[:-1], lanes)
+    want_cycles = pipeline_cycles(specs, codes[:-1], folds)
     out, cycles = simulate_pipeline(dut, frame, limit=2 * want_cycles + 1000)
     want = reference.run(model, frame)
     bad = np.argwhere(out != want)
     assert not len(bad), f"first difference at {tuple(bad[0])}: {out[tuple(bad[0])]} != {want[tuple(bad[0])]}"
     assert np.array_equal(decode(model, frame, codes[-1]), want)
     assert cycles == want_cycles
-    return cycles, [spec.cost(q, lane).cycles for spec, q, lane in zip(specs, codes, lanes, strict=False)]
+    return cycles, [spec.cost(q, *fold).cycles for spec, q, fold in zip(specs, codes, folds, strict=False)]
 
 
 def test_whole_small_model_as_a_pipeline_equals_reference():
@@ -261,5 +265,5 @@ def test_whole_small_model_as_a_pipeline_equals_reference():
     frame = demo_image(8, 10, seed=1)
     out = reference.run(model, frame)
     assert ((out > 0) & (out < 255)).mean() > 0.8 and (out != frame).mean() > 0.5
-    cycles, alone = check_model(model, frame, lanes=[4, 2, 1])
+    cycles, alone = check_model(model, frame, folds=[(4, 1), (2, 2), (1, 4)])
     assert cycles < sum(alone)

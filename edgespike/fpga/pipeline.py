@@ -73,11 +73,12 @@ class LayerSpec:
         k, p, s = self.k, self.padding, self.stride
         return (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
 
-    def gateware(self, height: int, width: int, lanes: int) -> dict:
-        """Keyword arguments of :class:`edgespike.rtl.bitplane.BitPlaneLayer` for an input of ``height x width``."""
+    def gateware(self, height: int, width: int, lanes: int, group: int = 1) -> dict:
+        """Keyword arguments of :class:`edgespike.rtl.bitplane.BitPlaneLayer` for an input of ``height x width``,
+        ``lanes`` output channels and ``group`` input channels per cycle."""
         return dict(weights=self.conv.weight, bias=self.bias, theta=self.theta, T=self.T, height=height,
                     width=width, lanes=lanes, stride=self.stride, transposed=self.transposed,
-                    padding=self.conv.padding if self.transposed else 0)
+                    padding=self.conv.padding if self.transposed else 0, group=group)
 
     def compute(self, q: np.ndarray) -> np.ndarray:
         """The layer on input codes ``q`` (``[C_in, H, W]``, ``0 .. 2**T - 1``) as ``reference.run`` computes it:
@@ -116,17 +117,16 @@ class LayerSpec:
         rows = ((oy + self.padding) >> 1) + 1 if self.transposed else self.stride * oy + self.k - self.padding
         return np.minimum(rows, h)
 
-    def schedule(self, q: np.ndarray, lanes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def schedule(self, q: np.ndarray, lanes: int, group: int = 1):
         """The engine's work on input codes ``q``: input rows received before each output row, the cycles from
         ``START`` of an output pixel's first block to its ``OUT`` (all blocks), and per output pixel the kernel
-        taps inside the input and the spikes added (one block)."""
+        taps inside the input and the adds (groups of ``group`` channels of one plane with a spike; one block)."""
         _, h, w = q.shape
         ho, wo = self.out_size(h, w)
         G = self.c_out // lanes
-        pop = np.zeros((h, w), np.int64)
-        table = np.array([bin(v).count("1") for v in range(2**self.T)])
-        for c in range(q.shape[0]):
-            pop += table[q[c]]
+        pop = np.zeros((h, w), np.int64)  # per input pixel: (plane, channel group) pairs holding a spike
+        for c0 in range(0, q.shape[0], group):
+            pop += self.popcount(np.bitwise_or.reduce(q[c0:c0 + group], axis=0))
         tap_cycles = np.zeros((ho, wo), np.int64)
         inside_taps = np.zeros((ho, wo), np.int64)
         events = np.zeros((ho, wo), np.int64)
@@ -142,20 +142,26 @@ class LayerSpec:
         received = np.diff(np.concatenate([[0], self.need(h)]))
         return received, busy, inside_taps, events
 
-    def cost(self, q: np.ndarray, lanes: int) -> LayerCost:
+    def popcount(self, q: np.ndarray) -> np.ndarray:
+        return np.array([bin(v).count("1") for v in range(2**self.T)])[q]
+
+    def cost(self, q: np.ndarray, lanes: int, group: int = 1) -> LayerCost:
         """Cycles and memory accesses of the engine on one frame of input codes ``q``, input always valid and
-        output always ready (the engine alone); see :mod:`edgespike.rtl.bitplane` for the schedule."""
+        output always ready (the engine alone); see :mod:`edgespike.rtl.bitplane` for the schedule. ``events``
+        are the weight-word adds (groups with spikes), ``sops`` the synaptic operations (spikes x lanes)."""
         _, h, w = q.shape
         G = self.c_out // lanes
-        _, busy, inside_taps, events = self.schedule(q, lanes)
-        cycles = pipeline_cycles([self], [q], [lanes])
+        _, busy, inside_taps, events = self.schedule(q, lanes, group)
+        _, _, _, spikes = self.schedule(q, lanes, 1)
+        cycles = pipeline_cycles([self], [q], [(lanes, group)])
         n_events = int(G * events.sum())
+        sops = int(G * spikes.sum()) * lanes
         pixels = busy.size
         return LayerCost(
-            cycles=cycles, events=n_events, sops=n_events * lanes,
+            cycles=cycles, events=n_events, sops=sops,
             reads={"linebuf": int(G * inside_taps.sum()), "weights": n_events, "params": G * pixels},
             writes={"linebuf": h * w},
-            adds={"synaptic": n_events * lanes, "bias": G * pixels * lanes,
+            adds={"synaptic": sops, "accumulate": n_events * lanes, "bias": G * pixels * lanes,
                   "sar": G * pixels * lanes * self.T if self.theta is not None else 0},
         )
 
@@ -171,7 +177,7 @@ class LayerSpec:
             return ((oy + self.padding) >> 1) - (self.k // 2 - 1)
         return self.stride * oy - self.padding
 
-    def agents(self, n: int, q: np.ndarray, lanes: int, times: dict):
+    def agents(self, n: int, q: np.ndarray, lanes: int, times: dict, group: int = 1):
         """The engine's receiver and compute processes in time, as generators for :func:`pipeline_cycles`.
 
         They yield ``("recv", link, cycle)`` / ``("send", link, cycle)`` when ready to take / offer a pixel on a
@@ -180,7 +186,7 @@ class LayerSpec:
         last pixel, ``("S", n, oy)`` that of output row ``oy``'s last pixel.
         """
         _, h, w = q.shape
-        _, busy, _, _ = self.schedule(q, lanes)
+        _, busy, _, _ = self.schedule(q, lanes, group)
         need, first, slots = self.need(h), self.first_row(h), self.slots()
 
         def receiver():
@@ -221,19 +227,20 @@ class LayerCost:
     adds: dict = field(default_factory=dict)
 
 
-def pipeline_cycles(specs: list[LayerSpec], codes: list[np.ndarray], lanes: list[int]) -> int:
+def pipeline_cycles(specs: list[LayerSpec], codes: list[np.ndarray], folds: list) -> int:
     """Cycles of the whole pipeline on one frame, input always valid and output always ready.
 
     Each engine is two processes (:meth:`LayerSpec.agents`); the ``k``-th handshake on a link happens in the
     first cycle both sides are ready (the ``max`` of the two), as the ``lib.stream`` handshakes of
-    :mod:`edgespike.rtl.pipeline` behave. ``codes[n]`` is layer ``n``'s input. Returns the cycles until the last
-    output pixel is taken (its handshake's cycle + 1).
+    :mod:`edgespike.rtl.pipeline` behave. ``codes[n]`` is layer ``n``'s input, ``folds[n]`` its ``lanes`` or
+    ``(lanes, group)``. Returns the cycles until the last output pixel is taken (its handshake's cycle + 1).
     """
     n = len(specs)
     times: dict = {}
     gens = []
-    for i, (spec, q, lane) in enumerate(zip(specs, codes, lanes, strict=True)):
-        gens.extend(spec.agents(i, q, lane, times))  # agent 2i receives link i, 2i + 1 sends on link i + 1
+    for i, (spec, q, fold) in enumerate(zip(specs, codes, folds, strict=True)):
+        lanes, group = fold if isinstance(fold, tuple) else (fold, 1)
+        gens.extend(spec.agents(i, q, lanes, times, group))  # agent 2i receives link i, 2i + 1 sends on link i + 1
     posts: list = [None] * len(gens)
     last = -1
 
