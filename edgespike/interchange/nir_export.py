@@ -117,7 +117,11 @@ def losses(model: Model, target: str = "nir", nir_version: str = "current") -> l
     out: list[str] = []
     neurons = [n for n in model.nodes if isinstance(n, Neuron)]
     soft = [n.name for n in neurons if n.reset == "soft"]
-    if soft:
+    if soft and target == "sinabs":
+        out.append(f"one spike per step of {', '.join(soft)}: Sinabs's importer builds MultiSpike neurons, which "
+                   "emit floor(v / theta) spikes at once where v >= 2 theta (its MembraneSubtract is edgespike's "
+                   "soft reset)")
+    elif soft:
         out.append(f"soft reset (subtract theta) of {', '.join(soft)}: NIR neurons reset to v_reset, so readers "
                    "simulate a reset to zero")
     half = [n.name for n in neurons if n.v_init == "half"]
@@ -137,6 +141,9 @@ def losses(model: Model, target: str = "nir", nir_version: str = "current") -> l
                    f"{'/'.join(t.quantity for t in model.decoder.terms)} of "
                    f"{', '.join(t.node for t in model.decoder.terms)}): {target} gets the raw NIR output")
     if target == "sinabs":
+        lif = [n for n in neurons if n.leak_shift]
+        if lif:
+            to_nir(model, frame_size=(model.size_multiple,) * 2, target=target)  # raises its one-line reason
         hard = [n.name for n in neurons if n.reset == "hard"]
         if hard:
             out.append(f"hard reset of {', '.join(hard)}: Sinabs's NIR importer builds MembraneSubtract neurons "
@@ -145,7 +152,7 @@ def losses(model: Model, target: str = "nir", nir_version: str = "current") -> l
         if ifs:
             out.append(f"the unbounded membrane of {', '.join(ifs)}: Sinabs's NIR importer clamps IF membranes at "
                        "-v_threshold")
-    if target in ("snntorch", "spikingjelly"):
+    if target in ("snntorch", "spikingjelly", "sinabs"):
         varied = [n.name for n in neurons if len(set(n.threshold.tolist())) > 1 and not _foldable(model, n)]
         if varied:
             out.append(f"per-channel thresholds of {', '.join(varied)} (fed by a sum, so not folded into one conv): "
@@ -177,8 +184,9 @@ def to_nir(model: Model, dt: float | None = None, frame_size: tuple[int, int] = 
     if not dt > 0:
         raise InterchangeError(f"dt must be positive, got {dt}")
     with_meta = target == "nir"
+    offset = 0.5
     fold: dict[str, np.ndarray] = {}  # conv name -> per-channel divisor (the real threshold it is folded into)
-    if target in ("snntorch", "spikingjelly"):
+    if target in ("snntorch", "spikingjelly", "sinabs"):
         for n in model.nodes:
             if isinstance(n, Neuron) and _foldable(model, n) and len(set(n.threshold.tolist())) > 1:
                 fold[n.input] = np.ones(len(n.threshold))  # filled below, once the input unit is known
@@ -217,7 +225,7 @@ def to_nir(model: Model, dt: float | None = None, frame_size: tuple[int, int] = 
         if isinstance(n, Neuron) and n.input in fold:
             src = model.node(n.input)
             s_src = src.scale.astype(np.float64) if src.scale is not None else np.ones(len(n.threshold))
-            fold[n.input] = (n.threshold.astype(np.float64) - 0.5) * np.broadcast_to(s_src, (len(n.threshold),))
+            fold[n.input] = (n.threshold.astype(np.float64) - offset) * np.broadcast_to(s_src, (len(n.threshold),))
     skip = {n.name for n in model.nodes if isinstance(n, Integrator)} if target != "nir" else set()
     for node in model.nodes:
         if node.name in skip:
@@ -241,7 +249,10 @@ def to_nir(model: Model, dt: float | None = None, frame_size: tuple[int, int] = 
             unit[node.name] = s_out
         elif isinstance(node, Neuron):
             u_in = np.broadcast_to(unit[node.input], (C,)).astype(np.float64)
-            thr = (node.threshold.astype(np.float64) - 0.5) * u_in
+            # v >= theta on integers is NIR's strict v > theta - 1/2, and also v >= theta - 1/2 (Sinabs,
+            # SpikingJelly), with half a unit of margin against float rounding at ties (measured: theta itself
+            # loses it in SpikingJelly)
+            thr = (node.threshold.astype(np.float64) - offset) * u_in
             full = (C, h, w)
             thr_full = np.broadcast_to(thr[:, None, None], full).astype(np.float64)  # exact for int32 theta
             md = meta(node, es_in_unit=u_in, es_scale=node.scale)
@@ -254,11 +265,11 @@ def to_nir(model: Model, dt: float | None = None, frame_size: tuple[int, int] = 
                 nodes[node.name] = nir.LIF(tau=np.full(full, dt * 2.0**k, np.float32), r=np.ones(full, np.float32),
                                            v_leak=zeros, v_threshold=thr_full * 2.0**-k, v_reset=zeros, metadata=md)
             elif target == "sinabs":
-                # Sinabs reads tau in steps, a = exp(-1 / tau), gain 1 (norm_input=False), r = 1
-                tau = 1 / np.log(1 / (1 - 2.0**-k)) if k else np.inf
+                # Sinabs adds its input once per step (IAF), r = 1; its LIF would read tau in steps
                 if k:
-                    nodes[node.name] = nir.LIF(tau=np.full(full, tau, np.float32), r=np.ones(full, np.float32),
-                                               v_leak=zeros, v_threshold=thr_full, v_reset=zeros, metadata=md)
+                    raise _refuse(node, "Sinabs 3.1.3's NIR importer cannot read a LIF layer of an image network "
+                                        "(it tests v_leak with Python's any(), which needs a 1-d array, while NIR "
+                                        "requires LIF parameters of one shape); export it for norse or nir")
                 else:
                     nodes[node.name] = nir.IF(r=np.ones(full, np.float32), v_threshold=thr_full, v_reset=zeros,
                                               metadata=md)
