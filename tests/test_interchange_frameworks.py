@@ -329,3 +329,19 @@ def test_sinabs_target_refuses_lif_layers(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "'if1' (Neuron): Sinabs 3.1.3's NIR importer cannot read a LIF layer" in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "m.nir").exists()
+
+
+def test_rockpool_dense_network_is_refused_in_one_line(tmp_path, capsys):
+    """Rockpool has no convolutional layers: its NIR graphs are dense (Linear over a vector), which an image
+    network cannot use. The import names the node and says why."""
+    pytest.importorskip("rockpool", reason="Rockpool is not installed")
+    from rockpool.nn.combinators import Sequential
+    from rockpool.nn.modules import LIFTorch, LinearTorch
+    from rockpool.nn.modules.torch.nir import to_nir
+
+    nir.write(tmp_path / "r.nir", to_nir(Sequential(LinearTorch((4, 3)), LIFTorch(3), LinearTorch((3, 1)),
+                                                    LIFTorch(1))))
+    rc = main(["import", str(tmp_path / "r.nir"), "-o", str(tmp_path / "r.esnn"), "--from", "rockpool"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'0_LinearTorch' (Linear)" in err and "fully connected" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r.esnn").exists()
