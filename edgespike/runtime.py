@@ -267,6 +267,13 @@ def conv_transpose_nhwc(x: np.ndarray, taps: np.ndarray, padding: int) -> np.nda
     dt = taps.dtype
     full = np.zeros((L, 2 * h + k + 2, 2 * w + k + 2, cout), dt)
     flat = np.ascontiguousarray(x, dtype=dt).reshape(-1, cin)
+    if k * k * cout <= SMALL_GEMM:  # few outputs (a read-out): one GEMM against all taps, read the input once
+        y = (flat @ np.ascontiguousarray(taps.transpose(2, 0, 1, 3).reshape(cin, k * k * cout)))
+        y = y.reshape(L, h, w, k * k, cout)
+        for i in range(k):
+            for j in range(k):
+                full[:, i:i + 2 * h:2, j:j + 2 * w:2] += y[:, :, :, i * k + j]
+        return full[:, padding:padding + 2 * h, padding:padding + 2 * w]
     tmp = np.empty((flat.shape[0], cout), dt)
     for i in range(k):
         for j in range(k):
@@ -315,9 +322,9 @@ class Runtime:
     max_strip_bytes : int
         Working-set budget per strip used to choose ``strip_rows``.
     threads : int, optional
-        Threads for a frame: the compiled kernel runs this many, and numpy's BLAS is limited while the frame runs
-        (to 1 beside the kernel, whose threads its busy-waiting workers would slow; to ``threads`` on the numpy
-        fallback). Default ``EDGESPIKE_THREADS``, else the usable CPUs (at most 8). See :mod:`edgespike.parallel`.
+        Threads for a frame: the compiled kernel runs this many; numpy's BLAS is limited to ``blas_threads``
+        (attribute, default 1) while the frame runs. Default ``EDGESPIKE_THREADS``, else the usable CPUs (at most
+        8). See :mod:`edgespike.parallel`.
 
     Examples
     --------
@@ -351,9 +358,9 @@ class Runtime:
                 kernels.warn_fallback()
         self.backend = "c" if self.kernels is not None else "numpy"
         self.threads = parallel.resolve(threads)
-        # BLAS beside the kernel gets one thread (its spinning workers would take the kernel's cores); on the numpy
-        # fallback it is the only parallel part.
-        self.blas_threads = 1 if self.kernels is not None else self.threads
+        # BLAS gets one thread: its GEMMs here are skinny (64 or fewer output columns), which a second OpenBLAS
+        # thread slowed 2-10x, and its busy-waiting workers take the kernel's cores (edgespike.parallel).
+        self.blas_threads = 1
         if self.kernels is not None:
             parallel.check_wait_policy(self.threads)
 
@@ -717,18 +724,17 @@ class Runtime:
         if not src.const and self._spike_path(node, src):
             return self._conv_planes(node, src)
         plan = self.plans[node.name]
-        dt = _gemm_dtype(plan.bound_weighted)
-        taps = plan.taps_for(False, dt)
         T1 = 2**self.T - 1
         # A constant input (direct coding) is convolved once and scaled after, so the GEMM sees small values.
+        dt = _gemm_dtype(plan.bound if src.const else plan.bound_weighted)
+        taps = plan.taps_for(False, dt)
         a = src.arr[:1] if src.const else self._weighted_sum(src)[None]
         out = conv_nhwc(a, taps, node.stride) if isinstance(node, Conv) else conv_transpose_nhwc(a, taps, node.padding)
-        out = out.astype(np.int64) if dt is not np.int64 else out
-        out += node.bias.astype(np.int64)
+        if np.any(node.bias):  # exact in dt: the bound includes the bias (times 2**T - 1 in the weighted form)
+            out += node.bias.astype(dt) * (1 if src.const else T1)
         if src.const:
-            out *= T1
-        else:
-            out += node.bias.astype(np.int64) * (T1 - 1)
+            # times 2**T - 1 can leave float32's exact range: float64 is exact below 2**53, int64 beyond
+            out = out.astype(np.float64 if plan.bound_weighted < F64_EXACT else np.int64) * T1
         return _Val(out, weighted=True)
 
     def _spike_path(self, node, src: _Val) -> bool:
@@ -777,22 +783,30 @@ class Runtime:
     def _bitplane(self, node: BitPlaneNeuron, src: _Val, state, stats: Stats, c0: int, c1: int) -> _Val:
         """Section 5.5 of the semantics: decode, add the bias, quantise to T bits (the spikes, MSB first)."""
         T = self.T
-        v = self._weighted_sum(src).astype(np.int64, copy=False) + node.bias.astype(np.int64)
-        theta = node.threshold.astype(np.int64)
-        q = np.clip(v // theta, 0, 2**T - 1)
+        v = self._weighted_sum(src)
+        exact_float = v.dtype in (np.float32, np.float64)  # decoded GEMM output: integers, exact (proved bound)
+        if self.kernels is not None and exact_float:
+            from edgespike import kernels
+
+            q, bits = kernels.bitplane_quantise(self.kernels, v, node.bias, node.threshold, T, rows=(c0, c1))
+        else:
+            # floor of a float64 quotient of integers below 2**53 is the integer floor (see the C kernel)
+            vb = v.astype(np.float64) + node.bias
+            q = np.clip(np.floor(vb / node.threshold), 0, 2**T - 1).astype(np.uint8 if T <= 8 else np.uint16)
+            core = q[c0:c1]
+            bits = np.array([np.count_nonzero((core >> (T - 1 - t)) & 1) for t in range(T)], np.int64)
         # The spikes of step t are bit T-1-t of q; the statistics count them in the strip's core rows.
-        core = q[c0:c1]
-        for t in range(T):
-            stats.spikes[node.name][t] += int(np.count_nonzero((core >> (T - 1 - t)) & 1))
-        self._core_events[node.name] = int(_popcount(core).sum())
+        stats.spikes[node.name][:T] += bits
+        self._core_events[node.name] = int(bits.sum())
         st = state.setdefault(node.name, {})
-        if node.name in self.keep_v:
-            st["v"] = v - theta * q  # the successive approximation's residue
+        if node.name in self.keep_v:  # the successive approximation's residue
+            vb = v.astype(np.int64) + node.bias.astype(np.int64)
+            st["v"] = vb - node.threshold.astype(np.int64) * q
         if node.name in self.need_uwd:
             st["uwd"] = q
         if node.name in self.need_count:
             st["count"] = _popcount(q)
-        return _Val(q[None].astype(np.uint8 if T <= 8 else np.uint16), binary=True, weighted=True, planes=True)
+        return _Val(q[None], binary=True, weighted=True, planes=True)
 
     def _neuron_state(self, node: Neuron, shape, state) -> dict:
         st = state.get(node.name)

@@ -6,13 +6,14 @@ import json
 
 import numpy as np
 
-from edgespike.fileformat import VERSION, load
-from edgespike.model import Conv, ConvTranspose, Integrator, Model, Neuron
+from edgespike.fileformat import format_version, load
+from edgespike.model import BitPlaneNeuron, Conv, ConvTranspose, Integrator, Model, Neuron
 from edgespike.models import MODEL_HELP, resolve
 from edgespike.validate import analyse
 
 HELP = "show a model file: graph, widths, bounds, metadata"
-DESCRIPTION = """Show what a .esnn model file holds: the layer graph with shapes and neuron kinds, timesteps,
+DESCRIPTION = """Show what a .esnn model file holds: the layer graph with shapes and neuron kinds (IF, LIF, MPRN,
+bit-plane), timesteps,
 encoder and decoder, the proved worst-case integer widths, the parameter count and the metadata (task, noise,
 provenance). Exits with status 2 and one line if the file is damaged, foreign or from a newer edgespike."""
 
@@ -34,7 +35,7 @@ def describe(model: Model) -> str:
         f"membrane    = {model.membrane_bits}-bit declared, {a.worst_bits()}-bit proved worst case",
         f"frame size  = multiple of {model.size_multiple} (edge-padded)",
         "",
-        f"{'node':<14}{'type':<15}{'in':<14}{'ch':>5}  {'detail':<34}{'max |value|':>12}",
+        f"{'node':<14}{'type':<17}{'in':<14}{'ch':>5}  {'detail':<34}{'max |value|':>12}",
     ]
     params = 0
     for node in model.nodes:
@@ -55,12 +56,21 @@ def describe(model: Model) -> str:
             if node.mprn:
                 detail += f", alpha {node.mprn[0]}/{node.mprn[1]}"
             kind = node.kind
+        elif isinstance(node, BitPlaneNeuron):
+            params += node.threshold.size + node.bias.size
+            th = node.threshold
+            theta = f"{th[0]}" if np.all(th == th[0]) else f"{th.min()}..{th.max()}"
+            detail = f"UWD/UWE, {2**model.timesteps} levels, theta {theta}"
+            kind = "bit-plane"
         elif isinstance(node, Integrator):
-            kind = "Integrator"
+            kind = "Integrator (UWD)" if node.uwd else "Integrator"
+            if node.bias is not None:
+                params += node.bias.size
+                detail = f"bias {int(node.bias[0])}" if node.bias.size == 1 else "bias per channel"
         else:
             kind = type(node).__name__
         bound = info.state.magnitude if info.state is not None else info.value.magnitude
-        lines.append(f"{node.name:<14}{kind:<15}{','.join(node.inputs):<14}{info.channels:>5}  {detail:<34}{bound:>12}")
+        lines.append(f"{node.name:<14}{kind:<17}{','.join(node.inputs):<14}{info.channels:>5}  {detail:<34}{bound:>12}")
     lines += ["", f"parameters  = {params:,} integers"]
     if model.metadata:
         lines.append("metadata:")
@@ -80,6 +90,7 @@ def run(args) -> int:
         print(json.dumps(header, indent=2))
         return 0
     size = path.stat().st_size
-    print(f"{path}  ({size:,} bytes, edgespike-snn format {VERSION[0]}.x)")
+    major, minor = format_version(model)
+    print(f"{path}  ({size:,} bytes, edgespike-snn format {major}.{minor})")
     print(describe(model))
     return 0

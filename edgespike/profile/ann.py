@@ -79,7 +79,7 @@ class Twin:
     """
 
     layers: list[TwinLayer]
-    timesteps: int
+    timesteps: int  # levels above 0 of a quantised activation: T (rate-coded IF), 2**T - 1 (bit-plane layers)
     output: str
     multiple: int = 1
 
@@ -143,6 +143,10 @@ def twin(model: Model, activation: str = "relu") -> Twin:
         for i in d.inputs:
             consumers.setdefault(i, []).append(d)
     T = model.timesteps
+    # Bit-plane layers: the decoded value q (0 .. 2**T - 1) is L * a with L = 2**T - 1 levels, and the read-out is
+    # already the total over the steps; rate-coded IF: T + 1 levels, spike rates are a, the read-out sums T steps.
+    bitplane = model.has_bitplane
+    levels = 2**T - 1 if bitplane else T
     # What a twin layer reads for each model node, and per channel the factor f with SNN value = f * ANN value
     # (pixels 0..255 are 255 * a_0; spikes counted per step are the rates themselves).
     alias = {"input": FRAME}
@@ -160,22 +164,24 @@ def twin(model: Model, activation: str = "relu") -> Twin:
             b = d.bias.copy()
             n = nxt[0]
             if n.op == "rate":
-                w = w / n.theta[:, None, None, None]
-                b = b / n.theta
+                span = levels if bitplane else 1  # ANN activation a = value / span, in [0, 1]
+                w = w / (n.theta * span)[:, None, None, None]
+                b = b / (n.theta * span)
                 if n.v_init == "zero":
-                    b = b - 0.5 / T  # the count floors instead of rounding: half a level lower
+                    b = b - 0.5 / levels  # the count floors instead of rounding: half a level lower
                 act = activation
             else:
                 if n.name != readout:
                     raise _unsupported(f"Integrator {n.name!r} is not the decoder's read-out")
-                g = terms[0].multiplier / 2.0**model.decoder.shift * T / 255.0
+                g = terms[0].multiplier / 2.0**model.decoder.shift * (1 if bitplane else T) / 255.0
                 w, b, act, output = w * g, b * g, "none", d.name
             layers.append(TwinLayer(d.name, d.op, (alias[src],), w, b, act, d.stride, d.padding, d.output_padding))
         elif d.op == "rate":
             src = by_name.get(d.inputs[0])
             if src is None or src.op not in ("conv", "conv_transpose"):
                 raise _unsupported(f"neuron {d.name!r} must follow a conv")
-            alias[d.name], factor[d.name] = d.inputs[0], np.ones(src.weight.shape[0])
+            alias[d.name] = d.inputs[0]
+            factor[d.name] = np.full(src.weight.shape[0], float(levels) if bitplane else 1.0)
         elif d.op == "integrator":
             if consumers.get(d.name):
                 raise _unsupported(f"Integrator {d.name!r} feeds other nodes (it passes 0 to them)")
@@ -194,7 +200,7 @@ def twin(model: Model, activation: str = "relu") -> Twin:
             factor[d.name] = fs[0] if d.op == "add" else np.concatenate(fs)
     if output is None:  # pragma: no cover - readout() requires an Integrator, and each follows a conv (above)
         raise _unsupported("no read-out conv")
-    return Twin(layers, T, output, model.size_multiple)
+    return Twin(layers, levels, output, model.size_multiple)
 
 
 # --------------------------------------------------------------------------- ONNX

@@ -37,13 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgespike import model as _model
-from edgespike.model import INPUT, Add, Concat, Conv, ConvTranspose, Model
+from edgespike.model import INPUT, SPIKING, Add, BitPlaneNeuron, Concat, Conv, ConvTranspose, Integrator, Model
 from edgespike.profile import memory as M
-
-# Every node that emits spikes, one per neuron per step, whatever its kind (IF/LIF, bit-plane); the counts are the
-# runtime's, so a bit-plane layer's spike (an add of a weight shifted by its bit position) is one add like any other.
-SPIKING = tuple(c for c in (getattr(_model, "Neuron", None), getattr(_model, "BitPlaneNeuron", None)) if c)
 
 TABLES_FILE = Path(__file__).with_name("tables") / "energy.json"
 DEFAULT_TABLE = "stored"
@@ -206,6 +201,7 @@ class Layer:
     neuron: str | None = None  # the spiking neuron node this layer feeds (None: read-out / non-spiking)
     leak: bool = False
     padding: int | None = None  # None: k // 2 (a "same" conv); a ConvTranspose's own padding
+    decodes_planes: bool = False  # read by a bit-plane layer or uwd Integrator (docs/SEMANTICS.md 5.5)
 
     @property
     def n_in(self) -> int:
@@ -270,7 +266,9 @@ def layers(model: Model, height: int, width: int) -> list[Layer]:
             out.append(Layer(node.name, "conv" if isinstance(node, Conv) else "convT", c, node.out_channels, h, w,
                              ho, wo, node.kernel, node.stride, _sources(model, node.input), binary[node.input],
                              neuron.name if neuron else None, bool(neuron and getattr(neuron, "leak_shift", 0)),
-                             node.padding if isinstance(node, ConvTranspose) else None))
+                             node.padding if isinstance(node, ConvTranspose) else None,
+                             bool(nxt) and all(isinstance(c, BitPlaneNeuron) or (isinstance(c, Integrator) and c.uwd)
+                                               for c in nxt)))
             binary[node.name] = False
         elif isinstance(node, Concat):
             ch = sum(shape[i][0] for i in node.inputs)
@@ -420,6 +418,25 @@ def ann_counts(layer: Layer) -> Counts:
     )
 
 
+def _bitplane_counts(layer: Layer, act: Activity, th_in: float, th_out: float) -> Counts:
+    """A conv into a bit-plane layer, as a layer-major engine runs it (docs/SEMANTICS.md 5.5): each output neuron's
+    membrane stays in its accumulator register over the T input planes (the UWD doubling is a shift of that
+    register), so the membrane memory sees one write and one read per neuron, not one per synaptic event; every
+    (event, reached output position, tap) is one weight read and one accumulate per output channel, its spike bit
+    read once per output position (shared by the output-channel lanes); the bias is added once; the UWE's
+    successive approximation is T compare-subtracts per neuron. Not the Lemaire et al. accounting, which assumes
+    a step-major event-driven core with the membrane in SRAM."""
+    T = act.timesteps
+    syn = act.synapses(layer)
+    sar = T * layer.n_out if layer.neuron else 0
+    n_mem = {"input": layer.n_in * T, "weight": layer.cout * layer.cin * layer.k * layer.k, "bias": layer.cout,
+             "potential": layer.n_out, "output": layer.n_out * T, "input_map": layer.n_in * T,
+             "output_map": layer.n_out * T, "input_is": "spike"}
+    return Counts(accs=syn * layer.cout + T * layer.n_out + sar, rd_input=syn, rd_weight=syn * layer.cout,
+                  rd_bias=layer.n_out, rd_potential=layer.n_out, wr_potential=layer.n_out, wr_output=th_out,
+                  addr_accs=syn, n_mem=n_mem)
+
+
 HYBRID = ("bcefe7d", "head")
 """How the direct-coded first layer is counted: as in the authors' commit bcefe7d (2024-05-27; dense MACs,
 dense input reads, ANN addressing) or as at their HEAD 15165fe (MACs, input reads, weight reads and addressing
@@ -435,6 +452,8 @@ def snn_counts(layer: Layer, act: Activity, addressing: str = "code", hybrid: st
             setattr(c, f, getattr(c, f) * T)
         return c
     th_in, th_out = act.theta_in(layer), act.theta_out(layer)
+    if layer.decodes_planes and layer.binary_input:
+        return _bitplane_counts(layer, act, th_in, th_out)
     # Every (event, reached output position, tap) triple is, per output channel, one weight read, one
     # accumulate and one membrane read-modify-write; the authors' code writes theta_in * k^2 for it, which is
     # this count for a stride-1 conv away from the borders.
