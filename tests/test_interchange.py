@@ -512,3 +512,33 @@ def test_nir_1_0_4_files_have_no_metadata_and_no_v_reset(tmp_path, capsys):
     assert names and not any(n.split("/")[-1] in ("metadata", "v_reset") for n in names)
     graph = nir.read(tmp_path / "m.nir")  # the current reader still reads it
     assert nir_export.header_of(graph) is None and isinstance(graph.nodes["if1"], nir.LIF)
+
+
+def test_a_file_that_names_its_producer_gets_its_preset(tmp_path, capsys):
+    """No exporter writes who it is today; a graph whose metadata says so is read with that framework's preset
+    (here Norse's IF: the input is added once per step, so it fires without any --dt)."""
+    w = np.full((2, 1, 3, 3), 0.15)
+    nodes = {"input": nir.Input(input_type={"input": np.array([1, 16, 16])}),
+             "c": nir.Conv2d(input_shape=(16, 16), weight=w, stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+                             groups=1, bias=np.zeros(2)),
+             "n": nir.IF(r=np.ones(2), v_threshold=np.ones(2), v_reset=np.zeros(2)),
+             "c2": nir.Conv2d(input_shape=(16, 16), weight=np.full((1, 2, 3, 3), 0.1), stride=(1, 1),
+                              padding=(1, 1), dilation=(1, 1), groups=1, bias=np.zeros(1)),
+             "n2": nir.IF(r=np.ones(1), v_threshold=np.ones(1), v_reset=np.zeros(1)),
+             "output": nir.Output(output_type={"output": np.array([1, 16, 16])})}
+    edges = [("input", "c"), ("c", "n"), ("n", "c2"), ("c2", "n2"), ("n2", "output")]
+    graph = nir.NIRGraph(nodes=nodes, edges=edges, metadata={"producer": "Norse 1.1.0"}, type_check=False)
+    from edgespike.interchange.producers import detect
+
+    assert detect(graph) == "norse"
+    nir.write(tmp_path / "p.nir", graph)
+    assert main(["import", str(tmp_path / "p.nir"), "-o", str(tmp_path / "p.esnn"), "--crop", "16", "--frames", "2",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "read as written by norse (named in the file)" in out
+    assert json.loads((tmp_path / "r.json").read_text())["warnings"] == []
+    # the same file read by the spec at Norse's dt: dead, and said so
+    assert main(["import", str(tmp_path / "p.nir"), "-o", str(tmp_path / "q.esnn"), "--from", "nir", "--dt", "1e-3",
+                 "--crop", "16", "--frames", "2", "--json", str(tmp_path / "q.json")]) == 0
+    warnings = json.loads((tmp_path / "q.json").read_text())["warnings"]
+    assert any("layer 'n'" in x and "never fires" in x and "--from norse" in x for x in warnings), warnings
