@@ -22,7 +22,12 @@ SumPool2d/AvgPool2d 2x2 stride 2 (an exact stride-2 conv), several edges into on
 refused with the node's name and type. Conventions: the NIR input is input-scale * pixel at every step (direct
 coding); the output frame is output-scale * (spike count of the read-out neuron, or the read-out membrane after the
 last step), or the input minus that with --residual. A graph written by 'edgespike export' is restored exactly
-(its integers are in the metadata) unless --requantise. See docs/INTERCHANGE.md."""
+(its integers are in the metadata) unless --requantise.
+
+Frameworks' exporters do not all write NIR's reading (Norse writes dt * tau and a per-step IF, Sinabs tau in steps,
+snnTorch cannot say its delayed subtractive reset): --from names the framework and applies its conventions, without
+a --dt. After quantising, a layer that never fires (or always fires), a constant read-out or an output far from
+the float model is reported as a warning naming the layer and what to try. See docs/INTERCHANGE.md."""
 
 
 def add_arguments(p) -> None:
