@@ -169,7 +169,9 @@ int conv_neuron(const uint8_t *x, int L, long x_step, int h, int w, int cs, int 
                 continue;
             }
         }
-        #pragma omp parallel for schedule(static) num_threads(threads) reduction(+:cnt)
+        /* dynamic: on a shared machine a thread that loses its core leaves its rows to the others instead of
+           holding up the step (with static halves, 2 threads could be slower than 1) */
+        #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) reduction(+:cnt)
         for (int oy = 0; oy < ho; oy++) {
             int32_t *vr = v + (long)oy * wo * co;
             uint8_t *sr = so + (long)oy * wo * co;

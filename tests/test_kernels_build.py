@@ -162,20 +162,26 @@ def test_blas_is_limited_while_a_frame_runs_and_restored(monkeypatch):
 
     kind, ctl = parallel._blas()
     get = (lambda: ctl.info()[0]["num_threads"]) if kind == "threadpoolctl" else ctl.get
-    before = get()
-    seen = []
-    rt = Runtime(dncnn_like(3, 8, 2, 0), threads=2)
-    orig = rt._strip
+    old = get()
+    if kind == "openblas":
+        ctl.set(2)  # start from 2 threads, so that both the limit and its undoing show
+    try:
+        before = get()
+        seen = []
+        rt = Runtime(dncnn_like(3, 8, 2, 0), threads=2)
+        orig = rt._strip
 
-    def spy(*a, **k):
-        seen.append((get(), parallel.kernel_threads()))
-        return orig(*a, **k)
+        def spy(*a, **k):
+            seen.append((get(), parallel.kernel_threads()))
+            return orig(*a, **k)
 
-    monkeypatch.setattr(rt, "_strip", spy)
-    rt.denoise(np.random.default_rng(0).integers(0, 256, (20, 20), dtype=np.uint8))
-    assert seen and all(s == (rt.blas_threads, 2) for s in seen)
-    assert rt.blas_threads == (1 if rt.backend == "c" else 2)
-    assert get() == before
+        monkeypatch.setattr(rt, "_strip", spy)
+        rt.denoise(np.random.default_rng(0).integers(0, 256, (20, 20), dtype=np.uint8))
+        assert seen and all(s == (1, 2) for s in seen)
+        assert get() == before
+    finally:
+        if kind == "openblas":
+            ctl.set(old)
 
 
 @pytest.mark.parametrize("backend", ["c", "numpy"])
