@@ -108,6 +108,10 @@ class BitPlaneLayer(wiring.Component):
     group : int
         Input channels of a plane added per cycle (a power of two, at most ``C_in`` rounded up to one); a group
         without spikes is skipped.
+    parts : int
+        Line-buffer words per pixel (a power of two dividing ``T``; part ``p`` holds planes ``p T / P ..``):
+        narrower words fit block RAM better; each part of a tap costs two more cycles, each part of a pixel
+        received one.
     stride : int
         Conv stride (1 or 2).
     transposed : bool
@@ -121,17 +125,20 @@ class BitPlaneLayer(wiring.Component):
         Input pixels, raster order, ``height * width`` per frame.
     o : Out(stream.Signature(ArrayLayout(unsigned(T) or signed(vbits), C_out)))
         Output pixels, raster order: codes (neuron) or membranes (Integrator).
-    lb_read, w_read, p_read : Out(1)
-        This cycle reads the line buffer, the weight RAM, the params RAM (for the access counts).
+    lb_read, w_read, p_read, lb_write : Out(1)
+        This cycle reads the line buffer, the weight RAM, the params RAM, writes the line buffer (for the access
+        counts).
     """
 
     def __init__(self, weights, bias, theta, T: int, height: int, width: int, lanes: int, stride: int = 1,
-                 transposed: bool = False, padding: int = 0, group: int = 1):
+                 transposed: bool = False, padding: int = 0, group: int = 1, parts: int = 1):
         w = np.asarray(weights)
         self.c_out, self.c_in, self.k, _ = w.shape
         assert self.c_out % lanes == 0, "lanes must divide the output channels"
         assert (self.k % 2 == 0) if transposed else (self.k % 2 == 1 and stride in (1, 2))
-        self.weights, self.T, self.lanes, self.group = w, T, lanes, group
+        self.weights, self.T, self.lanes, self.group, self.parts = w, T, lanes, group, parts
+        assert parts == pow2_at_least(parts) and T % parts == 0 and (parts == 1 or (T // parts) == pow2_at_least(
+            T // parts)), "parts: a power of two dividing T into a power of two of planes"
         assert group == pow2_at_least(group) and group <= pow2_at_least(self.c_in), "group: a power of two <= C_in"
         self.bias = np.asarray(bias, np.int64)
         self.theta = None if theta is None else np.asarray(theta, np.int64)
@@ -154,6 +161,7 @@ class BitPlaneLayer(wiring.Component):
             "lb_read": Out(1),
             "w_read": Out(1),
             "p_read": Out(1),
+            "lb_write": Out(1),
         })
 
     def elaborate(self, platform):
@@ -170,9 +178,13 @@ class BitPlaneLayer(wiring.Component):
         side = k // 2 if self.transposed else k
         neuron = self.theta is not None
 
-        # Memories: line buffer (S rows of plane-major words), weights, per-block bias and threshold.
-        mask_bits = pow2_at_least(T * ngroups)  # one flag per (plane, group of M channels) holding spikes
-        m.submodules.linebuf = lb = memory.Memory(shape=unsigned(T * cin_p), depth=slots << xbits, init=[])
+        # Memories: line buffer (S rows of plane-major words, each pixel in P parts of T / P planes), weights,
+        # per-block bias and threshold.
+        P = self.parts
+        tp = T // P  # planes per part
+        pbits = (P - 1).bit_length()
+        mask_bits = pow2_at_least(tp * ngroups)  # one flag per (plane, group of M channels) holding spikes
+        m.submodules.linebuf = lb = memory.Memory(shape=unsigned(tp * cin_p), depth=(slots << xbits) * P, init=[])
         lb_w, lb_r = lb.write_port(), lb.read_port()
         words, ntaps = weight_words(self.weights, L, self.transposed, M)
         m.submodules.weights = wm = memory.Memory(shape=unsigned(8 * L * M), depth=len(words), init=words)
@@ -204,8 +216,13 @@ class BitPlaneLayer(wiring.Component):
         tj = Signal(bits_for(side))
         wrow = Signal(bits_for(len(words) + 1))
         tt = Signal(bits_for(T))
-        word = Signal(T * cin_p)
+        word = Signal(tp * cin_p)
         mask = Signal(mask_bits)
+        rpart = Signal(max(1, pbits))  # the part being scanned
+        wpart = Signal(max(1, pbits))  # the part being written
+        held = Signal(T * cin_p)  # a pixel whose later parts are still to be written
+        rd_part = Signal(max(1, pbits))  # the part a line-buffer read fetches: rpart, or the next one
+        m.d.comb += rd_part.eq(rpart)
         ev_valid = Signal()
         ev_bits = Signal(M)
         ev_t = Signal(bits_for(T))
@@ -237,9 +254,10 @@ class BitPlaneLayer(wiring.Component):
         room = (sg(rows_in) < first_row + slots) & (rows_in < self.height)
         last_tap = (ti == side - 1) & (tj == side - 1)
 
-        # Plane-major input word: bit t * cin_p + c is plane t (MSB first) of channel c.
-        m.d.comb += lb_w.data.eq(Cat(*[self.i.payload[c][T - 1 - t] if c < self.c_in else Const(0, 1)
-                                       for t in range(T) for c in range(cin_p)]))
+        # Plane-major input word: bit t * cin_p + c is plane t (MSB first) of channel c; part p holds planes
+        # p * T / P .. (p + 1) * T / P - 1.
+        pixel = Cat(*[self.i.payload[c][T - 1 - t] if c < self.c_in else Const(0, 1)
+                      for t in range(T) for c in range(cin_p)])
         any_set, first = first_set([mask[b] for b in range(mask_bits)])
 
         # UWD pipeline: a weight read issued in SCAN is added in the next cycle.
@@ -247,10 +265,10 @@ class BitPlaneLayer(wiring.Component):
         m.d.comb += [
             acc.add.eq(ev_valid), acc.t.eq(ev_t), acc.weights.eq(w_r.data), acc.spikes.eq(ev_bits),
             w_r.addr.eq(Cat(first[:gbits], wrow) if gbits else wrow),
-            lb_r.addr.eq(Cat(ix[:xbits], iy[:(slots - 1).bit_length()])),
-            lb_w.addr.eq(Cat(x_in, rows_in[:(slots - 1).bit_length()])),
+            lb_r.addr.eq(Cat(rd_part[:pbits], ix[:xbits], iy[:(slots - 1).bit_length()])),
+            lb_w.addr.eq(Cat(wpart[:pbits], x_in, rows_in[:(slots - 1).bit_length()])),
             p_r.addr.eq(g),
-            self.lb_read.eq(lb_r.en), self.w_read.eq(w_r.en), self.p_read.eq(p_r.en),
+            self.lb_read.eq(lb_r.en), self.w_read.eq(w_r.en), self.p_read.eq(p_r.en), self.lb_write.eq(lb_w.en),
         ]
         for lane in range(L):
             m.d.comb += acc.bias[lane].eq(p_r.data[(vb + tb) * lane:][:vb].as_signed())
@@ -259,8 +277,20 @@ class BitPlaneLayer(wiring.Component):
                              sar.theta[lane].eq(p_r.data[(vb + tb) * lane + vb:][:tb])]
         m.d.comb += [self.o.payload.eq(out_reg), lb_r.en.eq(0), w_r.en.eq(0), p_r.en.eq(0)]
 
-        m.d.comb += [self.i.ready.eq(room), lb_w.en.eq(self.i.valid & room)]
-        with m.If(self.i.valid & room):
+        # Receiver: part 0 of a pixel is written as it is taken, parts 1 .. P-1 in the next cycles (not ready
+        # then); the pixel counts as in (x_in, rows_in) once its last part is written.
+        last_part = Signal()
+        with m.If(wpart == 0):
+            m.d.comb += [self.i.ready.eq(room), lb_w.en.eq(self.i.valid & room), lb_w.data.eq(pixel[:tp * cin_p]),
+                         last_part.eq((P == 1) & self.i.valid & room)]
+            if P > 1:
+                with m.If(self.i.valid & room):
+                    m.d.sync += [held.eq(pixel), wpart.eq(1)]
+        with m.Else():
+            m.d.comb += [lb_w.en.eq(1), lb_w.data.eq(held.word_select(wpart, tp * cin_p)),
+                         last_part.eq(wpart == P - 1)]
+            m.d.sync += wpart.eq(Mux(wpart == P - 1, 0, wpart + 1))
+        with m.If(last_part):
             m.d.sync += x_in.eq(x_in + 1)
             with m.If(x_in == self.width - 1):
                 m.d.sync += [x_in.eq(0), rows_in.eq(rows_in + 1)]
@@ -293,14 +323,20 @@ class BitPlaneLayer(wiring.Component):
                     next_tap()
             with m.State("LOAD"):
                 m.d.sync += [word.eq(lb_r.data), mask.eq(Cat(*[lb_r.data[e * M:(e + 1) * M].any()
-                                                              for e in range(T * ngroups)]))]
+                                                              for e in range(tp * ngroups)]))]
                 m.next = "SCAN"
             with m.State("SCAN"):  # one group with spikes per cycle, lowest first; an empty word ends the tap
                 with m.If(any_set):
                     m.d.comb += w_r.en.eq(1)
-                    m.d.sync += [ev_valid.eq(1), ev_t.eq(first[gbits:]), ev_bits.eq(word.word_select(first, M)),
+                    plane = first[gbits:] if P == 1 else Cat(first[gbits:], rpart[:pbits])  # tp is a power of two
+                    m.d.sync += [ev_valid.eq(1), ev_t.eq(plane), ev_bits.eq(word.word_select(first, M)),
                                  mask.bit_select(first, 1).eq(0)]
+                with m.Elif(rpart != P - 1):  # the pixel's next part
+                    m.d.comb += [lb_r.en.eq(1), rd_part.eq(rpart + 1)]
+                    m.d.sync += rpart.eq(rpart + 1)
+                    m.next = "LOAD"
                 with m.Else():
+                    m.d.sync += rpart.eq(0)
                     next_tap()
             with m.State("DRAIN"):  # the last spike's add; read the block's bias and threshold
                 m.d.comb += p_r.en.eq(1)

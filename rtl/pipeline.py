@@ -17,7 +17,7 @@ multiple by the host, as for every executor.
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Elaboratable, Module, Mux, Signal, signed
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -84,4 +84,46 @@ class LayerPipeline(wiring.Component):
             last.o.ready.eq(self.o.ready & px.r_rdy),
             px.r_en.eq(self.o.ready & last.o.valid),
         ]
+        return m
+
+
+class PipelineBoardTop(Elaboratable):
+    """The pipeline between a board's UART pins: raw pixels in, denoised pixels out (no framing yet).
+
+    A measuring top level for place-and-route (resources and Fmax of the layer pipeline on a real part); the
+    framed, fault-tolerant link of :mod:`~edgespike.rtl.link` is still to be put in front of it. On ECP5 the
+    ``sync`` domain comes from the PLL at ``clock_hz``; on iCE40 it is the board's oscillator.
+
+    Parameters
+    ----------
+    pipeline : LayerPipeline
+    divisor : int
+        UART clock cycles per bit.
+    pll_hz : float or None
+        ECP5 only: the design clock made by the PLL.
+    """
+
+    def __init__(self, pipeline: LayerPipeline, divisor: int, pll_hz: float | None = None):
+        self.pipeline, self.divisor, self.pll_hz = pipeline, divisor, pll_hz
+
+    def elaborate(self, platform):
+        from amaranth.hdl import ClockDomain
+        from amaranth.lib import io
+
+        from edgespike.rtl.pll import ECP5PLLDomain
+        from edgespike.rtl.uart import UARTRx, UARTTx
+
+        m = Module()
+        if self.pll_hz:
+            m.domains.sync = ClockDomain("sync")
+            m.submodules.clocks = ECP5PLLDomain(self.pll_hz)
+        m.submodules.pipeline = pipe = self.pipeline
+        m.submodules.uart_rx = urx = UARTRx(self.divisor)
+        m.submodules.uart_tx = utx = UARTTx(self.divisor)
+        wiring.connect(m, urx.out, pipe.i)
+        wiring.connect(m, pipe.o, utx.inp)
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.rx_pin = rx_pin = io.Buffer("i", uart.rx)
+        m.submodules.tx_pin = tx_pin = io.Buffer("o", uart.tx)
+        m.d.comb += [urx.rx.eq(rx_pin.i), tx_pin.o.eq(utx.tx)]
         return m

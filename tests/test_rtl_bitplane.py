@@ -61,6 +61,7 @@ def simulate_layer(dut: BitPlaneLayer, q: np.ndarray, stall: int = 0, frames: in
     async def tb(ctx):
         outs, i, cycles = [], 0, 0
         reads = {"linebuf": 0, "weights": 0, "params": 0}
+        writes = {"linebuf": 0}
         while len(outs) < n_out:
             ready = 1 if not stall else int(cycles % (stall + 1) == stall)
             ctx.set(dut.o.ready, ready)
@@ -69,9 +70,10 @@ def simulate_layer(dut: BitPlaneLayer, q: np.ndarray, stall: int = 0, frames: in
                 ctx.set(dut.i.payload.as_value(), inputs[i])
             else:
                 ctx.set(dut.i.valid, 0)
-            _, _, iready, ovalid, opay, lb, wr, pr = await ctx.tick().sample(
-                dut.i.ready, dut.o.valid, dut.o.payload.as_value(), dut.lb_read, dut.w_read, dut.p_read)
+            _, _, iready, ovalid, opay, lb, wr, pr, lw = await ctx.tick().sample(
+                dut.i.ready, dut.o.valid, dut.o.payload.as_value(), dut.lb_read, dut.w_read, dut.p_read, dut.lb_write)
             cycles += 1
+            writes["linebuf"] += lw
             reads["linebuf"] += lb
             reads["weights"] += wr
             reads["params"] += pr
@@ -79,7 +81,7 @@ def simulate_layer(dut: BitPlaneLayer, q: np.ndarray, stall: int = 0, frames: in
                 i += 1
             if ovalid and ready:
                 outs.append(unpack(opay, obits, dut.c_out, signed))
-        result.update(outs=outs, cycles=cycles, reads=reads, taken=i)
+        result.update(outs=outs, cycles=cycles, reads=reads, taken=i, writes=writes)
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -87,7 +89,7 @@ def simulate_layer(dut: BitPlaneLayer, q: np.ndarray, stall: int = 0, frames: in
     sim.run()
     out = np.array(result["outs"], np.int64).T.reshape(dut.c_out, dut.h_out * frames, dut.w_out)
     assert result["taken"] == len(inputs), "the layer did not take its whole input"
-    return out, result["cycles"], result["reads"]
+    return out, result["cycles"], result["reads"] | {"writes": result["writes"]}
 
 
 def layer(weights, theta, bias, T, stride=1, transposed=False, padding=0, conv_bias=None) -> LayerSpec:
@@ -100,17 +102,17 @@ def layer(weights, theta, bias, T, stride=1, transposed=False, padding=0, conv_b
     return LayerSpec(conv, neuron, T)
 
 
-def check_layer(spec: LayerSpec, q: np.ndarray, lanes: int, stall: int = 0, group: int = 1):
+def check_layer(spec: LayerSpec, q: np.ndarray, lanes: int, stall: int = 0, group: int = 1, parts: int = 1):
     _, h, w = q.shape
-    dut = BitPlaneLayer(**spec.gateware(h, w, lanes, group))
+    dut = BitPlaneLayer(**spec.gateware(h, w, lanes, group, parts))
     out, cycles, reads = simulate_layer(dut, q, stall)
     want = spec.compute(q)
     bad = np.argwhere(out != want)
     assert not len(bad), f"first difference at {tuple(bad[0])}: {out[tuple(bad[0])]} != {want[tuple(bad[0])]}"
     if not stall:
-        cost = spec.cost(q, lanes, group)
+        cost = spec.cost(q, lanes, group, parts)
         assert cycles == cost.cycles
-        assert reads == cost.reads
+        assert reads == cost.reads | {"writes": cost.writes}
     return out
 
 
@@ -123,20 +125,20 @@ def random_layer(rng, c_in, c_out, k, T, **kw):
     return w, theta, bias
 
 
-@pytest.mark.parametrize("c_in,c_out,k,stride,lanes,group,h,w", [
-    (1, 4, 5, 2, 4, 1, 6, 8),   # the shipped first layer's shape: 5x5 stride 2 on the pixels' 8 planes
-    (4, 4, 3, 1, 2, 1, 5, 6),   # a body layer in two blocks of 2 lanes, one spike per cycle
-    (4, 4, 3, 1, 4, 2, 5, 6),   # two input channels per cycle
-    (3, 2, 3, 1, 1, 4, 4, 4),   # channels not a power of two, one lane, all channels per cycle
-    (2, 2, 1, 1, 2, 1, 3, 3),   # 1x1
+@pytest.mark.parametrize("c_in,c_out,k,stride,lanes,group,parts,h,w", [
+    (1, 4, 5, 2, 4, 1, 1, 6, 8),   # the shipped first layer's shape: 5x5 stride 2 on the pixels' 8 planes
+    (4, 4, 3, 1, 2, 1, 1, 5, 6),   # a body layer in two blocks of 2 lanes, one spike per cycle
+    (4, 4, 3, 1, 4, 2, 2, 5, 6),   # two input channels per cycle, each pixel in two line-buffer words
+    (3, 2, 3, 1, 1, 4, 8, 4, 4),   # channels not a power of two, one lane, all channels per cycle, a word per plane
+    (2, 2, 1, 1, 2, 1, 4, 3, 3),   # 1x1
 ])
-def test_conv_layer_equals_reference(c_in, c_out, k, stride, lanes, group, h, w):
+def test_conv_layer_equals_reference(c_in, c_out, k, stride, lanes, group, parts, h, w):
     rng = np.random.default_rng(c_in * 100 + k)
     T = 8
     wts, theta, bias = random_layer(rng, c_in, c_out, k, T)
     q = rng.integers(0, 2**T, (c_in, h, w))
     q[:, rng.random((h, w)) < 0.3] = 0  # spike-free words are skipped whole
-    out = check_layer(layer(wts, theta, bias, T, stride=stride), q, lanes, group=group)
+    out = check_layer(layer(wts, theta, bias, T, stride=stride), q, lanes, group=group, parts=parts)
     assert out.min() == 0 and out.max() > 0, "the test layer should produce both zero and non-zero codes"
 
 
@@ -161,7 +163,7 @@ def test_readout_transposed_conv_into_integrator():
     q[:2, 1] = 0  # some channel groups without spikes
     spec = layer(wts, None, [-321], T, transposed=True, padding=2)
     check_layer(spec, q, lanes=1)
-    check_layer(spec, q, lanes=1, group=2)
+    check_layer(spec, q, lanes=1, group=2, parts=2)
 
 
 def test_transposed_4x4_padding_1_into_neurons():
@@ -177,7 +179,7 @@ def test_backpressure_keeps_the_result():
     T = 4
     wts, theta, bias = random_layer(rng, 2, 2, 3, T)
     q = rng.integers(0, 2**T, (2, 4, 4))
-    check_layer(layer(wts, theta, bias, T), q, lanes=1, stall=3)
+    check_layer(layer(wts, theta, bias, T), q, lanes=1, stall=3, parts=2)
 
 
 def test_two_frames_in_a_row():
@@ -235,7 +237,7 @@ def simulate_pipeline(dut: LayerPipeline, x: np.ndarray, limit: int):
     return np.array(result["outs"], np.uint8).reshape(x.shape), result["cycles"]
 
 
-def check_model(model: Model, frame: np.ndarray, folds: list[tuple[int, int]]):
+def check_model(model: Model, frame: np.ndarray, folds: list[tuple[int, ...]]):
     specs = layer_specs(model)
     h, w = frame.shape
     sizes = [(h, w)]
@@ -265,5 +267,5 @@ def test_whole_small_model_as_a_pipeline_equals_reference():
     frame = demo_image(8, 10, seed=1)
     out = reference.run(model, frame)
     assert ((out > 0) & (out < 255)).mean() > 0.8 and (out != frame).mean() > 0.5
-    cycles, alone = check_model(model, frame, folds=[(4, 1), (2, 2), (1, 4)])
+    cycles, alone = check_model(model, frame, folds=[(4, 1, 2), (2, 2, 1), (1, 4, 4)])
     assert cycles < sum(alone)

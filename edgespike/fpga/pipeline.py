@@ -73,12 +73,12 @@ class LayerSpec:
         k, p, s = self.k, self.padding, self.stride
         return (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
 
-    def gateware(self, height: int, width: int, lanes: int, group: int = 1) -> dict:
+    def gateware(self, height: int, width: int, lanes: int, group: int = 1, parts: int = 1) -> dict:
         """Keyword arguments of :class:`edgespike.rtl.bitplane.BitPlaneLayer` for an input of ``height x width``,
-        ``lanes`` output channels and ``group`` input channels per cycle."""
+        ``lanes`` output channels, ``group`` input channels per cycle, ``parts`` line-buffer words per pixel."""
         return dict(weights=self.conv.weight, bias=self.bias, theta=self.theta, T=self.T, height=height,
                     width=width, lanes=lanes, stride=self.stride, transposed=self.transposed,
-                    padding=self.conv.padding if self.transposed else 0, group=group)
+                    padding=self.conv.padding if self.transposed else 0, group=group, parts=parts)
 
     def compute(self, q: np.ndarray) -> np.ndarray:
         """The layer on input codes ``q`` (``[C_in, H, W]``, ``0 .. 2**T - 1``) as ``reference.run`` computes it:
@@ -117,7 +117,7 @@ class LayerSpec:
         rows = ((oy + self.padding) >> 1) + 1 if self.transposed else self.stride * oy + self.k - self.padding
         return np.minimum(rows, h)
 
-    def schedule(self, q: np.ndarray, lanes: int, group: int = 1):
+    def schedule(self, q: np.ndarray, lanes: int, group: int = 1, parts: int = 1):
         """The engine's work on input codes ``q``: input rows received before each output row, the cycles from
         ``START`` of an output pixel's first block to its ``OUT`` (all blocks), and per output pixel the kernel
         taps inside the input and the adds (groups of ``group`` channels of one plane with a spike; one block)."""
@@ -134,7 +134,8 @@ class LayerSpec:
             vy, vx = (iy >= 0) & (iy < h), (ix >= 0) & (ix < w)
             inside = vy[:, None] & vx[None, :]
             p = pop[np.clip(iy, 0, h - 1)][:, np.clip(ix, 0, w - 1)] * inside
-            tap_cycles += np.where(inside, 3 + p, 1)  # TAP, LOAD, one SCAN per spike, the empty SCAN; or TAP
+            # TAP; per part LOAD, one SCAN per add and the empty SCAN (which reads the next part); or TAP alone
+            tap_cycles += np.where(inside, 1 + 2 * parts + p, 1)
             inside_taps += inside
             events += p
         sar = (1 + self.T) if self.theta is not None else 0
@@ -145,22 +146,22 @@ class LayerSpec:
     def popcount(self, q: np.ndarray) -> np.ndarray:
         return np.array([bin(v).count("1") for v in range(2**self.T)])[q]
 
-    def cost(self, q: np.ndarray, lanes: int, group: int = 1) -> LayerCost:
+    def cost(self, q: np.ndarray, lanes: int, group: int = 1, parts: int = 1) -> LayerCost:
         """Cycles and memory accesses of the engine on one frame of input codes ``q``, input always valid and
         output always ready (the engine alone); see :mod:`edgespike.rtl.bitplane` for the schedule. ``events``
         are the weight-word adds (groups with spikes), ``sops`` the synaptic operations (spikes x lanes)."""
         _, h, w = q.shape
         G = self.c_out // lanes
-        _, busy, inside_taps, events = self.schedule(q, lanes, group)
+        _, busy, inside_taps, events = self.schedule(q, lanes, group, parts)
         _, _, _, spikes = self.schedule(q, lanes, 1)
-        cycles = pipeline_cycles([self], [q], [(lanes, group)])
+        cycles = pipeline_cycles([self], [q], [(lanes, group, parts)])
         n_events = int(G * events.sum())
         sops = int(G * spikes.sum()) * lanes
         pixels = busy.size
         return LayerCost(
             cycles=cycles, events=n_events, sops=sops,
-            reads={"linebuf": int(G * inside_taps.sum()), "weights": n_events, "params": G * pixels},
-            writes={"linebuf": h * w},
+            reads={"linebuf": int(G * inside_taps.sum()) * parts, "weights": n_events, "params": G * pixels},
+            writes={"linebuf": h * w * parts},
             adds={"synaptic": sops, "accumulate": n_events * lanes, "bias": G * pixels * lanes,
                   "sar": G * pixels * lanes * self.T if self.theta is not None else 0},
         )
@@ -177,7 +178,7 @@ class LayerSpec:
             return ((oy + self.padding) >> 1) - (self.k // 2 - 1)
         return self.stride * oy - self.padding
 
-    def agents(self, n: int, q: np.ndarray, lanes: int, times: dict, group: int = 1):
+    def agents(self, n: int, q: np.ndarray, lanes: int, times: dict, group: int = 1, parts: int = 1):
         """The engine's receiver and compute processes in time, as generators for :func:`pipeline_cycles`.
 
         They yield ``("recv", link, cycle)`` / ``("send", link, cycle)`` when ready to take / offer a pixel on a
@@ -186,7 +187,7 @@ class LayerSpec:
         last pixel, ``("S", n, oy)`` that of output row ``oy``'s last pixel.
         """
         _, h, w = q.shape
-        _, busy, _, _ = self.schedule(q, lanes, group)
+        _, busy, _, _ = self.schedule(q, lanes, group, parts)
         need, first, slots = self.need(h), self.first_row(h), self.slots()
 
         def receiver():
@@ -198,8 +199,8 @@ class LayerSpec:
                     t = max(t, (yield ("wait", ("S", n, int(later[0]) - 1))) + 1)
                 for _ in range(w):
                     hs = yield ("recv", n, t)
-                    t = hs + 1
-                times[("R", n, r)] = hs
+                    t = hs + parts  # parts 1 .. P-1 are written in the cycles after the handshake
+                times[("R", n, r)] = hs + parts - 1
 
         def compute():
             c = 0  # the cycle the engine enters ROW
@@ -233,14 +234,15 @@ def pipeline_cycles(specs: list[LayerSpec], codes: list[np.ndarray], folds: list
     Each engine is two processes (:meth:`LayerSpec.agents`); the ``k``-th handshake on a link happens in the
     first cycle both sides are ready (the ``max`` of the two), as the ``lib.stream`` handshakes of
     :mod:`edgespike.rtl.pipeline` behave. ``codes[n]`` is layer ``n``'s input, ``folds[n]`` its ``lanes`` or
-    ``(lanes, group)``. Returns the cycles until the last output pixel is taken (its handshake's cycle + 1).
+    ``(lanes, group[, parts])``. Returns the cycles until the last output pixel is taken (its handshake's cycle + 1).
     """
     n = len(specs)
     times: dict = {}
     gens = []
+    # agent 2i receives on link i, agent 2i + 1 sends on link i + 1
     for i, (spec, q, fold) in enumerate(zip(specs, codes, folds, strict=True)):
-        lanes, group = fold if isinstance(fold, tuple) else (fold, 1)
-        gens.extend(spec.agents(i, q, lanes, times, group))  # agent 2i receives link i, 2i + 1 sends on link i + 1
+        lanes, group, parts = (tuple(fold) + (1, 1))[:3] if isinstance(fold, tuple) else (fold, 1, 1)
+        gens.extend(spec.agents(i, q, lanes, times, group, parts))
     posts: list = [None] * len(gens)
     last = -1
 
@@ -301,6 +303,145 @@ def residual_depth(specs: list[LayerSpec], h: int, w: int) -> int:
     return (lag + 2) * w
 
 
+# Block RAM of each part: (width, depth) aspect ratios of one block, blocks, LUT4s (as rtl.params.DEVICES).
+PARTS = {
+    "up5k": ("iCE40UP5K", ((16, 256), (8, 512), (4, 1024), (2, 2048)), 30, 5280),
+    "ecp5-85f": ("ECP5-85F", ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)), 208, 83640),
+    "ecp5-25f": ("ECP5-25F", ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)), 56, 24288),
+}
+
+
+def ram_blocks(width: int, depth: int, device: str) -> int:
+    """Block RAMs one memory of ``width`` bits x ``depth`` words takes: the best aspect ratio, blocks side by
+    side for the width and stacked for the depth (as yosys maps them; a memory of a few words may end up in
+    LUTs instead, so this is an upper bound)."""
+    configs = PARTS[device][1]
+    return min(-(-width // w) * -(-depth // d) for w, d in configs)
+
+
+def memories(spec: LayerSpec, width: int, lanes: int, group: int) -> dict[str, tuple[int, int]]:
+    """The engine's memories for input rows of ``width`` pixels: name -> (bits per word, words), as
+    :class:`edgespike.rtl.bitplane.BitPlaneLayer` declares them."""
+    cin_p = 1 << max(0, (spec.c_in - 1).bit_length())
+    xdepth = 1 << max(1, (width - 1).bit_length())
+    ntaps = 4 * (spec.k // 2) ** 2 if spec.transposed else spec.k**2
+    G = spec.c_out // lanes
+    vb = spec_vbits(spec)
+    tb = int(spec.theta.max()).bit_length() if spec.theta is not None else 1
+    return {
+        "linebuf": (spec.T * cin_p, spec.slots() * xdepth),
+        "weights": (8 * lanes * group, G * ntaps * cin_p // group),
+        "params": ((vb + tb) * lanes, G),
+    }
+
+
+def spec_vbits(spec: LayerSpec) -> int:
+    """The engine's membrane width (as :class:`~edgespike.rtl.bitplane.BitPlaneLayer` computes it)."""
+    w = np.abs(spec.conv.weight.astype(np.int64)).reshape(spec.c_out, -1).sum(1).max()
+    top = (2**spec.T - 1) * int(w) + int(np.abs(spec.bias).max())
+    return top.bit_length() + 1
+
+
+def receptive_radius(specs: list[LayerSpec]) -> int:
+    """Input columns a stripe needs on each side for its core to be exact (the receptive field's radius, in
+    input pixels, rounded up to the size multiple 2)."""
+    r, level = 0, 0
+    for spec in specs:
+        if spec.transposed:
+            r += max(spec.padding, spec.k - 1 - spec.padding) << (level - 1)
+            level -= 1
+        else:
+            r += (spec.k // 2) << level
+            level += spec.stride - 1
+    return r + (r % 2)
+
+
+@dataclass
+class PipelinePlan:
+    """Folds, stripe and memory of a pipeline on a part, and its frame time by the cycle model."""
+
+    device: str
+    folds: list
+    stripe: int  # input columns of a stripe, halo included
+    core: int  # columns of a stripe that are kept
+    blocks: dict
+    total_blocks: int
+    cycles_per_pixel: list  # per layer, per input pixel of the stripe (sample's codes)
+    frame_cycles: float  # one frame of the planned size, stripes included
+
+    def seconds(self, hz: float) -> float:
+        return self.frame_cycles / hz
+
+
+def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.ndarray,
+                  folds: list | None = None) -> PipelinePlan:
+    """Choose each engine's (lanes, group) and the stripe width for ``frame`` (height, width) on ``device``.
+
+    The cycles per pixel of each layer come from :meth:`LayerSpec.cost` on ``sample`` (a uint8 frame like the
+    ones to be run: the bit densities set the cycles). Folds: each layer starts at one lane; the slowest layer
+    gets the next (lanes, group) that makes it faster while the block RAM still fits (the widest stripe that
+    fits is then taken), until nothing improves. Frame time: the slowest layer's cycles per pixel times the
+    pixels of all stripes (halos included); the pipeline's fill is not counted (a few percent on tall frames).
+    """
+    specs = layer_specs(model)
+    codes = run_codes(specs, sample)
+    H, W = frame
+    halo = receptive_radius(specs)
+    npx = sample.size
+
+    def options(spec):
+        cin_p = 1 << max(0, (spec.c_in - 1).bit_length())
+        lanes = [d for d in range(1, spec.c_out + 1) if spec.c_out % d == 0]
+        groups = [1 << i for i in range(cin_p.bit_length()) if (1 << i) <= cin_p]
+        return [(lane, g) for lane in lanes for g in groups]
+
+    cache: dict = {}
+
+    def per_pixel(i, fold):
+        if (i, fold) not in cache:
+            cache[(i, fold)] = specs[i].cost(codes[i], *fold).cycles / npx
+        return cache[(i, fold)]
+
+    def fit(fl):
+        for stripe in range(min(W, 2048) + (W % 2), 2 * halo + 1, -2):
+            sizes = [stripe]
+            for spec in specs:
+                sizes.append(spec.out_size(1, sizes[-1])[1])
+            blocks = {}
+            for i, (spec, f) in enumerate(zip(specs, fl, strict=True)):
+                for name, (wd, dp) in memories(spec, sizes[i], *f).items():
+                    blocks[f"{spec.conv.name}.{name}"] = ram_blocks(wd, dp, device)
+            blocks["residual"] = ram_blocks(8, residual_depth(specs, H, stripe), device)
+            if sum(blocks.values()) <= PARTS[device][2]:
+                return stripe, blocks
+        return None
+
+    if folds is None:
+        folds = [(1, 1)] * len(specs)
+        while True:
+            costs = [per_pixel(i, f) for i, f in enumerate(folds)]
+            worst = int(np.argmax(costs))
+            better = sorted((o for o in options(specs[worst]) if per_pixel(worst, o) < costs[worst]),
+                            key=lambda o: per_pixel(worst, o))
+            for o in better:
+                trial = list(folds)
+                trial[worst] = o
+                if fit(trial):
+                    folds = trial
+                    break
+            else:
+                break
+    got = fit(folds)
+    if got is None:
+        raise PipelineError(f"the layer pipeline does not fit {PARTS[device][0]}: block RAM over at every stripe")
+    stripe, blocks = got
+    core = W if stripe >= W else stripe - 2 * halo
+    n_stripes = 1 if stripe >= W else -(-W // core)
+    costs = [per_pixel(i, f) for i, f in enumerate(folds)]
+    frame_cycles = max(costs) * H * min(stripe, W) * n_stripes
+    return PipelinePlan(device, folds, stripe, core, blocks, sum(blocks.values()), costs, frame_cycles)
+
+
 def layer_specs(model: Model) -> list[LayerSpec]:
     """Cut a bit-plane model into pipeline layers, or raise :class:`PipelineError`.
 
@@ -343,5 +484,5 @@ def decode(model: Model, pixels: np.ndarray, membrane: np.ndarray) -> np.ndarray
     return np.clip(y, 0, 255).astype(np.uint8)
 
 
-__all__ = ["LayerCost", "LayerSpec", "PipelineError", "decode", "layer_specs", "pipeline_cycles", "residual_depth",
-           "run_codes"]
+__all__ = ["PARTS", "LayerCost", "LayerSpec", "PipelineError", "PipelinePlan", "decode", "layer_specs", "memories",
+           "pipeline_cycles", "plan_pipeline", "ram_blocks", "receptive_radius", "residual_depth", "run_codes"]
