@@ -45,6 +45,8 @@ class LayerPipeline(wiring.Component):
         Output pixels, raster order.
     """
 
+    LATENCY = 2  # register stages of the decoder: cycles from the last layer's handshake to the output's
+
     def __init__(self, layers: list[dict], multiplier: int, shift: int, residual: bool, fifo_depth: int):
         self.layer_args = layers
         self.multiplier, self.shift, self.residual = multiplier, shift, residual
@@ -70,20 +72,30 @@ class LayerPipeline(wiring.Component):
             self.i.ready.eq(first.i.ready & px.w_rdy),
         ]
 
-        # Decoder: the membrane and its pixel leave together.
+        # Decoder, two register stages so that its carry chains do not meet the engines' or the link's:
+        # stage 1 the membrane times the multiplier (shift-add) beside its pixel, stage 2 rounding, the residual
+        # and the clip. Each stage takes a new value when it is empty or its value moves on.
         v = last.o.payload[0]
+        v1, v2 = Signal(), Signal()
         prod = Signal(signed(len(v) + self.multiplier.bit_length() + 1))
-        m.d.comb += prod.eq(const_mul(v, self.multiplier))
+        x1 = Signal(8)
+        out = Signal(8)
+        take2 = ~v2 | self.o.ready
+        take1 = ~v1 | take2
+        m.d.comb += [
+            last.o.ready.eq(take1 & px.r_rdy),
+            px.r_en.eq(take1 & last.o.valid),
+            self.o.valid.eq(v2),
+            self.o.payload.eq(out),
+        ]
+        with m.If(take1):
+            m.d.sync += [v1.eq(last.o.valid & px.r_rdy), prod.eq(const_mul(v, self.multiplier)), x1.eq(px.r_data)]
         r = Signal(signed(len(prod) + 1))
         m.d.comb += r.eq((prod + (1 << (self.shift - 1))) >> self.shift if self.shift else prod)
         y = Signal(signed(len(r) + 2))
-        m.d.comb += y.eq(px.r_data - r if self.residual else r)
-        m.d.comb += [
-            self.o.payload.eq(Mux(y < 0, 0, Mux(y > 255, 255, y[:8]))),
-            self.o.valid.eq(last.o.valid & px.r_rdy),
-            last.o.ready.eq(self.o.ready & px.r_rdy),
-            px.r_en.eq(self.o.ready & last.o.valid),
-        ]
+        m.d.comb += y.eq(x1 - r if self.residual else r)
+        with m.If(take2):
+            m.d.sync += [v2.eq(v1), out.eq(Mux(y < 0, 0, Mux(y > 255, 255, y[:8])))]
         return m
 
 

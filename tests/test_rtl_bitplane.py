@@ -248,7 +248,7 @@ def check_model(model: Model, frame: np.ndarray, folds: list[tuple[int, ...]]):
                         multiplier=int(term.multiplier[0]), shift=model.decoder.shift,
                         residual=model.decoder.residual, fifo_depth=residual_depth(specs, h, w))
     codes = run_codes(specs, frame)
-    want_cycles = pipeline_cycles(specs, codes[:-1], folds)
+    want_cycles = pipeline_cycles(specs, codes[:-1], folds) + LayerPipeline.LATENCY
     out, cycles = simulate_pipeline(dut, frame, limit=2 * want_cycles + 1000)
     want = reference.run(model, frame)
     bad = np.argwhere(out != want)
