@@ -251,7 +251,13 @@ class BitPlaneLayer(wiring.Component):
         enough = (rows_in >= need) | (rows_in == self.height)
         # The receiver fills the line buffer while the engine computes: row r goes to slot r mod S once the
         # current output row no longer reads the row that was there (r < first_row + S), until the frame is in.
-        room = (sg(rows_in) < first_row + slots) & (rows_in < self.height)
+        # ``room`` is a register, so that no combinational path runs from one engine's counters through the
+        # ready of its input to the engine before it (that chain set the iCE40 Fmax). It is computed from this
+        # cycle's values and used in the next: first_row only grows, so a stale one only delays; rows_in grows
+        # by one at the end of a row, and the receiver waits that cycle out (``row_done``).
+        room = Signal()
+        row_done = Signal()
+        m.d.sync += room.eq((sg(rows_in) < first_row + slots) & (rows_in < self.height))
         last_tap = (ti == side - 1) & (tj == side - 1)
 
         # Plane-major input word: bit t * cin_p + c is plane t (MSB first) of channel c; part p holds planes
@@ -281,15 +287,17 @@ class BitPlaneLayer(wiring.Component):
         # then); the pixel counts as in (x_in, rows_in) once its last part is written.
         last_part = Signal()
         with m.If(wpart == 0):
-            m.d.comb += [self.i.ready.eq(room), lb_w.en.eq(self.i.valid & room), lb_w.data.eq(pixel[:tp * cin_p]),
-                         last_part.eq((P == 1) & self.i.valid & room)]
+            take = room & ~row_done
+            m.d.comb += [self.i.ready.eq(take), lb_w.en.eq(self.i.valid & take), lb_w.data.eq(pixel[:tp * cin_p]),
+                         last_part.eq((P == 1) & self.i.valid & take)]
             if P > 1:
-                with m.If(self.i.valid & room):
+                with m.If(self.i.valid & take):
                     m.d.sync += [held.eq(pixel), wpart.eq(1)]
         with m.Else():
             m.d.comb += [lb_w.en.eq(1), lb_w.data.eq(held.word_select(wpart, tp * cin_p)),
                          last_part.eq(wpart == P - 1)]
             m.d.sync += wpart.eq(Mux(wpart == P - 1, 0, wpart + 1))
+        m.d.sync += row_done.eq(last_part & (x_in == self.width - 1))
         with m.If(last_part):
             m.d.sync += x_in.eq(x_in + 1)
             with m.If(x_in == self.width - 1):

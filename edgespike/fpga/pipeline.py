@@ -191,16 +191,18 @@ class LayerSpec:
         need, first, slots = self.need(h), self.first_row(h), self.slots()
 
         def receiver():
-            t = 0
+            t = 1  # ``room`` is a register: nothing is taken in the first cycle
             for r in range(h):
-                # room for row r once the current output row reads no row below r - S + 1
+                # room for row r once the current output row reads no row below r - S + 1; the compute's row
+                # counter moves one cycle after its last handshake, the room register one cycle later
                 later = np.nonzero(first + slots > r)[0]
                 if later[0] > 0:
-                    t = max(t, (yield ("wait", ("S", n, int(later[0]) - 1))) + 1)
+                    t = max(t, (yield ("wait", ("S", n, int(later[0]) - 1))) + 2)
                 for _ in range(w):
                     hs = yield ("recv", n, t)
                     t = hs + parts  # parts 1 .. P-1 are written in the cycles after the handshake
                 times[("R", n, r)] = hs + parts - 1
+                t += 1  # the cycle after a row is complete takes nothing (row_done)
 
         def compute():
             c = 0  # the cycle the engine enters ROW
@@ -319,7 +321,7 @@ def ram_blocks(width: int, depth: int, device: str) -> int:
     return min(-(-width // w) * -(-depth // d) for w, d in configs)
 
 
-def memories(spec: LayerSpec, width: int, lanes: int, group: int) -> dict[str, tuple[int, int]]:
+def memories(spec: LayerSpec, width: int, lanes: int, group: int, parts: int = 1) -> dict[str, tuple[int, int]]:
     """The engine's memories for input rows of ``width`` pixels: name -> (bits per word, words), as
     :class:`edgespike.rtl.bitplane.BitPlaneLayer` declares them."""
     cin_p = 1 << max(0, (spec.c_in - 1).bit_length())
@@ -329,7 +331,7 @@ def memories(spec: LayerSpec, width: int, lanes: int, group: int) -> dict[str, t
     vb = spec_vbits(spec)
     tb = int(spec.theta.max()).bit_length() if spec.theta is not None else 1
     return {
-        "linebuf": (spec.T * cin_p, spec.slots() * xdepth),
+        "linebuf": (spec.T * cin_p // parts, spec.slots() * xdepth * parts),
         "weights": (8 * lanes * group, G * ntaps * cin_p // group),
         "params": ((vb + tb) * lanes, G),
     }
@@ -361,7 +363,7 @@ class PipelinePlan:
     """Folds, stripe and memory of a pipeline on a part, and its frame time by the cycle model."""
 
     device: str
-    folds: list
+    folds: list  # (lanes, group, parts) per layer
     stripe: int  # input columns of a stripe, halo included
     core: int  # columns of a stripe that are kept
     blocks: dict
@@ -375,13 +377,16 @@ class PipelinePlan:
 
 def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.ndarray,
                   folds: list | None = None) -> PipelinePlan:
-    """Choose each engine's (lanes, group) and the stripe width for ``frame`` (height, width) on ``device``.
+    """Choose each engine's (lanes, group, parts) and the stripe width for ``frame`` (height, width) on
+    ``device``.
 
     The cycles per pixel of each layer come from :meth:`LayerSpec.cost` on ``sample`` (a uint8 frame like the
     ones to be run: the bit densities set the cycles). Folds: each layer starts at one lane; the slowest layer
-    gets the next (lanes, group) that makes it faster while the block RAM still fits (the widest stripe that
-    fits is then taken), until nothing improves. Frame time: the slowest layer's cycles per pixel times the
-    pixels of all stripes (halos included); the pipeline's fill is not counted (a few percent on tall frames).
+    gets the next (lanes, group) that makes it faster while the block RAM still fits, each line buffer split
+    into the parts that take the fewest blocks, at the widest stripe that fits; until nothing improves. Frame
+    time: the slowest layer's cycles per pixel times the pixels of all stripes (halos included); the pipeline's
+    fill is not counted (a few percent on tall frames). Logic (LUTs) is not checked yet: the place-and-route
+    report is the judge.
     """
     specs = layer_specs(model)
     codes = run_codes(specs, sample)
@@ -407,13 +412,16 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
             sizes = [stripe]
             for spec in specs:
                 sizes.append(spec.out_size(1, sizes[-1])[1])
-            blocks = {}
+            blocks, parts = {}, []
             for i, (spec, f) in enumerate(zip(specs, fl, strict=True)):
-                for name, (wd, dp) in memories(spec, sizes[i], *f).items():
+                best = min((p for p in (1, 2, 4, 8) if spec.T % p == 0),
+                           key=lambda p: ram_blocks(*memories(spec, sizes[i], *f[:2], p)["linebuf"], device))
+                parts.append(best)
+                for name, (wd, dp) in memories(spec, sizes[i], *f[:2], best).items():
                     blocks[f"{spec.conv.name}.{name}"] = ram_blocks(wd, dp, device)
             blocks["residual"] = ram_blocks(8, residual_depth(specs, H, stripe), device)
             if sum(blocks.values()) <= PARTS[device][2]:
-                return stripe, blocks
+                return stripe, blocks, parts
         return None
 
     if folds is None:
@@ -434,7 +442,8 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
     got = fit(folds)
     if got is None:
         raise PipelineError(f"the layer pipeline does not fit {PARTS[device][0]}: block RAM over at every stripe")
-    stripe, blocks = got
+    stripe, blocks, parts = got
+    folds = [(*f[:2], p) for f, p in zip(folds, parts, strict=True)]
     core = W if stripe >= W else stripe - 2 * halo
     n_stripes = 1 if stripe >= W else -(-W // core)
     costs = [per_pixel(i, f) for i, f in enumerate(folds)]
