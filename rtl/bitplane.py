@@ -264,7 +264,14 @@ class BitPlaneLayer(wiring.Component):
         # p * T / P .. (p + 1) * T / P - 1.
         pixel = Cat(*[self.i.payload[c][T - 1 - t] if c < self.c_in else Const(0, 1)
                       for t in range(T) for c in range(cin_p)])
-        any_set, first = first_set([mask[b] for b in range(mask_bits)])
+        # The priority encoder works on the mask's next value and its result is registered with it, so the
+        # scan's weight address and plane come straight from registers (the encoder set the iCE40 Fmax).
+        mask_d = Signal(mask_bits)
+        m.d.comb += mask_d.eq(mask)
+        any_d, first_d = first_set([mask_d[b] for b in range(mask_bits)])
+        any_set = Signal()
+        first = Signal(max(1, len(first_d)))
+        m.d.sync += [mask.eq(mask_d), any_set.eq(any_d), first.eq(first_d)]
 
         # UWD pipeline: a weight read issued in SCAN is added in the next cycle.
         m.d.sync += ev_valid.eq(0)
@@ -330,15 +337,16 @@ class BitPlaneLayer(wiring.Component):
                 with m.Else():
                     next_tap()
             with m.State("LOAD"):
-                m.d.sync += [word.eq(lb_r.data), mask.eq(Cat(*[lb_r.data[e * M:(e + 1) * M].any()
-                                                              for e in range(tp * ngroups)]))]
+                m.d.sync += word.eq(lb_r.data)
+                m.d.comb += mask_d.eq(Cat(*[lb_r.data[e * M:(e + 1) * M].any() for e in range(tp * ngroups)]))
                 m.next = "SCAN"
             with m.State("SCAN"):  # one group with spikes per cycle, lowest first; an empty word ends the tap
                 with m.If(any_set):
                     m.d.comb += w_r.en.eq(1)
-                    plane = first[gbits:] if P == 1 else Cat(first[gbits:], rpart[:pbits])  # tp is a power of two
-                    m.d.sync += [ev_valid.eq(1), ev_t.eq(plane), ev_bits.eq(word.word_select(first, M)),
-                                 mask.bit_select(first, 1).eq(0)]
+                    in_part = first[gbits:len(first_d)]  # the plane within the part (tp is a power of two)
+                    plane = in_part if P == 1 else Cat(in_part, rpart[:pbits])
+                    m.d.sync += [ev_valid.eq(1), ev_t.eq(plane), ev_bits.eq(word.word_select(first, M))]
+                    m.d.comb += mask_d.eq(mask & ~(1 << first))
                 with m.Elif(rpart != P - 1):  # the pixel's next part
                     m.d.comb += [lb_r.en.eq(1), rd_part.eq(rpart + 1)]
                     m.d.sync += rpart.eq(rpart + 1)

@@ -315,8 +315,10 @@ PARTS = {
 
 def ram_blocks(width: int, depth: int, device: str) -> int:
     """Block RAMs one memory of ``width`` bits x ``depth`` words takes: the best aspect ratio, blocks side by
-    side for the width and stacked for the depth (as yosys maps them; a memory of a few words may end up in
-    LUTs instead, so this is an upper bound)."""
+    side for the width and stacked for the depth (as yosys maps them). A memory of at most 32 words is taken
+    to be logic (yosys builds such small memories from flip-flops or LUT RAM)."""
+    if depth <= 32:
+        return 0
     configs = PARTS[device][1]
     return min(-(-width // w) * -(-depth // d) for w, d in configs)
 
@@ -381,9 +383,10 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
     ``device``.
 
     The cycles per pixel of each layer come from :meth:`LayerSpec.cost` on ``sample`` (a uint8 frame like the
-    ones to be run: the bit densities set the cycles). Folds: each layer starts at one lane; the slowest layer
-    gets the next (lanes, group) that makes it faster while the block RAM still fits, each line buffer split
-    into the parts that take the fewest blocks, at the widest stripe that fits; until nothing improves. Frame
+    ones to be run: the bit densities set the cycles). Folds: each layer's
+    ``(lanes, group)`` is the fastest whose weight RAM takes no more blocks than the layer's weights need anyway
+    (block RAM reads its width every cycle: that bandwidth is free), each line buffer split into the parts that
+    take the fewest blocks, at the widest stripe that fits. Frame
     time: the slowest layer's cycles per pixel times the pixels of all stripes (halos included); the pipeline's
     fill is not counted (a few percent on tall frames). Logic (LUTs) is not checked yet: the place-and-route
     report is the judge.
@@ -425,20 +428,16 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
         return None
 
     if folds is None:
-        folds = [(1, 1)] * len(specs)
-        while True:
-            costs = [per_pixel(i, f) for i, f in enumerate(folds)]
-            worst = int(np.argmax(costs))
-            better = sorted((o for o in options(specs[worst]) if per_pixel(worst, o) < costs[worst]),
-                            key=lambda o: per_pixel(worst, o))
-            for o in better:
-                trial = list(folds)
-                trial[worst] = o
-                if fit(trial):
-                    folds = trial
-                    break
-            else:
-                break
+        # Weight bandwidth is what block RAM gives for free: a layer's weights need some blocks anyway, and
+        # those blocks read up to (blocks x 36) bits per cycle. So each layer takes the fastest (lanes, group)
+        # whose weight RAM needs no more blocks than the smallest possible (plus 10 %).
+        folds = []
+        for i, spec in enumerate(specs):
+            def wblocks(o, spec=spec):
+                return ram_blocks(*memories(spec, 8, *o)["weights"], device)
+            least = min(wblocks(o) for o in options(spec))
+            cands = [o for o in options(spec) if wblocks(o) <= least * 1.1 and (o[0] & (o[0] - 1)) == 0]
+            folds.append(min(cands, key=lambda o, i=i: per_pixel(i, o)))
     got = fit(folds)
     if got is None:
         raise PipelineError(f"the layer pipeline does not fit {PARTS[device][0]}: block RAM over at every stripe")
