@@ -235,19 +235,28 @@ class BitPlaneLayer(wiring.Component):
 
         need = Signal(ybits)
         first_row = Signal(signed(ybits + 2))  # the oldest input row the current output row reads
-        iy, ix = Signal(signed(ybits + 2)), Signal(signed(ybits + 2))
+        # The tap's input position and whether it is inside are registers, computed from the tap counters' next
+        # values (nti, ntj), so the carry chains of the position and of the bounds checks end in a register.
+        nti, ntj = Signal.like(ti), Signal.like(tj)
+        m.d.comb += [nti.eq(ti), ntj.eq(tj)]
+        m.d.sync += [ti.eq(nti), tj.eq(ntj)]
+        iy, ix = Signal(signed(ybits + 2)), Signal(signed(ybits + 2))  # of the next tap
+        ry, rx = Signal(signed(ybits + 2)), Signal(signed(ybits + 2))  # of the current tap
+        m.d.sync += [ry.eq(iy), rx.eq(ix)]
         if self.transposed:
             m.d.comb += need.eq(((oy + self.pad) >> 1) + 1)
             m.d.comb += first_row.eq(sg((oy + self.pad) >> 1) - (side - 1))
-            m.d.comb += [iy.eq(sg((oy + self.pad) >> 1) - sg(ti)), ix.eq(sg((ox + self.pad) >> 1) - sg(tj))]
+            m.d.comb += [iy.eq(sg((oy + self.pad) >> 1) - sg(nti)), ix.eq(sg((ox + self.pad) >> 1) - sg(ntj))]
             parity = Cat((ox + self.pad)[0], (oy + self.pad)[0])
             gsel = Cat(parity, g)
         else:
             m.d.comb += need.eq((oy << (s - 1)) + (k - self.pad))
             m.d.comb += first_row.eq(sg(oy << (s - 1)) - self.pad)
-            m.d.comb += [iy.eq(sg(oy << (s - 1)) + sg(ti) - self.pad), ix.eq(sg(ox << (s - 1)) + sg(tj) - self.pad)]
+            m.d.comb += [iy.eq(sg(oy << (s - 1)) + sg(nti) - self.pad),
+                         ix.eq(sg(ox << (s - 1)) + sg(ntj) - self.pad)]
             gsel = g
-        inside = (iy >= 0) & (iy < self.height) & (ix >= 0) & (ix < self.width)
+        inside = Signal()
+        m.d.sync += inside.eq((iy >= 0) & (iy < self.height) & (ix >= 0) & (ix < self.width))
         enough = (rows_in >= need) | (rows_in == self.height)
         # The receiver fills the line buffer while the engine computes: row r goes to slot r mod S once the
         # current output row no longer reads the row that was there (r < first_row + S), until the frame is in.
@@ -278,7 +287,7 @@ class BitPlaneLayer(wiring.Component):
         m.d.comb += [
             acc.add.eq(ev_valid), acc.t.eq(ev_t), acc.weights.eq(w_r.data), acc.spikes.eq(ev_bits),
             w_r.addr.eq(Cat(first[:gbits], wrow) if gbits else wrow),
-            lb_r.addr.eq(Cat(rd_part[:pbits], ix[:xbits], iy[:(slots - 1).bit_length()])),
+            lb_r.addr.eq(Cat(rd_part[:pbits], rx[:xbits], ry[:(slots - 1).bit_length()])),
             lb_w.addr.eq(Cat(wpart[:pbits], x_in, rows_in[:(slots - 1).bit_length()])),
             p_r.addr.eq(g),
             self.lb_read.eq(lb_r.en), self.w_read.eq(w_r.en), self.p_read.eq(p_r.en), self.lb_write.eq(lb_w.en),
@@ -315,10 +324,10 @@ class BitPlaneLayer(wiring.Component):
             with m.If(last_tap):
                 m.next = "DRAIN"
             with m.Elif(tj == side - 1):
-                m.d.sync += [tj.eq(0), ti.eq(ti + 1)]
+                m.d.comb += [ntj.eq(0), nti.eq(ti + 1)]
                 m.next = "TAP"
             with m.Else():
-                m.d.sync += tj.eq(tj + 1)
+                m.d.comb += ntj.eq(tj + 1)
                 m.next = "TAP"
 
         with m.FSM():
@@ -328,7 +337,8 @@ class BitPlaneLayer(wiring.Component):
                     m.next = "START"
             with m.State("START"):  # one block of one output pixel
                 m.d.comb += acc.clear.eq(1)
-                m.d.sync += [ti.eq(0), tj.eq(0), wrow.eq(const_mul(gsel, ntaps))]
+                m.d.comb += [nti.eq(0), ntj.eq(0)]
+                m.d.sync += wrow.eq(const_mul(gsel, ntaps))
                 m.next = "TAP"
             with m.State("TAP"):
                 with m.If(inside):

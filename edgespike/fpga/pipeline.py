@@ -315,9 +315,9 @@ PARTS = {
 
 def ram_blocks(width: int, depth: int, device: str) -> int:
     """Block RAMs one memory of ``width`` bits x ``depth`` words takes: the best aspect ratio, blocks side by
-    side for the width and stacked for the depth (as yosys maps them). A memory of at most 32 words is taken
-    to be logic (yosys builds such small memories from flip-flops or LUT RAM)."""
-    if depth <= 32:
+    side for the width and stacked for the depth (as yosys maps them). A memory of at most 32 words and 4 kbit
+    is taken to be logic (yosys builds such small memories from flip-flops or LUT RAM)."""
+    if depth <= 32 and width * depth <= 4096:
         return 0
     configs = PARTS[device][1]
     return min(-(-width // w) * -(-depth // d) for w, d in configs)
@@ -427,6 +427,18 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
                 return stripe, blocks, parts
         return None
 
+    def wblocks_of(i, o):
+        return ram_blocks(*memories(specs[i], 8, *o)["weights"], device)
+
+    def frame_time(fl):
+        got = fit(fl)
+        if got is None:
+            return float("inf")
+        stripe = got[0]
+        n_stripes = 1 if stripe >= W else -(-W // (stripe - 2 * halo))
+        return max(per_pixel(i, (*f[:2], p)) for i, (f, p) in enumerate(zip(fl, got[2], strict=True))) \
+            * H * min(stripe, W) * n_stripes
+
     if folds is None:
         # Weight bandwidth is what block RAM gives for free: a layer's weights need some blocks anyway, and
         # those blocks read up to (blocks x 36) bits per cycle. So each layer takes the fastest (lanes, group)
@@ -438,6 +450,21 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
             least = min(wblocks(o) for o in options(spec))
             cands = [o for o in options(spec) if wblocks(o) <= least * 1.1 and (o[0] & (o[0] - 1)) == 0]
             folds.append(min(cands, key=lambda o, i=i: per_pixel(i, o)))
+        # Then the slowest layer takes more blocks while that shortens the frame (narrower stripes cost halos).
+        while True:
+            now = frame_time(folds)
+            costs = [per_pixel(i, f) for i, f in enumerate(folds)]
+            worst = int(np.argmax(costs))
+            faster = [o for o in options(specs[worst]) if (o[0] & (o[0] - 1)) == 0
+                      and wblocks_of(worst, o) <= PARTS[device][2] and per_pixel(worst, o) < costs[worst]]
+            for o in sorted(faster, key=lambda o: per_pixel(worst, o)):
+                trial = list(folds)
+                trial[worst] = o
+                if frame_time(trial) < now:
+                    folds = trial
+                    break
+            else:
+                break
     got = fit(folds)
     if got is None:
         raise PipelineError(f"the layer pipeline does not fit {PARTS[device][0]}: block RAM over at every stripe")
