@@ -59,6 +59,13 @@ def first_set(bits: list):
     return any_lo | any_hi, index
 
 
+def word_at(value, index, width: int):
+    """``value.word_select(index, width)`` for a power-of-two ``width``, its offset made by wiring (``index``
+    shifted by concatenation): ``word_select`` scales the offset with a ``$mul`` cell, which the adders-only
+    check (``tests/test_rtl_synth.py``) counts."""
+    return value.bit_select(Cat(Const(0, (width - 1).bit_length()), index), width)
+
+
 def weight_words(weights: np.ndarray, lanes: int, transposed: bool, group: int = 1) -> tuple[list[int], int]:
     """The weight RAM's contents: ``lanes x group`` int8 per word (lane-major), address ``(g, [parity,] tap,
     c // group)`` row-major.
@@ -310,7 +317,7 @@ class BitPlaneLayer(wiring.Component):
                 with m.If(self.i.valid & take):
                     m.d.sync += [held.eq(pixel), wpart.eq(1)]
         with m.Else():
-            m.d.comb += [lb_w.en.eq(1), lb_w.data.eq(held.word_select(wpart, tp * cin_p)),
+            m.d.comb += [lb_w.en.eq(1), lb_w.data.eq(word_at(held, wpart, tp * cin_p)),
                          last_part.eq(wpart == P - 1)]
             m.d.sync += wpart.eq(Mux(wpart == P - 1, 0, wpart + 1))
         m.d.sync += row_done.eq(last_part & (x_in == self.width - 1))
@@ -355,7 +362,7 @@ class BitPlaneLayer(wiring.Component):
                     m.d.comb += w_r.en.eq(1)
                     in_part = first[gbits:len(first_d)]  # the plane within the part (tp is a power of two)
                     plane = in_part if P == 1 else Cat(in_part, rpart[:pbits])
-                    m.d.sync += [ev_valid.eq(1), ev_t.eq(plane), ev_bits.eq(word.word_select(first, M))]
+                    m.d.sync += [ev_valid.eq(1), ev_t.eq(plane), ev_bits.eq(word_at(word, first, M))]
                     m.d.comb += mask_d.eq(mask & ~(1 << first))
                 with m.Elif(rpart != P - 1):  # the pixel's next part
                     m.d.comb += [lb_r.en.eq(1), rd_part.eq(rpart + 1)]

@@ -44,3 +44,29 @@ def test_engine_synthesises_without_multipliers(family):
     if family == "ice40":
         assert cells.get("SB_SPRAM256KA", 0) >= 1, f"membranes did not map to SPRAM: {cells}"
     print(family, {k: v for k, v in cells.items() if not k.startswith("coarse:")})
+
+
+@pytest.mark.parametrize("family", ["ice40", "ecp5"])
+def test_layer_pipeline_synthesises_without_multipliers(family):
+    """The bit-plane layer pipeline (the shipped shape, width 4: 5x5 stride 2, 3x3, 6x6 transposed read-out and
+    the decoder's constant product) maps to LUTs, carries and block RAM only."""
+    from edgespike.fpga.pipeline import layer_specs, residual_depth
+    from edgespike.rtl.pipeline import LayerPipeline
+    from edgespike.testing import bitplane_dncnn
+
+    model = bitplane_dncnn(depth=3, width=4, T=8, down=True, seed=3)
+    specs = layer_specs(model)
+    sizes = [(16, 32)]
+    for spec in specs:
+        sizes.append(spec.out_size(*sizes[-1]))
+    folds = [(4, 1, 1), (4, 2, 2), (1, 4, 1)]
+    term = model.decoder.terms[0]
+    pipe = LayerPipeline([s.gateware(*size, *f) for s, size, f in zip(specs, sizes, folds, strict=False)],
+                         int(term.multiplier[0]), model.decoder.shift, model.decoder.residual,
+                         residual_depth(specs, 16, 32))
+    cells = synth_stats(pipe, family, name="pipeline")
+    assert cells.get("coarse:$add", 0) + cells.get("coarse:$sub", 0) > 0, f"no coarse netlist parsed: {cells}"
+    assert cells.get("SB_LUT4", 0) + cells.get("LUT4", 0) > 500, f"implausibly small netlist: {cells}"
+    found = {c: n for c, n in cells.items() if c.removeprefix("coarse:") in MULTIPLIER_CELLS}
+    assert not found, f"multiplier cells in the layer pipeline: {found}"
+    print(family, {k: v for k, v in cells.items() if not k.startswith("coarse:")})
