@@ -262,8 +262,24 @@ class BitPlaneLayer(wiring.Component):
             m.d.comb += [iy.eq(sg(oy << (s - 1)) + sg(nti) - self.pad),
                          ix.eq(sg(ox << (s - 1)) + sg(ntj) - self.pad)]
             gsel = g
+        # Taps inside the input: per output pixel the counters' ranges (row base ``by``, column base ``bx``, so
+        # ``lo <= tap <= hi``), kept in registers; the bounds check of a tap is then a small compare of the
+        # counters, and only START (tap 0) compares against the bases directly.
+        by, bx = Signal(signed(ybits + 2)), Signal(signed(ybits + 2))
+        if self.transposed:
+            m.d.comb += [by.eq(sg((oy + self.pad) >> 1)), bx.eq(sg((ox + self.pad) >> 1))]
+            # iy = by - a in [0, H-1]  <=>  by - (H-1) <= a <= by
+            lo_y, hi_y, lo_x, hi_x = by - (self.height - 1), by, bx - (self.width - 1), bx
+        else:
+            m.d.comb += [by.eq(sg(oy << (s - 1))), bx.eq(sg(ox << (s - 1)))]
+            # iy = by + i - p in [0, H-1]  <=>  p - by <= i <= H - 1 + p - by
+            lo_y, hi_y = self.pad - by, self.height - 1 + self.pad - by
+            lo_x, hi_x = self.pad - bx, self.width - 1 + self.pad - bx
+        bounds = [Signal(signed(ybits + 3), name=n) for n in ("lo_y", "hi_y", "lo_x", "hi_x")]
+        m.d.sync += [r.eq(v) for r, v in zip(bounds, (lo_y, hi_y, lo_x, hi_x), strict=True)]
         inside = Signal()
-        m.d.sync += inside.eq((iy >= 0) & (iy < self.height) & (ix >= 0) & (ix < self.width))
+        m.d.sync += inside.eq((sg(nti) >= bounds[0]) & (sg(nti) <= bounds[1])
+                              & (sg(ntj) >= bounds[2]) & (sg(ntj) <= bounds[3]))
         enough = (rows_in >= need) | (rows_in == self.height)
         # The receiver fills the line buffer while the engine computes: row r goes to slot r mod S once the
         # current output row no longer reads the row that was there (r < first_row + S), until the frame is in.
@@ -345,7 +361,8 @@ class BitPlaneLayer(wiring.Component):
             with m.State("START"):  # one block of one output pixel
                 m.d.comb += acc.clear.eq(1)
                 m.d.comb += [nti.eq(0), ntj.eq(0)]
-                m.d.sync += wrow.eq(const_mul(gsel, ntaps))
+                m.d.sync += [wrow.eq(const_mul(gsel, ntaps)),
+                             inside.eq((lo_y <= 0) & (hi_y >= 0) & (lo_x <= 0) & (hi_x >= 0))]
                 m.next = "TAP"
             with m.State("TAP"):
                 with m.If(inside):
