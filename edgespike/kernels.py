@@ -7,10 +7,17 @@ one table row, no multiplications, no branches on spike values, and the result i
 neuron update (leak, integrate, fire, reset) runs on the accumulator while it is still in registers, so the
 currents are never written to memory; the spikes leave as bytes, the next layer's input.
 
-The C source is compiled on first use with the system compiler (``cc``; OpenMP when available, over output rows)
-into a per-user cache; :func:`load` returns ``None`` when that is impossible and the runtime falls back to numpy.
-Set ``EDGESPIKE_NO_KERNEL=1`` to disable it. The source uses GCC/Clang vector extensions only, so the same code
-builds for x86-64 (AVX2) and aarch64 (NEON) boards.
+The C source is compiled on first use with the system compiler (``$CC``, else ``cc``/``gcc``/``clang``) into a
+per-user cache (``EDGESPIKE_CACHE``, else ``~/.cache/edgespike``). The optional flags are probed one by one
+(:func:`probe_flags`): ``-march=native`` or ``-mcpu=native`` and, independently, ``-fopenmp`` (threads over output
+rows), so a compiler without "native" (a cross compiler, clang on some ARM boards) still gets OpenMP; extra flags
+come from ``EDGESPIKE_CFLAGS``. The cached library's name hashes the source, the compiler's identity and version,
+the flags and the CPU (:func:`plan`): a changed compiler, flag or CPU builds anew instead of reusing a library
+built single-threaded or for another CPU. :func:`load` returns ``None`` when no kernel can be built, with the
+compiler's reason in :func:`load_error`; the runtime then falls back to numpy and says so (a ``RuntimeWarning``,
+and one line from the CLI). Set ``EDGESPIKE_NO_KERNEL=1`` to disable it. The source uses GCC/Clang vector
+extensions only, so the same code builds for x86-64 (AVX2), aarch64 and armhf (NEON) boards; the tests run
+cross-compiled builds under qemu-user against the reference.
 """
 
 from __future__ import annotations
@@ -65,7 +72,7 @@ INLINE uint32_t nibble(const uint8_t *p) {
    arithmetic: exact because the final sum is proved to fit int16 (fits16 in Python). */
 #define BLK 64
 #define ROW_FN(NAME, VT, VTU, LT)                                                                              \
-INLINE void NAME(const uint8_t *x, const uint8_t *nz, int h, int w, int k, int st, int oy, int wo,             \
+INLINE void NAME(const uint16_t *x, const uint16_t *nz, int h, int w, int k, int st, int oy, int wo,           \
                  const VTU *lut, int groups, int nq, int co, const int32_t *bias, int32_t *v,                  \
                  const int32_t *theta, int leak, int hard, int uwd, uint8_t *so) {                             \
     VT acc[BLK * nq];                                                                                         \
@@ -77,8 +84,8 @@ INLINE void NAME(const uint8_t *x, const uint8_t *nz, int h, int w, int k, int s
         for (int i = 0; i < k; i++) {                                                                        \
             int iy = oy * st + i - p;                                                                        \
             if (iy < 0 || iy >= h) continue;                                                                 \
-            const uint8_t *xrow = x + (long)iy * w * groups;                                                 \
-            const uint8_t *nzrow = nz + (long)iy * w;                                                          \
+            const uint16_t *xrow = x + (long)iy * w * groups;                                                  \
+            const uint16_t *nzrow = nz + (long)iy * w;                                                         \
             for (int j = 0; j < k; j++) {                                                                    \
                 const VTU *tab = lut + (long)((i * k + j) * groups) * tabstride;                             \
                 /* output pixels of this block whose input column is inside the frame */                     \
@@ -86,23 +93,25 @@ INLINE void NAME(const uint8_t *x, const uint8_t *nz, int h, int w, int k, int s
                 while (lo < nb && (ox0 + lo) * st + j - p < 0) lo++;                                         \
                 while (hi > lo && (ox0 + hi - 1) * st + j - p >= w) hi--;                                    \
                 for (int b = lo; b < hi; b++) {                                                              \
-                    /* an input pixel without a spike in any channel adds nothing: skip it */                  \
-                    if (!nzrow[(ox0 + b) * st + j - p]) continue;                                              \
-                    const uint8_t *px = xrow + (long)((ox0 + b) * st + j - p) * groups;                      \
-                    VT *a = acc + b * nq;                                                                    \
+                    /* only the groups of four channels with a spike: their codes g*16 + nibble index,        \
+                       the rows of the tap table, so the work follows the spikes (none: skip the pixel) */      \
+                    int ix = (ox0 + b) * st + j - p, nnz = nzrow[ix];                                          \
+                    if (!nnz) continue;                                                                        \
+                    const uint16_t *codes = xrow + (long)ix * groups;                                          \
+                    VT *a = acc + b * nq;                                                                      \
                     VT s0[nq], s1[nq];                                                                         \
-                    for (int q = 0; q < nq; q++) { s0[q] = a[q]; s1[q] = (VT){0}; }                          \
-                    int g = 0;                                                                               \
-                    for (; g + 1 < groups; g += 2) {                                                         \
-                        const VTU *r0 = tab + (long)g * tabstride + px[g] * nq;                              \
-                        const VTU *r1 = tab + (long)(g + 1) * tabstride + px[g + 1] * nq;                    \
-                        for (int q = 0; q < nq; q++) { s0[q] += r0[q]; s1[q] += r1[q]; }                     \
-                    }                                                                                        \
-                    if (g < groups) {                                                                        \
-                        const VTU *r0 = tab + (long)g * tabstride + px[g] * nq;                              \
-                        for (int q = 0; q < nq; q++) s0[q] += r0[q];                                         \
-                    }                                                                                        \
-                    for (int q = 0; q < nq; q++) a[q] = s0[q] + s1[q];                                       \
+                    for (int q = 0; q < nq; q++) { s0[q] = a[q]; s1[q] = (VT){0}; }                            \
+                    int g = 0;                                                                                 \
+                    for (; g + 1 < nnz; g += 2) {                                                              \
+                        const VTU *r0 = tab + (long)codes[g] * nq;                                             \
+                        const VTU *r1 = tab + (long)codes[g + 1] * nq;                                         \
+                        for (int q = 0; q < nq; q++) { s0[q] += r0[q]; s1[q] += r1[q]; }                       \
+                    }                                                                                          \
+                    if (g < nnz) {                                                                             \
+                        const VTU *r0 = tab + (long)codes[g] * nq;                                             \
+                        for (int q = 0; q < nq; q++) s0[q] += r0[q];                                           \
+                    }                                                                                          \
+                    for (int q = 0; q < nq; q++) a[q] = s0[q] + s1[q];                                         \
                 }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
@@ -139,23 +148,28 @@ int conv_neuron(const uint8_t *x, int L, long x_step, int h, int w, int cs, int 
                 int32_t *v, const int32_t *theta, int leak, int hard, int uwd, uint8_t *spk, int threads,
                 int cy0, int cy1, int64_t *counts) {
     int ho = (h + st - 1) / st, wo = (w + st - 1) / st, groups = cs / 4;
-    if (nq > 64) return -1;
+    if (nq > 64 || groups > 4096) return -1;  /* codes g * 16 + nibble are uint16 */
     /* Nibble indices once per input pixel (each is read by k*k output pixels). */
     int Lx = x_step ? L : 1;
     long npx = (long)h * w;
-    uint8_t *idx = malloc((size_t)Lx * npx * (groups + 1));
+    /* per input pixel, the groups that carry a spike, as codes g * 16 + nibble (the row of the tap table), and
+       how many there are */
+    uint16_t *idx = malloc((size_t)Lx * npx * (groups + 1) * sizeof(uint16_t));
     if (!idx) return -2;
-    uint8_t *nzs = idx + (size_t)Lx * npx * groups;  /* per input pixel: any spike in any channel? */
+    uint16_t *nzs = idx + (size_t)Lx * npx * groups;
     #pragma omp parallel for schedule(static) num_threads(threads)
     for (long e = 0; e < Lx * npx; e++) {
         const uint8_t *src = x + (e / npx) * x_step + (e % npx) * cs;
-        uint8_t any = 0;
-        for (int g = 0; g < groups; g++) any |= idx[e * groups + g] = (uint8_t)nibble(src + 4 * g);
-        nzs[e] = any != 0;
+        int n = 0;
+        for (int g = 0; g < groups; g++) {
+            uint32_t nib = nibble(src + 4 * g);
+            if (nib) idx[e * groups + n++] = (uint16_t)(g * 16 + nib);
+        }
+        nzs[e] = (uint16_t)n;
     }
     for (int t = 0; t < L; t++) {
-        const uint8_t *xt = idx + (x_step ? (long)t * npx * groups : 0);
-        const uint8_t *nzt = nzs + (x_step ? (long)t * npx : 0);
+        const uint16_t *xt = idx + (x_step ? (long)t * npx * groups : 0);
+        const uint16_t *nzt = nzs + (x_step ? (long)t * npx : 0);
         uint8_t *so = spk + (long)t * ho * wo * co;
         long cnt = 0;
         if (uwd) {  /* a bit plane without any spike: the decoding only doubles the membrane and adds the bias */

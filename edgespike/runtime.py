@@ -230,7 +230,9 @@ def conv_nhwc(x: np.ndarray, taps: np.ndarray, stride: int) -> np.ndarray:
             for j in range(k):
                 out += y[:, i:i + stride * ho:stride, j:j + stride * wo:stride, i * k + j]
         return out
-    if k * k * cin <= SMALL_GEMM:
+    if k * k * cin <= SMALL_GEMM or (stride == 1 and L == 1):
+        # im2col: one GEMM with k*k*C_in terms per output runs near the BLAS peak, where k*k GEMMs of C_in terms
+        # each would write the output k*k times (a decoded bit-plane input is one step, L == 1)
         cols = np.empty((L, ho, wo, k, k, cin), dt)
         for i in range(k):
             for j in range(k):
@@ -462,9 +464,13 @@ class Runtime:
             px = width * 4.0 ** (-info.level)  # pixels of this node per level-0 row
             C = info.channels
             ins = [infos[i] for i in node.inputs]
-            const[node.name] = (not isinstance(node, Neuron)) and all(const[i] for i in node.inputs)
-            L = 1 if const[node.name] or node.name in self.summed else T
-            if isinstance(node, Neuron):
+            const[node.name] = (not isinstance(node, SPIKING)) and all(const[i] for i in node.inputs)
+            L = 1 if const[node.name] or node.name in self.summed or node.name in self.weighted else T
+            if isinstance(node, BitPlaneNeuron):  # decoded membranes in, one byte of bits per neuron out
+                state += px * C * 8 * (node.name in self.keep_v or node.name in self.need_uwd)
+                work = px * C * 9
+                value = max(value, px * C)
+            elif isinstance(node, Neuron):
                 keep = node.name in self.keep_v
                 state += px * C * (4 * keep + 4 * (node.name in self.need_count) + 8 * (node.name in self.need_uwd))
                 l_in = 0 if node.input in self.fused else 1 if const[node.input] else T
@@ -487,7 +493,7 @@ class Runtime:
                     isz = np.dtype(_gemm_dtype(self.plans[node.name].bound)).itemsize
                     if kk * C <= SMALL_GEMM:
                         cols = kk * C * px_in
-                    elif kk * cin <= SMALL_GEMM:
+                    elif kk * cin <= SMALL_GEMM or node.name in self.weighted:
                         cols = kk * cin * px
                     else:
                         cols = 2 * C * px

@@ -167,9 +167,10 @@ def run(args) -> int:
     if args.model:
         model = args.model
     elif args.backend != "cpu":
-        # `edgespike fpga build` builds s25 by default, and the read-out scale is gateware: a board built for one
-        # shipped model cannot load the other's weights
-        model = "s25"
+        # the accelerator runs rate-coded IF layers (bit-plane layers are not in its gateware yet), and
+        # `edgespike fpga build` builds if-s25 by default: the read-out scale is gateware, so a board built for one
+        # shipped model cannot load another's weights
+        model = "if-s25"
     else:
         model = shipped_for(args.noise, args.sigma) if is_demo else shipped_for(None)
     if args.backend == "cpu":
