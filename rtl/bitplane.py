@@ -19,10 +19,11 @@ network, ``W q_in + bias``. The engine computes it the way the semantics define 
 Output pixels leave in raster order with all ``C_out`` channels, which is the next layer's input format: layers
 chain with ``wiring.connect`` into a pipeline where every layer works at once (:mod:`~edgespike.rtl.pipeline`).
 
-Control is strictly sequential, so the cycles are a closed form of the input's bit counts
-(``edgespike.fpga.pipeline.layer_cost``): per output pixel and block ``1 + sum over taps (3 + popcount of the
-tap's input word if the tap is inside the input, else 1) + 3 (+ 1 + T with a SAR)``, per output pixel ``+ 1``,
-per output row ``1 + (W_in + 1)`` per input row received before it.
+The compute is strictly sequential, so its cycles are a closed form of the input's bit counts: per output pixel
+and block ``1 + sum over taps (1 + 2 * parts + adds if the tap is inside the input, else 1) + 4 (+ 1 + T with a
+SAR)``, ``adds`` being the (plane, channel group) pairs of the tap's input pixel that hold a spike; per output
+pixel ``+ 1`` (the handshake). The receiver takes a pixel per ``parts`` cycles while there is room. How the two
+and the neighbouring engines meet is :func:`edgespike.fpga.pipeline.pipeline_cycles`.
 
 Supported: Conv (odd ``k``, stride 1 or 2, padding ``k // 2``), ConvTranspose (stride 2, even ``k``, any
 ``padding``, no output padding: the shipped read-out's 6x6 ``padding=2``), into a bit-plane neuron or an
@@ -388,7 +389,9 @@ class BitPlaneLayer(wiring.Component):
                 with m.Else():
                     m.d.sync += rpart.eq(0)
                     next_tap()
-            with m.State("DRAIN"):  # the last spike's add; read the block's bias and threshold
+            with m.State("DRAIN"):  # the last add passes the accumulator's two stages
+                m.next = "DRAIN2"
+            with m.State("DRAIN2"):  # read the block's bias and threshold
                 m.d.comb += p_r.en.eq(1)
                 m.next = "BIAS"
             with m.State("BIAS"):

@@ -116,7 +116,7 @@ class UWDAccumulator(wiring.Component):
     clear : In(1)
         Membranes to 0 (takes precedence).
     add : In(1)
-        ``acc[l] += (sum_m spikes[m] * weights[l * group + m]) << (T - 1 - t)``.
+        ``acc[l] += (sum_m spikes[m] * weights[l * group + m]) << (T - 1 - t)``, in ``acc`` two cycles later.
     t : In
         Plane of the spikes being added (0 = MSB).
     spikes : In(group)
@@ -144,18 +144,22 @@ class UWDAccumulator(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        # Two stages: the adder tree's sum and the shift are registered, then added to the membrane (the tree
+        # and the membrane's carry chain in one cycle set the iCE40 Fmax). An add reaches ``acc`` two cycles
+        # after ``add``.
         shift = Signal(bits_for(self.T))
-        m.d.comb += shift.eq(self.T - 1 - self.t)
+        add = Signal()
+        m.d.sync += [shift.eq(self.T - 1 - self.t), add.eq(self.add & ~self.clear)]
         for lane in range(self.lanes):
             terms = [Mux(self.spikes[i], self.weights[lane * self.group + i], 0) for i in range(self.group)]
             while len(terms) > 1:  # a balanced adder tree
                 terms = [a + b for a, b in zip(terms[::2], terms[1::2], strict=True)] + terms[len(terms) & ~1:]
             total = Signal(signed(8 + bits_for(self.group) + 1), name=f"sum{lane}")
-            m.d.comb += total.eq(terms[0])
+            m.d.sync += total.eq(terms[0])
             acc = self.acc[lane]
             with m.If(self.clear):
                 m.d.sync += acc.eq(0)
-            with m.Elif(self.add):
+            with m.Elif(add):
                 m.d.sync += acc.eq(acc + (total << shift))  # a shifter and an adder per lane
             with m.Elif(self.bias_add):
                 m.d.sync += acc.eq(acc + self.bias[lane])

@@ -139,7 +139,7 @@ class LayerSpec:
             inside_taps += inside
             events += p
         sar = (1 + self.T) if self.theta is not None else 0
-        busy = G * (1 + tap_cycles + 3 + sar)  # START, taps, DRAIN, BIAS, [LOADSAR, SAR x T], STORE
+        busy = G * (1 + tap_cycles + 4 + sar)  # START, taps, DRAIN x 2, BIAS, [LOADSAR, SAR x T], STORE
         received = np.diff(np.concatenate([[0], self.need(h)]))
         return received, busy, inside_taps, events
 
