@@ -19,6 +19,8 @@ from edgespike.fpga.pipeline import (
     decode,
     layer_specs,
     pipeline_cycles,
+    plan_pipeline,
+    ram_blocks,
     residual_depth,
     run_codes,
 )
@@ -269,3 +271,20 @@ def test_whole_small_model_as_a_pipeline_equals_reference():
     assert ((out > 0) & (out < 255)).mean() > 0.8 and (out != frame).mean() > 0.5
     cycles, alone = check_model(model, frame, folds=[(4, 1, 2), (2, 2, 1), (1, 4, 4)])
     assert cycles < sum(alone)
+
+
+def test_block_ram_accounting_and_planner():
+    """Block counts by aspect ratio (DP16KD 512x36 .. 16384x1, EBR 256x16 .. 2048x2); the planner keeps a plan
+    inside the part, takes the whole width when the line buffers fit, and refuses a model the part cannot hold."""
+    assert ram_blocks(512, 576, "ecp5-85f") == 29  # 1024x18 mode, 29 side by side
+    assert ram_blocks(8, 36864, "ecp5-85f") == 18  # 2048x9 mode
+    assert ram_blocks(16, 256, "up5k") == 1 and ram_blocks(32, 600, "up5k") == 6
+    assert ram_blocks(512, 9, "ecp5-85f") > 0 and ram_blocks(64, 9, "ecp5-85f") == 0  # small ones are logic
+    small = bitplane_dncnn(depth=3, width=4, T=8, down=True, seed=3)
+    sample = demo_image(16, 16, seed=4)
+    plan = plan_pipeline(small, "ecp5-85f", (480, 640), sample)
+    assert plan.total_blocks <= 208 and plan.stripe >= 640 and plan.core == 640
+    assert plan.frame_cycles == max(plan.cycles_per_pixel) * 480 * 640
+    big = bitplane_dncnn(depth=8, width=64, T=8, down=True)
+    with pytest.raises(PipelineError, match="iCE40UP5K"):
+        plan_pipeline(big, "up5k", (480, 640), demo_image(8, 8), folds=[(1, 1)] * 8)
