@@ -138,3 +138,13 @@ def test_ulx3s_top_runs_the_accelerator_from_the_pll(small_model, tmp_path):
     il, lpf = plan_files["top.il"], plan_files["top.lpf"]
     assert "EHXPLLL" in il and "CLKI_DIV" in il and "CLKOP_DIV" in il
     assert "12500000" in lpf or "12.5" in lpf  # nextpnr checks Fmax against the PLL output
+
+
+def test_a_tile_without_core_is_refused(small_model):
+    """Two 3x3 layers have a 2-pixel halo: a 4x4 tile keeps nothing, 6x6 keeps a 2x2 core (issue 17)."""
+    from edgespike.rtl.params import FitError
+
+    with pytest.raises(FitError, match="no core inside this model's 2-pixel halo"):
+        load_plan(str(small_model), "ecp5-85f", (4, 4))
+    _, plan = load_plan(str(small_model), "ecp5-85f", (6, 6))
+    assert plan.halo == 2

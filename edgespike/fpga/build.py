@@ -43,14 +43,22 @@ def load_plan(model_path: str | None, device: str, tile: tuple[int, int] | None 
     """
     from edgespike.fileformat import load
     from edgespike.models import resolve
-    from edgespike.rtl.params import plan
+    from edgespike.rtl.params import FitError, plan
 
     model = load(resolve(model_path))
     if tile is None:
         tile = DEFAULT_TILE.get(device, (16, 16))
     if lanes is None and device == "up5k":
         lanes = 1  # narrow membrane words: on the UP5K every 16 bits of width costs a RAM block
-    return model, plan(model, device=device, tile=tile, lanes=lanes)
+    p = plan(model, device=device, tile=tile, lanes=lanes)
+    # A board cuts every frame larger than a tile into halo'd tiles: a tile whose core is empty computes nothing
+    # that is kept, so refuse it before a build or a run (issue 17: the fit check accepted such tiles).
+    least = 2 * p.halo + model.size_multiple
+    if min(p.tile) < least:
+        raise FitError(f"tile {p.tile[0]}x{p.tile[1]} leaves no core inside this model's {p.halo}-pixel halo on "
+                       f"{p.device.name}: the model needs tiles of at least {least}x{least} (a larger device, or "
+                       f"a model with a smaller receptive field)")
+    return model, p
 
 
 @dataclass
