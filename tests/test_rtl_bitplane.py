@@ -214,29 +214,37 @@ def test_layer_specs_of_the_shipped_shape_and_refusals():
 
 
 def simulate_pipeline(dut: LayerPipeline, x: np.ndarray, limit: int):
+    """Stream a frame through the pipeline; returns the output frame, the cycles until the last output pixel,
+    and per engine the reads and writes counted from its RAM enables."""
     pixels = [int(v) for v in x.reshape(-1)]
     result = {}
+    probes = [(e.lb_read, e.w_read, e.p_read, e.lb_write) for e in dut.engines]
 
     async def tb(ctx):
         outs, i, cycles = [], 0, 0
+        counts = np.zeros((len(probes), 4), np.int64)
         ctx.set(dut.o.ready, 1)
         while len(outs) < len(pixels) and cycles < limit:
             ctx.set(dut.i.valid, int(i < len(pixels)))
             ctx.set(dut.i.payload, pixels[i] if i < len(pixels) else 0)
-            _, _, iready, ovalid, opay = await ctx.tick().sample(dut.i.ready, dut.o.valid, dut.o.payload)
+            _, _, iready, ovalid, opay, *enables = await ctx.tick().sample(
+                dut.i.ready, dut.o.valid, dut.o.payload, *(p for group in probes for p in group))
+            counts += np.array(enables, np.int64).reshape(counts.shape)
             cycles += 1
             if iready and i < len(pixels):
                 i += 1
             if ovalid:
                 outs.append(opay)
-        result.update(outs=outs, cycles=cycles)
+        result.update(outs=outs, cycles=cycles, counts=[
+            {"linebuf": int(c[0]), "weights": int(c[1]), "params": int(c[2]), "writes": {"linebuf": int(c[3])}}
+            for c in counts])
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
     sim.add_testbench(tb)
     sim.run()
     assert len(result["outs"]) == len(pixels), f"stalled after {result['cycles']} cycles"
-    return np.array(result["outs"], np.uint8).reshape(x.shape), result["cycles"]
+    return np.array(result["outs"], np.uint8).reshape(x.shape), result["cycles"], result["counts"]
 
 
 def check_model(model: Model, frame: np.ndarray, folds: list[tuple[int, ...]]):
@@ -251,19 +259,22 @@ def check_model(model: Model, frame: np.ndarray, folds: list[tuple[int, ...]]):
                         residual=model.decoder.residual, fifo_depth=residual_depth(specs, h, w))
     codes = run_codes(specs, frame)
     want_cycles = pipeline_cycles(specs, codes[:-1], folds) + LayerPipeline.LATENCY
-    out, cycles = simulate_pipeline(dut, frame, limit=2 * want_cycles + 1000)
+    out, cycles, counts = simulate_pipeline(dut, frame, limit=2 * want_cycles + 1000)
     want = reference.run(model, frame)
     bad = np.argwhere(out != want)
     assert not len(bad), f"first difference at {tuple(bad[0])}: {out[tuple(bad[0])]} != {want[tuple(bad[0])]}"
     assert np.array_equal(decode(model, frame, codes[-1]), want)
     assert cycles == want_cycles
-    return cycles, [spec.cost(q, *fold).cycles for spec, q, fold in zip(specs, codes, folds, strict=False)]
+    costs = [spec.cost(q, *fold) for spec, q, fold in zip(specs, codes, folds, strict=False)]
+    assert counts == [c.reads | {"writes": c.writes} for c in costs], "memory accesses differ from the model"
+    return cycles, [c.cycles for c in costs]
 
 
 def test_whole_small_model_as_a_pipeline_equals_reference():
     """The shipped shape (5x5 stride-2 in, 3x3 body at half resolution, 6x6 transposed read-out, uwd Integrator,
     residual decoder), width 4, on a whole 8x10 frame: pixels equal ``reference.run``; cycles equal the handshake
-    model, and the layers overlap (the pipeline takes fewer cycles than the layers one after the other)."""
+    model, every engine's memory reads and writes equal the cycle model's counts, and the layers overlap (the
+    pipeline takes fewer cycles than the layers one after the other)."""
     model = bitplane_dncnn(depth=3, width=4, T=8, down=True, seed=3)
     model.decoder.shift = 15  # the random read-out scale would saturate most pixels: keep them in range
     frame = demo_image(8, 10, seed=1)
