@@ -17,6 +17,7 @@ from edgespike.fpga.pipeline import (
     LayerSpec,
     PipelineError,
     decode,
+    frame_accesses,
     layer_specs,
     pipeline_cycles,
     plan_pipeline,
@@ -267,6 +268,12 @@ def check_model(model: Model, frame: np.ndarray, folds: list[tuple[int, ...]]):
     assert cycles == want_cycles
     costs = [spec.cost(q, *fold) for spec, q, fold in zip(specs, codes, folds, strict=False)]
     assert counts == [c.reads | {"writes": c.writes} for c in costs], "memory accesses differ from the model"
+    acc = frame_accesses(specs, codes[:-1], folds)  # the profiler's record of the same counts
+    for spec, count in zip(specs, counts, strict=True):
+        for ram in ("linebuf", "weights", "params"):
+            r = acc.rams[f"{spec.conv.name}.{ram}"]
+            assert (r["reads"], r["writes"]) == (count[ram], count["writes"].get(ram, 0))
+    assert acc.adds["synaptic"] == sum(c.sops for c in costs) > 0
     return cycles, [c.cycles for c in costs]
 
 

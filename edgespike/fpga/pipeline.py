@@ -282,6 +282,32 @@ def pipeline_cycles(specs: list[LayerSpec], codes: list[np.ndarray], folds: list
     return last + 1
 
 
+def frame_accesses(specs: list[LayerSpec], codes: list[np.ndarray], folds: list, width: int | None = None):
+    """Every memory read and write and every add of the pipeline on one frame, as the profiler's
+    :class:`edgespike.rtl.cycles.Accesses` record: RAMs named ``<conv>.linebuf`` / ``.weights`` / ``.params``
+    with their word width and depth (line buffers sized for rows of ``width`` input pixels, default the
+    frame's), adds summed over layers (``synaptic``: spikes x lanes; ``accumulate``: adder-tree results added to
+    a membrane; ``bias``; ``sar``). ``add_bits`` is the widest membrane. The counts are those the simulation's
+    RAM enables give (``tests/test_rtl_bitplane.py``)."""
+    from edgespike.rtl.cycles import Accesses
+
+    acc = Accesses()
+    bits = 0
+    w_in = codes[0].shape[2] if width is None else width
+    for spec, q, fold in zip(specs, codes, folds, strict=True):
+        fold = (tuple(fold) + (1, 1))[:3] if isinstance(fold, tuple) else (fold, 1, 1)
+        cost = spec.cost(q, *fold)
+        for name, (wd, dp) in memories(spec, w_in, *fold).items():
+            acc.rams[f"{spec.conv.name}.{name}"] = {"reads": cost.reads.get(name, 0),
+                                                   "writes": cost.writes.get(name, 0), "width": wd, "depth": dp}
+        for k, v in cost.adds.items():
+            acc.adds[k] = acc.adds.get(k, 0) + int(v)
+        bits = max(bits, spec_vbits(spec))
+        w_in = spec.out_size(1, w_in)[1]
+    acc.add_bits = bits
+    return acc
+
+
 def run_codes(specs: list[LayerSpec], x: np.ndarray) -> list[np.ndarray]:
     """Every layer's input codes for a padded uint8 frame ``x``, and the last layer's membranes (last item)."""
     codes = [x.astype(np.int64)[None]]
@@ -519,5 +545,6 @@ def decode(model: Model, pixels: np.ndarray, membrane: np.ndarray) -> np.ndarray
     return np.clip(y, 0, 255).astype(np.uint8)
 
 
-__all__ = ["PARTS", "LayerCost", "LayerSpec", "PipelineError", "PipelinePlan", "decode", "layer_specs", "memories",
+__all__ = ["PARTS", "LayerCost", "LayerSpec", "PipelineError", "PipelinePlan", "decode", "frame_accesses",
+           "layer_specs", "memories",
            "pipeline_cycles", "plan_pipeline", "ram_blocks", "receptive_radius", "residual_depth", "run_codes"]
