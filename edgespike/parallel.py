@@ -3,13 +3,12 @@
 Why the runtime owns both: numpy's OpenBLAS keeps its own worker threads, which busy-wait for a while after every
 call. When the kernel's OpenMP threads run next, those spinning workers take the cores the kernel needs: on a
 2-core machine a 256x256 frame ran 2.5x *slower* on 2 threads than on 1, and one read-out GEMM took 0.28 s
-instead of 0.01 s. So while a :class:`~edgespike.runtime.Runtime` runs a frame it sets its kernel's thread count
-and limits BLAS to **1 thread** for that time (restored afterwards; ``Runtime.blas_threads`` changes it). The
-runtime's GEMMs are skinny (a tap's ``[pixels x C_in] @ [C_in x C_out]`` with 64 or fewer output columns), and
-on the 2-core development machine a second OpenBLAS thread made every one of them slower: the read-out's
-``[16384 x 64] @ [64 x 36]`` 1.5 ms -> 16 ms, a 64-channel bit-plane layer's ``[76800 x 576] @ [576 x 64]``
-97 ms -> 112 ms, the numpy fallback's whole 256x256 frame 2.9 s -> 5.2 s (a machine shared with two training
-runs). The parallel work is the kernel's.
+instead of 0.01 s (issue 21's measurements). So while a :class:`~edgespike.runtime.Runtime` runs a frame it sets
+its kernel's thread count and limits BLAS to **1 thread** for that time (restored afterwards;
+``Runtime.blas_threads`` changes it). The
+runtime's GEMMs are skinny (a tap's ``[pixels x C_in] @ [C_in x C_out]`` with 64 or fewer output columns); on the
+2-core development machine a second OpenBLAS thread made each of them slower, 1.1x-4.1x (docs/BENCHMARKS.md,
+"Threads", ``tools/bench/threads.py --blas``). The parallel work is the kernel's.
 
 The setting: ``Runtime(threads=N)``, else ``EDGESPIKE_THREADS``, else the usable CPUs (at most 8); the CLI's
 ``--threads`` sets ``EDGESPIKE_THREADS``. BLAS is limited with threadpoolctl when it is installed (any BLAS

@@ -361,7 +361,8 @@ class Runtime:
         self.backend = "c" if self.kernels is not None else "numpy"
         self.threads = parallel.resolve(threads)
         # BLAS gets one thread: its GEMMs here are skinny (64 or fewer output columns), which a second OpenBLAS
-        # thread slowed 2-10x, and its busy-waiting workers take the kernel's cores (edgespike.parallel).
+        # thread slowed 1.1-4x (docs/BENCHMARKS.md, "Threads"), and its busy-waiting workers take the kernel's
+        # cores (edgespike.parallel).
         self.blas_threads = 1
         if self.kernels is not None:
             parallel.check_wait_policy(self.threads)

@@ -72,11 +72,11 @@ def set_blas_threads(n: int) -> bool:
 class SnnRunner:
     """The SNN executor: the fast bit-exact runtime, returning the output and the spikes per node per step."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, threads: int | None = None):
         from edgespike.runtime import Runtime
 
         self.model = model
-        self.rt = Runtime(model)
+        self.rt = Runtime(model, threads=threads)  # the same thread count as the ANN runtimes
         self.label = f"edgespike.runtime ({self.rt.backend})"
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
@@ -154,7 +154,7 @@ def profile(model: Model, opts: Options, model_label: str = "") -> dict:
     samples = list(data.samples(opts.eval_files, opts.sigma)) if opts.eval_files else []
     if not samples:
         raise UserError("no evaluation images: pass --eval set12 (or a folder)")
-    snn = SnnRunner(model)
+    snn = SnnRunner(model, opts.threads)
     runners: dict[str, object] = {"snn": snn}
     labels = {"snn": snn.label}
     quality: dict[str, dict] = {}
@@ -212,7 +212,7 @@ def profile(model: Model, opts: Options, model_label: str = "") -> dict:
     _say(opts, f"latency of snn at {w}x{h}")
     # a fresh runtime, like the ANNs: the one that scored the eval set keeps its buffers, and showed 0 MiB
     speed["snn"] = dataclasses.asdict(measure.latency(None, frame, opts.frames, opts.warmup,
-                                                      make=lambda: SnnRunner(model))[0])
+                                                      make=lambda: SnnRunner(model, opts.threads))[0])
     for name, make in makers.items():
         _say(opts, f"latency of {name} at {w}x{h}")
         lat, runners[name] = measure.latency(None, frame, opts.frames, opts.warmup, make=make)
@@ -269,7 +269,7 @@ def profile(model: Model, opts: Options, model_label: str = "") -> dict:
         sweep = []
         for T in opts.sweep:
             mT = with_timesteps(model, T)
-            runner = SnnRunner(mT)
+            runner = SnnRunner(mT, opts.threads)
             _say(opts, f"sweep T={T}")
             ps = [psnr(s.clean, runner(s.noisy)) for s in samples]
             _, spT = runner.run(frame)
