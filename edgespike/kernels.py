@@ -223,30 +223,36 @@ int conv_neuron(const uint8_t *x, int L, long x_step, int h, int w, int cs, int 
     return 0;
 }
 
-/* Bit-plane neuron (docs/SEMANTICS.md 5.5) on decoded membranes: q = clip(floor((v + bias) / theta), 0, levels),
-   in double: exact, because v and bias are integers below 2^53 and the floor of the correctly rounded quotient of
-   two such integers is their integer floor. v [n][co]: float (f64 = 0) or double (f64 = 1); q [n][co]: uint8
-   (levels < 256) or uint16. bits[b] counts the elements of rows p0..p1-1 (the strip's core) whose bit b is 1:
-   the spikes of step T-1-b. */
-void bitplane_quantise(const void *v, int f64, long n, int co, const double *bias, const double *theta,
-                       int levels, void *q, int threads, long p0, long p1, int64_t *bits) {
-    int nb = 0;
-    while ((1L << nb) <= levels) nb++;
-    int64_t hist[17] = {0};
-    #pragma omp parallel for schedule(static) num_threads(threads) reduction(+:hist[:17])
-    for (long i = 0; i < n; i++) {
-        int core = i >= p0 && i < p1;
-        for (int c = 0; c < co; c++) {
-            long e = i * co + c;
-            double x = (f64 ? ((const double *)v)[e] : (double)((const float *)v)[e]) + bias[c];
-            double f = floor(x / theta[c]);
-            int qi = f < 0 ? 0 : (f > levels ? levels : (int)f);
-            if (levels < 256) ((uint8_t *)q)[e] = (uint8_t)qi; else ((uint16_t *)q)[e] = (uint16_t)qi;
-            if (core)
-                for (int b = 0; b < nb; b++) hist[b] += (qi >> b) & 1;
+/* Bit-plane neuron (docs/SEMANTICS.md 5.5) on decoded membranes: q = clip(floor((v + bias) / theta), 0, levels).
+   v [n][co] holds integers as float (vt = 0), double (vt = 1) or int32 (vt = 2); q [n][co] is uint8 (levels < 256)
+   or uint16. Exact in double: v + bias is an integer below 2^53, the quotient estimated with a reciprocal is
+   corrected by one step where the remainder says so, and every product below is an exact integer. hist counts
+   the values of q in rows p0..p1-1 (the strip's core; levels < 256 only), from which the spikes per step follow. */
+void bitplane_quantise(const void *v, int vt, long n, int co, const double *bias, const double *theta,
+                       const double *inv, int levels, void *q, int threads, long p0, long p1, int64_t *hist) {
+    #pragma omp parallel num_threads(threads)
+    {
+        int64_t local[256] = {0};
+        #pragma omp for schedule(static)
+        for (long i = 0; i < n; i++) {
+            uint8_t *q8 = (uint8_t *)q + i * co;
+            uint16_t *q16 = (uint16_t *)q + i * co;
+            for (int c = 0; c < co; c++) {
+                long e = i * co + c;
+                double x = (vt == 0 ? (double)((const float *)v)[e]
+                            : vt == 1 ? ((const double *)v)[e] : (double)((const int32_t *)v)[e]) + bias[c];
+                double f = floor(x * inv[c]);
+                double r = x - f * theta[c];
+                f += (r >= theta[c]) - (r < 0);
+                f = f < 0 ? 0 : (f > levels ? levels : f);
+                if (levels < 256) q8[c] = (uint8_t)f; else q16[c] = (uint16_t)f;
+            }
+            if (levels < 256 && i >= p0 && i < p1)
+                for (int c = 0; c < co; c++) local[q8[c]]++;
         }
+        #pragma omp critical
+        for (int j = 0; j < 256; j++) hist[j] += local[j];
     }
-    for (int b = 0; b < nb; b++) bits[b] = hist[b];
 }
 
 /* Neuron update alone (currents computed elsewhere): cur [L][n][co] int32 (cur_step = 0 repeats one step),
@@ -685,23 +691,29 @@ def neuron(lib, cur: np.ndarray, neuron, v: np.ndarray, theta: np.ndarray, out: 
 
 def bitplane_quantise(lib, v: np.ndarray, bias: np.ndarray, theta: np.ndarray, T: int,
                       rows: tuple[int, int] | None = None):
-    """A bit-plane layer's output for decoded membranes ``v [h, w, C]`` (float32 or float64 holding exact
+    """A bit-plane layer's output for decoded membranes ``v [h, w, C]`` (float32, float64 or int32 holding exact
     integers): ``q = clip(floor((v + bias) / theta), 0, 2**T - 1)`` (uint8 for T <= 8, else uint16), and the
-    number of spikes of each step ``t`` (bit ``T-1-t`` of q) within rows ``rows`` (default all)."""
+    number of spikes of each step ``t`` (bit ``T-1-t`` of q) within rows ``rows`` (default all; T <= 8 only,
+    ``None`` otherwise)."""
     fn = lib.bitplane_quantise
     if fn.argtypes is None:
         P, I, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_long  # noqa: E741
         fn.restype = None
-        fn.argtypes = [P, I, L, I, P, P, I, P, I, L, L, P]
+        fn.argtypes = [P, I, L, I, P, P, P, I, P, I, L, L, P]
     v = np.ascontiguousarray(v)
-    if v.dtype not in (np.float32, np.float64):
+    kinds = {np.dtype(np.float32): 0, np.dtype(np.float64): 1, np.dtype(np.int32): 2}
+    if v.dtype not in kinds:
         v = v.astype(np.float64)
     h, w, co = v.shape
     q = np.empty(v.shape, np.uint8 if T <= 8 else np.uint16)
     b = np.ascontiguousarray(bias, dtype=np.float64)
     th = np.ascontiguousarray(theta, dtype=np.float64)
+    inv = 1.0 / th
     r0, r1 = rows if rows is not None else (0, h)
-    bits = np.zeros(17, np.int64)
-    fn(v.ctypes.data, int(v.dtype == np.float64), h * w, co, b.ctypes.data, th.ctypes.data, 2**T - 1, q.ctypes.data,
-       threads(v.size), r0 * w, r1 * w, bits.ctypes.data)
-    return q, bits[:T][::-1].copy()
+    hist = np.zeros(256, np.int64)
+    fn(v.ctypes.data, kinds[v.dtype], h * w, co, b.ctypes.data, th.ctypes.data, inv.ctypes.data, 2**T - 1,
+       q.ctypes.data, threads(v.size), r0 * w, r1 * w, hist.ctypes.data)
+    if T > 8:
+        return q, None
+    values = np.arange(256)
+    return q, np.array([int(hist[(values >> (T - 1 - t)) & 1 == 1].sum()) for t in range(T)], np.int64)

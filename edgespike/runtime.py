@@ -775,7 +775,7 @@ class Runtime:
             spk = self._buffer((a.shape[0], ho, wo, node.out_channels), np.uint8)
             kernels.conv_neuron(self.kernels, a, lut, node, None, v, np.ones(node.out_channels, np.int32), out=spk)
             self._release(spk)
-            return _Val(v[None].astype(np.int64), weighted=True)
+            return _Val(v[None], weighted=True)
         plan = self.plans[node.name]
         dt = _gemm_dtype(plan.bound)
         taps = plan.taps_for(False, dt)
@@ -791,12 +791,16 @@ class Runtime:
         """Section 5.5 of the semantics: decode, add the bias, quantise to T bits (the spikes, MSB first)."""
         T = self.T
         v = self._weighted_sum(src)
-        exact_float = v.dtype in (np.float32, np.float64)  # decoded GEMM output: integers, exact (proved bound)
-        if self.kernels is not None and exact_float:
+        # decoded GEMM output (integers, exact by the proved bound) or the spike path's int32 membranes
+        q = None
+        if self.kernels is not None and v.dtype in (np.float32, np.float64, np.int32):
             from edgespike import kernels
 
             q, bits = kernels.bitplane_quantise(self.kernels, v, node.bias, node.threshold, T, rows=(c0, c1))
-        else:
+            if bits is None:  # T > 8: count the bits of the core rows here
+                core = q[c0:c1]
+                bits = np.array([np.count_nonzero((core >> (T - 1 - t)) & 1) for t in range(T)], np.int64)
+        if q is None:
             # floor of a float64 quotient of integers below 2**53 is the integer floor (see the C kernel)
             vb = v.astype(np.float64) + node.bias
             q = np.clip(np.floor(vb / node.threshold), 0, 2**T - 1).astype(np.uint8 if T <= 8 else np.uint16)
