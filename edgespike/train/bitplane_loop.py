@@ -51,6 +51,7 @@ class Config:
     val_dir: str = str(SHARED / "data" / "set12")
     val_every: int = 1000
     ckpt_minutes: float = 3.0
+    stop_at: int = 0  # stop (with a checkpoint) once the current phase reaches this iteration; 0: never
 
     @property
     def ckpt_path(self) -> str:
@@ -179,9 +180,13 @@ def _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progr
                      state["seconds"] / 60, opt.param_groups[0]["lr"], loss_ema, -10 * math.log10(loss_ema), val)
             bar.set_postfix(val=f"{val:.2f}")
             t_last = time.monotonic()  # validation time is not training time
-        if now - last_save > cfg.ckpt_minutes * 60 or state["it"] == iters:
+        stop = cfg.stop_at and state["it"] >= cfg.stop_at
+        if now - last_save > cfg.ckpt_minutes * 60 or state["it"] == iters or stop:
             _save_ckpt(cfg.ckpt_path, net, opt, cfg, state, sampler)
             last_save = time.monotonic()
+        if stop:
+            log.info("stopped at %s iteration %d (--stop-at); resume with --resume", phase, state["it"])
+            raise SystemExit(0)
     bar.close()
 
 
