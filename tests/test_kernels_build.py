@@ -300,9 +300,10 @@ def test_host_kernel_matches_the_reference_on_the_cross_cases():
 
 
 TARGETS = {
-    # name: (cross compiler, flags for the board's CPU, qemu-user, target library root)
+    # name: (cross compiler, flags for the board's CPU, qemu-user, target library root). One build per target: the
+    # -O3 build of the kernel takes 20-50 s (-mcpu=cortex-a76, the Pi 5, passed the same test; left out for time).
+    # armhf runs where its cross compiler is installed (CI installs only the aarch64 one).
     "aarch64-cortex-a72": ("aarch64-linux-gnu-gcc", ["-mcpu=cortex-a72"], "qemu-aarch64", "/usr/aarch64-linux-gnu"),
-    "aarch64-cortex-a76": ("aarch64-linux-gnu-gcc", ["-mcpu=cortex-a76"], "qemu-aarch64", "/usr/aarch64-linux-gnu"),
     "armhf-cortex-a72": ("arm-linux-gnueabihf-gcc", ["-mcpu=cortex-a72", "-mfpu=neon-fp-armv8", "-mfloat-abi=hard"],
                          "qemu-arm", "/usr/arm-linux-gnueabihf"),
 }
