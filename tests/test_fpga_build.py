@@ -140,11 +140,17 @@ def test_ulx3s_top_runs_the_accelerator_from_the_pll(small_model, tmp_path):
     assert "12500000" in lpf or "12.5" in lpf  # nextpnr checks Fmax against the PLL output
 
 
-def test_a_tile_without_core_is_refused(small_model):
-    """Two 3x3 layers have a 2-pixel halo: a 4x4 tile keeps nothing, 6x6 keeps a 2x2 core (issue 17)."""
+def test_a_tile_without_core_is_refused(small_model, tmp_path):
+    """Two 3x3 layers have a 2-pixel halo: a 4x4 tile keeps nothing of a larger frame, so a build refuses it before
+    any tool runs; 6x6 keeps a 2x2 core (issue 17). The plan itself still takes the 4x4 tile (tile-by-tile use)."""
+    from edgespike.fpga.build import check_core
     from edgespike.rtl.params import FitError
 
+    model, plan = load_plan(str(small_model), "ecp5-85f", (4, 4))
     with pytest.raises(FitError, match="no core inside this model's 2-pixel halo"):
-        load_plan(str(small_model), "ecp5-85f", (4, 4))
-    _, plan = load_plan(str(small_model), "ecp5-85f", (6, 6))
-    assert plan.halo == 2
+        check_core(model, plan)
+    with pytest.raises(FitError, match="no core"):
+        build("ulx3s-85f", str(small_model), str(tmp_path / "out"), tile=(4, 4))
+    assert not (tmp_path / "out").exists()
+    model, plan = load_plan(str(small_model), "ecp5-85f", (6, 6))
+    check_core(model, plan)

@@ -43,22 +43,30 @@ def load_plan(model_path: str | None, device: str, tile: tuple[int, int] | None 
     """
     from edgespike.fileformat import load
     from edgespike.models import resolve
-    from edgespike.rtl.params import FitError, plan
+    from edgespike.rtl.params import plan
 
     model = load(resolve(model_path))
     if tile is None:
         tile = DEFAULT_TILE.get(device, (16, 16))
     if lanes is None and device == "up5k":
         lanes = 1  # narrow membrane words: on the UP5K every 16 bits of width costs a RAM block
-    p = plan(model, device=device, tile=tile, lanes=lanes)
-    # A board cuts every frame larger than a tile into halo'd tiles: a tile whose core is empty computes nothing
-    # that is kept, so refuse it before a build or a run (issue 17: the fit check accepted such tiles).
-    least = 2 * p.halo + model.size_multiple
-    if min(p.tile) < least:
-        raise FitError(f"tile {p.tile[0]}x{p.tile[1]} leaves no core inside this model's {p.halo}-pixel halo on "
-                       f"{p.device.name}: the model needs tiles of at least {least}x{least} (a larger device, or "
-                       f"a model with a smaller receptive field)")
-    return model, p
+    return model, plan(model, device=device, tile=tile, lanes=lanes)
+
+
+def check_core(model, plan) -> None:
+    """Refuse a tile whose core is empty inside the model's halo (``FitError``, one line).
+
+    A board cuts every frame larger than a tile into halo'd tiles, and such a tile computes nothing that is kept:
+    :func:`build` and the ``fpga-sim`` backend refuse it before anything runs (issue 17: the fit check accepted
+    it). Talking to an accelerator tile by tile (``fpga serve-sim``, tests) may still use smaller tiles.
+    """
+    from edgespike.rtl.params import FitError
+
+    least = 2 * plan.halo + model.size_multiple
+    if min(plan.tile) < least:
+        raise FitError(f"tile {plan.tile[0]}x{plan.tile[1]} leaves no core inside this model's {plan.halo}-pixel "
+                       f"halo on {plan.device.name}: frames need tiles of at least {least}x{least} (a larger "
+                       f"device, or a model with a smaller receptive field)")
 
 
 @dataclass
@@ -262,6 +270,7 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
         raise UserError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
     info = BOARDS[board]
     model, plan = load_plan(model_path, info.device, tile, lanes)  # the pre-flight fit check
+    check_core(model, plan)
     env = _check_tools(info.family)
     platform = make_platform(board)
     clock_mhz = design_clock_hz(board, platform) / 1e6

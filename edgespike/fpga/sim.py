@@ -238,7 +238,8 @@ class SimBackend:
 
 def open_backend(model_path: str | None, device: str = "up5k", tile: tuple[int, int] = (16, 16)):
     """The ``fpga-sim`` backend of ``edgespike run`` (see :mod:`edgespike.live.backends`)."""
-    from edgespike.fpga.build import load_plan
+    from edgespike.fpga.build import check_core, load_plan
 
     model, plan = load_plan(model_path, device, tile)
+    check_core(model, plan)  # frames are cut into tiles: a tile must keep a core
     return SimBackend(model, plan)
