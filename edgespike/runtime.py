@@ -198,7 +198,29 @@ SMALL_GEMM = 72
 shifted adds, or im2col) beats k*k thin GEMMs."""
 
 
-def conv_nhwc(x: np.ndarray, taps: np.ndarray, stride: int) -> np.ndarray:
+_POOLS: dict[int, object] = {}
+
+
+def gemm(a: np.ndarray, b: np.ndarray, threads: int = 1) -> np.ndarray:
+    """``a @ b``, its rows split over ``threads`` Python threads (numpy releases the GIL in matmul), each GEMM on
+    one BLAS thread: the runtime's own parallelism for the large dense GEMMs of bit-plane layers, while BLAS is
+    held at one thread (:mod:`edgespike.parallel`)."""
+    n = a.shape[0]
+    if threads <= 1 or n < 8192:
+        return a @ b
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = _POOLS.get(threads)
+    if pool is None:
+        pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="edgespike-gemm")
+    out = np.empty((n, b.shape[1]), np.result_type(a, b))
+    bounds = np.linspace(0, n, threads + 1).astype(int)
+    list(pool.map(lambda i: np.matmul(a[bounds[i]:bounds[i + 1]], b, out=out[bounds[i]:bounds[i + 1]]),
+                  range(threads)))
+    return out
+
+
+def conv_nhwc(x: np.ndarray, taps: np.ndarray, stride: int, threads: int = 1) -> np.ndarray:
     """Zero-padded "same" convolution of ``x [L, h, w, C_in]`` with ``taps [k, k, C_in, C_out]``.
 
     Three exact GEMM forms, chosen by shape (no Winograd/FFT):
@@ -237,7 +259,7 @@ def conv_nhwc(x: np.ndarray, taps: np.ndarray, stride: int) -> np.ndarray:
         for i in range(k):
             for j in range(k):
                 cols[:, :, :, i, j] = xp[:, i:i + stride * ho:stride, j:j + stride * wo:stride]
-        return (cols.reshape(-1, k * k * cin) @ taps.reshape(k * k * cin, cout)).reshape(L, ho, wo, cout)
+        return gemm(cols.reshape(-1, k * k * cin), taps.reshape(k * k * cin, cout), threads).reshape(L, ho, wo, cout)
     if stride == 1:
         n = L * hp * wp
         flat = xp.reshape(n, cin)
@@ -736,7 +758,10 @@ class Runtime:
         dt = _gemm_dtype(plan.bound if src.const else plan.bound_weighted)
         taps = plan.taps_for(False, dt)
         a = src.arr[:1] if src.const else self._weighted_sum(src)[None]
-        out = conv_nhwc(a, taps, node.stride) if isinstance(node, Conv) else conv_transpose_nhwc(a, taps, node.padding)
+        if isinstance(node, Conv):
+            out = conv_nhwc(a, taps, node.stride, self.threads)
+        else:
+            out = conv_transpose_nhwc(a, taps, node.padding)
         if np.any(node.bias):  # exact in dt: the bound includes the bias (times 2**T - 1 in the weighted form)
             out += node.bias.astype(dt) * (1 if src.const else T1)
         if src.const:

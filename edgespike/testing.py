@@ -164,7 +164,9 @@ def _rand_model(draw_int, draw_bool, draw_choice, seed: int) -> Model:
         info[name] = (cout, lvl - 1, False)
         return name
 
-    bitplane = not mprn_model and draw_int(0, 2) > 0  # some models mix bit-plane and IF layers
+    # some models mix bit-plane and IF layers; not with the large biases of `big`, which decoded over 2**T - 1
+    # steps would need more than 32 bits (those models are refused by analyse(), not what this draws)
+    bitplane = not mprn_model and not big and draw_int(0, 2) > 0
 
     def neuron(src):
         c, lvl, _ = info[src]
