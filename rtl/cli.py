@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from edgespike.models import MODEL_HELP, resolve
+from edgespike.models import ACCELERATOR_MODEL, MODEL_HELP, resolve
 
 HELP = "simulate the accelerator on a frame tile (bit-exact check) or emit its Verilog"
 DESCRIPTION = """rtl sim: run one tile of a frame (the top-left corner: --sim-tile, default 4x4 or --tile if smaller)
@@ -51,7 +51,8 @@ def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="rtl_command", metavar="{sim,verilog}", required=True)
     for name in ("sim", "verilog"):
         q = sub.add_parser(name, help=SUB_HELP[name], description=SUB_DESCRIPTION[name])
-        q.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: s25)")
+        q.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: if-s25, IF layers: the accelerator has "
+                       "no bit-plane layers yet)")
         q.add_argument("--device", default="ecp5-85f", help="up5k, ecp5-85f or ecp5-25f (default ecp5-85f)")
         q.add_argument("--tile", type=_tile_arg, default=(64, 64), help="largest tile HxW, halo included "
                                                                        "(default 64x64)")
@@ -75,7 +76,7 @@ def _load(args):
     from edgespike.fileformat import load
     from edgespike.rtl.params import plan
 
-    model = load(resolve(args.model))
+    model = load(resolve(args.model or ACCELERATOR_MODEL))
     return plan(model, device=args.device, tile=args.tile, lanes=args.lanes)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edgespike.errors import UserError
 from edgespike.live.imageio import MAX_PIXELS_HELP, check_max_pixels
-from edgespike.models import MODEL_HELP, label, resolve, shipped_for
+from edgespike.models import ACCELERATOR_MODEL, MODEL_HELP, label, resolve, shipped_for
 from edgespike.parallel import add_threads_argument, apply_threads_argument
 from edgespike.progress import prepare_kernel
 
@@ -170,7 +170,7 @@ def run(args) -> int:
         # the accelerator runs rate-coded IF layers (bit-plane layers are not in its gateware yet), and
         # `edgespike fpga build` builds if-s25 by default: the read-out scale is gateware, so a board built for one
         # shipped model cannot load another's weights
-        model = "if-s25"
+        model = ACCELERATOR_MODEL
     else:
         model = shipped_for(args.noise, args.sigma) if is_demo else shipped_for(None)
     if args.backend == "cpu":

@@ -42,10 +42,10 @@ def load_plan(model_path: str | None, device: str, tile: tuple[int, int] | None 
     for a model the device cannot hold, and :class:`UserError` for a missing file.
     """
     from edgespike.fileformat import load
-    from edgespike.models import resolve
+    from edgespike.models import ACCELERATOR_MODEL, resolve
     from edgespike.rtl.params import plan
 
-    model = load(resolve(model_path))
+    model = load(resolve(model_path or ACCELERATOR_MODEL))
     if tile is None:
         tile = DEFAULT_TILE.get(device, (16, 16))
     if lanes is None and device == "up5k":

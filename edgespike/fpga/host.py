@@ -47,9 +47,9 @@ class BoardBackend:
     def __init__(self, model_path: str | None, port: str):
         from edgespike.fileformat import load
         from edgespike.firmware import Accelerator, LinkError
-        from edgespike.models import resolve
+        from edgespike.models import ACCELERATOR_MODEL, resolve
 
-        self.model = load(resolve(model_path))
+        self.model = load(resolve(model_path or ACCELERATOR_MODEL))
         name, baud = parse_port(port)
         try:
             self.acc = Accelerator(name, baud=baud)

@@ -16,6 +16,10 @@ DEFAULTS = {"s25": "if_s25.esnn", "blind": "if_blind.esnn", "if-s25": "if_s25.es
 """The shipped models by name: ``s25`` (Gaussian sigma 25) and ``blind`` (Gaussian sigma 0..55), the defaults;
 ``if-s25`` and ``if-blind``, the rate-coded IF networks (T = 8 spike counts) of the same shape."""
 
+ACCELERATOR_MODEL = "if-s25"
+"""What the hardware commands (``rtl``, ``fpga``, the fpga backends of ``run``) load without ``--model``: the
+accelerator's gateware runs rate-coded IF layers; bit-plane layers are not in it yet (issue 17)."""
+
 MODEL_HELP = ("model file, or a shipped model by name: s25 (Gaussian sigma 25), blind (sigma 0..55), "
               "if-s25 or if-blind (the rate-coded IF models)")
 """The ``--model`` help shared by every command (each adds its default)."""
