@@ -12,9 +12,11 @@ class ModelFileNotFound(UserError, FileNotFoundError):
 
 
 HERE = Path(__file__).parent
-DEFAULTS = {"s25": "if_s25.esnn", "blind": "if_blind.esnn", "if-s25": "if_s25.esnn", "if-blind": "if_blind.esnn"}
-"""The shipped models by name: ``s25`` (Gaussian sigma 25) and ``blind`` (Gaussian sigma 0..55), the defaults;
-``if-s25`` and ``if-blind``, the rate-coded IF networks (T = 8 spike counts) of the same shape."""
+DEFAULTS = {"s25": "default_s25.esnn", "blind": "default_blind.esnn", "if-s25": "if_s25.esnn",
+            "if-blind": "if_blind.esnn"}
+"""The shipped models by name: ``s25`` (Gaussian sigma 25) and ``blind`` (Gaussian sigma 0..55), the defaults, are
+bit-plane networks (T = 8 spikes carry 256 levels); ``if-s25`` and ``if-blind`` are the rate-coded IF networks
+(T = 8 spike counts) of the same shape, the defaults until 2026-12-05."""
 
 ACCELERATOR_MODEL = "if-s25"
 """What the hardware commands (``rtl``, ``fpga``, the fpga backends of ``run``) load without ``--model``: the
