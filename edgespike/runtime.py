@@ -188,10 +188,10 @@ class _ConvPlan:
 
 
 BITPLANE_PATHS = ("auto", "dense", "spikes")
-SPIKE_PATH_MAX_DENSITY = 0.0
-"""With ``bitplane_path="auto"``, a convolution into a bit-plane layer runs spike by spike when the fraction of its
-input pixels (over all planes) that carry at least one spike is below this; otherwise dense. Measured by
-``tools/bench/bitplane_paths.py`` (docs/BENCHMARKS.md)."""
+SPIKE_PATH_MAX_RATE = 0.15
+"""With ``bitplane_path="auto"``, a convolution into a bit-plane layer runs spike by spike when its input fires
+less than this many spikes per neuron per step; otherwise dense. ``tools/bench/bitplane.py`` measured the two paths
+about equal at 0.21 for the 64-channel 3x3 layers of the default model (docs/BENCHMARKS.md)."""
 
 SMALL_GEMM = 72
 """Below this many columns (k*k*C_out) or rows (k*k*C_in) of the weight matrix, one GEMM over all taps (with
@@ -340,7 +340,7 @@ class Runtime:
         How a convolution into a bit-plane layer runs: ``"dense"`` decodes its input planes and runs one integer
         GEMM; ``"spikes"`` convolves plane by plane, each plane a binary input (the compiled lookup-table kernel,
         which skips input pixels without a spike and empty planes), and shifts the results together; ``"auto"``
-        chooses per layer and strip from the number of spikes (:data:`SPIKE_PATH_MAX_DENSITY`). Same integers.
+        chooses per layer and strip from the number of spikes (:data:`SPIKE_PATH_MAX_RATE`). Same integers.
     strip_rows : int, optional
         Core rows per strip (rounded up to ``model.size_multiple``). Default: from ``max_strip_bytes``.
     max_strip_bytes : int
@@ -772,16 +772,14 @@ class Runtime:
     def _spike_path(self, node, src: _Val) -> bool:
         if self.bitplane_path != "auto":
             return self.bitplane_path == "spikes"
-        if self.kernels is None or not isinstance(node, Conv) or not src.binary:
+        # The kernel's work follows the spikes (groups of four channels with a spike); a GEMM's does not. It only
+        # wins for wide, sparse inputs: per-plane lookups do not pay for one input channel (the pixel) and the
+        # transposed read-out has no kernel.
+        if self.kernels is None or not isinstance(node, Conv) or not src.planes or src.arr.shape[-1] < 16:
             return False
-        # Density of input pixels with a spike in some channel, per plane: what the kernel cannot skip.
-        a = src.arr
-        if src.planes:
-            occupied = np.count_nonzero(a[0].any(axis=-1, keepdims=False) if a.shape[-1] > 1 else a[0])
-            planes = self.T * occupied  # upper bound: a non-zero pixel may still have empty planes
-        else:
-            planes = np.count_nonzero(a.any(axis=-1))
-        return planes < SPIKE_PATH_MAX_DENSITY * self.T * a.shape[1] * a.shape[2]
+        q = src.arr
+        rate = float(_popcount(q).sum(dtype=np.int64)) / (self.T * q.size)
+        return rate < SPIKE_PATH_MAX_RATE
 
     def _conv_planes(self, node, src: _Val) -> _Val:
         """The spike-driven path: one binary convolution per step (plane), combined by doubling (the UWD)."""

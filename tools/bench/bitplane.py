@@ -13,7 +13,7 @@ alike), medians over the rounds, ratios from the same run:
   (QDQ, int8 weights per channel and int8 activations, calibrated on noisy BSD400-like frames), same threads.
 
 The three bit-plane paths are asserted to give identical pixels. Per-layer times of ``dense`` and ``spikes`` are
-printed as well: they are what the ``auto`` threshold (``runtime.SPIKE_PATH_MAX_DENSITY``) is chosen from.
+printed as well: they are what the ``auto`` threshold (``runtime.SPIKE_PATH_MAX_RATE``) is chosen from.
 
 Usage::
 
