@@ -180,7 +180,7 @@ class BitPlaneDnCNN(nn.Module):
             Ws.append(W)
             Bs.append(B)
             us.append(u)
-        m, s = decoder_constants(float(us[-1][0]))
+        m, s = decoder_constants(float(us[-1][0].detach()))
         return BitPlaneIntegers(Ws, Bs, Ths, us, m, s)
 
     def qforward(self, pixels: torch.Tensor, ints: BitPlaneIntegers | None = None, return_V: bool = False,
