@@ -41,19 +41,17 @@ from torch import nn
 
 from edgespike.frames import pad_to_multiple
 
-WEIGHT_MAX = 127
-MULT_MAX = 2**31 - 1
-DOWN_KERNEL = 5  # first conv of a half-resolution body: 5x5, stride 2, padding 2
-UP_KERNEL, UP_PADDING = 6, 2  # its read-out: 6x6 transposed conv, stride 2, padding 2 (exactly doubles H, W)
-
-
-def ste(exact: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
-    """Forward ``exact``, backward the gradient of ``smooth`` (straight-through estimator)."""
-    return smooth + (exact - smooth).detach()
-
-
-def round_ste(x: torch.Tensor) -> torch.Tensor:
-    return ste(torch.round(x), x)
+# The shapes, the straight-through rounding and the integer decoder are those of the rate-coded network.
+from edgespike.train.qnet import (
+    DOWN_KERNEL,
+    UP_KERNEL,
+    UP_PADDING,
+    WEIGHT_MAX,
+    decode,
+    round_ste,
+    ste,
+)
+from edgespike.train.qnet import decoder_constants as _rate_decoder_constants
 
 
 @dataclass
@@ -266,20 +264,7 @@ def _check_int32(name: str, *arrays: np.ndarray) -> None:
 
 def decoder_constants(unit: float) -> tuple[int, int]:
     """``(m, s)`` with ``m / 2**s`` closest to ``255 * unit`` (pixels per read-out unit), ``m < 2**31``."""
-    target = 255.0 * unit
-    s = min(62, int(math.floor(math.log2(MULT_MAX / target))))
-    m = int(round(target * 2**s))
-    while m > MULT_MAX:
-        s -= 1
-        m = int(round(target * 2**s))
-    return max(m, 1), s
-
-
-def decode(V: torch.Tensor, pixels: torch.Tensor, m: int, s: int) -> torch.Tensor:
-    """The integer decoder: ``clip(x - ((m V + 2**(s-1)) >> s), 0, 255)`` in int64, for exact predictions."""
-    Vi = V.round().to(torch.int64)
-    r = (Vi * m + (1 << (s - 1))) >> s if s else Vi * m
-    return (pixels.round().to(torch.int64) - r).clamp(0, 255).to(torch.uint8)
+    return _rate_decoder_constants(unit, 1)  # the rate code's 255 q / T with T = 1: V is already the total
 
 
 @torch.no_grad()
