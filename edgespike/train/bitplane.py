@@ -43,11 +43,11 @@ from edgespike.frames import pad_to_multiple
 
 # The shapes, the straight-through rounding and the integer decoder are those of the rate-coded network.
 from edgespike.train.qnet import (
-    DOWN_KERNEL,
-    UP_KERNEL,
     UP_PADDING,
     WEIGHT_MAX,
     decode,
+    dncnn_conv,
+    dncnn_parameters,
     round_ste,
     ste,
 )
@@ -95,22 +95,7 @@ class BitPlaneDnCNN(nn.Module):
         if not 1 <= timesteps <= 16:
             raise ValueError("timesteps must be 1..16")
         self.depth, self.width, self.T, self.down = depth, width, timesteps, down
-        chans = [1] + [width] * (depth - 1) + [1]
-        self.weight = nn.ParameterList()
-        self.bias = nn.ParameterList()
-        for i in range(depth):
-            k = 3
-            if down and i == 0:
-                k = DOWN_KERNEL
-            elif down and i == depth - 1:
-                k = UP_KERNEL
-            # Every weight is stored [C_out, C_in, k, k] (the model file's layout, transposed conv included).
-            w = torch.empty(chans[i + 1], chans[i], k, k)
-            nn.init.kaiming_normal_(w, nonlinearity="relu")
-            self.weight.append(nn.Parameter(w))
-            self.bias.append(nn.Parameter(torch.zeros(chans[i + 1])))
-        with torch.no_grad():
-            self.weight[-1].mul_(0.1)
+        self.weight, self.bias = dncnn_parameters(depth, width, down)
         # log of the activation step s_l of each hidden layer (real units, pixels / 255); init_steps() sets them.
         self.log_step = nn.Parameter(torch.full((depth - 1,), math.log(1.0 / 255)))
 
@@ -126,11 +111,7 @@ class BitPlaneDnCNN(nn.Module):
 
     def conv(self, i: int, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
         """The linear map of layer ``i`` (a "same" conv; stride 2 / transposed for a half-resolution body)."""
-        if self.down and i == 0:
-            return F.conv2d(x, w, b, stride=2, padding=DOWN_KERNEL // 2)
-        if self.down and i == self.depth - 1:
-            return F.conv_transpose2d(x, w.transpose(0, 1), b, stride=2, padding=UP_PADDING)
-        return F.conv2d(x, w, b, padding=w.shape[-1] // 2)
+        return dncnn_conv(self.down, self.depth, i, x, w, b)
 
     # ------------------------------------------------------------------ float phase
     def float_forward(self, pixels: torch.Tensor, return_acts: bool = False):

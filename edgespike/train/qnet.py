@@ -75,6 +75,38 @@ class SpikeFn(torch.autograd.Function):
         return d, dtheta, None
 
 
+def dncnn_parameters(depth: int, width: int, down: bool) -> tuple[nn.ParameterList, nn.ParameterList]:
+    """Float weights (Kaiming, the read-out's scaled by 0.1) and zero biases of a DnCNN-shaped stack:
+    conv(1->C), (D-2) x conv(C->C), conv(C->1); with ``down``, the 5x5 stride-2 first and 6x6 transposed last."""
+    chans = [1] + [width] * (depth - 1) + [1]
+    weight, bias = nn.ParameterList(), nn.ParameterList()
+    for i in range(depth):
+        k = 3
+        if down and i == 0:
+            k = DOWN_KERNEL
+        elif down and i == depth - 1:
+            k = UP_KERNEL
+        # Every weight is stored [C_out, C_in, k, k] (the model file's layout, transposed conv included).
+        w = torch.empty(chans[i + 1], chans[i], k, k)
+        nn.init.kaiming_normal_(w, nonlinearity="relu")
+        weight.append(nn.Parameter(w))
+        bias.append(nn.Parameter(torch.zeros(chans[i + 1])))
+    with torch.no_grad():
+        weight[-1].mul_(0.1)
+    return weight, bias
+
+
+def dncnn_conv(down: bool, depth: int, i: int, x: torch.Tensor, w: torch.Tensor,
+               b: torch.Tensor | None = None) -> torch.Tensor:
+    """Layer ``i`` of a DnCNN-shaped stack: a "same" conv, or for a half-resolution body the stride-2 first conv
+    and the stride-2 transposed read-out (weights in the model file's ``[C_out, C_in, k, k]`` layout)."""
+    if down and i == 0:
+        return F.conv2d(x, w, b, stride=2, padding=DOWN_KERNEL // 2)
+    if down and i == depth - 1:
+        return F.conv_transpose2d(x, w.transpose(0, 1), b, stride=2, padding=UP_PADDING)
+    return F.conv2d(x, w, b, padding=w.shape[-1] // 2)
+
+
 @dataclass
 class Integers:
     """The integer tensors of one network (float tensors holding exact integers, with STE gradients)."""
@@ -113,24 +145,9 @@ class QSpikingDnCNN(nn.Module):
         if depth < 2:
             raise ValueError("depth must be >= 2")
         self.depth, self.width, self.T, self.down = depth, width, timesteps, down
-        chans = [1] + [width] * (depth - 1) + [1]
-        self.weight = nn.ParameterList()
-        self.bias = nn.ParameterList()
-        for i in range(depth):
-            k = 3
-            if down and i == 0:
-                k = DOWN_KERNEL
-            elif down and i == depth - 1:
-                k = UP_KERNEL
-            # Every weight is stored [C_out, C_in, k, k] (the model file's layout, transposed conv included).
-            w = torch.empty(chans[i + 1], chans[i], k, k)
-            nn.init.kaiming_normal_(w, nonlinearity="relu")
-            self.weight.append(nn.Parameter(w))
-            self.bias.append(nn.Parameter(torch.zeros(chans[i + 1])))
+        self.weight, self.bias = dncnn_parameters(depth, width, down)
         # Thresholds are real activation clip levels (image units); calibrate() sets them from data.
         self.theta = nn.Parameter(torch.ones(depth - 1))
-        with torch.no_grad():
-            self.weight[-1].mul_(0.1)
 
     @property
     def size_multiple(self) -> int:
@@ -139,11 +156,7 @@ class QSpikingDnCNN(nn.Module):
 
     def conv(self, i: int, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
         """The linear map of layer ``i`` (a "same" conv; stride 2 / transposed for a half-resolution body)."""
-        if self.down and i == 0:
-            return F.conv2d(x, w, b, stride=2, padding=DOWN_KERNEL // 2)
-        if self.down and i == self.depth - 1:
-            return F.conv_transpose2d(x, w.transpose(0, 1), b, stride=2, padding=UP_PADDING)
-        return F.conv2d(x, w, b, padding=w.shape[-1] // 2)
+        return dncnn_conv(self.down, self.depth, i, x, w, b)
 
     # ------------------------------------------------------------------ integers
     def integerise(self) -> Integers:
