@@ -4,6 +4,7 @@ in every executor; the file format keeps 1.0 files as they were."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from edgespike import fileformat, reference
 from edgespike.model import (
     BitPlaneNeuron,
     Conv,
+    ConvTranspose,
     Decoder,
     Encoder,
     Integrator,
@@ -27,8 +29,8 @@ from edgespike.testing import bitplane_dncnn
 from edgespike.twin import Twin
 from edgespike.validate import analyse
 
-MODELS = __import__("pathlib").Path(__file__).resolve().parents[1] / "edgespike" / "models"
-METHODS = __import__("pathlib").Path(__file__).resolve().parents[1] / "runs" / "methods"
+MODELS = Path(__file__).resolve().parents[1] / "edgespike" / "models"
+METHODS = Path(__file__).resolve().parents[1] / "runs" / "methods"
 
 
 def integer_ann(model: Model, frame: np.ndarray) -> np.ndarray:
@@ -43,7 +45,7 @@ def integer_ann(model: Model, frame: np.ndarray) -> np.ndarray:
     q = x[None] * (1 if model.encoder.kind == "uwe" else L)
     z = None
     for node in model.nodes:
-        if isinstance(node, Conv | __import__("edgespike.model").model.ConvTranspose):
+        if isinstance(node, Conv | ConvTranspose):
             W = node.weight.astype(np.int64)
             k = W.shape[2]
             if isinstance(node, Conv):
