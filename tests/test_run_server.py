@@ -155,16 +155,22 @@ def test_occupied_port_from_the_cli_is_one_line(tmp_path, capsys):
     assert err.strip().count("\n") == 0 and "is in use" in err
 
 
-def test_cli_preview_end_to_end(tmp_path):
-    """`edgespike run --serve 0` in its own process; urllib reads two frames, then SIGTERM ends it cleanly."""
+def start_preview(tmp_path) -> subprocess.Popen:
+    """`edgespike run --serve --serve-port 0` on a tiny model in its own process (its first stderr line names the
+    port)."""
     from test_run import tiny_model
 
     save(tiny_model(), tmp_path / "m.esnn")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("DISPLAY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "edgespike.cli", "run", "--model", "m.esnn", "--size", "32x24",
+    return subprocess.Popen([sys.executable, "-m", "edgespike.cli", "run", "--model", "m.esnn", "--size", "32x24",
                              "--fps", "30", "--serve", "--serve-port", "0", "-q"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_cli_preview_end_to_end(tmp_path):
+    """`edgespike run --serve 0` in its own process; urllib reads two frames, then SIGTERM ends it cleanly."""
+    proc = start_preview(tmp_path)
     try:
         line = proc.stderr.readline()  # "edgespike: preview at http://localhost:PORT/"
         m = re.search(r"localhost:(\d+)/", line)
@@ -323,14 +329,7 @@ def test_more_clients_than_the_limit_get_503_without_a_thread():
 
 def test_cli_preview_with_40_early_disconnects_prints_no_traceback(tmp_path):
     """`edgespike run --serve`: 40 clients reset their connection early; stderr holds the preview line only."""
-    from test_run import tiny_model
-
-    save(tiny_model(), tmp_path / "m.esnn")
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("DISPLAY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "edgespike.cli", "run", "--model", "m.esnn", "--size", "32x24",
-                             "--fps", "30", "--serve", "--serve-port", "0", "-q"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_preview(tmp_path)
     try:
         line = proc.stderr.readline()
         m = re.search(r"localhost:(\d+)/", line)
