@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -188,35 +189,76 @@ class _ConvPlan:
 
 
 BITPLANE_PATHS = ("auto", "dense", "spikes")
-SPIKE_PATH_MAX_RATE = 0.15
+SPIKE_PATH_MAX_RATE = 0.08
 """With ``bitplane_path="auto"``, a convolution into a bit-plane layer runs spike by spike when its input fires
-less than this many spikes per neuron per step; otherwise dense. ``tools/bench/bitplane.py`` measured the two paths
-about equal at 0.21 for the 64-channel 3x3 layers of the default model (docs/BENCHMARKS.md)."""
+less than this many spikes per neuron per step; otherwise dense. ``tools/bench/bitplane.py`` measured the 64-channel
+3x3 layers of the default model (input rates about 0.2) at 0.055 s dense and 0.09-0.10 s on the spike path at
+640x480 (docs/BENCHMARKS.md); the spike path's work falls more slowly than the rate (a group of four channels is
+visited when any of them fires), so the switch sits below the linear break-even (about 0.12)."""
 
 SMALL_GEMM = 72
 """Below this many columns (k*k*C_out) or rows (k*k*C_in) of the weight matrix, one GEMM over all taps (with
 shifted adds, or im2col) beats k*k thin GEMMs."""
 
 
+IM2COL_BLOCK_BYTES = 2 * 2**20
+"""Size of one block of im2col rows: the patch matrix of a whole layer (177 MB for a 64-channel 3x3 layer at
+320x240) would be written to memory and read back; blocks this size stay in cache and are reused (no page
+faults), and the blocks are what the runtime's threads share."""
+
 _POOLS: dict[int, object] = {}
+_LOCAL = threading.local()
 
 
-def gemm(a: np.ndarray, b: np.ndarray, threads: int = 1) -> np.ndarray:
-    """``a @ b``, its rows split over ``threads`` Python threads (numpy releases the GIL in matmul), each GEMM on
-    one BLAS thread: the runtime's own parallelism for the large dense GEMMs of bit-plane layers, while BLAS is
-    held at one thread (:mod:`edgespike.parallel`)."""
-    n = a.shape[0]
-    if threads <= 1 or n < 8192:
-        return a @ b
+def _pool(threads: int):
     from concurrent.futures import ThreadPoolExecutor
 
     pool = _POOLS.get(threads)
     if pool is None:
         pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="edgespike-gemm")
-    out = np.empty((n, b.shape[1]), np.result_type(a, b))
-    bounds = np.linspace(0, n, threads + 1).astype(int)
-    list(pool.map(lambda i: np.matmul(a[bounds[i]:bounds[i + 1]], b, out=out[bounds[i]:bounds[i + 1]]),
-                  range(threads)))
+    return pool
+
+
+def _scratch(nbytes: int) -> np.ndarray:
+    """This thread's reusable scratch buffer of at least ``nbytes`` bytes."""
+    buf = getattr(_LOCAL, "buf", None)
+    if buf is None or buf.nbytes < nbytes:
+        buf = _LOCAL.buf = np.empty(nbytes, np.uint8)
+    return buf
+
+
+def im2col_conv(xp: np.ndarray, taps: np.ndarray, stride: int, ho: int, wo: int, threads: int = 1) -> np.ndarray:
+    """Convolution of a zero-padded ``xp [L, hp, wp, C_in]`` as im2col GEMMs, a block of output rows at a time.
+
+    Each block gathers its ``k*k*C_in`` patch columns into a per-thread scratch buffer (the copy also casts to the
+    taps' dtype) and multiplies it with the ``[k*k*C_in, C_out]`` weight matrix straight into the output. The
+    blocks are spread over ``threads`` threads; every output row is computed by exactly one GEMM, so the result
+    does not depend on the block size or the thread count.
+    """
+    k = taps.shape[0]
+    L, cin, cout = xp.shape[0], xp.shape[3], taps.shape[3]
+    dt = taps.dtype
+    kkc = k * k * cin
+    wmat = taps.reshape(kkc, cout)
+    out = np.empty((L, ho, wo, cout), dt)
+    rows = max(1, IM2COL_BLOCK_BYTES // (wo * kkc * dt.itemsize))
+    blocks = [(step, r, min(r + rows, ho)) for step in range(L) for r in range(0, ho, rows)]
+
+    def run(block):
+        step, r0, r1 = block
+        n = r1 - r0
+        cols = _scratch(n * wo * kkc * dt.itemsize)[:n * wo * kkc * dt.itemsize].view(dt).reshape(n, wo, k, k, cin)
+        for i in range(k):
+            for j in range(k):
+                a = i + stride * r0
+                cols[:, :, i, j] = xp[step, a:a + stride * (n - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+        np.matmul(cols.reshape(n * wo, kkc), wmat, out=out[step, r0:r1].reshape(n * wo, cout))
+
+    if threads > 1 and len(blocks) > 1:
+        list(_pool(threads).map(run, blocks))
+    else:
+        for b in blocks:
+            run(b)
     return out
 
 
@@ -227,7 +269,8 @@ def conv_nhwc(x: np.ndarray, taps: np.ndarray, stride: int, threads: int = 1) ->
 
     * few outputs (read-out layers, ``k*k*C_out`` small): one GEMM against all taps at once, then the taps'
       columns are added at their shifts;
-    * few inputs (the direct-coded first layer, ``k*k*C_in`` small): im2col, one GEMM;
+    * few inputs (the direct-coded first layer, ``k*k*C_in`` small) or a single step (a decoded bit-plane
+      input): im2col, a block of output rows per GEMM (:func:`im2col_conv`), blocks spread over ``threads``;
     * otherwise one GEMM per tap on shifted row slices: the padded map is flattened and tap ``(i, j)`` is the
       slice shifted by ``i * W_pad + j``; outputs land on the padded grid and the pad rows/columns (which mix
       neighbouring rows and steps) are cropped. Stride 2 gathers each tap's strided window into one buffer.
@@ -242,6 +285,13 @@ def conv_nhwc(x: np.ndarray, taps: np.ndarray, stride: int, threads: int = 1) ->
     if k == 1:
         xs = np.ascontiguousarray(x[:, ::stride, ::stride], dtype=dt)
         return (xs.reshape(-1, cin) @ taps[0, 0]).reshape(L, ho, wo, cout)
+    if k * k * cout > SMALL_GEMM and (k * k * cin <= SMALL_GEMM or (stride == 1 and L == 1)):
+        # im2col: one GEMM with k*k*C_in terms per output runs near the BLAS peak, where k*k GEMMs of C_in terms
+        # each would write the output k*k times (a decoded bit-plane input is one step, L == 1). The padding stays
+        # in the input's dtype (bytes for decoded planes); the gather casts.
+        xp = np.zeros((L, hp, wp, cin), x.dtype)
+        xp[:, p:p + h, p:p + w] = x
+        return im2col_conv(xp, taps, stride, ho, wo, threads)
     xp = np.zeros((L, hp, wp, cin), dt)
     xp[:, p:p + h, p:p + w] = x
     if k * k * cout <= SMALL_GEMM:
@@ -252,14 +302,6 @@ def conv_nhwc(x: np.ndarray, taps: np.ndarray, stride: int, threads: int = 1) ->
             for j in range(k):
                 out += y[:, i:i + stride * ho:stride, j:j + stride * wo:stride, i * k + j]
         return out
-    if k * k * cin <= SMALL_GEMM or (stride == 1 and L == 1):
-        # im2col: one GEMM with k*k*C_in terms per output runs near the BLAS peak, where k*k GEMMs of C_in terms
-        # each would write the output k*k times (a decoded bit-plane input is one step, L == 1)
-        cols = np.empty((L, ho, wo, k, k, cin), dt)
-        for i in range(k):
-            for j in range(k):
-                cols[:, :, :, i, j] = xp[:, i:i + stride * ho:stride, j:j + stride * wo:stride]
-        return gemm(cols.reshape(-1, k * k * cin), taps.reshape(k * k * cin, cout), threads).reshape(L, ho, wo, cout)
     if stride == 1:
         n = L * hp * wp
         flat = xp.reshape(n, cin)
@@ -517,7 +559,7 @@ class Runtime:
                     if kk * C <= SMALL_GEMM:
                         cols = kk * C * px_in
                     elif kk * cin <= SMALL_GEMM or node.name in self.weighted:
-                        cols = kk * cin * px
+                        cols = 0  # im2col in blocks of IM2COL_BLOCK_BYTES per thread, whatever the strip
                     else:
                         cols = 2 * C * px
                     work = L * isz * (2 * px_in * cin + cols + C * px)
