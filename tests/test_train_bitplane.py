@@ -18,8 +18,9 @@ pytestmark = pytest.mark.skipif(not (SHARED / "data" / "bsd400").is_dir(), reaso
 
 
 def _config(tmp_path, **kw) -> Config:
-    return Config(depth=3, width=4, T=8, down=True, sigma="25", float_iters=3, qat_iters=3, batch=2, patch=16,
-                  out=str(tmp_path / "m.esnn"), val_every=1000, **kw)
+    kw = {"float_iters": 3, "qat_iters": 3, **kw}
+    return Config(depth=3, width=4, T=8, down=True, sigma="25", batch=2, patch=16, out=str(tmp_path / "m.esnn"),
+                  val_every=1000, **kw)
 
 
 def test_a_tiny_training_exports_a_model_every_executor_runs_identically(tmp_path):
@@ -48,3 +49,20 @@ def test_stop_and_resume_continues_the_same_run(tmp_path):
     a, b = net_from_ckpt(str(straight / "m.ckpt.pt")), net_from_ckpt(str(resumed / "m.ckpt.pt"))
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
+
+
+def test_the_spike_weight_trades_activations_for_spikes(tmp_path):
+    """--spike-weight adds the mean activation to the QAT loss: with a large weight the same run (same seed, same
+    patches) ends with fewer spikes on the validation images than without."""
+    torch.set_num_threads(1)
+    from edgespike.train.bitplane_loop import Validator
+
+    rates = []
+    for w in (0.0, 50.0):
+        d = tmp_path / f"w{w}"
+        d.mkdir()
+        net = train(_config(d, spike_weight=w, qat_iters=8), progress=False)
+        v = Validator(str(SHARED / "data" / "set12"))
+        v(net, "qat")
+        rates.append(v.spike_rate)
+    assert 0 < rates[1] < rates[0]

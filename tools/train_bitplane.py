@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     p.add_argument("--stop-at", type=int, default=0,
                    help="stop with a checkpoint when the current phase reaches this iteration (to change budgets "
                    "and --resume, reproducibly)")
+    p.add_argument("--spike-weight", type=float, default=0.0,
+                   help="QAT: weight of the mean activation in the loss, trading PSNR for fewer spikes (default 0)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
     cfg = Config(depth=a.depth, width=a.width, T=a.T, down=not a.full_resolution, sigma=a.sigma,
                  float_iters=a.float_iters, qat_iters=a.qat_iters, batch=a.batch, patch=a.patch, lr=a.lr,
                  qat_lr=a.qat_lr, seed=a.seed, out=a.out, init=a.init, val_every=a.val_every,
-                 stop_at=a.stop_at)
+                 stop_at=a.stop_at, spike_weight=a.spike_weight)
     logging.getLogger("edgespike.train").info("command: %s", " ".join(sys.argv))
     logging.getLogger("edgespike.train").info("config: %s", cfg)
     train(cfg, resume=a.resume, progress=not a.no_progress)

@@ -52,6 +52,7 @@ class Config:
     val_every: int = 1000
     ckpt_minutes: float = 3.0
     stop_at: int = 0  # stop (with a checkpoint) once the current phase reaches this iteration; 0: never
+    spike_weight: float = 0.0  # QAT: weight of the mean activation q / (2**T - 1) in the loss (fewer spikes)
 
     @property
     def ckpt_path(self) -> str:
@@ -64,25 +65,34 @@ def _cosine(lr: float, frac: float, floor: float = 0.01) -> float:
 
 
 class Validator:
-    """Mean PSNR on whole images (Set12 by default) with the evaluation noise protocol at sigma 25."""
+    """Mean PSNR on whole images (Set12 by default) with the evaluation noise protocol at sigma 25; in the QAT
+    phase also the integer network's spikes per neuron per step (``spike_rate``: the 1-bits of the hidden
+    activations over ``T``, what ``edgespike eval`` reports)."""
 
     def __init__(self, val_dir: str, sigma: float = 25.0):
         _, ims = load_dir(val_dir)
         self.clean = ims
         self.noisy = [noisy_frame(im, sigma, i) for i, im in enumerate(ims)]
+        self.spike_rate: float | None = None
 
     @torch.no_grad()
     def __call__(self, net: BitPlaneDnCNN, phase: str) -> float:
         ints = None if phase == "float" else net.integerise()
         scores = []
+        ones = neurons = 0
         for clean, noisy in zip(self.clean, self.noisy, strict=True):
             x = torch.from_numpy(noisy.astype(np.float32))[None, None]
             if ints is None:
                 out = (x - net.float_forward(x)).round().clamp(0, 255)[0, 0].to(torch.uint8).numpy()
             else:
-                V = net.qforward(x, ints, return_V=True)
+                V, qs = net.qforward(x, ints, return_V=True, return_q=True)
                 out = decode(V, x, ints.multiplier, ints.shift)[0, 0].numpy()
+                for q in qs:
+                    qi = q.to(torch.int64)
+                    ones += sum(int(((qi >> b) & 1).sum()) for b in range(net.T))
+                    neurons += q.numel()
             scores.append(psnr(out, clean))
+        self.spike_rate = ones / (neurons * net.T) if neurons else None
         return float(np.mean(scores))
 
 
@@ -143,7 +153,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> BitPlaneD
                 net.init_steps(torch.from_numpy(noisy.astype(np.float32))[:, None])
                 log.info("activation steps (x255): %s", np.round(net.log_step.detach().exp().numpy() * 255, 4)
                          .tolist())
-                log.info("qat starts at val %.2f dB", validator(net, "qat"))
+                log.info("qat starts at val %.2f dB, %.3f spikes per neuron per step", validator(net, "qat"),
+                         validator.spike_rate)
         _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progress)
     if cfg.qat_iters > 0:  # a float-only run is a pre-training stage: nothing integer to export yet
         export(net, cfg)
@@ -162,8 +173,15 @@ def _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progr
         clean, noisy = sampler.batch(cfg.batch)
         x = torch.from_numpy(noisy.astype(np.float32))[:, None]
         target = x - torch.from_numpy(clean.astype(np.float32))[:, None]
-        pred = net.float_forward(x) if phase == "float" else net.qforward(x)
+        if phase == "float":
+            pred, qs = net.float_forward(x), []
+        else:
+            pred, qs = net.qforward(x, return_q=True)
         loss = ((pred - target) / 255.0).pow(2).mean()
+        if phase == "qat" and cfg.spike_weight:
+            # A neuron's spikes are the 1-bits of its activation q: the mean of q is a smooth stand-in that
+            # pushes activations to zero (no spikes) and small values (few bits).
+            loss = loss + cfg.spike_weight * torch.stack([q.mean() for q in qs]).mean() / net.levels
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -176,8 +194,10 @@ def _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progr
         bar.update(1)
         if state["it"] % cfg.val_every == 0 or state["it"] == iters:
             val = validator(net, phase)
-            log.info("%s it %d  %.1f min  lr %.2e  loss %.3e (%.2f dB)  val %.2f dB", phase, state["it"],
-                     state["seconds"] / 60, opt.param_groups[0]["lr"], loss_ema, -10 * math.log10(loss_ema), val)
+            rate = "" if validator.spike_rate is None else f"  spikes {validator.spike_rate:.3f}"
+            log.info("%s it %d  %.1f min  lr %.2e  loss %.3e (%.2f dB)  val %.2f dB%s", phase, state["it"],
+                     state["seconds"] / 60, opt.param_groups[0]["lr"], loss_ema, -10 * math.log10(loss_ema), val,
+                     rate)
             bar.set_postfix(val=f"{val:.2f}")
             t_last = time.monotonic()  # validation time is not training time
         stop = cfg.stop_at and state["it"] >= cfg.stop_at
