@@ -228,28 +228,147 @@ int conv_neuron(const uint8_t *x, int L, long x_step, int h, int w, int cs, int 
    or uint16. Exact in double: v + bias is an integer below 2^53, the quotient estimated with a reciprocal is
    corrected by one step where the remainder says so, and every product below is an exact integer. hist counts
    the values of q in rows p0..p1-1 (the strip's core; levels < 256 only), from which the spikes per step follow. */
+INLINE void quantise_px(const void *v, int vt, long i, int co, const double *bias, const double *theta,
+                        const double *inv, int levels, void *q, long qi, int count, int64_t *local) {
+    uint8_t *q8 = (uint8_t *)q + qi * co;
+    uint16_t *q16 = (uint16_t *)q + qi * co;
+    for (int c = 0; c < co; c++) {
+        long e = i * co + c;
+        double x = (vt == 0 ? (double)((const float *)v)[e]
+                    : vt == 1 ? ((const double *)v)[e] : (double)((const int32_t *)v)[e]) + bias[c];
+        double f = floor(x * inv[c]);
+        double r = x - f * theta[c];
+        f += (r >= theta[c]) - (r < 0);
+        f = f < 0 ? 0 : (f > levels ? levels : f);
+        if (levels < 256) q8[c] = (uint8_t)f; else q16[c] = (uint16_t)f;
+    }
+    if (levels < 256 && count)
+        for (int c = 0; c < co; c++) local[q8[c]]++;
+}
+
 void bitplane_quantise(const void *v, int vt, long n, int co, const double *bias, const double *theta,
                        const double *inv, int levels, void *q, int threads, long p0, long p1, int64_t *hist) {
     #pragma omp parallel num_threads(threads)
     {
         int64_t local[256] = {0};
         #pragma omp for schedule(static)
-        for (long i = 0; i < n; i++) {
-            uint8_t *q8 = (uint8_t *)q + i * co;
-            uint16_t *q16 = (uint16_t *)q + i * co;
-            for (int c = 0; c < co; c++) {
-                long e = i * co + c;
-                double x = (vt == 0 ? (double)((const float *)v)[e]
-                            : vt == 1 ? ((const double *)v)[e] : (double)((const int32_t *)v)[e]) + bias[c];
-                double f = floor(x * inv[c]);
-                double r = x - f * theta[c];
-                f += (r >= theta[c]) - (r < 0);
-                f = f < 0 ? 0 : (f > levels ? levels : f);
-                if (levels < 256) q8[c] = (uint8_t)f; else q16[c] = (uint16_t)f;
-            }
-            if (levels < 256 && i >= p0 && i < p1)
-                for (int c = 0; c < co; c++) local[q8[c]]++;
+        for (long i = 0; i < n; i++)
+            quantise_px(v, vt, i, co, bias, theta, inv, levels, q, i, i >= p0 && i < p1, local);
+        #pragma omp critical
+        for (int j = 0; j < 256; j++) hist[j] += local[j];
+    }
+}
+
+/* Exact integer convolution of a decoded bit-plane input (the dense path of a bit-plane layer):
+   out[oy][ox][c] = bias[c] + sum_{i,j,ci} x[oy*st+i][ox*st+j][ci] * w[i][j][ci][c], in int32.
+   xp: the zero-padded input [hp][wp][cin] as int16 (activations q < 2^15), plus 2 spare elements at the end.
+   wpk: per tap row i the k*cin weights of that row (j major, then ci: the order of the input's memory) in
+   pairs, [k][kp][co][2] int16, kp = ceil(k*cin/2) (a missing last weight is 0). A pair of inputs times a pair
+   of weights is one pmaddwd lane; the rows of an output pixel's receptive field are contiguous runs of xp, so
+   no im2col copy is made. Exact: every partial sum is bounded by the proved |sum| < 2^31 (checked in Python),
+   and a pair's two products (|x| < 2^15, |w| <= 2^7) cannot overflow int32. */
+int conv_s16_fast(void) {
+#ifdef __AVX2__
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+INLINE void conv_s16_px(const int16_t *xp, int wp, int cin, const int16_t *wpk, int k, int st, int oy, int ox,
+                        int c_lo, int co, int kp, const int32_t *bias, int32_t *o) {
+    long rowpairs = (long)kp * co * 2;
+    for (int c = c_lo; c < co; c++) {
+        int32_t s = bias[c];
+        for (int i = 0; i < k; i++) {
+            const int16_t *a = xp + ((long)(oy * st + i) * wp + (long)ox * st) * cin;
+            const int16_t *b = wpk + i * rowpairs + 2 * c;
+            for (int m = 0; m < kp; m++)
+                s += (int32_t)a[2 * m] * b[(long)m * co * 2] + (int32_t)a[2 * m + 1] * b[(long)m * co * 2 + 1];
         }
+        o[c] = s;
+    }
+}
+
+#ifdef __AVX2__
+#include <immintrin.h>
+INLINE __m256i pair(const int16_t *a) {
+    int32_t v;
+    memcpy(&v, a, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* 4 output pixels x 16 channels: 8 accumulators; per input pair 4 broadcasts, 2 weight loads, 8 pmaddwd */
+INLINE void conv_s16_tile(const int16_t *xp, int wp, int cin, const int16_t *wpk, int k, int st, int oy, int ox,
+                          int c0, int co, int kp, const int32_t *bias, int32_t *orow) {
+    __m256i s00 = _mm256_setzero_si256(), s01 = s00, s10 = s00, s11 = s00, s20 = s00, s21 = s00, s30 = s00,
+            s31 = s00;
+    long ps = (long)st * cin, rowpairs = (long)kp * co * 2;
+    for (int i = 0; i < k; i++) {
+        const int16_t *a = xp + ((long)(oy * st + i) * wp + (long)ox * st) * cin;
+        const int16_t *b = wpk + i * rowpairs + 2 * c0;
+        for (int m = 0; m < kp; m++, a += 2, b += 2L * co) {
+            __m256i b0 = _mm256_loadu_si256((const __m256i *)b), b1 = _mm256_loadu_si256((const __m256i *)(b + 16));
+            __m256i x0 = pair(a), x1 = pair(a + ps), x2 = pair(a + 2 * ps), x3 = pair(a + 3 * ps);
+            s00 = _mm256_add_epi32(s00, _mm256_madd_epi16(x0, b0));
+            s01 = _mm256_add_epi32(s01, _mm256_madd_epi16(x0, b1));
+            s10 = _mm256_add_epi32(s10, _mm256_madd_epi16(x1, b0));
+            s11 = _mm256_add_epi32(s11, _mm256_madd_epi16(x1, b1));
+            s20 = _mm256_add_epi32(s20, _mm256_madd_epi16(x2, b0));
+            s21 = _mm256_add_epi32(s21, _mm256_madd_epi16(x2, b1));
+            s30 = _mm256_add_epi32(s30, _mm256_madd_epi16(x3, b0));
+            s31 = _mm256_add_epi32(s31, _mm256_madd_epi16(x3, b1));
+        }
+    }
+    __m256i bi0 = _mm256_loadu_si256((const __m256i *)(bias + c0));
+    __m256i bi1 = _mm256_loadu_si256((const __m256i *)(bias + c0 + 8));
+    int32_t *o = orow + (long)ox * co + c0;
+    _mm256_storeu_si256((__m256i *)o, _mm256_add_epi32(s00, bi0));
+    _mm256_storeu_si256((__m256i *)(o + 8), _mm256_add_epi32(s01, bi1));
+    _mm256_storeu_si256((__m256i *)(o + co), _mm256_add_epi32(s10, bi0));
+    _mm256_storeu_si256((__m256i *)(o + co + 8), _mm256_add_epi32(s11, bi1));
+    _mm256_storeu_si256((__m256i *)(o + 2 * co), _mm256_add_epi32(s20, bi0));
+    _mm256_storeu_si256((__m256i *)(o + 2 * co + 8), _mm256_add_epi32(s21, bi1));
+    _mm256_storeu_si256((__m256i *)(o + 3 * co), _mm256_add_epi32(s30, bi0));
+    _mm256_storeu_si256((__m256i *)(o + 3 * co + 8), _mm256_add_epi32(s31, bi1));
+}
+#endif
+
+/* out [ho][wo][co] int32; or, with q != NULL, the bit-plane neuron that follows applied to each row while it is
+   in cache (bitplane_quantise's arithmetic: q = clip(floor((row + qbias) / theta), 0, levels), hist over output
+   rows r0..r1-1) and out unused */
+void conv_s16(const int16_t *xp, int wp, int cin, const int16_t *wpk, int k, int st, int ho, int wo, int co,
+              const int32_t *bias, int32_t *out, int threads, const double *qbias, const double *theta,
+              const double *inv, int levels, void *q, int r0, int r1, int64_t *hist) {
+    int kp = (k * cin + 1) / 2;
+    #pragma omp parallel num_threads(threads)
+    {
+        int64_t local[256] = {0};
+        int32_t *rowbuf = q ? malloc((size_t)wo * co * sizeof(int32_t)) : NULL;
+        #pragma omp for schedule(dynamic, 1)
+        for (int oy = 0; oy < ho; oy++) {
+            int32_t *orow = q ? rowbuf : out + (long)oy * wo * co;
+            int ox = 0;
+#ifdef __AVX2__
+            int c16 = co & ~15;
+            if (c16) {
+                for (; ox + 4 <= wo; ox += 4) {
+                    for (int c0 = 0; c0 < c16; c0 += 16)
+                        conv_s16_tile(xp, wp, cin, wpk, k, st, oy, ox, c0, co, kp, bias, orow);
+                    for (int p = 0; p < 4 && c16 < co; p++)
+                        conv_s16_px(xp, wp, cin, wpk, k, st, oy, ox + p, c16, co, kp, bias,
+                                    orow + (long)(ox + p) * co);
+                }
+            }
+#endif
+            for (; ox < wo; ox++)
+                conv_s16_px(xp, wp, cin, wpk, k, st, oy, ox, 0, co, kp, bias, orow + (long)ox * co);
+            if (q)
+                for (int x = 0; x < wo; x++)
+                    quantise_px(orow, 2, x, co, qbias, theta, inv, levels, q, (long)oy * wo + x,
+                                oy >= r0 && oy < r1, local);
+        }
+        free(rowbuf);
         #pragma omp critical
         for (int j = 0; j < 256; j++) hist[j] += local[j];
     }
@@ -503,6 +622,10 @@ def _open(path: str):
     nf.argtypes = [P, ctypes.c_long, I, ctypes.c_long, I, P, P, I, I, P, I, ctypes.c_long, ctypes.c_long, P]
     lib.kernel_openmp.restype = ctypes.c_int
     lib.kernel_openmp.argtypes = []
+    lib.conv_s16_fast.restype = ctypes.c_int
+    lib.conv_s16_fast.argtypes = []
+    lib.conv_s16.restype = None
+    lib.conv_s16.argtypes = [P, I, I, P, I, I, I, I, I, P, P, I, P, P, P, I, P, I, I, P]
     return lib
 
 
@@ -687,6 +810,68 @@ def neuron(lib, cur: np.ndarray, neuron, v: np.ndarray, theta: np.ndarray, out: 
                int(neuron.leak_shift), int(neuron.reset == "hard"), spk.ctypes.data, threads(v.size),
                r0 * v.shape[1], r1 * v.shape[1], counts.ctypes.data)
     return spk, counts
+
+
+def pack_s16(weight: np.ndarray) -> np.ndarray:
+    """Weights ``[C_out, C_in, k, k]`` (int8 range) in the pairs :func:`conv_s16` reads: ``[k][kp][C_out][2]``
+    int16, per tap row its ``k * C_in`` weights in the input's memory order (column, then channel), zero-padded to
+    an even count."""
+    cout, cin, k, _ = weight.shape
+    kp = -(-(k * cin) // 2)
+    rows = np.zeros((k, 2 * kp, cout), np.int16)
+    rows[:, :k * cin] = weight.astype(np.int16).transpose(2, 3, 1, 0).reshape(k, k * cin, cout)
+    return np.ascontiguousarray(rows.reshape(k, kp, 2, cout).transpose(0, 1, 3, 2))
+
+
+def conv_s16(lib, x: np.ndarray, packed: np.ndarray, stride: int, bias: np.ndarray, neuron=None, T: int = 8,
+             rows: tuple[int, int] | None = None):
+    """Exact "same" convolution (zero padding ``k // 2``) of a non-negative integer input ``x [h, w, C_in]`` below
+    ``2**15`` (a decoded bit-plane activation) with :func:`pack_s16` weights, plus ``bias`` (int32): ``[ho, wo,
+    C_out]`` int32. The caller guarantees, from the proved bounds, that every partial sum fits int32. Fast only
+    where :func:`s16_fast` (AVX2); elsewhere the runtime uses BLAS instead.
+
+    With a :class:`~edgespike.model.BitPlaneNeuron` ``neuron``, returns instead what :func:`bitplane_quantise`
+    returns for the convolution's output (its ``T``-bit values and spikes per step in output rows ``rows``),
+    computed row by row while the row is in cache."""
+    h, w, cin = x.shape
+    k, _, cout, _ = packed.shape
+    p = k // 2
+    hp, wp = h + 2 * p, w + 2 * p
+    ho, wo = (hp - k) // stride + 1, (wp - k) // stride + 1
+    # two spare elements: the last pair of an odd row length reads one past the row (times a zero weight)
+    flat = np.zeros(hp * wp * cin + 2, np.int16)
+    flat[:-2].reshape(hp, wp, cin)[p:p + h, p:p + w] = x
+    b = np.ascontiguousarray(bias, dtype=np.int32)
+    hist = np.zeros(256, np.int64)
+    if neuron is None:
+        out = np.empty((ho, wo, cout), np.int32)
+        q = qb = th = inv = None
+        r0 = r1 = levels = 0
+    else:
+        out = None
+        q = np.empty((ho, wo, cout), np.uint8 if T <= 8 else np.uint16)
+        qb = np.ascontiguousarray(neuron.bias, dtype=np.float64)
+        th = np.ascontiguousarray(neuron.threshold, dtype=np.float64)
+        inv = 1.0 / th
+        r0, r1 = rows if rows is not None else (0, ho)
+        levels = 2**T - 1
+
+    def ptr(a):
+        return None if a is None else a.ctypes.data
+
+    lib.conv_s16(flat.ctypes.data, wp, cin, packed.ctypes.data, k, stride, ho, wo, cout, b.ctypes.data, ptr(out),
+                 threads(ho * wo * cout), ptr(qb), ptr(th), ptr(inv), levels, ptr(q), r0, r1, hist.ctypes.data)
+    if neuron is None:
+        return out
+    if T > 8:
+        return q, None
+    values = np.arange(256)
+    return q, np.array([int(hist[(values >> (T - 1 - t)) & 1 == 1].sum()) for t in range(T)], np.int64)
+
+
+def s16_fast(lib) -> bool:
+    """Whether :func:`conv_s16` was compiled with its vector path (AVX2)."""
+    return bool(lib.conv_s16_fast())
 
 
 def bitplane_quantise(lib, v: np.ndarray, bias: np.ndarray, theta: np.ndarray, T: int,

@@ -132,6 +132,7 @@ class _Val:
     pooled: bool = False  # the array is a runtime buffer: give it back after its last read
     weighted: bool = False
     planes: bool = False
+    rate: float | None = None  # planes: spikes per neuron per step, when the layer that made them counted them
 
 
 def _lv(rows: int, level: int) -> int:
@@ -179,6 +180,7 @@ class _ConvPlan:
         self.w_extra = w_extra
         self.bound_extra = _abs_partial_bound(node.weight if w_extra is None else w_extra, None, mag_x)
         self.taps = {}
+        self.packed_s16 = None  # weights in the pairs of kernels.conv_s16, packed on first use
 
     def taps_for(self, extra: bool, dtype) -> np.ndarray:
         key = (extra, np.dtype(dtype).str)
@@ -457,6 +459,9 @@ class Runtime:
                     self.summed.add(node.name)
                 if cons and all(_decodes_planes(c) for c in cons):
                     self.weighted.add(node.name)
+        # A convolution whose only reader is a bit-plane layer can hand the layer its quantised output directly
+        # (the integer kernel quantises each row while it is in cache), unless the membranes are read out.
+        self.quantised_by: dict[str, BitPlaneNeuron] = {}
         if self.kernels is not None:
             from edgespike import kernels
 
@@ -472,7 +477,13 @@ class Runtime:
         self.keep_v = {n.name for n in model.nodes if isinstance(n, Neuron)} if model.has_extra_step else {
             t.node for t in model.decoder.terms if t.quantity == "membrane"}
         self.halo = self._halo()
+        for name in self.weighted:
+            cons = self.consumers[name]
+            if (len(cons) == 1 and isinstance(cons[0], BitPlaneNeuron) and cons[0].name not in self.keep_v
+                    and name not in decoder_nodes):
+                self.quantised_by[name] = cons[0]
         self._lut_cache: dict = {}
+        self._s16_fast: bool | None = None  # kernels.s16_fast, asked once
         # Free lists of buffers by (shape, dtype), reused across layers, strips and frames (spikes and membranes
         # of kernel-run layers): allocating tens of MiB per layer costs page faults. A buffer returns to its list
         # when the value it holds has been read for the last time, so the working set stays a few layers.
@@ -664,7 +675,13 @@ class Runtime:
             if isinstance(node, (Conv, ConvTranspose)) and name in self.weighted:
                 src = vals[node.input]
                 self._count_ops(node, src, L, stats, c0, c1)
-                vals[name] = self._conv_weighted(node, src)
+                bp = self.quantised_by.get(name)
+                if bp is not None and self._integer_conv(node, src) and not self._spike_path(node, src):
+                    blvl = infos[bp.name].level
+                    vals[bp.name] = self._conv_bitplane(node, bp, src, state, stats, _lv(c0, blvl), _lv(c1, blvl))
+                    done.add(bp.name)
+                else:
+                    vals[name] = self._conv_weighted(node, src)
             elif isinstance(node, BitPlaneNeuron):
                 vals[name] = self._bitplane(node, vals[node.input], state, stats, _lv(c0, lvl), _lv(c1, lvl))
             elif isinstance(node, Integrator) and node.uwd:
@@ -796,6 +813,14 @@ class Runtime:
             return self._conv_planes(node, src)
         plan = self.plans[node.name]
         T1 = 2**self.T - 1
+        if self._integer_conv(node, src):
+            from edgespike import kernels
+
+            if plan.packed_s16 is None:
+                plan.packed_s16 = kernels.pack_s16(node.weight)
+            bias = node.bias.astype(np.int64) * T1  # in int32: the proved bound includes it
+            v = kernels.conv_s16(self.kernels, src.arr[0], plan.packed_s16, node.stride, bias.astype(np.int32))
+            return _Val(v[None], weighted=True)
         # A constant input (direct coding) is convolved once and scaled after, so the GEMM sees small values.
         dt = _gemm_dtype(plan.bound if src.const else plan.bound_weighted)
         taps = plan.taps_for(False, dt)
@@ -811,6 +836,19 @@ class Runtime:
             out = out.astype(np.float64 if plan.bound_weighted < F64_EXACT else np.int64) * T1
         return _Val(out, weighted=True)
 
+    def _integer_conv(self, node, src: _Val) -> bool:
+        """Whether the dense path runs in the compiled int16 kernel (:func:`edgespike.kernels.conv_s16`) instead
+        of a float BLAS GEMM: a convolution of decoded bit planes (activations below ``2**15``), every partial
+        sum proved to fit int32, and a kernel built with its vector path (AVX2; elsewhere BLAS is faster)."""
+        if self.kernels is None or not isinstance(node, Conv) or not src.planes or self.T > 15:
+            return False
+        if self._s16_fast is None:
+            from edgespike import kernels
+
+            self._s16_fast = kernels.s16_fast(self.kernels)
+        plan = self.plans[node.name]
+        return self._s16_fast and plan.bound_weighted < 2**31 and int(np.abs(node.weight).max(initial=0)) < 2**15
+
     def _spike_path(self, node, src: _Val) -> bool:
         if self.bitplane_path != "auto":
             return self.bitplane_path == "spikes"
@@ -819,8 +857,10 @@ class Runtime:
         # transposed read-out has no kernel.
         if self.kernels is None or not isinstance(node, Conv) or not src.planes or src.arr.shape[-1] < 16:
             return False
-        q = src.arr
-        rate = float(_popcount(q).sum(dtype=np.int64)) / (self.T * q.size)
+        rate = src.rate
+        if rate is None:
+            q = src.arr
+            rate = float(_popcount(q).sum(dtype=np.int64)) / (self.T * q.size)
         return rate < SPIKE_PATH_MAX_RATE
 
     def _conv_planes(self, node, src: _Val) -> _Val:
@@ -852,23 +892,42 @@ class Runtime:
         v += node.bias.astype(np.int64) * T1
         return _Val(v[None], weighted=True)
 
+    def _conv_bitplane(self, conv: Conv, node: BitPlaneNeuron, src: _Val, state, stats: Stats, c0: int,
+                       c1: int) -> _Val:
+        """A convolution of decoded bit planes and the bit-plane layer reading it, in one pass of the integer
+        kernel (exactly :meth:`_conv_weighted` then :meth:`_bitplane`)."""
+        from edgespike import kernels
+
+        plan = self.plans[conv.name]
+        if plan.packed_s16 is None:
+            plan.packed_s16 = kernels.pack_s16(conv.weight)
+        bias = (conv.bias.astype(np.int64) * (2**self.T - 1)).astype(np.int32)  # in the proved int32 bound
+        q, bits = kernels.conv_s16(self.kernels, src.arr[0], plan.packed_s16, conv.stride, bias, neuron=node,
+                                   T=self.T, rows=(c0, c1))
+        return self._bitplane_out(node, q, bits, None, state, stats, c0, c1)
+
     def _bitplane(self, node: BitPlaneNeuron, src: _Val, state, stats: Stats, c0: int, c1: int) -> _Val:
         """Section 5.5 of the semantics: decode, add the bias, quantise to T bits (the spikes, MSB first)."""
         T = self.T
         v = self._weighted_sum(src)
         # decoded GEMM output (integers, exact by the proved bound) or the spike path's int32 membranes
-        q = None
+        q = bits = None
         if self.kernels is not None and v.dtype in (np.float32, np.float64, np.int32):
             from edgespike import kernels
 
             q, bits = kernels.bitplane_quantise(self.kernels, v, node.bias, node.threshold, T, rows=(c0, c1))
-            if bits is None:  # T > 8: count the bits of the core rows here
-                core = q[c0:c1]
-                bits = np.array([np.count_nonzero((core >> (T - 1 - t)) & 1) for t in range(T)], np.int64)
         if q is None:
             # floor of a float64 quotient of integers below 2**53 is the integer floor (see the C kernel)
             vb = v.astype(np.float64) + node.bias
             q = np.clip(np.floor(vb / node.threshold), 0, 2**T - 1).astype(np.uint8 if T <= 8 else np.uint16)
+        return self._bitplane_out(node, q, bits, v, state, stats, c0, c1)
+
+    def _bitplane_out(self, node: BitPlaneNeuron, q: np.ndarray, bits, v, state, stats: Stats, c0: int,
+                      c1: int) -> _Val:
+        """Record a bit-plane layer's output ``q``: its spikes per step in the core rows (``bits``, counted here
+        when ``None``), the state the decoder reads, the value for the next layer."""
+        T = self.T
+        if bits is None:
             core = q[c0:c1]
             bits = np.array([np.count_nonzero((core >> (T - 1 - t)) & 1) for t in range(T)], np.int64)
         # The spikes of step t are bit T-1-t of q; the statistics count them in the strip's core rows.
@@ -882,7 +941,9 @@ class Runtime:
             st["uwd"] = q
         if node.name in self.need_count:
             st["count"] = _popcount(q)
-        return _Val(q[None], binary=True, weighted=True, planes=True)
+        core_size = q[c0:c1].size
+        rate = float(bits.sum()) / (T * core_size) if core_size else None
+        return _Val(q[None], binary=True, weighted=True, planes=True, rate=rate)
 
     def _neuron_state(self, node: Neuron, shape, state) -> dict:
         st = state.get(node.name)

@@ -187,3 +187,61 @@ def test_a_committed_1_0_file_still_gives_its_old_pixels(path, tmp_path):
     # re-saving a model without bit-plane layers writes the same 1.0 bytes
     fileformat.save(model, tmp_path / "again.esnn")
     assert (tmp_path / "again.esnn").read_bytes() == data
+
+
+def _kernel_or_skip():
+    from edgespike import kernels
+
+    lib = kernels.load()
+    if lib is None:
+        pytest.skip(f"no compiled kernel: {kernels.load_error()}")
+    return kernels, lib
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 13), w=st.integers(1, 21), cin=st.integers(1, 40), co=st.integers(1, 40),
+       k=st.sampled_from([1, 3, 5]), stride=st.sampled_from([1, 2]), T=st.integers(1, 12), seed=st.integers(0, 2**31))
+def test_the_integer_kernel_is_an_exact_convolution_and_quantiser(h, w, cin, co, k, stride, T, seed):
+    """kernels.conv_s16 (the dense path of bit-plane layers: int16 pairs, 4-pixel x 16-channel tiles and their
+    tails) equals an int64 convolution; fused with the bit-plane neuron it equals bitplane_quantise's output."""
+    kernels, lib = _kernel_or_skip()
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2**T, (h, w, cin)).astype(np.uint8 if T <= 8 else np.uint16)
+    weight = rng.integers(-128, 128, (co, cin, k, k)).astype(np.int8)
+    bias = rng.integers(-5000, 5000, co).astype(np.int32)
+    p = k // 2
+    xp = np.pad(x.astype(np.int64), ((p, p), (p, p), (0, 0)))
+    ho, wo = (h + 2 * p - k) // stride + 1, (w + 2 * p - k) // stride + 1
+    want = np.tile(bias.astype(np.int64), (ho, wo, 1))
+    for i in range(k):
+        for j in range(k):
+            win = xp[i:i + stride * ho:stride, j:j + stride * wo:stride]
+            want += win @ weight[:, :, i, j].astype(np.int64).T
+    packed = kernels.pack_s16(weight)
+    assert np.array_equal(kernels.conv_s16(lib, x, packed, stride, bias), want)
+    neuron = BitPlaneNeuron("bp", "c", rng.integers(1, 3000, co).astype(np.int32),
+                            rng.integers(-3000, 3000, co).astype(np.int32))
+    rows = (min(1, ho), ho)
+    q, bits = kernels.conv_s16(lib, x, packed, stride, bias, neuron=neuron, T=T, rows=rows)
+    q_want = np.clip(np.floor_divide(want + neuron.bias, neuron.threshold), 0, 2**T - 1)
+    assert np.array_equal(q, q_want)
+    if T <= 8:
+        core = q_want[rows[0]:rows[1]]
+        assert bits.tolist() == [int(((core >> (T - 1 - t)) & 1).sum()) for t in range(T)]
+
+
+@pytest.mark.parametrize("width", [16, 20, 37])
+def test_the_runtime_runs_wide_bitplane_layers_in_the_integer_kernel(width, monkeypatch):
+    """Layers of 16 channels and more take the kernel's vector tiles (and their channel tails); the result is
+    still the integer ANN, and the integer path did run."""
+    kernels, _ = _kernel_or_skip()
+    calls = []
+    real = kernels.conv_s16
+    monkeypatch.setattr(kernels, "conv_s16", lambda *a, **kw: calls.append(kw.get("neuron")) or real(*a, **kw))
+    model = bitplane_dncnn(4, width, 8, seed=width, down=True)
+    frame = np.random.default_rng(width).integers(0, 256, (29, 35), dtype=np.uint8)
+    out, _ = Runtime(model, bitplane_path="dense").denoise(frame)
+    assert np.array_equal(out, integer_ann(model, frame))
+    if not kernels.s16_fast(kernels.load()):
+        pytest.skip("the kernel has no vector path here (no AVX2): the runtime keeps BLAS")
+    assert any(n is not None for n in calls)  # fused with the bit-plane layer that reads it
