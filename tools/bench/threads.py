@@ -13,8 +13,8 @@ Contenders, for each model and frame size:
   all T steps at once (the steps stacked into the batch, as SpikingJelly's multi-step mode does), int64
   membranes, with ``torch.set_num_threads`` 1 and 2. Its output is asserted identical to the runtime's.
 
-Models: the IF model ``edgespike/models/if_s25.esnn`` and a bit-plane network of the shipped default's shape
-(``edgespike.testing.bitplane_dncnn(depth=8, width=64, T=8, down=True)``, or ``--bitplane FILE``).
+Models: the IF model ``edgespike/models/if_s25.esnn`` (the previous default) and the shipped bit-plane default
+``edgespike/models/default_s25.esnn`` (or ``--bitplane FILE``).
 
 Usage (the whole benchmark of docs/BENCHMARKS.md, "Threads")::
 
@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZES = ["256x256", "320x240", "640x480", "1280x720", "1920x1080"]
-MODELS = {"if": "edgespike/models/if_s25.esnn", "bitplane": "bitplane_dncnn(depth=8, width=64, T=8, down=True)"}
+MODELS = {"if": "edgespike/models/if_s25.esnn", "bitplane": "edgespike/models/default_s25.esnn"}
 
 
 # ------------------------------------------------------------------------------------------------ workers
@@ -69,13 +69,9 @@ def frame(size: str):
 def load_model(name: str, bitplane: str | None):
     from edgespike import fileformat
 
-    if name == "if":
-        return fileformat.load(ROOT / MODELS["if"])
-    if bitplane:
+    if name == "bitplane" and bitplane:
         return fileformat.load(bitplane)
-    from edgespike.testing import bitplane_dncnn
-
-    return bitplane_dncnn(depth=8, width=64, T=8, down=True)
+    return fileformat.load(ROOT / MODELS[name])
 
 
 def dense_torch(model, x):
@@ -280,7 +276,7 @@ def main(argv=None) -> int:
     ap.add_argument("--torch-sizes", default="256x256,640x480",
                     help="sizes at which the dense torch simulation also runs (default 256x256,640x480: larger "
                     "frames take it minutes)")
-    ap.add_argument("--bitplane", help="a bit-plane .esnn instead of bitplane_dncnn(8, 64, T=8, down=True)")
+    ap.add_argument("--bitplane", help=f"a bit-plane .esnn instead of {MODELS['bitplane']}")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--blas", action="store_true", help="only time numpy's BLAS on 1 and 2 threads for the "
                     "runtime's GEMM shapes")
