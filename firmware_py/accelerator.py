@@ -45,7 +45,7 @@ def structure_key(plan) -> int:
     """CRC-32 of what a bitstream fixes about a model: geometry, widths, neuron kinds, read-out, tile.
 
     Two models with the same key differ only in what a weight load replaces, so one can be loaded into a bitstream
-    built for the other. ``plan`` is an :class:`edgespike.rtl.params.Plan` (read by attribute only).
+    built for the other. ``plan`` is an :class:`edgespike.fpga.params.Plan` (read by attribute only).
     """
     parts = [repr([getattr(plan, k) for k in _PLAN_KEYS]),
              repr([(t.quantity, t.multiplier) for t in plan.terms])]
@@ -234,13 +234,13 @@ class Accelerator:
     def load_weights(self, model) -> P.Ident:
         """Send ``model``'s weights, biases and thresholds; the device then reports its fingerprint as its model.
 
-        Needs :mod:`edgespike.rtl.params` (the ``[hw]`` extra) to lay out the weight image as the gateware reads
+        Needs :mod:`edgespike.fpga.params` (the ``[hw]`` extra) to lay out the weight image as the gateware reads
         it. Refuses, with :class:`DeviceMismatch`, a model whose structure (layers, channels, widths, read-out)
         differs from the one the bitstream was built for.
         """
         ident = self.ident or self.check_versions()
         try:
-            from edgespike.rtl.params import FitError, plan
+            from edgespike.fpga.params import FitError, plan
         except ImportError:
             raise LinkError("loading weights needs edgespike.rtl: pip install 'edgespike[hw]'") from None
         try:

@@ -1,7 +1,7 @@
 """How a frame is cut into the accelerator's halo'd tiles, and what one tile returns.
 
-The board-side driver (:mod:`edgespike.firmware.accelerator`), the gateware simulation (:mod:`edgespike.rtl.sim`)
-and the cycle model (:mod:`edgespike.rtl.cycles`) cut frames the same way, with this module. It needs numpy only,
+The board-side driver (:mod:`edgespike.firmware.accelerator`), the gateware simulation (:mod:`edgespike.fpga.tilesim`)
+and the cycle model (:mod:`edgespike.fpga.cycles`) cut frames the same way, with this module. It needs numpy only,
 so the edge board runs it without Amaranth.
 """
 

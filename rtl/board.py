@@ -17,7 +17,7 @@ from amaranth.hdl import ClockDomain, Elaboratable, Module, Signal
 from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
-from edgespike.firmware import protocol as P
+from edgespike.rtl import protocol as P
 from edgespike.rtl.link import Link
 from edgespike.rtl.params import Plan
 from edgespike.rtl.pll import ECP5PLLDomain
@@ -102,7 +102,7 @@ class BoardInfo:
     """A board a bitstream can be built for."""
 
     name: str
-    device: str  # key of edgespike.rtl.params.DEVICES for the fit check
+    device: str  # key of edgespike.fpga.params.DEVICES for the fit check
     family: str  # ice40 or ecp5
     platform: str  # amaranth_boards module:class
     leds: tuple[str, ...]  # resource names for the four status outputs (fewer on small boards)

@@ -40,7 +40,7 @@ class Engine(wiring.Component):
     Parameters
     ----------
     plan : Plan
-        From :func:`edgespike.rtl.params.plan`.
+        From :func:`edgespike.fpga.params.plan`.
 
     Attributes
     ----------
@@ -150,7 +150,7 @@ class Engine(wiring.Component):
         m.submodules.mem = mem = SinglePortRAM(p.word_bits, p.mem_depth, init=[0] * p.mem_depth)
         m.submodules.wmem = wmem = SinglePortRAM(L * 8, p.weight_depth, init=p.weight_words())
         m.submodules.pmem = pmem = SinglePortRAM(PARAM_BITS, p.params_depth, init=p.param_words())
-        # handles for the simulation's access counters (edgespike.rtl.sim), no hardware of their own
+        # handles for the simulation's access counters (edgespike.fpga.tilesim), no hardware of their own
         self.rams = {"membranes": mem, "weights": wmem, "params": pmem}
         cfg = self._config(m)
         narrow = cfg["narrow"]

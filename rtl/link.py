@@ -1,7 +1,7 @@
 """The framed link in gateware: checks the host's frames, replays intact requests to the accelerator, frames replies.
 
-Frames, types, NAK reasons, the IDENT layout and the CRC are defined in :mod:`edgespike.firmware.protocol` (also
-the firmware's). A request's payload is written to a buffer while it arrives and only replayed to
+Frames, types, NAK reasons, the IDENT layout and the CRC are defined in :mod:`edgespike.rtl.protocol` (which the
+firmware re-exports). A request's payload is written to a buffer while it arrives and only replayed to
 :class:`~edgespike.rtl.top.Top` once its CRC matched, so a damaged frame never reaches the accelerator; the
 accelerator's reply is collected in a second buffer before it is framed, so a damaged RESULT can be sent again
 (same type and sequence number) without running the tile again.
@@ -23,7 +23,7 @@ from amaranth.lib import crc, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from edgespike.firmware import protocol as P
+from edgespike.rtl import protocol as P
 from edgespike.rtl.params import Plan
 from edgespike.rtl.top import CMD_TILE, CMD_WEIGHTS, PROTOCOL_VERSION, REPLY_TILE
 
@@ -37,20 +37,6 @@ _FP_AT, _STATE_AT = 8, 30  # byte offsets of the fingerprint and the weights sta
 def crc_processor() -> crc.Processor:
     """The link's CRC (CRC-16/CCITT-FALSE, the same as :func:`edgespike.firmware.protocol.crc16`)."""
     return crc.catalog.CRC16_CCITT_FALSE(data_width=8).create()
-
-
-def fingerprint(model) -> int:
-    """The model's identity the gateware reports: CRC-32 of its ``.esnn`` serialisation (see the firmware)."""
-    from edgespike.firmware.accelerator import model_fingerprint
-
-    return model_fingerprint(model)
-
-
-def device_key(plan: Plan) -> str:
-    """The fit-check key (``up5k``...) of the plan's device, reported by IDENT for the host's own plan."""
-    from edgespike.rtl.params import DEVICES
-
-    return next(k for k, d in DEVICES.items() if d.name == plan.device.name)
 
 
 class Link(wiring.Component):
@@ -86,8 +72,6 @@ class Link(wiring.Component):
 
     def __init__(self, plan: Plan, divisor: int, clock_hz: int = 0, timeout: int | None = None,
                  gateware_version: int = P.GATEWARE_VERSION, preloaded: bool = True):
-        from edgespike.firmware.accelerator import structure_key
-
         self.plan = plan
         self.pixels = plan.tile[0] * plan.tile[1]
         self.max_request = 2 + self.pixels
@@ -95,10 +79,10 @@ class Link(wiring.Component):
         self.weight_bytes = len(plan.weight_image())
         self.timeout = timeout if timeout is not None else 40 * 10 * divisor  # 40 byte times
         self.ident = P.Ident(P.LINK_VERSION, gateware_version, PROTOCOL_VERSION, P.CAP_LOAD_WEIGHTS,
-                             fingerprint(plan.model) if preloaded else 0, plan.tile, plan.halo, plan.timesteps,
+                             plan.fingerprint if preloaded else 0, plan.tile, plan.halo, plan.timesteps,
                              clock_hz, divisor, plan.lanes, plan.multiple, self.weight_bytes, self.pixels,
-                             P.WEIGHTS_BUILT_IN if preloaded else P.WEIGHTS_NONE, device_key(plan),
-                             structure_key(plan))
+                             P.WEIGHTS_BUILT_IN if preloaded else P.WEIGHTS_NONE, plan.device_key,
+                             plan.structure)
         super().__init__({"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8)), "rx_error": In(1),
                           "acc_tx": Out(stream.Signature(8)), "acc_rx": In(stream.Signature(8)),
                           "busy": Out(1), "nak": Out(1), "started": Out(1)})

@@ -1,7 +1,9 @@
 """The framed serial link between the board-side Python and the accelerator's gateware: constants, CRC, frames.
 
-This module is the single source of truth for the link: the gateware (:mod:`edgespike.rtl.link`) imports its
-constants from here, and it needs nothing but the standard library (it runs on the Raspberry Pi).
+This module is the single source of truth for the link: the gateware (:mod:`edgespike.rtl.link`) takes its
+constants from here, and the firmware re-exports it as :mod:`edgespike.firmware.protocol`. It sits beside the
+gateware (which imports nothing from the host side) and needs nothing but the standard library, so the firmware
+imports it on a Raspberry Pi without Amaranth.
 
 Frame, in both directions::
 
@@ -214,3 +216,7 @@ class Parser:
                 continue
             frames.append(Frame(body[0], body[1], body[HEADER_BYTES:]))
             del self.buf[:end]
+
+
+# what ``edgespike.firmware.protocol`` re-exports: every public name of this module
+__all__ = [name for name in dir() if not name.startswith("_") and name not in ("annotations", "dataclass", "struct")]

@@ -16,7 +16,7 @@ Per tile::
 
 Layer-major is exact: a layer at step t needs only the previous layer's spikes at step t and its own state,
 which is what the bitmaps and the membrane RAM hold. Everything is strictly sequential, so the cycle count is an
-exact closed form of the spike maps (:mod:`edgespike.rtl.cycles`; the tests check it against ``cycles``).
+exact closed form of the spike maps (:mod:`edgespike.fpga.cycles`; the tests check it against ``cycles``).
 
 ``wload`` (after a ``start_wload`` pulse) takes the weight image (:meth:`Plan.weight_image`) byte by byte and
 writes the engine's weight and params RAMs: the host loads or replaces the weights at run time.
@@ -43,7 +43,7 @@ class Sequencer(wiring.Component):
     Parameters
     ----------
     plan : Plan
-        From :func:`edgespike.rtl.params.plan` (already fit-checked).
+        From :func:`edgespike.fpga.params.plan` (already fit-checked).
 
     Attributes
     ----------
@@ -94,7 +94,7 @@ class Sequencer(wiring.Component):
                 bm = SinglePortRAM(L, p.bitmap_depth)
                 m.submodules[f"bitmap{b}"] = bm
                 bitmaps.append(bm)
-        # handles for the simulation's access counters (edgespike.rtl.sim), no hardware of their own
+        # handles for the simulation's access counters (edgespike.fpga.tilesim), no hardware of their own
         self.engine, self.rams = eng, {"pixels": pixmem} | {f"bitmap{b}": bm for b, bm in enumerate(bitmaps)}
 
         h, w = Signal(9), Signal(9)

@@ -20,8 +20,8 @@ pytest.importorskip("amaranth_boards")
 from edgespike.cli import main  # noqa: E402
 from edgespike.fileformat import save  # noqa: E402
 from edgespike.fpga.build import _fmax, _utilisation, _yosys_cells, build, load_plan  # noqa: E402
-from edgespike.rtl.cycles import frame_cost  # noqa: E402
-from edgespike.rtl.examples import chain_model  # noqa: E402
+from edgespike.fpga.cycles import frame_cost  # noqa: E402
+from edgespike.fpga.examples import chain_model  # noqa: E402
 
 pytestmark = pytest.mark.hw
 
@@ -144,7 +144,7 @@ def test_a_tile_without_core_is_refused(small_model, tmp_path):
     """Two 3x3 layers have a 2-pixel halo: a 4x4 tile keeps nothing of a larger frame, so a build refuses it before
     any tool runs; 6x6 keeps a 2x2 core (issue 17). The plan itself still takes the 4x4 tile (tile-by-tile use)."""
     from edgespike.fpga.build import check_core
-    from edgespike.rtl.params import FitError
+    from edgespike.fpga.params import FitError
 
     model, plan = load_plan(str(small_model), "ecp5-85f", (4, 4))
     with pytest.raises(FitError, match="no core inside this model's 2-pixel halo"):

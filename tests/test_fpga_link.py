@@ -17,10 +17,10 @@ serial = pytest.importorskip("serial")
 from edgespike import runtime  # noqa: E402
 from edgespike.firmware import Accelerator, DeviceMismatch, LinkError  # noqa: E402
 from edgespike.firmware import protocol as P  # noqa: E402
+from edgespike.fpga.cycles import tile_cost  # noqa: E402
+from edgespike.fpga.examples import chain_model, demo_image  # noqa: E402
+from edgespike.fpga.params import plan  # noqa: E402
 from edgespike.fpga.sim import Server  # noqa: E402
-from edgespike.rtl.cycles import tile_cost  # noqa: E402
-from edgespike.rtl.examples import chain_model, demo_image  # noqa: E402
-from edgespike.rtl.params import plan  # noqa: E402
 
 pytestmark = pytest.mark.hw
 

@@ -10,14 +10,14 @@ pytest.importorskip("amaranth")
 
 from edgespike.cli import main  # noqa: E402
 from edgespike.fileformat import save  # noqa: E402
+from edgespike.fpga.cycles import Accesses, frame_cost, tile_cost  # noqa: E402
+from edgespike.fpga.examples import demo_image, down_model  # noqa: E402
+from edgespike.fpga.params import plan  # noqa: E402
+from edgespike.fpga.tilesim import run_tile  # noqa: E402
 from edgespike.png import write_png  # noqa: E402
 from edgespike.profile import accel, sensors  # noqa: E402
 from edgespike.profile import memory as M  # noqa: E402
 from edgespike.profile.testmodels import random_dncnn  # noqa: E402
-from edgespike.rtl.cycles import Accesses, frame_cost, tile_cost  # noqa: E402
-from edgespike.rtl.examples import demo_image, down_model  # noqa: E402
-from edgespike.rtl.params import plan  # noqa: E402
-from edgespike.rtl.sim import run_tile  # noqa: E402
 
 
 def test_cycle_model_counts_equal_the_simulated_ram_enables():

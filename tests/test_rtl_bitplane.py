@@ -13,6 +13,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from edgespike import reference
+from edgespike.fpga.examples import demo_image
 from edgespike.fpga.pipeline import (
     LayerSpec,
     PipelineError,
@@ -27,7 +28,6 @@ from edgespike.fpga.pipeline import (
 )
 from edgespike.model import BitPlaneNeuron, Conv, ConvTranspose, Decoder, Encoder, Integrator, Model, ReadoutTerm
 from edgespike.rtl.bitplane import BitPlaneLayer
-from edgespike.rtl.examples import demo_image
 from edgespike.rtl.pipeline import LayerPipeline
 from edgespike.testing import bitplane_dncnn
 

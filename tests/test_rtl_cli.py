@@ -1,4 +1,4 @@
-"""``edgespike rtl sim`` / ``rtl verilog`` (implemented in ``edgespike.rtl.cli``) on a small model and image."""
+"""``edgespike rtl sim`` / ``rtl verilog`` (implemented in ``edgespike.fpga.cli``) on a small model and image."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 
 from edgespike.errors import UserError
 from edgespike.fileformat import save
+from edgespike.fpga import cli
+from edgespike.fpga.examples import chain_model, demo_image, down_model
+from edgespike.fpga.params import FitError
 from edgespike.png import write_png
-from edgespike.rtl import cli
-from edgespike.rtl.examples import chain_model, demo_image, down_model
-from edgespike.rtl.params import FitError
 
 pytestmark = pytest.mark.hw
 

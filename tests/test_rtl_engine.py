@@ -11,11 +11,11 @@ from amaranth.sim import Simulator
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
+from edgespike.fpga.params import plan
 from edgespike.model import Conv, ConvTranspose, Decoder, Encoder, Integrator, Model, Neuron, ReadoutTerm
 from edgespike.reference import conv2d, conv_transpose2d
 from edgespike.rtl.common import field_of
 from edgespike.rtl.engine import Engine
-from edgespike.rtl.params import plan
 
 pytestmark = pytest.mark.hw
 

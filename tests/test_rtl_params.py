@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgespike.fpga.examples import chain_model, down_model
+from edgespike.fpga.params import FitError, plan
 from edgespike.model import Add, Conv, Encoder, Neuron
-from edgespike.rtl.examples import chain_model, down_model
-from edgespike.rtl.params import FitError, plan
 from edgespike.validate import analyse, signed_bits
 
 pytestmark = pytest.mark.hw
@@ -38,7 +38,7 @@ def test_too_big_for_up5k_names_the_excess_and_fits_ecp5():
 
 
 def test_logic_excess_is_refused(monkeypatch):
-    from edgespike.rtl import params
+    from edgespike.fpga import params
 
     tiny = params.Device("tiny", 1000, 10_000, ((36, 512),), "DP16KD (18 kbit)")
     monkeypatch.setitem(params.DEVICES, "tiny", tiny)

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from edgespike import reference
 from edgespike.firmware.tiling import tiles
-from edgespike.rtl.cycles import frame_cost, tile_cost
-from edgespike.rtl.examples import chain_model, demo_image, down_model
-from edgespike.rtl.params import plan
-from edgespike.rtl.sim import Mismatch, check_tile, run_frame
+from edgespike.fpga.cycles import frame_cost, tile_cost
+from edgespike.fpga.examples import chain_model, demo_image, down_model
+from edgespike.fpga.params import plan
+from edgespike.fpga.tilesim import Mismatch, check_tile, run_frame
 
 pytestmark = pytest.mark.hw
 

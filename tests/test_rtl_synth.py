@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgespike.fpga.params import plan
+from edgespike.fpga.synth import MULTIPLIER_CELLS, synth_stats
 from edgespike.model import Conv, ConvTranspose, Decoder, Encoder, Model, Neuron, ReadoutTerm
 from edgespike.rtl.engine import Engine
-from edgespike.rtl.params import plan
-from edgespike.rtl.synth import MULTIPLIER_CELLS, synth_stats
 
 pytestmark = pytest.mark.hw
 

@@ -8,9 +8,9 @@ import pytest
 from amaranth.sim import Simulator
 
 from edgespike import reference
-from edgespike.rtl.cycles import tile_cost
-from edgespike.rtl.examples import chain_model, demo_image, down_model
-from edgespike.rtl.params import plan
+from edgespike.fpga.cycles import tile_cost
+from edgespike.fpga.examples import chain_model, demo_image, down_model
+from edgespike.fpga.params import plan
 from edgespike.rtl.top import Top
 
 pytestmark = pytest.mark.hw

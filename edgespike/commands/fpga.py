@@ -6,8 +6,8 @@ import sys
 
 from edgespike.errors import UserError
 from edgespike.firmware.protocol import DEFAULT_BAUD
+from edgespike.fpga.cli import _tile_arg  # the same HxW option as `edgespike rtl`
 from edgespike.models import MODEL_HELP
-from edgespike.rtl.cli import _tile_arg  # the same HxW option as `edgespike rtl`
 
 HELP = "build a bitstream for a board, or serve a simulated board on a TCP port"
 DESCRIPTION = """fpga build: check that the model fits the board's FPGA, synthesise, place and route, and pack a

@@ -1,5 +1,5 @@
 """``edgespike rtl``: simulate the Amaranth accelerator against the runtime (lives beside the gateware)."""
 
-from edgespike.rtl.cli import DESCRIPTION, HELP, add_arguments, run
+from edgespike.fpga.cli import DESCRIPTION, HELP, add_arguments, run
 
 __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]

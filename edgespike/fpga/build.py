@@ -1,6 +1,6 @@
 """Bitstreams for real boards with the open toolchain (amaranth-boards + YoWASP yosys/nextpnr, offline).
 
-:func:`build` runs the pre-flight fit check (:func:`edgespike.rtl.params.plan`, which refuses a model that does not
+:func:`build` runs the pre-flight fit check (:func:`edgespike.fpga.params.plan`, which refuses a model that does not
 fit the board's FPGA before anything is synthesised), writes the Amaranth build tree for
 :class:`~edgespike.rtl.board.BoardTop`, runs it stage by stage with a progress line, and reads the tools' logs into
 a :class:`BuildReport`: LUTs / logic cells, flip-flops, block RAM, SPRAM, DSPs, Fmax against the board clock, build
@@ -38,12 +38,12 @@ DEFAULT_TILE = {"up5k": (16, 16), "ecp5-85f": (64, 64), "ecp5-25f": (16, 16)}
 def load_plan(model_path: str | None, device: str, tile: tuple[int, int] | None = None, lanes: int | None = None):
     """The model at ``model_path`` (default: the shipped sigma-25 model) and its fit-checked plan for ``device``.
 
-    Raises :class:`edgespike.rtl.params.FitError` (a ``ModelError``: one line, what does not fit and by how much)
+    Raises :class:`edgespike.fpga.params.FitError` (a ``ModelError``: one line, what does not fit and by how much)
     for a model the device cannot hold, and :class:`UserError` for a missing file.
     """
     from edgespike.fileformat import load
+    from edgespike.fpga.params import plan
     from edgespike.models import ACCELERATOR_MODEL, resolve
-    from edgespike.rtl.params import plan
 
     model = load(resolve(model_path or ACCELERATOR_MODEL))
     if tile is None:
@@ -60,7 +60,7 @@ def check_core(model, plan) -> None:
     :func:`build` and the ``fpga-sim`` backend refuse it before anything runs (issue 17: the fit check accepted
     it). Talking to an accelerator tile by tile (``fpga serve-sim``, tests) may still use smaller tiles.
     """
-    from edgespike.rtl.params import FitError
+    from edgespike.fpga.params import FitError
 
     least = 2 * plan.halo + model.size_multiple
     if min(plan.tile) < least:
@@ -199,10 +199,10 @@ def parse_reports(report: BuildReport, build_dir: Path, family: str) -> BuildRep
 
 def throughput(model, plan, clock_mhz: float, fmax_mhz: float | None, baud: int, cpu: bool = True) -> dict:
     """Cycles of the bundled sample frame through the tiles (exact cycle model) and what they mean per second."""
+    from edgespike.fpga.cycles import frame_cost
     from edgespike.frames import check_frame
     from edgespike.models import sample_path
     from edgespike.png import read_png
-    from edgespike.rtl.cycles import frame_cost
 
     frame = check_frame(read_png(sample_path()))
     cost = frame_cost(plan, frame)
@@ -263,8 +263,8 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     cpu : bool
         Also time the CPU runtime on the bundled sample for the report.
     """
+    from edgespike.fpga.synth import RW_RAM_NAMES
     from edgespike.rtl.board import BOARDS, BoardTop, design_clock_hz, make_platform, uart_divisor
-    from edgespike.rtl.synth import RW_RAM_NAMES
 
     if board not in BOARDS:
         raise UserError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
@@ -282,7 +282,7 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
 
     overrides = {}
     if info.family == "ice40":
-        # as rtl/synth.py: yosys maps a memory to SPRAM only without initialiser, so the RAMs lose theirs, the
+        # as fpga/synth.py: yosys maps a memory to SPRAM only without initialiser, so the RAMs lose theirs, the
         # weights included (the board then refuses tiles until the host loads weights); ECP5 keeps its weights
         drops = " ".join(f"*.{n}/t:$meminit_v2" for n in RW_RAM_NAMES)
         overrides = {"script_after_read": f"hierarchy -top top; delete {drops}", "synth_opts": "-spram"}

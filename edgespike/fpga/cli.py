@@ -74,7 +74,7 @@ def add_arguments(p) -> None:
 
 def _load(args):
     from edgespike.fileformat import load
-    from edgespike.rtl.params import plan
+    from edgespike.fpga.params import plan
 
     model = load(resolve(args.model or ACCELERATOR_MODEL))
     return plan(model, device=args.device, tile=args.tile, lanes=args.lanes)
@@ -110,12 +110,12 @@ def run(args) -> int:
         return 0
 
     from edgespike.errors import UserError
+    from edgespike.fpga.cycles import frame_cost, tile_cost, tiles
+    from edgespike.fpga.tilesim import Mismatch, check_tile
     from edgespike.frames import check_frame, pad_to_multiple
     from edgespike.models import sample_path
     from edgespike.png import read_png
     from edgespike.progress import heartbeat
-    from edgespike.rtl.cycles import frame_cost, tile_cost, tiles
-    from edgespike.rtl.sim import Mismatch, check_tile
 
     frame = check_frame(read_png(args.image or sample_path()))
     frame = pad_to_multiple(frame, p.model.size_multiple)

@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgespike.firmware.tiling import tiles
+from edgespike.fpga.params import LayerParams, Plan
 from edgespike.model import Model
 from edgespike.reference import conv2d, conv_transpose2d, encode
-from edgespike.rtl.params import LayerParams, Plan
 
 RAMS = ("pixels", "membranes", "weights", "params", "bitmap0", "bitmap1")
 
@@ -77,7 +77,7 @@ class Accesses:
 
 def ram_shapes(plan: Plan) -> dict[str, tuple[int, int]]:
     """``{name: (width bits, depth words)}`` of the RAMs the design instantiates for ``plan``."""
-    from edgespike.rtl.params import PARAM_BITS
+    from edgespike.fpga.params import PARAM_BITS
 
     shapes = {"pixels": (8, 1 << (plan.ybits + plan.xbits)), "membranes": (plan.word_bits, plan.mem_depth),
               "weights": (plan.lanes * 8, plan.weight_depth), "params": (PARAM_BITS, plan.params_depth)}

@@ -284,12 +284,12 @@ def pipeline_cycles(specs: list[LayerSpec], codes: list[np.ndarray], folds: list
 
 def frame_accesses(specs: list[LayerSpec], codes: list[np.ndarray], folds: list, width: int | None = None):
     """Every memory read and write and every add of the pipeline on one frame, as the profiler's
-    :class:`edgespike.rtl.cycles.Accesses` record: RAMs named ``<conv>.linebuf`` / ``.weights`` / ``.params``
+    :class:`edgespike.fpga.cycles.Accesses` record: RAMs named ``<conv>.linebuf`` / ``.weights`` / ``.params``
     with their word width and depth (line buffers sized for rows of ``width`` input pixels, default the
     frame's), adds summed over layers (``synaptic``: spikes x lanes; ``accumulate``: adder-tree results added to
     a membrane; ``bias``; ``sar``). ``add_bits`` is the widest membrane. The counts are those the simulation's
     RAM enables give (``tests/test_rtl_bitplane.py``)."""
-    from edgespike.rtl.cycles import Accesses
+    from edgespike.fpga.cycles import Accesses
 
     acc = Accesses()
     bits = 0
@@ -331,7 +331,7 @@ def residual_depth(specs: list[LayerSpec], h: int, w: int) -> int:
     return (lag + 2) * w
 
 
-# Block RAM of each part: (width, depth) aspect ratios of one block, blocks, LUT4s (as rtl.params.DEVICES).
+# Block RAM of each part: (width, depth) aspect ratios of one block, blocks, LUT4s (as fpga.params.DEVICES).
 PARTS = {
     "up5k": ("iCE40UP5K", ((16, 256), (8, 512), (4, 1024), (2, 2048)), 30, 5280),
     "ecp5-85f": ("ECP5-85F", ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)), 208, 83640),

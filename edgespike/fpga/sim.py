@@ -20,8 +20,8 @@ import threading
 from amaranth.hdl import ResetInserter, Signal
 from amaranth.sim import Simulator
 
+from edgespike.fpga.params import Plan
 from edgespike.rtl.board import Board
-from edgespike.rtl.params import Plan
 
 DEFAULT_DIVISOR = 4  # clock cycles per bit in simulation: the smallest the UART takes
 

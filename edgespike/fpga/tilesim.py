@@ -2,7 +2,7 @@
 
 These are the entry points the tests and the ``edgespike rtl sim`` command use. The simulator is slow
 (1-4k cycles/s for the whole design here), so a frame is best simulated as one small tile, and whole frames
-are costed with :mod:`edgespike.rtl.cycles` instead.
+are costed with :mod:`edgespike.fpga.cycles` instead.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 from amaranth.sim import Simulator
 
 from edgespike.firmware.tiling import TileResult, tiles
-from edgespike.rtl.params import Plan
+from edgespike.fpga.params import Plan
 from edgespike.rtl.sequencer import Sequencer
 
 
@@ -21,7 +21,7 @@ def run_tile(plan: Plan, tile: np.ndarray, vcd: str | None = None, accesses: dic
     """Simulate the sequencer on one uint8 tile (at most ``plan.tile``); optionally write a VCD.
 
     ``accesses`` (a dict) receives ``{ram: {"reads", "writes"}}``: the cycles each RAM's read and write enables
-    were high during the run, LOAD included (what :class:`edgespike.rtl.cycles.Accesses` predicts). Sampling them
+    were high during the run, LOAD included (what :class:`edgespike.fpga.cycles.Accesses` predicts). Sampling them
     every cycle slows the simulation, so it is off unless asked for.
     """
     tile = np.asarray(tile, dtype=np.uint8)
@@ -100,7 +100,7 @@ def check_tile(plan: Plan, tile: np.ndarray, vcd_dir: str | None = None, vcd: st
     import os
 
     from edgespike import reference
-    from edgespike.rtl.cycles import tile_cost
+    from edgespike.fpga.cycles import tile_cost
 
     tile = np.asarray(tile, dtype=np.uint8)
     want, trace = reference.run(plan.model, tile, trace=True)

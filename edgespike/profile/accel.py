@@ -1,8 +1,8 @@
 """The accelerator's own energy per frame: its cycle model's counts of RAM reads and writes and of adds, times
 per-access energies of a stated memory model (:mod:`edgespike.profile.memory`) and Horowitz's adds.
 
-The counts come from :mod:`edgespike.rtl.cycles` (``FrameCost.accesses``, a plain
-:class:`~edgespike.rtl.cycles.Accesses` record per RAM and per frame, which the tests check against the RAMs'
+The counts come from :mod:`edgespike.fpga.cycles` (``FrameCost.accesses``, a plain
+:class:`~edgespike.fpga.cycles.Accesses` record per RAM and per frame, which the tests check against the RAMs'
 enables in the Amaranth simulation); any design that fills the same record (a future layer pipeline) is priced
 the same way. Each RAM is priced as one memory of ``depth`` words of ``width`` bits: a read or write moves one
 word. Adds are at the membrane width: one per synaptic update, three per lane of a fire word (threshold compare,
@@ -41,7 +41,7 @@ def energy(acc, memory_model: str | dict = "fpga-bram") -> dict:
 def plan_for(model: Model, tiles=TILES):
     """The first plan the model fits (smallest tile first, then ``DEVICES`` in order) whose tiles keep a core
     inside the model's halo; raises the last refusal."""
-    from edgespike.rtl.params import FitError, plan
+    from edgespike.fpga.params import FitError, plan
 
     err: Exception = FitError("no tile size tried")
     for tile in tiles:
@@ -61,7 +61,7 @@ def profile_entry(model: Model, frame: np.ndarray, tiles=TILES) -> dict:
     """The accelerator's counts and energy for ``frame`` under every memory model, or ``{"error": why}`` when
     the gateware cannot run the model (not installed, unsupported layers, does not fit any device)."""
     try:
-        from edgespike.rtl.cycles import frame_cost
+        from edgespike.fpga.cycles import frame_cost
     except ModuleNotFoundError as exc:
         return {"error": f"not estimated: {exc.name} is not installed (pip install 'edgespike[hw]')"}
     try:

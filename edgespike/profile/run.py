@@ -242,7 +242,7 @@ def profile(model: Model, opts: Options, model_label: str = "") -> dict:
     if opts.accelerator:
         from edgespike.profile import accel
 
-        _say(opts, "accelerator counts (edgespike.rtl.cycles over the frame's tiles)")
+        _say(opts, "accelerator counts (edgespike.fpga.cycles over the frame's tiles)")
         res["accelerator"] = accel.profile_entry(model, frame)
         res["accelerator"].update(lemaire_snn_pJ=est.total("snn"), lemaire_table=f"{opts.table} widths, "
                                   f"{res['estimates'][0]['memory']}")
@@ -374,7 +374,7 @@ def accelerator_lines(acc: dict | None) -> list[str]:
         return []
     if "error" in acc:
         return ["", f"accelerator: {acc['error']}"]
-    lines = ["", f"accelerator's own energy per frame ({acc['plan']}; counts from edgespike.rtl.cycles, "
+    lines = ["", f"accelerator's own energy per frame ({acc['plan']}; counts from edgespike.fpga.cycles, "
              f"{acc['tiles']} tiles, {acc['cycles']:.3g} cycles):"]
     for e in acc["energy"]:
         lines.append(f"  {fmt_energy(e['total_pJ']):>10}  memory model {e['memory']:<12}"
