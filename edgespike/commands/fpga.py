@@ -24,7 +24,8 @@ def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="fpga_command", metavar="{build,serve-sim}", required=True)
     b = sub.add_parser("build", help="bitstream + resource/Fmax/throughput report")
     b.add_argument("--board", required=True, help="icebreaker, ulx3s-85f or orangecrab")
-    b.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: if-s25)")
+    b.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: the shipped IF model that fits the board: "
+                   "if-s25 on the ulx3s-85f; none fits the icebreaker)")
     b.add_argument("--out", help="build directory (default build/fpga-BOARD)")
     b.add_argument("--tile", type=_tile_arg, help="largest tile HxW, halo included (default 16x16; 64x64 on ECP5-85F)")
     b.add_argument("--lanes", type=int, help="output channels per membrane word (default 1 on iCE40, else all)")
@@ -32,7 +33,8 @@ def add_arguments(p) -> None:
                    help=f"UART baud rate (default {DEFAULT_BAUD}; must divide the design clock within 3%%)")
     b.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
     s = sub.add_parser("serve-sim", help="a simulated board on a TCP port")
-    s.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: if-s25)")
+    s.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: the shipped IF model that fits "
+                   "--device: if-s25 on the ecp5-85f)")
     s.add_argument("--port", type=int, default=7007, help="TCP port on 127.0.0.1 (default 7007)")
     s.add_argument("--device", default="up5k", help="fit-check target: up5k, ecp5-85f or ecp5-25f (default up5k)")
     s.add_argument("--tile", type=_tile_arg, help="largest tile HxW (default 16x16)")

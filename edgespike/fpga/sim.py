@@ -236,10 +236,79 @@ class SimBackend:
         self.server.close()
 
 
-def open_backend(model_path: str | None, device: str = "up5k", tile: tuple[int, int] = (16, 16)):
-    """The ``fpga-sim`` backend of ``edgespike run`` (see :mod:`edgespike.live.backends`)."""
-    from edgespike.fpga.build import check_core, load_plan
+class PipelineSimBackend:
+    """``edgespike run --backend fpga-sim`` for a bit-plane model: each frame streamed through the layer pipeline
+    (:mod:`edgespike.rtl.pipeline`, built for the frame's size) in Amaranth's simulator.
 
-    model, plan = load_plan(model_path, device, tile)
-    check_core(model, plan)  # frames are cut into tiles: a tile must keep a core
-    return SimBackend(model, plan)
+    The pipeline has no framed link in front of it yet, so the frame goes into its stream port directly (no UART,
+    no firmware). Slow: a few hundred cycles per second of CPU for the default model, whose 64x64 frame is about
+    2.3 M cycles (hours); the cycle model's count for each frame is said before it starts.
+    """
+
+    name = "fpga-sim"
+
+    def __init__(self, model, note: str | None = None):
+        self.model = model
+        self.label = "fpga-sim (the layer pipeline in Amaranth's simulator, no link)"
+        self.note = note
+        self._built: dict = {}
+
+    def denoise(self, frame):
+        import sys
+        import time
+
+        import numpy as np
+
+        from edgespike.errors import UserError
+        from edgespike.fpga.pipesim import build_pipeline, expected_cycles, run_codes, simulate_pipeline
+        from edgespike.progress import heartbeat
+
+        h, w = frame.shape
+        mult = self.model.size_multiple
+        if h % mult or w % mult:
+            raise UserError(f"fpga-sim: a {h}x{w} frame is not a multiple of {mult} (the model halves the "
+                            f"resolution); crop or resize it (--size)")
+        if (h, w) not in self._built:
+            self._built[(h, w)] = build_pipeline(self.model, h, w)
+        dut, specs, folds = self._built[(h, w)]
+        x = np.ascontiguousarray(frame, dtype=np.uint8)
+        cycles = expected_cycles(specs, run_codes(specs, x), folds)
+        print(f"fpga-sim: {h}x{w} frame through the layer pipeline: {cycles} cycles by the cycle model (Amaranth "
+              f"simulates a few hundred per second)", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        with heartbeat(f"fpga-sim: {h}x{w} frame", cycles / 300):
+            res = simulate_pipeline(dut, x, limit=2 * cycles + 1000)
+        return res.out, {"spikes": None, "cycles": res.cycles, "seconds": time.perf_counter() - t0}
+
+    def close(self) -> None:
+        self._built.clear()
+
+
+def open_backend(model_path: str | None, device: str | None = None, tile: tuple[int, int] | None = None):
+    """The ``fpga-sim`` backend of ``edgespike run`` (see :mod:`edgespike.live.backends`).
+
+    A bit-plane model (the default: the shipped model that fits the ECP5-85F, said on stderr) runs on the layer
+    pipeline; an IF model on the simulated board (shared engine, UART and link) with tiles for ``device``.
+    """
+    import sys
+
+    from edgespike.fileformat import load
+    from edgespike.fpga.build import check_core, load_plan
+    from edgespike.fpga.defaults import default_model
+    from edgespike.fpga.pipeline import PipelineError, layer_specs
+    from edgespike.models import resolve
+
+    note = None
+    if not model_path:
+        model_path, note = default_model(device or "ecp5-85f")
+        print(f"fpga-sim: {note}", file=sys.stderr, flush=True)
+    model = load(resolve(model_path))
+    try:
+        layer_specs(model)
+        backend = PipelineSimBackend(model, note)
+    except PipelineError:
+        model, plan = load_plan(model_path, device or "up5k", tile or (16, 16))
+        check_core(model, plan)  # frames are cut into tiles: a tile must keep a core
+        backend = SimBackend(model, plan)
+    backend.model_name = model_path  # for the run's label
+    return backend

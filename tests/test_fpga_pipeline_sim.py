@@ -1,0 +1,87 @@
+"""The layer pipeline from the command line and the ``fpga-sim`` backend: defaults and a whole small frame.
+
+``edgespike rtl sim`` without ``--model`` takes the shipped model that fits ``--device`` (the bit-plane ``s25`` on
+the ECP5-85F) and says so; a bit-plane model runs on the layer pipeline, a whole frame, compared with the CPU
+runtime. The default model itself is too slow to simulate in a test (about 15 k cycles for a 4x4 frame at a few
+hundred cycles per second of CPU): a small model of the same shape stands in for it here.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+pytest.importorskip("amaranth")
+
+from edgespike import runtime  # noqa: E402
+from edgespike.errors import UserError  # noqa: E402
+from edgespike.fileformat import save  # noqa: E402
+from edgespike.fpga import cli  # noqa: E402
+from edgespike.fpga.defaults import default_model  # noqa: E402
+from edgespike.fpga.examples import demo_image  # noqa: E402
+from edgespike.live.backends import open_backend  # noqa: E402
+from edgespike.png import write_png  # noqa: E402
+from edgespike.testing import bitplane_dncnn  # noqa: E402
+
+pytestmark = pytest.mark.hw
+
+
+def parse(argv):
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    return p.parse_args(argv)
+
+
+@pytest.fixture
+def small(tmp_path):
+    """A bit-plane model of the shipped shape (5x5 stride 2, 3x3 body, 6x6 transposed read-out), width 4."""
+    model = bitplane_dncnn(depth=3, width=4, T=8, down=True, seed=3)
+    model.decoder.shift = 15  # the random read-out scale would saturate most pixels
+    path = tmp_path / "bp.esnn"
+    save(model, path)
+    image = tmp_path / "i.png"
+    write_png(image, demo_image(12, 14, seed=5))
+    return model, str(path), str(image)
+
+
+def test_defaults_choose_the_model_that_fits_and_say_so(capsys):
+    assert default_model("ecp5-85f")[0] == "s25"
+    assert default_model("ecp5-85f", engine="shared")[0] == "if-s25"
+    with pytest.raises(UserError, match="no shipped model fits the iCE40UP5K"):
+        default_model("up5k")
+    model, pipelined = cli._load(parse(["sim"]))
+    assert pipelined and model.timesteps == 8
+    assert "model s25 (no --model given" in capsys.readouterr().out
+    model, pipelined = cli._load(parse(["sim", "--model", "if-s25"]))
+    assert not pipelined and capsys.readouterr().out == ""
+    with pytest.raises(UserError, match="no shipped model fits"):
+        cli.run(parse(["sim", "--device", "up5k"]))
+
+
+def test_rtl_sim_streams_a_whole_frame_through_the_layer_pipeline(small, capsys):
+    model, path, image = small
+    assert cli.run(parse(["sim", "--model", path, "--image", image, "--frame", "6x8"])) == 0
+    out = capsys.readouterr().out
+    assert "simulating a whole 6x8 frame" in out
+    assert "frame 6x8: equal to the CPU runtime (edgespike.runtime), pixel for pixel" in out
+    assert "equal to the cycle model's" in out and "DIFFERENT" not in out
+    with pytest.raises(UserError, match="--tile is for IF models"):
+        cli.run(parse(["sim", "--model", path, "--tile", "16x16"]))
+    with pytest.raises(UserError, match="multiple of 2"):
+        cli.run(parse(["sim", "--model", path, "--frame", "5x8"]))
+
+
+def test_fpga_sim_backend_runs_a_bitplane_model_on_the_pipeline(small):
+    model, path, _ = small
+    frame = demo_image(8, 10, seed=6)
+    backend = open_backend("fpga-sim", path)
+    try:
+        assert "layer pipeline" in backend.label
+        out, stats = backend.denoise(frame)
+    finally:
+        backend.close()
+    want = runtime.denoise(model, frame)
+    assert np.array_equal(out, want) and (want != frame).mean() > 0.5
+    assert stats["cycles"] > 0
