@@ -191,12 +191,12 @@ class _ConvPlan:
 
 
 BITPLANE_PATHS = ("auto", "dense", "spikes")
-SPIKE_PATH_MAX_RATE = 0.08
+SPIKE_PATH_MAX_RATE = 0.03
 """With ``bitplane_path="auto"``, a convolution into a bit-plane layer runs spike by spike when its input fires
 less than this many spikes per neuron per step; otherwise dense. ``tools/bench/bitplane.py`` measured the 64-channel
-3x3 layers of the default model (input rates about 0.2) at 0.055 s dense and 0.09-0.10 s on the spike path at
-640x480 (docs/BENCHMARKS.md); the spike path's work falls more slowly than the rate (a group of four channels is
-visited when any of them fires), so the switch sits below the linear break-even (about 0.12)."""
+3x3 layers of the default model at 640x480: the spike path took 0.089-0.107 s per layer for input rates from 0.12
+to 0.35 (its per-plane, per-pixel overhead dominates, so its time falls slowly with the rate), the dense integer
+kernel about 0.04 s (docs/BENCHMARKS.md). The spike path only pays for nearly silent inputs."""
 
 SMALL_GEMM = 72
 """Below this many columns (k*k*C_out) or rows (k*k*C_in) of the weight matrix, one GEMM over all taps (with
