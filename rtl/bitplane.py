@@ -136,6 +136,11 @@ class BitPlaneLayer(wiring.Component):
     lb_read, w_read, p_read, lb_write : Out(1)
         This cycle reads the line buffer, the weight RAM, the params RAM, writes the line buffer (for the access
         counts).
+    add_spikes : Out(group)
+        The spikes of the group the accumulator adds this cycle (0 when it adds nothing): each is one synaptic add
+        per lane, and a nonzero value one accumulate per lane (for the add counts; unused in a build).
+    bias_add, sar_step : Out(1)
+        This cycle adds the bias to every lane's membrane / makes one SAR step in every lane.
     """
 
     def __init__(self, weights, bias, theta, T: int, height: int, width: int, lanes: int, stride: int = 1,
@@ -170,6 +175,9 @@ class BitPlaneLayer(wiring.Component):
             "w_read": Out(1),
             "p_read": Out(1),
             "lb_write": Out(1),
+            "add_spikes": Out(group),
+            "bias_add": Out(1),
+            "sar_step": Out(1),
         })
 
     def elaborate(self, platform):
@@ -315,7 +323,10 @@ class BitPlaneLayer(wiring.Component):
             lb_w.addr.eq(Cat(wpart[:pbits], x_in, rows_in[:(slots - 1).bit_length()])),
             p_r.addr.eq(g),
             self.lb_read.eq(lb_r.en), self.w_read.eq(w_r.en), self.p_read.eq(p_r.en), self.lb_write.eq(lb_w.en),
+            self.add_spikes.eq(Mux(ev_valid, ev_bits, 0)), self.bias_add.eq(acc.bias_add),
         ]
+        if neuron:
+            m.d.comb += self.sar_step.eq(sar.step)
         for lane in range(L):
             m.d.comb += acc.bias[lane].eq(p_r.data[(vb + tb) * lane:][:vb].as_signed())
             if neuron:

@@ -23,9 +23,9 @@ from edgespike.fpga.pipeline import (
     pipeline_cycles,
     plan_pipeline,
     ram_blocks,
-    residual_depth,
     run_codes,
 )
+from edgespike.fpga.pipesim import build_pipeline, simulate_pipeline
 from edgespike.model import BitPlaneNeuron, Conv, ConvTranspose, Decoder, Encoder, Integrator, Model, ReadoutTerm
 from edgespike.rtl.bitplane import BitPlaneLayer
 from edgespike.rtl.pipeline import LayerPipeline
@@ -214,53 +214,13 @@ def test_layer_specs_of_the_shipped_shape_and_refusals():
         layer_specs(extra)
 
 
-def simulate_pipeline(dut: LayerPipeline, x: np.ndarray, limit: int):
-    """Stream a frame through the pipeline; returns the output frame, the cycles until the last output pixel,
-    and per engine the reads and writes counted from its RAM enables."""
-    pixels = [int(v) for v in x.reshape(-1)]
-    result = {}
-    probes = [(e.lb_read, e.w_read, e.p_read, e.lb_write) for e in dut.engines]
-
-    async def tb(ctx):
-        outs, i, cycles = [], 0, 0
-        counts = np.zeros((len(probes), 4), np.int64)
-        ctx.set(dut.o.ready, 1)
-        while len(outs) < len(pixels) and cycles < limit:
-            ctx.set(dut.i.valid, int(i < len(pixels)))
-            ctx.set(dut.i.payload, pixels[i] if i < len(pixels) else 0)
-            _, _, iready, ovalid, opay, *enables = await ctx.tick().sample(
-                dut.i.ready, dut.o.valid, dut.o.payload, *(p for group in probes for p in group))
-            counts += np.array(enables, np.int64).reshape(counts.shape)
-            cycles += 1
-            if iready and i < len(pixels):
-                i += 1
-            if ovalid:
-                outs.append(opay)
-        result.update(outs=outs, cycles=cycles, counts=[
-            {"linebuf": int(c[0]), "weights": int(c[1]), "params": int(c[2]), "writes": {"linebuf": int(c[3])}}
-            for c in counts])
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
-    assert len(result["outs"]) == len(pixels), f"stalled after {result['cycles']} cycles"
-    return np.array(result["outs"], np.uint8).reshape(x.shape), result["cycles"], result["counts"]
-
-
 def check_model(model: Model, frame: np.ndarray, folds: list[tuple[int, ...]]):
-    specs = layer_specs(model)
     h, w = frame.shape
-    sizes = [(h, w)]
-    for spec in specs:
-        sizes.append(spec.out_size(*sizes[-1]))
-    term = model.decoder.terms[0]
-    dut = LayerPipeline([s.gateware(*size, *fold) for s, size, fold in zip(specs, sizes[:-1], folds, strict=True)],
-                        multiplier=int(term.multiplier[0]), shift=model.decoder.shift,
-                        residual=model.decoder.residual, fifo_depth=residual_depth(specs, h, w))
+    dut, specs, folds = build_pipeline(model, h, w, folds)
     codes = run_codes(specs, frame)
     want_cycles = pipeline_cycles(specs, codes[:-1], folds) + LayerPipeline.LATENCY
-    out, cycles, counts = simulate_pipeline(dut, frame, limit=2 * want_cycles + 1000)
+    run = simulate_pipeline(dut, frame, limit=2 * want_cycles + 1000)
+    out, cycles, counts = run.out, run.cycles, run.counts
     want = reference.run(model, frame)
     bad = np.argwhere(out != want)
     assert not len(bad), f"first difference at {tuple(bad[0])}: {out[tuple(bad[0])]} != {want[tuple(bad[0])]}"
@@ -274,6 +234,9 @@ def check_model(model: Model, frame: np.ndarray, folds: list[tuple[int, ...]]):
             r = acc.rams[f"{spec.conv.name}.{ram}"]
             assert (r["reads"], r["writes"]) == (count[ram], count["writes"].get(ram, 0))
     assert acc.adds["synaptic"] == sum(c.sops for c in costs) > 0
+    # adds by use, counted from each engine's probes (spikes of the group added, bias adds, SAR steps)
+    assert run.adds == [c.adds for c in costs], "adds differ from the model"
+    assert all(a["synaptic"] >= a["accumulate"] > 0 and a["bias"] > 0 for a in run.adds)
     return cycles, [c.cycles for c in costs]
 
 

@@ -213,6 +213,7 @@ def _run_pipeline(args, model) -> int:
     bad = np.argwhere(res.out != want)
     costs = [spec.cost(q, *fold) for spec, q, fold in zip(specs, codes, folds, strict=False)]
     counts_ok = res.counts == [c.reads | {"writes": c.writes} for c in costs]
+    adds_ok = res.adds == [c.adds for c in costs]
     if len(bad):
         y, xx = bad[0]
         print(f"MISMATCH: {len(bad)} of {fh * fw} pixels differ from the CPU runtime; first at (y={y}, x={xx}): "
@@ -223,9 +224,11 @@ def _run_pipeline(args, model) -> int:
           f"{want_cycles})")
     print(f"  memory reads and writes of the {len(specs)} engines (line buffer, weights, params): "
           f"{'equal to' if counts_ok else 'DIFFERENT from'} the cycle model's")
+    print(f"  adds by use (synaptic, accumulate, bias, SAR) of the {len(specs)} engines: "
+          f"{'equal to' if adds_ok else 'DIFFERENT from'} the cycle model's")
     sops = sum(c.sops for c in costs)
     print(f"  synaptic ops {sops} ({sops / res.cycles:.2f} per cycle)")
-    return 0 if res.cycles == want_cycles and counts_ok else 1
+    return 0 if res.cycles == want_cycles and counts_ok and adds_ok else 1
 
 
 def _write_hdl(args, top, name: str) -> int:

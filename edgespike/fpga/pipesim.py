@@ -57,7 +57,7 @@ class PipelineRun:
     out: np.ndarray
     cycles: int
     counts: list = field(default_factory=list)  # per engine: reads per memory, and ``writes``
-    adds: list = field(default_factory=list)  # per engine: synaptic adds counted in the gateware
+    adds: list = field(default_factory=list)  # per engine: adds by use, counted from the gateware's probes
 
 
 def simulate_pipeline(dut, x: np.ndarray, limit: int, progress=None) -> PipelineRun:
@@ -69,18 +69,24 @@ def simulate_pipeline(dut, x: np.ndarray, limit: int, progress=None) -> Pipeline
 
     pixels = [int(v) for v in x.reshape(-1)]
     result = {}
-    probes = [(e.lb_read, e.w_read, e.p_read, e.lb_write) for e in dut.engines]
+    probes = [(e.lb_read, e.w_read, e.p_read, e.lb_write, e.add_spikes, e.bias_add, e.sar_step)
+              for e in dut.engines]
+    lanes = np.array([e.lanes for e in dut.engines], np.int64)
 
     async def tb(ctx):
         outs, i, cycles = [], 0, 0
         counts = np.zeros((len(probes), 4), np.int64)
+        adds = np.zeros((len(probes), 4), np.int64)  # synaptic, accumulate, bias, sar (times lanes at the end)
         ctx.set(dut.o.ready, 1)
         while len(outs) < len(pixels) and cycles < limit:
             ctx.set(dut.i.valid, int(i < len(pixels)))
             ctx.set(dut.i.payload, pixels[i] if i < len(pixels) else 0)
             _, _, iready, ovalid, opay, *enables = await ctx.tick().sample(
                 dut.i.ready, dut.o.valid, dut.o.payload, *(p for group in probes for p in group))
-            counts += np.array(enables, np.int64).reshape(counts.shape)
+            sampled = np.array(enables, np.int64).reshape(len(probes), 7)
+            counts += sampled[:, :4]
+            spikes = sampled[:, 4]
+            adds += np.stack([[bin(int(v)).count("1") for v in spikes], spikes != 0, sampled[:, 5], sampled[:, 6]], 1)
             cycles += 1
             if progress is not None and cycles % 1000 == 0:
                 progress(cycles)
@@ -90,7 +96,9 @@ def simulate_pipeline(dut, x: np.ndarray, limit: int, progress=None) -> Pipeline
                 outs.append(opay)
         result.update(outs=outs, cycles=cycles, counts=[
             {"linebuf": int(c[0]), "weights": int(c[1]), "params": int(c[2]), "writes": {"linebuf": int(c[3])}}
-            for c in counts])
+            for c in counts], adds=[
+            {"synaptic": int(a[0] * n), "accumulate": int(a[1] * n), "bias": int(a[2] * n), "sar": int(a[3] * n)}
+            for a, n in zip(adds, lanes, strict=True)])
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -99,7 +107,7 @@ def simulate_pipeline(dut, x: np.ndarray, limit: int, progress=None) -> Pipeline
     outs = result["outs"]
     if len(outs) != len(pixels):
         raise RuntimeError(f"the pipeline gave {len(outs)} of {len(pixels)} pixels in {result['cycles']} cycles")
-    return PipelineRun(np.array(outs, np.uint8).reshape(x.shape), result["cycles"], result["counts"])
+    return PipelineRun(np.array(outs, np.uint8).reshape(x.shape), result["cycles"], result["counts"], result["adds"])
 
 
 def expected_cycles(specs, codes, folds) -> int:
