@@ -863,10 +863,7 @@ def conv_s16(lib, x: np.ndarray, packed: np.ndarray, stride: int, bias: np.ndarr
                  threads(ho * wo * cout), ptr(qb), ptr(th), ptr(inv), levels, ptr(q), r0, r1, hist.ctypes.data)
     if neuron is None:
         return out
-    if T > 8:
-        return q, None
-    values = np.arange(256)
-    return q, np.array([int(hist[(values >> (T - 1 - t)) & 1 == 1].sum()) for t in range(T)], np.int64)
+    return q, _spikes_per_step(hist, T)
 
 
 def s16_fast(lib) -> bool:
@@ -898,7 +895,13 @@ def bitplane_quantise(lib, v: np.ndarray, bias: np.ndarray, theta: np.ndarray, T
     hist = np.zeros(256, np.int64)
     fn(v.ctypes.data, kinds[v.dtype], h * w, co, b.ctypes.data, th.ctypes.data, inv.ctypes.data, 2**T - 1,
        q.ctypes.data, threads(v.size), r0 * w, r1 * w, hist.ctypes.data)
+    return q, _spikes_per_step(hist, T)
+
+
+def _spikes_per_step(hist: np.ndarray, T: int) -> np.ndarray | None:
+    """Spikes of each step ``t`` (bit ``T-1-t`` of q) from the histogram of the values of q (``None`` for T > 8:
+    the kernels keep no histogram of 16-bit values)."""
     if T > 8:
-        return q, None
+        return None
     values = np.arange(256)
-    return q, np.array([int(hist[(values >> (T - 1 - t)) & 1 == 1].sum()) for t in range(T)], np.int64)
+    return np.array([int(hist[(values >> (T - 1 - t)) & 1 == 1].sum()) for t in range(T)], np.int64)
