@@ -30,6 +30,8 @@ def default_model(device: str, engine: str = "pipeline") -> tuple[str, str]:
         fits = ", ".join(DEVICE_NAME.get(d, d) for d in table)
         raise UserError(f"no shipped model fits the {DEVICE_NAME.get(device, device)} "
                         f"({'layer pipeline' if engine == 'pipeline' else 'shared engine'}: the shipped models fit "
-                        f"the {fits}); give --model (e.g. a small model from edgespike.testing.bitplane_dncnn)")
+                        f"the {fits}); give --model, a smaller model ("
+                        + ("bit-plane, e.g. edgespike.testing.bitplane_dncnn(depth=3, width=4, T=8, down=True))"
+                           if engine == "pipeline" else "IF, e.g. edgespike.fpga.examples.chain_model())"))
     name, why = table[device]
     return name, f"model {name} (no --model given: {why})"
