@@ -80,7 +80,10 @@ class Accelerator:
     ack_timeout : float
         Seconds to wait for the ACK (or NAK) of a request before sending it again.
     result_timeout : float
-        Seconds to wait for a tile's RESULT after its ACK (a simulated device is slow: minutes per tile).
+        Seconds to wait for a RESULT after its ACK when the device announces no cost (a simulated device, whose
+        IDENT clock is 0: minutes per tile). A real board announces the worst case of a tile (IDENT
+        ``max_tile_cycles`` at ``clock_hz``): the wait is then :meth:`result_deadline`, that cost plus the RESULT's
+        transfer plus a bounded margin, whatever ``result_timeout`` says.
     retries : int
         Times a request is sent again before :class:`LinkError`.
 
@@ -105,6 +108,7 @@ class Accelerator:
         else:
             self.port = port
         self.name = port if isinstance(port, str) else type(port).__name__
+        self.baud = baud
         self.ack_timeout = ack_timeout
         self.result_timeout = result_timeout
         self.retries = retries
@@ -112,7 +116,7 @@ class Accelerator:
         self.ident: P.Ident | None = None
         self._seq = 0
         # until IDENT tells the tile size, accept the largest answer any tile could have
-        self.parser = P.Parser(max_payload=1 + 255 * 255 + P.COUNTER_BYTES)
+        self.parser = P.Parser(max_payload=1 + 255 * 255 + P.COUNTER_BYTES + P.ECHO_BYTES)
 
     def __enter__(self) -> Accelerator:
         return self
@@ -133,6 +137,23 @@ class Accelerator:
         frames = self.parser.feed(data)
         self.stats.bad_frames += self.parser.bad_crc - crc_before
         return frames
+
+    # the margin on top of the announced work: the host's and the line's own delays (scheduling, USB frames)
+    MARGIN_S = 0.25
+    MARGIN_FRACTION = 0.05
+
+    def result_deadline(self, kind: int) -> float:
+        """Seconds to wait for the answer after a request's ACK: the device's announced worst case for the work
+        (a TILE: IDENT ``max_tile_cycles`` / ``clock_hz``; a weight load's end: nothing to compute) plus the
+        longest answer's transfer at the line's baud rate, plus ``MARGIN_FRACTION`` of that and ``MARGIN_S``.
+        Falls back to ``result_timeout`` when the device announces no clock (a simulation)."""
+        ident = self.ident
+        if ident is None or not ident.clock_hz:
+            return self.result_timeout
+        work = ident.max_tile_cycles / ident.clock_hz if kind == P.TILE else 0.0
+        th, tw = ident.tile
+        transfer = (P.OVERHEAD + 1 + th * tw + P.COUNTER_BYTES + P.ECHO_BYTES) * 10 / self.baud
+        return (work + transfer) * (1 + self.MARGIN_FRACTION) + self.MARGIN_S
 
     def _request(self, kind: int, payload: bytes, answer: int, check) -> P.Frame:
         """Send a request until a checked answer comes back; ``check(frame)`` returns a problem or None."""
@@ -171,8 +192,13 @@ class Accelerator:
                         return f
                     if f.kind == P.ACK and not acked:
                         acked = True
-                        deadline = time.monotonic() + self.result_timeout
+                        deadline = time.monotonic() + self.result_deadline(kind)
                     elif f.kind == answer:
+                        if answer == P.RESULT and f.payload[-P.ECHO_BYTES:] != P.request_crc(frame):
+                            # a RESULT of another request (stale after a wrap of the sequence numbers, or forged):
+                            # the device's own answer to this one may still come
+                            self.stats.bad_frames += 1
+                            continue
                         problem = check(f)
                         if problem is None:
                             return f
@@ -197,7 +223,7 @@ class Accelerator:
         f = self._request(P.IDENT, b"", P.IDENT_REPLY, check)
         self.ident = P.Ident.decode(f.payload)
         th, tw = self.ident.tile
-        self.parser.max_payload = max(P.IDENT_LAYOUT.size, 1 + th * tw + P.COUNTER_BYTES)  # the longest answer
+        self.parser.max_payload = max(P.IDENT_LAYOUT.size, 1 + th * tw + P.COUNTER_BYTES + P.ECHO_BYTES)
         return self.ident
 
     def check_versions(self) -> P.Ident:
@@ -261,7 +287,8 @@ class Accelerator:
             self._request(P.WLOAD_DATA, image[i:i + ident.max_chunk], P.ACK, lambda f: None)
 
         def stored(f: P.Frame):
-            return None if f.payload == b"K" else f"weight load answered {f.payload[:4]!r}, expected b'K'"
+            return None if f.payload[:1] == b"K" and len(f.payload) == 1 + P.ECHO_BYTES else \
+                f"weight load answered {f.payload[:4]!r}, expected b'K'"
 
         self._request(P.WLOAD_END, b"", P.RESULT, stored)
         ident = self.identify()
@@ -287,7 +314,7 @@ class Accelerator:
         if h % self.ident.multiple or w % self.ident.multiple:
             raise ValueError(f"tile {h}x{w}: sides must be multiples of {self.ident.multiple} for this model")
         n = h * w
-        want = 1 + n + P.COUNTER_BYTES
+        want = 1 + n + P.COUNTER_BYTES + P.ECHO_BYTES
 
         def check(f: P.Frame):
             if len(f.payload) != want:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import ClockDomain, Elaboratable, Module, Signal
+from amaranth.hdl import ClockDomain, Elaboratable, Module, ResetInserter, Signal
 from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -67,7 +67,9 @@ class Board(wiring.Component):
         m.submodules.uart_tx = utx = UARTTx(self.divisor)
         m.submodules.link = link = Link(self.plan, self.divisor, self.clock_hz,
                                         gateware_version=self.gateware_version, preloaded=self.preloaded)
-        m.submodules.top = top = Top(self.plan)
+        top = Top(self.plan)
+        # the link resets the accelerator when the host abandons a tile (the RAMs keep the weights)
+        m.submodules.top = ResetInserter({"sync": link.abort})(top)
         self.link = link  # the simulation server watches link.started to count tiles run
         wiring.connect(m, urx.out, link.rx)
         wiring.connect(m, link.tx, utx.inp)
@@ -108,6 +110,7 @@ class BoardInfo:
     leds: tuple[str, ...]  # resource names for the four status outputs (fewer on small boards)
     flash: str  # how to program it, for the report and docs
     pll_hz: float | None = None  # design clock made by a PLL from the board's oscillator (None: the oscillator)
+    baud: int = P.DEFAULT_BAUD  # the bitstream's serial line speed unless --baud says otherwise
 
 
 BOARDS = {
@@ -115,7 +118,10 @@ BOARDS = {
                             ("led_g", "led_r"), "iceprog {bin}   (or: openFPGALoader -b icebreaker {bin})"),
     "ulx3s-85f": BoardInfo("ulx3s-85f", "ecp5-85f", "ecp5", "amaranth_boards.ulx3s:ULX3S_85F_Platform",
                            ("led", "led", "led", "led"), "openFPGALoader -b ulx3s {bit}",
-                           pll_hz=12.5e6),  # the accelerator places at ~20 MHz, under the 25 MHz oscillator
+                           # the shared engine places at ~23 MHz, under the 25 MHz oscillator; from 25 MHz the PLL
+                           # makes only multiples of 12.5 MHz, so 3 Mbaud (a multiple of 3 MHz) waits for the 75 MHz
+                           # of the layer pipeline: 12.5 MHz / 25 = 500 kbaud, which the FT231X makes exactly
+                           pll_hz=12.5e6, baud=500_000),
     "orangecrab": BoardInfo("orangecrab", "ecp5-25f", "ecp5",
                             "amaranth_boards.orangecrab_r0_2:OrangeCrabR0_2_25FPlatform", ("rgb_led",),
                             "dfu-util -D {bit}   (hold the button while plugging in)", pll_hz=12e6),

@@ -6,10 +6,16 @@ firmware re-exports). A request's payload is written to a buffer while it arrive
 accelerator's reply is collected in a second buffer before it is framed, so a damaged RESULT can be sent again
 (same type and sequence number) without running the tile again.
 
+Abandoning: the host sends nothing while it waits for an answer, unless it has given up on it (its deadline, the
+announced worst case of the work plus a margin, has passed). So a frame's sync bytes ``A5 5A`` arriving while a
+tile runs mean the host gave up: the link pulses ``abort`` (the board resets the accelerator with it), forgets the
+tile and takes the new frame at once. An abandoned weight load leaves no weights (``weights`` = 3) until the host
+loads them again.
+
 Receiver: hunt for ``A5 5A`` -> header -> payload -> CRC -> check. A header announcing an unknown type, or a
 length that type cannot have, is answered NAK at once and the hunt restarts; so do a byte gap longer than
-``timeout`` cycles mid-frame (dropped bytes) and a UART framing error. Bytes arriving while the link is busy
-(computing or sending) are discarded: the host waits for an answer before it sends again.
+``timeout`` cycles mid-frame (dropped bytes) and a UART framing error. Bytes arriving while the link sends are
+discarded: the host waits for an answer before it sends again.
 
 The link also keeps the accelerator's byte protocol safe from a host's mistakes: it checks a tile's shape and
 pixel count (``h * w`` by repeated addition, one row per cycle while the pixels arrive: no multiplier) and the
@@ -68,6 +74,8 @@ class Link(wiring.Component):
         Pulses when a NAK is queued.
     started : Out(1)
         Pulses (registered) when a tile is handed to the accelerator (not when a stored result is sent again).
+    abort : Out(1)
+        Pulses when the host abandons the running tile or weight load: resets the accelerator.
     """
 
     def __init__(self, plan: Plan, divisor: int, clock_hz: int = 0, timeout: int | None = None,
@@ -75,17 +83,17 @@ class Link(wiring.Component):
         self.plan = plan
         self.pixels = plan.tile[0] * plan.tile[1]
         self.max_request = 2 + self.pixels
-        self.max_result = 1 + self.pixels + P.COUNTER_BYTES
+        self.max_result = 1 + self.pixels + P.COUNTER_BYTES  # the echo of the request's CRC is not stored
         self.weight_bytes = len(plan.weight_image())
         self.timeout = timeout if timeout is not None else 40 * 10 * divisor  # 40 byte times
         self.ident = P.Ident(P.LINK_VERSION, gateware_version, PROTOCOL_VERSION, P.CAP_LOAD_WEIGHTS,
                              plan.fingerprint if preloaded else 0, plan.tile, plan.halo, plan.timesteps,
                              clock_hz, divisor, plan.lanes, plan.multiple, self.weight_bytes, self.pixels,
                              P.WEIGHTS_BUILT_IN if preloaded else P.WEIGHTS_NONE, plan.device_key,
-                             plan.structure)
+                             plan.structure, plan.max_tile_cycles)
         super().__init__({"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8)), "rx_error": In(1),
                           "acc_tx": Out(stream.Signature(8)), "acc_rx": In(stream.Signature(8)),
-                          "busy": Out(1), "nak": Out(1), "started": Out(1)})
+                          "busy": Out(1), "nak": Out(1), "started": Out(1), "abort": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
@@ -120,6 +128,9 @@ class Link(wiring.Component):
         wcount = Signal(range(self.weight_bytes + self.pixels + 1))
         model_fp = Signal(32, init=self.ident.fingerprint)
         wstate = Signal(8, init=self.ident.weights)
+
+        sync_half = Signal()  # RUN: the last byte was SYNC[0]
+        req_crc = Signal(16)  # the CRC bytes of the last request received, echoed at the end of its RESULT
 
         # --- frame being sent ---
         s_kind, s_seq, s_len, s_src, then = Signal(8), Signal(8), Signal(16), Signal(2), Signal(3)
@@ -248,8 +259,10 @@ class Link(wiring.Component):
                             with m.If(got + 1 == length):
                                 m.next = "CRC0"
                         elif state == "CRC0":
+                            m.d.sync += req_crc[8:].eq(byte)
                             m.next = "CRC1"
                         else:
+                            m.d.sync += req_crc[:8].eq(byte)
                             m.next = "CHECK"
             with m.State("CHECK"):
                 m.d.comb += self.rx.ready.eq(1)
@@ -261,9 +274,10 @@ class Link(wiring.Component):
                 with m.Elif(kind == P.WLOAD_BEGIN):
                     with m.If(repeat):
                         ack(_THEN_HUNT)
-                    with m.Elif(loading):
-                        send_nak(P.NAK_FORMAT)  # the accelerator is mid-image: finish it first
                     with m.Else():
+                        # a load begun while another is incomplete: the host gave up on that one; the accelerator
+                        # is mid-image, so reset it and start afresh
+                        m.d.comb += self.abort.eq(loading)
                         m.d.sync += [loading.eq(1), wcount.eq(0), wstate.eq(P.WEIGHTS_LOADING), model_fp.eq(fp_in)]
                         feed(1, 0)  # 'W'
                         done()
@@ -304,14 +318,24 @@ class Link(wiring.Component):
                     ack(_THEN_HUNT)
             with m.State("RUN"):  # a tile (or the end of a weight load) until the reply is collected
                 m.d.comb += self.rx.ready.eq(1)
-                with m.If(~feeding & ~collecting):
+                with m.If(take):
+                    # the host sends only once it has given up on this work: a new frame's sync abandons it
+                    m.d.sync += sync_half.eq(byte == P.SYNC[0])
+                with m.If(take & sync_half & (byte == P.SYNC[1])):
+                    m.d.comb += self.abort.eq(1)
+                    m.d.sync += [feeding.eq(0), collecting.eq(0), gap.eq(0), sync_half.eq(0)]
+                    with m.If(kind == P.WLOAD_END):  # the accelerator's weight load is cut short: no weights
+                        m.d.sync += [loading.eq(0), wstate.eq(P.WEIGHTS_NONE), model_fp.eq(0)]
+                    m.next = "TYPE"
+                with m.Elif(~feeding & ~collecting):
                     with m.If(kind == P.WLOAD_END):
                         m.d.sync += [loading.eq(0), wstate.eq(P.WEIGHTS_LOADED)]
                     m.d.sync += res_len.eq(ci)
                     done()
-                    send(P.RESULT, ci, _SRC_RESULT, _THEN_HUNT)
+                    send(P.RESULT, ci + P.ECHO_BYTES, _SRC_RESULT, _THEN_HUNT)
             with m.State("TX_HEADER"):
                 m.d.comb += [self.rx.ready.eq(1), self.tx.valid.eq(1), self.tx.payload.eq(header[hi])]
+                m.d.sync += sync_half.eq(0)  # RUN (always after an ACK) starts with no half sync seen
                 with m.If(sent):
                     m.d.sync += hi.eq(hi + 1)
                     m.d.comb += [tx_crc.start.eq(hi == 2), tx_crc.valid.eq(hi >= 2), tx_crc.data.eq(header[hi])]
@@ -331,8 +355,9 @@ class Link(wiring.Component):
                         m.d.comb += value.eq(reason)
                     with m.Case(_SRC_IDENT):
                         m.d.comb += value.eq(ident[pi[:6]])
-                    with m.Default():
-                        m.d.comb += value.eq(res_r.data)
+                    with m.Default():  # the reply buffer, then the request's CRC
+                        m.d.comb += value.eq(Mux(pi == s_len - 2, req_crc[8:],
+                                                 Mux(pi == s_len - 1, req_crc[:8], res_r.data)))
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value)]
                 with m.If(sent):
                     m.d.comb += [tx_crc.valid.eq(1), tx_crc.data.eq(value)]
@@ -352,7 +377,7 @@ class Link(wiring.Component):
                         with m.Case(_THEN_IDENT):
                             send(P.IDENT_REPLY, P.IDENT_LAYOUT.size, _SRC_IDENT, _THEN_HUNT)
                         with m.Case(_THEN_RESEND):
-                            send(P.RESULT, res_len, _SRC_RESULT, _THEN_HUNT)
+                            send(P.RESULT, res_len + P.ECHO_BYTES, _SRC_RESULT, _THEN_HUNT)
                         with m.Case(_THEN_RUN):
                             m.d.sync += self.started.eq(1)
                             feed(3, npix)  # 'T', h, w, pixels

@@ -141,6 +141,7 @@ class Plan:
     fingerprint: int = 0
     structure: int = 0
     device_key: str = ""
+    max_tile_cycles: int = 0  # the worst case of a whole tile (announced by IDENT; edgespike.fpga.cycles)
 
     # --- geometry (address fields are concatenated: no multiplier in any address path)
     @property

@@ -49,13 +49,16 @@ HEADER_BYTES = 4  # type, seq, length (2)
 OVERHEAD = len(SYNC) + HEADER_BYTES + 2
 
 # Version of this framing; bump when frames or exchanges change. The gateware reports it and the firmware refuses a
-# device speaking another one.
-LINK_VERSION = 1
+# device speaking another one. 2: IDENT announces the worst-case cycles of a tile (the host's result deadline), a
+# RESULT echoes its request's CRC, a new frame abandons running work.
+LINK_VERSION = 2
 # Version of the board top level (UART + link + accelerator); reported by IDENT.
 GATEWARE_VERSION = 1
-# the serial line speed of every bitstream and of the firmware, unless chosen otherwise: exact on every design
-# clock (12 MHz / 24, the ULX3S PLL's 12.5 MHz / 25) and for the FTDI bridges (3 MHz / 6)
-DEFAULT_BAUD = 500_000
+# the serial line speed of the firmware and of the iCEBreaker and OrangeCrab bitstreams unless chosen otherwise:
+# 12 MHz / 4 (the UART's smallest divisor), and what the iCEBreaker's FT2232H (12 MHz / 4) and a Pi's PL011 (48 MHz
+# UART clock / 16) make exactly. A board whose design clock is no multiple of 3 MHz has its own (BOARDS in
+# edgespike.rtl.board): the ULX3S's shared engine at 12.5 MHz runs at 500 kbaud (12.5 MHz / 25)
+DEFAULT_BAUD = 3_000_000
 
 # frame types, host -> device
 IDENT = 0x01
@@ -84,14 +87,24 @@ MAGIC = b"ESNN"
 # IDENT_REPLY payload: magic, link version, gateware version, accelerator byte-protocol version, capabilities,
 # model fingerprint (u32), tile_h, tile_w, halo, T, clock (Hz, u32), UART divisor (u16), lanes, size multiple,
 # weight image bytes (u32), largest WLOAD_DATA chunk (u16), weights state (WEIGHTS_*), device (the fit-check
-# key, 8 bytes ASCII, NUL padded), structure key (u32, see edgespike.firmware.accelerator.structure_key)
-IDENT_LAYOUT = struct.Struct("<4sBBBBIBBBBIHBBIHB8sI")
+# key, 8 bytes ASCII, NUL padded), structure key (u32, see edgespike.firmware.accelerator.structure_key), the
+# worst-case cycles of a whole tile (u32, saturated: every neuron spiking at every step; the announced cost the
+# host's result deadline follows)
+IDENT_LAYOUT = struct.Struct("<4sBBBBIBBBBIHBBIHB8sII")
 CAP_LOAD_WEIGHTS = 0x01  # the weights, biases and thresholds can be loaded at run time
 # weights state: built into the bitstream, being loaded, loaded at run time, or none (an iCE40 UP5K bitstream:
 # SPRAM cannot be preloaded; the device refuses tiles until a load)
 WEIGHTS_BUILT_IN, WEIGHTS_LOADING, WEIGHTS_LOADED, WEIGHTS_NONE = 0, 1, 2, 3
 
 COUNTER_BYTES = 12  # cycles, spikes, sops: u32 little-endian each
+# A RESULT ends with the CRC of the request it answers (as received, big-endian): a RESULT of another request -- a
+# stale one after the sequence numbers wrapped, or a forged one -- does not match the host's request (link 2)
+ECHO_BYTES = 2
+
+
+def request_crc(frame: bytes) -> bytes:
+    """The two CRC bytes of an encoded request frame: what its RESULT echoes."""
+    return bytes(frame[-2:])
 
 
 def crc16(data: bytes, crc: int = 0xFFFF) -> int:
@@ -146,24 +159,25 @@ class Ident:
     weights: int
     device: str
     structure: int
+    max_tile_cycles: int = 0
 
     @classmethod
     def decode(cls, payload: bytes) -> Ident:
         if len(payload) != IDENT_LAYOUT.size:
             raise ValueError(f"IDENT_REPLY of {len(payload)} bytes, expected {IDENT_LAYOUT.size}")
         (magic, link, gw, proto, caps, fp, th, tw, halo, t, clk, div, lanes, mult, wbytes, chunk, state,
-         dev, structure) = IDENT_LAYOUT.unpack(payload)
+         dev, structure, worst) = IDENT_LAYOUT.unpack(payload)
         if magic != MAGIC:
             raise ValueError(f"IDENT_REPLY magic {magic!r}, expected {MAGIC!r}")
         return cls(link, gw, proto, caps, fp, (th, tw), halo, t, clk, div, lanes, mult, wbytes, chunk, state,
-                   dev.rstrip(b"\0").decode("ascii", "replace"), structure)
+                   dev.rstrip(b"\0").decode("ascii", "replace"), structure, worst)
 
     def encode(self) -> bytes:
         return IDENT_LAYOUT.pack(MAGIC, self.link_version, self.gateware_version, self.protocol_version,
                                  self.capabilities, self.fingerprint, self.tile[0], self.tile[1], self.halo,
                                  self.timesteps, self.clock_hz, self.divisor, self.lanes, self.multiple,
                                  self.weight_bytes, self.max_chunk, self.weights, self.device.encode("ascii"),
-                                 self.structure)
+                                 self.structure, min(self.max_tile_cycles, 0xFFFFFFFF))
 
 
 class Parser:

@@ -266,7 +266,7 @@ def test_run_backends_fpga_and_fpga_sim_denoise_a_frame_like_the_runtime(server,
     want = runtime.denoise(MODEL, TILE)
     board = open_backend("fpga", str(path), port=server.url)  # a "real" board: the firmware over socket://
     try:
-        assert board.label.startswith(f"fpga ({server.url} at 500000 baud, tile 4x4")
+        assert board.label.startswith(f"fpga ({server.url} at 3000000 baud, tile 4x4")
         out, stats = board.denoise(TILE)
         assert np.array_equal(out, want)
         assert stats_dict(stats)["synaptic_ops"] == tile_cost(PLAN, TILE).sops

@@ -29,8 +29,9 @@ def add_arguments(p) -> None:
     b.add_argument("--out", help="build directory (default build/fpga-BOARD)")
     b.add_argument("--tile", type=_tile_arg, help="largest tile HxW, halo included (default 16x16; 64x64 on ECP5-85F)")
     b.add_argument("--lanes", type=int, help="output channels per membrane word (default 1 on iCE40, else all)")
-    b.add_argument("--baud", type=int, default=DEFAULT_BAUD,
-                   help=f"UART baud rate (default {DEFAULT_BAUD}; must divide the design clock within 3%%)")
+    b.add_argument("--baud", type=int, help=f"UART baud rate (default: the board's, {DEFAULT_BAUD} on the "
+                   "iCEBreaker and OrangeCrab at 12 MHz, 500000 on the ULX3S at 12.5 MHz; must divide the design "
+                   "clock within 3%%)")
     b.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
     s = sub.add_parser("serve-sim", help="a simulated board on a TCP port")
     s.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: the shipped IF model that fits "

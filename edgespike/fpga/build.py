@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgespike.errors import UserError
-from edgespike.firmware.protocol import DEFAULT_BAUD
 
 # Amaranth runs each tool named by these variables; the YoWASP builds come with the [hw] extra
 TOOL_ENV = {
@@ -253,7 +252,7 @@ STAGES = {"ice40": (("synthesis (yosys)", "top.json"), ("place and route (nextpn
 
 
 def build(board: str, model_path: str | None = None, out_dir: str | None = None, tile: tuple[int, int] | None = None,
-          lanes: int | None = None, baud: int = DEFAULT_BAUD, progress=None, cpu: bool = True) -> BuildReport:
+          lanes: int | None = None, baud: int | None = None, progress=None, cpu: bool = True) -> BuildReport:
     """Fit-check, synthesise, place and route, and pack a bitstream; return (and write) its report.
 
     Parameters
@@ -262,6 +261,9 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
         A key of :data:`edgespike.rtl.board.BOARDS`.
     model_path : str, optional
         The model (default: the shipped IF model that fits the board, said on stderr; none fits the iCE40UP5K).
+    baud : int, optional
+        The serial line speed (default: the board's, :data:`edgespike.rtl.board.BOARDS`: 3 Mbaud, 500 kbaud on the
+        ULX3S's 12.5 MHz).
     out_dir : str, optional
         Build directory (default ``build/fpga-<board>``); gets ``top.bin``/``top.bit``, logs and ``report.json``.
     progress : file, optional
@@ -275,6 +277,7 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     if board not in BOARDS:
         raise UserError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
     info = BOARDS[board]
+    baud = baud or info.baud
     model, plan = load_plan(model_path, info.device, tile, lanes)  # the pre-flight fit check
     check_core(model, plan)
     env = _check_tools(info.family)

@@ -226,6 +226,38 @@ def tile_cost(plan: Plan, tile: np.ndarray) -> TileCost:
     return c
 
 
+def worst_tile_cycles(plan: Plan, shape: tuple[int, int] | None = None) -> int:
+    """The most cycles a tile of ``shape`` (default: the plan's whole tile) can take: :func:`tile_cost`'s count
+    with every input event present (pixel bits all set, every neuron spiking at every step).
+
+    The count grows with the events at every position, so this is an upper bound that a tile of all-255 pixels
+    through a model whose neurons all fire reaches exactly. The link announces it for a whole tile (IDENT), and
+    the host's wait for a result follows it.
+    """
+    h, w = shape or plan.tile
+    n = h * w
+    T, L = plan.timesteps, plan.lanes
+    cycles = 2 * n + 1  # read-out
+    prev_cout = 1
+    for li, lp in enumerate(plan.layers):
+        h_in, w_in = h >> lp.level_in, w >> lp.level_in
+        h_out, w_out = h >> lp.level_out, w >> lp.level_out
+        words = h_out * (-(-w_out // L) if lp.narrow else w_out)
+        busy, _ = _scatter_cost(lp, h_in, w_in, h_out, w_out)
+        cycles += lp.groups * (L + 3) + lp.groups * (words + 2)
+        for t in range(T):
+            if li == 0:
+                d = 8 if plan.encoder == "direct" else t + 1
+                events = 8 if plan.encoder == "direct" else 1
+                cycles += lp.groups * (n * (1 + d) + int(events * busy.sum()) + 2)
+            else:
+                words_in = h_in * w_in * plan.layers[li - 1].groups
+                cycles += lp.groups * (3 * words_in + int(prev_cout * (1 + busy).sum()) + 1)
+            cycles += lp.groups * (2 * words + 2)
+        prev_cout = lp.cout
+    return cycles
+
+
 @dataclass
 class FrameCost:
     """A whole frame through the tiles: cycles, activity, memory accesses, and the throughput they imply."""

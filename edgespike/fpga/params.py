@@ -212,8 +212,10 @@ def _plan(model, analysis, dev: Device, tile, pairs, lanes: int) -> Plan:
 def _identify(p: Plan) -> None:
     """What the link's IDENT reports about the plan (see :class:`~edgespike.rtl.params.Plan`)."""
     from edgespike.firmware.accelerator import model_fingerprint, structure_key
+    from edgespike.fpga.cycles import worst_tile_cycles
 
     p.fingerprint = model_fingerprint(p.model)
+    p.max_tile_cycles = worst_tile_cycles(p)
     p.structure = structure_key(p)
     p.device_key = next(k for k, d in DEVICES.items() if d.name == p.device.name)
 

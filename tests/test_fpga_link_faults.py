@@ -1,0 +1,292 @@
+"""Link faults (issue 17, item 4): random damage both ways, forged frames, abandoned work, sequence wrap-around,
+and a host wait that follows the board's announced cost.
+
+Everything but the first two tests runs the board top level (UART, link, accelerator) in Amaranth's simulator
+behind a socket, as ``tests/test_fpga_link.py`` does; the host is :class:`edgespike.firmware.Accelerator`.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("amaranth")
+serial = pytest.importorskip("serial")
+
+from edgespike import runtime  # noqa: E402
+from edgespike.firmware import Accelerator, LinkError  # noqa: E402
+from edgespike.firmware import accelerator as accelerator_module  # noqa: E402
+from edgespike.firmware import protocol as P  # noqa: E402
+from edgespike.fpga.cycles import tile_cost, worst_tile_cycles  # noqa: E402
+from edgespike.fpga.examples import chain_model, demo_image, down_model  # noqa: E402
+from edgespike.fpga.params import plan  # noqa: E402
+from edgespike.fpga.sim import Server  # noqa: E402
+from edgespike.model import Conv, ConvTranspose, Neuron  # noqa: E402
+
+pytestmark = pytest.mark.hw
+
+MODEL = chain_model(seed=0, channels=2, layers=2, timesteps=2)
+PLAN = plan(MODEL, tile=(4, 4))
+TIMEOUTS = {"ack_timeout": 30.0, "result_timeout": 120.0}
+
+
+def test_announced_worst_case_is_reached_when_every_neuron_fires():
+    """IDENT's ``max_tile_cycles`` bounds every tile, and a tile of 255s through a model whose neurons all fire
+    at every step takes exactly that many cycles (so the bound is the cycle model's own count, not a guess)."""
+    for model in (chain_model(seed=0, channels=2, layers=3, timesteps=2),
+                  down_model(seed=0, width=4, depth=3, timesteps=2)):
+        p = plan(model, tile=(8, 8))
+        assert p.max_tile_cycles == worst_tile_cycles(p) > 0
+        for seed in range(3):
+            assert tile_cost(p, demo_image(8, 8, seed=seed)).cycles <= p.max_tile_cycles
+        for node in model.nodes:  # every neuron fires at every step: zero weights, bias above threshold
+            if isinstance(node, (Conv, ConvTranspose)):
+                node.weight[...] = 0
+                node.bias[...] = 5
+            if isinstance(node, Neuron):
+                node.threshold[...] = 1
+        p = plan(model, tile=(8, 8))
+        for shape in ((8, 8), (4, 6)):
+            cost = tile_cost(p, np.full(shape, 255, np.uint8))
+            assert cost.cycles == worst_tile_cycles(p, shape) and cost.spikes > 0
+
+
+class AckThenSilence:
+    """A device that ACKs every request (IDENT is answered from ``ident``) and never sends a RESULT; the clock
+    advances 20 ms per read, as the real port's read timeout would."""
+
+    def __init__(self, ident: P.Ident, clock: list[float]):
+        self.ident, self.clock, self.out = ident, clock, bytearray()
+        self.parser = P.Parser(max_payload=1024)
+        self.writes: list[tuple[float, int]] = []
+
+    def write(self, data: bytes) -> None:
+        for f in self.parser.feed(data):
+            self.writes.append((self.clock[0], f.kind))
+            self.out += P.encode(P.ACK, f.seq)
+            if f.kind == P.IDENT:
+                self.out += P.encode(P.IDENT_REPLY, f.seq, self.ident.encode())
+
+    def read(self, n: int) -> bytes:
+        self.clock[0] += 0.02
+        data, self.out = bytes(self.out[:n]), self.out[n:]
+        return data
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_host_waits_the_announced_cost_plus_a_bounded_margin(monkeypatch):
+    """After a TILE's ACK the host waits for the RESULT exactly as long as the board announced (worst-case
+    cycles at its clock, the RESULT's transfer, a margin), then asks again; ``result_timeout`` does not apply."""
+    clock = [0.0]
+    monkeypatch.setattr(accelerator_module.time, "monotonic", lambda: clock[0])
+    worst, clock_hz, baud = 30_000_000, 12_000_000, 3_000_000  # 2.5 s of work at 12 MHz
+    ident = P.Ident(P.LINK_VERSION, P.GATEWARE_VERSION, 1, 0, 0, (16, 16), 2, 2, clock_hz, 4, 1, 1, 100, 256,
+                    P.WEIGHTS_BUILT_IN, "up5k", 0, worst)
+    port = AckThenSilence(ident, clock)
+    acc = Accelerator(port, baud=baud, ack_timeout=0.5, result_timeout=10_000.0, retries=2)
+    acc.check_versions()
+    deadline = acc.result_deadline(P.TILE)
+    transfer = (P.OVERHEAD + 1 + 256 + P.COUNTER_BYTES + P.ECHO_BYTES) * 10 / baud
+    assert deadline == pytest.approx((worst / clock_hz + transfer) * (1 + acc.MARGIN_FRACTION) + acc.MARGIN_S)
+    assert deadline < 3.0
+    with pytest.raises(LinkError, match="no RESULT, no RESULT, no RESULT"):
+        acc.run_tile(np.zeros((16, 16), np.uint8))
+    sent = [t for t, kind in port.writes if kind == P.TILE]
+    assert len(sent) == 3
+    gaps = np.diff(sent + [clock[0]])
+    # each attempt waited the announced deadline (to within one 20 ms read), never result_timeout
+    assert np.all(gaps >= deadline) and np.all(gaps <= deadline + 0.1)
+    # without an announced clock (a simulation) the fallback applies
+    acc.ident = P.Ident(**{**ident.__dict__, "clock_hz": 0})
+    assert acc.result_deadline(P.TILE) == 10_000.0
+
+
+class RandomFaults:
+    """A serial port that damages traffic in both directions at random: bit flips, dropped and inserted bytes,
+    forged frames (valid CRC: wrong sequence number, wrong length, spurious ACK/NAK; to the device: a forged
+    request of another kind). ``rate`` is the chance that one write or one read is damaged."""
+
+    def __init__(self, url: str, seed: int, rate: float):
+        self.port = serial.serial_for_url(url, timeout=0.02)
+        self.rng = random.Random(seed)
+        self.rate = rate
+        self.faults: dict[str, int] = {}
+
+    def _note(self, what: str) -> None:
+        self.faults[what] = self.faults.get(what, 0) + 1
+
+    def _damage(self, data: bytes, direction: str) -> bytes:
+        b = bytearray(data)
+        what = self.rng.choice(["flip", "drop", "insert", "forge"])
+        self._note(f"{direction} {what}")
+        at = self.rng.randrange(len(b))
+        if what == "flip":
+            b[at] ^= 1 << self.rng.randrange(8)
+        elif what == "drop":
+            del b[at]
+        elif what == "insert":
+            b.insert(at, self.rng.randrange(256))
+        elif direction == "to device":
+            # a well-formed request the host never made (another kind, another sequence number), before the real one
+            b[0:0] = P.encode(self.rng.choice([P.IDENT, P.WLOAD_END]), self.rng.randrange(256))
+        else:
+            seq = self.rng.randrange(256)
+            b[0:0] = self.rng.choice([P.encode(P.RESULT, seq, b"R" + bytes(28)), P.encode(P.ACK, seq),
+                                      P.encode(P.NAK, seq, bytes([P.NAK_CRC])),
+                                      P.encode(P.RESULT, seq, b"R" + bytes(5))])
+        return bytes(b)
+
+    def write(self, data: bytes) -> None:
+        self.port.write(self._damage(data, "to device") if self.rng.random() < self.rate else data)
+
+    def read(self, n: int) -> bytes:
+        data = self.port.read(n)
+        return self._damage(data, "to host") if data and self.rng.random() < self.rate else data
+
+    def close(self) -> None:
+        self.port.close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = Server(PLAN).start()
+    yield srv
+    srv.close()
+
+
+def test_random_faults_both_ways_never_give_a_wrong_image(server):
+    """Repeated random flips, drops, insertions and forged frames in both directions: every tile the host
+    returns equals the CPU runtime; a tile may fail with LinkError, never with a wrong image."""
+    # every lost frame costs a timeout (the simulated board announces no clock, so the host falls back to fixed
+    # ones, long because the simulator may get little CPU), so the rate is moderate; the faults still hit most
+    # exchanges of the run
+    tiles = [demo_image(4, 4, seed=s) for s in range(3)]
+    port = RandomFaults(server.url, seed=17, rate=0.2)
+    done = failed = 0
+    with Accelerator(port, retries=8, ack_timeout=60.0, result_timeout=120.0) as acc:
+        for attempt in range(3):
+            try:
+                acc.check_model(MODEL)
+                break
+            except LinkError:
+                assert attempt < 2
+        for tile in tiles:
+            try:
+                res = acc.run_tile(tile)
+            except LinkError:
+                failed += 1
+                continue
+            assert np.array_equal(res.out, runtime.denoise(MODEL, tile))
+            done += 1
+    assert done >= 2 and sum(port.faults.values()) >= 4, (done, failed, port.faults)
+    assert any(k.startswith("to device") for k in port.faults) and any(k.startswith("to host") for k in port.faults)
+
+
+def test_sequence_numbers_wrap_around(server):
+    """Requests with sequence numbers 253 .. 255, 0 .. 2: each answer is its own tile's (the device's memory of
+    the last request is by sequence number and kind, so a wrap must not make it replay an old answer)."""
+    tiles = [demo_image(4, 4, seed=10 + s) for s in range(6)]
+    with Accelerator(server.url, **TIMEOUTS) as acc:
+        acc.check_model(MODEL)
+        acc._seq = 252
+        for tile in tiles:
+            assert np.array_equal(acc.run_tile(tile).out, runtime.denoise(MODEL, tile))
+        assert acc._seq == 2 and acc.stats.retries == 0
+
+
+def raw_exchange(url: str):
+    """A raw socket to the board and a function that sends a frame and returns the frames received until
+    ``until(frames)`` holds."""
+    host, port = url.removeprefix("socket://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.settimeout(0.05)
+    parser = P.Parser(max_payload=1024)
+
+    def exchange(frame: bytes, until, limit: float = 300.0):
+        sock.sendall(frame)
+        got: list[P.Frame] = []
+        t0 = time.monotonic()
+        while not until(got) and time.monotonic() - t0 < limit:
+            try:
+                got += parser.feed(sock.recv(4096))
+            except TimeoutError:
+                pass
+        return got
+
+    return sock, exchange
+
+
+def test_the_board_abandons_a_tile_the_host_gave_up_on():
+    """A TILE is ACKed and running; the host gives up and sends IDENT: the board resets the accelerator, answers
+    the IDENT (no RESULT of the abandoned tile ever comes) and then runs the next tile correctly."""
+    srv = Server(PLAN).start()
+    sock, exchange = raw_exchange(srv.url)
+    try:
+        tile = demo_image(4, 4, seed=3)
+        got = exchange(P.encode(P.TILE, 7, bytes([4, 4]) + tile.tobytes()), lambda fs: any(f.kind == P.ACK for f in fs))
+        assert [f.kind for f in got] == [P.ACK]
+        got = exchange(P.encode(P.IDENT, 8), lambda fs: any(f.kind == P.IDENT_REPLY for f in fs))
+        assert [f.kind for f in got] == [P.ACK, P.IDENT_REPLY] and all(f.seq == 8 for f in got)
+        assert srv.sim.tiles_run == 1
+        sock.close()  # the simulated board serves one connection at a time
+        with Accelerator(srv.url, **TIMEOUTS) as acc:
+            acc.check_model(MODEL)
+            assert np.array_equal(acc.run_tile(tile).out, runtime.denoise(MODEL, tile))
+    finally:
+        sock.close()
+        srv.close()
+
+
+def test_a_weight_load_abandoned_midway_is_restarted_and_faults_during_loading():
+    """A board without weights; the host sends part of an image, gives up, and loads again from the start with a
+    damaged chunk on the way: the gateware restarts the accelerator's load, and the model computes right."""
+    srv = Server(PLAN, preloaded=False).start()
+    sock, exchange = raw_exchange(srv.url)
+    try:
+        image = PLAN.weight_image()
+        acked = lambda fs: any(f.kind in (P.ACK, P.NAK) for f in fs)  # noqa: E731
+        fp = accelerator_module.model_fingerprint(MODEL).to_bytes(4, "little")
+        assert [f.kind for f in exchange(P.encode(P.WLOAD_BEGIN, 1, fp), acked)] == [P.ACK]
+        assert [f.kind for f in exchange(P.encode(P.WLOAD_DATA, 2, image[:5]), acked)] == [P.ACK]
+        sock.close()
+        port = FlipOneChunk(srv.url)
+        with Accelerator(port, **TIMEOUTS) as acc:
+            ident = acc.check_versions()
+            assert ident.weights == P.WEIGHTS_LOADING
+            ident = acc.load_weights(MODEL)  # begins again: the gateware resets the half-loaded accelerator
+            assert ident.weights == P.WEIGHTS_LOADED and acc.stats.naks and port.flipped
+            tile = demo_image(4, 4, seed=4)
+            assert np.array_equal(acc.run_tile(tile).out, runtime.denoise(MODEL, tile))
+    finally:
+        sock.close()
+        srv.close()
+
+
+class FlipOneChunk:
+    """Flips a payload bit of the second WLOAD_DATA frame written."""
+
+    def __init__(self, url: str):
+        self.port = serial.serial_for_url(url, timeout=0.02)
+        self.chunks = 0
+        self.flipped = False
+
+    def write(self, data: bytes) -> None:
+        if data[2] == P.WLOAD_DATA:
+            self.chunks += 1
+            if self.chunks == 2:
+                b = bytearray(data)
+                b[7] ^= 0x10
+                data, self.flipped = bytes(b), True
+        self.port.write(data)
+
+    def read(self, n: int) -> bytes:
+        return self.port.read(n)
+
+    def close(self) -> None:
+        self.port.close()
