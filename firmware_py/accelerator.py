@@ -155,8 +155,19 @@ class Accelerator:
         transfer = (P.OVERHEAD + 1 + th * tw + P.COUNTER_BYTES + P.ECHO_BYTES) * 10 / self.baud
         return (work + transfer) * (1 + self.MARGIN_FRACTION) + self.MARGIN_S
 
+    def _longest_answer(self, kind: int, payload: bytes) -> int:
+        """The longest payload an answer to this request can have (a NAK's 1 byte at least)."""
+        if kind == P.IDENT:
+            return P.IDENT_LAYOUT.size
+        if kind == P.TILE:
+            return 1 + payload[0] * payload[1] + P.COUNTER_BYTES + P.ECHO_BYTES
+        return 1 + P.ECHO_BYTES  # WLOAD_*: ACK, NAK, or RESULT 'K'
+
     def _request(self, kind: int, payload: bytes, answer: int, check) -> P.Frame:
         """Send a request until a checked answer comes back; ``check(frame)`` returns a problem or None."""
+        # a header whose damaged length is longer than any answer to this request is garbage at once, so the
+        # parser never waits for the bytes of a frame that cannot be (it would be deaf until they came)
+        self.parser.max_payload = self._longest_answer(kind, payload)
         self._seq = (self._seq + 1) & 0xFF
         seq = self._seq
         frame = P.encode(kind, seq, payload)
@@ -222,8 +233,6 @@ class Accelerator:
 
         f = self._request(P.IDENT, b"", P.IDENT_REPLY, check)
         self.ident = P.Ident.decode(f.payload)
-        th, tw = self.ident.tile
-        self.parser.max_payload = max(P.IDENT_LAYOUT.size, 1 + th * tw + P.COUNTER_BYTES + P.ECHO_BYTES)
         return self.ident
 
     def check_versions(self) -> P.Ident:
