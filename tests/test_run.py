@@ -101,7 +101,7 @@ def test_no_arguments_runs_the_demo_through_the_default_model(tmp_path, capsys, 
     (["--noise", "poisson-gaussian"], "blind"),
     (["--sigma", "15", "--model", "s25"], "s25"),  # a shipped model by name
     (["IMAGES"], "blind"),  # a real source: its noise is not known
-    (["IMAGES", "--backend", "fpga-sim"], "if-s25"),  # what the default bitstream carries (IF layers)
+    (["IMAGES", "--backend", "fpga-sim"], "None"),  # the simulated accelerator picks the shipped model that fits
 ])
 def test_the_shipped_model_for_the_source_and_backend(tmp_path, capsys, monkeypatch, argv, kind):
     from edgespike.live import backends

@@ -326,7 +326,7 @@ def test_rtl_subcommands_have_their_own_help(capsys):
             main(["rtl", name, "--help"])
         texts[name] = " ".join(capsys.readouterr().out.split())
     assert "Verilog" in texts["verilog"] and "simulate" not in texts["verilog"]
-    assert "simulate one tile" in texts["sim"]
+    assert "simulate a small frame" in texts["sim"] and "layer pipeline" in texts["sim"]
     with pytest.raises(SystemExit):
         main(["rtl", "--help"])
     out = capsys.readouterr().out
