@@ -290,6 +290,25 @@ INLINE void conv_s16_px(const int16_t *xp, int wp, int cin, const int16_t *wpk, 
     }
 }
 
+/* quantise_px for int32 membranes and 8-bit activations, written branch-free over the channels so that the
+   compiler vectorises it (the same arithmetic, hence the same values) */
+INLINE void quantise_row_u8(const int32_t *v, long n, int co, const double *bias, const double *theta,
+                            const double *inv, int levels, uint8_t *q, int count, int64_t *local) {
+    for (long e0 = 0; e0 < n; e0 += co) {
+        for (int c = 0; c < co; c++) {
+            double x = (double)v[e0 + c] + bias[c];
+            double f = floor(x * inv[c]);
+            double r = x - f * theta[c];
+            f += (r >= theta[c] ? 1.0 : 0.0) - (r < 0 ? 1.0 : 0.0);
+            f = f < 0 ? 0 : f;
+            f = f > levels ? levels : f;
+            q[e0 + c] = (uint8_t)(int)f;
+        }
+    }
+    if (count)
+        for (long e = 0; e < n; e++) local[q[e]]++;
+}
+
 #ifdef __AVX2__
 #include <immintrin.h>
 INLINE __m256i pair(const int16_t *a) {
@@ -363,7 +382,10 @@ void conv_s16(const int16_t *xp, int wp, int cin, const int16_t *wpk, int k, int
 #endif
             for (; ox < wo; ox++)
                 conv_s16_px(xp, wp, cin, wpk, k, st, oy, ox, 0, co, kp, bias, orow + (long)ox * co);
-            if (q)
+            if (q && levels < 256)
+                quantise_row_u8(orow, (long)wo * co, co, qbias, theta, inv, levels,
+                                (uint8_t *)q + (long)oy * wo * co, oy >= r0 && oy < r1, local);
+            else if (q)
                 for (int x = 0; x < wo; x++)
                     quantise_px(orow, 2, x, co, qbias, theta, inv, levels, q, (long)oy * wo + x,
                                 oy >= r0 && oy < r1, local);
