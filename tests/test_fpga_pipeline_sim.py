@@ -8,8 +8,6 @@ hundred cycles per second of CPU): a small model of the same shape stands in for
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 
@@ -26,12 +24,6 @@ from edgespike.png import write_png  # noqa: E402
 from edgespike.testing import bitplane_dncnn  # noqa: E402
 
 pytestmark = pytest.mark.hw
-
-
-def parse(argv):
-    p = argparse.ArgumentParser()
-    cli.add_arguments(p)
-    return p.parse_args(argv)
 
 
 @pytest.fixture
@@ -51,26 +43,26 @@ def test_defaults_choose_the_model_that_fits_and_say_so(capsys):
     assert default_model("ecp5-85f", engine="shared")[0] == "if-s25"
     with pytest.raises(UserError, match="no shipped model fits the iCE40UP5K"):
         default_model("up5k")
-    model, pipelined = cli._load(parse(["sim"]))
+    model, pipelined = cli._load(cli.parse_args(["sim"]))
     assert pipelined and model.timesteps == 8
     assert "model s25 (no --model given" in capsys.readouterr().out
-    model, pipelined = cli._load(parse(["sim", "--model", "if-s25"]))
+    model, pipelined = cli._load(cli.parse_args(["sim", "--model", "if-s25"]))
     assert not pipelined and capsys.readouterr().out == ""
     with pytest.raises(UserError, match="no shipped model fits"):
-        cli.run(parse(["sim", "--device", "up5k"]))
+        cli.run(cli.parse_args(["sim", "--device", "up5k"]))
 
 
 def test_rtl_sim_streams_a_whole_frame_through_the_layer_pipeline(small, capsys):
     model, path, image = small
-    assert cli.run(parse(["sim", "--model", path, "--image", image, "--frame", "6x8"])) == 0
+    assert cli.run(cli.parse_args(["sim", "--model", path, "--image", image, "--frame", "6x8"])) == 0
     out = capsys.readouterr().out
     assert "simulating a whole 6x8 frame" in out
     assert "frame 6x8: equal to the CPU runtime (edgespike.runtime), pixel for pixel" in out
     assert "equal to the cycle model's" in out and "DIFFERENT" not in out
     with pytest.raises(UserError, match="--tile is for IF models"):
-        cli.run(parse(["sim", "--model", path, "--tile", "16x16"]))
+        cli.run(cli.parse_args(["sim", "--model", path, "--tile", "16x16"]))
     with pytest.raises(UserError, match="multiple of 2"):
-        cli.run(parse(["sim", "--model", path, "--frame", "5x8"]))
+        cli.run(cli.parse_args(["sim", "--model", path, "--frame", "5x8"]))
 
 
 def test_fpga_sim_backend_runs_a_bitplane_model_on_the_pipeline(small):

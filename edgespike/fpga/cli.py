@@ -86,6 +86,14 @@ def add_arguments(p) -> None:
             q.add_argument("--rtlil", action="store_true", help="emit RTLIL (no yosys needed) instead of Verilog")
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """``edgespike rtl`` arguments (``["sim", "--model", ...]``) without the rest of the CLI: for scripts and
+    tests that call :func:`run` directly."""
+    p = argparse.ArgumentParser(prog="edgespike rtl")
+    add_arguments(p)
+    return p.parse_args([str(a) for a in argv])
+
+
 def _load(args):
     """The model (``--model``, or the shipped one that fits ``--device``, said on stdout) and whether it runs on the
     layer pipeline (a bit-plane model) or the shared engine."""
