@@ -20,7 +20,7 @@ Output pixels leave in raster order with all ``C_out`` channels, which is the ne
 chain with ``wiring.connect`` into a pipeline where every layer works at once (:mod:`~edgespike.rtl.pipeline`).
 
 The compute is strictly sequential, so its cycles are a closed form of the input's bit counts: per output pixel
-and block ``1 + sum over taps (1 + 2 * parts + adds if the tap is inside the input, else 1) + 4 (+ 1 + T with a
+and block ``1 + sum over taps (1 + 3 * parts + adds if the tap is inside the input, else 1) + 4 (+ 1 + T with a
 SAR)``, ``adds`` being the (plane, channel group) pairs of the tap's input pixel that hold a spike; per output
 pixel ``+ 1`` (the handshake). The receiver takes a pixel per ``parts`` cycles while there is room. How the two
 and the neighbouring engines meet is :func:`edgespike.fpga.pipeline.pipeline_cycles`.
@@ -118,7 +118,7 @@ class BitPlaneLayer(wiring.Component):
         without spikes is skipped.
     parts : int
         Line-buffer words per pixel (a power of two dividing ``T``; part ``p`` holds planes ``p T / P ..``):
-        narrower words fit block RAM better; each part of a tap costs two more cycles, each part of a pixel
+        narrower words fit block RAM better; each part of a tap costs three more cycles, each part of a pixel
         received one.
     stride : int
         Conv stride (1 or 2).
@@ -382,9 +382,11 @@ class BitPlaneLayer(wiring.Component):
                     m.next = "LOAD"
                 with m.Else():
                     next_tap()
-            with m.State("LOAD"):
+            with m.State("LOAD"):  # the RAM word into a register (the RAM's clock-to-output set the ECP5 Fmax)
                 m.d.sync += word.eq(lb_r.data)
-                m.d.comb += mask_d.eq(Cat(*[lb_r.data[e * M:(e + 1) * M].any() for e in range(tp * ngroups)]))
+                m.next = "FLAGS"
+            with m.State("FLAGS"):  # its (plane, group) flags into the priority encoder
+                m.d.comb += mask_d.eq(Cat(*[word[e * M:(e + 1) * M].any() for e in range(tp * ngroups)]))
                 m.next = "SCAN"
             with m.State("SCAN"):  # one group with spikes per cycle, lowest first; an empty word ends the tap
                 with m.If(any_set):

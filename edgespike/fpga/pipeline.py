@@ -134,8 +134,8 @@ class LayerSpec:
             vy, vx = (iy >= 0) & (iy < h), (ix >= 0) & (ix < w)
             inside = vy[:, None] & vx[None, :]
             p = pop[np.clip(iy, 0, h - 1)][:, np.clip(ix, 0, w - 1)] * inside
-            # TAP; per part LOAD, one SCAN per add and the empty SCAN (which reads the next part); or TAP alone
-            tap_cycles += np.where(inside, 1 + 2 * parts + p, 1)
+            # TAP; per part LOAD, FLAGS, one SCAN per add and the empty SCAN (which reads the next part); or TAP
+            tap_cycles += np.where(inside, 1 + 3 * parts + p, 1)
             inside_taps += inside
             events += p
         sar = (1 + self.T) if self.theta is not None else 0
