@@ -14,11 +14,18 @@ Nothing here imports Amaranth: costing and planning run without the ``[hw]`` ext
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 
 from edgespike.model import BitPlaneNeuron, Conv, ConvTranspose, Integrator, Model
 from edgespike.reference import _bitplane_neuron, conv2d, conv_transpose2d
+
+
+@cache
+def _popcounts(T: int) -> np.ndarray:
+    """Set bits of every T-bit code."""
+    return np.array([bin(v).count("1") for v in range(2**T)])
 
 
 class PipelineError(ValueError):
@@ -144,7 +151,7 @@ class LayerSpec:
         return received, busy, inside_taps, events
 
     def popcount(self, q: np.ndarray) -> np.ndarray:
-        return np.array([bin(v).count("1") for v in range(2**self.T)])[q]
+        return _popcounts(self.T)[q]
 
     def cost(self, q: np.ndarray, lanes: int, group: int = 1, parts: int = 1) -> LayerCost:
         """Cycles and memory accesses of the engine on one frame of input codes ``q``, input always valid and
@@ -367,9 +374,32 @@ def memories(spec: LayerSpec, width: int, lanes: int, group: int, parts: int = 1
 
 def spec_vbits(spec: LayerSpec) -> int:
     """The engine's membrane width (as :class:`~edgespike.rtl.bitplane.BitPlaneLayer` computes it)."""
-    w = np.abs(spec.conv.weight.astype(np.int64)).reshape(spec.c_out, -1).sum(1).max()
-    top = (2**spec.T - 1) * int(w) + int(np.abs(spec.bias).max())
-    return top.bit_length() + 1
+    key = (id(spec.conv.weight), id(spec.neuron), spec.T)
+    if spec.__dict__.get("_vbits", (None,))[0] != key:  # cached: the planner asks thousands of times
+        w = np.abs(spec.conv.weight.astype(np.int64)).reshape(spec.c_out, -1).sum(1).max()
+        top = (2**spec.T - 1) * int(w) + int(np.abs(spec.bias).max())
+        spec.__dict__["_vbits"] = (key, top.bit_length() + 1)
+    return spec.__dict__["_vbits"][1]
+
+
+# Logic estimate, calibrated on the placed-and-routed pipelines of bitplane_dncnn(depth=3, width=W, seed=3)
+# (docs/HARDWARE.md, "Layer pipeline builds"): iCE40UP5K width 4, folds (4,1), (4,1), (1,4): 4159 LC; width 8,
+# (8,1), (8,1), (1,8): 5578 LC; ECP5-85F width 16, (16,1), (16,1), (1,16): 9335 TRELLIS_COMB. The formula is
+# within 7 % of all three: per lane of an engine a membrane adder, SAR residue, comparator and subtractor of about
+# ``vbits`` bits each; per spike of a group an int8 mask and adder per lane; per engine its FSM, counters and
+# bounds; per pipeline the UART, residual FIFO and decoder.
+LOGIC_BASE, LOGIC_ENGINE, LOGIC_LANE_BIT, LOGIC_LANE_GROUP, LOGIC_SCALE = 300, 530, 7.1, 18, 1.2
+LOGIC_BUDGET = 0.8  # the share of a part's logic a plan may take (the iCE40 width-4 build closed timing at 78 %)
+
+
+def estimate_logic(specs: list[LayerSpec], folds: list) -> int:
+    """Logic cells (iCE40 LCs / ECP5 TRELLIS_COMB) the pipeline with ``folds`` (``(lanes, group[, parts])`` per
+    layer) and its UART top take, estimated (see ``LOGIC_*``); nextpnr's report is the judge."""
+    total = LOGIC_BASE
+    for spec, fold in zip(specs, folds, strict=True):
+        lanes, group = (tuple(fold) + (1,))[:2]
+        total += LOGIC_ENGINE + lanes * (LOGIC_LANE_BIT * spec_vbits(spec) + LOGIC_LANE_GROUP * group)
+    return int(round(LOGIC_SCALE * total))
 
 
 def receptive_radius(specs: list[LayerSpec]) -> int:
@@ -398,13 +428,31 @@ class PipelinePlan:
     total_blocks: int
     cycles_per_pixel: list  # per layer, per input pixel of the stripe (sample's codes)
     frame_cycles: float  # one frame of the planned size, stripes included
+    logic: int = 0  # estimated logic cells (estimate_logic)
+    logic_total: int = 0  # the part's
+    frame: tuple = (0, 0)  # the planned frame (height, width)
 
     def seconds(self, hz: float) -> float:
         return self.frame_cycles / hz
 
+    def summary(self, hz: float | None = None) -> str:
+        """One line: folds, stripes, block RAM, logic estimate and (at ``hz``) the time per frame."""
+        name, _, blocks, _ = PARTS[self.device]
+        kind = "EBR" if self.device == "up5k" else "DP16KD"
+        h, w = self.frame
+        stripes = 1 if self.core >= w else -(-w // self.core)
+        text = (f"layer pipeline on {name}: folds (lanes, group, parts) {self.folds}, "
+                + (f"whole rows of {w}" if stripes == 1 else f"{stripes} stripes of {self.stripe} columns "
+                   f"({self.core} kept)")
+                + f", {self.total_blocks} of {blocks} {kind}, logic about {self.logic} of {self.logic_total} cells")
+        if hz:
+            text += f"; {self.seconds(hz):.3g} s per {w}x{h} frame at {hz / 1e6:g} MHz (cycle model)"
+        return text
+
 
 def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.ndarray,
-                  folds: list | None = None) -> PipelinePlan:
+                  folds: list | None = None, max_lanes: int | None = None,
+                  logic_budget: float = LOGIC_BUDGET) -> PipelinePlan:
     """Choose each engine's (lanes, group, parts) and the stripe width for ``frame`` (height, width) on
     ``device``.
 
@@ -414,8 +462,10 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
     (block RAM reads its width every cycle: that bandwidth is free), each line buffer split into the parts that
     take the fewest blocks, at the widest stripe that fits. Frame
     time: the slowest layer's cycles per pixel times the pixels of all stripes (halos included); the pipeline's
-    fill is not counted (a few percent on tall frames). Logic (LUTs) is not checked yet: the place-and-route
-    report is the judge.
+    fill is not counted (a few percent on tall frames). Logic: the folds chosen keep :func:`estimate_logic` within
+    ``logic_budget`` of the part's logic cells (while over, the layer whose cheaper fold slows the frame least
+    gives up lanes or group); ``max_lanes`` caps every layer's lanes. Given ``folds`` are taken as they are (the
+    plan records their logic estimate). The place-and-route report is the judge.
     """
     specs = layer_specs(model)
     codes = run_codes(specs, sample)
@@ -425,7 +475,7 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
 
     def options(spec):
         cin_p = 1 << max(0, (spec.c_in - 1).bit_length())
-        lanes = [d for d in range(1, spec.c_out + 1) if spec.c_out % d == 0]
+        lanes = [d for d in range(1, spec.c_out + 1) if spec.c_out % d == 0 and (not max_lanes or d <= max_lanes)]
         groups = [1 << i for i in range(cin_p.bit_length()) if (1 << i) <= cin_p]
         return [(lane, g) for lane in lanes for g in groups]
 
@@ -436,27 +486,47 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
             cache[(i, fold)] = specs[i].cost(codes[i], *fold).cycles / npx
         return cache[(i, fold)]
 
-    def fit(fl):
-        for stripe in range(min(W, 2048) + (W % 2), 2 * halo + 1, -2):
-            sizes = [stripe]
-            for spec in specs:
-                sizes.append(spec.out_size(1, sizes[-1])[1])
-            blocks, parts = {}, []
-            for i, (spec, f) in enumerate(zip(specs, fl, strict=True)):
-                best = min((p for p in (1, 2, 4, 8) if spec.T % p == 0),
-                           key=lambda p: ram_blocks(*memories(spec, sizes[i], *f[:2], p)["linebuf"], device))
-                parts.append(best)
-                for name, (wd, dp) in memories(spec, sizes[i], *f[:2], best).items():
-                    blocks[f"{spec.conv.name}.{name}"] = ram_blocks(wd, dp, device)
-            blocks["residual"] = ram_blocks(8, residual_depth(specs, H, stripe), device)
-            if sum(blocks.values()) <= PARTS[device][2]:
-                return stripe, blocks, parts
+    fits: dict = {}
+
+    def fit(fl):  # the widest stripe that fits (blocks only grow with the stripe: a binary search)
+        key = tuple(tuple(f[:2]) for f in fl)
+        if key not in fits:
+            widths = list(range(min(W, 2048) + (W % 2), 2 * halo + 1, -2))[::-1]
+            lo, hi, best = 0, len(widths) - 1, None
+            while lo <= hi:
+                mid = (lo + hi) // 2
+                got = fit_at(fl, widths[mid])
+                if got is None:
+                    hi = mid - 1
+                else:
+                    best, lo = got, mid + 1
+            fits[key] = best
+        return fits[key]
+
+    def fit_at(fl, stripe):
+        sizes = [stripe]
+        for spec in specs:
+            sizes.append(spec.out_size(1, sizes[-1])[1])
+        blocks, parts = {}, []
+        for i, (spec, f) in enumerate(zip(specs, fl, strict=True)):
+            best = min((p for p in (1, 2, 4, 8) if spec.T % p == 0),
+                       key=lambda p: ram_blocks(*memories(spec, sizes[i], *f[:2], p)["linebuf"], device))
+            parts.append(best)
+            for name, (wd, dp) in memories(spec, sizes[i], *f[:2], best).items():
+                blocks[f"{spec.conv.name}.{name}"] = ram_blocks(wd, dp, device)
+        blocks["residual"] = ram_blocks(8, residual_depth(specs, H, stripe), device)
+        if sum(blocks.values()) <= PARTS[device][2]:
+            return stripe, blocks, parts
         return None
 
     def wblocks_of(i, o):
         return ram_blocks(*memories(specs[i], 8, *o)["weights"], device)
 
+    budget = logic_budget * PARTS[device][3]
+
     def frame_time(fl):
+        if estimate_logic(specs, fl) > budget:
+            return float("inf")
         got = fit(fl)
         if got is None:
             return float("inf")
@@ -476,6 +546,22 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
             least = min(wblocks(o) for o in options(spec))
             cands = [o for o in options(spec) if wblocks(o) <= least * 1.1 and (o[0] & (o[0] - 1)) == 0]
             folds.append(min(cands, key=lambda o, i=i: per_pixel(i, o)))
+        # Logic: while over the budget, the layer whose next cheaper fold slows the frame least gives it up.
+        while estimate_logic(specs, folds) > budget:
+            now_logic = estimate_logic(specs, folds)
+            steps = []
+            for i in range(len(specs)):
+                for o in options(specs[i]):
+                    trial = list(folds)
+                    trial[i] = o
+                    if (o[0] & (o[0] - 1)) == 0 and estimate_logic(specs, trial) < now_logic:
+                        slowest = max(per_pixel(j, f) for j, f in enumerate(trial))
+                        steps.append((slowest, estimate_logic(specs, trial), i, o))
+            if not steps:
+                raise PipelineError(f"the layer pipeline does not fit {PARTS[device][0]}: its logic at one lane "
+                                    f"per layer is about {now_logic} cells, {budget:.0f} allowed")
+            _, _, i, o = min(steps)
+            folds[i] = o
         # Then the slowest layer takes more blocks while that shortens the frame (narrower stripes cost halos).
         while True:
             now = frame_time(folds)
@@ -500,7 +586,8 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
     n_stripes = 1 if stripe >= W else -(-W // core)
     costs = [per_pixel(i, f) for i, f in enumerate(folds)]
     frame_cycles = max(costs) * H * min(stripe, W) * n_stripes
-    return PipelinePlan(device, folds, stripe, core, blocks, sum(blocks.values()), costs, frame_cycles)
+    return PipelinePlan(device, folds, stripe, core, blocks, sum(blocks.values()), costs, frame_cycles,
+                        estimate_logic(specs, folds), PARTS[device][3], (H, W))
 
 
 def layer_specs(model: Model) -> list[LayerSpec]:
@@ -545,6 +632,7 @@ def decode(model: Model, pixels: np.ndarray, membrane: np.ndarray) -> np.ndarray
     return np.clip(y, 0, 255).astype(np.uint8)
 
 
-__all__ = ["PARTS", "LayerCost", "LayerSpec", "PipelineError", "PipelinePlan", "decode", "frame_accesses",
+__all__ = ["PARTS", "LayerCost", "LayerSpec", "PipelineError", "PipelinePlan", "decode", "estimate_logic",
+           "frame_accesses",
            "layer_specs", "memories",
            "pipeline_cycles", "plan_pipeline", "ram_blocks", "receptive_radius", "residual_depth", "run_codes"]
