@@ -48,6 +48,10 @@ def add_arguments(p) -> None:
                    "Gaussian sigma 25, else blind, as a camera's noise is not known in advance; on the fpga "
                    "backends: s25, the model `edgespike fpga build` builds)")
     g.add_argument("--backend", default="cpu", help="cpu (default), fpga (with --port) or fpga-sim")
+    g.add_argument("--simulator", choices=("auto", "cxxrtl", "amaranth"), default="auto", help="fpga-sim with a "
+                   "bit-plane model: cxxrtl (the gateware compiled to C++ by yosys; needs a C++ compiler, the first "
+                   "frame of a size compiles it, then cached), amaranth (about 1000x slower), auto (default: cxxrtl "
+                   "when it can run)")
     add_threads_argument(g)
     g.add_argument("--port", metavar="DEVICE", help="serial port of the FPGA board, e.g. /dev/ttyUSB0")
     g.add_argument("--color", default="luma", help="colour input: luma (denoise Y, keep chroma; default), "
@@ -178,7 +182,7 @@ def run(args) -> int:
     if args.backend == "cpu":
         apply_threads_argument(args)
         prepare_kernel(enabled=not args.quiet)  # a first run builds the C kernel: say so rather than pause
-    backend = backends.open_backend(args.backend, model, args.port)
+    backend = backends.open_backend(args.backend, model, args.port, simulator=getattr(args, "simulator", "auto"))
     backend_model = getattr(backend, "model", None)
     model_label = label(resolve(model or backend.model_name), getattr(backend_model, "metadata", None))
     if output and isinstance(source, sources.ImageSource):

@@ -76,6 +76,10 @@ def add_arguments(p) -> None:
             q.add_argument("--sim-tile", type=_tile_arg, help="simulate this HxW top-left corner (default 4x4, "
                                                               "at most --tile)")
             q.add_argument("--image", help="PNG frame (default: the bundled sample)")
+            q.add_argument("--simulator", choices=("auto", "cxxrtl", "amaranth"), default="auto",
+                           help="bit-plane models: cxxrtl (the gateware compiled to C++ by yosys, needs a C++ "
+                                "compiler; the first run of a design compiles it, then cached), amaranth (Python, "
+                                "about 1000x slower), auto (default: cxxrtl when it can run, else amaranth)")
             q.add_argument("--vcd", help="write a VCD of the simulated tile")
             q.add_argument("--fmax", type=float, default=24e6, help="clock for the frames/s estimate (Hz)")
             q.add_argument("--frame-estimate", action="store_true",
@@ -123,6 +127,11 @@ def run(args) -> int:
     model, pipelined = _load(args)
     if pipelined:
         return _run_pipeline(args, model)
+    if getattr(args, "simulator", "auto") != "auto":
+        from edgespike.errors import UserError
+
+        raise UserError("--simulator is for bit-plane models on the layer pipeline; an IF model runs on the shared "
+                        "engine in Amaranth's simulator")
     p = _plan(args, model)
     print(p.summary())
     if args.rtl_command == "verilog":
@@ -185,7 +194,14 @@ def _run_pipeline(args, model) -> int:
         if getattr(args, opt, None):
             raise UserError(f"--{opt.replace('_', '-')} is for IF models on the shared engine; a bit-plane model runs "
                             f"on the layer pipeline: use --frame HxW")
-    fh, fw = args.frame or ((4, 4) if args.rtl_command == "sim" else (64, 64))
+    simulator = None
+    if args.rtl_command == "sim":
+        from edgespike.fpga.pipesim import DEFAULT_FRAME, choose_simulator
+
+        simulator, note = choose_simulator(args.simulator)
+        if note:
+            print(f"edgespike: {note}", file=sys.stderr, flush=True)
+    fh, fw = args.frame or (DEFAULT_FRAME[simulator] if simulator else (64, 64))
     mult = model.size_multiple
     if fh % mult or fw % mult or fh < mult or fw < mult:
         raise UserError(f"--frame {fh}x{fw} must be a multiple of {mult} (the model halves the resolution)")
@@ -198,11 +214,10 @@ def _run_pipeline(args, model) -> int:
     import numpy as np
 
     from edgespike import runtime
-    from edgespike.fpga.pipesim import expected_cycles, run_codes, simulate_pipeline
+    from edgespike.fpga.pipesim import SPEED, expected_cycles, run_codes, simulate_with_progress
     from edgespike.frames import check_frame
     from edgespike.models import sample_path
     from edgespike.png import read_png
-    from edgespike.progress import heartbeat
 
     image = args.image or sample_path()
     frame = check_frame(read_png(image))
@@ -214,9 +229,9 @@ def _run_pipeline(args, model) -> int:
     want_cycles = expected_cycles(specs, codes, folds)
     print(f"layer pipeline (rtl/pipeline.py): {len(specs)} engines, folds (lanes, group, parts) {folds}")
     print(f"simulating a whole {fh}x{fw} frame (the top-left corner of {image}): {want_cycles} cycles by the cycle "
-          f"model; Amaranth's simulator runs a few hundred cycles per second of CPU for this model", flush=True)
-    with heartbeat(f"rtl sim: {fh}x{fw} frame through the layer pipeline", want_cycles / 300):
-        res = simulate_pipeline(dut, x, limit=2 * want_cycles + 1000)
+          f"model; {SPEED[simulator]}", flush=True)
+    res = simulate_with_progress(dut, x, 2 * want_cycles + 1000, simulator,
+                                 f"rtl sim: {fh}x{fw} frame through the layer pipeline", want_cycles)
     want = runtime.denoise(model, x)
     bad = np.argwhere(res.out != want)
     costs = [spec.cost(q, *fold) for spec, q, fold in zip(specs, codes, folds, strict=False)]
@@ -236,6 +251,9 @@ def _run_pipeline(args, model) -> int:
           f"{'equal to' if adds_ok else 'DIFFERENT from'} the cycle model's")
     sops = sum(c.sops for c in costs)
     print(f"  synaptic ops {sops} ({sops / res.cycles:.2f} per cycle)")
+    build = f" (+ {res.build_seconds:.1f} s to build or find the compiled design)" if simulator == "cxxrtl" else ""
+    print(f"  simulated by {simulator}: {res.seconds:.1f} s, {res.cycles / max(res.seconds, 1e-9):,.0f} cycles/s"
+          f"{build}")
     return 0 if res.cycles == want_cycles and counts_ok and adds_ok else 1
 
 

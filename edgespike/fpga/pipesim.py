@@ -5,6 +5,10 @@ through it and returns the output pixels, the cycles until the last output pixel
 and writes counted from its RAM enables; :func:`check_frame` compares the output with the CPU runtime and the
 cycles and counts with the cycle model of :mod:`edgespike.fpga.pipeline`. ``edgespike rtl sim`` and the tests
 use them.
+
+:func:`simulate` runs the same frame on the simulator chosen by :func:`choose_simulator`: the design compiled by
+yosys' CXXRTL (:mod:`edgespike.fpga.cxxrtl`, about a thousand times faster) when a C++ compiler is there, else
+Amaranth's simulator (:func:`simulate_pipeline`), with one line saying why.
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ class PipelineRun:
     cycles: int
     counts: list = field(default_factory=list)  # per engine: reads per memory, and ``writes``
     adds: list = field(default_factory=list)  # per engine: adds by use, counted from the gateware's probes
+    simulator: str = "amaranth"
+    seconds: float = 0.0  # wall time of the simulation itself
+    build_seconds: float = 0.0  # wall time to find or build the compiled design (cxxrtl)
 
 
 def simulate_pipeline(dut, x: np.ndarray, limit: int, progress=None) -> PipelineRun:
@@ -110,6 +117,84 @@ def simulate_pipeline(dut, x: np.ndarray, limit: int, progress=None) -> Pipeline
     return PipelineRun(np.array(outs, np.uint8).reshape(x.shape), result["cycles"], result["counts"], result["adds"])
 
 
+SIMULATORS = ("auto", "cxxrtl", "amaranth")
+"""``--simulator`` choices: ``auto`` is CXXRTL when it can run here, else Amaranth's simulator."""
+
+SPEED = {"cxxrtl": "CXXRTL (the gateware compiled to C++) runs about 100-300 k cycles per second for this model",
+         "amaranth": "Amaranth's simulator runs a few hundred cycles per second for this model"}
+
+
+def choose_simulator(requested: str = "auto") -> tuple[str, str | None]:
+    """The simulator to use for ``requested`` (one of :data:`SIMULATORS`) and, when ``auto`` falls back to
+    Amaranth's, the one line that says why. ``cxxrtl`` when it cannot run is refused (:class:`UserError`)."""
+    from edgespike.errors import UserError
+    from edgespike.fpga import cxxrtl
+
+    if requested not in SIMULATORS:
+        raise UserError(f"--simulator must be one of {', '.join(SIMULATORS)}, got {requested!r}")
+    if requested == "amaranth":
+        return "amaranth", None
+    why = cxxrtl.unavailable()
+    if why is None:
+        return "cxxrtl", None
+    if requested == "cxxrtl":
+        raise UserError(f"--simulator cxxrtl: {why}")
+    return "amaranth", (f"CXXRTL unavailable ({why}): using Amaranth's simulator, about 1000x slower "
+                        f"(a few hundred cycles/s)")
+
+
+def simulate(dut, x: np.ndarray, limit: int, simulator: str = "cxxrtl", progress=None, notice=None) -> PipelineRun:
+    """Stream frame ``x`` through ``dut`` on ``simulator`` (``cxxrtl`` or ``amaranth``; see
+    :func:`choose_simulator`): the same stimulus and the same :class:`PipelineRun` either way. ``progress(cycles)``
+    is called as the simulation moves; ``notice(text)`` before a slow build step of the CXXRTL route (the first
+    use of a design compiles it, minutes for the default model; cached afterwards)."""
+    import time
+
+    if simulator == "amaranth":
+        t0 = time.monotonic()
+        res = simulate_pipeline(dut, x, limit, progress)
+        res.seconds = time.monotonic() - t0
+        return res
+    if simulator != "cxxrtl":
+        raise ValueError(f"simulator must be 'cxxrtl' or 'amaranth', got {simulator!r}")
+    from edgespike.fpga import cxxrtl
+
+    t0 = time.monotonic()
+    sim = cxxrtl.simulation(dut, notice)
+    t1 = time.monotonic()
+    try:
+        res = sim.run(x, limit, progress)
+    finally:
+        sim.close()
+    res.simulator, res.seconds, res.build_seconds = "cxxrtl", time.monotonic() - t1, t1 - t0
+    return res
+
+
+DEFAULT_FRAME = {"cxxrtl": (32, 32), "amaranth": (4, 4)}
+"""``rtl sim``'s default frame on each simulator (the default model: 0.69 M and 15 k cycles)."""
+
+
+def simulate_with_progress(dut, x: np.ndarray, limit: int, simulator: str, what: str, total: int | None = None,
+                           enabled: bool = True) -> PipelineRun:
+    """:func:`simulate` with a progress line on stderr (``what``: ``done / total cycles``, time left) and, on the
+    CXXRTL route, a line before each slow build step (only the first use of a design compiles)."""
+    import sys
+
+    from edgespike.progress import Progress
+
+    def notice(text: str) -> None:
+        if enabled:
+            print(f"edgespike: {text} (first use of this design only; cached) ...", file=sys.stderr, flush=True)
+
+    bar = Progress(what, total, "cycles", enabled=enabled)
+    try:
+        res = simulate(dut, x, limit, simulator, progress=bar.update, notice=notice)
+        bar.update(res.cycles, force=True)
+    finally:
+        bar.close()
+    return res
+
+
 def expected_cycles(specs, codes, folds) -> int:
     """The cycle model's count for the whole pipeline, the decoder's register stages included."""
     from edgespike.rtl.pipeline import LayerPipeline
@@ -117,4 +202,5 @@ def expected_cycles(specs, codes, folds) -> int:
     return pipeline_cycles(specs, codes[:-1], folds) + LayerPipeline.LATENCY
 
 
-__all__ = ["PipelineRun", "build_pipeline", "default_folds", "expected_cycles", "run_codes", "simulate_pipeline"]
+__all__ = ["DEFAULT_FRAME", "SIMULATORS", "SPEED", "PipelineRun", "build_pipeline", "choose_simulator", "default_folds",
+           "expected_cycles", "run_codes", "simulate", "simulate_pipeline", "simulate_with_progress"]

@@ -238,18 +238,28 @@ class SimBackend:
 
 class PipelineSimBackend:
     """``edgespike run --backend fpga-sim`` for a bit-plane model: each frame streamed through the layer pipeline
-    (:mod:`edgespike.rtl.pipeline`, built for the frame's size) in Amaranth's simulator.
+    (:mod:`edgespike.rtl.pipeline`, built for the frame's size), compiled to C++ by yosys' CXXRTL
+    (:mod:`edgespike.fpga.cxxrtl`: the first frame of a size compiles it, minutes for the default model, then
+    cached; about 100-300 k cycles/s) or, without a C++ compiler or with ``simulator="amaranth"``, in Amaranth's
+    simulator (a few hundred cycles/s; one line says so).
 
     The pipeline has no framed link in front of it yet, so the frame goes into its stream port directly (no UART,
-    no firmware). Slow: a few hundred cycles per second of CPU for the default model, whose 64x64 frame is about
-    2.3 M cycles (hours); the cycle model's count for each frame is said before it starts.
+    no firmware). The cycle model's count for each frame is said before it starts; a progress line follows it.
     """
 
     name = "fpga-sim"
 
-    def __init__(self, model, note: str | None = None):
+    def __init__(self, model, note: str | None = None, simulator: str = "auto"):
+        import sys
+
+        from edgespike.fpga.pipesim import choose_simulator
+
         self.model = model
-        self.label = "fpga-sim (the layer pipeline in Amaranth's simulator, no link)"
+        self.simulator, why = choose_simulator(simulator)
+        if why:
+            print(f"fpga-sim: {why}", file=sys.stderr, flush=True)
+        engine = "compiled by CXXRTL" if self.simulator == "cxxrtl" else "in Amaranth's simulator"
+        self.label = f"fpga-sim (the layer pipeline {engine}, no link)"
         self.note = note
         self._built: dict = {}
 
@@ -260,8 +270,7 @@ class PipelineSimBackend:
         import numpy as np
 
         from edgespike.errors import UserError
-        from edgespike.fpga.pipesim import build_pipeline, expected_cycles, run_codes, simulate_pipeline
-        from edgespike.progress import heartbeat
+        from edgespike.fpga.pipesim import SPEED, build_pipeline, expected_cycles, run_codes, simulate_with_progress
 
         h, w = frame.shape
         mult = self.model.size_multiple
@@ -273,22 +282,24 @@ class PipelineSimBackend:
         dut, specs, folds = self._built[(h, w)]
         x = np.ascontiguousarray(frame, dtype=np.uint8)
         cycles = expected_cycles(specs, run_codes(specs, x), folds)
-        print(f"fpga-sim: {h}x{w} frame through the layer pipeline: {cycles} cycles by the cycle model (Amaranth "
-              f"simulates a few hundred per second)", file=sys.stderr, flush=True)
+        print(f"fpga-sim: {h}x{w} frame through the layer pipeline: {cycles} cycles by the cycle model "
+              f"({SPEED[self.simulator]})", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        with heartbeat(f"fpga-sim: {h}x{w} frame", cycles / 300):
-            res = simulate_pipeline(dut, x, limit=2 * cycles + 1000)
-        return res.out, {"spikes": None, "cycles": res.cycles, "seconds": time.perf_counter() - t0}
+        res = simulate_with_progress(dut, x, 2 * cycles + 1000, self.simulator, f"fpga-sim: {h}x{w} frame", cycles)
+        return res.out, {"spikes": None, "cycles": res.cycles, "seconds": time.perf_counter() - t0,
+                         "simulator": self.simulator}
 
     def close(self) -> None:
         self._built.clear()
 
 
-def open_backend(model_path: str | None, device: str | None = None, tile: tuple[int, int] | None = None):
+def open_backend(model_path: str | None, device: str | None = None, tile: tuple[int, int] | None = None,
+                 simulator: str = "auto"):
     """The ``fpga-sim`` backend of ``edgespike run`` (see :mod:`edgespike.live.backends`).
 
     A bit-plane model (the default: the shipped model that fits the ECP5-85F, said on stderr) runs on the layer
-    pipeline; an IF model on the simulated board (shared engine, UART and link) with tiles for ``device``.
+    pipeline (``simulator``: ``auto``, ``cxxrtl`` or ``amaranth``, see :class:`PipelineSimBackend`); an IF model on
+    the simulated board (shared engine, UART and link) with tiles for ``device``, in Amaranth's simulator.
     """
     import sys
 
@@ -305,8 +316,13 @@ def open_backend(model_path: str | None, device: str | None = None, tile: tuple[
     model = load(resolve(model_path))
     try:
         layer_specs(model)
-        backend = PipelineSimBackend(model, note)
+        backend = PipelineSimBackend(model, note, simulator)
     except PipelineError:
+        if simulator != "auto":
+            from edgespike.errors import UserError
+
+            raise UserError("--simulator is for bit-plane models (the layer pipeline); an IF model runs on the "
+                            "simulated board in Amaranth's simulator") from None
         model, plan = load_plan(model_path, device or "up5k", tile or (16, 16))
         check_core(model, plan)  # frames are cut into tiles: a tile must keep a core
         backend = SimBackend(model, plan)

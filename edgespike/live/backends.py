@@ -38,13 +38,15 @@ class CPUBackend:
             close()
 
 
-def open_backend(name: str, model_path: str | None = None, port: str | None = None):
+def open_backend(name: str, model_path: str | None = None, port: str | None = None, simulator: str = "auto"):
     """Open the backend ``name``; the FPGA ones are hooks that the FPGA issue fills in.
 
     Contract for the FPGA side: ``edgespike.fpga.host.open_backend(model_path, port=...)`` (``fpga``, a board on a
     serial port) and ``edgespike.fpga.sim.open_backend(model_path)`` (``fpga-sim``, the Amaranth simulation) return
     an object with ``label``, ``denoise(frame) -> (frame, stats)`` and ``close()``.
     """
+    if simulator != "auto" and name != "fpga-sim":
+        raise UserError("--simulator is for --backend fpga-sim")
     if name == "cpu":
         if port:
             raise UserError("--port is for --backend fpga (a serial device); the cpu backend takes none")
@@ -72,7 +74,9 @@ def open_backend(name: str, model_path: str | None = None, port: str | None = No
     except AttributeError:
         raise UserError(f"--backend {name} is not available in this build: {module} has no open_backend(); "
                         "use --backend cpu") from None
-    return opener(model_path, port=port) if name == "fpga" else opener(model_path)
+    if name == "fpga":
+        return opener(model_path, port=port)
+    return opener(model_path, simulator=simulator) if simulator != "auto" else opener(model_path)
 
 
 def energy_estimator():

