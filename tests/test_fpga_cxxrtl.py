@@ -1,0 +1,161 @@
+"""The layer pipeline compiled by yosys' CXXRTL (``edgespike.fpga.cxxrtl``) against Amaranth's simulator and the
+runtime; the fallback to Amaranth's simulator without a C++ compiler; the compiled library's cache.
+
+The model is a small one of the shipped shape (5x5 stride 2, 3x3 body, 6x6 transposed read-out, T = 8). The
+CXXRTL builds go to a cache of this module's own (two designs: two compiles, about 10 s of CPU each).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("amaranth")
+
+from edgespike import runtime  # noqa: E402
+from edgespike.errors import UserError  # noqa: E402
+from edgespike.fileformat import save  # noqa: E402
+from edgespike.fpga import cli, cxxrtl  # noqa: E402
+from edgespike.fpga.examples import demo_image  # noqa: E402
+from edgespike.fpga.pipesim import (  # noqa: E402
+    build_pipeline,
+    choose_simulator,
+    expected_cycles,
+    run_codes,
+    simulate,
+)
+from edgespike.live.backends import open_backend  # noqa: E402
+from edgespike.png import write_png  # noqa: E402
+from edgespike.testing import bitplane_dncnn  # noqa: E402
+
+pytestmark = pytest.mark.hw
+
+needs_cxxrtl = pytest.mark.skipif(cxxrtl.unavailable() is not None,
+                                  reason=f"CXXRTL unavailable: {cxxrtl.unavailable()}")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A cache directory of this module's own (builds are counted from an empty cache)."""
+    path = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGESPIKE_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    model = bitplane_dncnn(depth=3, width=4, T=8, down=True, seed=3)
+    model.decoder.shift = 15  # the random read-out scale would saturate most pixels
+    tmp = tmp_path_factory.mktemp("model")
+    path = tmp / "bp.esnn"
+    save(model, path)
+    image = tmp / "i.png"
+    write_png(image, demo_image(28, 36, seed=5))
+    return model, str(path), str(image)
+
+
+def _counts(specs, x, folds):
+    codes = run_codes(specs, x)
+    costs = [spec.cost(q, *fold) for spec, q, fold in zip(specs, codes, folds, strict=False)]
+    return (expected_cycles(specs, codes, folds), [c.reads | {"writes": c.writes} for c in costs],
+            [c.adds for c in costs])
+
+
+@needs_cxxrtl
+def test_cxxrtl_equals_amaranths_simulator_pixels_cycles_and_counts(small, cache):
+    model, _, _ = small
+    x = demo_image(6, 8, seed=6)
+    dut, specs, folds = build_pipeline(model, 6, 8)
+    fast = simulate(dut, x, 10**6, "cxxrtl")
+    assert fast.simulator == "cxxrtl"
+    dut, specs, folds = build_pipeline(model, 6, 8)  # a fresh design for the other simulator
+    slow = simulate(dut, x, 10**6, "amaranth")
+    assert np.array_equal(fast.out, slow.out)
+    assert fast.cycles == slow.cycles
+    assert fast.counts == slow.counts and fast.adds == slow.adds
+    cycles, counts, adds = _counts(specs, x, folds)
+    assert fast.cycles == cycles and fast.counts == counts and fast.adds == adds
+    assert np.array_equal(fast.out, runtime.denoise(model, x))
+    # a cycle budget too small stops the simulation and says so
+    with pytest.raises(RuntimeError, match="pixels in 100 cycles"):
+        simulate(dut, x, 100, "cxxrtl")
+
+
+@needs_cxxrtl
+def test_cxxrtl_equals_the_runtime_on_a_larger_frame_and_runs_the_fpga_sim_backend(small, cache):
+    model, path, _ = small
+    x = demo_image(24, 32, seed=7)
+    dut, specs, folds = build_pipeline(model, 24, 32)
+    res = simulate(dut, x, 10**7, "cxxrtl")
+    want = runtime.denoise(model, x)
+    assert np.array_equal(res.out, want) and (want != x).mean() > 0.5
+    cycles, counts, adds = _counts(specs, x, folds)
+    assert res.cycles == cycles and res.counts == counts and res.adds == adds
+    assert cycles > 50_000  # about 10x the frame Amaranth's simulator is compared on
+
+    backend = open_backend("fpga-sim", path, simulator="cxxrtl")
+    try:
+        assert "CXXRTL" in backend.label
+        out, stats = backend.denoise(x)  # the same design: from the cache
+    finally:
+        backend.close()
+    assert np.array_equal(out, want) and stats["cycles"] == cycles and stats["simulator"] == "cxxrtl"
+
+
+@needs_cxxrtl
+def test_the_compiled_library_is_cached_and_reused(small, cache):
+    model, _, _ = small
+    dut, _, _ = build_pipeline(model, 6, 8)  # built by the first test (or now)
+    first = cxxrtl.build(dut)
+    libs = sorted(cache.glob("cxxrtl/pipeline-*.so"))
+    stamp = os.stat(first["path"]).st_mtime_ns
+    again = cxxrtl.build(build_pipeline(model, 6, 8)[0])
+    assert not again["built"] and again["path"] == first["path"] and again["seconds"] < 5
+    # without the design index the RTLIL's hash still finds the library (converted again, not compiled)
+    for index in cache.glob("cxxrtl/design-*.json"):
+        index.unlink()
+    third = cxxrtl.build(dut)
+    assert not third["built"] and third["path"] == first["path"]
+    assert os.stat(first["path"]).st_mtime_ns == stamp and sorted(cache.glob("cxxrtl/pipeline-*.so")) == libs
+    # another design (other weights) or other flags: another library name
+    other = bitplane_dncnn(depth=3, width=4, T=8, down=True, seed=4)
+    rtlil = cxxrtl.rtlil_text(dut)
+    assert "attribute \\src" not in rtlil
+    assert cxxrtl._library_path(cxxrtl.rtlil_text(build_pipeline(other, 6, 8)[0])) != cxxrtl._library_path(rtlil)
+    assert cxxrtl.design_key(build_pipeline(other, 6, 8)[0]) != cxxrtl.design_key(dut)
+    os.environ["EDGESPIKE_CXXFLAGS"] = "-DEDGESPIKE_TEST"
+    try:
+        assert cxxrtl._library_path(rtlil) != first["path"]
+    finally:
+        del os.environ["EDGESPIKE_CXXFLAGS"]
+
+
+def test_without_a_compiler_falls_back_to_amaranth_with_one_line(small, monkeypatch, capsys):
+    model, path, image = small
+    monkeypatch.setenv("CXX", "no-such-c++")
+    assert "no-such-c++" in cxxrtl.unavailable()
+    simulator, note = choose_simulator("auto")
+    assert simulator == "amaranth" and "CXXRTL unavailable" in note and "Amaranth's simulator" in note
+    with pytest.raises(UserError, match="--simulator cxxrtl: the C\\+\\+ compiler 'no-such-c\\+\\+'"):
+        choose_simulator("cxxrtl")
+    monkeypatch.delenv("CXX")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert cxxrtl.unavailable().startswith("no C++ compiler found")
+    monkeypatch.undo()
+
+    monkeypatch.setenv("CXX", "no-such-c++")
+    assert cli.run(cli.parse_args(["sim", "--model", path, "--image", image, "--frame", "4x4"])) == 0
+    captured = capsys.readouterr()
+    notes = [ln for ln in captured.err.splitlines() if "CXXRTL unavailable" in ln]
+    assert len(notes) == 1 and "the C++ compiler 'no-such-c++' (CXX) was not found" in notes[0]
+    assert "frame 4x4: equal to the CPU runtime" in captured.out and "simulated by amaranth" in captured.out
+    assert "DIFFERENT" not in captured.out
+    # asking for the Amaranth simulator explicitly says nothing
+    assert choose_simulator("amaranth") == ("amaranth", None)
+    with pytest.raises(UserError, match="--simulator is for bit-plane models"):
+        cli.run(cli.parse_args(["sim", "--model", "if-s25", "--simulator", "amaranth"]))
+    with pytest.raises(UserError, match="--simulator is for --backend fpga-sim"):
+        open_backend("cpu", path, simulator="cxxrtl")
