@@ -382,13 +382,15 @@ def spec_vbits(spec: LayerSpec) -> int:
     return spec.__dict__["_vbits"][1]
 
 
-# Logic estimate, calibrated on the placed-and-routed pipelines of bitplane_dncnn(depth=3, width=W, seed=3)
-# (docs/HARDWARE.md, "Layer pipeline builds"): iCE40UP5K width 4, folds (4,1), (4,1), (1,4): 4159 LC; width 8,
-# (8,1), (8,1), (1,8): 5578 LC; ECP5-85F width 16, (16,1), (16,1), (1,16): 9335 TRELLIS_COMB. The formula is
-# within 7 % of all three: per lane of an engine a membrane adder, SAR residue, comparator and subtractor of about
-# ``vbits`` bits each; per spike of a group an int8 mask and adder per lane; per engine its FSM, counters and
-# bounds; per pipeline the UART, residual FIFO and decoder.
-LOGIC_BASE, LOGIC_ENGINE, LOGIC_LANE_BIT, LOGIC_LANE_GROUP, LOGIC_SCALE = 300, 530, 7.1, 18, 1.2
+# Logic estimate: least squares on five placed-and-routed pipelines of 3-layer models of the shipped shape
+# (docs/HARDWARE.md, "Layer pipeline builds"; nextpnr's iCE40 LCs or ECP5 TRELLIS_COMB, UART top included):
+# bitplane_dncnn(depth=3, width=W, seed=3) with folds (W,1), (W,1), (1,W): W = 4: 4159 LC, W = 8: 5578 LC (UP5K),
+# W = 16: 9520 (ECP5-85F); a trained 3 x 8 model on the UP5K with (2,1), (4,1), (1,2): 4579 LC and with (4,1),
+# (4,1), (1,8): 5297 LC. Within 4 % of all five. Terms: per output channel and membrane bit (what every channel
+# keeps: parameters, codes, its share of the datapath), per lane and membrane bit (adder, SAR), per extra input
+# channel of a group and lane (mask and adder tree), per engine, per pipeline (UART, FIFO, decoder). Fitted on
+# models of at most 16 channels: for 64-channel layers it is an extrapolation.
+LOGIC_BASE, LOGIC_ENGINE, LOGIC_CHANNEL_BIT, LOGIC_LANE_BIT, LOGIC_LANE_GROUP = 300, 635, 5.37, 2.66, 101
 LOGIC_BUDGET = 0.8  # the share of a part's logic a plan may take (the iCE40 width-4 build closed timing at 78 %)
 
 
@@ -398,8 +400,10 @@ def estimate_logic(specs: list[LayerSpec], folds: list) -> int:
     total = LOGIC_BASE
     for spec, fold in zip(specs, folds, strict=True):
         lanes, group = (tuple(fold) + (1,))[:2]
-        total += LOGIC_ENGINE + lanes * (LOGIC_LANE_BIT * spec_vbits(spec) + LOGIC_LANE_GROUP * group)
-    return int(round(LOGIC_SCALE * total))
+        vb = spec_vbits(spec)
+        total += (LOGIC_ENGINE + LOGIC_CHANNEL_BIT * spec.c_out * vb + LOGIC_LANE_BIT * lanes * vb
+                  + LOGIC_LANE_GROUP * lanes * (group - 1))
+    return int(round(total))
 
 
 def receptive_radius(specs: list[LayerSpec]) -> int:
@@ -514,7 +518,7 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
             parts.append(best)
             for name, (wd, dp) in memories(spec, sizes[i], *f[:2], best).items():
                 blocks[f"{spec.conv.name}.{name}"] = ram_blocks(wd, dp, device)
-        blocks["residual"] = ram_blocks(8, residual_depth(specs, H, stripe), device)
+        blocks["residual"] = ram_blocks(8, 1 << (residual_depth(specs, H, stripe) - 1).bit_length(), device)
         if sum(blocks.values()) <= PARTS[device][2]:
             return stripe, blocks, parts
         return None
@@ -577,6 +581,25 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
                     break
             else:
                 break
+        # A second search, water filling: from one lane and one channel per layer, the slowest layer repeatedly
+        # takes the faster fold that costs the least logic while the plan still fits; the faster plan wins.
+        fill = [(1, 1)] * len(specs)
+        while True:
+            costs = [per_pixel(i, f) for i, f in enumerate(fill)]
+            worst = int(np.argmax(costs))
+            faster = [o for o in options(specs[worst]) if (o[0] & (o[0] - 1)) == 0
+                      and per_pixel(worst, o) < costs[worst]]
+            steps = sorted(faster, key=lambda o: (estimate_logic(specs, fill[:worst] + [o] + fill[worst + 1:]),
+                                                  per_pixel(worst, o)))
+            for o in steps:
+                trial = fill[:worst] + [o] + fill[worst + 1:]
+                if frame_time(trial) < float("inf"):
+                    fill = trial
+                    break
+            else:
+                break
+        if frame_time(fill) < frame_time(folds):
+            folds = fill
     got = fit(folds)
     if got is None:
         raise PipelineError(f"the layer pipeline does not fit {PARTS[device][0]}: block RAM over at every stripe")
