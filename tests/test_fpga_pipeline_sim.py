@@ -17,7 +17,7 @@ from edgespike import runtime  # noqa: E402
 from edgespike.errors import UserError  # noqa: E402
 from edgespike.fileformat import save  # noqa: E402
 from edgespike.fpga import cli  # noqa: E402
-from edgespike.fpga.defaults import default_model  # noqa: E402
+from edgespike.fpga.defaults import SMALL_MODEL, default_model  # noqa: E402
 from edgespike.fpga.examples import demo_image  # noqa: E402
 from edgespike.live.backends import open_backend  # noqa: E402
 from edgespike.png import write_png  # noqa: E402
@@ -41,15 +41,52 @@ def small(tmp_path):
 def test_defaults_choose_the_model_that_fits_and_say_so(capsys):
     assert default_model("ecp5-85f")[0] == "s25"
     assert default_model("ecp5-85f", engine="shared")[0] == "if-s25"
+    small, note = default_model("up5k")
+    assert small.endswith(SMALL_MODEL) and "the one whose layer pipeline fits the iCE40UP5K" in note
+    assert default_model("ecp5-25f")[0] == small
     with pytest.raises(UserError, match="no shipped model fits the iCE40UP5K"):
-        default_model("up5k")
+        default_model("up5k", engine="shared")
     model, pipelined = cli._load(cli.parse_args(["sim"]))
     assert pipelined and model.timesteps == 8
     assert "model s25 (no --model given" in capsys.readouterr().out
     model, pipelined = cli._load(cli.parse_args(["sim", "--model", "if-s25"]))
     assert not pipelined and capsys.readouterr().out == ""
-    with pytest.raises(UserError, match="no shipped model fits"):
-        cli.run(cli.parse_args(["sim", "--device", "up5k"]))
+    model, pipelined = cli._load(cli.parse_args(["sim", "--device", "up5k"]))
+    assert pipelined and "model small_bitplane_3x4_s25.esnn (no --model given" in capsys.readouterr().out
+
+
+def test_the_shipped_small_model_fits_the_up5k_pipeline_and_fpga_build_chooses_it(capsys):
+    """``fpga build --board icebreaker`` without ``--model`` builds the small bit-plane model on the layer pipeline,
+    says so, and plans it inside the UP5K's block RAM and logic budget (the bitstream itself:
+    tests/test_fpga_build.py, slow); an IF model still goes to the shared engine."""
+    from edgespike.fileformat import load
+    from edgespike.fpga.build import build, is_bitplane
+    from edgespike.fpga.defaults import board_default, small_model_path
+    from edgespike.fpga.pipeline import LOGIC_BUDGET, layer_specs
+
+    path, _ = board_default("up5k")
+    specs = layer_specs(load(path))
+    assert [(s.c_in, s.c_out) for s in specs] == [(1, 4), (4, 4), (4, 1)] and path == small_model_path()
+    assert is_bitplane(path) and not is_bitplane("if-s25")
+    line = build("icebreaker", dry_run=True, cpu=False)
+    err = capsys.readouterr().err
+    assert "model small_bitplane_3x4_s25.esnn (no --model given" in err and line in err
+    assert line.startswith("layer pipeline on iCE40UP5K: folds (lanes, group, parts) [")
+    blocks = int(line.split(" of 30 EBR")[0].rsplit(" ", 1)[1])
+    logic = int(line.split("logic about ")[1].split(" ")[0])
+    assert blocks <= 30 and logic <= LOGIC_BUDGET * 5280 and "s per 640x480 frame at 12 MHz" in line
+
+
+def test_fpga_build_on_the_ulx3s_plans_the_default_model_before_any_tool_runs(capsys):
+    """``fpga build --board ulx3s-85f`` without ``--model`` takes ``s25`` and prints its layer-pipeline plan (folds,
+    stripes, block RAM, logic estimate, seconds per frame at the 75 MHz PLL clock) before the toolchain starts."""
+    from edgespike.fpga.build import build
+
+    line = build("ulx3s-85f", dry_run=True, cpu=False)
+    err = capsys.readouterr().err
+    assert "model s25 (no --model given" in err and line in err
+    assert line.startswith("layer pipeline on ECP5-85F: folds (lanes, group, parts) [")
+    assert " of 208 DP16KD" in line and "s per 640x480 frame at 75 MHz (cycle model)" in line
 
 
 def test_rtl_sim_streams_a_whole_frame_through_the_layer_pipeline(small, capsys):

@@ -251,65 +251,19 @@ STAGES = {"ice40": (("synthesis (yosys)", "top.json"), ("place and route (nextpn
                    ("bitstream (ecppack)", "top.bit"))}
 
 
-def build(board: str, model_path: str | None = None, out_dir: str | None = None, tile: tuple[int, int] | None = None,
-          lanes: int | None = None, baud: int | None = None, progress=None, cpu: bool = True) -> BuildReport:
-    """Fit-check, synthesise, place and route, and pack a bitstream; return (and write) its report.
-
-    Parameters
-    ----------
-    board : str
-        A key of :data:`edgespike.rtl.board.BOARDS`.
-    model_path : str, optional
-        The model (default: the shipped IF model that fits the board, said on stderr; none fits the iCE40UP5K).
-    baud : int, optional
-        The serial line speed (default: the board's, :data:`edgespike.rtl.board.BOARDS`: 3 Mbaud, 500 kbaud on the
-        ULX3S's 12.5 MHz).
-    out_dir : str, optional
-        Build directory (default ``build/fpga-<board>``); gets ``top.bin``/``top.bit``, logs and ``report.json``.
-    progress : file, optional
-        Where the progress line goes (default: stderr when it is a terminal, else nothing).
-    cpu : bool
-        Also time the CPU runtime on the bundled sample for the report.
-    """
-    from edgespike.fpga.synth import RW_RAM_NAMES
-    from edgespike.rtl.board import BOARDS, BoardTop, design_clock_hz, make_platform, uart_divisor
-
-    if board not in BOARDS:
-        raise UserError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
-    info = BOARDS[board]
-    baud = baud or info.baud
-    model, plan = load_plan(model_path, info.device, tile, lanes)  # the pre-flight fit check
-    check_core(model, plan)
-    env = _check_tools(info.family)
-    platform = make_platform(board)
-    clock_mhz = design_clock_hz(board, platform) / 1e6
-    if abs(clock_mhz * 1e6 / uart_divisor(clock_mhz * 1e6, baud) - baud) > 0.03 * baud:
-        raise UserError(f"{baud} baud is not within 3% of {clock_mhz:g} MHz / an integer divisor: choose another")
-    top = BoardTop(plan, board, baud)
-    out = Path(out_dir or f"build/fpga-{board}")
-    out.mkdir(parents=True, exist_ok=True)
-
-    overrides = {}
-    if info.family == "ice40":
-        # as fpga/synth.py: yosys maps a memory to SPRAM only without initialiser, so the RAMs lose theirs, the
-        # weights included (the board then refuses tiles until the host loads weights); ECP5 keeps its weights
-        drops = " ".join(f"*.{n}/t:$meminit_v2" for n in RW_RAM_NAMES)
-        overrides = {"script_after_read": f"hierarchy -top top; delete {drops}", "synth_opts": "-spram"}
-    products = platform.prepare(top, name="top", **overrides)
-    products.extract(str(out))
+def _run_tools(board: str, family: str, out: Path, env: dict, report: BuildReport, progress) -> None:
+    """Run the extracted ``build_top.sh`` stage by stage (a progress line), timing each stage into ``report``;
+    :class:`UserError` with the log's tail when a tool fails."""
     script = "build_top.sh"
-    report = BuildReport(board, plan.device.name, str(model_path or "if-s25 (the shipped IF model)"), plan.tile,
-                         plan.timesteps, baud, clock_mhz,
-                         platform.default_clk_frequency / 1e6 if info.pll_hz else None)
     if progress is None:
         progress = sys.stderr if sys.stderr.isatty() else None
-    for _, product in STAGES[info.family]:
+    for _, product in STAGES[family]:
         (out / product).unlink(missing_ok=True)
     t0 = time.monotonic()
     proc = subprocess.Popen(["sh", script], cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     stage, stage_t0 = 0, t0
     tty, shown = bool(progress and progress.isatty()), ""
-    stages = STAGES[info.family]
+    stages = STAGES[family]
     while proc.poll() is None or stage < len(stages):
         while stage < len(stages) and (out / stages[stage][1]).exists():
             report.stage_seconds[stages[stage][0].split(" ")[0]] = time.monotonic() - stage_t0
@@ -333,8 +287,210 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
         tail = "\n".join(log.strip().splitlines()[-15:])
         raise UserError(f"the {board} build failed in {stages[min(stage, len(stages) - 1)][0]} "
                         f"(logs in {out}):\n{tail}")
-    parse_reports(report, out, info.family)
+    parse_reports(report, out, family)
     report.bitstream = str(out / stages[-1][1])
+
+
+# The layer pipeline's design clock: ECP5 boards from their PLL (nextpnr checks Fmax against it), iCE40 from the
+# oscillator. Its UART runs at DEFAULT_BAUD (3 Mbaud: 25 / 24 / 4 clock cycles per bit).
+PIPELINE_CLOCK_HZ = {"ulx3s-85f": 75e6, "orangecrab": 72e6}
+PIPELINE_FRAME = (480, 640)  # the frame a pipeline is planned for unless --tile says otherwise
+
+
+def is_bitplane(model_path: str) -> bool:
+    """Whether the model runs on the layer pipeline (a bit-plane chain: :func:`edgespike.fpga.pipeline.layer_specs`
+    takes it)."""
+    from edgespike.fileformat import load
+    from edgespike.fpga.pipeline import PipelineError, layer_specs
+    from edgespike.models import resolve
+
+    try:
+        layer_specs(load(resolve(model_path)))
+    except PipelineError:
+        return False
+    return True
+
+
+def planning_sample(model, side: int | None = None):
+    """The frame the planner measures bit densities on: a crop of the bundled sample with Gaussian noise of sigma
+    25 (seed 0), ``side`` pixels square (default 32; 16 for models of more than 100k weights, whose per-fold cycle
+    model is slow)."""
+    import numpy as np
+
+    from edgespike.models import sample_path
+    from edgespike.png import read_png
+
+    if side is None:
+        weights = sum(int(np.asarray(n.weight).size) for n in model.nodes if hasattr(n, "weight"))
+        side = 16 if weights > 100_000 else 32
+    img = read_png(sample_path()).astype(np.float64)
+    crop = img[96:96 + side, 96:96 + side] + np.random.default_rng(0).normal(0, 25, (side, side))
+    return np.clip(np.round(crop), 0, 255).astype(np.uint8)
+
+
+def build_pipeline(board: str, model_path: str, out_dir: str | None = None, frame: tuple[int, int] | None = None,
+                   max_lanes: int | None = None, baud: int | None = None, progress=None, cpu: bool = True,
+                   dry_run: bool = False) -> BuildReport | str:
+    """A bit-plane model's layer pipeline on ``board``: plan, fit check, bitstream, report.
+
+    :func:`edgespike.fpga.pipeline.plan_pipeline` chooses the folds and the stripe width for ``frame`` (default
+    480x640) within the part's block RAM and logic (estimated); the plan's line goes to stderr before any tool
+    runs, and a plan whose logic estimate exceeds the part is refused (``FitError``). The bitstream holds
+    :class:`~edgespike.rtl.pipeline.PipelineBoardTop`: the pipeline for frames of ``frame`` height and the stripe's
+    width between the UART pins (raw pixels in raster order, no framed link yet), at 3 Mbaud, clocked by the PLL
+    at 75 MHz on the ULX3S (72 MHz on the OrangeCrab) and by the 12 MHz oscillator on the iCEBreaker. The report's
+    throughput is the cycle model's frame time (the planner's) at the design clock and at Fmax.
+    """
+    from edgespike.fileformat import load
+    from edgespike.firmware.protocol import DEFAULT_BAUD
+    from edgespike.fpga.params import FitError
+    from edgespike.fpga.pipeline import PipelineError, plan_pipeline
+    from edgespike.fpga.pipesim import build_pipeline as pipeline_gateware
+    from edgespike.models import resolve
+    from edgespike.rtl.board import BOARDS, make_platform, uart_divisor
+    from edgespike.rtl.pipeline import PipelineBoardTop
+
+    info = BOARDS[board]
+    model = load(resolve(model_path))
+    H, W = frame or PIPELINE_FRAME
+    baud = baud or DEFAULT_BAUD
+    sample = planning_sample(model)
+    try:
+        plan = plan_pipeline(model, info.device, (H, W), sample, max_lanes=max_lanes)
+    except PipelineError as exc:
+        raise FitError(f"model does not fit: {exc}") from None
+    platform = make_platform(board) if not dry_run else None
+    clock_hz = PIPELINE_CLOCK_HZ.get(board) or (platform.default_clk_frequency if platform else 12e6)
+    line = plan.summary(clock_hz)
+    print(line, file=sys.stderr, flush=True)
+    if plan.logic > plan.logic_total:
+        raise FitError(f"model does not fit: {line}: the logic estimate is over the part")
+    divisor = uart_divisor(clock_hz, baud)
+    if abs(clock_hz / divisor - baud) > 0.03 * baud:
+        raise UserError(f"{baud} baud is not within 3% of {clock_hz / 1e6:g} MHz / an integer divisor: choose another")
+    if dry_run:
+        return line
+    env = _check_tools(info.family)
+    dut, specs, folds = pipeline_gateware(model, H, min(plan.stripe, W), plan.folds)
+    top = PipelineBoardTop(dut, divisor, pll_hz=PIPELINE_CLOCK_HZ.get(board) if info.family == "ecp5" else None)
+    out = Path(out_dir or f"build/fpga-{board}")
+    out.mkdir(parents=True, exist_ok=True)
+    products = platform.prepare(top, name="top")  # weights and params are RAM initialisers (EBR / DP16KD)
+    products.extract(str(out))
+    report = BuildReport(board, plan_device_name(info.device), str(model_path), (H, min(plan.stripe, W)),
+                         model.timesteps, baud, clock_hz / 1e6,
+                         platform.default_clk_frequency / 1e6 if board in PIPELINE_CLOCK_HZ else None)
+    _run_tools(board, info.family, out, env, report, progress)
+    report.throughput = pipeline_throughput(model, plan, specs, sample, clock_hz / 1e6, report.fmax_mhz, baud,
+                                            cpu=cpu)
+    report.throughput["plan"] = line
+    (out / "report.json").write_text(report.to_json())
+    return report
+
+
+def plan_device_name(device: str) -> str:
+    from edgespike.fpga.pipeline import PARTS
+
+    return PARTS[device][0]
+
+
+def pipeline_throughput(model, plan, specs, sample, clock_mhz: float, fmax_mhz: float | None, baud: int,
+                        cpu: bool = True) -> dict:
+    """The planned frame through the pipeline by the cycle model: cycles (the slowest engine's cycles per pixel on
+    the planning sample times the stripes' pixels), synaptic ops per cycle on the sample, raw UART time (every
+    stripe pixel in and out, 10 bits a byte) and the CPU runtime on a frame of that size for scale."""
+    import numpy as np
+
+    from edgespike.fpga.pipeline import pipeline_cycles, run_codes
+
+    H, W = plan.frame
+    codes = run_codes(specs, sample)
+    sops = sum(s.cost(q, *f).sops for s, q, f in zip(specs, codes, plan.folds, strict=True))
+    cycles = pipeline_cycles(specs, codes[:-1], plan.folds)
+    stripes = 1 if plan.core >= W else -(-W // plan.core)
+    pixels = H * min(plan.stripe, W) * stripes
+    out = {"frame": f"{W}x{H} in {stripes} stripe(s) of {min(plan.stripe, W)} columns",
+           "cycles_per_frame": int(plan.frame_cycles), "sops_per_frame": int(sops / sample.size * pixels),
+           "sops_per_cycle": sops / cycles, "uart_seconds_per_frame": 2 * pixels * 10 / baud}
+    for label, mhz in (("board_clock", clock_mhz), ("fmax", fmax_mhz)):
+        if mhz:
+            out[label] = {"mhz": mhz, "frames_per_second": mhz * 1e6 / plan.frame_cycles,
+                          "sops_per_second": out["sops_per_cycle"] * mhz * 1e6}
+    if cpu:
+        from edgespike.runtime import Runtime
+
+        frame = np.random.default_rng(0).integers(0, 256, (H, W), dtype=np.uint8)
+        rt = Runtime(model)
+        out["cpu_frames_per_second"] = 1.0 / min(_timed(rt.denoise, frame) for _ in range(3))
+    return out
+
+
+
+def build(board: str, model_path: str | None = None, out_dir: str | None = None, tile: tuple[int, int] | None = None,
+          lanes: int | None = None, baud: int | None = None, progress=None, cpu: bool = True,
+          dry_run: bool = False) -> BuildReport | str:
+    """Fit-check, synthesise, place and route, and pack a bitstream; return (and write) its report.
+
+    A bit-plane model is built as the layer pipeline (:func:`build_pipeline`: ``tile`` is then the frame the
+    pipeline is planned for, ``lanes`` the most lanes per engine); an IF model as the shared engine.
+
+    Parameters
+    ----------
+    board : str
+        A key of :data:`edgespike.rtl.board.BOARDS`.
+    model_path : str, optional
+        The model (default: the shipped model that fits the board, said on stderr: :func:`edgespike.fpga.defaults.
+        board_default`).
+    dry_run : bool
+        Bit-plane models: plan and fit-check, return the plan's line, run no tool.
+    baud : int, optional
+        The serial line speed (default: the board's, :data:`edgespike.rtl.board.BOARDS`: 3 Mbaud, 500 kbaud on the
+        ULX3S's 12.5 MHz).
+    out_dir : str, optional
+        Build directory (default ``build/fpga-<board>``); gets ``top.bin``/``top.bit``, logs and ``report.json``.
+    progress : file, optional
+        Where the progress line goes (default: stderr when it is a terminal, else nothing).
+    cpu : bool
+        Also time the CPU runtime on the bundled sample for the report.
+    """
+    from edgespike.fpga.synth import RW_RAM_NAMES
+    from edgespike.rtl.board import BOARDS, BoardTop, design_clock_hz, make_platform, uart_divisor
+
+    if board not in BOARDS:
+        raise UserError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
+    info = BOARDS[board]
+    if not model_path:
+        from edgespike.fpga.defaults import board_default
+
+        model_path, note = board_default(info.device)  # the shipped model that fits, said aloud
+        print(note, file=sys.stderr, flush=True)
+    if is_bitplane(model_path):
+        return build_pipeline(board, model_path, out_dir, frame=tile, max_lanes=lanes, baud=baud,
+                              progress=progress, cpu=cpu, dry_run=dry_run)
+    baud = baud or info.baud
+    model, plan = load_plan(model_path, info.device, tile, lanes)  # the pre-flight fit check
+    check_core(model, plan)
+    env = _check_tools(info.family)
+    platform = make_platform(board)
+    clock_mhz = design_clock_hz(board, platform) / 1e6
+    if abs(clock_mhz * 1e6 / uart_divisor(clock_mhz * 1e6, baud) - baud) > 0.03 * baud:
+        raise UserError(f"{baud} baud is not within 3% of {clock_mhz:g} MHz / an integer divisor: choose another")
+    top = BoardTop(plan, board, baud)
+    out = Path(out_dir or f"build/fpga-{board}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    overrides = {}
+    if info.family == "ice40":
+        # as fpga/synth.py: yosys maps a memory to SPRAM only without initialiser, so the RAMs lose theirs, the
+        # weights included (the board then refuses tiles until the host loads weights); ECP5 keeps its weights
+        drops = " ".join(f"*.{n}/t:$meminit_v2" for n in RW_RAM_NAMES)
+        overrides = {"script_after_read": f"hierarchy -top top; delete {drops}", "synth_opts": "-spram"}
+    products = platform.prepare(top, name="top", **overrides)
+    products.extract(str(out))
+    report = BuildReport(board, plan.device.name, str(model_path), plan.tile,
+                         plan.timesteps, baud, clock_mhz,
+                         platform.default_clk_frequency / 1e6 if info.pll_hz else None)
+    _run_tools(board, info.family, out, env, report, progress)
     report.throughput = throughput(model, plan, clock_mhz, report.fmax_mhz, baud, cpu=cpu)
     (out / "report.json").write_text(report.to_json())
     return report
