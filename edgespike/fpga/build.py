@@ -330,7 +330,7 @@ def planning_sample(model, side: int | None = None):
 
 def build_pipeline(board: str, model_path: str, out_dir: str | None = None, frame: tuple[int, int] | None = None,
                    max_lanes: int | None = None, baud: int | None = None, progress=None, cpu: bool = True,
-                   dry_run: bool = False) -> BuildReport | str:
+                   dry_run: bool = False, folds: list | None = None) -> BuildReport | str:
     """A bit-plane model's layer pipeline on ``board``: plan, fit check, bitstream, report.
 
     :func:`edgespike.fpga.pipeline.plan_pipeline` chooses the folds and the stripe width for ``frame`` (default
@@ -339,7 +339,11 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     :class:`~edgespike.rtl.pipeline.PipelineBoardTop`: the pipeline for frames of ``frame`` height and the stripe's
     width between the UART pins (raw pixels in raster order, no framed link yet), at 3 Mbaud, clocked by the PLL
     at 75 MHz on the ULX3S (72 MHz on the OrangeCrab) and by the 12 MHz oscillator on the iCEBreaker. The report's
-    throughput is the cycle model's frame time (the planner's) at the design clock and at Fmax.
+    throughput is the cycle model's frame time (the planner's) at the design clock and at Fmax. ``folds`` (``(lanes,
+    group)`` per layer) replace the planner's lanes and groups (it still chooses the line buffers' parts and the
+    stripe), e.g. ``build_pipeline("ulx3s-85f", path, frame=(128, 64), folds=[(16, 1), (16, 1), (1, 16)])`` for a
+    saved ``bitplane_dncnn(depth=3, width=16, T=8, down=True, seed=3)``, the shape of docs/HARDWARE.md's
+    measurements.
     """
     from edgespike.fileformat import load
     from edgespike.firmware.protocol import DEFAULT_BAUD
@@ -356,7 +360,7 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     baud = baud or DEFAULT_BAUD
     sample = planning_sample(model)
     try:
-        plan = plan_pipeline(model, info.device, (H, W), sample, max_lanes=max_lanes)
+        plan = plan_pipeline(model, info.device, (H, W), sample, folds=folds, max_lanes=max_lanes)
     except PipelineError as exc:
         raise FitError(f"model does not fit: {exc}") from None
     platform = make_platform(board) if not dry_run else None
