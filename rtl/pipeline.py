@@ -17,12 +17,25 @@ multiple by the host, as for every executor.
 
 from __future__ import annotations
 
-from amaranth.hdl import Elaboratable, Module, Mux, Signal, signed
+from amaranth.hdl import Const, Elaboratable, Module, Mux, Signal, signed
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from edgespike.rtl.bitplane import BitPlaneLayer, pow2_at_least
-from edgespike.rtl.common import const_mul
+
+
+def non_adjacent_form(n: int) -> list[tuple[int, int]]:
+    """The signed binary digits of ``n`` with no two adjacent nonzero (the fewest nonzero digits): ``(bit, +1 or
+    -1)`` pairs, ``n = sum d * 2**bit``."""
+    digits, bit = [], 0
+    while n:
+        if n & 1:
+            d = 2 - (n & 3)  # +1 when n = 1 mod 4, -1 when n = 3 mod 4
+            digits.append((bit, d))
+            n -= d
+        n >>= 1
+        bit += 1
+    return digits
 
 
 class LayerPipeline(wiring.Component):
@@ -45,7 +58,8 @@ class LayerPipeline(wiring.Component):
         Output pixels, raster order.
     """
 
-    LATENCY = 2  # register stages of the decoder: cycles from the last layer's handshake to the output's
+    TREE_LEVELS = 5  # adder levels of the decoder's constant product: up to 32 signed digits (a 32-bit multiplier)
+    LATENCY = TREE_LEVELS + 2  # register stages of the decoder: cycles from the last layer's handshake to the output's
 
     def __init__(self, layers: list[dict], multiplier: int, shift: int, residual: bool, fifo_depth: int):
         self.layer_args = layers
@@ -72,30 +86,65 @@ class LayerPipeline(wiring.Component):
             self.i.ready.eq(first.i.ready & px.w_rdy),
         ]
 
-        # Decoder, two register stages so that its carry chains do not meet the engines' or the link's:
-        # stage 1 the membrane times the multiplier (shift-add) beside its pixel, stage 2 rounding, the residual
-        # and the clip. Each stage takes a new value when it is empty or its value moves on.
+        # Decoder, LATENCY register stages so that no carry chain of it meets another (a trained model's multiplier
+        # has 30 bits and more: as a chain of shifted adds in one cycle it set the iCE40 Fmax at 15.6 MHz). The
+        # product is a balanced tree of the multiplier's signed digits (non-adjacent form), one adder level per
+        # stage (TREE_LEVELS, registers passing through when the tree is shallower); then rounding and the shift;
+        # then the residual and the clip. Each stage takes a new value when it is empty or its value moves on.
         v = last.o.payload[0]
-        v1, v2 = Signal(), Signal()
-        prod = Signal(signed(len(v) + self.multiplier.bit_length() + 1))
-        x1 = Signal(8)
-        out = Signal(8)
-        take2 = ~v2 | self.o.ready
-        take1 = ~v1 | take2
+        digits = non_adjacent_form(self.multiplier)
+        assert len(digits) <= 1 << self.TREE_LEVELS, "decoder multiplier too long for the adder tree"
+        nodes = [(v << b, d < 0) for b, d in digits] or [(Const(0, 1), False)]
+        stages = self.TREE_LEVELS + 2
+        valid = [Signal(name=f"dec_v{k}") for k in range(stages)]
+        xs = [Signal(8, name=f"dec_x{k}") for k in range(stages - 1)]
+        take = [Signal(name=f"dec_take{k}") for k in range(stages)]
+        m.d.comb += take[-1].eq(~valid[-1] | self.o.ready)
+        for k in range(stages - 1):
+            m.d.comb += take[k].eq(~valid[k] | take[k + 1])
         m.d.comb += [
-            last.o.ready.eq(take1 & px.r_rdy),
-            px.r_en.eq(take1 & last.o.valid),
-            self.o.valid.eq(v2),
-            self.o.payload.eq(out),
+            last.o.ready.eq(take[0] & px.r_rdy),
+            px.r_en.eq(take[0] & last.o.valid),
+            self.o.valid.eq(valid[-1]),
         ]
-        with m.If(take1):
-            m.d.sync += [v1.eq(last.o.valid & px.r_rdy), prod.eq(const_mul(v, self.multiplier)), x1.eq(px.r_data)]
-        r = Signal(signed(len(prod) + 1))
-        m.d.comb += r.eq((prod + (1 << (self.shift - 1))) >> self.shift if self.shift else prod)
+        with m.If(take[0]):
+            m.d.sync += [valid[0].eq(last.o.valid & px.r_rdy), xs[0].eq(px.r_data)]
+        for k in range(1, stages):
+            with m.If(take[k]):
+                m.d.sync += valid[k].eq(valid[k - 1])
+                if k < stages - 1:
+                    m.d.sync += xs[k].eq(xs[k - 1])
+        for level in range(self.TREE_LEVELS):  # stage ``level``: one adder level of the product
+            pairs = []
+            for i in range(0, len(nodes), 2):
+                if i + 1 == len(nodes):
+                    pairs.append(nodes[i])
+                    continue
+                (a, na), (b, nb) = nodes[i], nodes[i + 1]
+                if na == nb:
+                    pairs.append((a + b, na))
+                else:
+                    pairs.append((b - a, False) if na else (a - b, False))
+            regs = []
+            for i, (expr, neg) in enumerate(pairs):
+                reg = Signal(signed(len(expr) + 1), name=f"dec_p{level}_{i}")
+                with m.If(take[level]):
+                    m.d.sync += reg.eq(expr)
+                regs.append((reg, neg))
+            nodes = regs
+        (prod, neg), = nodes
+        half = (1 << (self.shift - 1)) if self.shift else 0
+        r = Signal(signed(len(prod) + 2), name="dec_r")
+        rounded = (half - prod) if neg else (prod + half)
+        with m.If(take[self.TREE_LEVELS]):
+            m.d.sync += r.eq(rounded >> self.shift if self.shift else rounded)
+        x = xs[self.TREE_LEVELS]
         y = Signal(signed(len(r) + 2))
-        m.d.comb += y.eq(x1 - r if self.residual else r)
-        with m.If(take2):
-            m.d.sync += [v2.eq(v1), out.eq(Mux(y < 0, 0, Mux(y > 255, 255, y[:8])))]
+        m.d.comb += y.eq(x - r if self.residual else r)
+        out = Signal(8)
+        with m.If(take[-1]):
+            m.d.sync += out.eq(Mux(y < 0, 0, Mux(y > 255, 255, y[:8])))
+        m.d.comb += self.o.payload.eq(out)
         return m
 
 

@@ -409,7 +409,7 @@ def pipeline_throughput(model, plan, specs, sample, clock_mhz: float, fmax_mhz: 
 
     H, W = plan.frame
     codes = run_codes(specs, sample)
-    sops = sum(s.cost(q, *f).sops for s, q, f in zip(specs, codes, plan.folds, strict=True))
+    sops = sum(s.cost(q, *f).sops for s, q, f in zip(specs, codes[:-1], plan.folds, strict=True))
     cycles = pipeline_cycles(specs, codes[:-1], plan.folds)
     stripes = 1 if plan.core >= W else -(-W // plan.core)
     pixels = H * min(plan.stripe, W) * stripes
