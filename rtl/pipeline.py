@@ -138,12 +138,18 @@ class LayerPipeline(wiring.Component):
         rounded = (half - prod) if neg else (prod + half)
         with m.If(take[self.TREE_LEVELS]):
             m.d.sync += r.eq(rounded >> self.shift if self.shift else rounded)
+        # The last stage stays narrow (its wide subtraction and compares set the iCE40 Fmax next): r is taken as
+        # 10 bits when it lies in -512 .. 511 (its top bits all equal its sign: a LUT tree, no carry chain), else
+        # its sign alone decides the clip.
         x = xs[self.TREE_LEVELS]
-        y = Signal(signed(len(r) + 2))
-        m.d.comb += y.eq(x - r if self.residual else r)
+        sign = r[-1]
+        fits = (r[9:] == 0) | (r[9:] == (1 << (len(r) - 9)) - 1)
+        y = Signal(signed(12))
+        m.d.comb += y.eq(x - r[:10].as_signed() if self.residual else r[:10].as_signed())
+        huge = Mux(sign, 255 if self.residual else 0, 0 if self.residual else 255)
         out = Signal(8)
         with m.If(take[-1]):
-            m.d.sync += out.eq(Mux(y < 0, 0, Mux(y > 255, 255, y[:8])))
+            m.d.sync += out.eq(Mux(~fits, huge, Mux(y < 0, 0, Mux(y > 255, 255, y[:8]))))
         m.d.comb += self.o.payload.eq(out)
         return m
 
