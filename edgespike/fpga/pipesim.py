@@ -143,11 +143,14 @@ def choose_simulator(requested: str = "auto") -> tuple[str, str | None]:
                         f"(a few hundred cycles/s)")
 
 
-def simulate(dut, x: np.ndarray, limit: int, simulator: str = "cxxrtl", progress=None, notice=None) -> PipelineRun:
+def simulate(dut, x: np.ndarray, limit: int, simulator: str = "cxxrtl", progress=None, notice=None,
+             building=None) -> PipelineRun:
     """Stream frame ``x`` through ``dut`` on ``simulator`` (``cxxrtl`` or ``amaranth``; see
     :func:`choose_simulator`): the same stimulus and the same :class:`PipelineRun` either way. ``progress(cycles)``
     is called as the simulation moves; ``notice(text)`` before a slow build step of the CXXRTL route (the first
-    use of a design compiles it, minutes for the default model; cached afterwards)."""
+    use of a design compiles it, minutes for the default model; cached afterwards); ``building``, a context
+    manager, is entered around that build (a heartbeat)."""
+    import contextlib
     import time
 
     if simulator == "amaranth":
@@ -160,7 +163,8 @@ def simulate(dut, x: np.ndarray, limit: int, simulator: str = "cxxrtl", progress
     from edgespike.fpga import cxxrtl
 
     t0 = time.monotonic()
-    sim = cxxrtl.simulation(dut, notice)
+    with building if building is not None else contextlib.nullcontext():
+        sim = cxxrtl.simulation(dut, notice)
     t1 = time.monotonic()
     try:
         res = sim.run(x, limit, progress)
@@ -178,17 +182,25 @@ def simulate_with_progress(dut, x: np.ndarray, limit: int, simulator: str, what:
                            enabled: bool = True) -> PipelineRun:
     """:func:`simulate` with a progress line on stderr (``what``: ``done / total cycles``, time left) and, on the
     CXXRTL route, a line before each slow build step (only the first use of a design compiles)."""
+    import contextlib
     import sys
+    import time
 
-    from edgespike.progress import Progress
+    from edgespike.progress import Progress, heartbeat
 
     def notice(text: str) -> None:
         if enabled:
             print(f"edgespike: {text} (first use of this design only; cached) ...", file=sys.stderr, flush=True)
 
+    @contextlib.contextmanager
+    def building():
+        with heartbeat(f"{what}: finding or building the compiled simulation", enabled=enabled):
+            yield
+        bar.start = time.monotonic()  # the time left follows the simulation, not the build
+
     bar = Progress(what, total, "cycles", enabled=enabled)
     try:
-        res = simulate(dut, x, limit, simulator, progress=bar.update, notice=notice)
+        res = simulate(dut, x, limit, simulator, progress=bar.update, notice=notice, building=building())
         bar.update(res.cycles, force=True)
     finally:
         bar.close()
