@@ -98,10 +98,12 @@ class LayerPipeline(wiring.Component):
         stages = self.TREE_LEVELS + 2
         valid = [Signal(name=f"dec_v{k}") for k in range(stages)]
         xs = [Signal(8, name=f"dec_x{k}") for k in range(stages - 1)]
-        take = [Signal(name=f"dec_take{k}") for k in range(stages)]
-        m.d.comb += take[-1].eq(~valid[-1] | self.o.ready)
-        for k in range(stages - 1):
-            m.d.comb += take[k].eq(~valid[k] | take[k + 1])
+        # ``take`` as expressions, not named signals: with named signals yosys 0.70's synth_ecp5 (abc9) stops on an
+        # internal assertion (``GetSize(conn.first) == GetSize(conn.second)`` in abc_ops_reintegrate)
+        take = [None] * stages
+        take[-1] = ~valid[-1] | self.o.ready
+        for k in reversed(range(stages - 1)):
+            take[k] = ~valid[k] | take[k + 1]
         m.d.comb += [
             last.o.ready.eq(take[0] & px.r_rdy),
             px.r_en.eq(take[0] & last.o.valid),
