@@ -20,9 +20,11 @@ from edgespike.fileformat import save  # noqa: E402
 from edgespike.fpga import cli, cxxrtl  # noqa: E402
 from edgespike.fpga.examples import demo_image  # noqa: E402
 from edgespike.fpga.pipesim import (  # noqa: E402
+    AUTO_AMARANTH_CYCLES,
     build_pipeline,
     choose_simulator,
     expected_cycles,
+    prefer_for_frame,
     run_codes,
     simulate,
 )
@@ -114,11 +116,13 @@ def test_the_compiled_library_is_cached_and_reused(small, cache):
     stamp = os.stat(first["path"]).st_mtime_ns
     again = cxxrtl.build(build_pipeline(model, 6, 8)[0])
     assert not again["built"] and again["path"] == first["path"] and again["seconds"] < 5
+    assert cxxrtl.cached(dut)
     # without the design index the RTLIL's hash still finds the library (converted again, not compiled)
     for index in cache.glob("cxxrtl/design-*.json"):
         index.unlink()
+    assert not cxxrtl.cached(dut)
     third = cxxrtl.build(dut)
-    assert not third["built"] and third["path"] == first["path"]
+    assert not third["built"] and third["path"] == first["path"] and cxxrtl.cached(dut)
     assert os.stat(first["path"]).st_mtime_ns == stamp and sorted(cache.glob("cxxrtl/pipeline-*.so")) == libs
     # another design (other weights) or other flags: another library name
     other = bitplane_dncnn(depth=3, width=4, T=8, down=True, seed=4)
@@ -159,3 +163,14 @@ def test_without_a_compiler_falls_back_to_amaranth_with_one_line(small, monkeypa
         cli.run(cli.parse_args(["sim", "--model", "if-s25", "--simulator", "amaranth"]))
     with pytest.raises(UserError, match="--simulator is for --backend fpga-sim"):
         open_backend("cpu", path, simulator="cxxrtl")
+
+
+def test_auto_takes_amaranth_for_a_small_frame_whose_build_is_not_cached(small, monkeypatch):
+    dut = build_pipeline(small[0], 6, 8)[0]
+    monkeypatch.setattr(cxxrtl, "cached", lambda d: False)
+    simulator, note = prefer_for_frame("cxxrtl", "auto", dut, 1000)
+    assert simulator == "amaranth" and "not cached" in note
+    assert prefer_for_frame("cxxrtl", "cxxrtl", dut, 1000) == ("cxxrtl", None)  # asked for: kept
+    assert prefer_for_frame("cxxrtl", "auto", dut, AUTO_AMARANTH_CYCLES) == ("cxxrtl", None)
+    monkeypatch.setattr(cxxrtl, "cached", lambda d: True)
+    assert prefer_for_frame("cxxrtl", "auto", dut, 1000) == ("cxxrtl", None)

@@ -21,11 +21,12 @@ from edgespike.models import MODEL_HELP, resolve
 
 HELP = "simulate the accelerator on a small frame or a frame tile (bit-exact check) or emit its Verilog"
 DESCRIPTION = """rtl sim, bit-plane models (the default, s25): stream a whole frame (--frame, the top-left corner of
---image; default 32x32, or 4x4 on Amaranth's simulator) through the layer pipeline (rtl/pipeline.py) and compare it
+--image; default 4x4) through the layer pipeline (rtl/pipeline.py) and compare it
 pixel for pixel with the CPU runtime, the cycles and each engine's memory reads and writes with the cycle model. The
 simulator (--simulator) is the gateware compiled to C++ by yosys' CXXRTL when a C++ compiler is there (the first
-run of a model and frame size compiles it, then it is cached), else Amaranth's, about 1000x slower (a few hundred
-cycles per second for the default model: 4x4 is about 15 k cycles, 32x32 0.7 M, 64x64 2.3 M).
+run of a model and frame size compiles it, then it is cached; auto takes Amaranth's for a small frame not built
+yet), else Amaranth's, about 1000x slower (a few hundred cycles per second for the default model: 4x4 is about
+15 k cycles, 64x64 2.3 M).
 rtl sim, IF models (if-s25, or a file): run one tile of a frame (the top-left corner: --sim-tile, default 4x4 or
 --tile if smaller) through the simulated gateware built for --tile, compare it pixel for pixel with the CPU
 reference (on a difference: name the first one and write a VCD, to --vcd or into rtl-mismatch/), and print the
@@ -41,7 +42,7 @@ SUB_HELP = {"sim": "simulate a small frame (bit-plane model: the layer pipeline)
             "verilog": "write the accelerator's top level as Verilog (or RTLIL with --rtlil)"}
 SUB_DESCRIPTION = {
     "sim": SUB_HELP["sim"] + """. A bit-plane model (the default, s25) streams a whole --frame (the top-left corner of
---image; default 32x32 on CXXRTL, 4x4 on Amaranth's simulator: --simulator) through the layer pipeline; it prints the
+--image; default 4x4; --simulator) through the layer pipeline; it prints the
 verdict, the cycles and memory accesses against the cycle model. An IF model runs one tile (the top-left corner:
 --sim-tile, default 4x4 or --tile if smaller). On a difference it names the first one and writes a VCD (to --vcd or into
 rtl-mismatch/); it prints the hardware counters (cycles, spikes, synaptic operations), with --frame-estimate also the
@@ -69,7 +70,7 @@ def add_arguments(p) -> None:
                        "s25 on the ecp5-85f, a bit-plane model, on the layer pipeline)")
         q.add_argument("--device", default="ecp5-85f", help="up5k, ecp5-85f or ecp5-25f (default ecp5-85f)")
         q.add_argument("--frame", type=_tile_arg, help="bit-plane models: the frame HxW streamed through the layer "
-                       "pipeline (sim: default 32x32 on CXXRTL, 4x4 on Amaranth's simulator; verilog: 64x64; a "
+                       "pipeline (default 4x4 for sim, 64x64 for verilog; a "
                        "multiple of the model's size multiple)")
         q.add_argument("--tile", type=_tile_arg, help="IF models: largest tile HxW, halo included (default 64x64)")
         q.add_argument("--lanes", type=int, help="output channels updated in parallel (default: the widest that "
@@ -216,7 +217,7 @@ def _run_pipeline(args, model) -> int:
     import numpy as np
 
     from edgespike import runtime
-    from edgespike.fpga.pipesim import SPEED, expected_cycles, run_codes, simulate_with_progress
+    from edgespike.fpga.pipesim import SPEED, expected_cycles, prefer_for_frame, run_codes, simulate_with_progress
     from edgespike.frames import check_frame
     from edgespike.models import sample_path
     from edgespike.png import read_png
@@ -229,6 +230,9 @@ def _run_pipeline(args, model) -> int:
     dut, specs, folds = build_pipeline(model, fh, fw)
     codes = run_codes(specs, x)
     want_cycles = expected_cycles(specs, codes, folds)
+    simulator, note = prefer_for_frame(simulator, args.simulator, dut, want_cycles)
+    if note:
+        print(f"edgespike: {note}", file=sys.stderr, flush=True)
     print(f"layer pipeline (rtl/pipeline.py): {len(specs)} engines, folds (lanes, group, parts) {folds}")
     print(f"simulating a whole {fh}x{fw} frame (the top-left corner of {image}): {want_cycles} cycles by the cycle "
           f"model; {SPEED[simulator]}", flush=True)

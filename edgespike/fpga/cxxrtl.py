@@ -384,6 +384,22 @@ def _publish(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def _index_path(key: str) -> Path:
+    v = _versions()
+    ident = hashlib.sha256("\0".join([key, v["cxx"], v["yosys"], " ".join(_cxxflags())]).encode()).hexdigest()
+    return cache_dir() / f"design-{ident[:24]}.json"
+
+
+def cached(dut) -> bool:
+    """Whether ``dut``'s library is in the cache under its design key (no conversion, no build)."""
+    if unavailable():
+        return False
+    try:
+        return Path(json.loads(_index_path(design_key(dut)).read_text())["path"]).exists()
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def build(dut, notice=None) -> dict:
     """The simulation library of ``dut``, built unless cached. Returns ``{"path", "built", "seconds", "key"}``
     (``built``: compiled now). ``notice(text)``, if given, is called before a slow step (conversion, yosys, the
@@ -395,9 +411,7 @@ def build(dut, notice=None) -> dict:
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     key = design_key(dut)
-    v = _versions()
-    ident = hashlib.sha256("\0".join([key, v["cxx"], v["yosys"], " ".join(_cxxflags())]).encode()).hexdigest()
-    index = cache / f"design-{ident[:24]}.json"
+    index = _index_path(key)
     try:
         path = Path(json.loads(index.read_text())["path"])
         if path.exists():
@@ -532,6 +546,6 @@ def simulation(dut, notice=None) -> Simulation:
     return sim
 
 
-__all__ = ["BATCH", "FLAGS", "PROBES", "Simulation", "Unavailable", "build", "cache_dir", "cxx_compiler",
+__all__ = ["BATCH", "FLAGS", "PROBES", "Simulation", "Unavailable", "build", "cache_dir", "cached", "cxx_compiler",
            "design_key", "probed_top", "rtlil_text", "runtime_include", "simulation", "unavailable",
            "yosys_command"]

@@ -174,8 +174,27 @@ def simulate(dut, x: np.ndarray, limit: int, simulator: str = "cxxrtl", progress
     return res
 
 
-DEFAULT_FRAME = {"cxxrtl": (32, 32), "amaranth": (4, 4)}
-"""``rtl sim``'s default frame on each simulator (the default model: 0.69 M and 15 k cycles)."""
+DEFAULT_FRAME = {"cxxrtl": (4, 4), "amaranth": (4, 4)}
+"""``rtl sim``'s default frame on each simulator. Not larger on CXXRTL: each frame size is a design of its own, and
+the first build of the default model's takes longer than Amaranth's simulator on 4x4 (docs/RTL.md)."""
+
+AUTO_AMARANTH_CYCLES = 100_000
+"""``auto`` takes Amaranth's simulator for a frame of fewer cycles than this whose CXXRTL build is not cached:
+minutes of Python against a first compile that takes longer for large models (:func:`prefer_for_frame`)."""
+
+
+def prefer_for_frame(simulator: str, requested: str, dut, cycles: int) -> tuple[str, str | None]:
+    """``auto``'s choice for one frame: CXXRTL (as :func:`choose_simulator` chose) unless the design is not built
+    yet and the frame is small (:data:`AUTO_AMARANTH_CYCLES`); then Amaranth's simulator and the line that says
+    so. An explicit ``--simulator`` is kept."""
+    if requested != "auto" or simulator != "cxxrtl" or cycles >= AUTO_AMARANTH_CYCLES:
+        return simulator, None
+    from edgespike.fpga import cxxrtl
+
+    if cxxrtl.cached(dut):
+        return simulator, None
+    return "amaranth", (f"a small frame ({cycles} cycles) whose CXXRTL build is not cached: Amaranth's simulator "
+                        f"(--simulator cxxrtl compiles it once: minutes for large models)")
 
 
 def simulate_with_progress(dut, x: np.ndarray, limit: int, simulator: str, what: str, total: int | None = None,
@@ -214,5 +233,6 @@ def expected_cycles(specs, codes, folds) -> int:
     return pipeline_cycles(specs, codes[:-1], folds) + LayerPipeline.LATENCY
 
 
-__all__ = ["DEFAULT_FRAME", "SIMULATORS", "SPEED", "PipelineRun", "build_pipeline", "choose_simulator", "default_folds",
-           "expected_cycles", "run_codes", "simulate", "simulate_pipeline", "simulate_with_progress"]
+__all__ = ["AUTO_AMARANTH_CYCLES", "DEFAULT_FRAME", "SIMULATORS", "SPEED", "PipelineRun", "build_pipeline",
+           "choose_simulator", "default_folds", "expected_cycles", "prefer_for_frame", "run_codes", "simulate",
+           "simulate_pipeline", "simulate_with_progress"]

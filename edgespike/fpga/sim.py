@@ -255,6 +255,7 @@ class PipelineSimBackend:
         from edgespike.fpga.pipesim import choose_simulator
 
         self.model = model
+        self.requested = simulator
         self.simulator, why = choose_simulator(simulator)
         if why:
             print(f"fpga-sim: {why}", file=sys.stderr, flush=True)
@@ -270,7 +271,14 @@ class PipelineSimBackend:
         import numpy as np
 
         from edgespike.errors import UserError
-        from edgespike.fpga.pipesim import SPEED, build_pipeline, expected_cycles, run_codes, simulate_with_progress
+        from edgespike.fpga.pipesim import (
+            SPEED,
+            build_pipeline,
+            expected_cycles,
+            prefer_for_frame,
+            run_codes,
+            simulate_with_progress,
+        )
 
         h, w = frame.shape
         mult = self.model.size_multiple
@@ -282,12 +290,15 @@ class PipelineSimBackend:
         dut, specs, folds = self._built[(h, w)]
         x = np.ascontiguousarray(frame, dtype=np.uint8)
         cycles = expected_cycles(specs, run_codes(specs, x), folds)
+        simulator, why = prefer_for_frame(self.simulator, self.requested, dut, cycles)
+        if why:
+            print(f"fpga-sim: {why}", file=sys.stderr, flush=True)
         print(f"fpga-sim: {h}x{w} frame through the layer pipeline: {cycles} cycles by the cycle model "
-              f"({SPEED[self.simulator]})", file=sys.stderr, flush=True)
+              f"({SPEED[simulator]})", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        res = simulate_with_progress(dut, x, 2 * cycles + 1000, self.simulator, f"fpga-sim: {h}x{w} frame", cycles)
+        res = simulate_with_progress(dut, x, 2 * cycles + 1000, simulator, f"fpga-sim: {h}x{w} frame", cycles)
         return res.out, {"spikes": None, "cycles": res.cycles, "seconds": time.perf_counter() - t0,
-                         "simulator": self.simulator}
+                         "simulator": simulator}
 
     def close(self) -> None:
         self._built.clear()
