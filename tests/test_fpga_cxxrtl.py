@@ -167,6 +167,7 @@ def test_without_a_compiler_falls_back_to_amaranth_with_one_line(small, monkeypa
 
 def test_auto_takes_amaranth_for_a_small_frame_whose_build_is_not_cached(small, monkeypatch):
     dut = build_pipeline(small[0], 6, 8)[0]
+    cxxrtl._mark_used(dut)  # never elaborated here
     monkeypatch.setattr(cxxrtl, "cached", lambda d: False)
     simulator, note = prefer_for_frame("cxxrtl", "auto", dut, 1000)
     assert simulator == "amaranth" and "not cached" in note
