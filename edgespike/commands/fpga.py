@@ -12,10 +12,12 @@ from edgespike.models import MODEL_HELP
 HELP = "build a bitstream for a board, or serve a simulated board on a TCP port"
 DESCRIPTION = """fpga build: check that the model fits the board's FPGA, synthesise, place and route, and pack a
 bitstream with the open toolchain (amaranth-boards + YoWASP yosys/nextpnr, offline), then report LUTs, logic cells,
-flip-flops, block RAM, SPRAM, DSPs, Fmax against the design clock (the ULX3S and OrangeCrab run the
-accelerator from a PLL at 12.5 / 12 MHz), build time and throughput at Fmax (cycle model);
-the report is also written as DIR/report.json. Boards: icebreaker (iCE40UP5K), ulx3s-85f (ECP5-85F),
-orangecrab (ECP5-25F; UART on Feather pins 0/1).
+flip-flops, block RAM, SPRAM, DSPs, Fmax against the design clock, build time and throughput at Fmax (cycle model);
+the report is also written as DIR/report.json. A bit-plane model (the shipped defaults) builds as the layer pipeline
+(one engine per layer; the ULX3S at 75 MHz and the OrangeCrab at 72 MHz from their PLL, the iCEBreaker at 12 MHz;
+raw UART, no framed link yet); a rate-coded IF model builds as the shared engine behind the framed link that
+`edgespike run --backend fpga` speaks (the ULX3S and OrangeCrab at 12.5 / 12 MHz).
+Boards: icebreaker (iCE40UP5K), ulx3s-85f (ECP5-85F), orangecrab (ECP5-25F; UART on Feather pins 0/1).
 fpga serve-sim: run the board top level (UART included) in Amaranth's simulator behind a TCP socket; the firmware
 reaches it as socket://127.0.0.1:PORT (e.g. edgespike run --backend fpga --port socket://127.0.0.1:7007)."""
 
@@ -24,11 +26,14 @@ def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="fpga_command", metavar="{build,serve-sim}", required=True)
     b = sub.add_parser("build", help="bitstream + resource/Fmax/throughput report")
     b.add_argument("--board", required=True, help="icebreaker, ulx3s-85f or orangecrab")
-    b.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: the shipped IF model that fits the board: "
-                   "if-s25 on the ulx3s-85f; none fits the icebreaker)")
+    b.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: the shipped bit-plane model that "
+                   "fits the board, and it says which: s25 on the ulx3s-85f, the small 3x4 model "
+                   "small_bitplane_3x4_s25.esnn on the icebreaker and orangecrab)")
     b.add_argument("--out", help="build directory (default build/fpga-BOARD)")
-    b.add_argument("--tile", type=_tile_arg, help="largest tile HxW, halo included (default 16x16; 64x64 on ECP5-85F)")
-    b.add_argument("--lanes", type=int, help="output channels per membrane word (default 1 on iCE40, else all)")
+    b.add_argument("--tile", type=_tile_arg, help="IF models (shared engine): largest tile HxW, halo included "
+                   "(default 16x16; 64x64 on ECP5-85F)")
+    b.add_argument("--lanes", type=int, help="IF models (shared engine): output channels per membrane word "
+                   "(default 1 on iCE40, else all)")
     b.add_argument("--baud", type=int, help=f"UART baud rate (default: the board's, {DEFAULT_BAUD} on the "
                    "iCEBreaker and OrangeCrab at 12 MHz, 500000 on the ULX3S at 12.5 MHz; must divide the design "
                    "clock within 3%%)")
