@@ -106,7 +106,7 @@ def test_no_arguments_runs_the_demo_through_the_default_model(tmp_path, capsys, 
 def test_the_shipped_model_for_the_source_and_backend(tmp_path, capsys, monkeypatch, argv, kind):
     from edgespike.live import backends
 
-    def opened(name, model, port):
+    def opened(name, model, port, simulator="auto"):
         raise UserError(f"backend {name} asked for model {model}")
 
     monkeypatch.setattr(backends, "open_backend", opened)
