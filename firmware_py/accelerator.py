@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgespike.firmware import protocol as P
-from edgespike.firmware.tiling import TileResult, tiles
+from edgespike.firmware.tiling import TileResult, regions, tiles
 
 
 class LinkError(Exception):
@@ -306,8 +306,14 @@ class Accelerator:
                             f"(state {ident.weights}), expected {fp:08x} loaded")
         return ident
 
+    @property
+    def pipeline(self) -> bool:
+        """The device is a layer pipeline (IDENT ``CAP_PIPELINE``): it runs regions of exactly its tile size."""
+        return bool(self.ident and self.ident.capabilities & P.CAP_PIPELINE)
+
     def run_tile(self, tile: np.ndarray) -> TileResult:
-        """Run one uint8 tile (at most the device's tile size) and return its output and counters."""
+        """Run one uint8 tile (at most the device's tile size; exactly it on a layer pipeline) and return its
+        output and counters (a layer pipeline counts cycles only: spikes and synaptic operations are 0)."""
         if self.ident is None:
             self.check_versions()
         if self.ident.weights in (P.WEIGHTS_NONE, P.WEIGHTS_LOADING):
@@ -320,6 +326,8 @@ class Accelerator:
         th, tw = self.ident.tile
         if not (1 <= h <= th and 1 <= w <= tw):
             raise ValueError(f"tile {h}x{w} does not fit the device's {th}x{tw}")
+        if self.pipeline and (h, w) != (th, tw):
+            raise ValueError(f"tile {h}x{w}: the device's layer pipeline runs regions of exactly {th}x{tw}")
         if h % self.ident.multiple or w % self.ident.multiple:
             raise ValueError(f"tile {h}x{w}: sides must be multiples of {self.ident.multiple} for this model")
         n = h * w
@@ -338,17 +346,35 @@ class Accelerator:
         return TileResult(out, cycles, spikes, sops)
 
     def denoise(self, frame: np.ndarray) -> tuple[np.ndarray, list[TileResult]]:
-        """A whole uint8 frame as halo'd tiles, stitched; returns the frame and each tile's result."""
+        """A whole uint8 frame as halo'd tiles, stitched; returns the frame and each tile's result.
+
+        A layer pipeline (IDENT ``CAP_PIPELINE``) gets regions of exactly its size with the announced halo
+        (:func:`~edgespike.firmware.tiling.regions`: vertical stripes when the frame is wider than the region,
+        bands when it is taller); a frame smaller than a region is refused with :class:`DeviceMismatch`. Its
+        frame is first padded to the model's size multiple by repeating the last row and column, and the result
+        cropped back, as the runtime does (``edgespike.frames.pad_to_multiple``).
+        """
         if self.ident is None:
             self.check_versions()
         frame = np.asarray(frame, np.uint8)
+        if self.pipeline:
+            h, w = frame.shape
+            mult = self.ident.multiple
+            out, results = self._stitch(np.pad(frame, ((0, -h % mult), (0, -w % mult)), mode="edge"))
+            return out[:h, :w], results
+        return self._stitch(frame)
+
+    def _stitch(self, frame: np.ndarray) -> tuple[np.ndarray, list[TileResult]]:
         out = np.zeros_like(frame)
         results = []
         try:
-            regions = list(tiles(frame.shape, self.ident.tile, self.ident.halo, self.ident.multiple))
+            if self.pipeline:
+                cuts = list(regions(frame.shape, self.ident.tile, self.ident.halo))
+            else:
+                cuts = list(tiles(frame.shape, self.ident.tile, self.ident.halo, self.ident.multiple))
         except ValueError as exc:
             raise DeviceMismatch(f"{self.name}: the device's {exc}") from None
-        for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) in regions:
+        for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) in cuts:
             res = self.run_tile(np.ascontiguousarray(frame[y0:y1, x0:x1]))
             out[cy0:cy1, cx0:cx1] = res.out[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
             results.append(res)

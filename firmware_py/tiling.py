@@ -56,3 +56,38 @@ def tiles(shape: tuple[int, int], tile: tuple[int, int], halo: int,
     for y0, y1, cy0, cy1 in rows:
         for x0, x1, cx0, cx1 in cols:
             yield (y0, y1, x0, x1), (cy0, cy1, cx0, cx1)
+
+
+def regions(shape: tuple[int, int], size: tuple[int, int], halo: int) -> Iterator[tuple[Region, Region]]:
+    """Cut a frame into regions of exactly ``size`` (a layer pipeline built for one frame size), overlapping by
+    at least ``halo`` pixels of context around each core.
+
+    Yields ``(region, core)`` like :func:`tiles`. A region is never clipped: the last one in a row or column is
+    moved back to end at the frame's edge (more overlap), so where a region touches the frame border it is the
+    frame's own border and the model's zero padding there is the frame's. With a size multiple > 1 the frame,
+    ``size`` and ``halo`` must be multiples of it; then so is every region's origin.
+
+    Raises
+    ------
+    ValueError
+        The frame is smaller than a region in some dimension, or a region leaves no core inside the halo.
+    """
+
+    def spans(n: int, t: int) -> list[tuple[int, int, int, int]]:
+        if n < t:
+            raise ValueError(f"regions of exactly {size[0]}x{size[1]} pixels do not fit a {shape[0]}x{shape[1]} "
+                             "frame: the frame must be at least that large")
+        if n > t and t <= 2 * halo:
+            raise ValueError(f"{t}-pixel regions leave no core inside this model's {halo}-pixel halo")
+        out, c0 = [], 0
+        while c0 < n:
+            x0 = min(max(0, c0 - halo), n - t)
+            c1 = n if x0 + t == n else x0 + t - halo
+            out.append((x0, x0 + t, c0, c1))
+            c0 = c1
+        return out
+
+    rows, cols = spans(shape[0], size[0]), spans(shape[1], size[1])
+    for y0, y1, cy0, cy1 in rows:
+        for x0, x1, cx0, cx1 in cols:
+            yield (y0, y1, x0, x1), (cy0, cy1, cx0, cx1)

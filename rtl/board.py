@@ -11,17 +11,17 @@ Status outputs (``leds``): 0 heartbeat (about 1 Hz on a board; shows the clock r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from amaranth.hdl import ClockDomain, Elaboratable, Module, ResetInserter, Signal
 from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
 from edgespike.rtl import protocol as P
-from edgespike.rtl.link import Link
+from edgespike.rtl.link import Link, engine_ident
 from edgespike.rtl.params import Plan
 from edgespike.rtl.pll import ECP5PLLDomain
-from edgespike.rtl.top import Top
+from edgespike.rtl.top import PipelineTop, Top
 from edgespike.rtl.uart import UARTRx, UARTTx
 
 
@@ -61,13 +61,17 @@ class Board(wiring.Component):
         self.gateware_version = gateware_version
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "leds": Out(4)})
 
+    def parts(self) -> tuple[Link, wiring.Component]:
+        """The link and the accelerator behind it (a byte-stream component, :class:`Top` here)."""
+        ident = engine_ident(self.plan, self.divisor, self.clock_hz, self.gateware_version, self.preloaded)
+        return Link(ident), Top(self.plan)
+
     def elaborate(self, platform):
         m = Module()
         m.submodules.uart_rx = urx = UARTRx(self.divisor)
         m.submodules.uart_tx = utx = UARTTx(self.divisor)
-        m.submodules.link = link = Link(self.plan, self.divisor, self.clock_hz,
-                                        gateware_version=self.gateware_version, preloaded=self.preloaded)
-        top = Top(self.plan)
+        link, top = self.parts()
+        m.submodules.link = link
         # the link resets the accelerator when the host abandons a tile (the RAMs keep the weights)
         m.submodules.top = ResetInserter({"sync": link.abort})(top)
         self.link = link  # the simulation server watches link.started to count tiles run
@@ -97,6 +101,29 @@ class Board(wiring.Component):
             m.d.sync += act_hold.eq(act_hold - 1)
         m.d.comb += self.leds.eq(led_beat | (link.busy << 1) | ((err_hold != 0) << 2) | ((act_hold != 0) << 3))
         return m
+
+
+
+class PipelineBoard(Board):
+    """UART, link and the layer pipeline between two serial pins: :class:`Board` with
+    :class:`~edgespike.rtl.top.PipelineTop` behind the link, which takes only TILEs of exactly the region the
+    pipeline is built for and refuses weight loads (the weights are RAM initialisers).
+
+    Parameters
+    ----------
+    pipeline : LayerPipeline
+        Built for frames of ``ident.tile``.
+    ident : Ident
+        What IDENT reports (:func:`~edgespike.rtl.link.pipeline_ident`), with the UART divisor and the clock.
+    """
+
+    def __init__(self, pipeline, ident: P.Ident):
+        self.pipeline, self.ident = pipeline, ident
+        super().__init__(None, ident.divisor, ident.clock_hz)
+
+    def parts(self) -> tuple[Link, wiring.Component]:
+        h, w = self.ident.tile
+        return Link(self.ident, exact=True), PipelineTop(self.pipeline, h * w)
 
 
 @dataclass(frozen=True)
@@ -175,20 +202,57 @@ class BoardTop(Elaboratable):
             m.submodules.clocks = ECP5PLLDomain(info.pll_hz)
         preloaded = BOARDS[self.board].family != "ice40"  # the iCE40 build drops the weight RAMs' initialisers
         m.submodules.board = board = Board(self.plan, self.divisor(clock_hz), clock_hz, preloaded=preloaded)
-        uart = platform.request("uart", 0, dir="-")
-        m.submodules.rx_pin = rx_pin = io.Buffer("i", uart.rx)
-        m.submodules.tx_pin = tx_pin = io.Buffer("o", uart.tx)
-        m.d.comb += [board.rx.eq(rx_pin.i), tx_pin.o.eq(board.tx)]
-        if info.leds == ("rgb_led",):
-            rgb = platform.request("rgb_led", 0, dir="-")
-            outputs = [(rgb.g, board.leds[0]), (rgb.b, board.leds[1]), (rgb.r, board.leds[2])]  # beat, busy, error
-        else:
-            outputs = [(platform.request(name, i if len(set(info.leds)) == 1 else 0, dir="-"), board.leds[i])
-                       for i, name in enumerate(info.leds)]
-        if self.board == "ulx3s-85f":
-            # the ULX3S routes the FTDI's TX through a buffer the FPGA must enable
-            outputs.append((platform.request("uart_tx_enable", 0, dir="-"), 1))
-        for i, (port, value) in enumerate(outputs):
-            m.submodules[f"out_pin{i}"] = buf = io.Buffer("o", port)
-            m.d.comb += buf.o.eq(value)
+        wire_pins(m, platform, self.board, board)
+        return m
+
+
+def wire_pins(m: Module, platform, name: str, board: Board) -> None:
+    """``board``'s serial lines to the platform's UART pins and its status outputs to the LEDs of board ``name``."""
+    info = BOARDS[name]
+    uart = platform.request("uart", 0, dir="-")
+    m.submodules.rx_pin = rx_pin = io.Buffer("i", uart.rx)
+    m.submodules.tx_pin = tx_pin = io.Buffer("o", uart.tx)
+    m.d.comb += [board.rx.eq(rx_pin.i), tx_pin.o.eq(board.tx)]
+    if info.leds == ("rgb_led",):
+        rgb = platform.request("rgb_led", 0, dir="-")
+        outputs = [(rgb.g, board.leds[0]), (rgb.b, board.leds[1]), (rgb.r, board.leds[2])]  # beat, busy, error
+    else:
+        outputs = [(platform.request(led, i if len(set(info.leds)) == 1 else 0, dir="-"), board.leds[i])
+                   for i, led in enumerate(info.leds)]
+    if name == "ulx3s-85f":
+        # the ULX3S routes the FTDI's TX through a buffer the FPGA must enable
+        outputs.append((platform.request("uart_tx_enable", 0, dir="-"), 1))
+    for i, (port, value) in enumerate(outputs):
+        m.submodules[f"out_pin{i}"] = buf = io.Buffer("o", port)
+        m.d.comb += buf.o.eq(value)
+
+
+class PipelineLinkTop(Elaboratable):
+    """:class:`PipelineBoard` wired to a platform's UART pins, clock (a PLL on ECP5) and LEDs.
+
+    Parameters
+    ----------
+    pipeline : LayerPipeline
+    ident : Ident
+        The pipeline's IDENT (:func:`~edgespike.rtl.link.pipeline_ident`); its clock and UART divisor are filled in
+        from the design clock and ``baud``.
+    board : str
+        A key of :data:`BOARDS`.
+    baud : int
+    pll_hz : float or None
+        ECP5 only: the design clock made by the PLL (else the board's oscillator).
+    """
+
+    def __init__(self, pipeline, ident: P.Ident, board: str, baud: int, pll_hz: float | None = None):
+        self.pipeline, self.ident, self.board, self.baud, self.pll_hz = pipeline, ident, board, baud, pll_hz
+
+    def elaborate(self, platform):
+        m = Module()
+        clock_hz = self.pll_hz or platform.default_clk_frequency
+        if self.pll_hz:
+            m.domains.sync = ClockDomain("sync")
+            m.submodules.clocks = ECP5PLLDomain(self.pll_hz)
+        ident = replace(self.ident, clock_hz=int(clock_hz), divisor=uart_divisor(clock_hz, self.baud))
+        m.submodules.board = board = PipelineBoard(self.pipeline, ident)
+        wire_pins(m, platform, self.board, board)
         return m

@@ -20,6 +20,10 @@ discarded: the host waits for an answer before it sends again.
 The link also keeps the accelerator's byte protocol safe from a host's mistakes: it checks a tile's shape and
 pixel count (``h * w`` by repeated addition, one row per cycle while the pixels arrive: no multiplier) and the
 order and length of a weight load, so :class:`Top` never answers ``'E'`` or waits for bytes that do not come.
+
+The same link serves the layer pipeline (:class:`~edgespike.rtl.top.PipelineTop`): built with its IDENT
+(:func:`pipeline_ident`) and ``exact``, it takes TILEs of exactly the pipeline's region only, and without
+``CAP_LOAD_WEIGHTS`` it refuses weight loads at their header and builds none of their logic.
 """
 
 from __future__ import annotations
@@ -40,6 +44,34 @@ _SRC_REASON, _SRC_IDENT, _SRC_RESULT = range(3)
 _FP_AT, _STATE_AT = 8, 30  # byte offsets of the fingerprint and the weights state in the IDENT payload
 
 
+def engine_ident(plan: Plan, divisor: int, clock_hz: int = 0, gateware_version: int = P.GATEWARE_VERSION,
+                 preloaded: bool = True) -> P.Ident:
+    """The IDENT of the shared engine (:class:`~edgespike.rtl.top.Top`) for ``plan``.
+
+    ``divisor`` and ``clock_hz`` are the UART's clock cycles per bit and the board clock (0 in simulation);
+    ``gateware_version`` is set only by tests (to play a device with other gateware); ``preloaded`` says the
+    bitstream holds the plan's weights (False for an iCE40 build, whose weight RAMs lose their initialisers: the
+    link then refuses tiles until a weight load).
+    """
+    pixels = plan.tile[0] * plan.tile[1]
+    return P.Ident(P.LINK_VERSION, gateware_version, PROTOCOL_VERSION, P.CAP_LOAD_WEIGHTS,
+                   plan.fingerprint if preloaded else 0, plan.tile, plan.halo, plan.timesteps, clock_hz, divisor,
+                   plan.lanes, plan.multiple, len(plan.weight_image()), pixels,
+                   P.WEIGHTS_BUILT_IN if preloaded else P.WEIGHTS_NONE, plan.device_key, plan.structure,
+                   plan.max_tile_cycles)
+
+
+def pipeline_ident(fingerprint: int, region: tuple[int, int], halo: int, timesteps: int, multiple: int,
+                   device: str, structure: int, max_cycles: int, clock_hz: int = 0, divisor: int = 0) -> P.Ident:
+    """The IDENT of the layer pipeline (:class:`~edgespike.rtl.top.PipelineTop`): ``CAP_PIPELINE``, no
+    ``CAP_LOAD_WEIGHTS`` (its weights are RAM initialisers, ``weights`` = built in), ``tile`` = the one region
+    size it takes, ``halo`` = the model's receptive radius, ``max_tile_cycles`` = ``max_cycles``, the worst case
+    of a region (computed host side from the cycle model: the gateware imports nothing from there)."""
+    return P.Ident(P.LINK_VERSION, P.GATEWARE_VERSION, P.PIPELINE_PROTOCOL_VERSION, P.CAP_PIPELINE, fingerprint,
+                   region, halo, timesteps, clock_hz, divisor, 0, multiple, 0, 0, P.WEIGHTS_BUILT_IN, device,
+                   structure, max_cycles)
+
+
 def crc_processor() -> crc.Processor:
     """The link's CRC (CRC-16/CCITT-FALSE, the same as :func:`edgespike.firmware.protocol.crc16`)."""
     return crc.catalog.CRC16_CCITT_FALSE(data_width=8).create()
@@ -50,17 +82,17 @@ class Link(wiring.Component):
 
     Parameters
     ----------
-    plan : Plan
-        The accelerator's plan (tile size for the buffers and the shape check, weight image size, IDENT).
-    divisor, clock_hz : int
-        Reported by IDENT (the UART's clock cycles per bit; the board clock, 0 in simulation).
+    ident : Ident
+        What IDENT reports, and what the link checks requests against: the tile (the buffers' size and the shape
+        check), size multiple, weight image bytes, capabilities (without ``CAP_LOAD_WEIGHTS`` the weight-load
+        requests are refused and their logic is not built), the UART divisor (for the default ``timeout``). The
+        model fingerprint and weights state are live registers for a loadable accelerator.
+        :func:`engine_ident` makes it for the shared engine.
     timeout : int
         Cycles without a byte after which a partly received frame is abandoned (NAK_TIMEOUT).
-    gateware_version : int
-        Reported by IDENT; only tests set it (to play a device with other gateware).
-    preloaded : bool
-        The bitstream holds the plan's weights (False for an iCE40 build, whose weight RAMs are SPRAM or lose
-        their initialisers: the link then refuses tiles until a weight load).
+    exact : bool
+        A TILE must be exactly ``ident.tile`` (the layer pipeline, whose gateware is built for one region size);
+        else any tile up to it whose sides are multiples of ``ident.multiple``.
 
     Attributes
     ----------
@@ -78,27 +110,22 @@ class Link(wiring.Component):
         Pulses when the host abandons the running tile or weight load: resets the accelerator.
     """
 
-    def __init__(self, plan: Plan, divisor: int, clock_hz: int = 0, timeout: int | None = None,
-                 gateware_version: int = P.GATEWARE_VERSION, preloaded: bool = True):
-        self.plan = plan
-        self.pixels = plan.tile[0] * plan.tile[1]
+    def __init__(self, ident: P.Ident, timeout: int | None = None, exact: bool = False):
+        self.ident = ident
+        self.exact = exact
+        self.loadable = bool(ident.capabilities & P.CAP_LOAD_WEIGHTS)
+        self.pixels = ident.tile[0] * ident.tile[1]
         self.max_request = 2 + self.pixels
         self.max_result = 1 + self.pixels + P.COUNTER_BYTES  # the echo of the request's CRC is not stored
-        self.weight_bytes = len(plan.weight_image())
-        self.timeout = timeout if timeout is not None else 40 * 10 * divisor  # 40 byte times
-        self.ident = P.Ident(P.LINK_VERSION, gateware_version, PROTOCOL_VERSION, P.CAP_LOAD_WEIGHTS,
-                             plan.fingerprint if preloaded else 0, plan.tile, plan.halo, plan.timesteps,
-                             clock_hz, divisor, plan.lanes, plan.multiple, self.weight_bytes, self.pixels,
-                             P.WEIGHTS_BUILT_IN if preloaded else P.WEIGHTS_NONE, plan.device_key,
-                             plan.structure, plan.max_tile_cycles)
+        self.weight_bytes = ident.weight_bytes
+        self.timeout = timeout if timeout is not None else 40 * 10 * ident.divisor  # 40 byte times
         super().__init__({"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8)), "rx_error": In(1),
                           "acc_tx": Out(stream.Signature(8)), "acc_rx": In(stream.Signature(8)),
                           "busy": Out(1), "nak": Out(1), "started": Out(1), "abort": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
-        p = self.plan
-        th, tw = p.tile
+        th, tw = self.ident.tile
         m.submodules.req = req = Memory(shape=8, depth=self.pixels, init=[])
         m.submodules.res = res = Memory(shape=8, depth=self.max_result, init=[])
         req_w, req_r = req.write_port(), req.read_port()
@@ -112,22 +139,27 @@ class Link(wiring.Component):
         fp_in = Signal(32)  # WLOAD_BEGIN's fingerprint
         got = Signal(16)  # payload bytes received
         gap = Signal(range(self.timeout + 1))  # cycles since the last byte, mid-frame
-        rows, area = Signal(8), Signal(17)  # h * w by repeated addition
         byte = self.rx.payload
         take = self.rx.valid & self.rx.ready
-
-        with m.If(rows != h):
-            m.d.sync += [area.eq(area + w), rows.eq(rows + 1)]
+        if self.exact:  # one tile shape: its pixel count is a constant
+            rows, area = h, Const(self.pixels, 17)
+        else:
+            rows, area = Signal(8), Signal(17)  # h * w by repeated addition
+            with m.If(rows != h):
+                m.d.sync += [area.eq(area + w), rows.eq(rows + 1)]
 
         # --- what was last done, to answer a repeated request without doing it twice ---
         last_seq, last_kind, have_last, res_len = Signal(8), Signal(8), Signal(), Signal(16)
         repeat = have_last & (seq == last_seq) & (kind == last_kind)
 
-        # --- weight load state ---
-        loading = Signal()  # 'W' sent to the accelerator, not all of the image yet
-        wcount = Signal(range(self.weight_bytes + self.pixels + 1))
-        model_fp = Signal(32, init=self.ident.fingerprint)
-        wstate = Signal(8, init=self.ident.weights)
+        # --- weight load state (constants when the accelerator's weights cannot be loaded) ---
+        if self.loadable:
+            loading = Signal()  # 'W' sent to the accelerator, not all of the image yet
+            wcount = Signal(range(self.weight_bytes + self.pixels + 1))
+            model_fp = Signal(32, init=self.ident.fingerprint)
+            wstate = Signal(8, init=self.ident.weights)
+        else:
+            loading, model_fp, wstate = Const(0, 1), Const(self.ident.fingerprint, 32), Const(self.ident.weights, 8)
 
         sync_half = Signal()  # RUN: the last byte was SYNC[0]
         req_crc = Signal(16)  # the CRC bytes of the last request received, echoed at the end of its RESULT
@@ -235,10 +267,11 @@ class Link(wiring.Component):
                             n = Signal(16)
                             m.d.comb += n.eq(length[:8] | (byte << 8))
                             m.d.sync += [length[8:].eq(byte), got.eq(0)]
-                            ok = (((kind == P.IDENT) & (n == 0)) | ((kind == P.WLOAD_END) & (n == 0))
-                                  | ((kind == P.TILE) & (n >= 3) & (n <= self.max_request))
-                                  | ((kind == P.WLOAD_BEGIN) & (n == 4))
-                                  | ((kind == P.WLOAD_DATA) & (n >= 1) & (n <= self.pixels)))
+                            ok = ((kind == P.IDENT) & (n == 0)) | ((kind == P.TILE) & (
+                                (n == self.max_request) if self.exact else ((n >= 3) & (n <= self.max_request))))
+                            if self.loadable:
+                                ok |= (((kind == P.WLOAD_END) & (n == 0)) | ((kind == P.WLOAD_BEGIN) & (n == 4))
+                                       | ((kind == P.WLOAD_DATA) & (n >= 1) & (n <= self.pixels)))
                             with m.If(~ok):
                                 send_nak(P.NAK_FORMAT)  # at once: no point waiting for a frame we cannot use
                             with m.Elif(n == 0):
@@ -246,14 +279,18 @@ class Link(wiring.Component):
                             with m.Else():
                                 m.next = "PAYLOAD"
                         elif state == "PAYLOAD":
-                            m.d.sync += [got.eq(got + 1), fp_in.eq(Mux(kind == P.WLOAD_BEGIN,
-                                                                       (fp_in >> 8) | (byte << 24), fp_in))]
+                            m.d.sync += got.eq(got + 1)
+                            if self.loadable:
+                                with m.If(kind == P.WLOAD_BEGIN):
+                                    m.d.sync += fp_in.eq((fp_in >> 8) | (byte << 24))
                             is_tile = kind == P.TILE
                             with m.If(is_tile & (got == 0)):
                                 m.d.sync += h.eq(byte)
                             with m.Elif(is_tile & (got == 1)):
-                                m.d.sync += [w.eq(byte), rows.eq(0), area.eq(0)]
-                            with m.Elif(is_tile | (kind == P.WLOAD_DATA)):
+                                m.d.sync += w.eq(byte)
+                                if not self.exact:
+                                    m.d.sync += [rows.eq(0), area.eq(0)]
+                            with m.Elif(is_tile | ((kind == P.WLOAD_DATA) if self.loadable else False)):
                                 m.d.comb += [req_w.en.eq(1), req_w.addr.eq(Mux(is_tile, got - 2, got)),
                                              req_w.data.eq(byte)]
                             with m.If(got + 1 == length):
@@ -271,39 +308,44 @@ class Link(wiring.Component):
                 with m.Elif(kind == P.IDENT):
                     m.d.sync += have_last.eq(0)  # a new host session: never replay an answer it did not ask for
                     ack(_THEN_IDENT)
-                with m.Elif(kind == P.WLOAD_BEGIN):
-                    with m.If(repeat):
-                        ack(_THEN_HUNT)
-                    with m.Else():
-                        # a load begun while another is incomplete: the host gave up on that one; the accelerator
-                        # is mid-image, so reset it and start afresh
-                        m.d.comb += self.abort.eq(loading)
-                        m.d.sync += [loading.eq(1), wcount.eq(0), wstate.eq(P.WEIGHTS_LOADING), model_fp.eq(fp_in)]
-                        feed(1, 0)  # 'W'
-                        done()
-                        ack(_THEN_HUNT)
-                with m.Elif(kind == P.WLOAD_DATA):
-                    with m.If(repeat):
-                        ack(_THEN_HUNT)
-                    with m.Elif(~loading | (wcount + length > self.weight_bytes)):
-                        send_nak(P.NAK_FORMAT)
-                    with m.Else():
-                        m.d.sync += wcount.eq(wcount + length)
-                        feed(0, length)
-                        m.next = "FORWARD"
-                with m.Elif(kind == P.WLOAD_END):
-                    with m.If(repeat):
-                        ack(_THEN_RESEND)
-                    with m.Elif(~loading | (wcount != self.weight_bytes)):
-                        send_nak(P.NAK_FORMAT)  # not loading, or the image is incomplete
-                    with m.Else():
-                        m.d.sync += have_last.eq(0)
-                        collect(1)  # 'K', once the accelerator has stored every word
-                        ack(_THEN_FINISH)
+                if self.loadable:
+                    with m.Elif(kind == P.WLOAD_BEGIN):
+                        with m.If(repeat):
+                            ack(_THEN_HUNT)
+                        with m.Else():
+                            # a load begun while another is incomplete: the host gave up on that one; the accelerator
+                            # is mid-image, so reset it and start afresh
+                            m.d.comb += self.abort.eq(loading)
+                            m.d.sync += [loading.eq(1), wcount.eq(0), wstate.eq(P.WEIGHTS_LOADING),
+                                         model_fp.eq(fp_in)]
+                            feed(1, 0)  # 'W'
+                            done()
+                            ack(_THEN_HUNT)
+                    with m.Elif(kind == P.WLOAD_DATA):
+                        with m.If(repeat):
+                            ack(_THEN_HUNT)
+                        with m.Elif(~loading | (wcount + length > self.weight_bytes)):
+                            send_nak(P.NAK_FORMAT)
+                        with m.Else():
+                            m.d.sync += wcount.eq(wcount + length)
+                            feed(0, length)
+                            m.next = "FORWARD"
+                    with m.Elif(kind == P.WLOAD_END):
+                        with m.If(repeat):
+                            ack(_THEN_RESEND)
+                        with m.Elif(~loading | (wcount != self.weight_bytes)):
+                            send_nak(P.NAK_FORMAT)  # not loading, or the image is incomplete
+                        with m.Else():
+                            m.d.sync += have_last.eq(0)
+                            collect(1)  # 'K', once the accelerator has stored every word
+                            ack(_THEN_FINISH)
                 with m.Elif(rows == h):  # a TILE; h * w is ready
-                    odd = p.multiple - 1  # tile sides must be multiples of the model's size multiple
-                    shape_ok = ((h != 0) & (h <= th) & (w != 0) & (w <= tw) & (area + 2 == length)
-                                & ((h & odd) == 0) & ((w & odd) == 0))
+                    if self.exact:  # the length was checked with the header
+                        shape_ok = (h == th) & (w == tw)
+                    else:
+                        odd = self.ident.multiple - 1  # tile sides must be multiples of the model's size multiple
+                        shape_ok = ((h != 0) & (h <= th) & (w != 0) & (w <= tw) & (area + 2 == length)
+                                    & ((h & odd) == 0) & ((w & odd) == 0))
                     with m.If(repeat):
                         ack(_THEN_RESEND)  # the host lost our RESULT: send it again
                     with m.Elif(~shape_ok | loading | (wstate == P.WEIGHTS_NONE)):  # no garbage images
@@ -311,11 +353,12 @@ class Link(wiring.Component):
                     with m.Else():
                         m.d.sync += [have_last.eq(0), npix.eq(area)]
                         ack(_THEN_RUN)
-            with m.State("FORWARD"):  # a weight chunk into the accelerator, then its ACK
-                m.d.comb += self.rx.ready.eq(1)
-                with m.If(~feeding):
-                    done()
-                    ack(_THEN_HUNT)
+            if self.loadable:
+                with m.State("FORWARD"):  # a weight chunk into the accelerator, then its ACK
+                    m.d.comb += self.rx.ready.eq(1)
+                    with m.If(~feeding):
+                        done()
+                        ack(_THEN_HUNT)
             with m.State("RUN"):  # a tile (or the end of a weight load) until the reply is collected
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(take):
@@ -324,12 +367,14 @@ class Link(wiring.Component):
                 with m.If(take & sync_half & (byte == P.SYNC[1])):
                     m.d.comb += self.abort.eq(1)
                     m.d.sync += [feeding.eq(0), collecting.eq(0), gap.eq(0), sync_half.eq(0)]
-                    with m.If(kind == P.WLOAD_END):  # the accelerator's weight load is cut short: no weights
-                        m.d.sync += [loading.eq(0), wstate.eq(P.WEIGHTS_NONE), model_fp.eq(0)]
+                    if self.loadable:
+                        with m.If(kind == P.WLOAD_END):  # the accelerator's weight load is cut short: no weights
+                            m.d.sync += [loading.eq(0), wstate.eq(P.WEIGHTS_NONE), model_fp.eq(0)]
                     m.next = "TYPE"
                 with m.Elif(~feeding & ~collecting):
-                    with m.If(kind == P.WLOAD_END):
-                        m.d.sync += [loading.eq(0), wstate.eq(P.WEIGHTS_LOADED)]
+                    if self.loadable:
+                        with m.If(kind == P.WLOAD_END):
+                            m.d.sync += [loading.eq(0), wstate.eq(P.WEIGHTS_LOADED)]
                     m.d.sync += res_len.eq(ci)
                     done()
                     send(P.RESULT, ci + P.ECHO_BYTES, _SRC_RESULT, _THEN_HUNT)

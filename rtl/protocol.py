@@ -92,6 +92,11 @@ MAGIC = b"ESNN"
 # host's result deadline follows)
 IDENT_LAYOUT = struct.Struct("<4sBBBBIBBBBIHBBIHB8sII")
 CAP_LOAD_WEIGHTS = 0x01  # the weights, biases and thresholds can be loaded at run time
+# the layer pipeline (bit-plane models): a TILE must be exactly IDENT's tile (the one region size the gateware is
+# built for; its halo is IDENT's); the weights are RAM initialisers (no CAP_LOAD_WEIGHTS); the RESULT's counters
+# are cycles, then spikes and synaptic operations as 0 (not counted)
+CAP_PIPELINE = 0x02
+PIPELINE_PROTOCOL_VERSION = 1  # IDENT's accelerator protocol field of a pipeline board
 # weights state: built into the bitstream, being loaded, loaded at run time, or none (an iCE40 UP5K bitstream:
 # SPRAM cannot be preloaded; the device refuses tiles until a load)
 WEIGHTS_BUILT_IN, WEIGHTS_LOADING, WEIGHTS_LOADED, WEIGHTS_NONE = 0, 1, 2, 3

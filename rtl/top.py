@@ -22,7 +22,7 @@ ignored, so a host can resynchronise by sending a few zero bytes and an 'I'. The
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Signal
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -149,6 +149,78 @@ class Top(wiring.Component):
             with m.State("WAIT"):
                 with m.If(~seq.busy):
                     m.next = "COUNTERS"
+            with m.State("COUNTERS"):
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(counter_bytes[idx])]
+                with m.If(self.tx.ready):
+                    m.d.sync += idx.eq(idx + 1)
+                    with m.If(idx == 11):
+                        m.next = "IDLE"
+        return m
+
+
+class PipelineTop(wiring.Component):
+    """The layer pipeline (:class:`~edgespike.rtl.pipeline.LayerPipeline`) behind :class:`Top`'s tile protocol.
+
+    What the link sends for a TILE, ``'T', h, w`` and the pixels, goes in; ``'R'``, the output pixels and the
+    counters come out, as from :class:`Top`, so :class:`~edgespike.rtl.link.Link` serves either. The pipeline is
+    built for one region size, so the link (``exact``) passes only tiles of exactly ``pixels`` pixels and ``h``,
+    ``w`` are not read. There is no ``'W'``: the weights are RAM initialisers of the bitstream.
+
+    Counters: cycles from the first pixel offered to the last output pixel taken; spikes and synaptic operations
+    are not counted by this top (0).
+
+    Parameters
+    ----------
+    pipeline : LayerPipeline
+        Built for frames of ``pixels`` pixels.
+    pixels : int
+        Pixels of a region (the pipeline's ``height * width``).
+    """
+
+    def __init__(self, pipeline, pixels: int):
+        self.pipeline = pipeline
+        self.pixels = pixels
+        super().__init__({"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.pipeline = pipe = self.pipeline
+        fed, sent = Signal(range(self.pixels + 1)), Signal(range(self.pixels + 1))
+        prefix = Signal(2)  # bytes of 'T', h, w still to drop
+        tagged = Signal()  # 'R' sent
+        cycles = Signal(32)
+        idx = Signal(4)
+        counter_bytes = Array([cycles[8 * i:8 * i + 8] for i in range(4)] + [Const(0, 8)] * 8)
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.rx.ready.eq(1)
+                with m.If(self.rx.valid & (self.rx.payload == CMD_TILE)):
+                    m.d.sync += [prefix.eq(2), fed.eq(0), sent.eq(0), tagged.eq(0), cycles.eq(0)]
+                    m.next = "HEADER"
+            with m.State("HEADER"):  # h and w: the link passed only the region's own shape
+                m.d.comb += self.rx.ready.eq(1)
+                with m.If(self.rx.valid):
+                    m.d.sync += prefix.eq(prefix - 1)
+                    with m.If(prefix == 1):
+                        m.next = "RUN"
+            with m.State("RUN"):
+                m.d.sync += cycles.eq(cycles + 1)
+                more = fed != self.pixels
+                m.d.comb += [pipe.i.payload.eq(self.rx.payload), pipe.i.valid.eq(self.rx.valid & more),
+                             self.rx.ready.eq(pipe.i.ready & more)]
+                with m.If(self.rx.valid & pipe.i.ready & more):
+                    m.d.sync += fed.eq(fed + 1)
+                # 'R' first, then the output pixels as they come
+                m.d.comb += [self.tx.valid.eq(~tagged | pipe.o.valid),
+                             self.tx.payload.eq(Mux(tagged, pipe.o.payload, REPLY_TILE)),
+                             pipe.o.ready.eq(tagged & self.tx.ready)]
+                with m.If(self.tx.ready):
+                    m.d.sync += tagged.eq(1)
+                with m.If(tagged & pipe.o.valid & self.tx.ready):
+                    m.d.sync += sent.eq(sent + 1)
+                    with m.If(sent == self.pixels - 1):
+                        m.d.sync += idx.eq(0)
+                        m.next = "COUNTERS"
             with m.State("COUNTERS"):
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(counter_bytes[idx])]
                 with m.If(self.tx.ready):

@@ -15,11 +15,14 @@ bitstream with the open toolchain (amaranth-boards + YoWASP yosys/nextpnr, offli
 flip-flops, block RAM, SPRAM, DSPs, Fmax against the design clock, build time and throughput at Fmax (cycle model);
 the report is also written as DIR/report.json. A bit-plane model (the shipped defaults) builds as the layer pipeline
 (one engine per layer; the ULX3S at 75 MHz and the OrangeCrab at 72 MHz from their PLL, the iCEBreaker at 12 MHz;
-raw UART, no framed link yet); a rate-coded IF model builds as the shared engine behind the framed link that
-`edgespike run --backend fpga` speaks (the ULX3S and OrangeCrab at 12.5 / 12 MHz).
+behind the framed link when its region fits the link's buffers, else a raw UART, said on stderr); a rate-coded
+IF model builds as the shared engine behind the framed link that `edgespike run --backend fpga` speaks (the ULX3S
+and OrangeCrab at 12.5 / 12 MHz).
 Boards: icebreaker (iCE40UP5K), ulx3s-85f (ECP5-85F), orangecrab (ECP5-25F; UART on Feather pins 0/1).
 fpga serve-sim: run the board top level (UART included) in Amaranth's simulator behind a TCP socket; the firmware
-reaches it as socket://127.0.0.1:PORT (e.g. edgespike run --backend fpga --port socket://127.0.0.1:7007)."""
+reaches it as socket://127.0.0.1:PORT (e.g. edgespike run --backend fpga --port socket://127.0.0.1:7007). A
+bit-plane model is served as a layer pipeline board (framed link; regions of exactly --tile, default the
+smallest that keeps a core of 8 pixels inside the model's halo); an IF model as the shared engine."""
 
 
 def add_arguments(p) -> None:
@@ -43,7 +46,8 @@ def add_arguments(p) -> None:
                    "--device: if-s25 on the ecp5-85f)")
     s.add_argument("--port", type=int, default=7007, help="TCP port on 127.0.0.1 (default 7007)")
     s.add_argument("--device", default="up5k", help="fit-check target: up5k, ecp5-85f or ecp5-25f (default up5k)")
-    s.add_argument("--tile", type=_tile_arg, help="largest tile HxW (default 16x16)")
+    s.add_argument("--tile", type=_tile_arg, help="largest tile HxW (default 16x16); for a bit-plane model the "
+                   "pipeline's region, exactly (default: 2 x halo + 8 on each side)")
 
 
 def run(args) -> int:
@@ -61,14 +65,40 @@ def run(args) -> int:
         return 0
 
     from edgespike.fpga.build import load_plan
-    from edgespike.fpga.sim import Server
+    from edgespike.fpga.sim import Server, pipeline_server
 
-    _, plan = load_plan(args.model, args.device, args.tile)
+    pipeline = _pipeline_model(args.model)
     try:
-        server = Server(plan, port=args.port)
+        if pipeline is not None:
+            model, halo = pipeline
+            region = args.tile or (2 * halo + 8, 2 * halo + 8)
+            try:
+                server = pipeline_server(model, region, port=args.port)
+            except ValueError as exc:
+                raise UserError(f"--tile: {exc}") from None
+            h, w = region
+            print(f"layer pipeline of {args.model} for regions of {h}x{w} (halo {halo}), framed link")
+        else:
+            _, plan = load_plan(args.model, args.device, args.tile)
+            server = Server(plan, port=args.port)
+            print(plan.summary())
     except OSError as exc:
         raise UserError(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}") from None
-    print(plan.summary())
     print(f"simulated board listening on {server.url} (Ctrl-C to stop)", flush=True)
     server.serve_forever()
     return 0
+
+
+def _pipeline_model(model_path: str | None):
+    """``(model, halo)`` when ``model_path`` names a bit-plane model (the layer pipeline), else None."""
+    if not model_path:
+        return None
+    from edgespike.fileformat import load
+    from edgespike.fpga.pipeline import PipelineError, layer_specs, receptive_radius
+    from edgespike.models import resolve
+
+    model = load(resolve(model_path))
+    try:
+        return model, receptive_radius(layer_specs(model))
+    except PipelineError:
+        return None

@@ -1,7 +1,9 @@
 """``edgespike run --backend fpga --port DEVICE[@BAUD]``: frames through a real board over its serial port.
 
 The board must run a bitstream built for the model (``edgespike fpga build --model M``): the firmware checks the
-gateware version and the model fingerprint before the first frame and refuses a mismatch with one line.
+gateware version and the model fingerprint before the first frame and refuses a mismatch with one line. A board
+with the shared engine (IF models) takes halo'd tiles; a layer pipeline board (bit-plane models, IDENT
+``CAP_PIPELINE``) takes regions of exactly its built size, cut by the firmware with the halo it announces.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ def denoise_frame(acc, frame):
         out, results = acc.denoise(frame)
     except LinkError as exc:
         raise UserError(str(exc)) from None
-    stats = {"synaptic_ops": sum(r.sops for r in results), "seconds": time.perf_counter() - t0,
+    # a layer pipeline board counts cycles only (its RESULT's spikes and synaptic ops are 0): no synaptic ops then
+    sops = None if acc.pipeline else sum(r.sops for r in results)
+    stats = {"synaptic_ops": sops, "seconds": time.perf_counter() - t0,
              "cycles": sum(r.cycles for r in results)}
     return out, stats
 
@@ -58,7 +62,8 @@ class BoardBackend:
             raise UserError(str(exc)) from None
         th, tw = ident.tile
         clock = f", {ident.clock_hz / 1e6:g} MHz" if ident.clock_hz else ""
-        self.label = f"fpga ({name} at {baud} baud, tile {th}x{tw}{clock})"
+        shape = f"layer pipeline, regions {th}x{tw}" if self.acc.pipeline else f"tile {th}x{tw}"
+        self.label = f"fpga ({name} at {baud} baud, {shape}{clock})"
 
     def denoise(self, frame):
         return denoise_frame(self.acc, frame)

@@ -31,8 +31,10 @@ class BoardSim:
 
     Parameters
     ----------
-    plan : Plan
-        The accelerator's plan.
+    plan : Plan or Board
+        The accelerator's plan (the shared engine's :class:`Board` is built for it), or a board to run as it is
+        (a :class:`~edgespike.rtl.board.PipelineBoard`: :func:`pipeline_server`; ``divisor``, ``gateware_version``
+        and ``preloaded`` are then its own).
     sink : callable
         Called with each byte (an int) the board sends, from the simulation thread.
     divisor : int
@@ -45,10 +47,13 @@ class BoardSim:
         False plays an iCE40 bitstream: no weights until the host loads them.
     """
 
-    def __init__(self, plan: Plan, sink, divisor: int = DEFAULT_DIVISOR, gateware_version: int | None = None,
+    def __init__(self, plan: Plan | Board, sink, divisor: int = DEFAULT_DIVISOR, gateware_version: int | None = None,
                  reset_after: int | None = None, preloaded: bool = True):
-        kwargs = {} if gateware_version is None else {"gateware_version": gateware_version}
-        self.board = Board(plan, divisor, preloaded=preloaded, **kwargs)
+        if isinstance(plan, Board):
+            self.board, divisor = plan, plan.divisor
+        else:
+            kwargs = {} if gateware_version is None else {"gateware_version": gateware_version}
+            self.board = Board(plan, divisor, preloaded=preloaded, **kwargs)
         self.divisor = divisor
         self.sink = sink
         self.inbox: queue.Queue[int] = queue.Queue()
@@ -129,15 +134,15 @@ class Server:
 
     Parameters
     ----------
-    plan : Plan
-        The accelerator's plan.
+    plan : Plan or Board
+        The accelerator's plan, or a board (see :class:`BoardSim`).
     host, port : str, int
         Where to listen (port 0: any free port; see :attr:`port`).
     **kwargs
         Passed to :class:`BoardSim`.
     """
 
-    def __init__(self, plan: Plan, host: str = "127.0.0.1", port: int = 0, **kwargs):
+    def __init__(self, plan: Plan | Board, host: str = "127.0.0.1", port: int = 0, **kwargs):
         self.listener = socket.create_server((host, port))
         self.host, self.port = self.listener.getsockname()[:2]
         self.conn: socket.socket | None = None
@@ -208,6 +213,21 @@ class Server:
                 s.close()
         for t in self.threads:
             t.join(timeout=5)
+
+
+def pipeline_server(model, region: tuple[int, int], folds: list | None = None, host: str = "127.0.0.1",
+                    port: int = 0, **kwargs) -> Server:
+    """A simulated pipeline board (:class:`~edgespike.rtl.board.PipelineBoard`: UART, link, the layer pipeline of
+    the bit-plane ``model`` for regions of ``region``) behind a socket, not started. ``kwargs`` go to
+    :class:`BoardSim` (``reset_after``)."""
+    from dataclasses import replace
+
+    from edgespike.fpga.pipelink import pipeline_board
+    from edgespike.rtl.board import PipelineBoard
+
+    dut, ident = pipeline_board(model, region, folds)
+    board = PipelineBoard(dut, replace(ident, divisor=DEFAULT_DIVISOR))
+    return Server(board, host, port, **kwargs)
 
 
 class SimBackend:
