@@ -336,8 +336,9 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     :func:`edgespike.fpga.pipeline.plan_pipeline` chooses the folds and the stripe width for ``frame`` (default
     480x640) within the part's block RAM and logic (estimated); the plan's line goes to stderr before any tool
     runs, and a plan whose logic estimate exceeds the part is refused (``FitError``). The bitstream holds
-    :class:`~edgespike.rtl.pipeline.PipelineBoardTop`: the pipeline for frames of ``frame`` height and the stripe's
-    width between the UART pins (raw pixels in raster order, no framed link yet), at 3 Mbaud, clocked by the PLL
+    the pipeline for frames of ``frame`` height and the stripe's width behind the framed link when that region fits
+    it (:func:`edgespike.fpga.pipelink.board_top`), else between the raw UART pins
+    (:class:`~edgespike.rtl.pipeline.PipelineBoardTop`), at 3 Mbaud, clocked by the PLL
     at 75 MHz on the ULX3S (72 MHz on the OrangeCrab) and by the 12 MHz oscillator on the iCEBreaker. The report's
     throughput is the cycle model's frame time (the planner's) at the design clock and at Fmax. ``folds`` (``(lanes,
     group)`` per layer) replace the planner's lanes and groups (it still chooses the line buffers' parts and the
@@ -349,10 +350,10 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     from edgespike.firmware.protocol import DEFAULT_BAUD
     from edgespike.fpga.params import FitError
     from edgespike.fpga.pipeline import PipelineError, plan_pipeline
+    from edgespike.fpga.pipelink import board_top
     from edgespike.fpga.pipesim import build_pipeline as pipeline_gateware
     from edgespike.models import resolve
     from edgespike.rtl.board import BOARDS, make_platform, uart_divisor
-    from edgespike.rtl.pipeline import PipelineBoardTop
 
     info = BOARDS[board]
     model = load(resolve(model_path))
@@ -376,7 +377,10 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
         return line
     env = _check_tools(info.family)
     dut, specs, folds = pipeline_gateware(model, H, min(plan.stripe, W), plan.folds)
-    top = PipelineBoardTop(dut, divisor, pll_hz=PIPELINE_CLOCK_HZ.get(board) if info.family == "ecp5" else None)
+    # the framed link when its buffers and logic fit beside the pipeline, else the raw UART top (said on stderr)
+    top, which = board_top(board, model, dut, specs, plan, (H, min(plan.stripe, W)), baud, divisor,
+                           pll_hz=PIPELINE_CLOCK_HZ.get(board) if info.family == "ecp5" else None)
+    print(which, file=sys.stderr, flush=True)
     out = Path(out_dir or f"build/fpga-{board}")
     out.mkdir(parents=True, exist_ok=True)
     products = platform.prepare(top, name="top")  # weights and params are RAM initialisers (EBR / DP16KD)
