@@ -3,7 +3,8 @@
 * :mod:`~edgespike.firmware.protocol` -- frames, CRC, types and versions (shared with the gateware's link).
 * :mod:`~edgespike.firmware.accelerator` -- :class:`Accelerator`: identify, version and model checks, tiles,
   frames, retries.
-* :mod:`~edgespike.firmware.tiling` -- how a frame is cut into halo'd tiles (the gateware simulation cuts the same).
+* :mod:`~edgespike.firmware.tiling` -- how a frame is cut into halo'd tiles (the gateware simulation cuts the same),
+  or into the fixed-size regions of a layer pipeline board.
 
 Needs numpy and pyserial only (the ``[hw]`` extra brings pyserial); no Amaranth.
 """

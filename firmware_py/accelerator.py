@@ -5,6 +5,9 @@ Runs on the edge board (a Raspberry Pi) with numpy and pyserial only. The line i
 ``loop://``. Every answer is CRC-checked, length-checked and matched to its request's sequence number; a damaged,
 missing or refused exchange is retried, and when the retries run out :class:`LinkError` says what went wrong. A
 wrong image is never returned: either every byte of a result passed those checks or the call raises.
+The device is the shared engine (IF models: halo'd tiles up to its tile size, weights loadable) or a layer pipeline
+(bit-plane models, IDENT ``CAP_PIPELINE``: regions of exactly its size, weights built in); :meth:`Accelerator.denoise`
+cuts frames for either.
 """
 
 from __future__ import annotations
@@ -274,6 +277,9 @@ class Accelerator:
         differs from the one the bitstream was built for.
         """
         ident = self.ident or self.check_versions()
+        if not ident.capabilities & P.CAP_LOAD_WEIGHTS:
+            raise DeviceMismatch(f"{self.name}: the device's weights are built into its bitstream (no run-time "
+                                 "loading): build one for this model (edgespike fpga build --model M) and flash it")
         try:
             from edgespike.fpga.params import FitError, plan
         except ImportError:

@@ -90,6 +90,8 @@ def test_refusals_in_one_line(server):
         other = bitplane_dncnn(depth=2, width=2, T=8, seed=5)
         with pytest.raises(DeviceMismatch, match="build one for it"):
             acc.check_model(other)
+        with pytest.raises(DeviceMismatch, match="built into its bitstream"):
+            acc.load_weights(other)
     server_sock, exchange = raw_exchange(server.url)
     try:
         nak = lambda fs: any(f.kind in (P.NAK, P.ACK) for f in fs)  # noqa: E731
@@ -157,7 +159,9 @@ def test_random_faults_both_ways_never_give_a_wrong_image(server):
     image)."""
     regions = [demo_image(*REGION, seed=s) for s in range(3)]
     port = RandomFaults(server.url, seed=17, to_device=4, to_host=4, frames=6, host_bytes=250)
-    with Accelerator(port, retries=8, ack_timeout=60.0, result_timeout=120.0) as acc:
+    # a lost answer costs a timeout (the simulated board announces no clock): a 6x8 region is about 10k cycles
+    # with its UART bytes, under 30 s even at Amaranth's slowest rate here
+    with Accelerator(port, retries=8, ack_timeout=30.0, result_timeout=45.0) as acc:
         acc.check_model(MODEL)
         for x in regions:
             assert np.array_equal(acc.run_tile(x).out, runtime.denoise(MODEL, x))
@@ -257,3 +261,29 @@ def test_fpga_build_chooses_the_framed_top_where_it_fits():
             assert top.ident.fingerprint == accelerator_module.model_fingerprint(model)
         for obj in (top, dut, *dut.engines):  # made to be chosen, not elaborated: no UnusedElaboratable
             obj._MustUse__used = True
+
+
+def test_regions_cover_the_frame_once_with_the_halo_and_refuse_what_cannot_be_exact():
+    """``tiling.regions``: every region has exactly the board's size and lies in the frame, the cores tile the
+    frame exactly once, each core has ``halo`` pixels of context inside its region except at the frame's border,
+    and origins stay multiples of the size multiple; a frame smaller than a region, or a region without a core
+    inside the halo, is refused."""
+    from edgespike.firmware.tiling import regions
+
+    for shape, size, halo in (((6, 8), (6, 8), 2), ((8, 11), (6, 8), 2), ((480, 640), (64, 64), 8),
+                              ((20, 40), (18, 20), 8), ((100, 66), (40, 40), 18)):
+        even = all(v % 2 == 0 for v in (*shape, *size, halo))  # a half-resolution model's frame, size and halo
+        seen = np.zeros(shape, np.int64)
+        for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) in regions(shape, size, halo):
+            assert (y1 - y0, x1 - x0) == size and y0 >= 0 and x0 >= 0 and y1 <= shape[0] and x1 <= shape[1]
+            assert not even or y0 % 2 == x0 % 2 == 0
+            seen[cy0:cy1, cx0:cx1] += 1
+            for lo, hi, c_lo, c_hi, n in ((y0, y1, cy0, cy1, shape[0]), (x0, x1, cx0, cx1, shape[1])):
+                assert lo <= c_lo < c_hi <= hi
+                assert c_lo - lo >= halo or lo == 0
+                assert hi - c_hi >= halo or hi == n
+        assert np.all(seen == 1), (shape, size)
+    with pytest.raises(ValueError, match="do not fit a 6x20 frame"):
+        list(regions((6, 20), (8, 8), 2))
+    with pytest.raises(ValueError, match="no core inside"):
+        list(regions((10, 20), (4, 8), 2))
