@@ -12,15 +12,15 @@ network, ``W q_in + bias``. The engine computes it the way the semantics define 
   channels, each kernel tap's input word is scanned for set bits only (a priority encoder; a spike-free word is
   skipped whole, spike-free planes cost nothing) and each spike ``(t, c)`` adds its ``lanes`` int8 weights
   shifted by ``T - 1 - t`` (one weight-RAM read, one add per lane);
-* **bias** once, then **UWE** (:class:`~edgespike.rtl.uwe.SARNeuron`): ``T`` successive-approximation steps
-  against ``theta << (T - 1 - t)`` give the output code MSB first. An Integrator skips the SAR and sends the
-  membrane.
+* **bias** as the membranes' starting value (read before the block starts), then **UWE**
+  (:class:`~edgespike.rtl.uwe.SARNeuron`): ``T`` successive-approximation steps against ``theta << (T - 1 - t)``
+  give the output code MSB first. An Integrator skips the SAR and sends the membrane.
 
 Output pixels leave in raster order with all ``C_out`` channels, which is the next layer's input format: layers
 chain with ``wiring.connect`` into a pipeline where every layer works at once (:mod:`~edgespike.rtl.pipeline`).
 
 The compute is strictly sequential, so its cycles are a closed form of the input's bit counts: per output pixel
-and block ``1 + sum over taps (1 + 3 * parts + adds if the tap is inside the input, else 1) + 4 (+ 1 + T with a
+and block ``1 + sum over taps (1 + 3 * parts + adds if the tap is inside the input, else 1) + 2 (+ 1 + T with a
 SAR)``, ``adds`` being the (plane, channel group) pairs of the tap's input pixel that hold a spike; per output
 pixel ``+ 1`` (the handshake). The receiver takes a pixel per ``parts`` cycles while there is room. How the two
 and the neighbouring engines meet is :func:`edgespike.fpga.pipeline.pipeline_cycles`.
@@ -140,7 +140,7 @@ class BitPlaneLayer(wiring.Component):
         The spikes of the group the accumulator adds this cycle (0 when it adds nothing): each is one synaptic add
         per lane, and a nonzero value one accumulate per lane (for the add counts; unused in a build).
     bias_add, sar_step : Out(1)
-        This cycle adds the bias to every lane's membrane / makes one SAR step in every lane.
+        This cycle starts every lane's membrane at its bias (the bias add) / makes one SAR step in every lane.
     """
 
     def __init__(self, weights, bias, theta, T: int, height: int, width: int, lanes: int, stride: int = 1,
@@ -241,6 +241,9 @@ class BitPlaneLayer(wiring.Component):
         m.d.comb += rd_part.eq(rpart)
         ev_valid = Signal()
         ev_bits = Signal(M)
+        # The block's bias and threshold are read in the cycle before its START (block 0 from ROW or OUT, the next
+        # from STORE): START loads the bias into the membranes, LOADSAR takes the threshold (the word stays).
+        p_addr = Signal.like(g)
         ev_t = Signal(bits_for(T))
         obits = (T if neuron else vb) * L
         out_reg = Signal(obits * G)
@@ -321,9 +324,9 @@ class BitPlaneLayer(wiring.Component):
             w_r.addr.eq(Cat(first[:gbits], wrow) if gbits else wrow),
             lb_r.addr.eq(Cat(rd_part[:pbits], rx[:xbits], ry[:(slots - 1).bit_length()])),
             lb_w.addr.eq(Cat(wpart[:pbits], x_in, rows_in[:(slots - 1).bit_length()])),
-            p_r.addr.eq(g),
+            p_r.addr.eq(p_addr),
             self.lb_read.eq(lb_r.en), self.w_read.eq(w_r.en), self.p_read.eq(p_r.en), self.lb_write.eq(lb_w.en),
-            self.add_spikes.eq(Mux(ev_valid, ev_bits, 0)), self.bias_add.eq(acc.bias_add),
+            self.add_spikes.eq(Mux(ev_valid, ev_bits, 0)), self.bias_add.eq(acc.clear),
         ]
         if neuron:
             m.d.comb += self.sar_step.eq(sar.step)
@@ -368,6 +371,7 @@ class BitPlaneLayer(wiring.Component):
         with m.FSM():
             with m.State("ROW"):  # wait until the rows the next output row reads are in
                 with m.If(enough):
+                    m.d.comb += p_r.en.eq(1)
                     m.d.sync += g.eq(0)
                     m.next = "START"
             with m.State("START"):  # one block of one output pixel
@@ -402,13 +406,7 @@ class BitPlaneLayer(wiring.Component):
                 with m.Else():
                     m.d.sync += rpart.eq(0)
                     next_tap()
-            with m.State("DRAIN"):  # the last add passes the accumulator's two stages
-                m.next = "DRAIN2"
-            with m.State("DRAIN2"):  # read the block's bias and threshold
-                m.d.comb += p_r.en.eq(1)
-                m.next = "BIAS"
-            with m.State("BIAS"):
-                m.d.comb += acc.bias_add.eq(1)
+            with m.State("DRAIN"):  # the last add passes the accumulator's second stage
                 m.next = "LOADSAR" if neuron else "STORE"
             if neuron:
                 with m.State("LOADSAR"):
@@ -426,12 +424,14 @@ class BitPlaneLayer(wiring.Component):
                 with m.If(g == G - 1):
                     m.next = "OUT"
                 with m.Else():
+                    m.d.comb += [p_r.en.eq(1), p_addr.eq(g + 1)]
                     m.d.sync += g.eq(g + 1)
                     m.next = "START"
             with m.State("OUT"):
                 m.d.comb += self.o.valid.eq(1)
                 with m.If(self.o.ready):
                     m.d.sync += [g.eq(0), ox.eq(ox + 1)]
+                    m.d.comb += p_r.en.eq(ox != self.w_out - 1)  # block 0 of the next pixel of this row
                     m.next = "START"
                     with m.If(ox == self.w_out - 1):
                         m.d.sync += [ox.eq(0), oy.eq(oy + 1)]

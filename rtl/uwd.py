@@ -114,7 +114,8 @@ class UWDAccumulator(wiring.Component):
     Attributes
     ----------
     clear : In(1)
-        Membranes to 0 (takes precedence).
+        Membranes to their ``bias`` (takes precedence): the bias is the decoding's starting value, so it needs no
+        adder of its own (added after the last plane it was a second carry chain per lane).
     add : In(1)
         ``acc[l] += (sum_m spikes[m] * weights[l * group + m]) << (T - 1 - t)``, in ``acc`` two cycles later.
     t : In
@@ -123,8 +124,6 @@ class UWDAccumulator(wiring.Component):
         Which of the group's input channels spike in plane ``t``.
     weights : In(array of signed 8, lanes * group)
         The group's int8 weights for each lane (lane-major).
-    bias_add : In(1)
-        ``acc[l] += bias[l]`` (once, after the last plane; never together with ``add``).
     bias : In(array of signed vbits)
     acc : Out(array of signed vbits)
     """
@@ -137,7 +136,6 @@ class UWDAccumulator(wiring.Component):
             "t": In(bits_for(T)),
             "spikes": In(group),
             "weights": In(data.ArrayLayout(signed(8), lanes * group)),
-            "bias_add": In(1),
             "bias": In(data.ArrayLayout(signed(vbits), lanes)),
             "acc": Out(data.ArrayLayout(signed(vbits), lanes)),
         })
@@ -158,9 +156,7 @@ class UWDAccumulator(wiring.Component):
             m.d.sync += total.eq(terms[0])
             acc = self.acc[lane]
             with m.If(self.clear):
-                m.d.sync += acc.eq(0)
+                m.d.sync += acc.eq(self.bias[lane])
             with m.Elif(add):
                 m.d.sync += acc.eq(acc + (total << shift))  # a shifter and an adder per lane
-            with m.Elif(self.bias_add):
-                m.d.sync += acc.eq(acc + self.bias[lane])
         return m

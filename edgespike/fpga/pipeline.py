@@ -146,7 +146,7 @@ class LayerSpec:
             inside_taps += inside
             events += p
         sar = (1 + self.T) if self.theta is not None else 0
-        busy = G * (1 + tap_cycles + 4 + sar)  # START, taps, DRAIN x 2, BIAS, [LOADSAR, SAR x T], STORE
+        busy = G * (1 + tap_cycles + 2 + sar)  # START (the bias loaded), taps, DRAIN, [LOADSAR, SAR x T], STORE
         received = np.diff(np.concatenate([[0], self.need(h)]))
         return received, busy, inside_taps, events
 
@@ -382,26 +382,33 @@ def spec_vbits(spec: LayerSpec) -> int:
     return spec.__dict__["_vbits"][1]
 
 
-# Logic estimate: least squares on five placed-and-routed pipelines of 3-layer models of the shipped shape
-# (docs/HARDWARE.md, "Layer pipeline builds"; nextpnr's iCE40 LCs or ECP5 TRELLIS_COMB, UART top included):
+# Logic estimate (nextpnr's iCE40 LCs or ECP5 TRELLIS_COMB), least squares (non-negative) on four placed and
+# routed 3-layer pipelines of the shipped shape with the UART top (docs/HARDWARE.md, "Layer pipeline builds":
 # bitplane_dncnn(depth=3, width=W, seed=3) with folds (W,1), (W,1), (1,W): W = 4: 4159 LC, W = 8: 5578 LC (UP5K),
-# W = 16: 9520 (ECP5-85F); a trained 3 x 8 model on the UP5K with (2,1), (4,1), (1,2): 4579 LC and with (4,1),
-# (4,1), (1,8): 5297 LC. Within 4 % of all five. Terms: per output channel and membrane bit (what every channel
-# keeps: parameters, codes, its share of the datapath), per lane and membrane bit (adder, SAR), per extra input
-# channel of a group and lane (mask and adder tree), per engine, per pipeline (UART, FIFO, decoder). Fitted on
-# models of at most 16 channels: for 64-channel layers it is an extrapolation.
-LOGIC_BASE, LOGIC_ENGINE, LOGIC_CHANNEL_BIT, LOGIC_LANE_BIT, LOGIC_LANE_GROUP = 300, 635, 5.37, 2.66, 101
+# W = 16: 9412 COMB (ECP5-85F); the shipped small model's iCEBreaker build: 4033 LC) and seven yosys synth_ecp5
+# runs of one s25 body engine (64 -> 64 channels, 3x3, membranes of 24 bits) at (lanes, group, parts) (8,1,2),
+# (16,1,1), (16,1,2), (16,1,8), (16,4,2), (32,1,2), (64,1,2), counted as LUT4 + 2 CCU2C and scaled by 1.08 (the
+# width-16 ULX3S build: 9412 TRELLIS_COMB for 6088 LUT4 and 1313 CCU2C in yosys). Within 6 % of all eleven
+# (docs/RTL.md, "Logic of a 64-channel engine"). Terms: per engine (FSM, counters, SAR control, UART and decoder
+# shared out), per flag of the scan's priority encoder (one per plane and channel group of a line-buffer word:
+# mask, encoder, the group's selection), per bit of a line-buffer word (the word register, the held pixel, the
+# flags' inputs), per lane and membrane bit (adder, shifter, SAR, the lane's parameters), per lane and extra
+# channel of a group (the lane's adder tree).
+LOGIC_ENGINE, LOGIC_FLAG, LOGIC_WORD_BIT, LOGIC_LANE_BIT, LOGIC_LANE_GROUP = 776, 6.95, 5.98, 6.01, 5.04
 LOGIC_BUDGET = 0.8  # the share of a part's logic a plan may take (the iCE40 width-4 build closed timing at 78 %)
 
 
 def estimate_logic(specs: list[LayerSpec], folds: list) -> int:
     """Logic cells (iCE40 LCs / ECP5 TRELLIS_COMB) the pipeline with ``folds`` (``(lanes, group[, parts])`` per
-    layer) and its UART top take, estimated (see ``LOGIC_*``); nextpnr's report is the judge."""
-    total = LOGIC_BASE
+    layer, parts 1 when not given) and its UART top take, estimated (see ``LOGIC_*``); nextpnr's report is the
+    judge."""
+    total = 0.0
     for spec, fold in zip(specs, folds, strict=True):
-        lanes, group = (tuple(fold) + (1,))[:2]
-        vb = spec_vbits(spec)
-        total += (LOGIC_ENGINE + LOGIC_CHANNEL_BIT * spec.c_out * vb + LOGIC_LANE_BIT * lanes * vb
+        lanes, group, parts = (tuple(fold) + (1, 1))[:3]
+        cin_p = 1 << max(0, (spec.c_in - 1).bit_length())
+        word = spec.T // parts * cin_p
+        flags = 1 << max(0, (word // group - 1).bit_length())
+        total += (LOGIC_ENGINE + LOGIC_FLAG * flags + LOGIC_WORD_BIT * word + LOGIC_LANE_BIT * lanes * spec_vbits(spec)
                   + LOGIC_LANE_GROUP * lanes * (group - 1))
     return int(round(total))
 
@@ -461,154 +468,161 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
     ``device``.
 
     The cycles per pixel of each layer come from :meth:`LayerSpec.cost` on ``sample`` (a uint8 frame like the
-    ones to be run: the bit densities set the cycles). Folds: each layer's
-    ``(lanes, group)`` is the fastest whose weight RAM takes no more blocks than the layer's weights need anyway
-    (block RAM reads its width every cycle: that bandwidth is free), each line buffer split into the parts that
-    take the fewest blocks, at the widest stripe that fits. Frame
-    time: the slowest layer's cycles per pixel times the pixels of all stripes (halos included); the pipeline's
-    fill is not counted (a few percent on tall frames). Logic: the folds chosen keep :func:`estimate_logic` within
-    ``logic_budget`` of the part's logic cells (while over, the layer whose cheaper fold slows the frame least
-    gives up lanes or group); ``max_lanes`` caps every layer's lanes. Given ``folds`` are taken as they are (the
-    plan records their logic estimate). The place-and-route report is the judge.
+    ones to be run: the bit densities set the cycles). Frame time: the slowest layer's cycles per pixel times the
+    pixels of all stripes (halos included); the pipeline's fill is not counted (a few percent on tall frames).
+
+    The search is joint over the stripe width and the folds: for every stripe count (1, 2, 3 ... stripes, each
+    stripe as narrow as that count allows, so the line buffers are as small as they can be), a water filling
+    starts from one lane, one channel per cycle and the line-buffer parts that take the fewest blocks (then the
+    most parts: the least logic), and the slowest layer repeatedly takes a faster ``(lanes, group, parts)`` while
+    block RAM and :func:`estimate_logic` (within ``logic_budget`` of the part's logic cells) still fit. Three
+    orders of taking are tried (the step that adds the least logic, the fewest blocks, the fastest), and the
+    fastest plan over all stripe counts wins. ``max_lanes`` caps every layer's lanes. Given ``folds`` (``(lanes,
+    group)`` per layer) are taken as they are, each line buffer split into the parts that take the fewest blocks
+    at the widest stripe that fits (the plan records their logic estimate). The place-and-route report is the
+    judge.
     """
     specs = layer_specs(model)
     codes = run_codes(specs, sample)
     H, W = frame
     halo = receptive_radius(specs)
     npx = sample.size
+    budget = logic_budget * PARTS[device][3]
+    split = [p for p in (1, 2, 4, 8) if specs[0].T % p == 0 and (specs[0].T // p) & (specs[0].T // p - 1) == 0]
 
-    def options(spec):
+    def options(spec):  # (lanes, group, parts): lanes a power of two dividing C_out
         cin_p = 1 << max(0, (spec.c_in - 1).bit_length())
-        lanes = [d for d in range(1, spec.c_out + 1) if spec.c_out % d == 0 and (not max_lanes or d <= max_lanes)]
-        groups = [1 << i for i in range(cin_p.bit_length()) if (1 << i) <= cin_p]
-        return [(lane, g) for lane in lanes for g in groups]
+        lanes = [1 << i for i in range(spec.c_out.bit_length())
+                 if spec.c_out % (1 << i) == 0 and (not max_lanes or 1 << i <= max_lanes)]
+        groups = [1 << i for i in range(cin_p.bit_length())]
+        return [(lane, g, p) for lane in lanes for g in groups for p in split]
 
-    cache: dict = {}
+    per_fold: dict = {}
 
     def per_pixel(i, fold):
-        if (i, fold) not in cache:
-            cache[(i, fold)] = specs[i].cost(codes[i], *fold).cycles / npx
-        return cache[(i, fold)]
+        if (i, fold) not in per_fold:
+            per_fold[(i, fold)] = specs[i].cost(codes[i], *fold).cycles / npx
+        return per_fold[(i, fold)]
 
-    fits: dict = {}
-
-    def fit(fl):  # the widest stripe that fits (blocks only grow with the stripe: a binary search)
-        key = tuple(tuple(f[:2]) for f in fl)
-        if key not in fits:
-            widths = list(range(min(W, 2048) + (W % 2), 2 * halo + 1, -2))[::-1]
-            lo, hi, best = 0, len(widths) - 1, None
-            while lo <= hi:
-                mid = (lo + hi) // 2
-                got = fit_at(fl, widths[mid])
-                if got is None:
-                    hi = mid - 1
-                else:
-                    best, lo = got, mid + 1
-            fits[key] = best
-        return fits[key]
-
-    def fit_at(fl, stripe):
+    @cache
+    def widths(stripe):  # each layer's input width for a stripe of ``stripe`` input columns
         sizes = [stripe]
         for spec in specs:
             sizes.append(spec.out_size(1, sizes[-1])[1])
-        blocks, parts = {}, []
-        for i, (spec, f) in enumerate(zip(specs, fl, strict=True)):
-            best = min((p for p in (1, 2, 4, 8) if spec.T % p == 0),
-                       key=lambda p: ram_blocks(*memories(spec, sizes[i], *f[:2], p)["linebuf"], device))
-            parts.append(best)
-            for name, (wd, dp) in memories(spec, sizes[i], *f[:2], best).items():
-                blocks[f"{spec.conv.name}.{name}"] = ram_blocks(wd, dp, device)
-        blocks["residual"] = ram_blocks(8, 1 << (residual_depth(specs, H, stripe) - 1).bit_length(), device)
-        if sum(blocks.values()) <= PARTS[device][2]:
-            return stripe, blocks, parts
-        return None
+        return tuple(sizes)
 
-    def wblocks_of(i, o):
-        return ram_blocks(*memories(specs[i], 8, *o)["weights"], device)
+    def lb_blocks(i, width, parts):
+        return ram_blocks(*memories(specs[i], width, 1, 1, parts)["linebuf"], device)
 
-    budget = logic_budget * PARTS[device][3]
+    memo: dict = {}
 
-    def frame_time(fl):
-        if estimate_logic(specs, fl) > budget:
+    def memo_of(key, fn):  # the search asks the same block counts and logic terms thousands of times
+        if key not in memo:
+            memo[key] = fn()
+        return memo[key]
+
+    def layer_blocks(i, width, f):
+        return memo_of(("b", i, width, f), lambda: {
+            f"{specs[i].conv.name}.{name}": ram_blocks(wd, dp, device)
+            for name, (wd, dp) in memories(specs[i], width, *f).items()})
+
+    def residual_blocks(stripe):
+        return memo_of(("r", stripe), lambda: ram_blocks(
+            8, 1 << (residual_depth(specs, H, stripe) - 1).bit_length(), device))
+
+    def blocks_at(fl, stripe):
+        """Blocks per memory of folds ``fl`` (all three entries) at ``stripe``."""
+        blocks = {}
+        for i, (width, f) in enumerate(zip(widths(stripe), fl, strict=False)):
+            blocks.update(layer_blocks(i, width, f))
+        blocks["residual"] = residual_blocks(stripe)
+        return blocks
+
+    def logic_of(fl):
+        return sum(memo_of(("l", i, f), lambda i=i, f=f: estimate_logic([specs[i]], [f])) for i, f in enumerate(fl))
+
+    def stripes_of(stripe):
+        return 1 if stripe >= W else -(-W // (stripe - 2 * halo))
+
+    def frame_time(fl, stripe):
+        if logic_of(fl) > budget or sum(blocks_at(fl, stripe).values()) > PARTS[device][2]:
             return float("inf")
-        got = fit(fl)
-        if got is None:
-            return float("inf")
-        stripe = got[0]
-        n_stripes = 1 if stripe >= W else -(-W // (stripe - 2 * halo))
-        return max(per_pixel(i, (*f[:2], p)) for i, (f, p) in enumerate(zip(fl, got[2], strict=True))) \
-            * H * min(stripe, W) * n_stripes
+        return max(per_pixel(i, f) for i, f in enumerate(fl)) * H * min(stripe, W) * stripes_of(stripe)
 
-    if folds is None:
-        # Weight bandwidth is what block RAM gives for free: a layer's weights need some blocks anyway, and
-        # those blocks read up to (blocks x 36) bits per cycle. So each layer takes the fastest (lanes, group)
-        # whose weight RAM needs no more blocks than the smallest possible (plus 10 %).
-        folds = []
-        for i, spec in enumerate(specs):
-            def wblocks(o, spec=spec):
-                return ram_blocks(*memories(spec, 8, *o)["weights"], device)
-            least = min(wblocks(o) for o in options(spec))
-            cands = [o for o in options(spec) if wblocks(o) <= least * 1.1 and (o[0] & (o[0] - 1)) == 0]
-            folds.append(min(cands, key=lambda o, i=i: per_pixel(i, o)))
-        # Logic: while over the budget, the layer whose next cheaper fold slows the frame least gives it up.
-        while estimate_logic(specs, folds) > budget:
-            now_logic = estimate_logic(specs, folds)
-            steps = []
-            for i in range(len(specs)):
-                for o in options(specs[i]):
-                    trial = list(folds)
-                    trial[i] = o
-                    if (o[0] & (o[0] - 1)) == 0 and estimate_logic(specs, trial) < now_logic:
-                        slowest = max(per_pixel(j, f) for j, f in enumerate(trial))
-                        steps.append((slowest, estimate_logic(specs, trial), i, o))
-            if not steps:
-                raise PipelineError(f"the layer pipeline does not fit {PARTS[device][0]}: its logic at one lane "
-                                    f"per layer is about {now_logic} cells, {budget:.0f} allowed")
-            _, _, i, o = min(steps)
-            folds[i] = o
-        # Then the slowest layer takes more blocks while that shortens the frame (narrower stripes cost halos).
-        while True:
-            now = frame_time(folds)
-            costs = [per_pixel(i, f) for i, f in enumerate(folds)]
-            worst = int(np.argmax(costs))
-            faster = [o for o in options(specs[worst]) if (o[0] & (o[0] - 1)) == 0
-                      and wblocks_of(worst, o) <= PARTS[device][2] and per_pixel(worst, o) < costs[worst]]
-            for o in sorted(faster, key=lambda o: per_pixel(worst, o)):
-                trial = list(folds)
-                trial[worst] = o
-                if frame_time(trial) < now:
-                    folds = trial
-                    break
+    def least_parts(stripe):  # per layer: the parts whose line buffer takes the fewest blocks, then the most parts
+        sizes = widths(stripe)
+        return [min(split, key=lambda p, i=i: (lb_blocks(i, sizes[i], p), -p)) for i in range(len(specs))]
+
+    if folds is not None:
+        # the widest stripe that fits (blocks only grow with the stripe: a binary search)
+        def fit_at(stripe):
+            fl = [(*f[:2], p) for f, p in zip(folds, least_parts(stripe), strict=True)]
+            return fl if sum(blocks_at(fl, stripe).values()) <= PARTS[device][2] else None
+
+        cands = list(range(min(W, 2048) + (W % 2), 2 * halo + 1, -2))[::-1]
+        lo, hi, best = 0, len(cands) - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            got = fit_at(cands[mid])
+            if got is None:
+                hi = mid - 1
             else:
+                best, lo = (cands[mid], got), mid + 1
+        if best is None:
+            raise PipelineError(f"the layer pipeline does not fit {PARTS[device][0]}: block RAM over at every stripe")
+        stripe, folds = best
+    else:
+        # The narrowest stripe for each count, down to cores as wide as the halo; of the stripes whose line buffers
+        # have the same depths (rows of a power of two) only the widest can win, so only it is searched.
+        stripes, seen = [], set()
+        for n in range(1, W + 1):
+            s = W if n == 1 else min(W, -(-W // n) + 2 * halo)
+            s += s % 2
+            if n > 1 and s - 2 * halo < halo:
                 break
-        # A second search, water filling: from one lane and one channel per layer, the slowest layer repeatedly
-        # takes the faster fold that costs the least logic while the plan still fits; the faster plan wins.
-        fill = [(1, 1)] * len(specs)
-        while True:
-            costs = [per_pixel(i, f) for i, f in enumerate(fill)]
-            worst = int(np.argmax(costs))
-            faster = [o for o in options(specs[worst]) if (o[0] & (o[0] - 1)) == 0
-                      and per_pixel(worst, o) < costs[worst]]
-            steps = sorted(faster, key=lambda o: (estimate_logic(specs, fill[:worst] + [o] + fill[worst + 1:]),
-                                                  per_pixel(worst, o)))
-            for o in steps:
-                trial = fill[:worst] + [o] + fill[worst + 1:]
-                if frame_time(trial) < float("inf"):
-                    fill = trial
-                    break
-            else:
-                break
-        if frame_time(fill) < frame_time(folds):
-            folds = fill
-    got = fit(folds)
-    if got is None:
-        raise PipelineError(f"the layer pipeline does not fit {PARTS[device][0]}: block RAM over at every stripe")
-    stripe, blocks, parts = got
-    folds = [(*f[:2], p) for f, p in zip(folds, parts, strict=True)]
+            key = (tuple(1 << max(1, (w - 1).bit_length()) for w in widths(s)), residual_blocks(s))
+            if key not in seen:
+                seen.add(key)
+                stripes.append(s)
+        best, best_time, at_one_lane = None, float("inf"), None
+        for stripe in stripes:
+            start = [(1, 1, p) for p in least_parts(stripe)]
+            if at_one_lane is None:
+                at_one_lane = start
+            if frame_time(start, stripe) == float("inf"):
+                continue
+            for order in ("logic", "blocks", "fast"):
+                fl = list(start)
+                while True:
+                    costs = [per_pixel(i, f) for i, f in enumerate(fl)]
+                    worst = int(np.argmax(costs))
+                    steps = []
+                    for o in options(specs[worst]):
+                        if per_pixel(worst, o) >= costs[worst]:
+                            continue
+                        trial = fl[:worst] + [o] + fl[worst + 1:]
+                        if frame_time(trial, stripe) == float("inf"):
+                            continue
+                        logic, blocks = logic_of(trial), sum(blocks_at(trial, stripe).values())
+                        steps.append({"logic": (logic, blocks, per_pixel(worst, o)),
+                                      "blocks": (blocks, logic, per_pixel(worst, o)),
+                                      "fast": (per_pixel(worst, o), logic, blocks)}[order] + (o,))
+                    if not steps:
+                        break
+                    fl[worst] = min(steps)[-1]
+                t = frame_time(fl, stripe)
+                if t < best_time:
+                    best, best_time = (stripe, fl), t
+        if best is None:
+            fl = at_one_lane or [(1, 1, 1)] * len(specs)
+            raise PipelineError(f"the layer pipeline does not fit {PARTS[device][0]}: at one lane per layer its logic "
+                                f"is about {estimate_logic(specs, fl)} cells ({budget:.0f} allowed) and its block RAM "
+                                f"over at every stripe width")
+        stripe, folds = best
+    blocks = blocks_at(folds, stripe)
     core = W if stripe >= W else stripe - 2 * halo
-    n_stripes = 1 if stripe >= W else -(-W // core)
     costs = [per_pixel(i, f) for i, f in enumerate(folds)]
-    frame_cycles = max(costs) * H * min(stripe, W) * n_stripes
+    frame_cycles = max(costs) * H * min(stripe, W) * stripes_of(stripe)
     return PipelinePlan(device, folds, stripe, core, blocks, sum(blocks.values()), costs, frame_cycles,
                         estimate_logic(specs, folds), PARTS[device][3], (H, W))
 
