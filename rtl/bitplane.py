@@ -126,6 +126,11 @@ class BitPlaneLayer(wiring.Component):
         A stride-2 ConvTranspose with ``padding`` (``k`` even) instead of a Conv.
     padding : int
         ConvTranspose padding (a Conv pads ``k // 2``).
+    rom_words : int
+        The last ``rom_words`` weight words are a ROM of logic cells (``ram_style = "logic"``) instead of block
+        RAM; the words before them (a power of two, at least ``rom_words``) stay in block RAM. An ECP5 DP16KD holds
+        512 words of 36 bits, so a 64-lane 3x3 body layer's 576 words of 512 bits take 29 blocks where 512 words
+        take 15: its 64 last words in logic save 14 blocks. Same cycles and results.
 
     Attributes
     ----------
@@ -144,12 +149,13 @@ class BitPlaneLayer(wiring.Component):
     """
 
     def __init__(self, weights, bias, theta, T: int, height: int, width: int, lanes: int, stride: int = 1,
-                 transposed: bool = False, padding: int = 0, group: int = 1, parts: int = 1):
+                 transposed: bool = False, padding: int = 0, group: int = 1, parts: int = 1, rom_words: int = 0):
         w = np.asarray(weights)
         self.c_out, self.c_in, self.k, _ = w.shape
         assert self.c_out % lanes == 0, "lanes must divide the output channels"
         assert (self.k % 2 == 0) if transposed else (self.k % 2 == 1 and stride in (1, 2))
         self.weights, self.T, self.lanes, self.group, self.parts = w, T, lanes, group, parts
+        self.rom_words = rom_words
         assert parts == pow2_at_least(parts) and T % parts == 0 and (parts == 1 or (T // parts) == pow2_at_least(
             T // parts)), "parts: a power of two dividing T into a power of two of planes"
         assert group == pow2_at_least(group) and group <= pow2_at_least(self.c_in), "group: a power of two <= C_in"
@@ -203,8 +209,23 @@ class BitPlaneLayer(wiring.Component):
         m.submodules.linebuf = lb = memory.Memory(shape=unsigned(tp * cin_p), depth=(slots << xbits) * P, init=[])
         lb_w, lb_r = lb.write_port(), lb.read_port()
         words, ntaps = weight_words(self.weights, L, self.transposed, M)
-        m.submodules.weights = wm = memory.Memory(shape=unsigned(8 * L * M), depth=len(words), init=words)
+        ram_words = len(words) - self.rom_words
+        assert self.rom_words == 0 or (ram_words == pow2_at_least(ram_words) and self.rom_words <= ram_words), \
+            "rom_words: the block-RAM words must be a power of two, at least as many as the ROM's"
+        m.submodules.weights = wm = memory.Memory(shape=unsigned(8 * L * M), depth=ram_words, init=words[:ram_words])
         w_r = wm.read_port()
+        w_addr = Signal(bits_for(len(words)))
+        w_data = w_r.data
+        if self.rom_words:
+            m.submodules.weights_rom = rm = memory.Memory(shape=unsigned(8 * L * M), depth=self.rom_words,
+                                                          init=words[ram_words:], attrs={"ram_style": "logic"})
+            r_r = rm.read_port()
+            abits = (ram_words - 1).bit_length()
+            in_rom = Signal()  # the word read is the ROM's (registered with the read, as the data)
+            m.d.comb += [r_r.addr.eq(w_addr[:abits]), r_r.en.eq(w_r.en)]
+            with m.If(w_r.en):
+                m.d.sync += in_rom.eq(w_addr[abits:].any())
+            w_data = Mux(in_rom, r_r.data, w_r.data)
         vb, tb = self.vbits, self.theta_bits
         params = []
         for g in range(G):
@@ -320,8 +341,8 @@ class BitPlaneLayer(wiring.Component):
         # UWD pipeline: a weight read issued in SCAN is added in the next cycle.
         m.d.sync += ev_valid.eq(0)
         m.d.comb += [
-            acc.add.eq(ev_valid), acc.t.eq(ev_t), acc.weights.eq(w_r.data), acc.spikes.eq(ev_bits),
-            w_r.addr.eq(Cat(first[:gbits], wrow) if gbits else wrow),
+            acc.add.eq(ev_valid), acc.t.eq(ev_t), acc.weights.eq(w_data), acc.spikes.eq(ev_bits),
+            w_addr.eq(Cat(first[:gbits], wrow) if gbits else wrow), w_r.addr.eq(w_addr),
             lb_r.addr.eq(Cat(rd_part[:pbits], rx[:xbits], ry[:(slots - 1).bit_length()])),
             lb_w.addr.eq(Cat(wpart[:pbits], x_in, rows_in[:(slots - 1).bit_length()])),
             p_r.addr.eq(p_addr),

@@ -105,9 +105,10 @@ def layer(weights, theta, bias, T, stride=1, transposed=False, padding=0, conv_b
     return LayerSpec(conv, neuron, T)
 
 
-def check_layer(spec: LayerSpec, q: np.ndarray, lanes: int, stall: int = 0, group: int = 1, parts: int = 1):
+def check_layer(spec: LayerSpec, q: np.ndarray, lanes: int, stall: int = 0, group: int = 1, parts: int = 1,
+                rom_words: int = 0):
     _, h, w = q.shape
-    dut = BitPlaneLayer(**spec.gateware(h, w, lanes, group, parts))
+    dut = BitPlaneLayer(**spec.gateware(h, w, lanes, group, parts, rom_words))
     out, cycles, reads = simulate_layer(dut, q, stall)
     want = spec.compute(q)
     bad = np.argwhere(out != want)
@@ -143,6 +144,20 @@ def test_conv_layer_equals_reference(c_in, c_out, k, stride, lanes, group, parts
     q[:, rng.random((h, w)) < 0.3] = 0  # spike-free words are skipped whole
     out = check_layer(layer(wts, theta, bias, T, stride=stride), q, lanes, group=group, parts=parts)
     assert out.min() == 0 and out.max() > 0, "the test layer should produce both zero and non-zero codes"
+
+
+def test_weight_rom_tail_equals_reference():
+    """The last weight words in a ROM of logic (``rom_words``, the planner's answer to a weight RAM just over a
+    power of two of words): the same codes, cycles and access counts. 36 words: 32 in block RAM, 4 in the ROM;
+    with two blocks of lanes, the second block's taps read the ROM."""
+    rng = np.random.default_rng(11)
+    T = 8
+    wts, theta, bias = random_layer(rng, 4, 4, 3, T)
+    q = rng.integers(0, 2**T, (4, 5, 6))
+    q[:, rng.random((5, 6)) < 0.3] = 0
+    spec = layer(wts, theta, bias, T)
+    check_layer(spec, q, lanes=4, rom_words=4)  # 36 words: 32 + 4
+    check_layer(spec, q, lanes=2, rom_words=8, parts=2)  # 72 words: 64 + 8, block 1 reads the ROM
 
 
 def test_saturation_negative_and_conv_bias():

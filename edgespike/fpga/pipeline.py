@@ -80,12 +80,15 @@ class LayerSpec:
         k, p, s = self.k, self.padding, self.stride
         return (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
 
-    def gateware(self, height: int, width: int, lanes: int, group: int = 1, parts: int = 1) -> dict:
+    def gateware(self, height: int, width: int, lanes: int, group: int = 1, parts: int = 1,
+                 rom_words: int = 0) -> dict:
         """Keyword arguments of :class:`edgespike.rtl.bitplane.BitPlaneLayer` for an input of ``height x width``,
-        ``lanes`` output channels, ``group`` input channels per cycle, ``parts`` line-buffer words per pixel."""
+        ``lanes`` output channels, ``group`` input channels per cycle, ``parts`` line-buffer words per pixel, the
+        last ``rom_words`` weight words in a ROM of logic cells."""
         return dict(weights=self.conv.weight, bias=self.bias, theta=self.theta, T=self.T, height=height,
                     width=width, lanes=lanes, stride=self.stride, transposed=self.transposed,
-                    padding=self.conv.padding if self.transposed else 0, group=group, parts=parts)
+                    padding=self.conv.padding if self.transposed else 0, group=group, parts=parts,
+                    rom_words=rom_words)
 
     def compute(self, q: np.ndarray) -> np.ndarray:
         """The layer on input codes ``q`` (``[C_in, H, W]``, ``0 .. 2**T - 1``) as ``reference.run`` computes it:
@@ -153,10 +156,11 @@ class LayerSpec:
     def popcount(self, q: np.ndarray) -> np.ndarray:
         return _popcounts(self.T)[q]
 
-    def cost(self, q: np.ndarray, lanes: int, group: int = 1, parts: int = 1) -> LayerCost:
+    def cost(self, q: np.ndarray, lanes: int, group: int = 1, parts: int = 1, rom_words: int = 0) -> LayerCost:
         """Cycles and memory accesses of the engine on one frame of input codes ``q``, input always valid and
         output always ready (the engine alone); see :mod:`edgespike.rtl.bitplane` for the schedule. ``events``
-        are the weight-word adds (groups with spikes), ``sops`` the synaptic operations (spikes x lanes)."""
+        are the weight-word adds (groups with spikes), ``sops`` the synaptic operations (spikes x lanes).
+        ``rom_words`` (weight words in a ROM of logic) changes neither: its reads count as weight reads."""
         _, h, w = q.shape
         G = self.c_out // lanes
         _, busy, inside_taps, events = self.schedule(q, lanes, group, parts)
@@ -356,7 +360,8 @@ def ram_blocks(width: int, depth: int, device: str) -> int:
     return min(-(-width // w) * -(-depth // d) for w, d in configs)
 
 
-def memories(spec: LayerSpec, width: int, lanes: int, group: int, parts: int = 1) -> dict[str, tuple[int, int]]:
+def memories(spec: LayerSpec, width: int, lanes: int, group: int, parts: int = 1,
+             rom_words: int = 0) -> dict[str, tuple[int, int]]:
     """The engine's memories for input rows of ``width`` pixels: name -> (bits per word, words), as
     :class:`edgespike.rtl.bitplane.BitPlaneLayer` declares them."""
     cin_p = 1 << max(0, (spec.c_in - 1).bit_length())
@@ -367,7 +372,7 @@ def memories(spec: LayerSpec, width: int, lanes: int, group: int, parts: int = 1
     tb = int(spec.theta.max()).bit_length() if spec.theta is not None else 1
     return {
         "linebuf": (spec.T * cin_p // parts, spec.slots() * xdepth * parts),
-        "weights": (8 * lanes * group, G * ntaps * cin_p // group),
+        "weights": (8 * lanes * group, G * ntaps * cin_p // group - rom_words),  # the ROM's words are logic
         "params": ((vb + tb) * lanes, G),
     }
 
@@ -393,18 +398,23 @@ def spec_vbits(spec: LayerSpec) -> int:
 # shared out), per flag of the scan's priority encoder (one per plane and channel group of a line-buffer word:
 # mask, encoder, the group's selection), per bit of a line-buffer word (the word register, the held pixel, the
 # flags' inputs), per lane and membrane bit (adder, shifter, SAR, the lane's parameters), per lane and extra
-# channel of a group (the lane's adder tree).
+# channel of a group (the lane's adder tree). A weight ROM of logic (``rom_words``): per bit it holds, from the
+# same engine at (64,1,8) with and without its last 64 words of 512 bits in a ROM (yosys with abc, as abc9 exits on
+# both: 3185 LUT4 more, scaled by abc9's 0.855 of abc's LUT4 on the (16,1,2) engine and by 1.08; 14 DP16KD fewer).
 LOGIC_ENGINE, LOGIC_FLAG, LOGIC_WORD_BIT, LOGIC_LANE_BIT, LOGIC_LANE_GROUP = 776, 6.95, 5.98, 6.01, 5.04
+LOGIC_ROM_BIT = 0.09
+ROM_MAX_WORDS = 128  # the weight words a ROM of logic may hold (weight_rom)
 LOGIC_BUDGET = 0.8  # the share of a part's logic a plan may take (the iCE40 width-4 build closed timing at 78 %)
 
 
 def estimate_logic(specs: list[LayerSpec], folds: list) -> int:
     """Logic cells (iCE40 LCs / ECP5 TRELLIS_COMB) the pipeline with ``folds`` (``(lanes, group[, parts])`` per
-    layer, parts 1 when not given) and its UART top take, estimated (see ``LOGIC_*``); nextpnr's report is the
-    judge."""
+    layer, parts 1 when not given; ``(lanes, group, parts, ROM words)`` with a weight ROM) and its UART top take,
+    estimated (see ``LOGIC_*``); nextpnr's report is the judge."""
     total = 0.0
     for spec, fold in zip(specs, folds, strict=True):
-        lanes, group, parts = (tuple(fold) + (1, 1))[:3]
+        lanes, group, parts, rom = (tuple(fold) + (1, 1, 0))[:4]
+        total += LOGIC_ROM_BIT * 8 * lanes * group * rom
         cin_p = 1 << max(0, (spec.c_in - 1).bit_length())
         word = spec.T // parts * cin_p
         flags = 1 << max(0, (word // group - 1).bit_length())
@@ -432,7 +442,7 @@ class PipelinePlan:
     """Folds, stripe and memory of a pipeline on a part, and its frame time by the cycle model."""
 
     device: str
-    folds: list  # (lanes, group, parts) per layer
+    folds: list  # (lanes, group, parts, ROM words) per layer
     stripe: int  # input columns of a stripe, halo included
     core: int  # columns of a stripe that are kept
     blocks: dict
@@ -452,7 +462,7 @@ class PipelinePlan:
         kind = "EBR" if self.device == "up5k" else "DP16KD"
         h, w = self.frame
         stripes = 1 if self.core >= w else -(-w // self.core)
-        text = (f"layer pipeline on {name}: folds (lanes, group, parts) {self.folds}, "
+        text = (f"layer pipeline on {name}: folds (lanes, group, parts, ROM words) {self.folds}, "
                 + (f"whole rows of {w}" if stripes == 1 else f"{stripes} stripes of {self.stripe} columns "
                    f"({self.core} kept)")
                 + f", {self.total_blocks} of {blocks} {kind}, logic about {self.logic} of {self.logic_total} cells")
@@ -461,10 +471,22 @@ class PipelinePlan:
         return text
 
 
+def weight_rom(spec: LayerSpec, lanes: int, group: int, device: str) -> int:
+    """The weight words worth a ROM of logic (``BitPlaneLayer``'s ``rom_words``): those beyond the largest power
+    of two of words when that many words in block RAM take fewer blocks than all of them (an s25 body layer at 64
+    lanes: 576 words of 512 bits, 29 DP16KD; 512 of them take 15), at most ``ROM_MAX_WORDS``; else 0."""
+    width, depth = memories(spec, 8, lanes, group)["weights"]
+    ram = 1 << (depth.bit_length() - 1)
+    rom = depth - ram
+    if 0 < rom <= ROM_MAX_WORDS and ram_blocks(width, ram, device) < ram_blocks(width, depth, device):
+        return rom
+    return 0
+
+
 def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.ndarray,
                   folds: list | None = None, max_lanes: int | None = None,
                   logic_budget: float = LOGIC_BUDGET) -> PipelinePlan:
-    """Choose each engine's (lanes, group, parts) and the stripe width for ``frame`` (height, width) on
+    """Choose each engine's (lanes, group, parts, ROM words) and the stripe width for ``frame`` (height, width) on
     ``device``.
 
     The cycles per pixel of each layer come from :meth:`LayerSpec.cost` on ``sample`` (a uint8 frame like the
@@ -474,7 +496,8 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
     The search is joint over the stripe width and the folds: for every stripe count (1, 2, 3 ... stripes, each
     stripe as narrow as that count allows, so the line buffers are as small as they can be), a water filling
     starts from one lane, one channel per cycle and the line-buffer parts that take the fewest blocks (then the
-    most parts: the least logic), and the slowest layer repeatedly takes a faster ``(lanes, group, parts)`` while
+    most parts: the least logic), and the slowest layer repeatedly takes a faster ``(lanes, group, parts)``, with
+    or without its weight ROM (:func:`weight_rom`), while
     block RAM and :func:`estimate_logic` (within ``logic_budget`` of the part's logic cells) still fit. Three
     orders of taking are tried (the step that adds the least logic, the fewest blocks, the fastest), and the
     fastest plan over all stripe counts wins. ``max_lanes`` caps every layer's lanes. Given ``folds`` (``(lanes,
@@ -490,19 +513,28 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
     budget = logic_budget * PARTS[device][3]
     split = [p for p in (1, 2, 4, 8) if specs[0].T % p == 0 and (specs[0].T // p) & (specs[0].T // p - 1) == 0]
 
-    def options(spec):  # (lanes, group, parts): lanes a power of two dividing C_out
+    @cache
+    def options(i):  # (lanes, group, parts, ROM words): lanes a power of two dividing C_out; with and without ROM
+        spec = specs[i]
         cin_p = 1 << max(0, (spec.c_in - 1).bit_length())
         lanes = [1 << i for i in range(spec.c_out.bit_length())
                  if spec.c_out % (1 << i) == 0 and (not max_lanes or 1 << i <= max_lanes)]
         groups = [1 << i for i in range(cin_p.bit_length())]
-        return [(lane, g, p) for lane in lanes for g in groups for p in split]
+        folds = []
+        for lane in lanes:
+            for g in groups:
+                rom = weight_rom(spec, lane, g, device)
+                for p in split:
+                    folds += [(lane, g, p, 0)] + ([(lane, g, p, rom)] if rom else [])
+        return folds
 
     per_fold: dict = {}
 
     def per_pixel(i, fold):
-        if (i, fold) not in per_fold:
-            per_fold[(i, fold)] = specs[i].cost(codes[i], *fold).cycles / npx
-        return per_fold[(i, fold)]
+        key = (i, tuple(fold)[:3])  # the ROM changes no cycle
+        if key not in per_fold:
+            per_fold[key] = specs[i].cost(codes[i], *key[1]).cycles / npx
+        return per_fold[key]
 
     @cache
     def widths(stripe):  # each layer's input width for a stripe of ``stripe`` input columns
@@ -556,7 +588,7 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
     if folds is not None:
         # the widest stripe that fits (blocks only grow with the stripe: a binary search)
         def fit_at(stripe):
-            fl = [(*f[:2], p) for f, p in zip(folds, least_parts(stripe), strict=True)]
+            fl = [(*f[:2], p, (tuple(f) + (0, 0))[3]) for f, p in zip(folds, least_parts(stripe), strict=True)]
             return fl if sum(blocks_at(fl, stripe).values()) <= PARTS[device][2] else None
 
         cands = list(range(min(W, 2048) + (W % 2), 2 * halo + 1, -2))[::-1]
@@ -586,7 +618,7 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
                 stripes.append(s)
         best, best_time, at_one_lane = None, float("inf"), None
         for stripe in stripes:
-            start = [(1, 1, p) for p in least_parts(stripe)]
+            start = [(1, 1, p, 0) for p in least_parts(stripe)]
             if at_one_lane is None:
                 at_one_lane = start
             if frame_time(start, stripe) == float("inf"):
@@ -597,7 +629,7 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
                     costs = [per_pixel(i, f) for i, f in enumerate(fl)]
                     worst = int(np.argmax(costs))
                     steps = []
-                    for o in options(specs[worst]):
+                    for o in options(worst):
                         if per_pixel(worst, o) >= costs[worst]:
                             continue
                         trial = fl[:worst] + [o] + fl[worst + 1:]
