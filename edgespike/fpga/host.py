@@ -43,6 +43,18 @@ def denoise_frame(acc, frame):
     return out, stats
 
 
+# A socket:// port is usually a simulated board (``edgespike fpga serve-sim``), which moves a few hundred bytes
+# per second and computes a region or tile in seconds to minutes: a serial board ACKs within milliseconds, the
+# simulation only after it has clocked the whole request through its UART. A board that announces its clock still
+# gets the RESULT deadline from its announced cost; only a clockless (simulated) one falls back to result_timeout.
+SIMULATION_TIMEOUTS = {"ack_timeout": 120.0, "result_timeout": 3600.0}
+
+
+def timeouts(port: str) -> dict:
+    """The :class:`~edgespike.firmware.Accelerator` timeouts for ``port``: longer ones for ``socket://``."""
+    return dict(SIMULATION_TIMEOUTS) if port.startswith("socket://") else {}
+
+
 class BoardBackend:
     """A board behind a serial port, driven by :class:`edgespike.firmware.Accelerator`."""
 
@@ -56,7 +68,7 @@ class BoardBackend:
         self.model = load(resolve(model_path or ACCELERATOR_MODEL))
         name, baud = parse_port(port)
         try:
-            self.acc = Accelerator(name, baud=baud)
+            self.acc = Accelerator(name, baud=baud, **timeouts(name))
             ident = self.acc.check_model(self.model)
         except LinkError as exc:
             raise UserError(str(exc)) from None
