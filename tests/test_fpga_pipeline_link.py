@@ -201,13 +201,21 @@ def test_the_board_abandons_a_region_the_host_gave_up_on():
 
 
 def test_run_backend_fpga_and_serve_sim_with_a_bitplane_model(server, tmp_path):
-    """``edgespike run --backend fpga --port socket://...`` on a pipeline board equals the CPU runtime, and
-    ``edgespike fpga serve-sim`` of a bit-plane model serves a pipeline board the firmware identifies."""
-    from edgespike.fileformat import save
+    """``edgespike run --backend fpga --port socket://...`` on a pipeline board equals the CPU runtime (without
+    ``--model``: the shipped model of the board's fingerprint, or one line), and ``edgespike fpga serve-sim`` of a
+    bit-plane model serves a pipeline board the firmware identifies."""
+    from edgespike.errors import UserError
+    from edgespike.fileformat import load, save
+    from edgespike.fpga.host import shipped_model_of
     from edgespike.live.backends import open_backend
 
     path = tmp_path / "m.esnn"
     save(MODEL, path)
+    # without --model a pipeline board names its model by fingerprint: a shipped one is found, another refused
+    small = "edgespike/models/small_bitplane_3x4_s25.esnn"
+    assert shipped_model_of(accelerator_module.model_fingerprint(load(small))).endswith(small)
+    with pytest.raises(UserError, match="none of the shipped models: give the model file"):
+        open_backend("fpga", None, port=server.url)
     x = demo_image(6, 13, seed=9)  # three stripes, the last moved back to the frame's edge
     board = open_backend("fpga", str(path), port=server.url)
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from edgespike.errors import UserError
-from edgespike.firmware.protocol import DEFAULT_BAUD
+from edgespike.firmware.protocol import CAP_PIPELINE, DEFAULT_BAUD
 
 
 def parse_port(port: str) -> tuple[str, int]:
@@ -55,6 +55,20 @@ def timeouts(port: str) -> dict:
     return dict(SIMULATION_TIMEOUTS) if port.startswith("socket://") else {}
 
 
+def shipped_model_of(fingerprint: int) -> str:
+    """The shipped model (a file of ``edgespike/models``) whose fingerprint a layer pipeline board reports: its
+    weights are built into the bitstream, so without ``--model`` the board says which model it runs."""
+    from edgespike.fileformat import load
+    from edgespike.firmware.accelerator import model_fingerprint
+    from edgespike.models import HERE
+
+    for path in sorted(HERE.glob("*.esnn")):
+        if model_fingerprint(load(path)) == fingerprint:
+            return str(path)
+    raise UserError(f"the board runs a layer pipeline built for model {fingerprint:08x}, which is none of the "
+                    "shipped models: give the model file it was built from with --model")
+
+
 class BoardBackend:
     """A board behind a serial port, driven by :class:`edgespike.firmware.Accelerator`."""
 
@@ -65,10 +79,12 @@ class BoardBackend:
         from edgespike.firmware import Accelerator, LinkError
         from edgespike.models import ACCELERATOR_MODEL, resolve
 
-        self.model = load(resolve(model_path or ACCELERATOR_MODEL))
         name, baud = parse_port(port)
         try:
             self.acc = Accelerator(name, baud=baud, **timeouts(name))
+            if model_path is None and self.acc.check_versions().capabilities & CAP_PIPELINE:
+                model_path = shipped_model_of(self.acc.ident.fingerprint)
+            self.model = load(resolve(model_path or ACCELERATOR_MODEL))
             ident = self.acc.check_model(self.model)
         except LinkError as exc:
             raise UserError(str(exc)) from None
