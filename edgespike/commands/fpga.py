@@ -34,7 +34,9 @@ def add_arguments(p) -> None:
                    "small_bitplane_3x4_s25.esnn on the icebreaker and orangecrab)")
     b.add_argument("--out", help="build directory (default build/fpga-BOARD)")
     b.add_argument("--tile", type=_tile_arg, help="IF models (shared engine): largest tile HxW, halo included "
-                   "(default 16x16; 64x64 on ECP5-85F)")
+                   "(default 16x16; 64x64 on ECP5-85F). Bit-plane models (layer pipeline): the region HxW the "
+                   "pipeline is built for, exactly; at most 255x255 gets the framed link that run --backend fpga "
+                   "needs (default: 480-row stripes of a 640x480 frame behind a raw UART top)")
     b.add_argument("--lanes", type=int, help="IF models (shared engine): output channels per membrane word "
                    "(default 1 on iCE40, else all)")
     b.add_argument("--baud", type=int, help=f"UART baud rate (default: the board's, {DEFAULT_BAUD} on the "

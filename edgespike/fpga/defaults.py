@@ -4,9 +4,10 @@ The default model ``s25`` is a bit-plane network (half-resolution 8 x 64, T = 8)
 (:mod:`edgespike.rtl.pipeline`), which the ECP5-85F (ULX3S) holds in vertical stripes (docs/RTL.md, "Measured").
 The iCE40UP5K (iCEBreaker) and the ECP5-25F (OrangeCrab) hold the small bit-plane model
 ``small_bitplane_3x4_s25.esnn`` (3 layers of 4 channels, sigma 25, docs/MODELS.md) on the layer pipeline.
-The rate-coded ``if-s25`` runs on the shared engine (:mod:`edgespike.rtl.sequencer`), which ``edgespike fpga
-serve-sim`` and the ``fpga`` board backend still talk to (the pipeline has no framed link yet); no shipped IF model
-fits the iCE40UP5K or the ECP5-25F.
+The rate-coded ``if-s25`` runs on the shared engine (:mod:`edgespike.rtl.sequencer`); no shipped IF model fits the
+iCE40UP5K or the ECP5-25F. ``edgespike fpga serve-sim`` and the ``fpga`` board backend talk to either: a pipeline
+board behind the framed link (:mod:`edgespike.fpga.pipelink`) takes regions of exactly its built size (at most
+255 x 255), so the default plans' long stripes still get the raw UART top (docs/HARDWARE.md).
 """
 
 from __future__ import annotations
