@@ -259,9 +259,11 @@ class SimBackend:
 class PipelineSimBackend:
     """``edgespike run --backend fpga-sim`` for a bit-plane model: each frame streamed through the layer pipeline
     (:mod:`edgespike.rtl.pipeline`, built for the frame's size), compiled to C++ by yosys' CXXRTL
-    (:mod:`edgespike.fpga.cxxrtl`: the first frame of a size compiles it, minutes for the default model, then
-    cached; about 100-300 k cycles/s) or, without a C++ compiler or with ``simulator="amaranth"``, in Amaranth's
-    simulator (a few hundred cycles/s; one line says so).
+    (:mod:`edgespike.fpga.cxxrtl`: the first frame of a size compiles it, about 2 minutes for the default model,
+    then cached; hundreds of thousands of cycles/s for small models, about 420 for the default model, no faster
+    than Amaranth's simulator: CXXRTL evaluates every engine's whole logic each cycle, docs/RTL.md) or, without a
+    C++ compiler or with ``simulator="amaranth"``, in Amaranth's simulator (a few hundred cycles/s; one line says
+    so).
 
     The pipeline has no framed link in front of it yet, so the frame goes into its stream port directly (no UART,
     no firmware). The cycle model's count for each frame is said before it starts; a progress line follows it.
