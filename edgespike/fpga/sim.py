@@ -259,9 +259,9 @@ class SimBackend:
 class PipelineSimBackend:
     """``edgespike run --backend fpga-sim`` for a bit-plane model: each frame streamed through the layer pipeline
     (:mod:`edgespike.rtl.pipeline`, built for the frame's size), compiled to C++ by yosys' CXXRTL
-    (:mod:`edgespike.fpga.cxxrtl`: the first frame of a size compiles it, about 2 minutes for the default model,
-    then cached; hundreds of thousands of cycles/s for small models, about 420 for the default model, no faster
-    than Amaranth's simulator: CXXRTL evaluates every engine's whole logic each cycle, docs/RTL.md) or, without a
+    (:mod:`edgespike.fpga.cxxrtl`: the first frame of a size compiles it, about 3 minutes for the default model,
+    then cached; hundreds of thousands of cycles/s for small models, about 700 for the default model, not much
+    faster than Amaranth's simulator: CXXRTL evaluates every engine's whole logic each cycle, docs/RTL.md) or, without a
     C++ compiler or with ``simulator="amaranth"``, in Amaranth's simulator (a few hundred cycles/s; one line says
     so).
 
