@@ -120,8 +120,9 @@ def simulate_pipeline(dut, x: np.ndarray, limit: int, progress=None) -> Pipeline
 SIMULATORS = ("auto", "cxxrtl", "amaranth")
 """``--simulator`` choices: ``auto`` is CXXRTL when it can run here, else Amaranth's simulator."""
 
-SPEED = {"cxxrtl": "CXXRTL (the gateware compiled to C++) runs about 100-300 k cycles per second for this model",
-         "amaranth": "Amaranth's simulator runs a few hundred cycles per second for this model"}
+SPEED = {"cxxrtl": "CXXRTL (the gateware compiled to C++) runs about 0.4 M cycles per second for a small model, "
+                   "about 700 for the default s25 (docs/RTL.md)",
+         "amaranth": "Amaranth's simulator runs a few hundred cycles per second for a large model"}
 
 
 def choose_simulator(requested: str = "auto") -> tuple[str, str | None]:
