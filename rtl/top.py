@@ -38,6 +38,16 @@ REPLY_TILE = ord("R")
 REPLY_ERROR = ord("E")
 
 
+def _send_counters(m: Module, tx, counter_bytes: Array, idx: Signal) -> None:
+    """The COUNTERS state of a reply: the 12 counter bytes (cycles, spikes, synaptic ops; u32 each, little-endian)
+    one per accepted transfer on ``tx``, then back to IDLE."""
+    m.d.comb += [tx.valid.eq(1), tx.payload.eq(counter_bytes[idx])]
+    with m.If(tx.ready):
+        m.d.sync += idx.eq(idx + 1)
+        with m.If(idx == 11):
+            m.next = "IDLE"
+
+
 class Top(wiring.Component):
     """The accelerator with a byte-stream port.
 
@@ -150,11 +160,7 @@ class Top(wiring.Component):
                 with m.If(~seq.busy):
                     m.next = "COUNTERS"
             with m.State("COUNTERS"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(counter_bytes[idx])]
-                with m.If(self.tx.ready):
-                    m.d.sync += idx.eq(idx + 1)
-                    with m.If(idx == 11):
-                        m.next = "IDLE"
+                _send_counters(m, self.tx, counter_bytes, idx)
         return m
 
 
@@ -222,9 +228,5 @@ class PipelineTop(wiring.Component):
                         m.d.sync += idx.eq(0)
                         m.next = "COUNTERS"
             with m.State("COUNTERS"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(counter_bytes[idx])]
-                with m.If(self.tx.ready):
-                    m.d.sync += idx.eq(idx + 1)
-                    with m.If(idx == 11):
-                        m.next = "IDLE"
+                _send_counters(m, self.tx, counter_bytes, idx)
         return m
