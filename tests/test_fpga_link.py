@@ -8,6 +8,12 @@ firmware and the socket by :class:`FaultyPort`.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -228,20 +234,14 @@ def test_a_silent_socket_is_a_link_error():
         listener.close()
 
 
-def test_serve_sim_command_serves_a_board_the_firmware_can_identify(tmp_path):
-    import os
-    import socket
-    import subprocess
-    import sys
-
-    from edgespike.fileformat import save
-
-    save(MODEL, tmp_path / "m.esnn")
+@contextlib.contextmanager
+def serve_sim(*args: str):
+    """``edgespike fpga serve-sim ARGS`` on a free port in a subprocess, until its banner says it listens; yields
+    the port and the banner's lines, and stops the server on leaving."""
     with socket.socket() as s:  # a free port (released again for the server)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "edgespike.cli", "fpga", "serve-sim", "--model",
-                             str(tmp_path / "m.esnn"), "--port", str(port), "--tile", "4x4"],
+    proc = subprocess.Popen([sys.executable, "-m", "edgespike.cli", "fpga", "serve-sim", *args, "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
     try:
         lines = []
@@ -249,12 +249,20 @@ def test_serve_sim_command_serves_a_board_the_firmware_can_identify(tmp_path):
             lines.append(line)
             if "listening on" in line:
                 break
-        assert f"simulated board listening on socket://127.0.0.1:{port}" in lines[-1], "".join(lines)
-        with Accelerator(f"socket://127.0.0.1:{port}", **TIMEOUTS) as acc:
-            assert acc.check_model(MODEL).tile == (4, 4)
+        yield port, lines
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_serve_sim_command_serves_a_board_the_firmware_can_identify(tmp_path):
+    from edgespike.fileformat import save
+
+    save(MODEL, tmp_path / "m.esnn")
+    with serve_sim("--model", str(tmp_path / "m.esnn"), "--tile", "4x4") as (port, lines):
+        assert f"simulated board listening on socket://127.0.0.1:{port}" in lines[-1], "".join(lines)
+        with Accelerator(f"socket://127.0.0.1:{port}", **TIMEOUTS) as acc:
+            assert acc.check_model(MODEL).tile == (4, 4)
 
 
 def test_run_backends_fpga_and_fpga_sim_denoise_a_frame_like_the_runtime(server, tmp_path):

@@ -9,10 +9,6 @@ region takes seconds here. The fault tests mirror ``tests/test_fpga_link_faults.
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +16,7 @@ import pytest
 pytest.importorskip("amaranth")
 pytest.importorskip("serial")
 
+from test_fpga_link import serve_sim  # noqa: E402
 from test_fpga_link_faults import AckThenSilence, RandomFaults, raw_exchange  # noqa: E402
 
 from edgespike import runtime  # noqa: E402
@@ -224,24 +221,10 @@ def test_run_backend_fpga_and_serve_sim_with_a_bitplane_model(server, tmp_path):
         assert np.array_equal(out, runtime.denoise(MODEL, x)) and stats["synaptic_ops"] is None
     finally:
         board.close()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "edgespike.cli", "fpga", "serve-sim", "--model", str(path),
-                             "--port", str(port), "--tile", "6x8"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
-    try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "listening on" in line:
-                break
+    with serve_sim("--model", str(path), "--tile", "6x8") as (port, lines):
         assert "layer pipeline" in "".join(lines) and f"socket://127.0.0.1:{port}" in lines[-1], "".join(lines)
         with Accelerator(f"socket://127.0.0.1:{port}", **TIMEOUTS) as acc:
             assert acc.check_model(MODEL).tile == REGION and acc.pipeline
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_fpga_build_chooses_the_framed_top_where_it_fits():
