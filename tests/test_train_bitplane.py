@@ -18,9 +18,9 @@ pytestmark = pytest.mark.skipif(not (SHARED / "data" / "bsd400").is_dir(), reaso
 
 
 def _config(tmp_path, **kw) -> Config:
-    kw = {"float_iters": 3, "qat_iters": 3, **kw}
-    return Config(depth=3, width=4, T=8, down=True, sigma="25", batch=2, patch=16, out=str(tmp_path / "m.esnn"),
-                  val_every=1000, **kw)
+    kw = {"float_iters": 3, "qat_iters": 3, "sigma": "25", **kw}
+    return Config(depth=3, width=4, T=8, down=True, batch=2, patch=16, out=str(tmp_path / "m.esnn"), val_every=1000,
+                  **kw)
 
 
 def test_a_tiny_training_exports_a_model_every_executor_runs_identically(tmp_path):
@@ -66,3 +66,60 @@ def test_the_spike_weight_trades_activations_for_spikes(tmp_path):
         v(net, "qat")
         rates.append(v.spike_rate)
     assert 0 < rates[1] < rates[0]
+
+
+def test_the_distillation_loss_mixes_the_clean_and_the_teacher_targets():
+    from edgespike.train.bitplane_loop import denoising_loss
+
+    g = torch.Generator().manual_seed(0)
+    x, clean, teacher, pred = (torch.rand(2, 1, 8, 8, generator=g) * 255 for _ in range(4))
+    target = x - clean
+    plain, _ = denoising_loss(pred, x, target)
+    assert torch.equal(denoising_loss(pred, x, target, clean, 0.7)[0], plain)  # a teacher that knows the clean image
+    to_teacher = ((pred - (x - teacher)) / 255).pow(2).mean()
+    assert torch.allclose(denoising_loss(pred, x, target, teacher, 1.0)[0], to_teacher)
+    mixed, clean_part = denoising_loss(pred, x, target, teacher, 0.25)
+    assert torch.allclose(mixed, 0.75 * plain + 0.25 * to_teacher) and torch.equal(clean_part, plain)
+
+
+def test_the_pool_sampler_cuts_and_turns_the_clean_noisy_and_teacher_patches_together():
+    from edgespike.train.teacher import PoolSampler, TeacherPool
+
+    rng = np.random.default_rng(1)
+    clean = [rng.integers(0, 256, (20, 27), dtype=np.uint8) for _ in range(3)]
+    noisy = [np.stack([(im.astype(np.int64) + d) % 256 for d in range(2)]).astype(np.uint8) for im in clean]
+    teacher = [n.astype(np.float16) for n in noisy]  # a stand-in teacher: the identity, to check alignment
+    c, n, t = PoolSampler(TeacherPool(clean, noisy, teacher), 12, seed=0).batch(40)
+    assert c.shape == n.shape == t.shape == (40, 12, 12)
+    assert np.array_equal(t, n.astype(np.float32))
+    d = (n.astype(np.int64) - c) % 256
+    assert all(len(np.unique(p)) == 1 for p in d) and set(np.unique(d)) == {0, 1}  # one draw per patch, both used
+
+
+def test_a_distilled_run_builds_its_teacher_pool_once_and_resumes_exactly(tmp_path, monkeypatch):
+    """With --teacher the loop distils from a pool of the reference DnCNN-S's outputs, cached next to OUT; a run
+    stopped and resumed draws the same pool patches as one that never stopped."""
+    from edgespike.train import bitplane_loop
+    from edgespike.train.methods.spikerir import TEACHER_DIR
+
+    teacher = TEACHER_DIR / "dncnn_s25.pth"
+    if not teacher.is_file():
+        pytest.skip("needs ../shared/reference/dncnn/dncnn_s25.pth")
+    torch.set_num_threads(1)
+    real = bitplane_loop.load_dir
+    monkeypatch.setattr(bitplane_loop, "load_dir",  # four training images keep the pool a few seconds' work
+                        lambda p: tuple(v[:4] for v in real(p)) if "bsd400" in str(p) else real(p))
+    kw = {"teacher": str(teacher), "teacher_weight": 0.7, "teacher_draws": 2}
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    straight.mkdir()
+    resumed.mkdir()
+    train(_config(straight, **kw), progress=False)
+    assert len(list(straight.glob("teacher_pool_*.npz"))) == 1
+    with pytest.raises(SystemExit):
+        train(_config(resumed, stop_at=2, **kw), progress=False)
+    train(_config(resumed, **kw), resume=True, progress=False)
+    a, b = net_from_ckpt(str(straight / "m.ckpt.pt")), net_from_ckpt(str(resumed / "m.ckpt.pt"))
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    with pytest.raises(ValueError, match="fixed sigma"):
+        train(_config(tmp_path, sigma="blind", **kw), progress=False)

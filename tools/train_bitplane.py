@@ -15,6 +15,7 @@ Examples
     python tools/train_bitplane.py --sigma 25 --float-iters 20000 --qat-iters 6000 --out runs/bp_s25.esnn
     python tools/train_bitplane.py ... --resume            # continue the run of that checkpoint
     python tools/train_bitplane.py --sigma blind --init runs/bp_s25.ckpt.pt --qat-iters 4000 --out runs/bp_blind.esnn
+    python tools/train_bitplane.py --sigma 25 --teacher ../shared/reference/dncnn/dncnn_s25.pth ...   # distil
 """
 
 from __future__ import annotations
@@ -52,11 +53,22 @@ def main(argv=None) -> int:
                    "and --resume, reproducibly)")
     p.add_argument("--spike-weight", type=float, default=0.0,
                    help="QAT: weight of the mean activation in the loss, trading PSNR for fewer spikes (default 0)")
+    p.add_argument("--teacher", default="",
+                   help="distil from this DnCNN state dict (e.g. ../shared/reference/dncnn/dncnn_s25.pth): its outputs "
+                   "on --teacher-draws noise draws of every training image are computed once (minutes; cached in "
+                   "OUT's folder) and patches are cut from them")
+    p.add_argument("--teacher-weight", type=float, default=0.7,
+                   help="with --teacher: the teacher's share of the target, the clean patch has the rest (default 0.7)")
+    p.add_argument("--teacher-draws", type=int, default=8, help="with --teacher: noise draws per image (default 8)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.float_iters <= 0 and a.qat_iters <= 0:
         p.error("give a budget: --float-iters and/or --qat-iters")
+    if a.teacher and a.sigma == "blind":
+        p.error("--teacher needs a fixed --sigma: the reference teachers are trained for one noise level")
+    if a.teacher and not Path(a.teacher).is_file():
+        p.error(f"--teacher {a.teacher}: no such file (the reference DnCNN-S weights: ../shared/reference/dncnn/)")
 
     import torch
 
@@ -70,7 +82,9 @@ def main(argv=None) -> int:
     cfg = Config(depth=a.depth, width=a.width, T=a.T, down=not a.full_resolution, sigma=a.sigma,
                  float_iters=a.float_iters, qat_iters=a.qat_iters, batch=a.batch, patch=a.patch, lr=a.lr,
                  qat_lr=a.qat_lr, seed=a.seed, out=a.out, init=a.init, val_every=a.val_every,
-                 stop_at=a.stop_at, spike_weight=a.spike_weight)
+                 stop_at=a.stop_at, spike_weight=a.spike_weight,
+                 teacher=a.teacher, teacher_weight=a.teacher_weight if a.teacher else 0.0,
+                 teacher_draws=a.teacher_draws)
     logging.getLogger("edgespike.train").info("command: %s", " ".join(sys.argv))
     logging.getLogger("edgespike.train").info("config: %s", cfg)
     train(cfg, resume=a.resume, progress=not a.no_progress)

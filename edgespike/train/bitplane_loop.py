@@ -22,6 +22,7 @@ import torch
 from edgespike import fileformat
 from edgespike.train.bitplane import BitPlaneDnCNN, decode
 from edgespike.train.data import SHARED, PatchSampler, load_dir, noisy_frame, psnr
+from edgespike.train.teacher import PoolSampler, TeacherPool
 
 log = logging.getLogger("edgespike.train")
 
@@ -53,6 +54,9 @@ class Config:
     ckpt_minutes: float = 3.0
     stop_at: int = 0  # stop (with a checkpoint) once the current phase reaches this iteration; 0: never
     spike_weight: float = 0.0  # QAT: weight of the mean activation q / (2**T - 1) in the loss (fewer spikes)
+    teacher: str = ""  # DnCNN state dict: distil from its outputs (edgespike.train.teacher); sigma must be a number
+    teacher_weight: float = 0.0  # weight of the teacher's output in the target (the clean patch has the rest)
+    teacher_draws: int = 8  # noise draws per training image in the teacher's pool
 
     @property
     def ckpt_path(self) -> str:
@@ -134,13 +138,20 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> BitPlaneD
         net.load_state_dict(load_ckpt(cfg.init)["model"])
         log.info("initialised from %s", cfg.init)
     validator = Validator(cfg.val_dir)
+    pool = None
+    if cfg.teacher:
+        if sigma == "blind":
+            raise ValueError("distillation needs a fixed sigma: the reference teachers are trained for one level")
+        pool = TeacherPool.build(train_ims, cfg.teacher, sigma, cfg.teacher_draws,
+                                 cache_dir=Path(cfg.out).parent, progress=progress)
     budgets = {"float": (cfg.float_iters, cfg.lr), "qat": (cfg.qat_iters, cfg.qat_lr)}
     for phase in PHASES[PHASES.index(state["phase"]):]:
         iters, lr = budgets[phase]
         if iters <= 0:
             continue
-        sampler = PatchSampler(train_ims, cfg.patch, sigma, seed=cfg.seed * 1000 + PHASES.index(phase),
-                               blind_max=cfg.blind_max)
+        seed = cfg.seed * 1000 + PHASES.index(phase)
+        sampler = (PatchSampler(train_ims, cfg.patch, sigma, seed=seed, blind_max=cfg.blind_max) if pool is None
+                   else PoolSampler(pool, cfg.patch, seed=seed))
         opt = torch.optim.Adam(net.parameters(), lr=lr)
         if ck is not None and ck["phase"] == phase:
             opt.load_state_dict(ck["opt"])
@@ -161,6 +172,20 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> BitPlaneD
     return net
 
 
+def denoising_loss(pred, x, target, teacher=None, teacher_weight: float = 0.0):
+    """The training loss and its clean-target part (MSE on the 0..1 scale of the predicted residual ``pred``).
+
+    ``target`` is the true residual (noisy ``x`` minus the clean patch). With ``teacher`` (the teacher's denoised
+    patch), ``x - teacher`` is a second target of weight ``teacher_weight``: most of what separates the clean
+    target from the best possible estimate is noise the student cannot learn.
+    """
+    clean_loss = ((pred - target) / 255.0).pow(2).mean()
+    if teacher is None:
+        return clean_loss, clean_loss
+    w = teacher_weight
+    return (1 - w) * clean_loss + w * ((pred - (x - teacher)) / 255.0).pow(2).mean(), clean_loss
+
+
 def _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progress) -> None:
     from tqdm import tqdm
 
@@ -170,14 +195,15 @@ def _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progr
     while state["it"] < iters:
         for g in opt.param_groups:
             g["lr"] = _cosine(lr, state["it"] / iters)
-        clean, noisy = sampler.batch(cfg.batch)
+        clean, noisy, *teacher = sampler.batch(cfg.batch)
         x = torch.from_numpy(noisy.astype(np.float32))[:, None]
         target = x - torch.from_numpy(clean.astype(np.float32))[:, None]
         if phase == "float":
             pred, qs = net.float_forward(x), []
         else:
             pred, qs = net.qforward(x, return_q=True)
-        loss = ((pred - target) / 255.0).pow(2).mean()
+        teacher = torch.from_numpy(teacher[0])[:, None] if teacher else None
+        loss, clean_loss = denoising_loss(pred, x, target, teacher, cfg.teacher_weight)
         if phase == "qat" and cfg.spike_weight:
             # A neuron's spikes are the 1-bits of its activation q: the mean of q is a smooth stand-in that
             # pushes activations to zero (no spikes) and small values (few bits).
@@ -189,7 +215,7 @@ def _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progr
         now = time.monotonic()
         state["seconds"] += now - t_last
         t_last = now
-        lv = loss.item()
+        lv = clean_loss.item()  # the log's "loss" stays the clean-target MSE, comparable across runs
         loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
         bar.update(1)
         if state["it"] % cfg.val_every == 0 or state["it"] == iters:
