@@ -59,7 +59,7 @@ def main(argv=None) -> int:
                    "OUT's folder) and patches are cut from them")
     p.add_argument("--teacher-weight", type=float, default=0.7,
                    help="with --teacher: the teacher's share of the target, the clean patch has the rest (default 0.7)")
-    p.add_argument("--teacher-draws", type=int, default=8, help="with --teacher: noise draws per image (default 8)")
+    p.add_argument("--teacher-draws", type=int, default=4, help="with --teacher: noise draws per image (default 4)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)

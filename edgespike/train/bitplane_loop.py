@@ -56,7 +56,7 @@ class Config:
     spike_weight: float = 0.0  # QAT: weight of the mean activation q / (2**T - 1) in the loss (fewer spikes)
     teacher: str = ""  # DnCNN state dict: distil from its outputs (edgespike.train.teacher); sigma must be a number
     teacher_weight: float = 0.0  # weight of the teacher's output in the target (the clean patch has the rest)
-    teacher_draws: int = 8  # noise draws per training image in the teacher's pool
+    teacher_draws: int = 4  # noise draws per training image in the teacher's pool
 
     @property
     def ckpt_path(self) -> str:
