@@ -77,9 +77,10 @@ class Accelerator:
     Parameters
     ----------
     port : str or serial-like
-        A pyserial URL or device path, or an open object with ``read``, ``write`` and ``close``.
+        A pyserial URL or device path, an SPI device (``/dev/spidev0.0``: the board's SPI link,
+        :class:`~edgespike.firmware.spi.SPILink`), or an open object with ``read``, ``write`` and ``close``.
     baud : int
-        Line speed for a real port (ignored by ``socket://`` and ``loop://``).
+        Line speed for a real serial port (ignored by ``socket://``, ``loop://`` and SPI).
     ack_timeout : float
         Seconds to wait for the ACK (or NAK) of a request before sending it again.
     result_timeout : float
@@ -89,6 +90,8 @@ class Accelerator:
         transfer plus a bounded margin, whatever ``result_timeout`` says.
     retries : int
         Times a request is sent again before :class:`LinkError`.
+    spi_hz : int, optional
+        SCLK of an SPI port (default :data:`edgespike.firmware.spi.DEFAULT_HZ`, 16 MHz asked, 15.625 MHz on a Pi 4).
 
     Examples
     --------
@@ -98,8 +101,12 @@ class Accelerator:
     """
 
     def __init__(self, port, baud: int = P.DEFAULT_BAUD, ack_timeout: float = 1.0, result_timeout: float = 30.0,
-                 retries: int = 4):
-        if isinstance(port, str):
+                 retries: int = 4, spi_hz: int | None = None):
+        from edgespike.firmware.spi import DEFAULT_HZ, SPILink, is_spi_port
+
+        if is_spi_port(port):
+            self.port = SPILink(port.removeprefix("spi:"), hz=spi_hz or DEFAULT_HZ)
+        elif isinstance(port, str):
             try:
                 import serial
             except ImportError:
@@ -155,7 +162,10 @@ class Accelerator:
             return self.result_timeout
         work = ident.max_tile_cycles / ident.clock_hz if kind == P.TILE else 0.0
         th, tw = ident.tile
-        transfer = (P.OVERHEAD + 1 + th * tw + P.COUNTER_BYTES + P.ECHO_BYTES) * 10 / self.baud
+        from edgespike.firmware.spi import SPILink
+
+        per_byte = self.port.seconds_per_byte if isinstance(self.port, SPILink) else 10 / self.baud
+        transfer = (P.OVERHEAD + 1 + th * tw + P.COUNTER_BYTES + P.ECHO_BYTES) * per_byte
         return (work + transfer) * (1 + self.MARGIN_FRACTION) + self.MARGIN_S
 
     def _longest_answer(self, kind: int, payload: bytes) -> int:
