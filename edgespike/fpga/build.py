@@ -100,6 +100,7 @@ class BuildReport:
     dsps: int | None = None
     fmax_mhz: float | None = None
     throughput: dict = field(default_factory=dict)
+    link: str = "uart"  # the host link: uart (at baud) or spi (a Raspberry Pi as the master)
 
     @property
     def margin(self) -> float | None:
@@ -139,7 +140,12 @@ class BuildReport:
                     r = t[label]
                     lines.append(f"    at {r['mhz']:.1f} MHz ({name}): {r['frames_per_second']:.3g} "
                                  f"frames/s compute, {r['sops_per_second']:.3g} SOP/s")
-            lines.append(f"    UART at {self.baud} baud: {t['uart_seconds_per_frame']:.2f} s/frame of tile traffic")
+            if "spi_seconds_per_frame" in t:
+                lines.append(f"    SPI at {t['spi_mhz']:.4g} MHz: {t['spi_seconds_per_frame']:.2f} s/frame on the "
+                             f"wire, in and out (the UART at {self.baud} baud: {t['uart_seconds_per_frame']:.2f} s)")
+            else:
+                lines.append(f"    UART at {self.baud} baud: {t['uart_seconds_per_frame']:.2f} s/frame of tile "
+                             "traffic")
             if "cpu_frames_per_second" in t:
                 lines.append(f"    CPU runtime on this machine: {t['cpu_frames_per_second']:.3g} frames/s")
         lines.append(f"  bitstream      {self.bitstream}")
@@ -202,8 +208,48 @@ def parse_reports(report: BuildReport, build_dir: Path, family: str) -> BuildRep
     return report
 
 
-def throughput(model, plan, clock_mhz: float, fmax_mhz: float | None, baud: int, cpu: bool = True) -> dict:
-    """Cycles of the bundled sample frame through the tiles (exact cycle model) and what they mean per second."""
+def spi_link(board: str, clock_hz: float, fifo: tuple[int, str] | None = None) -> dict:
+    """The SPI link's clock on ``board``: what the firmware asks of the Pi (at most a quarter of the design clock,
+    the peripheral's limit, and 16 MHz), what a Pi 3/4 makes of it, and the FIFOs (bytes a transaction carries at
+    most, and their RAM; default the board family's block RAM ones)."""
+    from edgespike.firmware.spi import DEFAULT_HZ, pi_spi_hz
+    from edgespike.rtl.board import BOARDS, SPI_FIFO
+
+    asked = min(DEFAULT_HZ, int(clock_hz / 4e6) * 1e6)
+    depth, ram = fifo or SPI_FIFO[BOARDS[board].family]
+    return {"asked_hz": asked, "hz": pi_spi_hz(asked), "fifo": depth, "ram": ram}
+
+
+def pipeline_spi_fifo(board: str, plan, region: tuple[int, int], framed: bool) -> tuple[int, str]:
+    """The SPI FIFOs of a pipeline bitstream: block RAM when the plan (and the framed link's buffers) leave two
+    blocks, else LUT RAM on ECP5; :class:`UserError` on an iCE40 with no block RAM left."""
+    from edgespike.fpga.pipeline import PARTS
+    from edgespike.fpga.pipelink import link_blocks
+    from edgespike.rtl.board import BOARDS, SPI_FIFO_BLOCKS, spi_fifo
+
+    blocks = PARTS[plan.device][2]
+    used = plan.total_blocks + (link_blocks(region, plan.device) if framed else 0)
+    fifo = spi_fifo(BOARDS[board].family, blocks - used)
+    if fifo is None:
+        raise UserError(f"--link spi needs {SPI_FIFO_BLOCKS} block RAMs for its FIFOs and the plan leaves "
+                        f"{blocks - used} of {blocks}: use the UART, or a smaller model or frame (--tile)")
+    return fifo
+
+
+def link_seconds(pixels: int, spi: dict | None) -> dict:
+    """The SPI link's time for ``pixels`` bytes each way (in, then out: the framed link's order), for the report."""
+    if not spi:
+        return {}
+    from edgespike.firmware.spi import frame_seconds
+
+    return {"spi_mhz": spi["hz"] / 1e6, "spi_asked_mhz": spi["asked_hz"] / 1e6,
+            "spi_seconds_per_frame": frame_seconds(pixels, "spi", spi["hz"], payload=spi["fifo"])}
+
+
+def throughput(model, plan, clock_mhz: float, fmax_mhz: float | None, baud: int, cpu: bool = True,
+               spi: dict | None = None) -> dict:
+    """Cycles of the bundled sample frame through the tiles (exact cycle model) and what they mean per second
+    (and, with ``spi`` (:func:`spi_link`), the SPI link's time for the tiles' bytes)."""
     from edgespike.fpga.cycles import frame_cost
     from edgespike.frames import check_frame
     from edgespike.models import sample_path
@@ -213,7 +259,7 @@ def throughput(model, plan, clock_mhz: float, fmax_mhz: float | None, baud: int,
     cost = frame_cost(plan, frame)
     out = {"frame": f"bundled sample {frame.shape[0]}x{frame.shape[1]}", "tiles": cost.tiles,
            "cycles_per_frame": cost.cycles, "sops_per_frame": cost.sops, "sops_per_cycle": cost.sops_per_cycle(),
-           "uart_seconds_per_frame": cost.uart_seconds(baud)}
+           "uart_seconds_per_frame": cost.uart_seconds(baud), **link_seconds(cost.io_bytes // 2, spi)}
     for label, mhz in (("board_clock", clock_mhz), ("fmax", fmax_mhz)):
         if mhz:
             out[label] = {"mhz": mhz, "frames_per_second": cost.frames_per_second(mhz * 1e6),
@@ -330,7 +376,7 @@ def planning_sample(model, side: int | None = None):
 
 def build_pipeline(board: str, model_path: str, out_dir: str | None = None, frame: tuple[int, int] | None = None,
                    max_lanes: int | None = None, baud: int | None = None, progress=None, cpu: bool = True,
-                   dry_run: bool = False, folds: list | None = None) -> BuildReport | str:
+                   dry_run: bool = False, folds: list | None = None, link: str = "uart") -> BuildReport | str:
     """A bit-plane model's layer pipeline on ``board``: plan, fit check, bitstream, report.
 
     :func:`edgespike.fpga.pipeline.plan_pipeline` chooses the folds and the stripe width for ``frame`` (default
@@ -344,7 +390,8 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     group)`` per layer) replace the planner's lanes and groups (it still chooses the line buffers' parts and the
     stripe), e.g. ``build_pipeline("ulx3s-85f", path, frame=(128, 64), folds=[(16, 1), (16, 1), (1, 16)])`` for a
     saved ``bitplane_dncnn(depth=3, width=16, T=8, down=True, seed=3)``, the shape of docs/HARDWARE.md's
-    measurements.
+    measurements. ``link="spi"`` puts the same top (framed or raw) behind the SPI peripheral on the board's
+    :data:`~edgespike.rtl.board.SPI_PINS` instead of the UART; a line on stderr gives its frame time.
     """
     from edgespike.fileformat import load
     from edgespike.firmware.protocol import DEFAULT_BAUD
@@ -353,8 +400,9 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     from edgespike.fpga.pipelink import board_top
     from edgespike.fpga.pipesim import build_pipeline as pipeline_gateware
     from edgespike.models import resolve
-    from edgespike.rtl.board import BOARDS, make_platform, uart_divisor
+    from edgespike.rtl.board import BOARDS, PipelineLinkTop, make_platform, spi_top, uart_divisor
 
+    check_link(board, link)
     info = BOARDS[board]
     model = load(resolve(model_path))
     H, W = frame or PIPELINE_FRAME
@@ -371,15 +419,25 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     if plan.logic > plan.logic_total:
         raise FitError(f"model does not fit: {line}: the logic estimate is over the part")
     divisor = uart_divisor(clock_hz, baud)
-    if abs(clock_hz / divisor - baud) > 0.03 * baud:
+    if link == "uart" and abs(clock_hz / divisor - baud) > 0.03 * baud:
         raise UserError(f"{baud} baud is not within 3% of {clock_hz / 1e6:g} MHz / an integer divisor: choose another")
     if dry_run:
+        if link == "spi":  # the raw top's FIFOs (what the default plans get)
+            _say_spi(plan, spi_link(board, clock_hz, pipeline_spi_fifo(board, plan, (H, W), framed=False)),
+                     clock_hz)
         return line
     env = _check_tools(info.family)
     dut, specs, folds = pipeline_gateware(model, H, min(plan.stripe, W), plan.folds)
     # the framed link when its buffers and logic fit beside the pipeline, else the raw UART top (said on stderr)
     top, which = board_top(board, model, dut, specs, plan, (H, min(plan.stripe, W)), baud, divisor,
                            pll_hz=PIPELINE_CLOCK_HZ.get(board) if info.family == "ecp5" else None)
+    spi = None
+    if link == "spi":
+        framed = isinstance(top, PipelineLinkTop)
+        fifo = pipeline_spi_fifo(board, plan, (H, min(plan.stripe, W)), framed)
+        top, which = spi_top(top, board, fifo), which.replace("UART", "SPI")
+        spi = spi_link(board, clock_hz, fifo)
+        _say_spi(plan, spi, clock_hz)
     print(which, file=sys.stderr, flush=True)
     out = Path(out_dir or f"build/fpga-{board}")
     out.mkdir(parents=True, exist_ok=True)
@@ -387,13 +445,23 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     products.extract(str(out))
     report = BuildReport(board, plan_device_name(info.device), str(model_path), (H, min(plan.stripe, W)),
                          model.timesteps, baud, clock_hz / 1e6,
-                         platform.default_clk_frequency / 1e6 if board in PIPELINE_CLOCK_HZ else None)
+                         platform.default_clk_frequency / 1e6 if board in PIPELINE_CLOCK_HZ else None, link=link)
     _run_tools(board, info.family, out, env, report, progress)
     report.throughput = pipeline_throughput(model, plan, specs, sample, clock_hz / 1e6, report.fmax_mhz, baud,
-                                            cpu=cpu)
+                                            cpu=cpu, spi=spi)
     report.throughput["plan"] = line
     (out / "report.json").write_text(report.to_json())
     return report
+
+
+def _say_spi(plan, spi: dict, clock_hz: float) -> None:
+    """The SPI link's frame time beside the plan's compute time, on stderr."""
+    h, w = plan.frame
+    stripes = 1 if plan.core >= w else -(-w // plan.core)
+    t = link_seconds(h * min(plan.stripe, w) * stripes, spi)
+    print(f"SPI link: {t['spi_asked_mhz']:g} MHz asked of the Pi ({t['spi_mhz']:.4g} MHz on a Pi 3/4), FIFOs of "
+          f"{spi['fifo']} bytes ({spi['ram']} RAM): {t['spi_seconds_per_frame']:.2f} s per {w}x{h} frame on the "
+          f"wire, in and out, against {plan.seconds(clock_hz):.3g} s of compute", file=sys.stderr, flush=True)
 
 
 def plan_device_name(device: str) -> str:
@@ -403,10 +471,11 @@ def plan_device_name(device: str) -> str:
 
 
 def pipeline_throughput(model, plan, specs, sample, clock_mhz: float, fmax_mhz: float | None, baud: int,
-                        cpu: bool = True) -> dict:
+                        cpu: bool = True, spi: dict | None = None) -> dict:
     """The planned frame through the pipeline by the cycle model: cycles (the slowest engine's cycles per pixel on
     the planning sample times the stripes' pixels), synaptic ops per cycle on the sample, raw UART time (every
-    stripe pixel in and out, 10 bits a byte) and the CPU runtime on a frame of that size for scale."""
+    stripe pixel in and out, 10 bits a byte), with ``spi`` (:func:`spi_link`) the SPI link's, and the CPU runtime
+    on a frame of that size for scale."""
     import numpy as np
 
     from edgespike.fpga.pipeline import pipeline_cycles, run_codes
@@ -419,7 +488,8 @@ def pipeline_throughput(model, plan, specs, sample, clock_mhz: float, fmax_mhz: 
     pixels = H * min(plan.stripe, W) * stripes
     out = {"frame": f"{W}x{H} in {stripes} stripe(s) of {min(plan.stripe, W)} columns",
            "cycles_per_frame": int(plan.frame_cycles), "sops_per_frame": int(sops / sample.size * pixels),
-           "sops_per_cycle": sops / cycles, "uart_seconds_per_frame": 2 * pixels * 10 / baud}
+           "sops_per_cycle": sops / cycles, "uart_seconds_per_frame": 2 * pixels * 10 / baud,
+           **link_seconds(pixels, spi)}
     for label, mhz in (("board_clock", clock_mhz), ("fmax", fmax_mhz)):
         if mhz:
             out[label] = {"mhz": mhz, "frames_per_second": mhz * 1e6 / plan.frame_cycles,
@@ -434,9 +504,20 @@ def pipeline_throughput(model, plan, specs, sample, clock_mhz: float, fmax_mhz: 
 
 
 
+def check_link(board: str, link: str) -> None:
+    """Refuse an unknown link, or SPI on a board without :data:`~edgespike.rtl.board.SPI_PINS` (one line)."""
+    from edgespike.rtl.board import LINKS, SPI_PINS
+
+    if link not in LINKS:
+        raise UserError(f"unknown link {link!r}: choose one of {', '.join(LINKS)}")
+    if link == "spi" and board not in SPI_PINS:
+        raise UserError(f"no SPI link pins are defined for {board}: --link spi is for {', '.join(SPI_PINS)} "
+                        "(docs/HARDWARE.md, The SPI link); use the UART")
+
+
 def build(board: str, model_path: str | None = None, out_dir: str | None = None, tile: tuple[int, int] | None = None,
           lanes: int | None = None, baud: int | None = None, progress=None, cpu: bool = True,
-          dry_run: bool = False) -> BuildReport | str:
+          dry_run: bool = False, link: str = "uart") -> BuildReport | str:
     """Fit-check, synthesise, place and route, and pack a bitstream; return (and write) its report.
 
     A bit-plane model is built as the layer pipeline (:func:`build_pipeline`: ``tile`` is then the frame the
@@ -460,12 +541,16 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
         Where the progress line goes (default: stderr when it is a terminal, else nothing).
     cpu : bool
         Also time the CPU runtime on the bundled sample for the report.
+    link : str
+        The host link: ``uart`` (the board's USB serial port, at ``baud``) or ``spi`` (a Raspberry Pi as the SPI
+        master on :data:`edgespike.rtl.board.SPI_PINS`: the ULX3S's GPIO header, the iCEBreaker's PMOD1A).
     """
     from edgespike.fpga.synth import RW_RAM_NAMES
     from edgespike.rtl.board import BOARDS, BoardTop, design_clock_hz, make_platform, uart_divisor
 
     if board not in BOARDS:
         raise UserError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
+    check_link(board, link)
     info = BOARDS[board]
     if not model_path:
         from edgespike.fpga.defaults import board_default
@@ -474,16 +559,16 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
         print(note, file=sys.stderr, flush=True)
     if is_bitplane(model_path):
         return build_pipeline(board, model_path, out_dir, frame=tile, max_lanes=lanes, baud=baud,
-                              progress=progress, cpu=cpu, dry_run=dry_run)
+                              progress=progress, cpu=cpu, dry_run=dry_run, link=link)
     baud = baud or info.baud
     model, plan = load_plan(model_path, info.device, tile, lanes)  # the pre-flight fit check
     check_core(model, plan)
     env = _check_tools(info.family)
     platform = make_platform(board)
     clock_mhz = design_clock_hz(board, platform) / 1e6
-    if abs(clock_mhz * 1e6 / uart_divisor(clock_mhz * 1e6, baud) - baud) > 0.03 * baud:
+    if link == "uart" and abs(clock_mhz * 1e6 / uart_divisor(clock_mhz * 1e6, baud) - baud) > 0.03 * baud:
         raise UserError(f"{baud} baud is not within 3% of {clock_mhz:g} MHz / an integer divisor: choose another")
-    top = BoardTop(plan, board, baud)
+    top = BoardTop(plan, board, baud, link=link)
     out = Path(out_dir or f"build/fpga-{board}")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -497,9 +582,10 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     products.extract(str(out))
     report = BuildReport(board, plan.device.name, str(model_path), plan.tile,
                          plan.timesteps, baud, clock_mhz,
-                         platform.default_clk_frequency / 1e6 if info.pll_hz else None)
+                         platform.default_clk_frequency / 1e6 if info.pll_hz else None, link=link)
     _run_tools(board, info.family, out, env, report, progress)
-    report.throughput = throughput(model, plan, clock_mhz, report.fmax_mhz, baud, cpu=cpu)
+    report.throughput = throughput(model, plan, clock_mhz, report.fmax_mhz, baud, cpu=cpu,
+                                   spi=spi_link(board, clock_mhz * 1e6) if link == "spi" else None)
     (out / "report.json").write_text(report.to_json())
     return report
 
