@@ -29,9 +29,11 @@ from edgespike.rtl.uart import UARTRx, UARTTx
 
 LINKS = ("uart", "spi")
 # The SPI link's FIFOs: (bytes each way, where): one block RAM each (an ECP5 DP16KD holds 2 KB, an iCE40 EBR 512
-# bytes); on an ECP5 whose block RAM the pipeline takes whole, 256 bytes of LUT RAM each (about 400 LUT4 for both)
+# bytes); on an ECP5 whose block RAM the pipeline takes whole, 1 KB of LUT RAM each (yosys: 128 DPR16X4 and about
+# 520 LUT4 each; 256 bytes would cost a quarter but make four times the transactions, 0.87 s per default frame
+# against 0.60 s, the host's time per transaction dominating)
 SPI_FIFO = {"ecp5": (2048, "block"), "ice40": (512, "block")}
-SPI_FIFO_LUTRAM = (256, "distributed")
+SPI_FIFO_LUTRAM = (1024, "distributed")
 SPI_FIFO_BLOCKS = 2
 
 

@@ -56,8 +56,8 @@ class SPIPeripheral(wiring.Component):
         Bytes of the transmit FIFO (board to host), a power of two, at most 32768.
     ram : str
         Where the FIFOs go: ``block`` (block RAM: an ECP5 DP16KD per 2 KB, an iCE40 EBR per 512 bytes) or
-        ``distributed`` (ECP5 LUT RAM, for a design whose block RAM is all taken: about 200 LUT4 per 256 bytes);
-        yosys's ``ram_style``.
+        ``distributed`` (ECP5 LUT RAM, for a design whose block RAM is all taken: per KB, 128 DPR16X4 and about 520
+        LUT4); yosys's ``ram_style``.
 
     Attributes
     ----------

@@ -428,7 +428,7 @@ def test_spi_pins_on_the_ulx3s_and_the_icebreaker(tmp_path):
 
 def test_spi_pipeline_synthesises_without_multipliers_and_its_fifos_fit_in_lut_ram():
     """The raw SPI pipeline top (peripheral, FIFOs, pipeline) maps to LUTs, carries and RAM only; with the LUT-RAM
-    FIFOs (a plan that takes every block RAM) they are 2 x 256 bytes of ECP5 DPR16X4 (64 bits each)."""
+    FIFOs (a plan that takes every block RAM) they are 2 x 1 KB of ECP5 DPR16X4 (64 bits each)."""
     from edgespike.fpga.pipesim import build_pipeline
     from edgespike.fpga.synth import MULTIPLIER_CELLS, synth_stats
     from edgespike.rtl.board import SPI_FIFO_LUTRAM, SPIPipeline
@@ -438,7 +438,7 @@ def test_spi_pipeline_synthesises_without_multipliers_and_its_fifos_fit_in_lut_r
     assert cells.get("LUT4", 0) > 100, cells
     found = {c: n for c, n in cells.items() if c.removeprefix("coarse:") in MULTIPLIER_CELLS}
     assert not found and cells.get("MULT18X18D", 0) == 0, found
-    assert cells.get("TRELLIS_DPR16X4", 0) >= 2 * 256 * 8 // 64, cells
+    assert cells.get("TRELLIS_DPR16X4", 0) >= 2 * 1024 * 8 // 64, cells
 
 
 def test_the_fifos_go_to_lut_ram_when_the_plan_takes_the_block_ram():
@@ -451,7 +451,7 @@ def test_the_fifos_go_to_lut_ram_when_the_plan_takes_the_block_ram():
     ecp5 = SimpleNamespace(device="ecp5-85f", total_blocks=206)
     assert pipeline_spi_fifo("ulx3s-85f", ecp5, (480, 116), framed=False) == (2048, "block")
     ecp5.total_blocks = 208  # the default s25 plan: 208 of 208 DP16KD
-    assert pipeline_spi_fifo("ulx3s-85f", ecp5, (480, 116), framed=False) == (256, "distributed")
+    assert pipeline_spi_fifo("ulx3s-85f", ecp5, (480, 116), framed=False) == (1024, "distributed")
     ice40 = SimpleNamespace(device="up5k", total_blocks=29)
     with pytest.raises(UserError, match="--link spi needs 2 block RAMs for its FIFOs and the plan leaves 1 of 30"):
         pipeline_spi_fifo("icebreaker", ice40, (64, 64), framed=False)
