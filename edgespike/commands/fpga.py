@@ -45,8 +45,9 @@ def add_arguments(p) -> None:
     b.add_argument("--link", choices=("uart", "spi"), default="uart",
                    help="the host link: uart (default; the board's USB serial port at --baud) or spi (a Raspberry "
                    "Pi as the SPI master on the ULX3S's GPIO header GP0-GP3 or the iCEBreaker's PMOD1A; wiring in "
-                   "docs/HARDWARE.md; about 0.38 s per 640x480 frame in and out at the Pi's 15.6 MHz on the ULX3S, "
-                   "against 2.05 s at 3 Mbaud)")
+                   "docs/HARDWARE.md; at the Pi's 15.6 MHz on the ULX3S a 640x480 frame in and out takes about "
+                   "0.38 s, 0.60 s as the default s25 plan's 8 overlapping stripes, against 2.05 s and 2.97 s at 3 "
+                   "Mbaud)")
     b.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
     s = sub.add_parser("serve-sim", help="a simulated board on a TCP port")
     s.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: the shipped IF model that fits "
