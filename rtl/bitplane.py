@@ -14,16 +14,18 @@ network, ``W q_in + bias``. The engine computes it the way the semantics define 
   shifted by ``T - 1 - t`` (one weight-RAM read, one add per lane);
 * **bias** as the membranes' starting value (read before the block starts), then **UWE**
   (:class:`~edgespike.rtl.uwe.SARNeuron`): ``T`` successive-approximation steps against ``theta << (T - 1 - t)``
-  give the output code MSB first. An Integrator skips the SAR and sends the membrane.
+  give the output code MSB first; ``K`` lanes take turns on one converter (``T`` steps each). An Integrator
+  skips the SAR and sends the membrane.
 
 Output pixels leave in raster order with all ``C_out`` channels, which is the next layer's input format: layers
 chain with ``wiring.connect`` into a pipeline where every layer works at once (:mod:`~edgespike.rtl.pipeline`).
 
 The compute is strictly sequential, so its cycles are a closed form of the input's bit counts: per output pixel
-and block ``1 + sum over taps (1 + 3 * parts + adds if the tap is inside the input, else 1) + 2 (+ 1 + T with a
-SAR)``, ``adds`` being the (plane, channel group) pairs of the tap's input pixel that hold a spike; per output
-pixel ``+ 1`` (the handshake). The receiver takes a pixel per ``parts`` cycles while there is room. How the two
-and the neighbouring engines meet is :func:`edgespike.fpga.pipeline.pipeline_cycles`.
+and block ``1 + sum over taps (1 + 3 * parts + adds if the tap is inside the input, else 1) + 2 (+ 1 + K * T
+with a SAR of K = sar_share(lanes) lanes per converter)``, ``adds`` being the (plane, channel group) pairs of
+the tap's input pixel that hold a spike; per output pixel ``+ 1`` (the handshake). The receiver takes a pixel
+per ``parts`` cycles while there is room. How the two and the neighbouring engines meet is
+:func:`edgespike.fpga.pipeline.pipeline_cycles`.
 
 Supported: Conv (odd ``k``, stride 1 or 2, padding ``k // 2``), ConvTranspose (stride 2, even ``k``, any
 ``padding``, no output padding: the shipped read-out's 6x6 ``padding=2``), into a bit-plane neuron or an
@@ -42,6 +44,36 @@ from amaranth.lib.wiring import In, Out
 from edgespike.rtl.common import bits_for, const_mul
 from edgespike.rtl.uwd import UWDAccumulator
 from edgespike.rtl.uwe import SARNeuron
+
+# Lanes per SAR converter at most (SARNeuron's ``share``; edgespike.fpga.pipeline.SAR_LANES is the same value)
+SAR_LANES = 4
+
+
+def sar_share(lanes: int, most: int = SAR_LANES) -> int:
+    """Lanes per SAR converter: the largest power of two that divides ``lanes`` and is at most ``most``."""
+    k = 1
+    while k * 2 <= most and lanes % (k * 2) == 0:
+        k *= 2
+    return k
+
+
+def membrane_bits(weights, bias, theta, T: int) -> int:
+    """The signed membrane width a layer needs, by the bound SEMANTICS 7 proves at load (per channel, the interval
+    of ``W q + bias`` over all T-bit codes ``q``, each sign on its own).
+
+    Every partial sum of the decoding (the bias first, then the spikes' shifted weights in any order) lies in
+    ``[min(b, 0) - (2**T - 1) * (sum of the negative weights' magnitudes), max(b, 0) + (2**T - 1) * (sum of the
+    positive weights)]``, and the SAR's residue only decreases from the final sum and stays >= 0 once subtracted
+    from (its comparison is computed wider). The bound of both signs at once, ``(2**T - 1) * sum |w| + |b|``, was
+    one bit wider on ``s25``'s layers (24 bits where 23 do: the lanes' registers, adders and multiplexers are a
+    bit narrower). ``edgespike.fpga.pipeline.spec_vbits`` is the same function on the host.
+    """
+    w = np.asarray(weights).astype(np.int64).reshape(np.shape(weights)[0], -1)
+    b = np.asarray(bias, np.int64)
+    top = (2**T - 1) * np.where(w > 0, w, 0).sum(1) + np.maximum(b, 0)
+    low = -(2**T - 1) * np.where(w < 0, -w, 0).sum(1) + np.minimum(b, 0)
+    hi, lo = int(top.max()), int(low.min())
+    return max(hi.bit_length(), (-lo - 1).bit_length()) + 1
 
 
 def pow2_at_least(n: int) -> int:
@@ -131,6 +163,10 @@ class BitPlaneLayer(wiring.Component):
         RAM; the words before them (a power of two, at least ``rom_words``) stay in block RAM. An ECP5 DP16KD holds
         512 words of 36 bits, so a 64-lane 3x3 body layer's 576 words of 512 bits take 29 blocks where 512 words
         take 15: its 64 last words in logic save 14 blocks. Same cycles and results.
+    sar_lanes : int
+        Lanes per SAR converter at most (``K`` = :func:`sar_share` of ``lanes``: a power of two dividing them):
+        the converters are shared, a conversion takes ``K * T`` steps (``LayerSpec.gateware`` passes
+        ``edgespike.fpga.pipeline.SAR_LANES``, the cycle model's).
 
     Attributes
     ----------
@@ -145,11 +181,13 @@ class BitPlaneLayer(wiring.Component):
         The spikes of the group the accumulator adds this cycle (0 when it adds nothing): each is one synaptic add
         per lane, and a nonzero value one accumulate per lane (for the add counts; unused in a build).
     bias_add, sar_step : Out(1)
-        This cycle starts every lane's membrane at its bias (the bias add) / makes one SAR step in every lane.
+        This cycle starts every lane's membrane at its bias (the bias add) / makes a SAR step in the converters'
+        first lanes (``T`` cycles per block: counted times ``lanes``, one add per lane and step).
     """
 
     def __init__(self, weights, bias, theta, T: int, height: int, width: int, lanes: int, stride: int = 1,
-                 transposed: bool = False, padding: int = 0, group: int = 1, parts: int = 1, rom_words: int = 0):
+                 transposed: bool = False, padding: int = 0, group: int = 1, parts: int = 1, rom_words: int = 0,
+                 sar_lanes: int = SAR_LANES):
         w = np.asarray(weights)
         self.c_out, self.c_in, self.k, _ = w.shape
         assert self.c_out % lanes == 0, "lanes must divide the output channels"
@@ -168,10 +206,8 @@ class BitPlaneLayer(wiring.Component):
         else:
             self.h_out = (height + 2 * self.pad - self.k) // stride + 1
             self.w_out = (width + 2 * self.pad - self.k) // stride + 1
-        # Membrane width: any partial sum of the decoding lies between 0 and +-(2**T - 1) sum |w| (SEMANTICS 5.5).
-        top = (2**T - 1) * int(np.abs(w.astype(np.int64)).reshape(self.c_out, -1).sum(1).max())
-        top += int(np.abs(self.bias).max())
-        self.vbits = top.bit_length() + 1
+        self.vbits = membrane_bits(w, self.bias, self.theta, T)
+        self.sar_lanes = sar_share(lanes, sar_lanes)
         self.theta_bits = max(1, int(self.theta.max()).bit_length()) if self.theta is not None else 1
         out_shape = unsigned(T) if self.theta is not None else signed(self.vbits)
         super().__init__({
@@ -240,7 +276,7 @@ class BitPlaneLayer(wiring.Component):
 
         m.submodules.acc = acc = UWDAccumulator(L, vb, T, M)
         if neuron:
-            m.submodules.sar = sar = SARNeuron(L, vb, tb, T)
+            m.submodules.sar = sar = SARNeuron(L, vb, tb, T, self.sar_lanes)
 
         # Counters: output position, input rows received, input column, block, tap, SAR step.
         ybits = bits_for(max(self.height, self.h_out, self.width, self.w_out) + 1) + 2
@@ -252,7 +288,8 @@ class BitPlaneLayer(wiring.Component):
         ti = Signal(bits_for(side))
         tj = Signal(bits_for(side))
         wrow = Signal(bits_for(len(words) + 1))
-        tt = Signal(bits_for(T))
+        sar_steps = T * self.sar_lanes  # a conversion: T steps per lane, sar_lanes lanes per converter
+        tt = Signal(bits_for(sar_steps))
         word = Signal(tp * cin_p)
         mask = Signal(mask_bits)
         rpart = Signal(max(1, pbits))  # the part being scanned
@@ -349,8 +386,8 @@ class BitPlaneLayer(wiring.Component):
             self.lb_read.eq(lb_r.en), self.w_read.eq(w_r.en), self.p_read.eq(p_r.en), self.lb_write.eq(lb_w.en),
             self.add_spikes.eq(Mux(ev_valid, ev_bits, 0)), self.bias_add.eq(acc.clear),
         ]
-        if neuron:
-            m.d.comb += self.sar_step.eq(sar.step)
+        if neuron:  # a step of the converters' first lanes stands for one step in every lane (the add counts)
+            m.d.comb += self.sar_step.eq(sar.step & sar.first)
         for lane in range(L):
             m.d.comb += acc.bias[lane].eq(p_r.data[(vb + tb) * lane:][:vb].as_signed())
             if neuron:
@@ -437,7 +474,7 @@ class BitPlaneLayer(wiring.Component):
                 with m.State("SAR"):
                     m.d.comb += sar.step.eq(1)
                     m.d.sync += tt.eq(tt + 1)
-                    with m.If(tt == T - 1):
+                    with m.If(tt == sar_steps - 1):
                         m.next = "STORE"
             with m.State("STORE"):  # the block's L outputs enter the output word from the top
                 new = Cat(*[sar.q[lane] for lane in range(L)]) if neuron else acc.acc.as_value()

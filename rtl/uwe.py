@@ -13,7 +13,7 @@ and one OR: no adder, no multiplier.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -100,14 +100,30 @@ class UWEncoder(wiring.Component):
         return m
 
 
+def pick(values: list, sel):
+    """``values[sel]`` as a tree of 2-to-1 multiplexers on ``sel``'s bits (a power-of-two list)."""
+    level = 0
+    while len(values) > 1:
+        values = [Mux(sel[level], b, a) for a, b in zip(values[::2], values[1::2], strict=True)]
+        level += 1
+    return values[0]
+
+
 class SARNeuron(wiring.Component):
-    """The UWE as a layer's neuron: ``lanes`` successive-approximation converters of membranes into T-bit codes.
+    """The UWE as a layer's neuron: successive-approximation converters of ``lanes`` membranes into T-bit codes,
+    each converter shared by ``share`` lanes.
 
     SEMANTICS 5.5, step 3: for ``t = 0 .. T-1``, ``s[t] = v >= theta * 2**(T-1-t)``, and ``v -= theta *
     2**(T-1-t)`` when it spikes. This is :class:`UWEncoder` with a DAC of gain ``theta``: the level under trial
     is ``theta << (T-1-t)``, a register shifted right once per step (exact: its low ``T-1`` bits start at 0),
-    one comparator and one subtractor per lane, no multiplier. The bits are those of
+    one comparator and one subtractor (one carry chain: yosys shares it), no multiplier. The bits are those of
     ``clip(floor(v / theta), 0, 2**T - 1)`` MSB first, also for negative or saturating ``v``.
+
+    A converter (residue and level registers, the carry chain) was about 60 of a lane's 145 ECP5 cells while it
+    works ``T + 1`` cycles of a block's hundreds, so ``share`` lanes take turns on one: it loads a lane's membrane
+    and threshold through a ``share``-to-1 multiplexer, makes its ``T`` steps (loading the next lane in the last
+    one, whose residue is not needed) and shifts the spikes into a code register of ``share * T`` flip-flops
+    (no logic: the flip-flops' enable). A conversion then takes ``share * T`` steps instead of ``T``.
 
     Parameters
     ----------
@@ -118,45 +134,70 @@ class SARNeuron(wiring.Component):
         Unsigned width of the thresholds (``theta > 0``).
     T : int
         Bits per code.
+    share : int
+        Lanes per converter (a power of two dividing ``lanes``).
 
     Attributes
     ----------
     load : In(1)
-        Take ``v`` and ``theta`` (a new conversion; the code register is cleared).
+        Start a conversion of every lane: ``v`` and ``theta`` must then stay until it ends.
     v : In(array of signed vbits)
     theta : In(array of unsigned theta_bits)
     step : In(1)
-        Decide one bit in every lane (MSB first); after ``T`` steps ``q`` holds the codes.
+        One step in every converter; after ``share * T`` steps ``q`` holds the codes.
     q : Out(array of unsigned T)
-        The codes, shifted in MSB first.
-    residue : Out(array of signed)
-        The membranes left (``v - theta * q`` after ``T`` steps).
+        The codes (valid after the conversion's last step, until the next ``load``'s steps).
+    first : Out(1)
+        The converters are on their first lane (a step then stands for one step of ``share`` lanes: counting the
+        steps while ``first`` counts one per lane and step, as with a converter per lane).
     """
 
-    def __init__(self, lanes: int, vbits: int, theta_bits: int, T: int):
-        self.lanes, self.vbits, self.theta_bits, self.T = lanes, vbits, theta_bits, T
+    def __init__(self, lanes: int, vbits: int, theta_bits: int, T: int, share: int = 1):
+        assert share >= 1 and share & (share - 1) == 0 and lanes % share == 0, "share: a power of two dividing lanes"
+        self.lanes, self.vbits, self.theta_bits, self.T, self.share = lanes, vbits, theta_bits, T, share
         self.level_bits = theta_bits + T - 1
-        self.rbits = max(vbits, self.level_bits + 1)
         super().__init__({
             "load": In(1),
             "v": In(data.ArrayLayout(signed(vbits), lanes)),
             "theta": In(data.ArrayLayout(unsigned(theta_bits), lanes)),
             "step": In(1),
             "q": Out(data.ArrayLayout(unsigned(T), lanes)),
-            "residue": Out(data.ArrayLayout(signed(self.rbits), lanes)),
+            "first": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        for lane in range(self.lanes):
-            v = self.residue[lane]
-            level = Signal(self.level_bits, name=f"level{lane}")
-            q = self.q[lane]
-            spike = v >= level  # the comparator (v signed, level unsigned: compared as integers)
-            with m.If(self.load):
-                m.d.sync += [v.eq(self.v[lane]), level.eq(self.theta[lane] << (self.T - 1)), q.eq(0)]
+        K, T = self.share, self.T
+        # Shared control: which of its lanes each converter loads next (counting up modulo K, for lanes K - 1 down
+        # to 0: back at 0 when a conversion ends) and the step within the lane.
+        sel = Signal(range(K))
+        tt = Signal(range(T))
+        lane_end = self.step & (tt == T - 1)
+        take = self.load | (lane_end & (sel != 0))  # the last lane's end loads nothing
+        with m.If(self.load):
+            m.d.sync += tt.eq(0)
+        with m.Elif(self.step):
+            m.d.sync += tt.eq(Mux(tt == T - 1, 0, tt + 1))
+        with m.If(take):
+            m.d.sync += sel.eq(sel + 1)
+        m.d.comb += self.first.eq(1 if K == 1 else sel == 1)
+        for u in range(self.lanes // K):
+            r = Signal(signed(self.vbits), name=f"residue{u}")
+            level = Signal(self.level_bits, name=f"level{u}")
+            codes = Signal(K * T, name=f"codes{u}")
+            v_sel = pick([self.v[u * K + j] for j in reversed(range(K))], sel)
+            theta_sel = pick([self.theta[u * K + j] for j in reversed(range(K))], sel)
+            spike = r >= level  # the comparator (r signed, level unsigned: compared as integers)
+            with m.If(take):
+                m.d.sync += [r.eq(v_sel), level.eq(theta_sel << (T - 1))]
             with m.Elif(self.step):
-                m.d.sync += [q.eq(Cat(spike, q[:-1])), level.eq(level >> 1)]
+                m.d.sync += level.eq(level >> 1)
                 with m.If(spike):
-                    m.d.sync += v.eq(v - level)
+                    m.d.sync += r.eq(r - level)
+            # Lanes are converted K - 1 first, so the spikes shifted in from the bottom end as lane j's code at
+            # bits j * T .. (MSB first: step t's spike at bit T - 1 - t).
+            with m.If(self.step):
+                m.d.sync += codes.eq(Cat(spike, codes[:-1]))
+            for j in range(K):
+                m.d.comb += self.q[u * K + j].eq(codes[j * T:(j + 1) * T])
         return m

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from edgespike import reference
 from edgespike.model import Conv, Decoder, Encoder, Model, Neuron, ReadoutTerm
 from edgespike.rtl.uwd import UWDecoder
-from edgespike.rtl.uwe import UWEncoder
+from edgespike.rtl.uwe import SARNeuron, UWEncoder
 
 pytestmark = pytest.mark.hw
 
@@ -171,3 +171,42 @@ def test_uwe_uwd_round_trip_all_256_values_equals_reference_uwd():
 def test_uwe_uwd_round_trip_other_widths(case):
     n, values = case
     assert encode_decode(values, n=n) == values
+
+
+@pytest.mark.parametrize("lanes,share", [(8, 1), (8, 4), (6, 2)])
+def test_sar_neuron_shared_converters_equal_floor_division(lanes, share):
+    """``SARNeuron`` with ``share`` lanes per converter: after ``share * T`` steps every lane's code is
+    ``clip(floor(v / theta), 0, 2**T - 1)`` (SEMANTICS 5.5, step 3), for negative, in-range and saturating ``v``,
+    two conversions in a row (the converters' lane counter back at its start); ``first`` is high for ``T`` of the
+    steps (one step per lane counted)."""
+    T, vbits, tbits = 8, 20, 10
+    rng = np.random.default_rng(lanes * 10 + share)
+    dut = SARNeuron(lanes, vbits, tbits, T, share)
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+
+    async def tb(ctx):
+        for _ in range(2):
+            theta = rng.integers(1, 2**tbits, lanes)
+            v = np.concatenate([[-1, 0, int(theta[2]) * 2**T, int(theta[3]) * 2**T - 1], rng.integers(
+                -(2**(vbits - 1)), 2**(vbits - 1), lanes - 4)])[:lanes]
+            for j in range(lanes):
+                ctx.set(dut.v[j], int(v[j]))
+                ctx.set(dut.theta[j], int(theta[j]))
+            ctx.set(dut.load, 1)
+            await ctx.tick()
+            ctx.set(dut.load, 0)
+            ctx.set(dut.step, 1)
+            first = 0
+            for _ in range(share * T):
+                first += ctx.get(dut.first)
+                await ctx.tick()
+            ctx.set(dut.step, 0)
+            assert first == T
+            got = [ctx.get(dut.q[j]) for j in range(lanes)]
+            want = [int(np.clip(v[j] // theta[j], 0, 2**T - 1)) for j in range(lanes)]
+            assert got == want
+            await ctx.tick()
+
+    sim.add_testbench(tb)
+    sim.run()

@@ -28,6 +28,20 @@ def _popcounts(T: int) -> np.ndarray:
     return np.array([bin(v).count("1") for v in range(2**T)])
 
 
+# Lanes per SAR converter at most (the gateware's ``bitplane.SAR_LANES``; the layers' ``sar_lanes``): a converter
+# is shared by that many lanes, which take turns on it (``SARNeuron``), so a conversion takes T steps per lane.
+SAR_LANES = 4
+
+
+def sar_share(lanes: int, most: int = SAR_LANES) -> int:
+    """Lanes per SAR converter (as ``edgespike.rtl.bitplane.sar_share``): the largest power of two that divides
+    ``lanes`` and is at most ``most``."""
+    k = 1
+    while k * 2 <= most and lanes % (k * 2) == 0:
+        k *= 2
+    return k
+
+
 class PipelineError(ValueError):
     """The model cannot run on the layer pipeline (one line naming the node and the reason)."""
 
@@ -88,7 +102,7 @@ class LayerSpec:
         return dict(weights=self.conv.weight, bias=self.bias, theta=self.theta, T=self.T, height=height,
                     width=width, lanes=lanes, stride=self.stride, transposed=self.transposed,
                     padding=self.conv.padding if self.transposed else 0, group=group, parts=parts,
-                    rom_words=rom_words)
+                    rom_words=rom_words, sar_lanes=SAR_LANES)
 
     def compute(self, q: np.ndarray) -> np.ndarray:
         """The layer on input codes ``q`` (``[C_in, H, W]``, ``0 .. 2**T - 1``) as ``reference.run`` computes it:
@@ -148,8 +162,9 @@ class LayerSpec:
             tap_cycles += np.where(inside, 1 + 3 * parts + p, 1)
             inside_taps += inside
             events += p
-        sar = (1 + self.T) if self.theta is not None else 0
-        busy = G * (1 + tap_cycles + 2 + sar)  # START (the bias loaded), taps, DRAIN, [LOADSAR, SAR x T], STORE
+        # a conversion: T steps for each of the lanes that share a SAR converter (sar_share)
+        sar = (1 + self.T * sar_share(lanes)) if self.theta is not None else 0
+        busy = G * (1 + tap_cycles + 2 + sar)  # START (the bias loaded), taps, DRAIN, [LOADSAR, SAR steps], STORE
         received = np.diff(np.concatenate([[0], self.need(h)]))
         return received, busy, inside_taps, events
 
@@ -378,12 +393,17 @@ def memories(spec: LayerSpec, width: int, lanes: int, group: int, parts: int = 1
 
 
 def spec_vbits(spec: LayerSpec) -> int:
-    """The engine's membrane width (as :class:`~edgespike.rtl.bitplane.BitPlaneLayer` computes it)."""
+    """The engine's membrane width, as :func:`edgespike.rtl.bitplane.membrane_bits` computes it (the bound
+    SEMANTICS 7 proves per channel, each sign on its own: 23 bits on ``s25``'s body layers where ``(2**T - 1) *
+    sum |w| + |b|`` gave 24)."""
     key = (id(spec.conv.weight), id(spec.neuron), spec.T)
     if spec.__dict__.get("_vbits", (None,))[0] != key:  # cached: the planner asks thousands of times
-        w = np.abs(spec.conv.weight.astype(np.int64)).reshape(spec.c_out, -1).sum(1).max()
-        top = (2**spec.T - 1) * int(w) + int(np.abs(spec.bias).max())
-        spec.__dict__["_vbits"] = (key, top.bit_length() + 1)
+        w = spec.conv.weight.astype(np.int64).reshape(spec.c_out, -1)
+        b, T = spec.bias.astype(np.int64), spec.T
+        top = (2**T - 1) * np.where(w > 0, w, 0).sum(1) + np.maximum(b, 0)
+        low = -(2**T - 1) * np.where(w < 0, -w, 0).sum(1) + np.minimum(b, 0)
+        hi, lo = int(top.max()), int(low.min())
+        spec.__dict__["_vbits"] = (key, max(hi.bit_length(), (-lo - 1).bit_length()) + 1)
     return spec.__dict__["_vbits"][1]
 
 
@@ -401,7 +421,11 @@ def spec_vbits(spec: LayerSpec) -> int:
 # channel of a group (the lane's adder tree). A weight ROM of logic (``rom_words``): per bit it holds, from the
 # same engine at (64,1,8) with and without its last 64 words of 512 bits in a ROM (yosys with abc, as abc9 exits on
 # both: 3185 LUT4 more, scaled by abc9's 0.855 of abc's LUT4 on the (16,1,2) engine and by 1.08; 14 DP16KD fewer).
-LOGIC_ENGINE, LOGIC_FLAG, LOGIC_WORD_BIT, LOGIC_LANE_BIT, LOGIC_LANE_GROUP = 776, 6.95, 5.98, 6.01, 5.04
+# The lane term was refitted when SAR converters became shared by up to SAR_LANES lanes (and membranes one bit
+# narrower by the per-sign bound): the same engine at (16,1,2) and (64,1,2) synthesised again (5063 LUT4 + 340 CCU2C
+# and 8105 + 1059, from 5083 + 481 and 8811 + 1632), the other terms kept: 6.01 -> 4.89 per lane and membrane bit,
+# -5 % and +2 % on the two (docs/RTL.md, "Logic of a 64-channel engine").
+LOGIC_ENGINE, LOGIC_FLAG, LOGIC_WORD_BIT, LOGIC_LANE_BIT, LOGIC_LANE_GROUP = 776, 6.95, 5.98, 4.89, 5.04
 LOGIC_ROM_BIT = 0.09
 ROM_MAX_WORDS = 128  # the weight words a ROM of logic may hold (weight_rom)
 LOGIC_BUDGET = 0.8  # the share of a part's logic a plan may take (the iCE40 width-4 build closed timing at 78 %)
