@@ -432,5 +432,7 @@ def spi_top(top, board: str, fifo: tuple[int, str]):
     one), with SPI FIFOs ``fifo`` (:func:`spi_fifo`): the framed :class:`PipelineLinkTop` with ``link="spi"``, or a
     raw UART top (:class:`~edgespike.rtl.pipeline.PipelineBoardTop`) as :class:`PipelineSPITop`."""
     if isinstance(top, PipelineLinkTop):
-        return PipelineLinkTop(top.pipeline, top.ident, top.board, top.baud, top.pll_hz, link="spi", spi_fifo=fifo)
+        top.link, top.spi_fifo = "spi", fifo
+        return top
+    top._MustUse__silence = True  # replaced, not forgotten: no "created but never used" warning
     return PipelineSPITop(top.pipeline, board, top.pll_hz, fifo)

@@ -424,6 +424,26 @@ def test_spi_pins_on_the_ulx3s_and_the_icebreaker(tmp_path):
         assert f" {pin}\n" in pcf, pin
     with pytest.raises(UserError, match="no SPI link pins are defined for orangecrab"):
         build("orangecrab", "small_bitplane_3x4_s25.esnn", str(tmp_path / "o"), link="spi", dry_run=True)
+    with pytest.raises(UserError, match="unknown link 'i2c': choose one of uart, spi"):
+        build("ulx3s-85f", "s25", link="i2c", dry_run=True)
+
+
+def test_the_shared_engine_board_over_spi_has_the_pins_and_no_uart(tmp_path):
+    """``BoardTop(link="spi")`` (an IF model on the shared engine): the SPI pins, not the FTDI's (M1, L4), and
+    IDENT's UART divisor 0."""
+    from edgespike.fileformat import save
+    from edgespike.fpga.build import load_plan
+    from edgespike.fpga.examples import chain_model
+    from edgespike.rtl.board import BoardTop, make_platform
+
+    path = tmp_path / "small.esnn"
+    save(chain_model(seed=0, channels=2, layers=2, timesteps=2), path)
+    _, plan = load_plan(str(path), "ecp5-85f", (8, 8))
+    top = BoardTop(plan, "ulx3s-85f", 500_000, link="spi")
+    assert top.divisor(12.5e6) == 0
+    lpf = make_platform("ulx3s-85f").prepare(top, name="top").files["top.lpf"]
+    assert all(f'SITE "{pin}"' in lpf for pin in ("B11", "A10", "A9", "B9"))
+    assert 'SITE "M1"' not in lpf and 'SITE "L4"' not in lpf
 
 
 def test_spi_pipeline_synthesises_without_multipliers_and_its_fifos_fit_in_lut_ram():

@@ -141,8 +141,8 @@ class BuildReport:
                     lines.append(f"    at {r['mhz']:.1f} MHz ({name}): {r['frames_per_second']:.3g} "
                                  f"frames/s compute, {r['sops_per_second']:.3g} SOP/s")
             if "spi_seconds_per_frame" in t:
-                lines.append(f"    SPI at {t['spi_mhz']:.4g} MHz: {t['spi_seconds_per_frame']:.2f} s/frame on the "
-                             f"wire, in and out (the UART at {self.baud} baud: {t['uart_seconds_per_frame']:.2f} s)")
+                lines.append(f"    SPI at {t['spi_mhz']:.4g} MHz: {t['spi_seconds_per_frame']:.3g} s/frame on the "
+                             f"wire, in and out (the UART at {self.baud} baud: {t['uart_seconds_per_frame']:.3g} s)")
             else:
                 lines.append(f"    UART at {self.baud} baud: {t['uart_seconds_per_frame']:.2f} s/frame of tile "
                              "traffic")
@@ -460,7 +460,7 @@ def _say_spi(plan, spi: dict, clock_hz: float) -> None:
     stripes = 1 if plan.core >= w else -(-w // plan.core)
     t = link_seconds(h * min(plan.stripe, w) * stripes, spi)
     print(f"SPI link: {t['spi_asked_mhz']:g} MHz asked of the Pi ({t['spi_mhz']:.4g} MHz on a Pi 3/4), FIFOs of "
-          f"{spi['fifo']} bytes ({spi['ram']} RAM): {t['spi_seconds_per_frame']:.2f} s per {w}x{h} frame on the "
+          f"{spi['fifo']} bytes ({spi['ram']} RAM): {t['spi_seconds_per_frame']:.3g} s per {w}x{h} frame on the "
           f"wire, in and out, against {plan.seconds(clock_hz):.3g} s of compute", file=sys.stderr, flush=True)
 
 
