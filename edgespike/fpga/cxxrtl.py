@@ -512,10 +512,18 @@ def _publish(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _index_path(key: str) -> Path:
+def _ident() -> str:
+    """Everything besides the design that makes a CXXRTL library this library (for the index's name)."""
     v = _versions()
-    ident = hashlib.sha256("\0".join([key, v["cxx"], v["yosys"], " ".join(_cxxflags())]).encode()).hexdigest()
-    return cache_dir() / f"design-{ident[:24]}.json"
+    return "\0".join([v["cxx"], v["yosys"], " ".join(_cxxflags())])
+
+
+def _index_path(key: str, cache: Path | None = None, ident: str | None = None) -> Path:
+    """The index entry of the design with key ``key`` in ``cache`` (default :func:`cache_dir`) for the tools and
+    flags ``ident`` (default this module's, :func:`_ident`); shared with :mod:`edgespike.fpga.verilator`."""
+    ident = _ident() if ident is None else ident
+    name = hashlib.sha256("\0".join([key, ident]).encode()).hexdigest()
+    return (cache_dir() if cache is None else cache) / f"design-{name[:24]}.json"
 
 
 def _save_inits(path: Path, inits: list[dict]) -> None:
@@ -532,10 +540,11 @@ def _load_inits(path: Path) -> list[dict]:
         return [m | {"data": f[f"m{i}"]} for i, m in enumerate(json.loads(str(f["meta"])))]
 
 
-def _lookup(key: str) -> dict | None:
-    """The cached library and initial contents of the design with :func:`design_key` ``key``, if both are there."""
+def _lookup(key: str, cache: Path | None = None, ident: str | None = None) -> dict | None:
+    """The cached library and initial contents of the design with :func:`design_key` ``key``, if both are there
+    (``cache``, ``ident``: as :func:`_index_path`)."""
     try:
-        entry = json.loads(_index_path(key).read_text())
+        entry = json.loads(_index_path(key, cache, ident).read_text())
         if Path(entry["path"]).exists() and Path(entry["inits"]).exists():
             return entry
     except (OSError, ValueError, KeyError, TypeError):
@@ -616,14 +625,20 @@ def build(dut, notice=None) -> dict:
                 raise Unavailable(f"compiling the CXXRTL simulation failed: {_reason(msg)}")
             _publish(lib, path)
         built = True
-    index = _index_path(key)
+    _remember(key, path, inits)
+    return {"path": str(path), "inits": inits, "built": built, "seconds": time.monotonic() - t0, "key": key}
+
+
+def _remember(key: str, path: Path, inits: list[dict], cache: Path | None = None, ident: str | None = None) -> None:
+    """Index the library ``path`` and the design's initial contents ``inits`` under ``key`` (``cache``,
+    ``ident``: as :func:`_index_path`), so :func:`_lookup` finds both without converting the design again."""
+    index = _index_path(key, cache, ident)
     contents = index.with_name(index.stem.replace("design-", "inits-") + ".npz")
     _save_inits(contents, inits)
-    fd, tmp_index = tempfile.mkstemp(dir=cache, suffix=".tmp")
+    fd, tmp_index = tempfile.mkstemp(dir=index.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
         json.dump({"path": str(path), "inits": str(contents), "design": key}, fh)
     os.replace(tmp_index, index)
-    return {"path": str(path), "inits": inits, "built": built, "seconds": time.monotonic() - t0, "key": key}
 
 
 def _run_in(cmd: list[str], cwd: str, timeout: float = 7200) -> tuple[int, str]:
