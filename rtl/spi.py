@@ -114,14 +114,19 @@ class SPIPeripheral(wiring.Component):
         head, tail, seen = Signal(r + 1), Signal(r + 1), Signal(r + 1)  # write, read, write as the reader sees it
         rx_level = Signal(r + 1)
         m.d.comb += rx_level.eq(head - tail)
-        # a byte is offered two cycles after its write, when the (non-transparent) read port shows it; writes
+        # a byte can be read two cycles after its write, when the (non-transparent) read port shows it; writes
         # come a byte time (at least 32 cycles) apart, so the delay costs nothing
         m.d.sync += seen.eq(head)
-        took = self.rx.valid & self.rx.ready
-        m.d.comb += [self.rx.valid.eq(seen != tail), self.rx.payload.eq(rx_r.data),
-                     rx_r.addr.eq((tail + took)[:r]), rx_w.addr.eq(head[:r])]
-        with m.If(took):
-            m.d.sync += tail.eq(tail + 1)
+        # the stream's byte is a register, not the RAM's output: a block RAM's clock-to-output (5.8 ns on ECP5)
+        # in front of the framed link's sync hunt, abort and the pipeline's reset made 64 MHz of the 75
+        out_valid, out_byte = Signal(), Signal(8)
+        load = (seen != tail) & (~out_valid | self.rx.ready)
+        m.d.comb += [self.rx.valid.eq(out_valid), self.rx.payload.eq(out_byte),
+                     rx_r.addr.eq((tail + load)[:r]), rx_w.addr.eq(head[:r])]
+        with m.If(load):
+            m.d.sync += [out_byte.eq(rx_r.data), out_valid.eq(1), tail.eq(tail + 1)]
+        with m.Elif(self.rx.ready):
+            m.d.sync += out_valid.eq(0)
         with m.If(rx_w.en):
             m.d.sync += head.eq(head + 1)
 
