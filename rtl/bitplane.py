@@ -21,11 +21,11 @@ Output pixels leave in raster order with all ``C_out`` channels, which is the ne
 chain with ``wiring.connect`` into a pipeline where every layer works at once (:mod:`~edgespike.rtl.pipeline`).
 
 The compute is strictly sequential, so its cycles are a closed form of the input's bit counts: per output pixel
-and block ``1 + sum over taps (1 + 3 * parts + adds if the tap is inside the input, else 1) + 2 (+ 1 + K * T
-with a SAR of K = sar_share(lanes) lanes per converter)``, ``adds`` being the (plane, channel group) pairs of
-the tap's input pixel that hold a spike; per output pixel ``+ 1`` (the handshake). The receiver takes a pixel
-per ``parts`` cycles while there is room. How the two and the neighbouring engines meet is
-:func:`edgespike.fpga.pipeline.pipeline_cycles`.
+and block ``1 + sum over taps (3 + parts + adds + empty if the tap is inside the input, else 1) + 2 (+ 1 + K *
+T with a SAR of K = sar_share(lanes) lanes per converter)``, ``adds`` being the (plane, channel group) pairs of
+the tap's input pixel that hold a spike and ``empty`` its parts but the last without any; per output pixel ``+
+1`` (the handshake). The receiver takes a pixel per ``parts`` cycles while there is room. How the two and the
+neighbouring engines meet is :func:`edgespike.fpga.pipeline.pipeline_cycles`.
 
 Supported: Conv (odd ``k``, stride 1 or 2, padding ``k // 2``), ConvTranspose (stride 2, even ``k``, any
 ``padding``, no output padding: the shipped read-out's 6x6 ``padding=2``), into a bit-plane neuron or an
@@ -150,8 +150,8 @@ class BitPlaneLayer(wiring.Component):
         without spikes is skipped.
     parts : int
         Line-buffer words per pixel (a power of two dividing ``T``; part ``p`` holds planes ``p T / P ..``):
-        narrower words fit block RAM better; each part of a tap costs three more cycles, each part of a pixel
-        received one.
+        narrower words fit block RAM better; each part of a tap costs one more cycle (two when it holds no spike
+        and is not the last: the next part's prefetch is then a cycle short), each part of a pixel received one.
     stride : int
         Conv stride (1 or 2).
     transposed : bool
@@ -290,7 +290,9 @@ class BitPlaneLayer(wiring.Component):
         wrow = Signal(bits_for(len(words) + 1))
         sar_steps = T * self.sar_lanes  # a conversion: T steps per lane, sar_lanes lanes per converter
         tt = Signal(bits_for(sar_steps))
-        word = Signal(tp * cin_p)
+        word = Signal(tp * cin_p)  # the part being scanned
+        nword = Signal(tp * cin_p)  # the part read last: loaded in LOAD, or in the cycle after a prefetch
+        fresh = Signal()  # a prefetch was issued last cycle: nword takes the line buffer's word in this one
         mask = Signal(mask_bits)
         rpart = Signal(max(1, pbits))  # the part being scanned
         wpart = Signal(max(1, pbits))  # the part being written
@@ -426,6 +428,23 @@ class BitPlaneLayer(wiring.Component):
                 m.d.comb += ntj.eq(tj + 1)
                 m.next = "TAP"
 
+        # Each part's word is read, registered and flagged once; while a part is scanned the next one is read
+        # (prefetch) into nword, so the scan's empty cycle takes the next part's flags instead of a LOAD and a
+        # FLAGS of its own: a part costs its adds and one cycle (two when it has no spike, as the prefetch is then
+        # a cycle short), where it cost its adds and three.
+        m.d.sync += fresh.eq(0)
+        with m.If(fresh):
+            m.d.sync += nword.eq(lb_r.data)
+
+        def take_part(rd):
+            """nword's (plane, group) flags into the priority encoder and nword into word; read part ``rd`` next
+            (None: no part left)."""
+            m.d.comb += mask_d.eq(Cat(*[nword[e * M:(e + 1) * M].any() for e in range(tp * ngroups)]))
+            m.d.sync += word.eq(nword)
+            if rd is not None:
+                m.d.comb += [lb_r.en.eq(1), rd_part.eq(rd)]
+                m.d.sync += fresh.eq(1)
+
         with m.FSM():
             with m.State("ROW"):  # wait until the rows the next output row reads are in
                 with m.If(enough):
@@ -445,10 +464,10 @@ class BitPlaneLayer(wiring.Component):
                 with m.Else():
                     next_tap()
             with m.State("LOAD"):  # the RAM word into a register (the RAM's clock-to-output set the ECP5 Fmax)
-                m.d.sync += word.eq(lb_r.data)
+                m.d.sync += nword.eq(lb_r.data)
                 m.next = "FLAGS"
-            with m.State("FLAGS"):  # its (plane, group) flags into the priority encoder
-                m.d.comb += mask_d.eq(Cat(*[word[e * M:(e + 1) * M].any() for e in range(tp * ngroups)]))
+            with m.State("FLAGS"):  # part 0's flags into the priority encoder; part 1 is read
+                take_part(1 if P > 1 else None)
                 m.next = "SCAN"
             with m.State("SCAN"):  # one group with spikes per cycle, lowest first; an empty word ends the tap
                 with m.If(any_set):
@@ -457,10 +476,16 @@ class BitPlaneLayer(wiring.Component):
                     plane = in_part if P == 1 else Cat(in_part, rpart[:pbits])
                     m.d.sync += [ev_valid.eq(1), ev_t.eq(plane), ev_bits.eq(word_at(word, first, M))]
                     m.d.comb += mask_d.eq(mask & ~(1 << first))
-                with m.Elif(rpart != P - 1):  # the pixel's next part
-                    m.d.comb += [lb_r.en.eq(1), rd_part.eq(rpart + 1)]
-                    m.d.sync += rpart.eq(rpart + 1)
-                    m.next = "LOAD"
+                with m.Elif(rpart != P - 1):  # the pixel's next part, once the prefetch has it in nword
+                    with m.If(~fresh):
+                        if P > 2:
+                            with m.If(rpart != P - 2):
+                                take_part(rpart + 2)
+                            with m.Else():
+                                take_part(None)
+                        else:
+                            take_part(None)
+                        m.d.sync += rpart.eq(rpart + 1)
                 with m.Else():
                     m.d.sync += rpart.eq(0)
                     next_tap()

@@ -149,17 +149,27 @@ class LayerSpec:
         ho, wo = self.out_size(h, w)
         G = self.c_out // lanes
         pop = np.zeros((h, w), np.int64)  # per input pixel: (plane, channel group) pairs holding a spike
+        part_pop = np.zeros((parts, h, w), np.int64)  # the same per line-buffer part (planes p T / P ..)
+        tp = self.T // parts
         for c0 in range(0, q.shape[0], group):
-            pop += self.popcount(np.bitwise_or.reduce(q[c0:c0 + group], axis=0))
+            bits = np.bitwise_or.reduce(q[c0:c0 + group], axis=0)
+            pop += self.popcount(bits)
+            for p in range(parts):  # plane t is code bit T - 1 - t
+                part_pop[p] += self.popcount(bits & (((1 << tp) - 1) << (self.T - (p + 1) * tp)))
+        # parts without a spike but the last: the scan waits a cycle for the prefetch of the next
+        empty = (part_pop[:parts - 1] == 0).sum(0)
         tap_cycles = np.zeros((ho, wo), np.int64)
         inside_taps = np.zeros((ho, wo), np.int64)
         events = np.zeros((ho, wo), np.int64)
         for iy, ix in self.taps(h, w):
             vy, vx = (iy >= 0) & (iy < h), (ix >= 0) & (ix < w)
             inside = vy[:, None] & vx[None, :]
-            p = pop[np.clip(iy, 0, h - 1)][:, np.clip(ix, 0, w - 1)] * inside
-            # TAP; per part LOAD, FLAGS, one SCAN per add and the empty SCAN (which reads the next part); or TAP
-            tap_cycles += np.where(inside, 1 + 3 * parts + p, 1)
+            rows, cols = np.clip(iy, 0, h - 1), np.clip(ix, 0, w - 1)
+            p = pop[rows][:, cols] * inside
+            z = empty[rows][:, cols]
+            # TAP, LOAD, FLAGS; per part one SCAN per add and the empty SCAN (which takes the next part, prefetched,
+            # a cycle later when this part had no add); or TAP
+            tap_cycles += np.where(inside, 3 + parts + p + z, 1)
             inside_taps += inside
             events += p
         # a conversion: T steps for each of the lanes that share a SAR converter (sar_share)
