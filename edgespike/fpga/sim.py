@@ -258,12 +258,12 @@ class SimBackend:
 
 class PipelineSimBackend:
     """``edgespike run --backend fpga-sim`` for a bit-plane model: each frame streamed through the layer pipeline
-    (:mod:`edgespike.rtl.pipeline`, built for the frame's size), compiled to C++ by yosys' CXXRTL
-    (:mod:`edgespike.fpga.cxxrtl`: the first frame of a size compiles it, about 3 minutes for the default model,
-    then cached; hundreds of thousands of cycles/s for small models, about 700 for the default model, not much
-    faster than Amaranth's simulator: CXXRTL evaluates every engine's whole logic each cycle, docs/RTL.md) or, without a
-    C++ compiler or with ``simulator="amaranth"``, in Amaranth's simulator (a few hundred cycles/s; one line says
-    so).
+    (:mod:`edgespike.rtl.pipeline`, built for the frame's size) on the simulator that
+    :func:`edgespike.fpga.pipesim.choose_simulator` picks: Verilator (:mod:`edgespike.fpga.verilator`: the first
+    frame of a size builds it, about 1.5 minutes of CPU for the default model, then cached; about 195k cycles/s
+    for it, so a 64x64 frame in about 12 s), else yosys' CXXRTL (:mod:`edgespike.fpga.cxxrtl`: about 700 cycles/s
+    for the default model), else Amaranth's simulator (a few hundred cycles/s); one line says why when it is not
+    the first choice (docs/RTL.md, "Three simulators").
 
     The pipeline has no framed link in front of it yet, so the frame goes into its stream port directly (no UART,
     no firmware). The cycle model's count for each frame is said before it starts; a progress line follows it.
@@ -281,7 +281,8 @@ class PipelineSimBackend:
         self.simulator, why = choose_simulator(simulator)
         if why:
             print(f"fpga-sim: {why}", file=sys.stderr, flush=True)
-        engine = "compiled by CXXRTL" if self.simulator == "cxxrtl" else "in Amaranth's simulator"
+        engine = {"verilator": "compiled by Verilator", "cxxrtl": "compiled by CXXRTL"}.get(
+            self.simulator, "in Amaranth's simulator")
         self.label = f"fpga-sim (the layer pipeline {engine}, no link)"
         self.note = note
         self._built: dict = {}
