@@ -46,8 +46,8 @@ def add_arguments(p) -> None:
                    help="the host link: uart (default; the board's USB serial port at --baud) or spi (a Raspberry "
                    "Pi as the SPI master on the ULX3S's GPIO header GP0-GP3 or the iCEBreaker's PMOD1A; wiring in "
                    "docs/HARDWARE.md; at the Pi's 15.6 MHz on the ULX3S a 640x480 frame in and out takes about "
-                   "0.38 s, 0.60 s as the default s25 plan's 8 overlapping stripes, against 2.05 s and 2.97 s at 3 "
-                   "Mbaud)")
+                   "0.4-0.6 s, with the overlapping stripes of the plan, against 2-3 s at 3 Mbaud: the build prints "
+                   "the plan's figure beside its compute time)")
     b.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
     s = sub.add_parser("serve-sim", help="a simulated board on a TCP port")
     s.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: the shipped IF model that fits "
