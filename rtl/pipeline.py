@@ -56,6 +56,16 @@ class LayerPipeline(wiring.Component):
         Input pixels, raster order.
     o : Out(stream.Signature(8))
         Output pixels, raster order.
+    res_write, res_read, dec_in : Out(1)
+        Probes for the simulators' counts (as the engines' ``lb_read`` etc.): the residual FIFO takes a pixel
+        (``w_en & w_rdy``), gives one (``r_en & r_rdy``), and the decoder takes a membrane in (one output pixel's
+        multiply-add, :attr:`decoder_adds` adds; the same cycles as ``res_read``, as the decoder takes the pixel
+        and the membrane together).
+    decoder_adds : int
+        Adds the decoder does per output pixel: the product's adder tree (a balanced tree of the multiplier's
+        signed digits: each node adds or subtracts two, so ``digits - 1`` of them), the rounding constant's add
+        (when ``shift > 0``) and the residual's subtraction (when ``residual``). The clip's two compares are not
+        counted, nor a negation of the product when ``shift`` is 0 and every digit is negative.
     """
 
     TREE_LEVELS = 5  # adder levels of the decoder's constant product: up to 32 signed digits (a 32-bit multiplier)
@@ -66,7 +76,9 @@ class LayerPipeline(wiring.Component):
         self.multiplier, self.shift, self.residual = multiplier, shift, residual
         self.fifo_depth = pow2_at_least(fifo_depth)
         self.engines = [BitPlaneLayer(**args) for args in layers]
-        super().__init__({"i": In(stream.Signature(8)), "o": Out(stream.Signature(8))})
+        self.decoder_adds = max(len(non_adjacent_form(multiplier)) - 1, 0) + (shift > 0) + bool(residual)
+        super().__init__({"i": In(stream.Signature(8)), "o": Out(stream.Signature(8)),
+                          "res_write": Out(1), "res_read": Out(1), "dec_in": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
@@ -108,6 +120,10 @@ class LayerPipeline(wiring.Component):
             last.o.ready.eq(take[0] & px.r_rdy),
             px.r_en.eq(take[0] & last.o.valid),
             self.o.valid.eq(valid[-1]),
+            # the probes: a pixel into / out of the FIFO, a membrane into the decoder (when the pixel leaves)
+            self.res_write.eq(px.w_en & px.w_rdy),
+            self.res_read.eq(px.r_en & px.r_rdy),
+            self.dec_in.eq(take[0] & last.o.valid & px.r_rdy),
         ]
         with m.If(take[0]):
             m.d.sync += [valid[0].eq(last.o.valid & px.r_rdy), xs[0].eq(px.r_data)]

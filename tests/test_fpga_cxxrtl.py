@@ -26,6 +26,7 @@ from edgespike.fpga.pipesim import (  # noqa: E402
     build_pipeline,
     choose_simulator,
     expected_cycles,
+    expected_pipeline,
     prefer_for_frame,
     run_codes,
     simulate,
@@ -89,9 +90,11 @@ def test_cxxrtl_equals_amaranths_simulator_pixels_cycles_and_counts(small, cache
     slow = simulate(dut, x, 10**6, "amaranth")
     assert np.array_equal(fast.out, slow.out)
     assert fast.cycles == slow.cycles
-    assert fast.counts == slow.counts and fast.adds == slow.adds
+    assert fast.counts == slow.counts and fast.adds == slow.adds and fast.pipeline == slow.pipeline
     cycles, counts, adds = _counts(specs, x, folds)
     assert fast.cycles == cycles and fast.counts == counts and fast.adds == adds
+    # the residual FIFO's writes and reads and the decoder's membranes and adds, from the pipeline's probes
+    assert fast.pipeline == expected_pipeline(dut, specs, x) and fast.pipeline["decoder"]["adds"] > x.size
     assert np.array_equal(fast.out, runtime.denoise(model, x))
     # a cycle budget too small stops the simulation and says so
     with pytest.raises(RuntimeError, match="pixels in 100 cycles"):
@@ -108,6 +111,7 @@ def test_cxxrtl_equals_the_runtime_on_a_larger_frame_and_runs_the_fpga_sim_backe
     assert np.array_equal(res.out, want) and (want != x).mean() > 0.5
     cycles, counts, adds = _counts(specs, x, folds)
     assert res.cycles == cycles and res.counts == counts and res.adds == adds
+    assert res.pipeline == expected_pipeline(dut, specs, x)
     assert cycles > 50_000  # about 10x the frame Amaranth's simulator is compared on
 
     backend = open_backend("fpga-sim", path, simulator="cxxrtl")

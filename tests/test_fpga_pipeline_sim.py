@@ -114,3 +114,30 @@ def test_fpga_sim_backend_runs_a_bitplane_model_on_the_pipeline(small):
     want = runtime.denoise(model, frame)
     assert np.array_equal(out, want) and (want != frame).mean() > 0.5
     assert stats["cycles"] > 0
+
+
+def test_residual_fifo_and_decoder_counts_equal_the_model(small):
+    """Amaranth's simulator counts the residual FIFO's writes (the input pixels) and reads (the output pixels) and
+    the decoder's membranes and adds from the pipeline's probes; they equal the model's
+    (:func:`edgespike.fpga.pipeline.pipeline_counts`), which :func:`frame_accesses` records as the ``residual`` RAM
+    and ``decoder`` adds, and the profiler's energy takes that record."""
+    from edgespike.fpga.pipeline import decoder_adds, frame_accesses
+    from edgespike.fpga.pipesim import build_pipeline, expected_cycles, expected_pipeline, run_codes, simulate_pipeline
+    from edgespike.profile.accel import energy
+    from edgespike.rtl.pipeline import non_adjacent_form
+
+    model, _, _ = small
+    x = demo_image(6, 8, seed=6)
+    dut, specs, folds = build_pipeline(model, 6, 8)
+    codes = run_codes(specs, x)
+    run = simulate_pipeline(dut, x, limit=2 * expected_cycles(specs, codes, folds) + 1000)
+    dec = (dut.multiplier, dut.shift, dut.residual)
+    per_pixel = len(non_adjacent_form(dut.multiplier)) - 1 + 1 + 1  # the tree, the rounding add, the subtraction
+    assert dut.decoder_adds == decoder_adds(*dec) == per_pixel >= 2
+    assert run.pipeline == expected_pipeline(dut, specs, x) == {
+        "residual": {"reads": x.size, "writes": x.size}, "decoder": {"pixels": x.size, "adds": x.size * per_pixel}}
+    acc = frame_accesses(specs, codes[:-1], folds, decoder=dec)
+    assert (acc.rams["residual"]["reads"], acc.rams["residual"]["writes"]) == (x.size, x.size)
+    assert acc.rams["residual"]["depth"] == dut.fifo_depth and acc.adds["decoder"] == x.size * per_pixel
+    e = energy(acc)
+    assert e["memories"]["residual"]["pJ"] > 0 and e["total_pJ"] > e["adds_pJ"]

