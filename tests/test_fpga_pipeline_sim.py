@@ -96,6 +96,7 @@ def test_rtl_sim_streams_a_whole_frame_through_the_layer_pipeline(small, capsys)
     assert "simulating a whole 6x8 frame" in out
     assert "frame 6x8: equal to the CPU runtime (edgespike.runtime), pixel for pixel" in out
     assert "equal to the cycle model's" in out and "DIFFERENT" not in out
+    assert "residual FIFO reads and writes, decoder pixels and adds: equal to the cycle model's" in out
     with pytest.raises(UserError, match="--tile is for IF models"):
         cli.run(cli.parse_args(["sim", "--model", path, "--tile", "16x16"]))
     with pytest.raises(UserError, match="multiple of 2"):

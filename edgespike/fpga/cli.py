@@ -222,7 +222,14 @@ def _run_pipeline(args, model) -> int:
     import numpy as np
 
     from edgespike import runtime
-    from edgespike.fpga.pipesim import SPEED, expected_cycles, prefer_for_frame, run_codes, simulate_with_progress
+    from edgespike.fpga.pipesim import (
+        SPEED,
+        expected_cycles,
+        expected_pipeline,
+        prefer_for_frame,
+        run_codes,
+        simulate_with_progress,
+    )
     from edgespike.frames import check_frame
     from edgespike.models import sample_path
     from edgespike.png import read_png
@@ -248,6 +255,7 @@ def _run_pipeline(args, model) -> int:
     costs = [spec.cost(q, *fold) for spec, q, fold in zip(specs, codes, folds, strict=False)]
     counts_ok = res.counts == [c.reads | {"writes": c.writes} for c in costs]
     adds_ok = res.adds == [c.adds for c in costs]
+    pipeline_ok = res.pipeline == expected_pipeline(dut, specs, x)
     if len(bad):
         y, xx = bad[0]
         print(f"MISMATCH: {len(bad)} of {fh * fw} pixels differ from the CPU runtime; first at (y={y}, x={xx}): "
@@ -260,13 +268,15 @@ def _run_pipeline(args, model) -> int:
           f"{'equal to' if counts_ok else 'DIFFERENT from'} the cycle model's")
     print(f"  adds by use (synaptic, accumulate, bias, SAR) of the {len(specs)} engines: "
           f"{'equal to' if adds_ok else 'DIFFERENT from'} the cycle model's")
+    print(f"  residual FIFO reads and writes, decoder pixels and adds: "
+          f"{'equal to' if pipeline_ok else 'DIFFERENT from'} the cycle model's")
     sops = sum(c.sops for c in costs)
     print(f"  synaptic ops {sops} ({sops / res.cycles:.2f} per cycle)")
     build = (f" (+ {res.build_seconds:.1f} s to build or find the compiled design)"
              if simulator in ("verilator", "cxxrtl") else "")
     print(f"  simulated by {simulator}: {res.seconds:.1f} s, {res.cycles / max(res.seconds, 1e-9):,.0f} cycles/s"
           f"{build}")
-    return 0 if res.cycles == want_cycles and counts_ok and adds_ok else 1
+    return 0 if res.cycles == want_cycles and counts_ok and adds_ok and pipeline_ok else 1
 
 
 def _write_hdl(args, top, name: str) -> int:
