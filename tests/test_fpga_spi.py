@@ -392,13 +392,14 @@ def test_no_board_missing_device_and_missing_package_are_one_line_errors(tmp_pat
 
 
 def test_the_link_moves_a_640x480_frame_well_under_the_compute_time():
-    """The issue's figure: 640x480 in and out takes 2.05 s at 3 Mbaud, against the ULX3S pipeline's 1.79 s of
-    compute (and the 1 s goal); over SPI at the 15.625 MHz a Pi 3/4 makes of 16 MHz, about 0.38 s."""
+    """The issue's figure: 640x480 in and out takes 2.05 s at 3 Mbaud, more than the ULX3S pipeline's compute (1.47 s
+    by the cycle model today) and the 1 s goal; over SPI at the 15.625 MHz a Pi 3/4 makes of 16 MHz, about 0.38 s,
+    under the goal itself."""
     pixels = 640 * 480
     assert fw.frame_seconds(pixels, "uart", 3_000_000) == pytest.approx(2.048)
     assert fw.pi_spi_hz(16e6) == fw.pi_spi_hz(16e6, core_hz=500e6) == 15.625e6
     spi = fw.frame_seconds(pixels, "spi", fw.pi_spi_hz(16e6))
-    assert spi == pytest.approx(0.385, abs=0.005) and spi < 1.0 < 1.79
+    assert spi == pytest.approx(0.385, abs=0.005) and spi < 1.0
     assert fw.frame_seconds(pixels, "spi", 15.625e6, overlap=True) == pytest.approx(spi / 2)
     assert fw.pi_spi_hz(16e6) <= 75e6 / 4  # within the peripheral's limit at the ULX3S's 75 MHz
 
