@@ -7,7 +7,6 @@ CXXRTL builds go to a cache of this module's own (two designs: two compiles, abo
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from edgespike import runtime  # noqa: E402
 from edgespike.errors import UserError  # noqa: E402
 from edgespike.fileformat import save  # noqa: E402
 from edgespike.fpga import cli, cxxrtl  # noqa: E402
-from edgespike.fpga.examples import demo_image  # noqa: E402
+from edgespike.fpga.examples import demo_image, pipeline_model, with_other_weights  # noqa: E402
 from edgespike.fpga.pipesim import (  # noqa: E402
     AUTO_AMARANTH_CYCLES,
     build_pipeline,
@@ -42,34 +41,14 @@ needs_cxxrtl = pytest.mark.skipif(cxxrtl.unavailable() is not None,
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A cache directory of this module's own (builds are counted from an empty cache)."""
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EDGESPIKE_CACHE", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    model = bitplane_dncnn(depth=3, width=4, T=8, down=True, seed=3)
-    model.decoder.shift = 15  # the random read-out scale would saturate most pixels
+    model = pipeline_model()
     tmp = tmp_path_factory.mktemp("model")
     path = tmp / "bp.esnn"
     save(model, path)
     image = tmp / "i.png"
     write_png(image, demo_image(28, 36, seed=5))
     return model, str(path), str(image)
-
-
-def _other_weights(model):
-    """``model`` with every conv's weights reversed along the output channels: the same gateware but for the
-    memories' contents (the read-out's scale, wired into the decoder, is kept)."""
-    other = copy.deepcopy(model)
-    for node in other.nodes:
-        if getattr(node, "weight", None) is not None:
-            node.weight = np.ascontiguousarray(node.weight[::-1])
-    return other
 
 
 def _counts(specs, x, folds):
@@ -80,7 +59,7 @@ def _counts(specs, x, folds):
 
 
 @needs_cxxrtl
-def test_cxxrtl_equals_amaranths_simulator_pixels_cycles_and_counts(small, cache):
+def test_cxxrtl_equals_amaranths_simulator_pixels_cycles_and_counts(small, sim_cache):
     model, _, _ = small
     x = demo_image(6, 8, seed=6)
     dut, specs, folds = build_pipeline(model, 6, 8)
@@ -102,7 +81,7 @@ def test_cxxrtl_equals_amaranths_simulator_pixels_cycles_and_counts(small, cache
 
 
 @needs_cxxrtl
-def test_cxxrtl_equals_the_runtime_on_a_larger_frame_and_runs_the_fpga_sim_backend(small, cache):
+def test_cxxrtl_equals_the_runtime_on_a_larger_frame_and_runs_the_fpga_sim_backend(small, sim_cache):
     model, path, _ = small
     x = demo_image(24, 32, seed=7)
     dut, specs, folds = build_pipeline(model, 24, 32)
@@ -124,25 +103,25 @@ def test_cxxrtl_equals_the_runtime_on_a_larger_frame_and_runs_the_fpga_sim_backe
 
 
 @needs_cxxrtl
-def test_the_compiled_library_is_cached_and_reused(small, cache):
+def test_the_compiled_library_is_cached_and_reused(small, sim_cache):
     model, _, _ = small
     dut, _, _ = build_pipeline(model, 6, 8)  # built by the first test (or now)
     first = cxxrtl.build(dut)
-    libs = sorted(cache.glob("cxxrtl/pipeline-*.so"))
+    libs = sorted(sim_cache.glob("cxxrtl/pipeline-*.so"))
     stamp = os.stat(first["path"]).st_mtime_ns
     again = cxxrtl.build(build_pipeline(model, 6, 8)[0])
     assert not again["built"] and again["path"] == first["path"] and again["seconds"] < 5
     assert cxxrtl.cached(dut)
     # without the design index the RTLIL's hash still finds the library (converted again, not compiled)
-    for index in cache.glob("cxxrtl/design-*.json"):
+    for index in sim_cache.glob("cxxrtl/design-*.json"):
         index.unlink()
     assert not cxxrtl.cached(dut)
     third = cxxrtl.build(dut)
     assert not third["built"] and third["path"] == first["path"] and cxxrtl.cached(dut)
-    assert os.stat(first["path"]).st_mtime_ns == stamp and sorted(cache.glob("cxxrtl/pipeline-*.so")) == libs
+    assert os.stat(first["path"]).st_mtime_ns == stamp and sorted(sim_cache.glob("cxxrtl/pipeline-*.so")) == libs
     # other weights: another design key but the same library (the contents are loaded at run time); another
     # frame size, another read-out scale (wired into the decoder) or other flags: another library
-    other = _other_weights(model)
+    other = with_other_weights(model)
     rtlil = cxxrtl.rtlil_text(dut)
     assert "attribute \\src" not in rtlil
     bare, inits = cxxrtl.split_inits(rtlil)
@@ -165,16 +144,16 @@ def test_the_compiled_library_is_cached_and_reused(small, cache):
 
 
 @needs_cxxrtl
-def test_models_of_one_shape_share_a_library_with_their_own_weights_loaded_at_run_time(small, cache):
+def test_models_of_one_shape_share_a_library_with_their_own_weights_loaded_at_run_time(small, sim_cache):
     model, _, _ = small
-    other = _other_weights(model)
+    other = with_other_weights(model)
     x = demo_image(6, 8, seed=8)
     first = cxxrtl.build(build_pipeline(model, 6, 8)[0])  # built by the first test (or now)
-    libs = sorted(cache.glob("cxxrtl/pipeline-*.so"))
+    libs = sorted(sim_cache.glob("cxxrtl/pipeline-*.so"))
     dut = build_pipeline(other, 6, 8)[0]
     second = cxxrtl.build(dut)
     assert not second["built"] and second["path"] == first["path"] and second["key"] != first["key"]
-    assert sorted(cache.glob("cxxrtl/pipeline-*.so")) == libs and cxxrtl.cached(dut)
+    assert sorted(sim_cache.glob("cxxrtl/pipeline-*.so")) == libs and cxxrtl.cached(dut)
     # every memory with initial contents (line buffers, weights, params, the residual FIFO) is loaded by name
     names = {m["name"].split("$")[0] for m in second["inits"]}  # Amaranth numbers some names ($82)
     assert {"pipeline layer0 weights", "pipeline layer0 params", "pipeline layer1 linebuf"} <= names

@@ -9,7 +9,6 @@ default model for a 4x4 frame.
 
 from __future__ import annotations
 
-import copy
 import os
 
 import numpy as np
@@ -21,7 +20,7 @@ from edgespike import runtime  # noqa: E402
 from edgespike.errors import UserError  # noqa: E402
 from edgespike.fileformat import save  # noqa: E402
 from edgespike.fpga import cli, cxxrtl, verilator  # noqa: E402
-from edgespike.fpga.examples import demo_image  # noqa: E402
+from edgespike.fpga.examples import demo_image, pipeline_model, with_other_weights  # noqa: E402
 from edgespike.fpga.pipesim import (  # noqa: E402
     build_pipeline,
     choose_simulator,
@@ -31,7 +30,6 @@ from edgespike.fpga.pipesim import (  # noqa: E402
     simulate,
 )
 from edgespike.live.backends import open_backend  # noqa: E402
-from edgespike.testing import bitplane_dncnn  # noqa: E402
 
 pytestmark = pytest.mark.hw
 
@@ -43,31 +41,11 @@ H, W = 8, 12
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A cache directory of this module's own (builds are counted from an empty cache)."""
-    path = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EDGESPIKE_CACHE", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    model = bitplane_dncnn(depth=3, width=4, T=8, down=True, seed=3)
-    model.decoder.shift = 15  # the random read-out scale would saturate most pixels
+    model = pipeline_model()
     path = tmp_path_factory.mktemp("model") / "bp.esnn"
     save(model, path)
     return model, str(path)
-
-
-def _other_weights(model):
-    """``model`` with every conv's weights reversed along the output channels: the same gateware but for the
-    memories' contents."""
-    other = copy.deepcopy(model)
-    for node in other.nodes:
-        if getattr(node, "weight", None) is not None:
-            node.weight = np.ascontiguousarray(node.weight[::-1])
-    return other
 
 
 def _check(model, x, res, specs, folds, dut):
@@ -83,7 +61,7 @@ def _check(model, x, res, specs, folds, dut):
 
 
 @needs_verilator
-def test_verilator_equals_the_runtime_and_the_cycle_model(small, cache):
+def test_verilator_equals_the_runtime_and_the_cycle_model(small, sim_cache):
     model, _ = small
     x = demo_image(H, W, seed=6)
     dut, specs, folds = build_pipeline(model, H, W)
@@ -97,26 +75,26 @@ def test_verilator_equals_the_runtime_and_the_cycle_model(small, cache):
 
 
 @needs_verilator
-def test_the_library_is_cached_and_other_weights_share_it(small, cache):
+def test_the_library_is_cached_and_other_weights_share_it(small, sim_cache):
     model, _ = small
     dut, _, _ = build_pipeline(model, H, W)
     first = verilator.build(dut)  # built by the first test (or now)
-    libs = sorted(cache.glob("verilator/pipeline-*.so"))
+    libs = sorted(sim_cache.glob("verilator/pipeline-*.so"))
     stamp = os.stat(first["path"]).st_mtime_ns
     again = verilator.build(build_pipeline(model, H, W)[0])
     assert not again["built"] and again["path"] == first["path"] and verilator.cached(dut)
     # without the design index the Verilog's hash still finds the library (converted again, not compiled)
-    for index in cache.glob("verilator/design-*.json"):
+    for index in sim_cache.glob("verilator/design-*.json"):
         index.unlink()
     assert not verilator.cached(dut)
     third = verilator.build(dut)
     assert not third["built"] and third["path"] == first["path"] and verilator.cached(dut)
-    assert os.stat(first["path"]).st_mtime_ns == stamp and sorted(cache.glob("verilator/pipeline-*.so")) == libs
-    assert not list(cache.glob("cxxrtl/pipeline-*.so"))  # a cache of its own beside CXXRTL's
+    assert os.stat(first["path"]).st_mtime_ns == stamp and sorted(sim_cache.glob("verilator/pipeline-*.so")) == libs
+    assert not list(sim_cache.glob("cxxrtl/pipeline-*.so"))  # a cache of its own beside CXXRTL's
 
     # other weights: another design key, the same library, each instance with its own model's contents (written
     # again at every frame's reset)
-    other = _other_weights(model)
+    other = with_other_weights(model)
     second = verilator.build(build_pipeline(other, H, W)[0])
     assert not second["built"] and second["path"] == first["path"] and second["key"] != first["key"]
     x = demo_image(H, W, seed=8)
@@ -144,7 +122,7 @@ def test_the_library_is_cached_and_other_weights_share_it(small, cache):
 
 
 @needs_verilator
-def test_rtl_sim_and_run_fpga_sim_on_verilator(small, cache, capsys, tmp_path, monkeypatch):
+def test_rtl_sim_and_run_fpga_sim_on_verilator(small, sim_cache, capsys, tmp_path, monkeypatch):
     model, path = small
     monkeypatch.chdir(tmp_path)  # the demo writes edgespike-demo.png here
     x = demo_image(H, W, seed=5)
@@ -247,7 +225,7 @@ def test_the_fpga_sim_verdict_names_the_first_difference():
 
 @needs_verilator
 @pytest.mark.slow
-def test_the_default_model_on_a_small_frame(cache):
+def test_the_default_model_on_a_small_frame(sim_cache):
     """The default model (s25, 8 layers x 64 channels) on a 4x4 frame: one Verilator build of its pipeline."""
     from edgespike.fileformat import load
     from edgespike.fpga.defaults import default_model

@@ -88,3 +88,25 @@ def demo_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     img[h // 4:3 * h // 4, w // 4:3 * w // 4] += 50
     img += rng.normal(0, 20, size=(h, w))
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def pipeline_model(seed: int = 3) -> Model:
+    """A small bit-plane network of the shipped shape (3 layers x 4 channels, half-resolution body) whose layer
+    pipeline compiles in seconds: what the compiled simulators' tests build."""
+    from edgespike.testing import bitplane_dncnn
+
+    model = bitplane_dncnn(depth=3, width=4, T=8, down=True, seed=seed)
+    model.decoder.shift = 15  # the random read-out scale would saturate most pixels
+    return model
+
+
+def with_other_weights(model: Model) -> Model:
+    """``model`` with every conv's weights reversed along the output channels: the same gateware but for the
+    memories' contents (the read-out's scale, wired into the decoder, is kept)."""
+    import copy
+
+    other = copy.deepcopy(model)
+    for node in other.nodes:
+        if getattr(node, "weight", None) is not None:
+            node.weight = np.ascontiguousarray(node.weight[::-1])
+    return other
