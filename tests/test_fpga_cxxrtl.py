@@ -15,6 +15,8 @@ import pytest
 
 pytest.importorskip("amaranth")
 
+from compiled_sim_checks import check_one_library_serves_two_models  # noqa: E402
+
 from edgespike import runtime  # noqa: E402
 from edgespike.errors import UserError  # noqa: E402
 from edgespike.fileformat import save  # noqa: E402
@@ -159,22 +161,7 @@ def test_models_of_one_shape_share_a_library_with_their_own_weights_loaded_at_ru
     assert {"pipeline layer0 weights", "pipeline layer0 params", "pipeline layer1 linebuf"} <= names
     assert any(not np.array_equal(a["data"], b["data"]) for a, b in zip(first["inits"], second["inits"],
                                                                         strict=True))
-    # one library, two instances at once, each with its own model's weights: each gives its own model's pixels
-    # (twice: the contents are written again at every frame's reset)
-    sims = [cxxrtl.Simulation(info["path"], 3, [4, 4, 1], info["inits"]) for info in (first, second)]
-    try:
-        for _ in range(2):
-            got = [sim.run(x, 10**6).out for sim in sims]
-            assert np.array_equal(got[0], runtime.denoise(model, x))
-            assert np.array_equal(got[1], runtime.denoise(other, x))
-            assert not np.array_equal(got[0], got[1])
-    finally:
-        for sim in sims:
-            sim.close()
-    # a memory the library does not have is refused by name
-    with pytest.raises(cxxrtl.Unavailable, match="no memory 'pipeline nothing'"):
-        cxxrtl.Simulation(first["path"], 3, [4, 4, 1], [{"name": "pipeline nothing", "addr": 0, "words": 1,
-                                                         "width": 8, "data": np.zeros((1, 1), np.uint32)}])
+    check_one_library_serves_two_models(first, second, model, other, x)
 
 
 def test_split_inits_keeps_what_is_not_constant_and_names_every_instance():

@@ -16,6 +16,8 @@ import pytest
 
 pytest.importorskip("amaranth")
 
+from compiled_sim_checks import check_one_library_serves_two_models  # noqa: E402
+
 from edgespike import runtime  # noqa: E402
 from edgespike.errors import UserError  # noqa: E402
 from edgespike.fileformat import save  # noqa: E402
@@ -98,19 +100,7 @@ def test_the_library_is_cached_and_other_weights_share_it(small, sim_cache):
     second = verilator.build(build_pipeline(other, H, W)[0])
     assert not second["built"] and second["path"] == first["path"] and second["key"] != first["key"]
     x = demo_image(H, W, seed=8)
-    sims = [cxxrtl.Simulation(info["path"], 3, [4, 4, 1], info["inits"]) for info in (first, second)]
-    try:
-        for _ in range(2):
-            got = [sim.run(x, 10**6).out for sim in sims]
-            assert np.array_equal(got[0], runtime.denoise(model, x))
-            assert np.array_equal(got[1], runtime.denoise(other, x))
-            assert not np.array_equal(got[0], got[1])
-    finally:
-        for sim in sims:
-            sim.close()
-    with pytest.raises(cxxrtl.Unavailable, match="no memory 'pipeline nothing'"):
-        cxxrtl.Simulation(first["path"], 3, [4, 4, 1], [{"name": "pipeline nothing", "addr": 0, "words": 1,
-                                                         "width": 8, "data": np.zeros((1, 1), np.uint32)}])
+    check_one_library_serves_two_models(first, second, model, other, x)
     with pytest.raises(cxxrtl.Unavailable, match="no port"):  # a library of another design's engine count
         cxxrtl.Simulation(first["path"], 4, [4, 4, 4, 1], first["inits"])
     # another optimisation level is another library
