@@ -599,6 +599,22 @@ def _runtime_overlay(tmp: Path) -> list[str]:
     return [f"-I{tmp / 'overlay'}", f"-I{inc}"]
 
 
+def _start_build(dut, why: str | None, error: type, cache: Path, key_of, ident_of) -> tuple:
+    """The common start of a compiled simulator's ``build`` (this module's and :mod:`edgespike.fpga.verilator`'s):
+    refuse with ``error(why)`` when the tools cannot run (before anything asks them or the design), make
+    ``cache``, and look the design's key ``key_of(dut)`` up there for the tools ``ident_of()``. Returns ``(t0,
+    cache, key, hit)``: ``hit`` is ``build``'s result when the library is cached, else None."""
+    if why:
+        raise error(why)
+    t0 = time.monotonic()
+    cache.mkdir(parents=True, exist_ok=True)
+    key = key_of(dut)
+    entry = _lookup(key, cache, ident_of())
+    hit = None if entry is None else {"path": entry["path"], "inits": _load_inits(Path(entry["inits"])),
+                                      "built": False, "seconds": time.monotonic() - t0, "key": key}
+    return t0, cache, key, hit
+
+
 def build(dut, notice=None) -> dict:
     """The simulation library of ``dut`` and its memories' initial contents, built unless cached. Returns
     ``{"path", "inits", "built", "seconds", "key"}`` (``inits``: :func:`split_inits`' list; ``built``: compiled
@@ -607,17 +623,9 @@ def build(dut, notice=None) -> dict:
 
     The library is named by the design without its initial contents, so another model of the same shape (other
     weights) converts its design (to find that name and its contents) but compiles nothing."""
-    why = unavailable()
-    if why:
-        raise Unavailable(why)
-    t0 = time.monotonic()
-    cache = cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    key = design_key(dut)
-    entry = _lookup(key)
-    if entry is not None:
-        return {"path": entry["path"], "inits": _load_inits(Path(entry["inits"])), "built": False,
-                "seconds": time.monotonic() - t0, "key": key}
+    t0, cache, key, hit = _start_build(dut, unavailable(), Unavailable, cache_dir(), design_key, _ident)
+    if hit is not None:
+        return hit
     if notice:
         notice("converting the layer pipeline to RTLIL")
     rtlil, inits = split_inits(rtlil_text(dut))

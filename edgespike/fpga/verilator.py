@@ -426,17 +426,9 @@ def build(dut, notice=None) -> dict:
     """The simulation library of ``dut`` and its memories' initial contents, built unless cached. Returns
     ``{"path", "inits", "built", "seconds", "key"}`` like :func:`cxxrtl.build`. ``notice(text)``, if given, is
     called before a slow step. Raises :class:`Unavailable` if a tool is missing or fails (with its reason)."""
-    why = unavailable()
-    if why:
-        raise Unavailable(why)
-    t0 = time.monotonic()
-    cache = cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    key = design_key(dut)
-    entry = cxxrtl._lookup(key, cache, _ident())
-    if entry is not None:
-        return {"path": entry["path"], "inits": cxxrtl._load_inits(Path(entry["inits"])), "built": False,
-                "seconds": time.monotonic() - t0, "key": key}
+    t0, cache, key, hit = cxxrtl._start_build(dut, unavailable(), Unavailable, cache_dir(), design_key, _ident)
+    if hit is not None:
+        return hit
     if notice:
         notice("converting the layer pipeline to Verilog")
     rtlil, inits = cxxrtl.split_inits(cxxrtl.rtlil_text(dut))
