@@ -399,6 +399,7 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     from edgespike.fpga.pipeline import PipelineError, plan_pipeline
     from edgespike.fpga.pipelink import board_top
     from edgespike.fpga.pipesim import build_pipeline as pipeline_gateware
+    from edgespike.fpga.synth import ABC9_SAFE_NAMES
     from edgespike.models import resolve
     from edgespike.rtl.board import BOARDS, PipelineLinkTop, make_platform, spi_top, uart_divisor
 
@@ -441,7 +442,8 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     print(which, file=sys.stderr, flush=True)
     out = Path(out_dir or f"build/fpga-{board}")
     out.mkdir(parents=True, exist_ok=True)
-    products = platform.prepare(top, name="top")  # weights and params are RAM initialisers (EBR / DP16KD)
+    # weights and params are RAM initialisers (EBR / DP16KD); names ABC9 can take (fpga.synth.ABC9_SAFE_NAMES)
+    products = platform.prepare(top, name="top", script_after_read=f"hierarchy -top top; {ABC9_SAFE_NAMES}")
     products.extract(str(out))
     report = BuildReport(board, plan_device_name(info.device), str(model_path), (H, min(plan.stripe, W)),
                          model.timesteps, baud, clock_hz / 1e6,
@@ -545,7 +547,7 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
         The host link: ``uart`` (the board's USB serial port, at ``baud``) or ``spi`` (a Raspberry Pi as the SPI
         master on :data:`edgespike.rtl.board.SPI_PINS`: the ULX3S's GPIO header, the iCEBreaker's PMOD1A).
     """
-    from edgespike.fpga.synth import RW_RAM_NAMES
+    from edgespike.fpga.synth import ABC9_SAFE_NAMES, RW_RAM_NAMES
     from edgespike.rtl.board import BOARDS, BoardTop, design_clock_hz, make_platform, uart_divisor
 
     if board not in BOARDS:
@@ -572,12 +574,13 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     out = Path(out_dir or f"build/fpga-{board}")
     out.mkdir(parents=True, exist_ok=True)
 
-    overrides = {}
+    overrides = {"script_after_read": f"hierarchy -top top; {ABC9_SAFE_NAMES}"}  # see fpga.synth
     if info.family == "ice40":
         # as fpga/synth.py: yosys maps a memory to SPRAM only without initialiser, so the RAMs lose theirs, the
         # weights included (the board then refuses tiles until the host loads weights); ECP5 keeps its weights
         drops = " ".join(f"*.{n}/t:$meminit_v2" for n in RW_RAM_NAMES)
-        overrides = {"script_after_read": f"hierarchy -top top; delete {drops}", "synth_opts": "-spram"}
+        overrides = {"script_after_read": f"hierarchy -top top; delete {drops}; {ABC9_SAFE_NAMES}",
+                     "synth_opts": "-spram"}
     products = platform.prepare(top, name="top", **overrides)
     products.extract(str(out))
     report = BuildReport(board, plan.device.name, str(model_path), plan.tile,

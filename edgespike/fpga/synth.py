@@ -21,6 +21,13 @@ from amaranth.back import rtlil
 # instance names of the read/write RAMs (SinglePortRAM submodules) whose zero initialiser is dropped
 RW_RAM_NAMES = ("mem", "wmem", "pmem", "pixmem", "bitmap0", "bitmap1")
 MULTIPLIER_CELLS = ("$mul", "$macc", "SB_MAC16", "MULT18X18D", "MULT9X9D", "ALU54B")
+# Renames every public non-port wire whose name ends in "]" (Amaranth names the elements of an array view so:
+# ``acc`` and ``acc[1]``) to a Verilog identifier (``acc_1_``). ABC9 (yosys 0.70, ``abc_ops -reintegrate``) names
+# bit 1 of ``acc`` "acc[1]" in its symbol map too; when both are inputs of the mapped logic it joins a 1-bit wire
+# to the 18-bit one and fails ``Assert GetSize(conn.first) == GetSize(conn.second)`` (whether both are inputs
+# depends on the rest of the design: the SPI pipeline top failed, the pipeline alone did not). Minimal
+# reproducer: tests/data/yosys_abc9_name_collision.v. Logic and ports are unchanged.
+ABC9_SAFE_NAMES = "rename -unescape w:*] x:* %d"
 
 
 def synth_script(top: str, family: str) -> str:
@@ -29,8 +36,8 @@ def synth_script(top: str, family: str) -> str:
     # -dsp: any multiplication left would become an SB_MAC16 (ECP5 maps to MULT18X18D by default), so the
     # absence of DSP cells in the final netlist really means "no multiplier", not "multiplier made of LUTs"
     synth = f"synth_ice40 -top {top} -spram -dsp" if family == "ice40" else f"synth_ecp5 -top {top}"
-    return (f"hierarchy -top {top}; delete {drops}; proc; flatten; opt_clean; tee -o coarse.txt stat; {synth}; "
-            f"tee -o stat.txt stat")
+    return (f"hierarchy -top {top}; delete {drops}; proc; flatten; {ABC9_SAFE_NAMES}; opt_clean; "
+            f"tee -o coarse.txt stat; {synth}; tee -o stat.txt stat")
 
 
 def synth_stats(design, family: str, name: str = "top") -> dict[str, int]:
@@ -48,9 +55,16 @@ def synth_stats(design, family: str, name: str = "top") -> dict[str, int]:
         with open(os.path.join(tmp, "design.il"), "w") as f:
             f.write(text)
         script = f"read_rtlil design.il; {synth_script(name, family)}"
-        proc = subprocess.run([yosys, "-q", "-p", script], cwd=tmp, capture_output=True, text=True)
+        # the log goes to a file: YoWASP's yosys runs ABC linked into its own process, and after the first ABC
+        # call its stdout and stderr are lost, so an error after it (ABC9's reintegration) exits with no message
+        proc = subprocess.run([yosys, "-q", "-l", "yosys.log", "-p", script], cwd=tmp, capture_output=True,
+                              text=True)
         if proc.returncode != 0 or not os.path.exists(os.path.join(tmp, "stat.txt")):
-            raise RuntimeError(f"yosys failed: {(proc.stdout + proc.stderr)[-2000:]}")
+            log = proc.stdout + proc.stderr
+            if os.path.exists(os.path.join(tmp, "yosys.log")):
+                with open(os.path.join(tmp, "yosys.log")) as f:
+                    log = f.read()
+            raise RuntimeError(f"yosys failed: {log[-2000:]}")
         cells: dict[str, int] = {}
         for fname, prefix in (("coarse.txt", "coarse:"), ("stat.txt", "")):
             with open(os.path.join(tmp, fname)) as f:
