@@ -7,7 +7,10 @@ network, ``W q_in + bias``. The engine computes it the way the semantics define 
 * **line buffer**: input pixels arrive in raster order, one per handshake, each carrying its ``C_in`` codes of
   ``T`` bits (the T bit planes of its spikes). They are stored plane-major, one word per pixel; the buffer holds
   the last ``S`` input rows (``S`` = the rows one output row needs, rounded up to a power of two), so every
-  input pixel is received once and no halo is ever recomputed;
+  input pixel is received once and no halo is ever recomputed. A stride-1 Conv or a ConvTranspose may instead
+  keep a ring of the rows a window spans and ``ring`` pixels (``ring``): a pixel is then taken once the compute
+  no longer reads the one it overwrites, so the receiver runs at most ``ring`` pixels ahead of the window
+  instead of a row;
 * **UWD** (:class:`~edgespike.rtl.uwd.UWDAccumulator`): for each output pixel and block of ``lanes`` output
   channels, each kernel tap's input word is scanned for set bits only (a priority encoder; a spike-free word is
   skipped whole, spike-free planes cost nothing) and each spike ``(t, c)`` adds its ``lanes`` int8 weights
@@ -163,6 +166,16 @@ class BitPlaneLayer(wiring.Component):
         RAM; the words before them (a power of two, at least ``rom_words``) stay in block RAM. An ECP5 DP16KD holds
         512 words of 36 bits, so a 64-lane 3x3 body layer's 576 words of 512 bits take 29 blocks where 512 words
         take 15: its 64 last words in logic save 14 blocks. Same cycles and results.
+    ring : int
+        0: the line buffer holds ``S`` whole rows (a power of two, each of a power of two of pixels). Otherwise
+        (a stride-1 Conv or a ConvTranspose, at least 2) a ring of ``D = span * width + ring`` pixels (``span``:
+        the input rows a window spans, ``k`` or ``k / 2``): pixel ``m`` of the frame (raster index) is stored at
+        ``m mod D`` and taken once the oldest input pixel the current and later output pixels read is past ``m -
+        D`` (a Conv: ``(oy - p) * width + ox - p``; a ConvTranspose: the same row ``side - 1`` above tap 0's, whole
+        in the first output row of a pair, a column on every two output pixels in the second;
+        ``edgespike.fpga.pipeline.LayerSpec.oldest``). Fewer words (3 rows and a few pixels instead of 4 rows for
+        a 3x3 Conv, and no row rounded up to a power of two), the same reads, writes and results; the receiver
+        waits for the compute's pixels instead of its rows.
     sar_lanes : int
         Lanes per SAR converter at most (``K`` = :func:`sar_share` of ``lanes``: a power of two dividing them):
         the converters are shared, a conversion takes ``K * T`` steps (``LayerSpec.gateware`` passes
@@ -187,13 +200,15 @@ class BitPlaneLayer(wiring.Component):
 
     def __init__(self, weights, bias, theta, T: int, height: int, width: int, lanes: int, stride: int = 1,
                  transposed: bool = False, padding: int = 0, group: int = 1, parts: int = 1, rom_words: int = 0,
-                 sar_lanes: int = SAR_LANES):
+                 sar_lanes: int = SAR_LANES, ring: int = 0):
         w = np.asarray(weights)
         self.c_out, self.c_in, self.k, _ = w.shape
         assert self.c_out % lanes == 0, "lanes must divide the output channels"
         assert (self.k % 2 == 0) if transposed else (self.k % 2 == 1 and stride in (1, 2))
         self.weights, self.T, self.lanes, self.group, self.parts = w, T, lanes, group, parts
         self.rom_words = rom_words
+        self.ring = ring
+        assert ring == 0 or ((transposed or stride == 1) and ring >= 2), "ring: not a stride-2 Conv; at least 2"
         assert parts == pow2_at_least(parts) and T % parts == 0 and (parts == 1 or (T // parts) == pow2_at_least(
             T // parts)), "parts: a power of two dividing T into a power of two of planes"
         assert group == pow2_at_least(group) and group <= pow2_at_least(self.c_in), "group: a power of two <= C_in"
@@ -242,7 +257,10 @@ class BitPlaneLayer(wiring.Component):
         tp = T // P  # planes per part
         pbits = (P - 1).bit_length()
         mask_bits = pow2_at_least(tp * ngroups)  # one flag per (plane, group of M channels) holding spikes
-        m.submodules.linebuf = lb = memory.Memory(shape=unsigned(tp * cin_p), depth=(slots << xbits) * P, init=[])
+        ring = self.ring
+        depth = span * self.width + ring  # a ring's pixels
+        m.submodules.linebuf = lb = memory.Memory(shape=unsigned(tp * cin_p),
+                                                  depth=(depth if ring else slots << xbits) * P, init=[])
         lb_w, lb_r = lb.write_port(), lb.read_port()
         words, ntaps = weight_words(self.weights, L, self.transposed, M)
         ram_words = len(words) - self.rom_words
@@ -361,7 +379,38 @@ class BitPlaneLayer(wiring.Component):
         # by one at the end of a row, and the receiver waits that cycle out (``row_done``).
         room = Signal()
         row_done = Signal()
-        m.d.sync += room.eq((sg(rows_in) < first_row + slots) & (rows_in < self.height))
+        last_part = Signal()
+        # A ring (``ring``): pixel m of the frame is word m mod D. ``n_in`` counts the pixels in, ``o_lin`` is the
+        # oldest input pixel the current and later output pixels read (raster index, negative in the padding),
+        # ``pix`` the current output pixel's tap 0 modulo D, ``waddr`` the next pixel's word and ``raddr`` the
+        # current tap's (all modulo D: one conditional subtract after each step, every step taken modulo D). A
+        # ConvTranspose's output rows come in pairs on the same input rows: the first of a pair leaves the oldest row
+        # whole for the second, which frees a column every two output pixels; ``o_row`` / ``p_row`` hold the row
+        # start's values.
+        W, p = self.width, self.pad
+        if self.transposed:  # output row 0: tap (0, 0) is input (p // 2, p // 2), the oldest row side - 1 above it
+            start = (p // 2 - (side - 1)) * W + p // 2 - (side - 1)
+            start_pix = (p // 2) * W + p // 2
+        else:
+            start = start_pix = -p * W - p
+        n_in = Signal(range(self.height * W + 2))
+        lin = signed(bits_for(self.height * W + depth) + 2)
+        o_lin, o_row = Signal(lin, init=start), Signal(lin, init=start)
+        waddr, raddr = Signal(range(depth)), Signal(range(depth))
+        pix, p_row = Signal(range(depth), init=start_pix % depth), Signal(range(depth), init=start_pix % depth)
+
+        def wrap(v, step: int):
+            """``(v + step) mod depth`` for ``v < depth``, ``0 <= step < depth``."""
+            a = v + step
+            return Mux(a >= depth, a - depth, a)
+
+        if ring:
+            n_next = n_in + last_part
+            m.d.sync += room.eq((sg(n_next) < o_lin + depth) & (rows_in < self.height))
+            with m.If(last_part):
+                m.d.sync += [n_in.eq(n_next), waddr.eq(wrap(waddr, 1))]
+        else:
+            m.d.sync += room.eq((sg(rows_in) < first_row + slots) & (rows_in < self.height))
         last_tap = (ti == side - 1) & (tj == side - 1)
 
         # Plane-major input word: bit t * cin_p + c is plane t (MSB first) of channel c; part p holds planes
@@ -382,8 +431,10 @@ class BitPlaneLayer(wiring.Component):
         m.d.comb += [
             acc.add.eq(ev_valid), acc.t.eq(ev_t), acc.weights.eq(w_data), acc.spikes.eq(ev_bits),
             w_addr.eq(Cat(first[:gbits], wrow) if gbits else wrow), w_r.addr.eq(w_addr),
-            lb_r.addr.eq(Cat(rd_part[:pbits], rx[:xbits], ry[:(slots - 1).bit_length()])),
-            lb_w.addr.eq(Cat(wpart[:pbits], x_in, rows_in[:(slots - 1).bit_length()])),
+            lb_r.addr.eq(Cat(rd_part[:pbits], raddr) if ring else
+                         Cat(rd_part[:pbits], rx[:xbits], ry[:(slots - 1).bit_length()])),
+            lb_w.addr.eq(Cat(wpart[:pbits], waddr) if ring else
+                         Cat(wpart[:pbits], x_in, rows_in[:(slots - 1).bit_length()])),
             p_r.addr.eq(p_addr),
             self.lb_read.eq(lb_r.en), self.w_read.eq(w_r.en), self.p_read.eq(p_r.en), self.lb_write.eq(lb_w.en),
             self.add_spikes.eq(Mux(ev_valid, ev_bits, 0)), self.bias_add.eq(acc.clear),
@@ -399,7 +450,6 @@ class BitPlaneLayer(wiring.Component):
 
         # Receiver: part 0 of a pixel is written as it is taken, parts 1 .. P-1 in the next cycles (not ready
         # then); the pixel counts as in (x_in, rows_in) once its last part is written.
-        last_part = Signal()
         with m.If(wpart == 0):
             take = room & ~row_done
             m.d.comb += [self.i.ready.eq(take), lb_w.en.eq(self.i.valid & take), lb_w.data.eq(pixel[:tp * cin_p]),
@@ -423,9 +473,14 @@ class BitPlaneLayer(wiring.Component):
                 m.next = "DRAIN"
             with m.Elif(tj == side - 1):
                 m.d.comb += [ntj.eq(0), nti.eq(ti + 1)]
+                if ring:  # the next kernel row: one input row on (back for a ConvTranspose), side - 1 columns back
+                    step = -self.width + side - 1 if self.transposed else self.width - side + 1
+                    m.d.sync += raddr.eq(wrap(raddr, step % depth))
                 m.next = "TAP"
             with m.Else():
                 m.d.comb += ntj.eq(tj + 1)
+                if ring:
+                    m.d.sync += raddr.eq(wrap(raddr, -1 % depth if self.transposed else 1))
                 m.next = "TAP"
 
         # Each part's word is read, registered and flagged once; while a part is scanned the next one is read
@@ -456,6 +511,8 @@ class BitPlaneLayer(wiring.Component):
                 m.d.comb += [nti.eq(0), ntj.eq(0)]
                 m.d.sync += [wrow.eq(const_mul(gsel, ntaps)),
                              inside.eq((lo_y <= 0) & (hi_y >= 0) & (lo_x <= 0) & (hi_x >= 0))]
+                if ring:
+                    m.d.sync += raddr.eq(pix)  # tap (0, 0)
                 m.next = "TAP"
             with m.State("TAP"):
                 with m.If(inside):
@@ -514,6 +571,20 @@ class BitPlaneLayer(wiring.Component):
                 m.d.comb += self.o.valid.eq(1)
                 with m.If(self.o.ready):
                     m.d.sync += [g.eq(0), ox.eq(ox + 1)]
+                    if ring and not self.transposed:  # the next output pixel's window: one input pixel on
+                        m.d.sync += [o_lin.eq(o_lin + 1), pix.eq(wrap(pix, 1))]
+                    elif ring:  # an input column on every two output columns; the oldest row's in a pair's second
+                        odd_x = (ox + p)[0]
+                        with m.If(odd_x):
+                            m.d.sync += pix.eq(wrap(pix, 1))
+                            with m.If((oy + p)[0]):
+                                m.d.sync += o_lin.eq(o_lin + 1)
+                        with m.If(ox == self.w_out - 1):  # a new row: one input row on after a pair's second
+                            with m.If((oy + p)[0]):
+                                m.d.sync += [o_lin.eq(o_row + W), o_row.eq(o_row + W),
+                                             pix.eq(wrap(p_row, W % depth)), p_row.eq(wrap(p_row, W % depth))]
+                            with m.Else():
+                                m.d.sync += [o_lin.eq(o_row), pix.eq(p_row)]
                     m.d.comb += p_r.en.eq(ox != self.w_out - 1)  # block 0 of the next pixel of this row
                     m.next = "START"
                     with m.If(ox == self.w_out - 1):
@@ -521,4 +592,7 @@ class BitPlaneLayer(wiring.Component):
                         m.next = "ROW"
                         with m.If(oy == self.h_out - 1):  # frame done: the next frame starts afresh
                             m.d.sync += [oy.eq(0), rows_in.eq(0)]
+                            if ring:
+                                m.d.sync += [o_lin.eq(start), o_row.eq(start), pix.eq(start_pix % depth),
+                                             p_row.eq(start_pix % depth), n_in.eq(0), waddr.eq(0)]
         return m

@@ -71,7 +71,7 @@ def test_the_shipped_small_model_fits_the_up5k_pipeline_and_fpga_build_chooses_i
     line = build("icebreaker", dry_run=True, cpu=False)
     err = capsys.readouterr().err
     assert "model small_bitplane_3x4_s25.esnn (no --model given" in err and line in err
-    assert line.startswith("layer pipeline on iCE40UP5K: folds (lanes, group, parts, ROM words) [")
+    assert line.startswith("layer pipeline on iCE40UP5K: folds (lanes, group, parts, ROM words, ring) [")
     blocks = int(line.split(" of 30 EBR")[0].rsplit(" ", 1)[1])
     logic = int(line.split("logic about ")[1].split(" ")[0])
     assert blocks <= 30 and logic <= LOGIC_BUDGET * 5280 and "s per 640x480 frame at 12 MHz" in line
@@ -85,7 +85,7 @@ def test_fpga_build_on_the_ulx3s_plans_the_default_model_before_any_tool_runs(ca
     line = build("ulx3s-85f", dry_run=True, cpu=False)
     err = capsys.readouterr().err
     assert "model s25 (no --model given" in err and line in err
-    assert line.startswith("layer pipeline on ECP5-85F: folds (lanes, group, parts, ROM words) [")
+    assert line.startswith("layer pipeline on ECP5-85F: folds (lanes, group, parts, ROM words, ring) [")
     assert " of 208 DP16KD" in line and "s per 640x480 frame at 75 MHz (cycle model)" in line
 
 

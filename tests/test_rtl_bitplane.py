@@ -62,7 +62,7 @@ def simulate_layer(dut: BitPlaneLayer, q: np.ndarray, stall: int = 0, frames: in
     result = {}
 
     async def tb(ctx):
-        outs, i, cycles = [], 0, 0
+        outs, i, cycles, taken = [], 0, 0, []
         reads = {"linebuf": 0, "weights": 0, "params": 0}
         writes = {"linebuf": 0}
         while len(outs) < n_out:
@@ -82,9 +82,10 @@ def simulate_layer(dut: BitPlaneLayer, q: np.ndarray, stall: int = 0, frames: in
             reads["params"] += pr
             if iready and i < len(inputs):
                 i += 1
+                taken.append(cycles - 1)
             if ovalid and ready:
                 outs.append(unpack(opay, obits, dut.c_out, signed))
-        result.update(outs=outs, cycles=cycles, reads=reads, taken=i, writes=writes)
+        result.update(outs=outs, cycles=cycles, reads=reads, taken=i, writes=writes, times=taken)
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -92,6 +93,7 @@ def simulate_layer(dut: BitPlaneLayer, q: np.ndarray, stall: int = 0, frames: in
     sim.run()
     out = np.array(result["outs"], np.int64).T.reshape(dut.c_out, dut.h_out * frames, dut.w_out)
     assert result["taken"] == len(inputs), "the layer did not take its whole input"
+    simulate_layer.times = result["times"]  # the cycles its input pixels were taken in
     return out, result["cycles"], result["reads"] | {"writes": result["writes"]}
 
 
@@ -106,16 +108,19 @@ def layer(weights, theta, bias, T, stride=1, transposed=False, padding=0, conv_b
 
 
 def check_layer(spec: LayerSpec, q: np.ndarray, lanes: int, stall: int = 0, group: int = 1, parts: int = 1,
-                rom_words: int = 0):
+                rom_words: int = 0, ring: int = 0):
     _, h, w = q.shape
-    dut = BitPlaneLayer(**spec.gateware(h, w, lanes, group, parts, rom_words))
+    dut = BitPlaneLayer(**spec.gateware(h, w, lanes, group, parts, rom_words, ring))
     out, cycles, reads = simulate_layer(dut, q, stall)
     want = spec.compute(q)
     bad = np.argwhere(out != want)
     assert not len(bad), f"first difference at {tuple(bad[0])}: {out[tuple(bad[0])]} != {want[tuple(bad[0])]}"
     if not stall:
-        cost = spec.cost(q, lanes, group, parts)
+        cost = spec.cost(q, lanes, group, parts, rom_words, ring)
         assert cycles == cost.cycles
+        trace: dict = {}
+        pipeline_cycles([spec], [q], [(lanes, group, parts, rom_words, ring)], trace)
+        assert simulate_layer.times == trace[0], "the input was taken in other cycles than the model's"
         assert reads == cost.reads | {"writes": cost.writes}
     return out
 
@@ -144,6 +149,30 @@ def test_conv_layer_equals_reference(c_in, c_out, k, stride, lanes, group, parts
     q[:, rng.random((h, w)) < 0.3] = 0  # spike-free words are skipped whole
     out = check_layer(layer(wts, theta, bias, T, stride=stride), q, lanes, group=group, parts=parts)
     assert out.min() == 0 and out.max() > 0, "the test layer should produce both zero and non-zero codes"
+
+
+@pytest.mark.parametrize("c_in,c_out,k,lanes,group,parts,h,w,ring", [
+    (4, 4, 3, 2, 1, 1, 5, 6, 2),   # the fewest pixels beyond k rows: the receiver waits for the compute's pixels
+    (4, 4, 3, 4, 2, 2, 5, 6, 5),   # two words per pixel, a few more pixels
+    (3, 2, 3, 1, 4, 8, 4, 7, 3),   # a word per plane, rows not a power of two
+    (2, 2, 1, 2, 1, 4, 3, 3, 2),   # 1x1: a ring of one row and 2 pixels
+])
+def test_ring_line_buffer_equals_reference(c_in, c_out, k, lanes, group, parts, h, w, ring):
+    """A stride-1 Conv with a ring line buffer of ``k`` rows and ``ring`` pixels (``ring``): the same codes, the
+    same reads and writes, and the cycles of the cycle model (the receiver waits for the compute's pixels)."""
+    rng = np.random.default_rng(c_in * 10 + k + ring)
+    T = 8
+    wts, theta, bias = random_layer(rng, c_in, c_out, k, T)
+    q = rng.integers(0, 2**T, (c_in, h, w))
+    q[:, rng.random((h, w)) < 0.3] = 0
+    spec = layer(wts, theta, bias, T)
+    out = check_layer(spec, q, lanes, group=group, parts=parts, ring=ring)
+    assert out.min() == 0 and out.max() > 0
+    check_layer(spec, q, lanes, stall=3, group=group, parts=parts, ring=ring)  # backpressure
+    dut = BitPlaneLayer(**spec.gateware(h, w, lanes, group, parts, 0, ring))
+    second = q[:, ::-1, ::-1].copy()
+    two, _, _ = simulate_layer(dut, np.concatenate([q, second], axis=1), frames=2)
+    assert np.array_equal(two[:, :h], spec.compute(q)) and np.array_equal(two[:, h:], spec.compute(second))
 
 
 def test_weight_rom_tail_equals_reference():
@@ -182,6 +211,9 @@ def test_readout_transposed_conv_into_integrator():
     spec = layer(wts, None, [-321], T, transposed=True, padding=2)
     check_layer(spec, q, lanes=1)
     check_layer(spec, q, lanes=1, group=2, parts=2)
+    # a ring line buffer of 3 rows and 2 or 5 pixels: output rows come in pairs on the same input rows
+    check_layer(spec, q, lanes=1, group=2, parts=2, ring=2)
+    check_layer(spec, q, lanes=1, ring=5, stall=2)
 
 
 def test_transposed_4x4_padding_1_into_neurons():
@@ -190,6 +222,7 @@ def test_transposed_4x4_padding_1_into_neurons():
     wts, theta, bias = random_layer(rng, 2, 2, 4, T)
     q = rng.integers(0, 2**T, (2, 3, 3))
     check_layer(layer(wts, theta, bias, T, transposed=True, padding=1), q, lanes=2)
+    check_layer(layer(wts, theta, bias, T, transposed=True, padding=1), q, lanes=2, ring=2)  # odd padding
 
 
 def test_backpressure_keeps_the_result():
@@ -267,6 +300,10 @@ def test_whole_small_model_as_a_pipeline_equals_reference():
     assert ((out > 0) & (out < 255)).mean() > 0.8 and (out != frame).mean() > 0.5
     cycles, alone = check_model(model, frame, folds=[(4, 1, 2), (2, 2, 1), (1, 4, 4)])
     assert cycles < sum(alone)
+    # the body layer and the read-out with ring line buffers of 3 rows and 2 pixels: their receivers wait for their
+    # computes' pixels, which here costs the pipeline cycles (the cycle model's 11672 against 11594 with rows)
+    ring, _ = check_model(model, frame, folds=[(4, 1, 2), (2, 2, 1, 0, 2), (1, 4, 4, 0, 2)])
+    assert ring > cycles
 
 
 def test_block_ram_accounting_and_planner():

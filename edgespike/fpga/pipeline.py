@@ -95,14 +95,39 @@ class LayerSpec:
         return (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
 
     def gateware(self, height: int, width: int, lanes: int, group: int = 1, parts: int = 1,
-                 rom_words: int = 0) -> dict:
+                 rom_words: int = 0, ring: int = 0) -> dict:
         """Keyword arguments of :class:`edgespike.rtl.bitplane.BitPlaneLayer` for an input of ``height x width``,
         ``lanes`` output channels, ``group`` input channels per cycle, ``parts`` line-buffer words per pixel, the
-        last ``rom_words`` weight words in a ROM of logic cells."""
+        last ``rom_words`` weight words in a ROM of logic cells, and a ring line buffer of ``k`` rows and ``ring``
+        pixels (0: whole rows)."""
         return dict(weights=self.conv.weight, bias=self.bias, theta=self.theta, T=self.T, height=height,
                     width=width, lanes=lanes, stride=self.stride, transposed=self.transposed,
                     padding=self.conv.padding if self.transposed else 0, group=group, parts=parts,
-                    rom_words=rom_words, sar_lanes=SAR_LANES)
+                    rom_words=rom_words, sar_lanes=SAR_LANES, ring=ring)
+
+    @property
+    def ring_ok(self) -> bool:
+        """Whether the engine can take a ring line buffer (``ring``): stride-1 Convs and ConvTransposes."""
+        return self.transposed or self.stride == 1
+
+    @property
+    def span(self) -> int:
+        """Input rows one output row reads (a ring holds that many rows and its extra pixels)."""
+        return self.k // 2 if self.transposed else self.k
+
+    def oldest(self, h: int, w: int) -> np.ndarray:
+        """Per output pixel (raster order): the oldest input pixel (raster index, negative in the padding) that it
+        or any later output pixel reads, as a ring line buffer's gateware tracks it (``o_lin``). A Conv (stride
+        1): the window's first pixel. A ConvTranspose: output rows come in pairs on the same input rows; the first
+        of a pair leaves the oldest row whole for the second, which frees a column every two output pixels."""
+        ho, wo = self.out_size(h, w)
+        oy, ox = np.arange(ho)[:, None], np.arange(wo)[None, :]
+        p = self.padding
+        if self.transposed:
+            side = self.k // 2
+            col = np.where((oy + p) % 2 == 1, (ox + p) >> 1, p >> 1)
+            return (((oy + p) >> 1) - (side - 1)) * w + col - (side - 1)
+        return (oy - p) * w + ox - p
 
     def compute(self, q: np.ndarray) -> np.ndarray:
         """The layer on input codes ``q`` (``[C_in, H, W]``, ``0 .. 2**T - 1``) as ``reference.run`` computes it:
@@ -181,16 +206,18 @@ class LayerSpec:
     def popcount(self, q: np.ndarray) -> np.ndarray:
         return _popcounts(self.T)[q]
 
-    def cost(self, q: np.ndarray, lanes: int, group: int = 1, parts: int = 1, rom_words: int = 0) -> LayerCost:
+    def cost(self, q: np.ndarray, lanes: int, group: int = 1, parts: int = 1, rom_words: int = 0,
+             ring: int = 0) -> LayerCost:
         """Cycles and memory accesses of the engine on one frame of input codes ``q``, input always valid and
         output always ready (the engine alone); see :mod:`edgespike.rtl.bitplane` for the schedule. ``events``
         are the weight-word adds (groups with spikes), ``sops`` the synaptic operations (spikes x lanes).
-        ``rom_words`` (weight words in a ROM of logic) changes neither: its reads count as weight reads."""
+        ``rom_words`` (weight words in a ROM of logic) changes neither: its reads count as weight reads; nor does
+        ``ring`` (a ring line buffer), which only changes when the receiver has room."""
         _, h, w = q.shape
         G = self.c_out // lanes
         _, busy, inside_taps, events = self.schedule(q, lanes, group, parts)
         _, _, _, spikes = self.schedule(q, lanes, 1)
-        cycles = pipeline_cycles([self], [q], [(lanes, group, parts)])
+        cycles = pipeline_cycles([self], [q], [(lanes, group, parts, rom_words, ring)])
         n_events = int(G * events.sum())
         sops = int(G * spikes.sum()) * lanes
         pixels = busy.size
@@ -214,27 +241,42 @@ class LayerSpec:
             return ((oy + self.padding) >> 1) - (self.k // 2 - 1)
         return self.stride * oy - self.padding
 
-    def agents(self, n: int, q: np.ndarray, lanes: int, times: dict, group: int = 1, parts: int = 1):
+    def agents(self, n: int, q: np.ndarray, lanes: int, times: dict, group: int = 1, parts: int = 1,
+               ring: int = 0):
         """The engine's receiver and compute processes in time, as generators for :func:`pipeline_cycles`.
 
         They yield ``("recv", link, cycle)`` / ``("send", link, cycle)`` when ready to take / offer a pixel on a
         link (link ``n`` feeds engine ``n``) and are resumed with the handshake's cycle; ``("wait", key)`` waits
         for a time another process records in ``times``: ``("R", n, r)`` the handshake of input row ``r``'s
-        last pixel, ``("S", n, oy)`` that of output row ``oy``'s last pixel.
+        last pixel, ``("S", n, oy)`` that of output row ``oy``'s last pixel, ``("O", n, j)`` that of output pixel
+        ``j`` (raster index; recorded with a ring line buffer).
+
+        With a ring line buffer (``ring`` > 0: ``D = span W + ring`` pixels) input pixel ``m`` overwrites pixel ``m
+        - D``, so it is taken once the oldest pixel still to be read (:meth:`oldest`) is past ``m - D``: the output
+        pixel before the first whose oldest is past it has been sent, two cycles before (the count moves one cycle after
+        the handshake, the ``room`` register one cycle later).
         """
         _, h, w = q.shape
         _, busy, _, _ = self.schedule(q, lanes, group, parts)
         need, first, slots = self.need(h), self.first_row(h), self.slots()
+        depth = self.span * w + ring  # the ring's pixels
+        wo = busy.shape[1]
+        oldest = self.oldest(h, w).ravel() if ring else None
 
         def receiver():
             t = 1  # ``room`` is a register: nothing is taken in the first cycle
             for r in range(h):
-                # room for row r once the current output row reads no row below r - S + 1; the compute's row
-                # counter moves one cycle after its last handshake, the room register one cycle later
-                later = np.nonzero(first + slots > r)[0]
-                if later[0] > 0:
-                    t = max(t, (yield ("wait", ("S", n, int(later[0]) - 1))) + 2)
-                for _ in range(w):
+                if not ring:
+                    # room for row r once the current output row reads no row below r - S + 1; the compute's row
+                    # counter moves one cycle after its last handshake, the room register one cycle later
+                    later = np.nonzero(first + slots > r)[0]
+                    if later[0] > 0:
+                        t = max(t, (yield ("wait", ("S", n, int(later[0]) - 1))) + 2)
+                for x in range(w):
+                    # the output pixel after which the oldest pixel read is past the one this pixel overwrites
+                    j = int(np.searchsorted(oldest, r * w + x - depth, side="right")) - 1 if ring else -1
+                    if j >= 0:
+                        t = max(t, (yield ("wait", ("O", n, j))) + 2)
                     hs = yield ("recv", n, t)
                     t = hs + parts  # parts 1 .. P-1 are written in the cycles after the handshake
                 times[("R", n, r)] = hs + parts - 1
@@ -245,8 +287,10 @@ class LayerSpec:
             for oy in range(busy.shape[0]):
                 c = max(c, (yield ("wait", ("R", n, int(need[oy]) - 1))) + 1)  # rows_in counts one cycle later
                 t = c
-                for ox in range(busy.shape[1]):
+                for ox in range(wo):
                     t = yield ("send", n + 1, t + 1 + int(busy[oy, ox]))  # START, busy cycles, OUT
+                    if ring:
+                        times[("O", n, oy * wo + ox)] = t
                 times[("S", n, oy)] = t
                 c = t + 1
 
@@ -266,21 +310,31 @@ class LayerCost:
     adds: dict = field(default_factory=dict)
 
 
-def pipeline_cycles(specs: list[LayerSpec], codes: list[np.ndarray], folds: list) -> int:
+def full_fold(fold) -> tuple:
+    """A fold as all five entries ``(lanes, group, parts, ROM words, ring)``: a bare ``lanes`` or a shorter tuple
+    takes the defaults (1 channel per cycle, 1 part, no ROM, whole rows)."""
+    fold = tuple(fold) if isinstance(fold, (tuple, list)) else (fold,)
+    return fold + (1, 1, 1, 0, 0)[len(fold):]
+
+
+def pipeline_cycles(specs: list[LayerSpec], codes: list[np.ndarray], folds: list, trace: dict | None = None) -> int:
     """Cycles of the whole pipeline on one frame, input always valid and output always ready.
 
     Each engine is two processes (:meth:`LayerSpec.agents`); the ``k``-th handshake on a link happens in the
     first cycle both sides are ready (the ``max`` of the two), as the ``lib.stream`` handshakes of
     :mod:`edgespike.rtl.pipeline` behave. ``codes[n]`` is layer ``n``'s input, ``folds[n]`` its ``lanes`` or
-    ``(lanes, group[, parts])``. Returns the cycles until the last output pixel is taken (its handshake's cycle + 1).
+    ``(lanes, group[, parts[, ROM words[, ring]]])``. Returns the cycles until the last output pixel is taken (its
+    handshake's cycle + 1). ``trace``, when given, receives the handshakes' cycles per link (``trace[i]``: link
+    ``i``, the input of engine ``i``; ``trace[len(specs)]`` the output).
     """
+    trace = {} if trace is None else trace
     n = len(specs)
     times: dict = {}
     gens = []
     # agent 2i receives on link i, agent 2i + 1 sends on link i + 1
     for i, (spec, q, fold) in enumerate(zip(specs, codes, folds, strict=True)):
-        lanes, group, parts = (tuple(fold) + (1, 1))[:3] if isinstance(fold, tuple) else (fold, 1, 1)
-        gens.extend(spec.agents(i, q, lanes, times, group, parts))
+        lanes, group, parts, _, ring = full_fold(fold)
+        gens.extend(spec.agents(i, q, lanes, times, group, parts, ring))
     posts: list = [None] * len(gens)
     last = -1
 
@@ -303,18 +357,21 @@ def pipeline_cycles(specs: list[LayerSpec], codes: list[np.ndarray], folds: list
                         break
                     resume(a, times[rest[0]])
                 elif kind == "recv" and rest[0] == 0:  # the source always has a pixel
+                    trace.setdefault(0, []).append(rest[1])
                     resume(a, rest[1])
                 elif kind == "send" and rest[0] == n:  # the sink is always ready
                     last = rest[1]
+                    trace.setdefault(n, []).append(last)
                     resume(a, rest[1])
                 elif kind == "send" and posts[a + 1] is not None and posts[a + 1][0] == "recv":
                     hs = max(rest[1], posts[a + 1][2])
+                    trace.setdefault(rest[0], []).append(hs)
                     resume(a, hs)
                     resume(a + 1, hs)
                 else:
                     break
                 progress = True
-    assert all(p is None for p in posts), "pipeline model deadlocked"
+    assert all(p is None for p in posts), f"pipeline model deadlocked: {posts}"
     return last + 1
 
 
@@ -339,7 +396,7 @@ def frame_accesses(specs: list[LayerSpec], codes: list[np.ndarray], folds: list,
     bits = 0
     w_in = codes[0].shape[2] if width is None else width
     for spec, q, fold in zip(specs, codes, folds, strict=True):
-        fold = (tuple(fold) + (1, 1))[:3] if isinstance(fold, tuple) else (fold, 1, 1)
+        fold = full_fold(fold)
         cost = spec.cost(q, *fold)
         for name, (wd, dp) in memories(spec, w_in, *fold).items():
             acc.rams[f"{spec.conv.name}.{name}"] = {"reads": cost.reads.get(name, 0),
@@ -426,9 +483,10 @@ def ram_blocks(width: int, depth: int, device: str) -> int:
 
 
 def memories(spec: LayerSpec, width: int, lanes: int, group: int, parts: int = 1,
-             rom_words: int = 0) -> dict[str, tuple[int, int]]:
+             rom_words: int = 0, ring: int = 0) -> dict[str, tuple[int, int]]:
     """The engine's memories for input rows of ``width`` pixels: name -> (bits per word, words), as
-    :class:`edgespike.rtl.bitplane.BitPlaneLayer` declares them."""
+    :class:`edgespike.rtl.bitplane.BitPlaneLayer` declares them (``ring``: a ring line buffer of ``k`` rows and
+    ``ring`` pixels instead of whole rows)."""
     cin_p = 1 << max(0, (spec.c_in - 1).bit_length())
     xdepth = 1 << max(1, (width - 1).bit_length())
     ntaps = 4 * (spec.k // 2) ** 2 if spec.transposed else spec.k**2
@@ -436,7 +494,7 @@ def memories(spec: LayerSpec, width: int, lanes: int, group: int, parts: int = 1
     vb = spec_vbits(spec)
     tb = int(spec.theta.max()).bit_length() if spec.theta is not None else 1
     return {
-        "linebuf": (spec.T * cin_p // parts, spec.slots() * xdepth * parts),
+        "linebuf": (spec.T * cin_p // parts, (spec.span * width + ring if ring else spec.slots() * xdepth) * parts),
         "weights": (8 * lanes * group, G * ntaps * cin_p // group - rom_words),  # the ROM's words are logic
         "params": ((vb + tb) * lanes, G),
     }
@@ -477,6 +535,10 @@ def spec_vbits(spec: LayerSpec) -> int:
 # -5 % and +2 % on the two (docs/RTL.md, "Logic of a 64-channel engine").
 LOGIC_ENGINE, LOGIC_FLAG, LOGIC_WORD_BIT, LOGIC_LANE_BIT, LOGIC_LANE_GROUP = 776, 6.95, 5.98, 4.89, 5.04
 LOGIC_ROM_BIT = 0.09
+# A ring line buffer (``ring``): the input pixel count, the oldest needed pixel, the write, pixel and tap addresses
+# modulo the ring's depth and the room compare, about 16-bit counters with their wrap compares (an estimate).
+LOGIC_RING = 200
+RING_MIN = 2  # a ring's pixels beyond k rows at least: the receiver can then complete a row before the next starts
 ROM_MAX_WORDS = 128  # the weight words a ROM of logic may hold (weight_rom)
 LOGIC_BUDGET = 0.8  # the share of a part's logic a plan may take (the iCE40 width-4 build closed timing at 78 %)
 
@@ -487,8 +549,8 @@ def estimate_logic(specs: list[LayerSpec], folds: list) -> int:
     estimated (see ``LOGIC_*``); nextpnr's report is the judge."""
     total = 0.0
     for spec, fold in zip(specs, folds, strict=True):
-        lanes, group, parts, rom = (tuple(fold) + (1, 1, 0))[:4]
-        total += LOGIC_ROM_BIT * 8 * lanes * group * rom
+        lanes, group, parts, rom, ring = full_fold(fold)
+        total += LOGIC_ROM_BIT * 8 * lanes * group * rom + (LOGIC_RING if ring else 0)
         cin_p = 1 << max(0, (spec.c_in - 1).bit_length())
         word = spec.T // parts * cin_p
         flags = 1 << max(0, (word // group - 1).bit_length())
@@ -516,7 +578,7 @@ class PipelinePlan:
     """Folds, stripe and memory of a pipeline on a part, and its frame time by the cycle model."""
 
     device: str
-    folds: list  # (lanes, group, parts, ROM words) per layer
+    folds: list  # (lanes, group, parts, ROM words, ring pixels) per layer
     stripe: int  # input columns of a stripe, halo included
     core: int  # columns of a stripe that are kept
     blocks: dict
@@ -536,13 +598,30 @@ class PipelinePlan:
         kind = "EBR" if self.device == "up5k" else "DP16KD"
         h, w = self.frame
         stripes = 1 if self.core >= w else -(-w // self.core)
-        text = (f"layer pipeline on {name}: folds (lanes, group, parts, ROM words) {self.folds}, "
+        text = (f"layer pipeline on {name}: folds (lanes, group, parts, ROM words, ring) {self.folds}, "
                 + (f"whole rows of {w}" if stripes == 1 else f"{stripes} stripes of {self.stripe} columns "
                    f"({self.core} kept)")
                 + f", {self.total_blocks} of {blocks} {kind}, logic about {self.logic} of {self.logic_total} cells")
         if hz:
             text += f"; {self.seconds(hz):.3g} s per {w}x{h} frame at {hz / 1e6:g} MHz (cycle model)"
         return text
+
+
+def ring_extra(spec: LayerSpec, width: int, parts: int, device: str) -> int:
+    """The pixels beyond ``k`` rows a ring line buffer gets (``BitPlaneLayer``'s ``ring``) on rows of ``width``:
+    as many as the blocks of ``k`` rows and ``RING_MIN`` pixels hold (the more, the further the receiver may run
+    ahead of the compute), at most a row (a ring of ``k + 1`` rows never waits for the compute's pixels)."""
+    wd, _ = memories(spec, width, 1, 1, parts)["linebuf"]
+    base = spec.span * width
+    blocks = ram_blocks(wd, (base + RING_MIN) * parts, device)
+    lo, hi = RING_MIN, max(RING_MIN, width)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if ram_blocks(wd, (base + mid) * parts, device) <= blocks:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def weight_rom(spec: LayerSpec, lanes: int, group: int, device: str) -> int:
@@ -559,9 +638,9 @@ def weight_rom(spec: LayerSpec, lanes: int, group: int, device: str) -> int:
 
 def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.ndarray,
                   folds: list | None = None, max_lanes: int | None = None,
-                  logic_budget: float = LOGIC_BUDGET) -> PipelinePlan:
-    """Choose each engine's (lanes, group, parts, ROM words) and the stripe width for ``frame`` (height, width) on
-    ``device``.
+                  logic_budget: float = LOGIC_BUDGET, ring: bool = True) -> PipelinePlan:
+    """Choose each engine's (lanes, group, parts, ROM words, ring) and the stripe width for ``frame`` (height,
+    width) on ``device``.
 
     The cycles per pixel of each layer come from :meth:`LayerSpec.cost` on ``sample`` (a uint8 frame like the
     ones to be run: the bit densities set the cycles). Frame time: the slowest layer's cycles per pixel times the
@@ -571,13 +650,15 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
     stripe as narrow as that count allows, so the line buffers are as small as they can be), a water filling
     starts from one lane, one channel per cycle and the line-buffer parts that take the fewest blocks (then the
     most parts: the least logic), and the slowest layer repeatedly takes a faster ``(lanes, group, parts)``, with
-    or without its weight ROM (:func:`weight_rom`), while
+    or without its weight ROM (:func:`weight_rom`), and (stride-1 Convs, with ``ring``) with a ring line buffer of
+    ``k`` rows and :func:`ring_extra` pixels instead of whole rows, while
     block RAM and :func:`estimate_logic` (within ``logic_budget`` of the part's logic cells) still fit. Three
     orders of taking are tried (the step that adds the least logic, the fewest blocks, the fastest), and the
     fastest plan over all stripe counts wins. ``max_lanes`` caps every layer's lanes. Given ``folds`` (``(lanes,
-    group)`` per layer) are taken as they are, each line buffer split into the parts that take the fewest blocks
-    at the widest stripe that fits (the plan records their logic estimate). The place-and-route report is the
-    judge.
+    group)`` per layer, a ring line buffer where a fifth entry is nonzero) are taken as they are, each line buffer
+    split into the parts that take the fewest blocks at the widest stripe that fits (the plan records their logic
+    estimate). The plan's folds give a ring's pixels as their fifth entry (0: whole rows). The place-and-route
+    report is the judge.
     """
     specs = layer_specs(model)
     codes = run_codes(specs, sample)
@@ -599,16 +680,25 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
             for g in groups:
                 rom = weight_rom(spec, lane, g, device)
                 for p in split:
-                    folds += [(lane, g, p, 0)] + ([(lane, g, p, rom)] if rom else [])
+                    for r in ((0, 1) if ring and spec.ring_ok else (0,)):
+                        folds += [(lane, g, p, 0, r)] + ([(lane, g, p, rom, r)] if rom else [])
         return folds
 
     per_fold: dict = {}
 
     def per_pixel(i, fold):
-        key = (i, tuple(fold)[:3])  # the ROM changes no cycle
+        key = (i, tuple(fold)[:3], ring_of(fold))  # the ROM changes no cycle
         if key not in per_fold:
-            per_fold[key] = specs[i].cost(codes[i], *key[1]).cycles / npx
+            extra = ring_extra(specs[i], codes[i].shape[2], fold[2], device) if key[2] else 0
+            per_fold[key] = specs[i].cost(codes[i], *key[1], 0, extra).cycles / npx
         return per_fold[key]
+
+    def ring_of(fold):  # a ring line buffer (during the search a flag, in a plan the ring's pixels)
+        return int(bool((tuple(fold) + (0, 0, 0, 0, 0))[4]))
+
+    def resolved(i, width, f):  # the fold with its ring's pixels for rows of ``width``
+        f = full_fold(f)
+        return f[:4] + ((ring_extra(specs[i], width, f[2], device) if f[4] else 0),)
 
     @cache
     def widths(stripe):  # each layer's input width for a stripe of ``stripe`` input columns
@@ -617,8 +707,9 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
             sizes.append(spec.out_size(1, sizes[-1])[1])
         return tuple(sizes)
 
-    def lb_blocks(i, width, parts):
-        return ram_blocks(*memories(specs[i], width, 1, 1, parts)["linebuf"], device)
+    def lb_blocks(i, width, parts, ring_=0):
+        f = resolved(i, width, (1, 1, parts, 0, ring_))
+        return ram_blocks(*memories(specs[i], width, *f)["linebuf"], device)
 
     memo: dict = {}
 
@@ -630,7 +721,7 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
     def layer_blocks(i, width, f):
         return memo_of(("b", i, width, f), lambda: {
             f"{specs[i].conv.name}.{name}": ram_blocks(wd, dp, device)
-            for name, (wd, dp) in memories(specs[i], width, *f).items()})
+            for name, (wd, dp) in memories(specs[i], width, *resolved(i, width, f)).items()})
 
     def residual_blocks(stripe):
         return memo_of(("r", stripe), lambda: ram_blocks(
@@ -659,10 +750,16 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
         sizes = widths(stripe)
         return [min(split, key=lambda p, i=i: (lb_blocks(i, sizes[i], p), -p)) for i in range(len(specs))]
 
+    def least_buffer(stripe):  # per layer: (parts, ring) with the fewest line-buffer blocks, then most parts, rows
+        sizes = widths(stripe)
+        return [min(((p, r) for p in split for r in ((0, 1) if ring and specs[i].ring_ok else (0,))),
+                    key=lambda pr, i=i: (lb_blocks(i, sizes[i], *pr), -pr[0], pr[1])) for i in range(len(specs))]
+
     if folds is not None:
         # the widest stripe that fits (blocks only grow with the stripe: a binary search)
         def fit_at(stripe):
-            fl = [(*f[:2], p, (tuple(f) + (0, 0))[3]) for f, p in zip(folds, least_parts(stripe), strict=True)]
+            fl = [(*f[:2], p, (tuple(f) + (0, 0))[3], ring_of(f)) for f, p in zip(folds, least_parts(stripe),
+                                                                             strict=True)]
             return fl if sum(blocks_at(fl, stripe).values()) <= PARTS[device][2] else None
 
         cands = list(range(min(W, 2048) + (W % 2), 2 * halo + 1, -2))[::-1]
@@ -679,46 +776,60 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
         stripe, folds = best
     else:
         # The narrowest stripe for each count, down to cores as wide as the halo; of the stripes whose line buffers
-        # have the same depths (rows of a power of two) only the widest can win, so only it is searched.
+        # take the same blocks (in every mode and split) only the widest can win, so only it is searched.
         stripes, seen = [], set()
         for n in range(1, W + 1):
             s = W if n == 1 else min(W, -(-W // n) + 2 * halo)
             s += s % 2
             if n > 1 and s - 2 * halo < halo:
                 break
-            key = (tuple(1 << max(1, (w - 1).bit_length()) for w in widths(s)), residual_blocks(s))
+            key = (tuple(lb_blocks(i, w, p, r) for i, w in enumerate(widths(s)[:-1]) for p in split
+                         for r in ((0, 1) if ring and specs[i].ring_ok else (0,))), residual_blocks(s))
             if key not in seen:
                 seen.add(key)
                 stripes.append(s)
-        best, best_time, at_one_lane = None, float("inf"), None
+        def water(fl, stripe, order):  # the slowest layer takes a faster fold while the plan fits
+            fl = list(fl)
+            while True:
+                costs = [per_pixel(i, f) for i, f in enumerate(fl)]
+                worst = int(np.argmax(costs))
+                steps = []
+                for o in options(worst):
+                    if per_pixel(worst, o) >= costs[worst]:
+                        continue
+                    trial = fl[:worst] + [o] + fl[worst + 1:]
+                    if frame_time(trial, stripe) == float("inf"):
+                        continue
+                    logic, blocks = logic_of(trial), sum(blocks_at(trial, stripe).values())
+                    steps.append({"logic": (logic, blocks, per_pixel(worst, o)),
+                                  "blocks": (blocks, logic, per_pixel(worst, o)),
+                                  "fast": (per_pixel(worst, o), logic, blocks)}[order] + (o,))
+                if not steps:
+                    return fl
+                fl[worst] = min(steps)[-1]
+
+        found, at_one_lane = [], None
         for stripe in stripes:
-            start = [(1, 1, p, 0) for p in least_parts(stripe)]
+            start = [(1, 1, p, 0, r) for p, r in least_buffer(stripe)]
             if at_one_lane is None:
                 at_one_lane = start
             if frame_time(start, stripe) == float("inf"):
                 continue
             for order in ("logic", "blocks", "fast"):
-                fl = list(start)
-                while True:
-                    costs = [per_pixel(i, f) for i, f in enumerate(fl)]
-                    worst = int(np.argmax(costs))
-                    steps = []
-                    for o in options(worst):
-                        if per_pixel(worst, o) >= costs[worst]:
-                            continue
-                        trial = fl[:worst] + [o] + fl[worst + 1:]
-                        if frame_time(trial, stripe) == float("inf"):
-                            continue
-                        logic, blocks = logic_of(trial), sum(blocks_at(trial, stripe).values())
-                        steps.append({"logic": (logic, blocks, per_pixel(worst, o)),
-                                      "blocks": (blocks, logic, per_pixel(worst, o)),
-                                      "fast": (per_pixel(worst, o), logic, blocks)}[order] + (o,))
-                    if not steps:
-                        break
-                    fl[worst] = min(steps)[-1]
-                t = frame_time(fl, stripe)
-                if t < best_time:
-                    best, best_time = (stripe, fl), t
+                fl = water(start, stripe, order)
+                found.append((frame_time(fl, stripe), stripe, fl))
+        # The water filling is greedy: a plan found at one stripe may fit a wider one once its line buffers are
+        # rings. The fastest few are tried at every stripe (rings where they allow it) and filled on from there.
+        if ring:
+            tops = sorted(found, key=lambda x: x[0])[:4]
+            for _, _, fl in tops:
+                rung = [f[:4] + (int(specs[i].ring_ok),) for i, f in enumerate(fl)]
+                for stripe in stripes:
+                    if frame_time(rung, stripe) < float("inf"):
+                        for order in ("logic", "blocks", "fast"):
+                            more = water(rung, stripe, order)
+                            found.append((frame_time(more, stripe), stripe, more))
+        best = min(found, key=lambda x: x[0])[1:] if found else None
         if best is None:
             fl = at_one_lane or [(1, 1, 1)] * len(specs)
             raise PipelineError(f"the layer pipeline does not fit {PARTS[device][0]}: at one lane per layer its logic "
@@ -726,6 +837,7 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
                                 f"over at every stripe width")
         stripe, folds = best
     blocks = blocks_at(folds, stripe)
+    folds = [resolved(i, w, f) for i, (w, f) in enumerate(zip(widths(stripe), folds, strict=False))]
     core = W if stripe >= W else stripe - 2 * halo
     costs = [per_pixel(i, f) for i, f in enumerate(folds)]
     frame_cycles = max(costs) * H * min(stripe, W) * stripes_of(stripe)
@@ -777,4 +889,4 @@ def decode(model: Model, pixels: np.ndarray, membrane: np.ndarray) -> np.ndarray
 
 __all__ = ["PARTS", "LayerCost", "LayerSpec", "PipelineError", "PipelinePlan", "decode", "estimate_logic",
            "decoder_adds", "frame_accesses", "layer_specs", "memories", "pipeline_counts", "pipeline_cycles",
-           "plan_pipeline", "ram_blocks", "receptive_radius", "residual_depth", "run_codes"]
+           "plan_pipeline", "ram_blocks", "receptive_radius", "residual_depth", "ring_extra", "run_codes"]
