@@ -535,10 +535,18 @@ def spec_vbits(spec: LayerSpec) -> int:
 # -5 % and +2 % on the two (docs/RTL.md, "Logic of a 64-channel engine").
 LOGIC_ENGINE, LOGIC_FLAG, LOGIC_WORD_BIT, LOGIC_LANE_BIT, LOGIC_LANE_GROUP = 776, 6.95, 5.98, 4.89, 5.04
 LOGIC_ROM_BIT = 0.09
-# A ring line buffer (``ring``): the input pixel count, the oldest needed pixel, the write, pixel and tap addresses
-# modulo the ring's depth and the room compare, about 16-bit counters with their wrap compares (an estimate).
-LOGIC_RING = 200
-RING_MIN = 2  # a ring's pixels beyond k rows at least: the receiver can then complete a row before the next starts
+# A ring line buffer (``ring``): the input pixel count, the oldest pixel still read, the write, pixel and tap
+# addresses modulo the ring's depth with their wrap compares, and the room compare. Measured (yosys synth_ecp5, s25's
+# engines with rows of 82 pixels, ring 10 against whole rows; LUT4 + 2 CCU2C, x 1.08): conv3 at (16,1,2) 4584 + 2 x
+# 342 -> 4637 + 2 x 365 (+99), the read-out at (1,32,8) 2161 + 2 x 129 -> 2308 + 2 x 165 (+219: the pair's row
+# registers and its two-way column steps); docs/RTL.md, "Throughput of the default model".
+LOGIC_RING, LOGIC_RING_T = 107, 236
+# A ring's pixels beyond its rows at least. 2 would do for the gateware (the receiver can complete a row before the
+# compute needs it), but a ring couples an engine to the one before it pixel by pixel instead of row by row, and
+# the stalls are not in the planner's frame time: s25's 0.8 plan on a 160 x 164 crop by pipeline_cycles took 8.5 %
+# more cycles with rings of 10 pixels than with whole rows, 5.0 % with 14, 1.0 % with 20, 0.2 % with 32, none
+# with 40 (the 0.9 plan: 0.15 % with 10).
+RING_MIN = 32
 ROM_MAX_WORDS = 128  # the weight words a ROM of logic may hold (weight_rom)
 LOGIC_BUDGET = 0.8  # the share of a part's logic a plan may take (the iCE40 width-4 build closed timing at 78 %)
 
@@ -550,7 +558,8 @@ def estimate_logic(specs: list[LayerSpec], folds: list) -> int:
     total = 0.0
     for spec, fold in zip(specs, folds, strict=True):
         lanes, group, parts, rom, ring = full_fold(fold)
-        total += LOGIC_ROM_BIT * 8 * lanes * group * rom + (LOGIC_RING if ring else 0)
+        total += LOGIC_ROM_BIT * 8 * lanes * group * rom
+        total += (LOGIC_RING_T if spec.transposed else LOGIC_RING) if ring else 0
         cin_p = 1 << max(0, (spec.c_in - 1).bit_length())
         word = spec.T // parts * cin_p
         flags = 1 << max(0, (word // group - 1).bit_length())
