@@ -126,10 +126,15 @@ class SPILink:
         next header says how many there are).
     idle_sleep : float
         Seconds slept after a transaction that moved nothing, so waiting for a board's answer does not hold a core.
+    dead_after : int
+        Transactions in a row without the board's 0xA5 after which :class:`LinkError` says no board answers. One
+        such transaction is a damaged header (a glitch on MISO or chip select): its data is dropped and nothing
+        it sent counts as kept; the framed link's CRC, NAKs and retries repair what that did to the byte stream.
     """
 
     def __init__(self, device="/dev/spidev0.0", hz: int = DEFAULT_HZ, timeout: float = 0.02,
-                 write_timeout: float = 10.0, chunk: int = BUFSIZ, poll: int = 256, idle_sleep: float = 100e-6):
+                 write_timeout: float = 10.0, chunk: int = BUFSIZ, poll: int = 256, idle_sleep: float = 100e-6,
+                 dead_after: int = 3):
         if chunk <= HEADER:
             raise ValueError(f"chunk must be more than the {HEADER}-byte header, got {chunk}")
         self.dev = open_spidev(device, hz) if isinstance(device, str) else device
@@ -143,7 +148,10 @@ class SPILink:
         self._in = bytearray()  # the board's bytes not yet read
         self._room = 0  # a lower bound on the board's free receive FIFO (0 until a header says)
         self._pending = 0  # bytes the board had beyond what the last transaction read
+        self.dead_after = dead_after
+        self._bad = 0  # transactions in a row without the board's magic byte
         self.transactions = 0
+        self.bad_headers = 0  # transactions whose header was not the board's (all time)
 
     @property
     def seconds_per_byte(self) -> float:
@@ -160,8 +168,20 @@ class SPILink:
         out = bytes(out[:room])
         read_room = min(room, max(self._pending, self.poll))
         miso = bytes(self.dev.xfer2(list(transaction(out, read_room))))
-        kept, data, free, avail = reply(miso, len(out))
         self.transactions += 1
+        try:
+            kept, data, free, avail = reply(miso, len(out))
+        except LinkError:
+            # a damaged header, or no board: what the board kept and sent is unknown, so count nothing kept (it is
+            # sent again: at worst a duplicate) and drop the data (at worst a loss); either is a damaged frame
+            # that the framed link's CRC and retries handle. Only a run of them means the board is gone.
+            self._bad += 1
+            self.bad_headers += 1
+            self._room = self._pending = 0  # the next transaction is a poll that learns them again
+            if self._bad >= self.dead_after:
+                raise
+            return 0
+        self._bad = 0
         self._in += data
         self._room = free - kept
         self._pending = avail - len(data)
@@ -185,7 +205,8 @@ class SPILink:
     def read(self, size: int = 1) -> bytes:
         """Up to ``size`` bytes of the board's: as soon as there are ``size``, or what came within ``timeout``."""
         deadline = time.monotonic() + self.timeout
-        while len(self._in) < size and time.monotonic() < deadline:
+        # past the deadline only to settle a damaged header: the next transactions answer, or show the board gone
+        while len(self._in) < size and (time.monotonic() < deadline or self._bad):
             self._transact(b"")
         out = bytes(self._in[:size])
         del self._in[:size]

@@ -7,8 +7,10 @@ behind a socket, as ``tests/test_fpga_link.py`` does; the host is :class:`edgesp
 
 from __future__ import annotations
 
+import queue
 import random
 import socket
+import threading
 import time
 
 import numpy as np
@@ -21,6 +23,7 @@ from edgespike import runtime  # noqa: E402
 from edgespike.firmware import Accelerator, LinkError  # noqa: E402
 from edgespike.firmware import accelerator as accelerator_module  # noqa: E402
 from edgespike.firmware import protocol as P  # noqa: E402
+from edgespike.firmware.spi import HEADER, MAGIC, SPILink  # noqa: E402
 from edgespike.fpga.cycles import tile_cost, worst_tile_cycles  # noqa: E402
 from edgespike.fpga.examples import chain_model, demo_image, down_model  # noqa: E402
 from edgespike.fpga.params import plan  # noqa: E402
@@ -107,29 +110,28 @@ def test_the_host_waits_the_announced_cost_plus_a_bounded_margin(monkeypatch):
     assert acc.result_deadline(P.TILE) == 10_000.0
 
 
-class RandomFaults:
-    """A serial port that damages traffic in both directions at random: bit flips, dropped and inserted bytes,
-    forged frames (valid CRC: to the host, RESULTs / ACKs / NAKs with random sequence numbers and lengths; to the
-    device, a request the host never made, put before the real one).
-
-    The schedule is drawn up front from ``seed``, so it does not depend on how the bytes are chunked by the reads:
-    ``to_device`` faults hit those indices of written frames, ``to_host`` faults those byte positions of the
-    received stream; each direction's faults take the four kinds in turn.
-    """
+class Faults:
+    """The damage of the fault injectors below (serial port and SPI): bit flips, dropped and inserted bytes, forged
+    frames (valid CRC: to the host, RESULTs / ACKs / NAKs with random sequence numbers and lengths; to the device,
+    a request the host never made, put before the real one). Each direction's faults take the kinds in turn;
+    ``faults`` counts them by ``"direction kind"``."""
 
     KINDS = ("flip", "drop", "insert", "forge")
 
-    def __init__(self, url: str, seed: int, to_device: int, to_host: int, frames: int, host_bytes: int):
-        self.port = serial.serial_for_url(url, timeout=0.02)
+    def __init__(self, seed: int):
         self.rng = random.Random(seed)
-        self.write_at = set(self.rng.sample(range(frames), to_device))
-        self.read_at = set(self.rng.sample(range(host_bytes), to_host))
-        self.writes = self.read_count = 0
         self.faults: dict[str, int] = {}
 
-    def _damage(self, b: bytearray, at: int, direction: str) -> None:
-        what = self.KINDS[sum(v for k, v in self.faults.items() if k.startswith(direction)) % len(self.KINDS)]
+    def _turn(self, direction: str) -> int:
+        """Faults so far in ``direction``."""
+        return sum(v for k, v in self.faults.items() if k.startswith(direction))
+
+    def _note(self, direction: str, what: str) -> None:
         self.faults[f"{direction} {what}"] = self.faults.get(f"{direction} {what}", 0) + 1
+
+    def _damage(self, b: bytearray, at: int, direction: str) -> None:
+        what = self.KINDS[self._turn(direction) % len(self.KINDS)]
+        self._note(direction, what)
         if what == "flip":
             b[at] ^= 1 << self.rng.randrange(8)
         elif what == "drop":
@@ -143,6 +145,22 @@ class RandomFaults:
             b[at:at] = self.rng.choice([P.encode(P.RESULT, seq, b"R" + bytes(30)), P.encode(P.ACK, seq),
                                         P.encode(P.NAK, seq, bytes([P.NAK_CRC])),
                                         P.encode(P.RESULT, seq, b"R" + bytes(5))])
+
+
+class RandomFaults(Faults):
+    """A serial port that damages traffic in both directions at random (:class:`Faults`).
+
+    The schedule is drawn up front from ``seed``, so it does not depend on how the bytes are chunked by the reads:
+    ``to_device`` faults hit those indices of written frames, ``to_host`` faults those byte positions of the
+    received stream.
+    """
+
+    def __init__(self, url: str, seed: int, to_device: int, to_host: int, frames: int, host_bytes: int):
+        super().__init__(seed)
+        self.port = serial.serial_for_url(url, timeout=0.02)
+        self.write_at = set(self.rng.sample(range(frames), to_device))
+        self.read_at = set(self.rng.sample(range(host_bytes), to_host))
+        self.writes = self.read_count = 0
 
     def write(self, data: bytes) -> None:
         b = bytearray(data)
@@ -291,3 +309,247 @@ class FlipOneChunk:
 
     def close(self) -> None:
         self.port.close()
+
+
+# --- the same over SPI (rtl/spi.py, firmware_py/spi.py): what differs is the transaction ---
+#
+# SPI moves the link's bytes in transactions whose 5-byte headers (the host's count, the board's room and bytes to
+# send) have no CRC of their own, and chip select frames them. So the faults are put inside transactions: the kinds
+# of :class:`Faults` in MOSI and MISO, alternately in the header and in the data slots, and chip select released
+# early or for a moment; and a board that stops answering. The framed link above them is the same.
+
+
+class SPIFaults(Faults):
+    """A spidev between :class:`~edgespike.firmware.spi.SPILink` and a board (``board.xfer2(data, **chip_select)``)
+    that damages transactions which carry something, so that every fault hits the link's bytes (most transactions
+    are header-only polls). The schedule is drawn from ``seed``: ``to_device + chip_select`` of the first ``writes``
+    transactions that carry host data (``n > 0``) and ``to_host`` of the first ``reads`` that carry board data
+    (``A > 0``) get one fault each:
+
+    * ``to device`` / ``to host``: a fault of :class:`Faults` in MOSI / MISO, in the SPI header (bytes 0-4) and in
+      the data slots by turns (each kind gets both). The clock fixes a transaction's length, so a dropped or
+      inserted byte shifts the rest of it: the last byte falls off, or an idle 0x00 comes in.
+    * ``chip select``: a cut (released after a random bit; the rest is clocked with the board deselected, MISO
+      reading the pull-up's 0xFF) or a glitch (released for a few cycles and asserted again, the transfer going on:
+      the board starts a new transaction in the middle of the host's and reads its data as a header).
+    """
+
+    CS_KINDS = ("cut", "glitch")
+
+    def __init__(self, board, seed: int, writes: int, reads: int, to_device: int, to_host: int, chip_select: int):
+        super().__init__(seed)
+        self.board = board
+        at = self.rng.sample(range(writes), to_device + chip_select)
+        self.write_faults = {i: "to device" for i in at[:to_device]} | {i: "chip select" for i in at[to_device:]}
+        self.read_faults = set(self.rng.sample(range(reads), to_host))
+        self.count = self.writes = self.reads = 0
+        self.places: dict[str, set[str]] = {"to device": set(), "to host": set()}  # "kind header" / "kind data"
+
+    def _hit(self, b: bytearray, direction: str) -> None:
+        n, turn = len(b), self._turn(direction)
+        # header and data by turns, shifted every round of the kinds so that each kind gets both
+        in_header = (turn + turn // len(self.KINDS)) % 2 == 0 or n <= HEADER
+        self.places[direction].add(f"{self.KINDS[turn % len(self.KINDS)]} {'header' if in_header else 'data'}")
+        self._damage(b, self.rng.randrange(HEADER) if in_header else self.rng.randrange(HEADER, n), direction)
+        del b[n:]
+        b += bytes(n - len(b))
+
+    def xfer2(self, data) -> list[int]:
+        self.count += 1
+        mosi, chip_select, direction = bytearray(data), {}, None
+        if mosi[0] | mosi[1]:  # the host sends data in this one
+            direction = self.write_faults.get(self.writes)
+            self.writes += 1
+        if direction == "to device":
+            self._hit(mosi, direction)
+        elif direction == "chip select":
+            what = self.CS_KINDS[self._turn(direction) % len(self.CS_KINDS)]
+            self._note(direction, what)
+            chip_select = {f"{what}_bits": self.rng.randrange(8, 8 * len(mosi) - 1)}
+        miso = bytearray(self.board.xfer2(bytes(mosi), **chip_select))
+        if miso[0] == MAGIC and miso[3] | miso[4] and len(miso) > HEADER:  # the board sends data in this one
+            if self.reads in self.read_faults:
+                self._hit(miso, "to host")
+            self.reads += 1
+        return list(miso)
+
+    def close(self) -> None:
+        self.board.close()
+
+
+class SimSPIBoard:
+    """A board with the SPI link (:class:`~edgespike.rtl.board.Board` ``link="spi"``) in Amaranth's simulator on
+    its own thread: ``xfer2`` carries a transaction out bit by bit (the master of ``tests/test_fpga_spi.py``, SCLK
+    a quarter of the clock) and returns its MISO bytes, 0xFF for those clocked while deselected. ``tiles`` counts
+    the tiles the link handed to the accelerator."""
+
+    def __init__(self, board):
+        from test_fpga_spi import Master
+
+        self.board, self.master = board, Master
+        self.requests, self.replies = queue.Queue(), queue.Queue()
+        self.tiles = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from amaranth.sim import Simulator
+
+        sim = Simulator(self.board)
+        sim.add_clock(1e-6)
+        link = self.board.link  # made when the simulator elaborated the board
+
+        async def bench(ctx):
+            master = self.master(ctx, self.board, half=2)
+            while (req := self.requests.get()) is not None:
+                data, chip_select = req
+                miso = await master.transfer(data, **chip_select)
+                self.replies.put(miso + b"\xff" * (len(data) - len(miso)))
+
+        async def count(ctx):
+            async for _, _, started in ctx.tick().sample(link.started):
+                self.tiles += started
+
+        sim.add_testbench(bench)
+        sim.add_testbench(count, background=True)
+        sim.run()
+
+    def xfer2(self, data, **chip_select) -> list[int]:
+        self.requests.put((bytes(data), chip_select))
+        while self.thread.is_alive():
+            try:
+                return list(self.replies.get(timeout=1))
+            except queue.Empty:
+                pass
+        raise RuntimeError("the simulated SPI board stopped (its thread's exception is above)")
+
+    def close(self) -> None:
+        self.requests.put(None)
+        self.thread.join(timeout=60)
+
+
+class QuickTimeoutBoard:
+    """:class:`~edgespike.rtl.board.Board` over SPI whose link abandons a frame after 4096 cycles without a byte
+    (a simulation's default is 2**16 cycles, minutes of this simulator; a board's is 0.2 s of its clock)."""
+
+    def __new__(cls, plan, **kwargs):
+        from edgespike.rtl.board import Board
+
+        class _Board(Board):
+            def link_timeout(self):
+                return 4096
+
+        return _Board(plan, 0, link="spi", spi_fifo=(64, "block"), **kwargs)
+
+
+def test_spi_faults_inside_transactions_never_give_a_wrong_image():
+    """A board without weights behind SPI: the host loads them and runs three tiles while transactions are
+    damaged in MOSI and MISO (flips, drops, insertions, forged frames; in the SPI headers and in the data slots),
+    cut short and glitched on chip select. Every tile equals the CPU runtime; each tile ran on the accelerator
+    once per request that reached it intact."""
+    board = SimSPIBoard(QuickTimeoutBoard(PLAN, preloaded=False))
+    # the weight load and three tiles are 11 requests and about 20 answers (SPILink of 64-byte transactions, 16-byte
+    # polls): 8 faults to the device and 4 on chip select among the first 16 transactions with host data, 8 to the
+    # host among the first 20 with board data
+    port = SPIFaults(board, seed=5, writes=16, reads=20, to_device=8, to_host=8, chip_select=4)
+    link = SPILink(port, timeout=0.05, chunk=64, poll=16, idle_sleep=0)
+    tiles = [demo_image(4, 4, seed=20 + s) for s in range(3)]
+    try:
+        # an answer lost whole costs a timeout: the simulated board answers a request within about two
+        # transactions (a few seconds of this simulator) and a 4x4 tile within about ten
+        with Accelerator(link, retries=8, ack_timeout=20.0, result_timeout=40.0) as acc:
+            ident = acc.check_model(MODEL)
+            assert ident.weights == P.WEIGHTS_LOADED
+            for tile in tiles:
+                assert np.array_equal(acc.run_tile(tile).out, runtime.denoise(MODEL, tile))
+    finally:
+        board.close()
+    # every kind twice each way (once in the SPI header, once in the data slots), two cuts and two glitches
+    assert port.faults == {**{f"{d} {k}": 2 for d in ("to device", "to host") for k in Faults.KINDS},
+                           "chip select cut": 2, "chip select glitch": 2}, (port.faults, port.writes, port.reads)
+    assert port.places == {d: {f"{k} {p}" for k in Faults.KINDS for p in ("header", "data")}
+                           for d in ("to device", "to host")}
+    assert acc.stats.retries >= 4 and acc.stats.naks and link.bad_headers  # they did damage, and it was repaired
+    assert len(tiles) <= board.tiles <= len(tiles) + acc.stats.retries
+
+
+class SPIPort:
+    """A spidev-like board made from a serial-like device (``write`` / ``read``): each transaction gives the device
+    the data bytes the header announced (its FIFO always has room) and returns what it has to send; from
+    transaction ``dead_from`` on, MISO reads 0x00 (a board that stopped answering: reconfigured, unpowered,
+    unplugged)."""
+
+    def __init__(self, device, dead_from: int | None = None):
+        self.device, self.dead_from, self.count = device, dead_from, 0
+
+    def xfer2(self, data) -> list[int]:
+        self.count += 1
+        if self.dead_from is not None and self.count > self.dead_from:
+            return [0] * len(data)
+        n = data[0] | data[1] << 8
+        if n:
+            self.device.write(bytes(data[HEADER:HEADER + n]))
+        out = self.device.read(len(data) - HEADER)
+        free, filler = 4096, bytes(len(data) - HEADER - len(out))
+        return [0xA5, free & 0xFF, free >> 8, len(out) & 0xFF, len(out) >> 8, *out, *filler]
+
+    def close(self) -> None:
+        pass
+
+
+def test_spi_host_waits_the_announced_cost_and_gives_up_at_once_on_a_board_that_stops_answering(monkeypatch):
+    """Over SPI the host waits for a RESULT exactly the announced deadline (the work at the board's clock, the
+    RESULT at the SPI clock's 9 cycles a byte, the margin), as over the UART; a board that stops answering (MISO
+    without the 0xA5 header) ends the wait within three transactions with a LinkError that says so, never
+    waiting out the deadline; and one damaged header alone is not taken for a missing board."""
+    clock = [0.0]
+    monkeypatch.setattr(accelerator_module.time, "monotonic", lambda: clock[0])
+    worst, clock_hz = 150_000_000, 75_000_000  # 2 s of work at the ULX3S pipeline's 75 MHz
+    ident = P.Ident(P.LINK_VERSION, P.GATEWARE_VERSION, 1, 0, 0, (16, 16), 2, 2, clock_hz, 0, 1, 1, 100, 256,
+                    P.WEIGHTS_BUILT_IN, "ecp5-85f", 0, worst)
+    device = AckThenSilence(ident, clock)
+    link = SPILink(SPIPort(device), hz=15_625_000, idle_sleep=0)
+    acc = Accelerator(link, ack_timeout=0.5, result_timeout=10_000.0, retries=2)
+    acc.check_versions()
+    deadline = acc.result_deadline(P.TILE)
+    transfer = (P.OVERHEAD + 1 + 256 + P.COUNTER_BYTES + P.ECHO_BYTES) * 9 / 15_625_000
+    assert deadline == pytest.approx((worst / clock_hz + transfer) * (1 + acc.MARGIN_FRACTION) + acc.MARGIN_S)
+    with pytest.raises(LinkError, match="no RESULT, no RESULT, no RESULT"):
+        acc.run_tile(np.zeros((16, 16), np.uint8))
+    sent = [t for t, kind in device.writes if kind == P.TILE]
+    gaps = np.diff(sent + [clock[0]])
+    assert len(sent) == 3 and np.all(gaps >= deadline) and np.all(gaps <= deadline + 0.1)
+
+    # the board goes silent while the host waits for a RESULT: LinkError after three transactions, not the deadline
+    device = AckThenSilence(ident, clock)
+    port = SPIPort(device)
+    acc = Accelerator(SPILink(port, hz=15_625_000, idle_sleep=0), ack_timeout=0.5, result_timeout=10_000.0)
+    acc.check_versions()
+    port.dead_from = port.count + 3  # the TILE's write and its ACK's read still get through
+    start = clock[0]
+    with pytest.raises(LinkError, match=r"no edgespike SPI board answered \(read 0x00, expected 0xa5\)"):
+        acc.run_tile(np.zeros((16, 16), np.uint8))
+    assert port.count - port.dead_from == 3 and clock[0] - start < 0.2 < deadline
+
+    # a single damaged header (MISO's first byte flipped: the IDENT's answer in it is lost) is a damaged
+    # transaction, not a missing board: the host sends IDENT again and goes on
+    link = SPILink(FlipMagic(SPIPort(AckThenSilence(ident, clock)), at=2), hz=15_625_000, idle_sleep=0)
+    acc = Accelerator(link, ack_timeout=0.5, result_timeout=10_000.0)
+    assert acc.check_versions().clock_hz == clock_hz and link.bad_headers == 1
+
+
+class FlipMagic:
+    """Flips a bit of MISO's first byte (the board's 0xA5) in transaction ``at`` (counted from 1)."""
+
+    def __init__(self, board, at: int):
+        self.board, self.at, self.count = board, at, 0
+
+    def xfer2(self, data) -> list[int]:
+        self.count += 1
+        miso = self.board.xfer2(data)
+        if self.count == self.at:
+            miso[0] ^= 0x40
+        return miso
+
+    def close(self) -> None:
+        pass

@@ -38,9 +38,11 @@ class Master:
     async def wait(self, cycles: int) -> None:
         await self.ctx.tick().repeat(cycles)
 
-    async def transfer(self, mosi: bytes, cut_bits: int | None = None, gap: int = 3) -> bytes:
+    async def transfer(self, mosi: bytes, cut_bits: int | None = None, gap: int = 3,
+                       glitch_bits: int | None = None) -> bytes:
         """One transaction (CS asserted, the bytes, CS released); with ``cut_bits`` CS is released after that many
-        bits. Returns the MISO bytes completed."""
+        bits; with ``glitch_bits`` it is released after that many for a few cycles and asserted again, and the
+        transfer goes on. Returns the MISO bytes completed."""
         ctx, dut, h = self.ctx, self.dut, self.half
         ctx.set(dut.cs, 1)
         got, bits = [], 0
@@ -49,6 +51,12 @@ class Master:
             for b in range(8):
                 if cut_bits is not None and bits == cut_bits:
                     break
+                if bits == glitch_bits:
+                    await self.wait(h)
+                    ctx.set(dut.cs, 0)
+                    await self.wait(4)  # longer than the synchroniser: the peripheral sees a release
+                    ctx.set(dut.cs, 1)
+                    await self.wait(h)
                 ctx.set(dut.mosi, (byte >> (7 - b)) & 1)
                 await self.wait(h)
                 ctx.set(dut.sclk, 1)
