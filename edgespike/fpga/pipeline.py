@@ -547,6 +547,8 @@ LOGIC_RING, LOGIC_RING_T = 107, 236
 # more cycles with rings of 10 pixels than with whole rows, 5.0 % with 14, 1.0 % with 20, 0.2 % with 32, none
 # with 40 (the 0.9 plan: 0.15 % with 10).
 RING_MIN = 32
+RING_FEW = 2  # the gateware's least: the planner takes such rings only where their measured stalls pay
+STALL_ROWS = 64  # rows of the tiled sample the planner measures a ring plan's stalls on
 ROM_MAX_WORDS = 128  # the weight words a ROM of logic may hold (weight_rom)
 LOGIC_BUDGET = 0.8  # the share of a part's logic a plan may take (the iCE40 width-4 build closed timing at 78 %)
 
@@ -597,6 +599,7 @@ class PipelinePlan:
     logic: int = 0  # estimated logic cells (estimate_logic)
     logic_total: int = 0  # the part's
     frame: tuple = (0, 0)  # the planned frame (height, width)
+    stall: float = 1.0  # rings of fewer than RING_MIN pixels: their stalls against whole rows, in frame_cycles
 
     def seconds(self, hz: float) -> float:
         return self.frame_cycles / hz
@@ -616,14 +619,14 @@ class PipelinePlan:
         return text
 
 
-def ring_extra(spec: LayerSpec, width: int, parts: int, device: str) -> int:
+def ring_extra(spec: LayerSpec, width: int, parts: int, device: str, least: int = RING_MIN) -> int:
     """The pixels beyond ``k`` rows a ring line buffer gets (``BitPlaneLayer``'s ``ring``) on rows of ``width``:
-    as many as the blocks of ``k`` rows and ``RING_MIN`` pixels hold (the more, the further the receiver may run
+    as many as the blocks of ``k`` rows and ``least`` pixels hold (the more, the further the receiver may run
     ahead of the compute), at most a row (a ring of ``k + 1`` rows never waits for the compute's pixels)."""
     wd, _ = memories(spec, width, 1, 1, parts)["linebuf"]
     base = spec.span * width
-    blocks = ram_blocks(wd, (base + RING_MIN) * parts, device)
-    lo, hi = RING_MIN, max(RING_MIN, width)
+    blocks = ram_blocks(wd, (base + least) * parts, device)
+    lo, hi = least, max(least, width)
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if ram_blocks(wd, (base + mid) * parts, device) <= blocks:
@@ -659,15 +662,18 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
     stripe as narrow as that count allows, so the line buffers are as small as they can be), a water filling
     starts from one lane, one channel per cycle and the line-buffer parts that take the fewest blocks (then the
     most parts: the least logic), and the slowest layer repeatedly takes a faster ``(lanes, group, parts)``, with
-    or without its weight ROM (:func:`weight_rom`), and (stride-1 Convs, with ``ring``) with a ring line buffer of
-    ``k`` rows and :func:`ring_extra` pixels instead of whole rows, while
-    block RAM and :func:`estimate_logic` (within ``logic_budget`` of the part's logic cells) still fit. Three
-    orders of taking are tried (the step that adds the least logic, the fewest blocks, the fastest), and the
-    fastest plan over all stripe counts wins. ``max_lanes`` caps every layer's lanes. Given ``folds`` (``(lanes,
-    group)`` per layer, a ring line buffer where a fifth entry is nonzero) are taken as they are, each line buffer
-    split into the parts that take the fewest blocks at the widest stripe that fits (the plan records their logic
-    estimate). The plan's folds give a ring's pixels as their fifth entry (0: whole rows). The place-and-route
-    report is the judge.
+    or without its weight ROM (:func:`weight_rom`), and (stride-1 Convs and ConvTransposes, with ``ring``) with a
+    ring line buffer of the rows a window spans and :func:`ring_extra` pixels instead of whole rows, while block RAM
+    and :func:`estimate_logic` (within ``logic_budget`` of the part's logic cells) still fit. Three orders of
+    taking are tried (the step that adds the least logic, the fewest blocks, the fastest); the four fastest plans
+    are tried again at every stripe with rings and filled on from there, and the fastest plan over all stripe counts
+    wins. Rings get at least ``RING_MIN`` pixels; the search is then made again with rings of ``RING_FEW``, whose
+    plan wins when it is faster with its stalls against whole rows counted (its folds in :func:`pipeline_cycles` on
+    ``sample`` tiled to ``STALL_ROWS`` rows of a stripe: ``PipelinePlan.stall``). ``max_lanes`` caps every layer's
+    lanes. Given ``folds`` (``(lanes, group)`` per layer, a ring line buffer where a fifth entry is nonzero) are
+    taken as they are, each line buffer split into the parts that take the fewest blocks at the widest stripe that
+    fits (the plan records their logic estimate). The plan's folds give a ring's pixels as their fifth entry (0:
+    whole rows). The place-and-route report is the judge.
     """
     specs = layer_specs(model)
     codes = run_codes(specs, sample)
@@ -695,10 +701,12 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
 
     per_fold: dict = {}
 
+    least = [RING_MIN]  # a ring's pixels at least, in the search under way
+
     def per_pixel(i, fold):
-        key = (i, tuple(fold)[:3], ring_of(fold))  # the ROM changes no cycle
+        key = (i, tuple(fold)[:3], ring_of(fold) * least[0])  # the ROM changes no cycle
         if key not in per_fold:
-            extra = ring_extra(specs[i], codes[i].shape[2], fold[2], device) if key[2] else 0
+            extra = ring_extra(specs[i], codes[i].shape[2], fold[2], device, least[0]) if key[2] else 0
             per_fold[key] = specs[i].cost(codes[i], *key[1], 0, extra).cycles / npx
         return per_fold[key]
 
@@ -707,7 +715,7 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
 
     def resolved(i, width, f):  # the fold with its ring's pixels for rows of ``width``
         f = full_fold(f)
-        return f[:4] + ((ring_extra(specs[i], width, f[2], device) if f[4] else 0),)
+        return f[:4] + ((ring_extra(specs[i], width, f[2], device, least[0]) if f[4] else 0),)
 
     @cache
     def widths(stripe):  # each layer's input width for a stripe of ``stripe`` input columns
@@ -728,7 +736,7 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
         return memo[key]
 
     def layer_blocks(i, width, f):
-        return memo_of(("b", i, width, f), lambda: {
+        return memo_of(("b", i, width, f, least[0]), lambda: {
             f"{specs[i].conv.name}.{name}": ram_blocks(wd, dp, device)
             for name, (wd, dp) in memories(specs[i], width, *resolved(i, width, f)).items()})
 
@@ -764,94 +772,121 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
         return [min(((p, r) for p in split for r in ((0, 1) if ring and specs[i].ring_ok else (0,))),
                     key=lambda pr, i=i: (lb_blocks(i, sizes[i], *pr), -pr[0], pr[1])) for i in range(len(specs))]
 
-    if folds is not None:
-        # the widest stripe that fits (blocks only grow with the stripe: a binary search)
-        def fit_at(stripe):
-            fl = [(*f[:2], p, (tuple(f) + (0, 0))[3], ring_of(f)) for f, p in zip(folds, least_parts(stripe),
-                                                                             strict=True)]
-            return fl if sum(blocks_at(fl, stripe).values()) <= PARTS[device][2] else None
+    given = folds
 
-        cands = list(range(min(W, 2048) + (W % 2), 2 * halo + 1, -2))[::-1]
-        lo, hi, best = 0, len(cands) - 1, None
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            got = fit_at(cands[mid])
-            if got is None:
-                hi = mid - 1
-            else:
-                best, lo = (cands[mid], got), mid + 1
-        if best is None:
-            raise PipelineError(f"the layer pipeline does not fit {PARTS[device][0]}: block RAM over at every stripe")
-        stripe, folds = best
-    else:
-        # The narrowest stripe for each count, down to cores as wide as the halo; of the stripes whose line buffers
-        # take the same blocks (in every mode and split) only the widest can win, so only it is searched.
-        stripes, seen = [], set()
-        for n in range(1, W + 1):
-            s = W if n == 1 else min(W, -(-W // n) + 2 * halo)
-            s += s % 2
-            if n > 1 and s - 2 * halo < halo:
-                break
-            key = (tuple(lb_blocks(i, w, p, r) for i, w in enumerate(widths(s)[:-1]) for p in split
-                         for r in ((0, 1) if ring and specs[i].ring_ok else (0,))), residual_blocks(s))
-            if key not in seen:
-                seen.add(key)
-                stripes.append(s)
-        def water(fl, stripe, order):  # the slowest layer takes a faster fold while the plan fits
-            fl = list(fl)
-            while True:
-                costs = [per_pixel(i, f) for i, f in enumerate(fl)]
-                worst = int(np.argmax(costs))
-                steps = []
-                for o in options(worst):
-                    if per_pixel(worst, o) >= costs[worst]:
-                        continue
-                    trial = fl[:worst] + [o] + fl[worst + 1:]
-                    if frame_time(trial, stripe) == float("inf"):
-                        continue
-                    logic, blocks = logic_of(trial), sum(blocks_at(trial, stripe).values())
-                    steps.append({"logic": (logic, blocks, per_pixel(worst, o)),
-                                  "blocks": (blocks, logic, per_pixel(worst, o)),
-                                  "fast": (per_pixel(worst, o), logic, blocks)}[order] + (o,))
-                if not steps:
-                    return fl
-                fl[worst] = min(steps)[-1]
+    def search():
+        """The best (stripe, folds) with rings of at least ``least[0]`` pixels."""
+        if given is not None:
+            # the widest stripe that fits (blocks only grow with the stripe: a binary search)
+            def fit_at(stripe):
+                fl = [(*f[:2], p, (tuple(f) + (0, 0))[3], ring_of(f)) for f, p in zip(given, least_parts(stripe),
+                                                                                 strict=True)]
+                return fl if sum(blocks_at(fl, stripe).values()) <= PARTS[device][2] else None
 
-        found, at_one_lane = [], None
-        for stripe in stripes:
-            start = [(1, 1, p, 0, r) for p, r in least_buffer(stripe)]
-            if at_one_lane is None:
-                at_one_lane = start
-            if frame_time(start, stripe) == float("inf"):
-                continue
-            for order in ("logic", "blocks", "fast"):
-                fl = water(start, stripe, order)
-                found.append((frame_time(fl, stripe), stripe, fl))
-        # The water filling is greedy: a plan found at one stripe may fit a wider one once its line buffers are
-        # rings. The fastest few are tried at every stripe (rings where they allow it) and filled on from there.
-        if ring:
-            tops = sorted(found, key=lambda x: x[0])[:4]
-            for _, _, fl in tops:
-                rung = [f[:4] + (int(specs[i].ring_ok),) for i, f in enumerate(fl)]
-                for stripe in stripes:
-                    if frame_time(rung, stripe) < float("inf"):
-                        for order in ("logic", "blocks", "fast"):
-                            more = water(rung, stripe, order)
-                            found.append((frame_time(more, stripe), stripe, more))
-        best = min(found, key=lambda x: x[0])[1:] if found else None
-        if best is None:
-            fl = at_one_lane or [(1, 1, 1)] * len(specs)
-            raise PipelineError(f"the layer pipeline does not fit {PARTS[device][0]}: at one lane per layer its logic "
-                                f"is about {estimate_logic(specs, fl)} cells ({budget:.0f} allowed) and its block RAM "
-                                f"over at every stripe width")
-        stripe, folds = best
-    blocks = blocks_at(folds, stripe)
-    folds = [resolved(i, w, f) for i, (w, f) in enumerate(zip(widths(stripe), folds, strict=False))]
-    core = W if stripe >= W else stripe - 2 * halo
-    costs = [per_pixel(i, f) for i, f in enumerate(folds)]
-    frame_cycles = max(costs) * H * min(stripe, W) * stripes_of(stripe)
-    return PipelinePlan(device, folds, stripe, core, blocks, sum(blocks.values()), costs, frame_cycles,
-                        estimate_logic(specs, folds), PARTS[device][3], (H, W))
+            cands = list(range(min(W, 2048) + (W % 2), 2 * halo + 1, -2))[::-1]
+            lo, hi, best = 0, len(cands) - 1, None
+            while lo <= hi:
+                mid = (lo + hi) // 2
+                got = fit_at(cands[mid])
+                if got is None:
+                    hi = mid - 1
+                else:
+                    best, lo = (cands[mid], got), mid + 1
+            if best is None:
+                raise PipelineError(f"the layer pipeline does not fit {PARTS[device][0]}: block RAM over at every "
+                                    "stripe")
+            return best
+        else:
+            # The narrowest stripe for each count, down to cores as wide as the halo; of the stripes whose line buffers
+            # take the same blocks (in every mode and split) only the widest can win, so only it is searched.
+            stripes, seen = [], set()
+            for n in range(1, W + 1):
+                s = W if n == 1 else min(W, -(-W // n) + 2 * halo)
+                s += s % 2
+                if n > 1 and s - 2 * halo < halo:
+                    break
+                key = (tuple(lb_blocks(i, w, p, r) for i, w in enumerate(widths(s)[:-1]) for p in split
+                             for r in ((0, 1) if ring and specs[i].ring_ok else (0,))), residual_blocks(s))
+                if key not in seen:
+                    seen.add(key)
+                    stripes.append(s)
+            def water(fl, stripe, order):  # the slowest layer takes a faster fold while the plan fits
+                fl = list(fl)
+                while True:
+                    costs = [per_pixel(i, f) for i, f in enumerate(fl)]
+                    worst = int(np.argmax(costs))
+                    steps = []
+                    for o in options(worst):
+                        if per_pixel(worst, o) >= costs[worst]:
+                            continue
+                        trial = fl[:worst] + [o] + fl[worst + 1:]
+                        if frame_time(trial, stripe) == float("inf"):
+                            continue
+                        logic, blocks = logic_of(trial), sum(blocks_at(trial, stripe).values())
+                        steps.append({"logic": (logic, blocks, per_pixel(worst, o)),
+                                      "blocks": (blocks, logic, per_pixel(worst, o)),
+                                      "fast": (per_pixel(worst, o), logic, blocks)}[order] + (o,))
+                    if not steps:
+                        return fl
+                    fl[worst] = min(steps)[-1]
+
+            found, at_one_lane = [], None
+            for stripe in stripes:
+                start = [(1, 1, p, 0, r) for p, r in least_buffer(stripe)]
+                if at_one_lane is None:
+                    at_one_lane = start
+                if frame_time(start, stripe) == float("inf"):
+                    continue
+                for order in ("logic", "blocks", "fast"):
+                    fl = water(start, stripe, order)
+                    found.append((frame_time(fl, stripe), stripe, fl))
+            # The water filling is greedy: a plan found at one stripe may fit a wider one once its line buffers are
+            # rings. The fastest few are tried at every stripe (rings where they allow it) and filled on from there.
+            if ring:
+                tops = sorted(found, key=lambda x: x[0])[:4]
+                for _, _, fl in tops:
+                    rung = [f[:4] + (int(specs[i].ring_ok),) for i, f in enumerate(fl)]
+                    for stripe in stripes:
+                        if frame_time(rung, stripe) < float("inf"):
+                            for order in ("logic", "blocks", "fast"):
+                                more = water(rung, stripe, order)
+                                found.append((frame_time(more, stripe), stripe, more))
+            best = min(found, key=lambda x: x[0])[1:] if found else None
+            if best is None:
+                fl = at_one_lane or [(1, 1, 1)] * len(specs)
+                raise PipelineError(f"the layer pipeline does not fit {PARTS[device][0]}: at one lane per layer its "
+                                    f"logic is about {estimate_logic(specs, fl)} cells ({budget:.0f} allowed) and its "
+                                    f"block RAM over at every stripe width")
+            return best
+
+    def finish(stripe, fl, stall=1.0):
+        blocks = blocks_at(fl, stripe)
+        fl = [resolved(i, w, f) for i, (w, f) in enumerate(zip(widths(stripe), fl, strict=False))]
+        core = W if stripe >= W else stripe - 2 * halo
+        costs = [per_pixel(i, f) for i, f in enumerate(fl)]
+        frame_cycles = max(costs) * H * min(stripe, W) * stripes_of(stripe) * stall
+        return PipelinePlan(device, fl, stripe, core, blocks, sum(blocks.values()), costs, frame_cycles,
+                            estimate_logic(specs, fl), PARTS[device][3], (H, W), stall)
+
+    plan = finish(*search())
+    if ring and given is None:
+        # Rings of fewer pixels may allow wider stripes, but couple each engine to the one before it more tightly;
+        # such a plan is taken when it is faster with its stalls against whole rows (the same folds) measured by
+        # pipeline_cycles on the sample tiled to STALL_ROWS rows of a stripe.
+        least[0] = RING_FEW
+        try:
+            few = finish(*search())
+        except PipelineError:
+            few = None
+        if few is not None and few.frame_cycles < plan.frame_cycles and any(
+                0 < f[4] < RING_MIN for f in few.folds):
+            tile = np.tile(sample, (-(-STALL_ROWS // sample.shape[0]), -(-few.stripe // sample.shape[1])))
+            t_codes = run_codes(specs, tile[:STALL_ROWS, :min(few.stripe, W)])[:-1]
+            stall = (pipeline_cycles(specs, t_codes, few.folds)
+                     / pipeline_cycles(specs, t_codes, [f[:4] + (0,) for f in few.folds]))
+            if few.frame_cycles * stall < plan.frame_cycles:
+                plan = finish(few.stripe, few.folds, stall)
+    return plan
 
 
 def layer_specs(model: Model) -> list[LayerSpec]:
