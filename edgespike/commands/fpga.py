@@ -39,9 +39,11 @@ def add_arguments(p) -> None:
                    "needs (default: 480-row stripes of a 640x480 frame behind a raw UART top)")
     b.add_argument("--lanes", type=int, help="IF models (shared engine): output channels per membrane word "
                    "(default 1 on iCE40, else all)")
-    b.add_argument("--baud", type=int, help=f"UART baud rate (default: the board's, {DEFAULT_BAUD} on the "
-                   "iCEBreaker and OrangeCrab at 12 MHz, 500000 on the ULX3S at 12.5 MHz; must divide the design "
-                   "clock within 3%%)")
+    b.add_argument("--baud", type=int, help=f"UART baud rate (default {DEFAULT_BAUD} for bit-plane models, the "
+                   "layer pipeline: from the PLL at 75 MHz on the ULX3S and 72 MHz on the OrangeCrab, from the 12 MHz "
+                   f"oscillator on the iCEBreaker; for IF models, the shared engine: {DEFAULT_BAUD} on the iCEBreaker "
+                   "and OrangeCrab at 12 MHz, 500000 on the ULX3S at 12.5 MHz; must divide the design clock within "
+                   "3%%)")
     b.add_argument("--link", choices=("uart", "spi"), default="uart",
                    help="the host link: uart (default; the board's USB serial port at --baud) or spi (a Raspberry "
                    "Pi as the SPI master on the ULX3S's GPIO header GP0-GP3 or the iCEBreaker's PMOD1A; wiring in "
