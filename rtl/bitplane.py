@@ -547,7 +547,10 @@ class BitPlaneLayer(wiring.Component):
                     m.d.sync += rpart.eq(0)
                     next_tap()
             with m.State("DRAIN"):  # the last add passes the accumulator's second stage
-                m.next = "LOADSAR" if neuron else "STORE"
+                m.next = "DRAIN1" if acc.latency > 2 else ("LOADSAR" if neuron else "STORE")
+            for k in range(1, acc.latency - 1):  # and the stages inside a wide adder tree
+                with m.State(f"DRAIN{k}"):
+                    m.next = f"DRAIN{k + 1}" if k + 2 < acc.latency else ("LOADSAR" if neuron else "STORE")
             if neuron:
                 with m.State("LOADSAR"):
                     m.d.comb += sar.load.eq(1)

@@ -91,6 +91,18 @@ class UWDecoder(wiring.Component):
         return m
 
 
+# Adder levels of UWDAccumulator's tree between two registers: two levels of int8-wide adds after the weight RAM's
+# output meet 75 MHz on the ECP5 (a 4-channel group: 81.6 MHz alone), four did not (59 MHz).
+TREE_LEVELS_PER_STAGE = 2
+
+
+def tree_stages(group: int) -> int:
+    """Register stages inside UWDAccumulator's adder tree of ``group`` terms (0 for a group of at most 4): the
+    cycles an add takes beyond two (``edgespike.fpga.pipeline.tree_stages`` is the same function)."""
+    levels = (group - 1).bit_length()
+    return max(0, (levels - 1) // TREE_LEVELS_PER_STAGE)
+
+
 class UWDAccumulator(wiring.Component):
     """The UWD as a layer's synapse: ``lanes`` membranes that decode bit-plane spikes by accumulation only.
 
@@ -109,7 +121,9 @@ class UWDAccumulator(wiring.Component):
         Number of bit planes.
     group : int
         Input channels of one plane taken per add: each lane sums the weights of the spiking ones (an adder tree
-        of ``group`` masked int8 values), then adds the sum, shifted, to its membrane.
+        of ``group`` masked int8 values), then adds the sum, shifted, to its membrane. The tree has a register
+        after every :data:`TREE_LEVELS_PER_STAGE` adder levels, so a group above 4 takes
+        :func:`tree_stages` more cycles (:attr:`latency`).
 
     Attributes
     ----------
@@ -117,7 +131,8 @@ class UWDAccumulator(wiring.Component):
         Membranes to their ``bias`` (takes precedence): the bias is the decoding's starting value, so it needs no
         adder of its own (added after the last plane it was a second carry chain per lane).
     add : In(1)
-        ``acc[l] += (sum_m spikes[m] * weights[l * group + m]) << (T - 1 - t)``, in ``acc`` two cycles later.
+        ``acc[l] += (sum_m spikes[m] * weights[l * group + m]) << (T - 1 - t)``, in ``acc`` :attr:`latency`
+        cycles later.
     t : In
         Plane of the spikes being added (0 = MSB).
     spikes : In(group)
@@ -130,6 +145,7 @@ class UWDAccumulator(wiring.Component):
 
     def __init__(self, lanes: int, vbits: int, T: int, group: int = 1):
         self.lanes, self.vbits, self.T, self.group = lanes, vbits, T, group
+        self.latency = 2 + tree_stages(group)
         super().__init__({
             "clear": In(1),
             "add": In(1),
@@ -143,20 +159,31 @@ class UWDAccumulator(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         # Two stages: the adder tree's sum and the shift are registered, then added to the membrane (the tree
-        # and the membrane's carry chain in one cycle set the iCE40 Fmax). An add reaches ``acc`` two cycles
-        # after ``add``.
-        shift = Signal(bits_for(self.T))
-        add = Signal()
-        m.d.sync += [shift.eq(self.T - 1 - self.t), add.eq(self.add & ~self.clear)]
+        # and the membrane's carry chain in one cycle set the iCE40 Fmax). A wide tree is cut by registers
+        # every TREE_LEVELS_PER_STAGE levels (the read-out's 16-channel tree, four levels behind the weight RAM's
+        # output, set the ECP5 pipeline's Fmax at 59 MHz), and ``shift`` and ``add`` are delayed with it. An add
+        # reaches ``acc`` ``latency`` cycles after ``add``.
+        extra = tree_stages(self.group)
+        shift = [Signal(bits_for(self.T), name=f"shift{k}") for k in range(extra + 1)]
+        add = [Signal(name=f"add{k}") for k in range(extra + 1)]
+        m.d.sync += [shift[0].eq(self.T - 1 - self.t), add[0].eq(self.add & ~self.clear)]
+        for k in range(extra):
+            m.d.sync += [shift[k + 1].eq(shift[k]), add[k + 1].eq(add[k])]
         for lane in range(self.lanes):
             terms = [Mux(self.spikes[i], self.weights[lane * self.group + i], 0) for i in range(self.group)]
+            level = 0
             while len(terms) > 1:  # a balanced adder tree
                 terms = [a + b for a, b in zip(terms[::2], terms[1::2], strict=True)] + terms[len(terms) & ~1:]
+                level += 1
+                if level % TREE_LEVELS_PER_STAGE == 0 and len(terms) > 1:  # a register stage inside the tree
+                    regs = [Signal(t.shape(), name=f"tree{lane}_{level}_{i}") for i, t in enumerate(terms)]
+                    m.d.sync += [r.eq(t) for r, t in zip(regs, terms, strict=True)]
+                    terms = regs
             total = Signal(signed(8 + bits_for(self.group) + 1), name=f"sum{lane}")
             m.d.sync += total.eq(terms[0])
             acc = self.acc[lane]
             with m.If(self.clear):
                 m.d.sync += acc.eq(self.bias[lane])
-            with m.Elif(add):
-                m.d.sync += acc.eq(acc + (total << shift))  # a shifter and an adder per lane
+            with m.Elif(add[-1]):
+                m.d.sync += acc.eq(acc + (total << shift[-1]))  # a shifter and an adder per lane
         return m

@@ -19,7 +19,7 @@ pytest.importorskip("amaranth_boards")
 
 from edgespike.cli import main  # noqa: E402
 from edgespike.fileformat import save  # noqa: E402
-from edgespike.fpga.build import _fmax, _utilisation, _yosys_cells, build, load_plan  # noqa: E402
+from edgespike.fpga.build import _fmax, _utilisation, _yosys_cells, build, critical_path, load_plan  # noqa: E402
 from edgespike.fpga.cycles import frame_cost  # noqa: E402
 from edgespike.fpga.examples import chain_model  # noqa: E402
 
@@ -83,6 +83,10 @@ def test_icebreaker_builds_the_shipped_small_bitplane_model_by_default(tmp_path,
     assert report["logic_cells"] <= report["logic_cells_total"] == 5280 and report["bram"] <= 30
     assert report["dsps"] == 0 and report["fmax_mhz"] >= 30.0
     assert report["throughput"]["fmax"]["frames_per_second"] > 0 and "Fmax" in captured.out
+    # nextpnr's timing report names the critical path, and its delay is the clock's period at Fmax
+    path = report["critical_path"]
+    assert path["start"] and path["end"] and "critical path" in captured.out
+    assert path["ns"] == pytest.approx(1e3 / report["fmax_mhz"], rel=0.02)
     print(f"\niCEBreaker small bit-plane build: {report['seconds']:.0f} s, {report['logic_cells']} LC, "
           f"{report['bram']} EBR, {report['fmax_mhz']} MHz")
 
@@ -132,6 +136,31 @@ Info: Max frequency for clock 'board.clk': 21.52 MHz (PASS at 12.00 MHz)
                                  "SB_LUT4": 2496}
     assert _utilisation(tim) == {"ICESTORM_LC": (3079, 5280), "ICESTORM_RAM": (25, 30)}
     assert _fmax(tim) == 21.52  # the last one: after routing
+
+
+def test_critical_path_is_read_from_the_nextpnr_report():
+    """The worst clock-to-clock path of ``--report``'s JSON, paths from or to the pins (``<async>``) left out."""
+    def step(kind, delay, a, b):
+        return {"type": kind, "delay": delay, "from": {"cell": a, "port": "Q"}, "to": {"cell": b, "port": "D"}}
+
+    report = {"critical_paths": [
+        {"from": "<async>", "to": "posedge clk", "path": [step("routing", 20.0, "pin", "ff")]},
+        {"from": "posedge clk", "to": "posedge clk", "path": [
+            step("clk-to-q", 0.5, "eng.rpart", "eng.rpart"), step("routing", 1.25, "eng.rpart", "lut"),
+            step("logic", 0.25, "lut", "lut"), step("routing", 1.0, "lut", "eng.w_addr"),
+            step("setup", 0.0, "eng.w_addr", "eng.w_addr")]},
+    ]}
+    assert critical_path(report) == {"start": "eng.rpart", "end": "eng.w_addr", "ns": 3.0, "logic_ns": 0.75,
+                                     "routing_ns": 2.25}
+    assert critical_path({}) == {}
+
+
+def test_plan_only_prints_the_plan_and_runs_no_tool(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["fpga", "build", "--board", "icebreaker", "--plan-only", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("layer pipeline on iCE40UP5K") and "frame" in captured.out
+    assert "layer pipeline on" not in captured.err and not out.exists()  # once, on stdout
 
 
 def test_ecp5_pll_dividers_make_the_design_clock_exactly():

@@ -218,6 +218,37 @@ def test_readout_transposed_conv_into_integrator():
     check_layer(spec, q, lanes=1, ring=5, stall=2)
 
 
+@pytest.mark.parametrize("c_in,group,lanes", [(16, 16, 1), (8, 8, 2), (32, 32, 1)])
+def test_wide_adder_trees_are_pipelined_with_the_same_results_and_modelled_cycles(c_in, group, lanes):
+    """Groups above 4 channels get register stages inside the accumulator's adder tree (one every two levels:
+    the read-out's 16-channel tree in one cycle held the ECP5 pipeline at 59 MHz); each block then drains that
+    many cycles longer, as the cycle model counts. The read-out's shape into the Integrator, and a Conv into
+    neurons."""
+    from edgespike.fpga.pipeline import tree_stages as model_stages
+    from edgespike.rtl.uwd import tree_stages
+
+    assert [tree_stages(g) for g in (1, 2, 4, 8, 16, 32, 64)] == [0, 0, 0, 1, 1, 2, 2]
+    assert all(model_stages(g) == tree_stages(g) for g in range(1, 130))
+    rng = np.random.default_rng(c_in)
+    T = 8
+    q = rng.integers(0, 2**T, (c_in, 3, 4))
+    q[: c_in // 2, 1] = 0
+    wts = rng.integers(-127, 128, (1, c_in, 6, 6)).astype(np.int8)
+    readout = layer(wts, None, [-321], T, transposed=True, padding=2)
+    check_layer(readout, q, lanes=1, group=group, parts=2, ring=4)
+    check_layer(readout, q, lanes=1, group=group, stall=2)
+    wts, theta, bias = random_layer(rng, c_in, 2, 3, T)
+    conv = layer(wts, theta, bias, T)
+    out = check_layer(conv, q, lanes=lanes, group=group, parts=2)
+    assert out.max() > 0
+    narrow = spec_cycles(conv, q, lanes, 1) - spec_cycles(conv, q, lanes, group)
+    assert narrow > 0, "a wide group should still save cycles over one channel per add"
+
+
+def spec_cycles(spec, q, lanes, group):
+    return spec.cost(q, lanes, group).cycles
+
+
 def test_transposed_4x4_padding_1_into_neurons():
     rng = np.random.default_rng(8)
     T = 4

@@ -50,6 +50,9 @@ def add_arguments(p) -> None:
                    "docs/HARDWARE.md; at the Pi's 15.6 MHz on the ULX3S a 640x480 frame in and out takes about "
                    "0.4-0.6 s, with the overlapping stripes of the plan, against 2-3 s at 3 Mbaud: the build prints "
                    "the plan's figure beside its compute time)")
+    b.add_argument("--plan-only", action="store_true", help="plan and fit-check only, print the plan's line "
+                   "(folds, stripes, block RAM, logic estimate, frame time) and run no tool: seconds instead of the "
+                   "build's minutes to hours")
     b.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
     s = sub.add_parser("serve-sim", help="a simulated board on a TCP port")
     s.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: the shipped IF model that fits "
@@ -70,8 +73,11 @@ def run(args) -> int:
 
         # progress to stderr also when it is a log: a build takes minutes, and a CI log should show each stage
         report = build(args.board, args.model, args.out, tile=args.tile, lanes=args.lanes, baud=args.baud,
-                       progress=sys.stderr, link=args.link)
-        print(report.to_json() if args.json else report.text())
+                       progress=sys.stderr, link=args.link, dry_run=args.plan_only)
+        if isinstance(report, str):  # --plan-only: the plan's line
+            print(report)
+        else:
+            print(report.to_json() if args.json else report.text())
         return 0
 
     from edgespike.fpga.build import load_plan

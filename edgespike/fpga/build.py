@@ -99,6 +99,9 @@ class BuildReport:
     spram_total: int | None = None
     dsps: int | None = None
     fmax_mhz: float | None = None
+    # the slowest clock's worst path after routing (nextpnr's report): ``start``, ``end`` (cells), ``ns``,
+    # ``logic_ns``, ``routing_ns``
+    critical_path: dict = field(default_factory=dict)
     throughput: dict = field(default_factory=dict)
     link: str = "uart"  # the host link: uart (at baud) or spi (a Raspberry Pi as the master)
 
@@ -131,6 +134,10 @@ class BuildReport:
             clock = f"clock {self.clock_mhz:g} MHz" + (f" (PLL from the {self.oscillator_mhz:g} MHz oscillator)"
                                                         if self.oscillator_mhz else "")
             lines.append(f"  Fmax           {self.fmax_mhz:.1f} MHz, {clock}: {verdict} it ({self.margin:.2f}x)")
+        if self.critical_path:
+            c = self.critical_path
+            lines.append(f"  critical path  {c['ns']:.2f} ns ({c['logic_ns']:.2f} logic, {c['routing_ns']:.2f} "
+                         f"routing): {c['start']} -> {c['end']}")
         t = self.throughput
         if t:
             lines.append(f"  throughput     {t['frame']}: {t['cycles_per_frame']:,} cycles/frame, "
@@ -186,6 +193,22 @@ def _yosys_cells(log: str) -> dict[str, int]:
     return cells
 
 
+def critical_path(report_json: dict) -> dict:
+    """The worst clock-to-clock path of nextpnr's ``--report`` JSON (``critical_paths``; paths from or to
+    ``<async>``, the pins, are left out): start and end cells and the delays; ``{}`` without one."""
+    worst: dict = {}
+    for cp in report_json.get("critical_paths", []):
+        if "async" in cp.get("from", "") or "async" in cp.get("to", "") or not cp.get("path"):
+            continue
+        steps = cp["path"]
+        ns = sum(step["delay"] for step in steps)
+        if ns > worst.get("ns", -1.0):
+            routing = sum(step["delay"] for step in steps if step["type"] == "routing")
+            worst = {"start": steps[0]["from"]["cell"], "end": steps[-1]["to"]["cell"], "ns": round(ns, 3),
+                     "logic_ns": round(ns - routing, 3), "routing_ns": round(routing, 3)}
+    return worst
+
+
 def parse_reports(report: BuildReport, build_dir: Path, family: str) -> BuildReport:
     """Fill the resource and Fmax fields from ``top.rpt`` (yosys) and ``top.tim`` (nextpnr)."""
     rpt = (build_dir / "top.rpt").read_text(errors="replace")
@@ -205,6 +228,9 @@ def parse_reports(report: BuildReport, build_dir: Path, family: str) -> BuildRep
         report.spram, report.spram_total = util.get("ICESTORM_SPRAM", (None, None))
     report.dsps = dsp[0] if dsp else 0
     report.fmax_mhz = _fmax(tim)
+    timing = build_dir / "top.report.json"  # nextpnr --report (NEXTPNR_OPTS)
+    if timing.exists():
+        report.critical_path = critical_path(json.loads(timing.read_text()))
     return report
 
 
@@ -337,6 +363,11 @@ def _run_tools(board: str, family: str, out: Path, env: dict, report: BuildRepor
     report.bitstream = str(out / stages[-1][1])
 
 
+# nextpnr options of the layer pipeline builds: the timing report names the critical path (BuildReport), and on the
+# ECP5 the second router: router1 (nextpnr 0.11's default) left 49,301 of 274,304 arcs of the default s25 plan
+# unrouted after 50 min at 79 % of the part's logic, the count no longer falling.
+NEXTPNR_OPTS = {"ice40": "--report top.report.json", "ecp5": "--report top.report.json --router router2"}
+
 # The layer pipeline's design clock: ECP5 boards from their PLL (nextpnr checks Fmax against it), iCE40 from the
 # oscillator. Its UART runs at DEFAULT_BAUD (3 Mbaud: 25 / 24 / 4 clock cycles per bit).
 PIPELINE_CLOCK_HZ = {"ulx3s-85f": 75e6, "orangecrab": 72e6}
@@ -416,7 +447,8 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     platform = make_platform(board) if not dry_run else None
     clock_hz = PIPELINE_CLOCK_HZ.get(board) or (platform.default_clk_frequency if platform else 12e6)
     line = plan.summary(clock_hz)
-    print(line, file=sys.stderr, flush=True)
+    if not dry_run:  # a dry run returns it (fpga build --plan-only prints it on stdout)
+        print(line, file=sys.stderr, flush=True)
     if plan.logic > plan.logic_total:
         raise FitError(f"model does not fit: {line}: the logic estimate is over the part")
     divisor = uart_divisor(clock_hz, baud)
@@ -443,7 +475,8 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     out = Path(out_dir or f"build/fpga-{board}")
     out.mkdir(parents=True, exist_ok=True)
     # weights and params are RAM initialisers (EBR / DP16KD); names ABC9 can take (fpga.synth.ABC9_SAFE_NAMES)
-    products = platform.prepare(top, name="top", script_after_read=f"hierarchy -top top; {ABC9_SAFE_NAMES}")
+    products = platform.prepare(top, name="top", script_after_read=f"hierarchy -top top; {ABC9_SAFE_NAMES}",
+                                nextpnr_opts=NEXTPNR_OPTS[info.family])
     products.extract(str(out))
     report = BuildReport(board, plan_device_name(info.device), str(model_path), (H, min(plan.stripe, W)),
                          model.timesteps, baud, clock_hz / 1e6,
@@ -533,7 +566,7 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
         The model (default: the shipped model that fits the board, said on stderr: :func:`edgespike.fpga.defaults.
         board_default`).
     dry_run : bool
-        Bit-plane models: plan and fit-check, return the plan's line, run no tool.
+        Plan and fit-check, return the plan's line, run no tool (``edgespike fpga build --plan-only``).
     baud : int, optional
         The serial line speed (default: the board's, :data:`edgespike.rtl.board.BOARDS`: 3 Mbaud, 500 kbaud on the
         ULX3S's 12.5 MHz).
@@ -565,6 +598,8 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     baud = baud or info.baud
     model, plan = load_plan(model_path, info.device, tile, lanes)  # the pre-flight fit check
     check_core(model, plan)
+    if dry_run:
+        return plan.summary()
     env = _check_tools(info.family)
     platform = make_platform(board)
     clock_mhz = design_clock_hz(board, platform) / 1e6
@@ -574,13 +609,14 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     out = Path(out_dir or f"build/fpga-{board}")
     out.mkdir(parents=True, exist_ok=True)
 
-    overrides = {"script_after_read": f"hierarchy -top top; {ABC9_SAFE_NAMES}"}  # see fpga.synth
+    overrides = {"script_after_read": f"hierarchy -top top; {ABC9_SAFE_NAMES}",  # see fpga.synth
+                 "nextpnr_opts": NEXTPNR_OPTS[info.family]}
     if info.family == "ice40":
         # as fpga/synth.py: yosys maps a memory to SPRAM only without initialiser, so the RAMs lose theirs, the
         # weights included (the board then refuses tiles until the host loads weights); ECP5 keeps its weights
         drops = " ".join(f"*.{n}/t:$meminit_v2" for n in RW_RAM_NAMES)
         overrides = {"script_after_read": f"hierarchy -top top; delete {drops}; {ABC9_SAFE_NAMES}",
-                     "synth_opts": "-spram"}
+                     "synth_opts": "-spram", "nextpnr_opts": NEXTPNR_OPTS[info.family]}
     products = platform.prepare(top, name="top", **overrides)
     products.extract(str(out))
     report = BuildReport(board, plan.device.name, str(model_path), plan.tile,
