@@ -82,6 +82,29 @@ def test_the_distillation_loss_mixes_the_clean_and_the_teacher_targets():
     assert torch.allclose(mixed, 0.75 * plain + 0.25 * to_teacher) and torch.equal(clean_part, plain)
 
 
+def test_sigma_weights_balance_the_noise_levels_of_a_blind_batch():
+    """--sigma-floor: a patch's weight is 1 / (sigma^2 + floor^2), mean 1 over the batch; equal errors relative
+    to the noise level then weigh alike, and the sampler says each patch's sigma."""
+    from edgespike.train.bitplane_loop import denoising_loss, sigma_weights
+    from edgespike.train.data import PatchSampler
+
+    w = sigma_weights(np.array([0.0, 5.0, 50.0]), 5.0)
+    assert torch.allclose(w.mean(), torch.tensor(1.0)) and w[0] == 2 * w[1] and w[1] / w[2] == pytest.approx(101 / 2)
+    x = torch.zeros(2, 1, 4, 4)
+    target = torch.zeros(2, 1, 4, 4)
+    pred = torch.stack([torch.full((1, 4, 4), 1.0), torch.full((1, 4, 4), 10.0)])  # errors 10x apart
+    weighted, plain = denoising_loss(pred, x, target, weights=sigma_weights(np.array([1.0, 10.0]), 0.0))
+    assert torch.allclose(plain, ((pred / 255) ** 2).mean())
+    per = ((pred / 255) ** 2).flatten(1).mean(1)  # the quiet patch's small error now counts as much
+    assert torch.allclose(weighted, (per * torch.tensor([100.0, 1.0]) / 50.5).mean())
+    rng = np.random.default_rng(0)
+    s = PatchSampler([rng.integers(0, 256, (32, 32), dtype=np.uint8)], 16, "blind", seed=3)
+    clean, noisy = s.batch(64)
+    assert s.last_sigma.shape == (64,) and 0 <= s.last_sigma.min() and s.last_sigma.max() <= 55
+    spread = (noisy.astype(np.float64) - clean).reshape(64, -1).std(1)
+    assert np.corrcoef(spread, s.last_sigma)[0, 1] > 0.95  # the noise drawn is the sigma reported
+
+
 def test_the_pool_sampler_cuts_and_turns_the_clean_noisy_and_teacher_patches_together():
     from edgespike.train.teacher import PoolSampler, TeacherPool
 

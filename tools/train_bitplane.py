@@ -60,6 +60,10 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-weight", type=float, default=0.7,
                    help="with --teacher: the teacher's share of the target, the clean patch has the rest (default 0.7)")
     p.add_argument("--teacher-draws", type=int, default=4, help="with --teacher: noise draws per image (default 4)")
+    p.add_argument("--sigma-floor", type=float, default=0.0,
+                   help="--sigma blind: weigh each patch's squared error by 1 / (sigma^2 + FLOOR^2), scaled to mean 1 "
+                   "per batch, so that quiet patches count about as much in dB as noisy ones (e.g. 5; default 0: "
+                   "plain MSE, which the noisiest patches dominate)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
@@ -67,6 +71,8 @@ def main(argv=None) -> int:
         p.error("give a budget: --float-iters and/or --qat-iters")
     if a.teacher and a.sigma == "blind":
         p.error("--teacher needs a fixed --sigma: the reference teachers are trained for one noise level")
+    if a.sigma_floor and a.sigma != "blind":
+        p.error("--sigma-floor weighs noise levels against each other: it needs --sigma blind")
     if a.teacher and not Path(a.teacher).is_file():
         p.error(f"--teacher {a.teacher}: no such file (the reference DnCNN-S weights: ../shared/reference/dncnn/)")
 
@@ -84,7 +90,7 @@ def main(argv=None) -> int:
                  qat_lr=a.qat_lr, seed=a.seed, out=a.out, init=a.init, val_every=a.val_every,
                  stop_at=a.stop_at, spike_weight=a.spike_weight,
                  teacher=a.teacher, teacher_weight=a.teacher_weight if a.teacher else 0.0,
-                 teacher_draws=a.teacher_draws)
+                 teacher_draws=a.teacher_draws, sigma_floor=a.sigma_floor)
     logging.getLogger("edgespike.train").info("command: %s", " ".join(sys.argv))
     logging.getLogger("edgespike.train").info("config: %s", cfg)
     train(cfg, resume=a.resume, progress=not a.no_progress)

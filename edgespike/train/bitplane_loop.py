@@ -56,6 +56,9 @@ class Config:
     spike_weight: float = 0.0  # QAT: weight of the mean activation q / (2**T - 1) in the loss (fewer spikes)
     teacher: str = ""  # DnCNN state dict: distil from its outputs (edgespike.train.teacher); sigma must be a number
     teacher_weight: float = 0.0  # weight of the teacher's output in the target (the clean patch has the rest)
+    # blind noise: each patch's squared error weighs 1 / (sigma^2 + floor^2) (mean 1 over a batch), so that every
+    # noise level counts about alike in dB; 0: plain MSE, dominated by the noisiest patches
+    sigma_floor: float = 0.0
     teacher_draws: int = 4  # noise draws per training image in the teacher's pool
 
     @property
@@ -172,18 +175,32 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> BitPlaneD
     return net
 
 
-def denoising_loss(pred, x, target, teacher=None, teacher_weight: float = 0.0):
+def denoising_loss(pred, x, target, teacher=None, teacher_weight: float = 0.0, weights=None):
     """The training loss and its clean-target part (MSE on the 0..1 scale of the predicted residual ``pred``).
 
     ``target`` is the true residual (noisy ``x`` minus the clean patch). With ``teacher`` (the teacher's denoised
     patch), ``x - teacher`` is a second target of weight ``teacher_weight``: most of what separates the clean
-    target from the best possible estimate is noise the student cannot learn.
+    target from the best possible estimate is noise the student cannot learn. ``weights`` (one per patch, mean 1)
+    weigh the patches' squared errors in the loss (:func:`sigma_weights`); the clean-target part returned beside it
+    stays the plain MSE, comparable across runs.
     """
-    clean_loss = ((pred - target) / 255.0).pow(2).mean()
+    per_patch = ((pred - target) / 255.0).pow(2).flatten(1).mean(1)
+    clean_loss = per_patch.mean()
+    loss = clean_loss if weights is None else (per_patch * weights).mean()
     if teacher is None:
-        return clean_loss, clean_loss
+        return loss, clean_loss
     w = teacher_weight
-    return (1 - w) * clean_loss + w * ((pred - (x - teacher)) / 255.0).pow(2).mean(), clean_loss
+    to_teacher = ((pred - (x - teacher)) / 255.0).pow(2).flatten(1).mean(1)
+    to_teacher = to_teacher.mean() if weights is None else (to_teacher * weights).mean()
+    return (1 - w) * loss + w * to_teacher, clean_loss
+
+
+def sigma_weights(sigma: np.ndarray, floor: float) -> torch.Tensor:
+    """Per-patch loss weights ``1 / (sigma^2 + floor^2)``, scaled to mean 1: a patch's squared error grows about
+    as its noise variance, so under plain MSE the noisiest patches of a blind batch set the gradient and the
+    quiet ones (where PSNR is highest and BM3D strongest) are left over; this weighs them alike in dB."""
+    w = 1.0 / (np.asarray(sigma, np.float64) ** 2 + floor**2)
+    return torch.from_numpy(w / w.mean()).float()
 
 
 def _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progress) -> None:
@@ -203,7 +220,8 @@ def _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progr
         else:
             pred, qs = net.qforward(x, return_q=True)
         teacher = torch.from_numpy(teacher[0])[:, None] if teacher else None
-        loss, clean_loss = denoising_loss(pred, x, target, teacher, cfg.teacher_weight)
+        weights = sigma_weights(sampler.last_sigma, cfg.sigma_floor) if cfg.sigma_floor else None
+        loss, clean_loss = denoising_loss(pred, x, target, teacher, cfg.teacher_weight, weights)
         if phase == "qat" and cfg.spike_weight:
             # A neuron's spikes are the 1-bits of its activation q: the mean of q is a smooth stand-in that
             # pushes activations to zero (no spikes) and small values (few bits).

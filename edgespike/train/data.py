@@ -77,6 +77,7 @@ class PatchSampler:
             sig = rng.uniform(0, self.blind_max, (n, 1, 1))
         else:
             sig = float(self.sigma)
+        self.last_sigma = np.broadcast_to(sig, (n, 1, 1)).reshape(n)  # per patch, for the loss's weights
         noise = rng.normal(0, 1, out.shape) * (sig / 255)
         noisy = np.clip(np.round((out / 255 + noise) * 255), 0, 255).astype(np.uint8)
         return out, noisy
