@@ -50,6 +50,9 @@ def add_arguments(p) -> None:
                    "docs/HARDWARE.md; at the Pi's 15.6 MHz on the ULX3S a 640x480 frame in and out takes about "
                    "0.4-0.6 s, with the overlapping stripes of the plan, against 2-3 s at 3 Mbaud: the build prints "
                    "the plan's figure beside its compute time)")
+    b.add_argument("--clock", type=float, metavar="MHZ", help="bit-plane models on the ULX3S / OrangeCrab: the "
+                   "PLL's design clock in MHz (default 75 / 72); one the PLL makes exactly from the oscillator (the "
+                   "ULX3S's 25 MHz: multiples of 12.5). A build that misses its clock names the one to rebuild with")
     b.add_argument("--plan-only", action="store_true", help="plan and fit-check only, print the plan's line "
                    "(folds, stripes, block RAM, logic estimate, frame time) and run no tool: seconds instead of the "
                    "build's minutes to hours")
@@ -73,7 +76,7 @@ def run(args) -> int:
 
         # progress to stderr also when it is a log: a build takes minutes, and a CI log should show each stage
         report = build(args.board, args.model, args.out, tile=args.tile, lanes=args.lanes, baud=args.baud,
-                       progress=sys.stderr, link=args.link, dry_run=args.plan_only)
+                       progress=sys.stderr, link=args.link, dry_run=args.plan_only, clock_mhz=args.clock)
         if isinstance(report, str):  # --plan-only: the plan's line
             print(report)
         else:

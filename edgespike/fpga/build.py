@@ -407,7 +407,8 @@ def planning_sample(model, side: int | None = None):
 
 def build_pipeline(board: str, model_path: str, out_dir: str | None = None, frame: tuple[int, int] | None = None,
                    max_lanes: int | None = None, baud: int | None = None, progress=None, cpu: bool = True,
-                   dry_run: bool = False, folds: list | None = None, link: str = "uart") -> BuildReport | str:
+                   dry_run: bool = False, folds: list | None = None, link: str = "uart",
+                   clock_mhz: float | None = None) -> BuildReport | str:
     """A bit-plane model's layer pipeline on ``board``: plan, fit check, bitstream, report.
 
     :func:`edgespike.fpga.pipeline.plan_pipeline` chooses the folds and the stripe width for ``frame`` (default
@@ -421,7 +422,9 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     group)`` per layer) replace the planner's lanes and groups (it still chooses the line buffers' parts and the
     stripe), e.g. ``build_pipeline("ulx3s-85f", path, frame=(128, 64), folds=[(16, 1), (16, 1), (1, 16)])`` for a
     saved ``bitplane_dncnn(depth=3, width=16, T=8, down=True, seed=3)``, the shape of docs/HARDWARE.md's
-    measurements. ``link="spi"`` puts the same top (framed or raw) behind the SPI peripheral on the board's
+    measurements. ``clock_mhz`` sets an ECP5 board's PLL clock instead (one the PLL makes exactly from the
+    oscillator: multiples of 12.5 MHz on the ULX3S), for a design that does not reach the default.
+    ``link="spi"`` puts the same top (framed or raw) behind the SPI peripheral on the board's
     :data:`~edgespike.rtl.board.SPI_PINS` instead of the UART; a line on stderr gives its frame time.
     """
     from edgespike.fileformat import load
@@ -446,6 +449,8 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
         raise FitError(f"model does not fit: {exc}") from None
     platform = make_platform(board) if not dry_run else None
     clock_hz = PIPELINE_CLOCK_HZ.get(board) or (platform.default_clk_frequency if platform else 12e6)
+    if clock_mhz:
+        clock_hz = pll_clock(board, clock_mhz)
     line = plan.summary(clock_hz)
     if not dry_run:  # a dry run returns it (fpga build --plan-only prints it on stdout)
         print(line, file=sys.stderr, flush=True)
@@ -463,7 +468,7 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     dut, specs, folds = pipeline_gateware(model, H, min(plan.stripe, W), plan.folds)
     # the framed link when its buffers and logic fit beside the pipeline, else the raw UART top (said on stderr)
     top, which = board_top(board, model, dut, specs, plan, (H, min(plan.stripe, W)), baud, divisor,
-                           pll_hz=PIPELINE_CLOCK_HZ.get(board) if info.family == "ecp5" else None)
+                           pll_hz=clock_hz if info.family == "ecp5" else None)
     spi = None
     if link == "spi":
         framed = isinstance(top, PipelineLinkTop)
@@ -481,12 +486,66 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     report = BuildReport(board, plan_device_name(info.device), str(model_path), (H, min(plan.stripe, W)),
                          model.timesteps, baud, clock_hz / 1e6,
                          platform.default_clk_frequency / 1e6 if board in PIPELINE_CLOCK_HZ else None, link=link)
-    _run_tools(board, info.family, out, env, report, progress)
+    try:
+        _run_tools(board, info.family, out, env, report, progress)
+    except UserError as exc:  # a design that does not reach the clock: say which clock it would reach
+        raise UserError(f"{exc}{timing_hint(board, out, clock_hz)}") from None
     report.throughput = pipeline_throughput(model, plan, specs, sample, clock_hz / 1e6, report.fmax_mhz, baud,
                                             cpu=cpu, spi=spi)
     report.throughput["plan"] = line
     (out / "report.json").write_text(report.to_json())
     return report
+
+
+def pll_clock(board: str, mhz: float) -> float:
+    """``mhz`` as the design clock of ``board``'s PLL (Hz), or :class:`UserError` naming the clocks it can make."""
+    from edgespike.rtl.board import BOARDS, make_platform
+    from edgespike.rtl.pll import ecp5_pll_dividers
+
+    if BOARDS[board].family != "ecp5":
+        raise UserError(f"--clock: {board} has no PLL in the layer pipeline's top (its oscillator clocks it)")
+    f_in = make_platform(board).default_clk_frequency
+    try:
+        return ecp5_pll_dividers(f_in, mhz * 1e6).f_out
+    except ValueError:
+        made = [f"{f / 1e6:g}" for f in pll_clocks(f_in) if 25e6 <= f <= 100e6]
+        raise UserError(f"--clock {mhz:g}: the PLL cannot make it from the {f_in / 1e6:g} MHz oscillator; "
+                        f"choose one of {', '.join(made)} MHz") from None
+
+
+def pll_clocks(f_in: float) -> list[float]:
+    """The design clocks an ECP5 PLL makes exactly from ``f_in`` (ascending)."""
+    from edgespike.rtl.pll import PFD_HZ, VCO_HZ
+
+    found = set()
+    for clki_div in (d for d in range(1, 129) if PFD_HZ[0] <= f_in / d <= PFD_HZ[1]):
+        for clkfb_div in range(1, 81):
+            f = f_in * clkfb_div / clki_div
+            if any(VCO_HZ[0] <= f * k <= VCO_HZ[1] for k in range(1, 129)):
+                found.add(f)
+    return sorted(found)
+
+
+def timing_hint(board: str, out: Path, clock_hz: float) -> str:
+    """After a failed build: when nextpnr's log says the design missed the clock, its Fmax, the critical path and
+    the ``--clock`` to rebuild with (the fastest the PLL makes below Fmax); else nothing."""
+    tim = out / "top.tim"
+    fmax = _fmax(tim.read_text(errors="replace")) if tim.exists() else None
+    if fmax is None or fmax * 1e6 >= clock_hz:
+        return ""
+    text = f"\nthe design reaches {fmax:.1f} MHz after routing, below the {clock_hz / 1e6:g} MHz clock"
+    timing = out / "top.report.json"
+    if timing.exists():
+        c = critical_path(json.loads(timing.read_text()))
+        if c:
+            text += f" (critical path {c['ns']:.2f} ns: {c['start']} -> {c['end']})"
+    if board in PIPELINE_CLOCK_HZ:  # a PLL makes the clock
+        from edgespike.rtl.board import make_platform
+
+        below = [f for f in pll_clocks(make_platform(board).default_clk_frequency) if f <= fmax * 1e6]
+        if below:
+            text += f"; rebuild with --clock {below[-1] / 1e6:g} to run it at a clock it meets"
+    return text
 
 
 def _say_spi(plan, spi: dict, clock_hz: float) -> None:
@@ -552,7 +611,7 @@ def check_link(board: str, link: str) -> None:
 
 def build(board: str, model_path: str | None = None, out_dir: str | None = None, tile: tuple[int, int] | None = None,
           lanes: int | None = None, baud: int | None = None, progress=None, cpu: bool = True,
-          dry_run: bool = False, link: str = "uart") -> BuildReport | str:
+          dry_run: bool = False, link: str = "uart", clock_mhz: float | None = None) -> BuildReport | str:
     """Fit-check, synthesise, place and route, and pack a bitstream; return (and write) its report.
 
     A bit-plane model is built as the layer pipeline (:func:`build_pipeline`: ``tile`` is then the frame the
@@ -579,6 +638,9 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     link : str
         The host link: ``uart`` (the board's USB serial port, at ``baud``) or ``spi`` (a Raspberry Pi as the SPI
         master on :data:`edgespike.rtl.board.SPI_PINS`: the ULX3S's GPIO header, the iCEBreaker's PMOD1A).
+    clock_mhz : float, optional
+        Bit-plane models on an ECP5 board: the PLL's design clock instead of :data:`PIPELINE_CLOCK_HZ` (a build
+        that misses its clock says which one to rebuild with).
     """
     from edgespike.fpga.synth import ABC9_SAFE_NAMES, RW_RAM_NAMES
     from edgespike.rtl.board import BOARDS, BoardTop, design_clock_hz, make_platform, uart_divisor
@@ -594,7 +656,9 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
         print(note, file=sys.stderr, flush=True)
     if is_bitplane(model_path):
         return build_pipeline(board, model_path, out_dir, frame=tile, max_lanes=lanes, baud=baud,
-                              progress=progress, cpu=cpu, dry_run=dry_run, link=link)
+                              progress=progress, cpu=cpu, dry_run=dry_run, link=link, clock_mhz=clock_mhz)
+    if clock_mhz:
+        raise UserError("--clock is for bit-plane models (the layer pipeline); the shared engine's clock is fixed")
     baud = baud or info.baud
     model, plan = load_plan(model_path, info.device, tile, lanes)  # the pre-flight fit check
     check_core(model, plan)
