@@ -19,7 +19,16 @@ pytest.importorskip("amaranth_boards")
 
 from edgespike.cli import main  # noqa: E402
 from edgespike.fileformat import save  # noqa: E402
-from edgespike.fpga.build import _fmax, _utilisation, _yosys_cells, build, critical_path, load_plan  # noqa: E402
+from edgespike.fpga.build import (  # noqa: E402
+    _fmax,
+    _utilisation,
+    _yosys_cells,
+    build,
+    critical_path,
+    load_plan,
+    pll_clock,
+    timing_hint,
+)
 from edgespike.fpga.cycles import frame_cost  # noqa: E402
 from edgespike.fpga.examples import chain_model  # noqa: E402
 
@@ -161,6 +170,36 @@ def test_plan_only_prints_the_plan_and_runs_no_tool(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.out.startswith("layer pipeline on iCE40UP5K") and "frame" in captured.out
     assert "layer pipeline on" not in captured.err and not out.exists()  # once, on stdout
+
+
+def test_clock_option_takes_what_the_pll_makes_and_names_the_rest(capsys):
+    """--clock: a PLL clock of the ULX3S's 25 MHz oscillator (12.5 MHz steps) is taken; another is refused with
+    the ones it can make; the iCEBreaker has no PLL in the pipeline's top."""
+    from edgespike.errors import UserError
+
+    assert pll_clock("ulx3s-85f", 37.5) == 37.5e6
+    with pytest.raises(UserError, match=r"--clock 45: the PLL cannot make it .* 37.5, 50, 62.5, 75"):
+        pll_clock("ulx3s-85f", 45)
+    with pytest.raises(UserError, match="icebreaker has no PLL"):
+        pll_clock("icebreaker", 12)
+    assert main(["fpga", "build", "--board", "ulx3s-85f", "--clock", "45", "--plan-only"]) == 2
+    err = capsys.readouterr().err
+    assert "--clock 45: the PLL cannot make it" in err and "Traceback" not in err
+
+
+def test_a_build_that_misses_its_clock_names_fmax_the_path_and_the_clock_to_rebuild_with(tmp_path):
+    line = "Max frequency for clock '$glbnet$clocks.clk': {} MHz (FAIL at 75.00 MHz)\n"
+    (tmp_path / "top.tim").write_text("Info: " + line.format("40.57") + "ERROR: " + line.format("46.13"))
+    step = {"type": "routing", "delay": 21.68, "from": {"cell": "pipeline.layer5.w_addr"},
+            "to": {"cell": "pipeline.layer5.rom_data"}}
+    (tmp_path / "top.report.json").write_text(json.dumps({"critical_paths": [
+        {"from": "posedge clk", "to": "posedge clk", "path": [step]}]}))
+    hint = timing_hint("ulx3s-85f", tmp_path, 75e6)
+    assert "reaches 46.1 MHz after routing, below the 75 MHz clock" in hint
+    assert "21.68 ns: pipeline.layer5.w_addr -> pipeline.layer5.rom_data" in hint
+    assert hint.endswith("rebuild with --clock 37.5 to run it at a clock it meets")
+    assert timing_hint("ulx3s-85f", tmp_path, 37.5e6) == ""  # met: nothing to add
+    assert timing_hint("ulx3s-85f", tmp_path / "none", 75e6) == ""  # no log (another tool failed)
 
 
 def test_ecp5_pll_dividers_make_the_design_clock_exactly():

@@ -438,6 +438,7 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     from edgespike.rtl.board import BOARDS, PipelineLinkTop, make_platform, spi_top, uart_divisor
 
     check_link(board, link)
+    asked_hz = pll_clock(board, clock_mhz) if clock_mhz else None  # refused before the planner's minute
     info = BOARDS[board]
     model = load(resolve(model_path))
     H, W = frame or PIPELINE_FRAME
@@ -450,7 +451,7 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     platform = make_platform(board) if not dry_run else None
     clock_hz = PIPELINE_CLOCK_HZ.get(board) or (platform.default_clk_frequency if platform else 12e6)
     if clock_mhz:
-        clock_hz = pll_clock(board, clock_mhz)
+        clock_hz = asked_hz
     line = plan.summary(clock_hz)
     if not dry_run:  # a dry run returns it (fpga build --plan-only prints it on stdout)
         print(line, file=sys.stderr, flush=True)
