@@ -38,6 +38,18 @@ class PLLDividers:
         return self.f_out * self.clkop_div
 
 
+def ecp5_pll_outputs(f_in: float) -> list[float]:
+    """Every clock :func:`ecp5_pll_dividers` can make from ``f_in`` (ascending): ``f_in * clkfb_div / clki_div``
+    with the PFD, VCO and output in range."""
+    found = set()
+    for clki_div in (d for d in range(1, 129) if PFD_HZ[0] <= f_in / d <= PFD_HZ[1]):
+        for clkfb_div in range(1, 81):
+            f = f_in * clkfb_div / clki_div
+            if OUT_HZ[0] <= f <= OUT_HZ[1] and any(VCO_HZ[0] <= f * k <= VCO_HZ[1] for k in range(1, 129)):
+                found.add(f)
+    return sorted(found)
+
+
 def ecp5_pll_dividers(f_in: float, f_out: float) -> PLLDividers:
     """The dividers that make ``f_out`` from ``f_in`` exactly (or ValueError), VCO nearest 600 MHz."""
     if not OUT_HZ[0] <= f_out <= OUT_HZ[1]:

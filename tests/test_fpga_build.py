@@ -211,6 +211,11 @@ def test_ecp5_pll_dividers_make_the_design_clock_exactly():
     assert crab.f_out == 12e6 and 400e6 <= crab.f_vco <= 800e6 and 10e6 <= 48e6 / crab.clki_div
     with pytest.raises(ValueError, match="no ECP5 PLL setting makes 12 MHz from 25 MHz"):
         ecp5_pll_dividers(25e6, 12e6)  # 12/25 needs a 1 MHz phase detector, below the PLL's 10 MHz
+    from edgespike.rtl.pll import ecp5_pll_outputs
+
+    made = ecp5_pll_outputs(25e6)  # what fpga build --clock offers: each made exactly, and nothing else
+    assert [f / 1e6 for f in made if 25e6 <= f <= 100e6] == [25, 37.5, 50, 62.5, 75, 87.5, 100]
+    assert all(ecp5_pll_dividers(25e6, f).f_out == f for f in made) and 12e6 not in made
 
 
 def test_ulx3s_top_runs_the_accelerator_from_the_pll(small_model, tmp_path):

@@ -501,7 +501,7 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
 def pll_clock(board: str, mhz: float) -> float:
     """``mhz`` as the design clock of ``board``'s PLL (Hz), or :class:`UserError` naming the clocks it can make."""
     from edgespike.rtl.board import BOARDS, make_platform
-    from edgespike.rtl.pll import ecp5_pll_dividers
+    from edgespike.rtl.pll import ecp5_pll_dividers, ecp5_pll_outputs
 
     if BOARDS[board].family != "ecp5":
         raise UserError(f"--clock: {board} has no PLL in the layer pipeline's top (its oscillator clocks it)")
@@ -509,22 +509,9 @@ def pll_clock(board: str, mhz: float) -> float:
     try:
         return ecp5_pll_dividers(f_in, mhz * 1e6).f_out
     except ValueError:
-        made = [f"{f / 1e6:g}" for f in pll_clocks(f_in) if 25e6 <= f <= 100e6]
+        made = [f"{f / 1e6:g}" for f in ecp5_pll_outputs(f_in) if 25e6 <= f <= 100e6]
         raise UserError(f"--clock {mhz:g}: the PLL cannot make it from the {f_in / 1e6:g} MHz oscillator; "
                         f"choose one of {', '.join(made)} MHz") from None
-
-
-def pll_clocks(f_in: float) -> list[float]:
-    """The design clocks an ECP5 PLL makes exactly from ``f_in`` (ascending)."""
-    from edgespike.rtl.pll import PFD_HZ, VCO_HZ
-
-    found = set()
-    for clki_div in (d for d in range(1, 129) if PFD_HZ[0] <= f_in / d <= PFD_HZ[1]):
-        for clkfb_div in range(1, 81):
-            f = f_in * clkfb_div / clki_div
-            if any(VCO_HZ[0] <= f * k <= VCO_HZ[1] for k in range(1, 129)):
-                found.add(f)
-    return sorted(found)
 
 
 def timing_hint(board: str, out: Path, clock_hz: float) -> str:
@@ -542,8 +529,9 @@ def timing_hint(board: str, out: Path, clock_hz: float) -> str:
             text += f" (critical path {c['ns']:.2f} ns: {c['start']} -> {c['end']})"
     if board in PIPELINE_CLOCK_HZ:  # a PLL makes the clock
         from edgespike.rtl.board import make_platform
+        from edgespike.rtl.pll import ecp5_pll_outputs
 
-        below = [f for f in pll_clocks(make_platform(board).default_clk_frequency) if f <= fmax * 1e6]
+        below = [f for f in ecp5_pll_outputs(make_platform(board).default_clk_frequency) if f <= fmax * 1e6]
         if below:
             text += f"; rebuild with --clock {below[-1] / 1e6:g} to run it at a clock it meets"
     return text
