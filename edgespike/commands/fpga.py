@@ -53,9 +53,9 @@ def add_arguments(p) -> None:
     b.add_argument("--clock", type=float, metavar="MHZ", help="bit-plane models on the ULX3S / OrangeCrab: the "
                    "PLL's design clock in MHz (default 75 / 72); one the PLL makes exactly from the oscillator (the "
                    "ULX3S's 25 MHz: multiples of 12.5). A build that misses its clock names the one to rebuild with")
-    b.add_argument("--plan-only", action="store_true", help="plan and fit-check only, print the plan's line "
-                   "(folds, stripes, block RAM, logic estimate, frame time) and run no tool: seconds instead of the "
-                   "build's minutes to hours")
+    b.add_argument("--plan-only", action="store_true", help="plan and fit-check only: print the plan's line "
+                   "(folds, stripes, block RAM, logic estimate, frame time; on stderr, as every build does before its "
+                   "tools run) and run no tool: seconds instead of the build's minutes to hours")
     b.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
     s = sub.add_parser("serve-sim", help="a simulated board on a TCP port")
     s.add_argument("--model", metavar="M", help=MODEL_HELP + " (default: the shipped IF model that fits "
@@ -77,9 +77,7 @@ def run(args) -> int:
         # progress to stderr also when it is a log: a build takes minutes, and a CI log should show each stage
         report = build(args.board, args.model, args.out, tile=args.tile, lanes=args.lanes, baud=args.baud,
                        progress=sys.stderr, link=args.link, dry_run=args.plan_only, clock_mhz=args.clock)
-        if isinstance(report, str):  # --plan-only: the plan's line
-            print(report)
-        else:
+        if not isinstance(report, str):  # --plan-only returns the plan's line, already on stderr
             print(report.to_json() if args.json else report.text())
         return 0
 

@@ -453,8 +453,7 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     if clock_mhz:
         clock_hz = asked_hz
     line = plan.summary(clock_hz)
-    if not dry_run:  # a dry run returns it (fpga build --plan-only prints it on stdout)
-        print(line, file=sys.stderr, flush=True)
+    print(line, file=sys.stderr, flush=True)  # before any tool runs (and all that fpga build --plan-only prints)
     if plan.logic > plan.logic_total:
         raise FitError(f"model does not fit: {line}: the logic estimate is over the part")
     divisor = uart_divisor(clock_hz, baud)
@@ -652,6 +651,7 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     model, plan = load_plan(model_path, info.device, tile, lanes)  # the pre-flight fit check
     check_core(model, plan)
     if dry_run:
+        print(plan.summary(), file=sys.stderr, flush=True)  # as a bit-plane model's plan
         return plan.summary()
     env = _check_tools(info.family)
     platform = make_platform(board)
