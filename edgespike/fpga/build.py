@@ -449,9 +449,7 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     except PipelineError as exc:
         raise FitError(f"model does not fit: {exc}") from None
     platform = make_platform(board) if not dry_run else None
-    clock_hz = PIPELINE_CLOCK_HZ.get(board) or (platform.default_clk_frequency if platform else 12e6)
-    if clock_mhz:
-        clock_hz = asked_hz
+    clock_hz = asked_hz or PIPELINE_CLOCK_HZ.get(board) or (platform.default_clk_frequency if platform else 12e6)
     line = plan.summary(clock_hz)
     print(line, file=sys.stderr, flush=True)  # before any tool runs (and all that fpga build --plan-only prints)
     if plan.logic > plan.logic_total:
@@ -651,8 +649,9 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     model, plan = load_plan(model_path, info.device, tile, lanes)  # the pre-flight fit check
     check_core(model, plan)
     if dry_run:
-        print(plan.summary(), file=sys.stderr, flush=True)  # as a bit-plane model's plan
-        return plan.summary()
+        line = plan.summary()
+        print(line, file=sys.stderr, flush=True)  # as a bit-plane model's plan
+        return line
     env = _check_tools(info.family)
     platform = make_platform(board)
     clock_mhz = design_clock_hz(board, platform) / 1e6
