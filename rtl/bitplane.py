@@ -50,6 +50,14 @@ from edgespike.rtl.uwe import SARNeuron
 
 # Lanes per SAR converter at most (SARNeuron's ``share``; edgespike.fpga.pipeline.SAR_LANES is the same value)
 SAR_LANES = 4
+# Register stages between the weight memories' read and the accumulator (``edgespike.fpga.pipeline`` counts them
+# once per block, in the DRAIN).
+WEIGHT_STAGES = 1
+# A weight ROM of logic is decoded in slices of this many bits, each from its own copy of the address register:
+# one address register for a 512-bit word drove about 2,000 LUTs, and the route to them was the ECP5 pipeline's
+# critical path (20 ns of 21.7). The copies' names hold ``fanout_copy``: the build keeps them (yosys would merge
+# identical flip-flops).
+ROM_SLICE_BITS = 32
 
 
 def sar_share(lanes: int, most: int = SAR_LANES) -> int:
@@ -237,6 +245,24 @@ class BitPlaneLayer(wiring.Component):
             "sar_step": Out(1),
         })
 
+    @staticmethod
+    def _weight_rom(m: Module, words: list[int], abits: int, addr, en, data) -> None:
+        """The ROM of logic: ``data`` (a register) takes word ``addr[:abits]`` two cycles after a read with
+        ``en``, like the block RAM's word behind its output register. The address is registered once per
+        :data:`ROM_SLICE_BITS` of the word, and each slice decoded from its own copy."""
+        width = len(data)
+        for k, lo in enumerate(range(0, width, ROM_SLICE_BITS)):
+            n = min(ROM_SLICE_BITS, width - lo)
+            copy = Signal(abits, name=f"rom_addr_fanout_copy{k}")
+            with m.If(en):
+                m.d.sync += copy.eq(addr[:abits])
+            m.submodules[f"weights_rom{k}"] = rom = memory.Memory(
+                shape=unsigned(n), depth=len(words), init=[(w >> lo) & ((1 << n) - 1) for w in words],
+                attrs={"ram_style": "logic"})
+            port = rom.read_port(domain="comb")
+            m.d.comb += port.addr.eq(copy)
+            m.d.sync += data[lo:lo + n].eq(port.data)
+
     def elaborate(self, platform):
         m = Module()
         T, L, k, s = self.T, self.lanes, self.k, self.stride
@@ -269,17 +295,22 @@ class BitPlaneLayer(wiring.Component):
         m.submodules.weights = wm = memory.Memory(shape=unsigned(8 * L * M), depth=ram_words, init=words[:ram_words])
         w_r = wm.read_port()
         w_addr = Signal(bits_for(len(words)))
-        w_data = w_r.data
+        # A word read in SCAN reaches the accumulator WEIGHT_STAGES + 1 cycles later: the read, then a register on
+        # the RAM's output (a DP16KD's clock-to-output, 5.8 ns, was most of the ECP5 pipeline's paths) and on the
+        # ROM's (its decode).
+        ram_q = Signal(8 * L * M)
+        m.d.sync += ram_q.eq(w_r.data)
+        w_data = ram_q
         if self.rom_words:
-            m.submodules.weights_rom = rm = memory.Memory(shape=unsigned(8 * L * M), depth=self.rom_words,
-                                                          init=words[ram_words:], attrs={"ram_style": "logic"})
-            r_r = rm.read_port()
             abits = (ram_words - 1).bit_length()
-            in_rom = Signal()  # the word read is the ROM's (registered with the read, as the data)
-            m.d.comb += [r_r.addr.eq(w_addr[:abits]), r_r.en.eq(w_r.en)]
+            in_rom = Signal()  # the word read is the ROM's (registered with the read, then with the data)
+            in_rom_q = Signal()
             with m.If(w_r.en):
                 m.d.sync += in_rom.eq(w_addr[abits:].any())
-            w_data = Mux(in_rom, r_r.data, w_r.data)
+            m.d.sync += in_rom_q.eq(in_rom)
+            rom_q = Signal(8 * L * M)
+            self._weight_rom(m, words[ram_words:], abits, w_addr, w_r.en, rom_q)
+            w_data = Mux(in_rom_q, rom_q, ram_q)
         vb, tb = self.vbits, self.theta_bits
         params = []
         for g in range(G):
@@ -426,10 +457,16 @@ class BitPlaneLayer(wiring.Component):
         first = Signal(max(1, len(first_d)))
         m.d.sync += [mask.eq(mask_d), any_set.eq(any_d), first.eq(first_d)]
 
-        # UWD pipeline: a weight read issued in SCAN is added in the next cycle.
+        # UWD pipeline: a weight read issued in SCAN is added WEIGHT_STAGES + 1 cycles later, with its plane and
+        # spikes delayed as far.
         m.d.sync += ev_valid.eq(0)
+        add_valid, add_t, add_bits = ev_valid, ev_t, ev_bits
+        for k in range(WEIGHT_STAGES):
+            regs = Signal(name=f"add_valid{k}"), Signal.like(ev_t, name=f"add_t{k}"), Signal(M, name=f"add_bits{k}")
+            m.d.sync += [r.eq(v) for r, v in zip(regs, (add_valid, add_t, add_bits), strict=True)]
+            add_valid, add_t, add_bits = regs
         m.d.comb += [
-            acc.add.eq(ev_valid), acc.t.eq(ev_t), acc.weights.eq(w_data), acc.spikes.eq(ev_bits),
+            acc.add.eq(add_valid), acc.t.eq(add_t), acc.weights.eq(w_data), acc.spikes.eq(add_bits),
             w_addr.eq(Cat(first[:gbits], wrow) if gbits else wrow), w_r.addr.eq(w_addr),
             lb_r.addr.eq(Cat(rd_part[:pbits], raddr) if ring else
                          Cat(rd_part[:pbits], rx[:xbits], ry[:(slots - 1).bit_length()])),
@@ -437,7 +474,7 @@ class BitPlaneLayer(wiring.Component):
                          Cat(wpart[:pbits], x_in, rows_in[:(slots - 1).bit_length()])),
             p_r.addr.eq(p_addr),
             self.lb_read.eq(lb_r.en), self.w_read.eq(w_r.en), self.p_read.eq(p_r.en), self.lb_write.eq(lb_w.en),
-            self.add_spikes.eq(Mux(ev_valid, ev_bits, 0)), self.bias_add.eq(acc.clear),
+            self.add_spikes.eq(Mux(add_valid, add_bits, 0)), self.bias_add.eq(acc.clear),
         ]
         if neuron:  # a step of the converters' first lanes stands for one step in every lane (the add counts)
             m.d.comb += self.sar_step.eq(sar.step & sar.first)
@@ -546,11 +583,12 @@ class BitPlaneLayer(wiring.Component):
                 with m.Else():
                     m.d.sync += rpart.eq(0)
                     next_tap()
-            with m.State("DRAIN"):  # the last add passes the accumulator's second stage
-                m.next = "DRAIN1" if acc.latency > 2 else ("LOADSAR" if neuron else "STORE")
-            for k in range(1, acc.latency - 1):  # and the stages inside a wide adder tree
-                with m.State(f"DRAIN{k}"):
-                    m.next = f"DRAIN{k + 1}" if k + 2 < acc.latency else ("LOADSAR" if neuron else "STORE")
+            # The last add passes the weight registers, the accumulator's second stage and the register stages
+            # inside a wide adder tree.
+            drain = WEIGHT_STAGES + acc.latency - 1
+            for k in range(drain):
+                with m.State("DRAIN" if k == 0 else f"DRAIN{k}"):
+                    m.next = f"DRAIN{k + 1}" if k + 1 < drain else ("LOADSAR" if neuron else "STORE")
             if neuron:
                 with m.State("LOADSAR"):
                     m.d.comb += sar.load.eq(1)

@@ -94,6 +94,8 @@ class UWDecoder(wiring.Component):
 # Adder levels of UWDAccumulator's tree between two registers: two levels of int8-wide adds after the weight RAM's
 # output meet 75 MHz on the ECP5 (a 4-channel group: 81.6 MHz alone), four did not (59 MHz).
 TREE_LEVELS_PER_STAGE = 2
+# Lanes of UWDAccumulator driven by one copy of the membranes' control registers.
+LANES_PER_COPY = 8
 
 
 def tree_stages(group: int) -> int:
@@ -128,8 +130,9 @@ class UWDAccumulator(wiring.Component):
     Attributes
     ----------
     clear : In(1)
-        Membranes to their ``bias`` (takes precedence): the bias is the decoding's starting value, so it needs no
-        adder of its own (added after the last plane it was a second carry chain per lane).
+        Membranes to their ``bias`` two cycles later (taking precedence over an add in that cycle): the bias is
+        the decoding's starting value, so it needs no adder of its own (added after the last plane it was a
+        second carry chain per lane).
     add : In(1)
         ``acc[l] += (sum_m spikes[m] * weights[l * group + m]) << (T - 1 - t)``, in ``acc`` :attr:`latency`
         cycles later.
@@ -162,13 +165,21 @@ class UWDAccumulator(wiring.Component):
         # and the membrane's carry chain in one cycle set the iCE40 Fmax). A wide tree is cut by registers
         # every TREE_LEVELS_PER_STAGE levels (the read-out's 16-channel tree, four levels behind the weight RAM's
         # output, set the ECP5 pipeline's Fmax at 59 MHz), and ``shift`` and ``add`` are delayed with it. An add
-        # reaches ``acc`` ``latency`` cycles after ``add``.
-        extra = tree_stages(self.group)
-        shift = [Signal(bits_for(self.T), name=f"shift{k}") for k in range(extra + 1)]
-        add = [Signal(name=f"add{k}") for k in range(extra + 1)]
-        m.d.sync += [shift[0].eq(self.T - 1 - self.t), add[0].eq(self.add & ~self.clear)]
-        for k in range(extra):
-            m.d.sync += [shift[k + 1].eq(shift[k]), add[k + 1].eq(add[k])]
+        # reaches ``acc`` ``latency`` cycles after ``add``. The last registers of shift and add are copied once
+        # per LANES_PER_COPY lanes, as is a register of clear: one register drove every lane's shifter and adder
+        # (64 lanes of about 20 bits on the ECP5). The copies' names hold ``fanout_copy``, which the build keeps
+        # apart; through them clear acts a cycle later.
+        shift, add = self.T - 1 - self.t, self.add & ~self.clear
+        for k in range(tree_stages(self.group)):
+            shift_k, add_k = Signal(bits_for(self.T), name=f"shift{k}"), Signal(name=f"add{k}")
+            m.d.sync += [shift_k.eq(shift), add_k.eq(add)]
+            shift, add = shift_k, add_k
+        copies = []
+        for j in range(0, self.lanes, LANES_PER_COPY):
+            c = (Signal(bits_for(self.T), name=f"shift_fanout_copy{j}"), Signal(name=f"add_fanout_copy{j}"),
+                 Signal(name=f"clear_fanout_copy{j}"))
+            m.d.sync += [c[0].eq(shift), c[1].eq(add), c[2].eq(self.clear)]
+            copies.append(c)
         for lane in range(self.lanes):
             terms = [Mux(self.spikes[i], self.weights[lane * self.group + i], 0) for i in range(self.group)]
             level = 0
@@ -182,8 +193,9 @@ class UWDAccumulator(wiring.Component):
             total = Signal(signed(8 + bits_for(self.group) + 1), name=f"sum{lane}")
             m.d.sync += total.eq(terms[0])
             acc = self.acc[lane]
-            with m.If(self.clear):
+            shift_l, add_l, clear_l = copies[lane // LANES_PER_COPY]
+            with m.If(clear_l):
                 m.d.sync += acc.eq(self.bias[lane])
-            with m.Elif(add[-1]):
-                m.d.sync += acc.eq(acc + (total << shift[-1]))  # a shifter and an adder per lane
+            with m.Elif(add_l):
+                m.d.sync += acc.eq(acc + (total << shift_l))  # a shifter and an adder per lane
         return m

@@ -180,7 +180,8 @@ def test_ring_line_buffer_equals_reference(c_in, c_out, k, lanes, group, parts, 
 def test_weight_rom_tail_equals_reference():
     """The last weight words in a ROM of logic (``rom_words``, the planner's answer to a weight RAM just over a
     power of two of words): the same codes, cycles and access counts. 36 words: 32 in block RAM, 4 in the ROM;
-    with two blocks of lanes, the second block's taps read the ROM."""
+    with two blocks of lanes, the second block's taps read the ROM; words wider than ROM_SLICE_BITS decoded in
+    slices, and more lanes than LANES_PER_COPY."""
     rng = np.random.default_rng(11)
     T = 8
     wts, theta, bias = random_layer(rng, 4, 4, 3, T)
@@ -189,6 +190,10 @@ def test_weight_rom_tail_equals_reference():
     spec = layer(wts, theta, bias, T)
     check_layer(spec, q, lanes=4, rom_words=4)  # 36 words: 32 + 4
     check_layer(spec, q, lanes=2, rom_words=8, parts=2)  # 72 words: 64 + 8, block 1 reads the ROM
+    check_layer(spec, q, lanes=4, group=4, rom_words=1)  # 9 words of 128 bits: 8 + 1, the ROM in 4 slices
+    # 16 lanes: 9 words of 512 bits, the ROM in 16 slices, and two copies of the membranes' controls
+    wts, theta, bias = random_layer(rng, 4, 16, 3, T)
+    check_layer(layer(wts, theta, bias, T), q, lanes=16, group=4, rom_words=1)
 
 
 def test_saturation_negative_and_conv_bias():

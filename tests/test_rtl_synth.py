@@ -70,3 +70,27 @@ def test_layer_pipeline_synthesises_without_multipliers(family):
     found = {c: n for c, n in cells.items() if c.removeprefix("coarse:") in MULTIPLIER_CELLS}
     assert not found, f"multiplier cells in the layer pipeline: {found}"
     print(family, {k: v for k, v in cells.items() if not k.startswith("coarse:")})
+
+
+def test_fanout_copies_of_a_register_survive_synthesis():
+    """Registers named ``*fanout_copy*`` (``rtl.bitplane``'s ROM address, ``rtl.uwd``'s membrane controls) stay
+    separate flip-flops after yosys (``fpga.synth.AFTER_READ``): without the keep, opt_merge makes the four copies
+    of the 6-bit address below one register driving every load again."""
+    from amaranth.hdl import Module, Signal
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+
+    class Copies(wiring.Component):
+        def __init__(self):
+            super().__init__({"addr": In(6), "out": Out(4)})
+
+        def elaborate(self, platform):
+            m = Module()
+            for k in range(4):
+                copy = Signal(6, name=f"addr_fanout_copy{k}")
+                m.d.sync += copy.eq(self.addr)
+                m.d.comb += self.out[k].eq((copy ^ k).xor())
+            return m
+
+    cells = synth_stats(Copies(), "ecp5", name="copies")
+    assert cells.get("TRELLIS_FF") == 4 * 6, cells

