@@ -72,7 +72,7 @@ def _cosine(lr: float, frac: float, floor: float = 0.01) -> float:
 
 
 class Validator:
-    """Mean PSNR on whole images (Set12 by default) with the evaluation noise protocol at sigma 25; in the QAT
+    """Mean PSNR on whole images (Set12 by default) with the evaluation noise protocol at ``sigma``; in the QAT
     phase also the integer network's spikes per neuron per step (``spike_rate``: the 1-bits of the hidden
     activations over ``T``, what ``edgespike eval`` reports)."""
 
@@ -140,7 +140,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> BitPlaneD
     elif cfg.init:
         net.load_state_dict(load_ckpt(cfg.init)["model"])
         log.info("initialised from %s", cfg.init)
-    validator = Validator(cfg.val_dir)
+    validator = Validator(cfg.val_dir, 25.0 if sigma == "blind" else sigma)  # a fixed sigma is validated at it
     pool = None
     if cfg.teacher:
         if sigma == "blind":
