@@ -246,15 +246,16 @@ class BitPlaneLayer(wiring.Component):
         })
 
     @staticmethod
-    def _weight_rom(m: Module, words: list[int], abits: int, addr, data) -> None:
-        """The ROM of logic: ``data`` (a register) holds word ``addr[:abits]`` of two cycles before, like the
-        block RAM's word behind its output register. The address is registered once per :data:`ROM_SLICE_BITS`
-        of the word, and each slice decoded from its own copy."""
+    def _weight_rom(m: Module, words: list[int], abits: int, addr, en, data) -> None:
+        """The ROM of logic: ``data`` (a register) takes word ``addr[:abits]`` two cycles after a read with
+        ``en``, like the block RAM's word behind its output register. The address is registered once per
+        :data:`ROM_SLICE_BITS` of the word, and each slice decoded from its own copy."""
         width = len(data)
         for k, lo in enumerate(range(0, width, ROM_SLICE_BITS)):
             n = min(ROM_SLICE_BITS, width - lo)
             copy = Signal(abits, name=f"rom_addr_fanout_copy{k}")
-            m.d.sync += copy.eq(addr[:abits])
+            with m.If(en):
+                m.d.sync += copy.eq(addr[:abits])
             m.submodules[f"weights_rom{k}"] = rom = memory.Memory(
                 shape=unsigned(n), depth=len(words), init=[(w >> lo) & ((1 << n) - 1) for w in words],
                 attrs={"ram_style": "logic"})
@@ -294,11 +295,6 @@ class BitPlaneLayer(wiring.Component):
         m.submodules.weights = wm = memory.Memory(shape=unsigned(8 * L * M), depth=ram_words, init=words[:ram_words])
         w_r = wm.read_port()
         w_addr = Signal(bits_for(len(words)))
-        # The weight memories read every cycle: a read's enable, decoded from the FSM, reached the clock enables
-        # of some 30 DP16KD spread over the chip and was the routed plan's critical path (11.7 ns of routing of
-        # 16.2). Only the reads issued in SCAN are used (and counted: ``w_issue``, ``w_read``).
-        w_issue = Signal()
-        m.d.comb += w_r.en.eq(1)
         # A word read in SCAN reaches the accumulator WEIGHT_STAGES + 1 cycles later: the read, then a register on
         # the RAM's output (a DP16KD's clock-to-output, 5.8 ns, was most of the ECP5 pipeline's paths) and on the
         # ROM's (its decode).
@@ -309,9 +305,11 @@ class BitPlaneLayer(wiring.Component):
             abits = (ram_words - 1).bit_length()
             in_rom = Signal()  # the word read is the ROM's (registered with the read, then with the data)
             in_rom_q = Signal()
-            m.d.sync += [in_rom.eq(w_addr[abits:].any()), in_rom_q.eq(in_rom)]
+            with m.If(w_r.en):
+                m.d.sync += in_rom.eq(w_addr[abits:].any())
+            m.d.sync += in_rom_q.eq(in_rom)
             rom_q = Signal(8 * L * M)
-            self._weight_rom(m, words[ram_words:], abits, w_addr, rom_q)
+            self._weight_rom(m, words[ram_words:], abits, w_addr, w_r.en, rom_q)
             w_data = Mux(in_rom_q, rom_q, ram_q)
         vb, tb = self.vbits, self.theta_bits
         params = []
@@ -475,7 +473,7 @@ class BitPlaneLayer(wiring.Component):
             lb_w.addr.eq(Cat(wpart[:pbits], waddr) if ring else
                          Cat(wpart[:pbits], x_in, rows_in[:(slots - 1).bit_length()])),
             p_r.addr.eq(p_addr),
-            self.lb_read.eq(lb_r.en), self.w_read.eq(w_issue), self.p_read.eq(p_r.en), self.lb_write.eq(lb_w.en),
+            self.lb_read.eq(lb_r.en), self.w_read.eq(w_r.en), self.p_read.eq(p_r.en), self.lb_write.eq(lb_w.en),
             self.add_spikes.eq(Mux(add_valid, add_bits, 0)), self.bias_add.eq(acc.clear),
         ]
         if neuron:  # a step of the converters' first lanes stands for one step in every lane (the add counts)
@@ -485,7 +483,7 @@ class BitPlaneLayer(wiring.Component):
             if neuron:
                 m.d.comb += [sar.v[lane].eq(acc.acc[lane]),
                              sar.theta[lane].eq(p_r.data[(vb + tb) * lane + vb:][:tb])]
-        m.d.comb += [self.o.payload.eq(out_reg), lb_r.en.eq(0), w_issue.eq(0), p_r.en.eq(0)]
+        m.d.comb += [self.o.payload.eq(out_reg), lb_r.en.eq(0), w_r.en.eq(0), p_r.en.eq(0)]
 
         # Receiver: part 0 of a pixel is written as it is taken, parts 1 .. P-1 in the next cycles (not ready
         # then); the pixel counts as in (x_in, rows_in) once its last part is written.
@@ -567,7 +565,7 @@ class BitPlaneLayer(wiring.Component):
                 m.next = "SCAN"
             with m.State("SCAN"):  # one group with spikes per cycle, lowest first; an empty word ends the tap
                 with m.If(any_set):
-                    m.d.comb += w_issue.eq(1)
+                    m.d.comb += w_r.en.eq(1)
                     in_part = first[gbits:len(first_d)]  # the plane within the part (tp is a power of two)
                     plane = in_part if P == 1 else Cat(in_part, rpart[:pbits])
                     m.d.sync += [ev_valid.eq(1), ev_t.eq(plane), ev_bits.eq(word_at(word, first, M))]
