@@ -50,8 +50,8 @@ from edgespike.rtl.uwe import SARNeuron
 
 # Lanes per SAR converter at most (SARNeuron's ``share``; edgespike.fpga.pipeline.SAR_LANES is the same value)
 SAR_LANES = 4
-# Register stages between the weight memories' read and the accumulator (``edgespike.fpga.pipeline`` counts them
-# once per block, in the DRAIN).
+# Register stages between the weight memories' read and the accumulator: one, ``ram_q`` / ``rom_q`` below
+# (``edgespike.fpga.pipeline.WEIGHT_STAGES`` counts it once per block, in the DRAIN).
 WEIGHT_STAGES = 1
 # A weight ROM of logic is decoded in slices of this many bits, each from its own copy of the address register:
 # one address register for a 512-bit word drove about 2,000 LUTs, and the route to them was the ECP5 pipeline's
@@ -460,11 +460,8 @@ class BitPlaneLayer(wiring.Component):
         # UWD pipeline: a weight read issued in SCAN is added WEIGHT_STAGES + 1 cycles later, with its plane and
         # spikes delayed as far.
         m.d.sync += ev_valid.eq(0)
-        add_valid, add_t, add_bits = ev_valid, ev_t, ev_bits
-        for k in range(WEIGHT_STAGES):
-            regs = Signal(name=f"add_valid{k}"), Signal.like(ev_t, name=f"add_t{k}"), Signal(M, name=f"add_bits{k}")
-            m.d.sync += [r.eq(v) for r, v in zip(regs, (add_valid, add_t, add_bits), strict=True)]
-            add_valid, add_t, add_bits = regs
+        add_valid, add_t, add_bits = Signal(), Signal.like(ev_t), Signal(M)
+        m.d.sync += [add_valid.eq(ev_valid), add_t.eq(ev_t), add_bits.eq(ev_bits)]
         m.d.comb += [
             acc.add.eq(add_valid), acc.t.eq(add_t), acc.weights.eq(w_data), acc.spikes.eq(add_bits),
             w_addr.eq(Cat(first[:gbits], wrow) if gbits else wrow), w_r.addr.eq(w_addr),

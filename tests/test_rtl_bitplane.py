@@ -234,6 +234,10 @@ def test_wide_adder_trees_are_pipelined_with_the_same_results_and_modelled_cycle
 
     assert [tree_stages(g) for g in (1, 2, 4, 8, 16, 32, 64)] == [0, 0, 0, 1, 1, 2, 2]
     assert all(model_stages(g) == tree_stages(g) for g in range(1, 130))
+    from edgespike.fpga import pipeline
+    from edgespike.rtl import bitplane
+
+    assert pipeline.WEIGHT_STAGES == bitplane.WEIGHT_STAGES == 1  # the cycle model counts the gateware's register
     rng = np.random.default_rng(c_in)
     T = 8
     q = rng.integers(0, 2**T, (c_in, 3, 4))
