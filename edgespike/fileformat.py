@@ -17,6 +17,11 @@ Layout (all integers little-endian)::
 The file ends exactly at ``S + P``. Tensors are C-ordered raw arrays of the dtype named in the tensor table, so a
 reader can memory-map them. Every failure to read raises :class:`ModelFileError` with one line that names the file
 and what is wrong.
+
+A model set (:mod:`edgespike.modelset`, format 1.2) uses the same container: its header has ``"format":
+"edgespike-snn-set"``, the noise estimator, the bounds and a member table, and its payload holds each member's whole
+``.esnn`` file (64-byte aligned), checked as a file of its own when the set loads. :func:`load` returns one network
+and refuses a set with a message naming its members; :func:`load_any` returns either.
 """
 
 from __future__ import annotations
@@ -41,9 +46,12 @@ from edgespike.model import (
 )
 
 MAGIC = b"\x89ESN\r\n\x1a\n"
-VERSION = (1, 1)
-"""The newest version this edgespike writes. 1.1 added bit-plane layers (``BitPlaneNeuron`` and the ``uwd`` and
-``bias`` fields of ``Integrator``); a model that uses none of them is written as 1.0, byte for byte as before."""
+VERSION = (1, 2)
+"""The newest version this edgespike reads and writes. 1.1 added bit-plane layers (``BitPlaneNeuron`` and the ``uwd``
+and ``bias`` fields of ``Integrator``); a model that uses none of them is written as 1.0, byte for byte as before.
+1.2 added model sets; a single network is still written as 1.0 or 1.1."""
+SET_VERSION = (1, 2)
+"""The version a model set is written with (an older reader then says "upgrade edgespike")."""
 NEW_IN_1_1 = {("Integrator", "uwd"): False, ("Integrator", "bias"): None}
 """Fields added in 1.1, with the default a 1.0 file implies; written only when they differ from it."""
 PREAMBLE = struct.Struct("<8sHHIQII")
@@ -57,6 +65,10 @@ TUPLE_FIELDS = {"inputs", "mprn"}
 
 class ModelFileError(ModelError):
     """A model file that cannot be read: truncated, corrupted, foreign, too new, or inconsistent."""
+
+
+class ModelSetError(ModelFileError):
+    """A model set given where one network is needed (the accelerator, an exporter): the message names the members."""
 
 
 def _pad(n: int) -> int:
@@ -124,23 +136,57 @@ def to_bytes(model: Model) -> bytes:
         chunks.append(raw + b"\0" * _pad(len(raw)))
         offset += len(raw) + _pad(len(raw))
     header["tensors"] = table
+    return _container(header, b"".join(chunks), format_version(model))
+
+
+def _container(header: dict, payload: bytes, version: tuple[int, int]) -> bytes:
+    """Preamble, JSON header, padding and payload: the bytes of a file."""
     try:
         head = json.dumps(header, sort_keys=True, allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise ModelError(f"metadata cannot be stored as JSON: {exc}") from None
-    payload = b"".join(chunks)
-    pre = PREAMBLE.pack(MAGIC, *format_version(model), len(head), len(payload), zlib.crc32(head), zlib.crc32(payload))
+    pre = PREAMBLE.pack(MAGIC, *version, len(head), len(payload), zlib.crc32(head), zlib.crc32(payload))
     body = pre + head
     return body + b"\0" * _pad(len(body)) + payload
 
 
-def save(model: Model, path: str | os.PathLike) -> None:
-    """Write atomically (a temporary file renamed into place): an interrupted save never leaves half a model."""
-    write_atomic(path, to_bytes(model))
+def set_to_bytes(mset) -> bytes:
+    """Serialise a :class:`~edgespike.modelset.ModelSet`: each member's file, 64-byte aligned, in one container."""
+    table, chunks, offset = [], [], 0
+    for m in mset.members:
+        raw = to_bytes(m.model)
+        table.append({"name": m.name, "offset": offset, "nbytes": len(raw)})
+        chunks.append(raw + b"\0" * _pad(len(raw)))
+        offset += len(raw) + _pad(len(raw))
+    header = {"format": "edgespike-snn-set", "estimator": mset.estimator, "bounds": list(mset.bounds),
+              "bands": list(mset.bands), "members": table, "metadata": mset.metadata}
+    return _container(header, b"".join(chunks), SET_VERSION)
+
+
+def save(model, path: str | os.PathLike) -> None:
+    """Write a :class:`Model` or a :class:`~edgespike.modelset.ModelSet` atomically (a temporary file renamed into
+    place): an interrupted save never leaves half a model."""
+    from edgespike.modelset import ModelSet
+
+    write_atomic(path, set_to_bytes(model) if isinstance(model, ModelSet) else to_bytes(model))
 
 
 def load(path: str | os.PathLike) -> Model:
-    """Read, verify and analyse a model file. Raises :class:`ModelFileError` (one line) on any fault."""
+    """Read, verify and analyse a file of one network. Raises :class:`ModelFileError` (one line) on any fault, and
+    :class:`ModelSetError` for a model set (use :func:`load_any` where a set is welcome)."""
+    model = load_any(path)
+    if not isinstance(model, Model):
+        from edgespike.models import DEFAULTS
+
+        shipped = [m.name for m in model.members if m.name in DEFAULTS]  # the shipped set's members are shipped too
+        hint = f" (shipped by name: {', '.join(shipped)})" if shipped else ""
+        raise ModelSetError(f"{path}: {model.describe()}; this command runs one network: give it one member's file "
+                            f"instead{hint}")
+    return model
+
+
+def load_any(path: str | os.PathLike):
+    """Read, verify and analyse a model file: a :class:`Model`, or a :class:`~edgespike.modelset.ModelSet`."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -151,12 +197,21 @@ def load(path: str | os.PathLike) -> Model:
     except OSError as exc:
         raise ModelFileError(f"{path}: cannot be read ({exc.strerror})") from None
     try:
-        return from_bytes(data)
+        return any_from_bytes(data)
     except ModelError as exc:
         raise ModelFileError(f"{path}: {exc}") from None
 
 
 def from_bytes(data: bytes) -> Model:
+    """The network in a file's bytes (a set is refused: :func:`any_from_bytes` takes both)."""
+    model = any_from_bytes(data)
+    if not isinstance(model, Model):
+        raise ModelSetError(f"{model.describe()}; one network is needed here")
+    return model
+
+
+def any_from_bytes(data: bytes):
+    """The :class:`Model` or :class:`~edgespike.modelset.ModelSet` in a file's bytes, verified and analysed."""
     from edgespike.validate import analyse
 
     if len(data) < PREAMBLE.size:
@@ -196,6 +251,8 @@ def from_bytes(data: bytes) -> Model:
         header = json.loads(head.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelFileError(f"corrupted: header is not valid JSON ({exc})") from None
+    if isinstance(header, dict) and header.get("format") == "edgespike-snn-set":
+        return _build_set(header, payload)
     if not isinstance(header, dict) or header.get("format") != "edgespike-snn":
         raise ModelFileError("header does not describe an edgespike-snn model")
     metadata = header.get("metadata")
@@ -212,6 +269,38 @@ def from_bytes(data: bytes) -> Model:
     except ModelError as exc:
         raise ModelFileError(str(exc)) from None
     return model
+
+
+def _build_set(header: dict, payload: memoryview):
+    from edgespike.modelset import Member, ModelSet
+
+    table = header.get("members")
+    if not isinstance(table, list) or not table:
+        raise ModelFileError("model set: no member table")
+    members = []
+    for i, spec in enumerate(table):
+        try:
+            name, offset, nbytes = spec["name"], spec["offset"], spec["nbytes"]
+        except (KeyError, TypeError):
+            raise ModelFileError(f"model set: member #{i}: incomplete entry in the member table") from None
+        if not (isinstance(offset, int) and isinstance(nbytes, int) and 0 <= offset and offset + nbytes <= len(payload)
+                and offset % ALIGN == 0):
+            raise ModelFileError(f"model set: member #{i} lies outside the payload")
+        try:
+            member = any_from_bytes(bytes(payload[offset:offset + nbytes]))
+        except ModelError as exc:
+            raise ModelFileError(f"model set: member #{i} ({name}): {exc}") from None
+        if not isinstance(member, Model):
+            raise ModelFileError(f"model set: member #{i} is itself a set; sets do not nest")
+        members.append(Member(name, member))
+    metadata = header.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise ModelFileError("corrupted: the set's metadata is not a JSON object")
+    try:
+        return ModelSet(tuple(members), tuple(header.get("bounds") or ()), tuple(header.get("bands") or ()),
+                        header.get("estimator", ""), metadata)
+    except (ModelError, TypeError) as exc:
+        raise ModelFileError(f"model set: {exc}") from None
 
 
 def _read_tensors(table, payload: memoryview) -> dict[str, np.ndarray]:

@@ -77,6 +77,11 @@ class Stats:
         Wall time of the whole call (padding, encoding, decoding included).
     backend : str
         ``"c"`` when the compiled kernel ran, else ``"numpy"``.
+    member : str or None
+        Set by a model set's runtime (:class:`edgespike.modelset.SetRuntime`): the name of the member that ran.
+        ``None`` for a single network.
+    sigma_estimate : float or None
+        The frame's estimated noise level that chose the member (a model set only).
     """
 
     spikes: dict[str, np.ndarray] = field(default_factory=dict)
@@ -87,6 +92,8 @@ class Stats:
     node_seconds: dict[str, float] = field(default_factory=dict)
     total_seconds: float = 0.0
     backend: str = "numpy"
+    member: str | None = None
+    sigma_estimate: float | None = None
 
     @property
     def total_spikes(self) -> int:
@@ -1055,18 +1062,19 @@ class Runtime:
         return np.clip(y, 0, 255).astype(np.uint8)
 
 
-def load(path=None, **kwargs) -> Runtime:
-    """A :class:`Runtime` for the model file ``path`` (a :class:`Model` is also accepted).
+def load(path=None, **kwargs):
+    """A :class:`Runtime` for the model file ``path`` (a :class:`Model` is also accepted), or a
+    :class:`~edgespike.modelset.SetRuntime` for a model set (the same ``denoise``).
 
     ``path`` may also name a shipped model (``"s25"``, ``"blind"``); ``None`` loads the shipped sigma-25 model.
     Keyword arguments go to :class:`Runtime`.
     """
-    from edgespike.fileformat import load as load_model
+    from edgespike.fileformat import load_any
     from edgespike.models import resolve
+    from edgespike.modelset import ModelSet, SetRuntime
 
-    if isinstance(path, Model):
-        return Runtime(path, **kwargs)
-    return Runtime(load_model(resolve(path)), **kwargs)
+    model = path if isinstance(path, (Model, ModelSet)) else load_any(resolve(path))
+    return SetRuntime(model, **kwargs) if isinstance(model, ModelSet) else Runtime(model, **kwargs)
 
 
 def denoise(model: Model, frame: np.ndarray, **kwargs) -> np.ndarray:

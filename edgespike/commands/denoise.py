@@ -81,4 +81,6 @@ def run(args) -> int:
         print(f"{out_path}  ({w}x{h}, {stats.total_seconds:.2f} s, {stats.spike_rate:.3f} spikes/neuron/step, "
               f"{stats.backend} kernels{', ' + colour if colour else ''})")
         print(f"  model: {label(model_path, runtime.model.metadata)}")
+        if stats.member is not None:  # a model set: say which of its networks ran, and why
+            print(f"  noise: estimated sigma {stats.sigma_estimate:.1f}, so its member {stats.member} ran")
     return 0

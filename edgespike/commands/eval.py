@@ -82,8 +82,12 @@ def open_comparison(kind: str, model, ann_mode: str):
         except ImportError:
             raise UserError("--compare bm3d needs the BM3D package: pip install bm3d") from None
         return "BM3D", _bm3d
+    from edgespike.modelset import ModelSet
     from edgespike.twin import Twin
 
+    if isinstance(model, ModelSet):  # each member's twin, chosen by the same estimate as the member
+        twins = [Twin(m.model, mode=ann_mode) for m in model.members]
+        return f"ANN twin ({ann_mode})", lambda noisy, sigma, noise: twins[model.choose(noisy)[0]].denoise(noisy)
     twin = Twin(model, mode=ann_mode)
     return f"ANN twin ({ann_mode})", lambda noisy, sigma, noise: twin.denoise(noisy)
 
@@ -173,6 +177,9 @@ def evaluate(executor, files: list[Path], sigma: float, noise: str, seed: int, c
                 "synaptic_ops": int(_stat(stats, "synaptic_ops", "synops")), "macs": int(_stat(stats, "macs")),
                 "seconds": wall,
             }
+            if getattr(stats, "member", None) is not None:  # a model set: what it estimated and chose
+                rec["sigma_estimate"] = round(float(stats.sigma_estimate), 3)
+                rec["member"] = stats.member
             if comparison is not None:
                 label, fn = comparison
                 t0 = time.perf_counter()
@@ -195,6 +202,12 @@ def summary(records: list[dict]) -> dict:
     """Means over images of every per-image figure (PSNR means skip identical images, whose PSNR is infinite)."""
     keys = ("psnr_noisy", "ssim_noisy", "psnr", "ssim", "spike_rate", "synaptic_ops", "macs", "seconds")
     mean = {k: _mean(r[k] for r in records) for k in keys}
+    if records and "member" in records[0]:
+        mean["sigma_estimate"] = _mean(r["sigma_estimate"] for r in records)
+        chosen: dict[str, int] = {}
+        for r in records:
+            chosen[r["member"]] = chosen.get(r["member"], 0) + 1
+        mean["members_chosen"] = chosen
     if records and "compare" in records[0]:
         mean["compare"] = {"method": records[0]["compare"]["method"]} | {
             k: _mean(r["compare"][k] for r in records) for k in ("psnr", "ssim", "seconds")}
@@ -219,6 +232,9 @@ def table(records: list[dict], mean: dict) -> str:
     cmp = "compare" in mean
     head = f"{'image':<16}{'size':>10}{'noisy dB':>10}{'PSNR':>8}{'SSIM':>8}{'spk/n/t':>9}{'syn.ops':>10}{'MACs':>10}"
     head += f"{'time s':>8}"
+    chose = bool(records) and "member" in records[0]  # a model set: the noise estimate and the member
+    if chose:
+        head += f"{'noise~':>8}  {'net':<10}"
     short = mean["compare"]["method"].split()[0] if cmp else ""  # "ANN" or "BM3D"
     if cmp:
         head += f"  |{short + ' PSNR':>10}{short + ' SSIM':>10}"
@@ -228,6 +244,9 @@ def table(records: list[dict], mean: dict) -> str:
         line = (f"{name[:15]:<16}{size:>10}{_f(r['psnr_noisy'], '.2f'):>10}{_f(r['psnr'], '.2f'):>8}"
                 f"{_f(r['ssim'], '.4f'):>8}{_f(r['spike_rate'], '.3f'):>9}{_si(r['synaptic_ops']):>10}"
                 f"{_si(r['macs']):>10}{_f(r['seconds'], '.2f'):>8}")
+        if chose:
+            line += (f"{r['sigma_estimate']:>8.1f}  {r['member'][:10]:<10}" if "member" in r
+                     else f"{_f(r.get('sigma_estimate'), '.1f'):>8}  {'':<10}")
         if c is not None:
             line += f"  |{_f(c['psnr'], '.2f'):>10}{_f(c['ssim'], '.4f'):>10}"
         return line
@@ -270,6 +289,9 @@ def run(args) -> int:
         print(json.dumps(doc, indent=2, default=str))
         return 0
     print(f"model {model_label(path, model.metadata)}  T={model.timesteps}  executor: {executor_label}")
+    if "members_chosen" in mean:
+        chosen = ", ".join(f"{k} on {n}" for k, n in mean["members_chosen"].items())
+        print(f"{model.describe()}: {chosen} (mean estimate {mean['sigma_estimate']:.1f})")
     print(f"dataset {label} ({len(files)} images), {args.noise} noise sigma {sigma:g}, seed {args.seed}"
           + (f", compared with {comparison[0]}" if comparison else ""))
     print(table(records, mean))

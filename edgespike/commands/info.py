@@ -6,16 +6,17 @@ import json
 
 import numpy as np
 
-from edgespike.fileformat import format_version, load
+from edgespike.fileformat import format_version, load_any
 from edgespike.model import BitPlaneNeuron, Conv, ConvTranspose, Integrator, Model, Neuron
 from edgespike.models import MODEL_HELP, resolve
 from edgespike.validate import analyse
 
 HELP = "show a model file: graph, widths, bounds, metadata"
 DESCRIPTION = """Show what a .esnn model file holds: the layer graph with shapes and neuron kinds (IF, LIF, MPRN,
-bit-plane), timesteps,
-encoder and decoder, the proved worst-case integer widths, the parameter count and the metadata (task, noise,
-provenance). Exits with status 2 and one line if the file is damaged, foreign or from a newer edgespike."""
+bit-plane), timesteps, encoder and decoder, the proved worst-case integer widths, the parameter count and the
+metadata (task, noise, provenance). For a model set (the shipped blind model): its members, the noise level each
+was trained for and the estimates that choose it, then each member. Exits with status 2 and one line if the file
+is damaged, foreign or from a newer edgespike."""
 
 
 def add_arguments(p) -> None:
@@ -79,9 +80,44 @@ def describe(model: Model) -> str:
     return "\n".join(lines)
 
 
+def describe_set(mset) -> str:
+    """A model set: its rule, a row per member, then each member as :func:`describe` shows it."""
+    lines = [mset.describe(), "", f"{'estimated noise':<18}{'member':<12}{'trained for':<22}{'T':>3}"]
+    for r, name in mset.band_ranges():
+        m = next(m for m in mset.members if m.name == name)
+        lines.append(f"{r:<18}{name:<12}{m.trained_for:<22}{m.model.timesteps:>3}")
+    lines.append(f"bands: {mset.spec}")
+    if mset.metadata:
+        lines.append("metadata:")
+        for k, v in mset.metadata.items():
+            lines.append(f"  {k}: {v if isinstance(v, str) else json.dumps(v)}")
+    for i, m in enumerate(mset.members):
+        lines += ["", f"--- member {i}: {m.name} ({m.trained_for}) ---", describe(m.model)]
+    return "\n".join(lines)
+
+
 def run(args) -> int:
+    from edgespike.modelset import ModelSet
+
     path = resolve(args.model)
-    model = load(path)
+    model = load_any(path)
+    if isinstance(model, ModelSet):
+        if args.json:
+            from edgespike.fileformat import model_to_header_and_tensors
+
+            members = []
+            for m in model.members:
+                header, tensors = model_to_header_and_tensors(m.model)
+                header["tensors"] = {k: {"dtype": v.dtype.name, "shape": list(v.shape)} for k, v in tensors.items()}
+                members.append({"name": m.name, "model": header})
+            print(json.dumps({"format": "edgespike-snn-set", "estimator": model.estimator,
+                              "bounds": list(model.bounds), "bands": list(model.bands), "metadata": model.metadata,
+                              "members": members},
+                             indent=2))
+            return 0
+        print(f"{path}  ({path.stat().st_size:,} bytes, edgespike-snn model set, format 1.2)")
+        print(describe_set(model))
+        return 0
     if args.json:
         from edgespike.fileformat import model_to_header_and_tensors
 

@@ -64,7 +64,8 @@ def add_arguments(p) -> None:
     p.add_argument("--sweep", metavar="T=1,2,4,8", help="also estimate energy and PSNR for these timesteps")
     p.add_argument("--eval", default="set12", metavar="NAME|DIR", help="evaluation images (default set12)")
     p.add_argument("--eval-limit", type=int, metavar="N", help="only the first N evaluation images")
-    p.add_argument("--sigma", type=float, help="noise level (default: the model's metadata, else 25)")
+    p.add_argument("--sigma", type=float, help="noise level (default: the model's metadata, else 25); for a model "
+                   "set (blind) also the member profiled")
     p.add_argument("--calib", default="bsd400", metavar="NAME|DIR", help="calibration images (default bsd400)")
     p.add_argument("--calib-count", type=int, default=16, metavar="N", help="calibration patches (default 16)")
     p.add_argument("--table", default=None,
@@ -92,12 +93,19 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from edgespike import data
-    from edgespike.fileformat import load
+    from edgespike.fileformat import load_any
+    from edgespike.modelset import ModelSet
     from edgespike.profile import energy as E
     from edgespike.profile.run import Options, markdown, plot, profile, table
 
     path = resolve(args.model)
-    model = load(path)
+    model = load_any(path)
+    if isinstance(model, ModelSet):  # the profile compares one network with its twins: the member for --sigma
+        member = model.member_for(args.sigma if args.sigma is not None else 25.0)
+        if not args.quiet:
+            print(f"edgespike profile: {path} is {model.describe()}; profiling {member.name}, its member for "
+                  f"sigma {args.sigma if args.sigma is not None else 25.0:g} (--sigma chooses)", file=sys.stderr)
+        model = member.model
     anns = tuple(a.strip() for a in args.ann.split(",") if a.strip() and a.strip() != "none")
     bad = [a for a in anns if a not in ("onnx", "tflite", "tflite-builtin")]
     if bad:

@@ -14,6 +14,10 @@ import numpy as np
 from edgespike.errors import UserError
 
 BACKENDS = ("cpu", "fpga", "fpga-sim")
+VIDEO_HOLD = 1.0
+"""How far (0..255 noise scale) a frame's noise estimate may stray past a model set's bound before ``run`` changes
+networks: above the frame-to-frame spread of a still scene's estimate (docs/MODELS.md, "The blind set")."""
+
 
 
 class CPUBackend:
@@ -22,10 +26,14 @@ class CPUBackend:
     name = "cpu"
 
     def __init__(self, model_path: str | None) -> None:
-        import edgespike
+        from edgespike.fileformat import load_any
         from edgespike.models import resolve
+        from edgespike.modelset import ModelSet, SetRuntime
+        from edgespike.runtime import Runtime
 
-        self.runtime = edgespike.load(resolve(model_path))
+        model = load_any(resolve(model_path))
+        # a model set (the blind model) keeps its member while a scene's noise estimate hovers at a bound
+        self.runtime = SetRuntime(model, hold=VIDEO_HOLD) if isinstance(model, ModelSet) else Runtime(model)
         self.label = f"cpu (edgespike runtime, {self.runtime.backend} kernels)"
         self.model = self.runtime.model
 
@@ -102,7 +110,7 @@ def energy_joules(value) -> tuple[float | None, float | None]:
 
 # Stats field names, with the aliases a backend may use instead; the first name found wins.
 STAT_FIELDS = {"spike_rate": ("spike_rate",), "synaptic_ops": ("synaptic_ops", "synops"), "macs": ("macs",),
-               "seconds": ("seconds", "total_seconds")}
+               "seconds": ("seconds", "total_seconds"), "sigma_estimate": ("sigma_estimate",)}
 
 
 def stats_dict(stats) -> dict:
@@ -114,6 +122,9 @@ def stats_dict(stats) -> dict:
             if isinstance(v, (int, float, np.integer, np.floating)):
                 out[key] = v.item() if isinstance(v, np.generic) else v
                 break
+    member = stats.get("member") if isinstance(stats, dict) else getattr(stats, "member", None)
+    if isinstance(member, str):  # a model set: the network that ran
+        out["member"] = member
     spikes = stats.get("spikes") if isinstance(stats, dict) else getattr(stats, "spikes", None)
     if isinstance(spikes, dict):
         out["spikes"] = int(sum(int(np.sum(v)) for v in spikes.values()))

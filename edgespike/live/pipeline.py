@@ -291,7 +291,8 @@ class Processor:
             planes.append(out)
             raw.append(st)
             for k, v in stats_dict(st).items():
-                total[k] = total.get(k, 0) + v
+                if k not in ("sigma_estimate", "member"):  # per plane; a sum would mean nothing
+                    total[k] = total.get(k, 0) + v
         if "spike_rate" in total:
             total["spike_rate"] /= 3  # the three planes have the same neuron count: the mean is the rate
         return img, np.stack(planes, axis=-1), total, raw
@@ -332,6 +333,8 @@ class Status:
 
 def status_text(r: dict) -> str:
     parts = [f"frame {r['frame']}", f"{r['latency_ms']:.1f} ms latency", f"{r['fps']:.1f} fps"]
+    if "member" in r:  # a model set: the frame's noise estimate and the member it chose
+        parts.append(f"noise ~{r['sigma_estimate']:.1f}: {r['member']}")
     if "spike_rate" in r:
         parts.append(f"{r['spike_rate']:.3f} spk/neuron/step")
     if "synaptic_ops" in r:
@@ -457,6 +460,18 @@ def run_pipeline(source: Source, backend, sinks: list, opts: RunOptions) -> Summ
     return summary
 
 
+def _network(model, stats):
+    """The network behind ``stats``: for a model set, the member that ran on that frame."""
+    member = getattr(stats, "member", None)
+    return next(m.model for m in model.members if m.name == member) if member is not None else model
+
+
+def _padded(shape: tuple[int, int], net) -> tuple[int, int]:
+    """The frame's size as the runtime counts its spikes: padded to the network's size multiple."""
+    m = net.size_multiple
+    return -(-shape[0] // m) * m, -(-shape[1] // m) * m
+
+
 def _process(frame: Frame, process: Processor, estimate, model, summary: Summary, buf: FrameBuffer,
              recent: collections.deque, t_start: float) -> dict:
     t0 = time.perf_counter()
@@ -476,17 +491,16 @@ def _process(frame: Frame, process: Processor, estimate, model, summary: Summary
         record["rss_mib"] = round(rss / 2**20, 2)
     if frame.name:
         record["name"] = frame.name
-    for k in ("spike_rate", "synaptic_ops", "macs", "spikes"):
+    for k in ("spike_rate", "synaptic_ops", "macs", "spikes", "sigma_estimate", "member"):
         if k in st:
-            record[k] = st[k]
+            record[k] = round(st[k], 3) if k == "sigma_estimate" else st[k]
     summary.spike_rate += st.get("spike_rate", 0.0)
     summary.synaptic_ops += st.get("synaptic_ops", 0)
     summary.macs += st.get("macs", 0)
     if estimate is not None and model is not None:
-        m = model.size_multiple
-        shape = (-(-h // m) * m, -(-w // m) * m)  # the runtime counts spikes on the padded frame
         try:
-            parts = [energy_joules(estimate(r, model, shape=shape)) for r in raw]
+            parts = [energy_joules(estimate(r, net, shape=_padded((h, w), net)))
+                     for r, net in ((r, _network(model, r)) for r in raw)]
         except Exception:  # a profiler that cannot price these stats must not stop the run
             parts = [(None, None)]
         if all(p[0] is not None for p in parts):
