@@ -164,3 +164,24 @@ def test_profile_without_sensors_names_what_it_looked_for(setup, tmp_path, monke
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("measured energy")][0]
     assert "estimated only" in line and "UM meter" in line and "INA2xx" in line and "PMIC" in line
     assert "RAPL" in line and str(tmp_path / "powercap") in line
+
+
+def test_profile_of_a_model_set_profiles_the_member_for_sigma(setup, capsys):
+    """The profile compares one network with its twins: for the blind set, the member whose band holds --sigma."""
+    from edgespike.modelset import ModelSet
+
+    tmp, imgs = setup
+    lo, hi = random_dncnn(depth=3, width=4, timesteps=2, seed=1), random_dncnn(depth=2, width=4, timesteps=2, seed=2)
+    save(ModelSet.from_spec({"lo": lo, "hi": hi}, "lo,20,hi"), tmp / "set.esnn")
+    rc = main(["profile", "--model", str(tmp / "set.esnn"), "--eval", str(imgs), "--ann", "none", "--size", "16x16",
+               "--frames", "1", "--json", "--sigma", "30"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "profiling hi, its member for sigma 30" in err
+
+    def layers(net) -> int:
+        save(net, tmp / "one.esnn")
+        assert main(["profile", "--model", str(tmp / "one.esnn"), "--eval", str(imgs), "--ann", "none",
+                     "--size", "16x16", "--frames", "1", "--json", "--quiet"]) == 0
+        return len(json.loads(capsys.readouterr().out)["estimate"]["layers"])
+
+    assert len(json.loads(out)["estimate"]["layers"]) == layers(hi) != layers(lo)

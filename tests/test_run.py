@@ -882,3 +882,29 @@ def test_energy_is_printed_with_an_si_prefix():
     from edgespike.live.pipeline import joules
 
     assert joules(51.18) == "51.2 J" and joules(5.12e-5) == "51.2 uJ" and joules(3e-13) == "0.3 pJ"
+
+
+def test_a_model_set_logs_the_noise_estimate_and_the_member_of_every_frame(tmp_path, capsys):
+    """The blind set in run: each frame's record says which network ran and why; the energy prices that network."""
+    import json
+
+    from edgespike.modelset import ModelSet
+    from edgespike.testing import bitplane_dncnn
+
+    nets = {"quiet": bitplane_dncnn(depth=2, width=4, seed=0), "noisy": bitplane_dncnn(depth=3, width=4, seed=1)}
+    save(ModelSet.from_spec(nets, "quiet,20,noisy"), tmp_path / "set.esnn")
+    rng = np.random.default_rng(0)
+    for i, sigma in enumerate((3, 40)):
+        frame = np.clip(np.rint(120 + rng.normal(0, sigma, (24, 32))), 0, 255).astype(np.uint8)
+        png.write_png(tmp_path / f"{i}.png", frame)
+    log = tmp_path / "log.jsonl"
+    rc, out, err = run_cli(capsys, f"{tmp_path}/*.png", "--model", tmp_path / "set.esnn", "-o", f"{tmp_path}/out/",
+                           "--json-log", log, "-q")
+    assert rc == 0, err
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["member"] for r in records] == ["quiet", "noisy"]
+    assert records[0]["sigma_estimate"] < 20 <= records[1]["sigma_estimate"]
+    from edgespike.live.backends import energy_estimator
+
+    if energy_estimator() is not None:  # priced as the member that ran: the deeper one costs more
+        assert 0 < records[0]["energy_uj"] < records[1]["energy_uj"]

@@ -93,6 +93,29 @@ def best_bounds(estimate: np.ndarray, gain: np.ndarray) -> tuple[list[float], fl
     return bounds, float(best[k - 1][n] / n)
 
 
+def plot(table: list[dict], names: list[str], path: str) -> None:
+    """PSNR against the noise level: every member, the set's choice and the best member per frame (the oracle)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sig = [row["sigma"] for row in table]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for n in names:
+        ax.plot(sig, [row["members"][n] for row in table], lw=1, label=n)
+    ax.plot(sig, [row["set"] for row in table], "k-", lw=2.2, label="the set (chosen by the estimate)")
+    ax.plot(sig, [row["oracle"] for row in table], "k:", lw=1, label="best member per frame")
+    lo = min(row["set"] for row in table) - 2
+    ax.set_ylim(lo, max(row["oracle"] for row in table) + 0.5)
+    ax.set_xlabel("Gaussian noise sigma (0..255), uint8 clipped frames")
+    ax.set_ylabel("PSNR (dB), mean over frames")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dest", help="the set's file")
@@ -104,6 +127,8 @@ def main(argv=None) -> int:
     p.add_argument("--crop", type=int, default=160, help="centre crop side (default 160)")
     p.add_argument("--dataset", default="bsd400", help="calibration images (default bsd400, the training set)")
     p.add_argument("--log", metavar="JSON", help="write the measurements and the result here")
+    p.add_argument("--plot", metavar="PNG", help="draw PSNR against sigma: each member, the set, the oracle "
+                   "(needs matplotlib, the [profile] extra)")
     a = p.parse_args(argv)
 
     from edgespike import data, fileformat
@@ -154,6 +179,8 @@ def main(argv=None) -> int:
               + ", ".join(f"{k} {v}" for k, v in picks.items()))
     fileformat.save(mset, a.dest)
     print(f"{a.dest}: {a.name}")
+    if a.plot:
+        plot(table, names, a.plot)
     if a.log:
         Path(a.log).write_text(json.dumps({
             "command": "python tools/calibrate_model_set.py " + " ".join(argv if argv is not None else sys.argv[1:]),
