@@ -304,3 +304,25 @@ def test_in_video_the_member_holds_while_the_estimate_hovers_at_a_bound(mset, mo
                                                                  "s15", "any"]
     estimates = iter([17.0, 18.5, 17.9])
     assert [SetRuntime(mset).denoise(frame)[1].member for _ in range(3)] == ["s15", "s25", "s15"]
+
+
+def test_eval_compares_each_frame_with_the_ann_twin_of_the_member_that_ran(mset, tmp_path, capsys):
+    import json
+
+    from edgespike import data, png
+    from edgespike.metrics import psnr
+    from edgespike.twin import Twin
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    png.write_png(folder / "0.png", _noisy(0, shape=(32, 40), seed=5))
+    path = tmp_path / "set.esnn"
+    fileformat.save(mset, path)
+    for sigma in (15, 50):
+        assert main(["eval", "--model", str(path), "--dataset", str(folder), "--sigma", str(sigma), "--compare",
+                     "ann", "--json"]) == 0
+        (rec,) = json.loads(capsys.readouterr().out)["images"]
+        (s,) = data.samples([folder / "0.png"], sigma)
+        member = next(m for m in mset.members if m.name == rec["member"])
+        expect = Twin(member.model, mode="quant").denoise(s.noisy)
+        assert rec["compare"]["psnr"] == pytest.approx(psnr(s.clean, expect))
