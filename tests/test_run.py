@@ -901,6 +901,7 @@ def test_a_model_set_logs_the_noise_estimate_and_the_member_of_every_frame(tmp_p
     rc, out, err = run_cli(capsys, f"{tmp_path}/*.png", "--model", tmp_path / "set.esnn", "-o", f"{tmp_path}/out/",
                            "--json-log", log, "-q")
     assert rc == 0, err
+    assert "quiet on 1 frame(s), noisy on 1 frame(s)" in out  # the summary's networks row
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["member"] for r in records] == ["quiet", "noisy"]
     assert records[0]["sigma_estimate"] < 20 <= records[1]["sigma_estimate"]

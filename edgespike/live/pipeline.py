@@ -208,6 +208,7 @@ class Summary:
     rss_start: int | None = None
     rss_first: int | None = None
     rss_end: int | None = None
+    members: dict[str, int] = field(default_factory=dict)  # a model set: frames per member that ran
     stop_reason: str = ""
     error: BaseException | None = None
 
@@ -225,6 +226,8 @@ class Summary:
             ("ended", self.stop_reason),
             ("frames", f"{self.processed} denoised, {self.captured} captured, {self.dropped} dropped"
              + (f", {self.read_failures} failed reads" if self.read_failures else "")),
+            *([("networks", ", ".join(f"{k} on {v} frame(s)" for k, v in self.members.items())
+                + " (the set's members, chosen by each frame's noise estimate)")] if self.members else []),
             ("wall time", f"{self.wall:.2f} s ({self.processed / self.wall:.2f} frames/s)" if self.wall > 0 else "-"),
             ("latency", f"mean {ms(self.latency)}, p50 {ms(self.latency, 50)}, p95 {ms(self.latency, 95)}, "
              f"max {self.latency.max * 1e3:.1f} ms" if self.latency.n else "-"),
@@ -494,6 +497,8 @@ def _process(frame: Frame, process: Processor, estimate, model, summary: Summary
     for k in ("spike_rate", "synaptic_ops", "macs", "spikes", "sigma_estimate", "member"):
         if k in st:
             record[k] = round(st[k], 3) if k == "sigma_estimate" else st[k]
+    if "member" in st:
+        summary.members[st["member"]] = summary.members.get(st["member"], 0) + 1
     summary.spike_rate += st.get("spike_rate", 0.0)
     summary.synaptic_ops += st.get("synaptic_ops", 0)
     summary.macs += st.get("macs", 0)
