@@ -9,6 +9,8 @@ alike), medians over the rounds, ratios from the same run:
   follows the spikes: groups of four channels without a spike, and empty planes, are skipped);
 * ``auto``: the runtime's choice per layer (what users get);
 * ``if``: the rate-coded IF model of the same shape (``if-s25``, the previous default) on the runtime;
+* ``blind-set``: the shipped ``blind`` model set (:mod:`edgespike.modelset`) on the same frame, whose estimate picks
+  ``s25``: the set's overhead over ``auto`` is the noise estimate (asserted to give ``s25``'s pixels);
 * ``onnx-int8``: the bit-plane model's ANN twin (:mod:`edgespike.profile.ann`), quantised by onnxruntime
   (QDQ, int8 weights per channel and int8 activations, calibrated on noisy BSD400-like frames), same threads.
 
@@ -70,6 +72,9 @@ def main(argv=None) -> int:
         p.error(f"{a.model} has no bit-plane layers")
     contenders = {path: Runtime(model, bitplane_path=path) for path in ("dense", "spikes", "auto")}
     if_rt = Runtime(fileformat.load(resolve(a.if_model)))
+    from edgespike.modelset import SetRuntime
+
+    blind = SetRuntime(fileformat.load_any(resolve("blind")))
 
     with tempfile.TemporaryDirectory() as tmp:
         tw = ann.twin(model, "relu")
@@ -81,6 +86,7 @@ def main(argv=None) -> int:
 
     runs = {name: (lambda rt=rt: rt.denoise(frame)) for name, rt in contenders.items()}
     runs["if"] = lambda: if_rt.denoise(frame)
+    runs["blind-set"] = lambda: blind.denoise(frame)
     runs["onnx-int8"] = lambda: (onnx(frame), None)
     times: dict[str, list[float]] = {k: [] for k in runs}
     layer_times: dict[str, dict[str, list[float]]] = {"dense": {}, "spikes": {}}
@@ -88,6 +94,8 @@ def main(argv=None) -> int:
     for name, fn in runs.items():  # warm-up: kernels built, buffers allocated, sessions initialised
         outputs[name] = fn()[0]
     assert np.array_equal(outputs["dense"], outputs["spikes"]) and np.array_equal(outputs["dense"], outputs["auto"])
+    if a.model == "s25":  # the set's estimate chose s25 on this sigma-25 frame
+        assert np.array_equal(outputs["blind-set"], outputs["auto"]), "the blind set did not run s25 on this frame"
     for r in range(a.rounds):
         for name, fn in runs.items():
             t = time.perf_counter()
@@ -109,6 +117,7 @@ def main(argv=None) -> int:
     print(f"if / auto            = {med['if'] / med['auto']:.2f}  (speed-up over the IF model; target >= 2)")
     print(f"auto / onnx-int8     = {med['auto'] / med['onnx-int8']:.2f}  (target <= 3)")
     print(f"dense / spikes       = {med['dense'] / med['spikes']:.2f}")
+    print(f"blind-set / auto     = {med['blind-set'] / med['auto']:.3f}  (the noise estimate's overhead)")
     print("per layer (median s): node, dense, spikes")
     for node in layer_times["dense"]:
         d, s = np.median(layer_times["dense"][node]), np.median(layer_times["spikes"][node])
