@@ -105,6 +105,22 @@ def test_sigma_weights_balance_the_noise_levels_of_a_blind_batch():
     assert np.corrcoef(spread, s.last_sigma)[0, 1] > 0.95  # the noise drawn is the sigma reported
 
 
+def test_a_sigma_band_draws_each_patchs_level_inside_it():
+    """--sigma 12-19: the level of each patch is uniform in the band (a model set's member that must hold up
+    across it); a band out of order or a word is refused."""
+    from edgespike.train.bitplane_loop import parse_sigma
+    from edgespike.train.data import PatchSampler
+
+    assert parse_sigma("12-19") == (12.0, 19.0) and parse_sigma("25") == 25.0 and parse_sigma("blind") == "blind"
+    for bad in ("19-12", "x", "3-x"):
+        with pytest.raises(ValueError):
+            parse_sigma(bad)
+    rng = np.random.default_rng(0)
+    s = PatchSampler([rng.integers(0, 256, (32, 32), dtype=np.uint8)], 16, (12.0, 19.0), seed=3)
+    s.batch(200)
+    assert 12 <= s.last_sigma.min() < 13 and 18 < s.last_sigma.max() <= 19
+
+
 def test_the_pool_sampler_cuts_and_turns_the_clean_noisy_and_teacher_patches_together():
     from edgespike.train.teacher import PoolSampler, TeacherPool
 

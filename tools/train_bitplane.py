@@ -36,7 +36,8 @@ def main(argv=None) -> int:
     p.add_argument("--full-resolution", action="store_true",
                    help="run the body at full resolution (default: half resolution, 5x5 stride-2 conv in, "
                    "6x6 stride-2 transposed conv out: 4x fewer operations per pixel)")
-    p.add_argument("--sigma", default="25", help="training noise level (0..255 scale) or 'blind' = U[0, 55]")
+    p.add_argument("--sigma", default="25", help="training noise level (0..255 scale), a band LO-HI (uniform per "
+                   "patch, e.g. 12-19: a model set's member that must hold up across its band) or 'blind' = U[0, 55]")
     p.add_argument("--float-iters", type=int, default=0, help="iterations of float pre-training")
     p.add_argument("--qat-iters", type=int, default=0, help="iterations of quantisation-aware training")
     p.add_argument("--batch", type=int, default=32, help="patches per iteration (default 32)")
@@ -69,7 +70,13 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.float_iters <= 0 and a.qat_iters <= 0:
         p.error("give a budget: --float-iters and/or --qat-iters")
-    if a.teacher and a.sigma == "blind":
+    try:
+        lo, band, hi = a.sigma.partition("-")
+        if a.sigma != "blind" and not (0 <= float(lo) < float(hi) if band else 0 <= float(lo)):
+            raise ValueError
+    except ValueError:
+        p.error(f"--sigma takes a noise level, a band LO-HI with LO < HI, or 'blind'; got {a.sigma!r}")
+    if a.teacher and (a.sigma == "blind" or band):
         p.error("--teacher needs a fixed --sigma: the reference teachers are trained for one noise level")
     if a.sigma_floor and a.sigma != "blind":
         p.error("--sigma-floor weighs noise levels against each other: it needs --sigma blind")

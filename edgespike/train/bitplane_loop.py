@@ -38,7 +38,7 @@ class Config:
     width: int = 64
     T: int = 8
     down: bool = True
-    sigma: str = "25"  # a number or "blind" (uniform in [0, blind_max] per patch)
+    sigma: str = "25"  # a number, a band "LO-HI" (uniform per patch) or "blind" (uniform in [0, blind_max])
     blind_max: float = 55.0
     float_iters: int = 0
     qat_iters: int = 0
@@ -124,12 +124,25 @@ def net_from_ckpt(path: str) -> BitPlaneDnCNN:
     return net
 
 
+def parse_sigma(text: str) -> float | tuple[float, float] | str:
+    """``"25"`` -> 25.0, ``"12-19"`` -> (12.0, 19.0), ``"blind"`` -> ``"blind"``; ValueError otherwise."""
+    if text == "blind":
+        return "blind"
+    lo, sep, hi = str(text).partition("-")
+    if sep:
+        band = (float(lo), float(hi))
+        if not 0 <= band[0] < band[1]:
+            raise ValueError(f"a sigma band LO-HI needs 0 <= LO < HI, got {text!r}")
+        return band
+    return float(text)
+
+
 def train(cfg: Config, resume: bool = False, progress: bool = True) -> BitPlaneDnCNN:
     """Run (or resume) the phases of ``cfg``, export ``cfg.out`` and return the network."""
     torch.manual_seed(cfg.seed)
     net = BitPlaneDnCNN(cfg.depth, cfg.width, cfg.T, down=cfg.down)
     _, train_ims = load_dir(SHARED / "data" / "bsd400")
-    sigma = "blind" if cfg.sigma == "blind" else float(cfg.sigma)
+    sigma = parse_sigma(cfg.sigma)
     state = {"phase": PHASES[0], "it": 0, "seconds": 0.0}
     ck = None
     if resume and os.path.exists(cfg.ckpt_path):
@@ -140,10 +153,12 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> BitPlaneD
     elif cfg.init:
         net.load_state_dict(load_ckpt(cfg.init)["model"])
         log.info("initialised from %s", cfg.init)
-    validator = Validator(cfg.val_dir, 25.0 if sigma == "blind" else sigma)  # a fixed sigma is validated at it
+    # a fixed sigma is validated at it, a band at its middle
+    validator = Validator(cfg.val_dir, 25.0 if sigma == "blind" else sum(sigma) / 2 if isinstance(sigma, tuple)
+                          else sigma)
     pool = None
     if cfg.teacher:
-        if sigma == "blind":
+        if not isinstance(sigma, float):
             raise ValueError("distillation needs a fixed sigma: the reference teachers are trained for one level")
         pool = TeacherPool.build(train_ims, cfg.teacher, sigma, cfg.teacher_draws,
                                  cache_dir=Path(cfg.out).parent, progress=progress)

@@ -39,15 +39,15 @@ def psnr(out: np.ndarray, clean: np.ndarray) -> float:
 
 class PatchSampler:
     """Random ``size`` x ``size`` patches of the training images with the 8 flips/rotations, and their noisy
-    uint8 versions (noise level fixed or, when ``sigma`` is ``"blind"``, uniform in ``[0, blind_max]`` per
-    patch).
+    uint8 versions (noise level fixed; uniform in ``[lo, hi]`` per patch for a pair ``(lo, hi)``; uniform in
+    ``[0, blind_max]`` for ``"blind"``).
 
     Parameters
     ----------
     images : list of uint8 arrays
     size : int
         Patch side.
-    sigma : float or "blind"
+    sigma : float, (float, float) or "blind"
     seed : int
     """
 
@@ -75,6 +75,8 @@ class PatchSampler:
             out[k] = p
         if self.sigma == "blind":
             sig = rng.uniform(0, self.blind_max, (n, 1, 1))
+        elif isinstance(self.sigma, tuple):  # a band of levels: a member of a model set that must not collapse
+            sig = rng.uniform(*self.sigma, (n, 1, 1))
         else:
             sig = float(self.sigma)
         self.last_sigma = np.broadcast_to(sig, (n, 1, 1)).reshape(n)  # per patch, for the loss's weights
