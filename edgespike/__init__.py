@@ -16,7 +16,9 @@ __all__ = ["ModelError", "ModelFileError", "FrameError", "__version__", "load"]
 def load(path=None, **kwargs):
     """The fast CPU runtime for a model file: ``edgespike.load(path).denoise(frame) -> (frame, stats)``.
 
-    ``path`` may name a shipped model (``"s25"``, ``"blind"``); ``None`` loads the shipped sigma-25 model.
+    ``path`` may name a shipped model (``"s25"``, ``"blind"``); ``None`` loads the shipped sigma-25 model. A model
+    set (the shipped ``blind``) gives a :class:`edgespike.modelset.SetRuntime`: the same ``denoise``, one member per
+    frame, and ``stats.member`` / ``stats.sigma_estimate`` say which and why.
     Imported lazily so ``import edgespike`` stays light. See :class:`edgespike.runtime.Runtime`.
     """
     from edgespike.runtime import load as _load
