@@ -269,7 +269,8 @@ def test_the_calibrated_bounds_are_the_best_monotone_split_of_the_frames():
     for _ in range(150):
         n, k = int(rng.integers(1, 8)), int(rng.integers(2, 4))
         estimate, gain = rng.permutation(n).astype(float) + 1, rng.normal(size=(n, k))
-        bounds, score = best_bounds(estimate, gain)
+        bounds, score, counts = best_bounds(estimate, gain)
+        assert sum(counts) == n and len(counts) == k
         order = np.argsort(estimate)
         brute = max(sum(gain[order[a:b], j].sum() for j, (a, b) in enumerate(zip((0, *cuts), (*cuts, n), strict=True)))
                     for cuts in itertools.combinations_with_replacement(range(n + 1), k - 1))
@@ -326,3 +327,9 @@ def test_eval_compares_each_frame_with_the_ann_twin_of_the_member_that_ran(mset,
         member = next(m for m in mset.members if m.name == rec["member"])
         expect = Twin(member.model, mode="quant").denoise(s.noisy)
         assert rec["compare"]["psnr"] == pytest.approx(psnr(s.clean, expect))
+
+
+def test_a_calibration_band_without_frames_is_dropped_with_its_member():
+    band_spec = _tool("calibrate_model_set").band_spec
+    assert band_spec(["a", "b", "c", "a", "d"], [5.0, 9.0, 9.0, 30.123], [3, 4, 0, 2, 6]) == "a,5,b,9,a,30.12,d"
+    assert band_spec(["a", "b", "a"], [5.0, 5.0], [3, 0, 4]) == "a"  # one band left: the caller refuses it

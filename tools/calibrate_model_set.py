@@ -26,8 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SIGMAS = tuple(range(2, 56, 3))
-"""The calibration's noise levels: 2, 5, ..., 53 (uniform over the blind range 0..55)."""
+SIGMAS = tuple(range(1, 56))
+"""The calibration's noise levels: 1, 2, ..., 55, every level of the blind range alike. (A coarser grid, 2, 5, ...,
+53, put a bound 1.7 above a member's own level, between two levels it never sampled.)"""
 
 
 def measure(members: dict, files: list, sigmas, crop: int, progress: bool = True) -> dict:
@@ -55,12 +56,12 @@ def measure(members: dict, files: list, sigmas, crop: int, progress: bool = True
     return {"sigma": np.array(rows_sigma, float), "estimate": np.array(rows_est), "psnr": np.array(rows_psnr)}
 
 
-def best_bounds(estimate: np.ndarray, gain: np.ndarray) -> tuple[list[float], float]:
+def best_bounds(estimate: np.ndarray, gain: np.ndarray) -> tuple[list[float], float, list[int]]:
     """Bounds for bands whose per-frame scores are ``gain`` (frames x bands) that maximise the total score.
 
     Frames are sorted by ``estimate``; band ``j`` takes a contiguous run of them, the runs in band order (a band may
     be empty). Returns the ``bands - 1`` bounds (midway between the last frame of a band and the first of the next;
-    an empty band's bound equals its neighbour's and is nudged apart by the caller) and the mean score.
+    an empty band's bound equals its neighbour's), the mean score and the frames in each band.
     """
     order = np.argsort(estimate, kind="stable")
     e, g = estimate[order], gain[order]
@@ -90,7 +91,22 @@ def best_bounds(estimate: np.ndarray, gain: np.ndarray) -> tuple[list[float], fl
         lo = e[s - 1] if s > 0 else 0.0
         hi = e[s] if s < n else e[-1] + 1.0
         bounds.append(float((lo + hi) / 2))
-    return bounds, float(best[k - 1][n] / n)
+    counts = np.diff([0, *starts, n]).tolist()
+    return bounds, float(best[k - 1][n] / n), counts
+
+
+def band_spec(order: list[str], bounds: list[float], counts: list[int]) -> str:
+    """The set's band spec: empty bands dropped, and neighbours of one member merged."""
+    names, cuts = [], []
+    for j, (name, count) in enumerate(zip(order, counts, strict=True)):
+        if not count:
+            continue
+        if names and names[-1] == name:
+            continue
+        if names:
+            cuts.append(round(bounds[j - 1], 2))
+        names.append(name)
+    return ",".join(x for pair in zip(names, [f"{b:g}" for b in cuts] + [""], strict=True) for x in pair if x)
 
 
 def plot(table: list[dict], names: list[str], path: str) -> None:
@@ -123,10 +139,12 @@ def main(argv=None) -> int:
     p.add_argument("--order", required=True, metavar="N1,N2,...",
                    help="the members along the estimated noise level, lowest first (a name may recur)")
     p.add_argument("--name", required=True, help="metadata name of the set")
-    p.add_argument("--images", type=int, default=48, help="training images per level (default 48)")
+    p.add_argument("--images", type=int, default=32, help="training images per level (default 32)")
     p.add_argument("--crop", type=int, default=160, help="centre crop side (default 160)")
     p.add_argument("--dataset", default="bsd400", help="calibration images (default bsd400, the training set)")
     p.add_argument("--log", metavar="JSON", help="write the measurements and the result here")
+    p.add_argument("--from-log", metavar="JSON", help="take the measurements from this earlier --log (same members "
+                   "by name) instead of measuring: another --order in seconds")
     p.add_argument("--plot", metavar="PNG", help="draw PSNR against sigma: each member, the set, the oracle "
                    "(needs matplotlib, the [profile] extra)")
     a = p.parse_args(argv)
@@ -153,17 +171,25 @@ def main(argv=None) -> int:
         return 2
     files = files[:a.images]
     names = list(members)
-    m = measure(members, files, SIGMAS, a.crop)
+    if a.from_log:
+        frames = json.loads(Path(a.from_log).read_text())["frames"]
+        m = {"sigma": np.array(frames["sigma"]), "estimate": np.array(frames["estimate"]),
+             "psnr": np.array([frames["psnr"][n] for n in names]).T}
+    else:
+        m = measure(members, files, SIGMAS, a.crop)
+    if a.log:  # the measurements first: minutes of work are kept whatever happens next
+        Path(a.log).write_text(json.dumps({"frames": _frames(m, names)}) + "\n")
     gain = m["psnr"][:, [names.index(n) for n in order]]
-    bounds, score = best_bounds(m["estimate"], gain)
-    for i in range(1, len(bounds)):  # an empty band: keep the bounds increasing (it then takes no frame)
-        bounds[i] = max(bounds[i], bounds[i - 1] + 0.01)
-    bounds = [round(b, 2) for b in bounds]
-    spec = ",".join(x for pair in zip(order, [f"{b:g}" for b in bounds] + [""], strict=True) for x in pair if x)
-    mset = ModelSet.from_spec(members, spec, {"name": a.name, "calibration": (
+    bounds, score, counts = best_bounds(m["estimate"], gain)
+    spec = band_spec(order, bounds, counts)
+    used = {n: members[n] for n in names if n in spec.split(",")}
+    dropped = [n for n in names if n not in used]
+    if dropped:
+        print(f"not in the set (no band where it is best): {', '.join(dropped)}")
+    mset = ModelSet.from_spec(used, spec, {"name": a.name, "calibration": (
         f"tools/calibrate_model_set.py: {a.dataset}, {len(files)} images ({a.crop}x{a.crop} centre crops) at "
         f"sigma {SIGMAS[0]}..{SIGMAS[-1]} step {SIGMAS[1] - SIGMAS[0]}")})
-    chosen = np.array([mset.index_for(e) for e in m["estimate"]])
+    chosen = np.array([names.index(mset.member_for(e).name) for e in m["estimate"]])  # columns of m["psnr"]
     got = m["psnr"][np.arange(len(chosen)), chosen]
     print(f"bands {spec}: mean PSNR {got.mean():.3f} dB over {len(got)} frames (optimum {score:.3f})")
     print(f"{'sigma':>5}" + "".join(f"{n:>11}" for n in names) + f"{'set':>9}{'oracle':>9}  chosen")
@@ -184,11 +210,15 @@ def main(argv=None) -> int:
     if a.log:
         Path(a.log).write_text(json.dumps({
             "command": "python tools/calibrate_model_set.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "bands": spec, "mean_psnr": round(float(got.mean()), 4), "levels": table,
-            "frames": {"sigma": m["sigma"].tolist(), "estimate": m["estimate"].round(4).tolist(),
-                       "psnr": {n: m["psnr"][:, i].round(3).tolist() for i, n in enumerate(names)}},
+            "bands": spec, "mean_psnr": round(float(got.mean()), 4), "levels": table, "frames": _frames(m, names),
         }, indent=1) + "\n")
     return 0
+
+
+def _frames(m: dict, names: list[str]) -> dict:
+    """The measurements as the log stores them (and ``--from-log`` reads them)."""
+    return {"sigma": m["sigma"].tolist(), "estimate": m["estimate"].round(4).tolist(),
+            "psnr": {n: m["psnr"][:, i].round(3).tolist() for i, n in enumerate(names)}}
 
 
 if __name__ == "__main__":
