@@ -58,12 +58,14 @@ def timeouts(port: str) -> dict:
 def shipped_model_of(fingerprint: int) -> str:
     """The shipped model (a file of ``edgespike/models``) whose fingerprint a layer pipeline board reports: its
     weights are built into the bitstream, so without ``--model`` the board says which model it runs."""
-    from edgespike.fileformat import load
+    from edgespike.fileformat import load_any
     from edgespike.firmware.accelerator import model_fingerprint
+    from edgespike.model import Model
     from edgespike.models import HERE
 
     for path in sorted(HERE.glob("*.esnn")):
-        if model_fingerprint(load(path)) == fingerprint:
+        model = load_any(path)  # a model set (the blind one) is no board's: its members are shipped on their own
+        if isinstance(model, Model) and model_fingerprint(model) == fingerprint:
             return str(path)
     raise UserError(f"the board runs a layer pipeline built for model {fingerprint:08x}, which is none of the "
                     "shipped models: give the model file it was built from with --model")
