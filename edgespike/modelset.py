@@ -203,6 +203,13 @@ class ModelSet:
     def member_for(self, sigma: float) -> Member:
         return self.members[self.index_for(sigma)]
 
+    def member_named(self, name: str) -> Member:
+        """The member called ``name`` (as ``Stats.member`` names the one that ran)."""
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise KeyError(f"no member {name!r} in this set ({', '.join(m.name for m in self.members)})")
+
     def choose(self, frame: np.ndarray) -> tuple[int, float]:
         """``(member index, estimated sigma)`` for a grey uint8 frame."""
         s = estimate_sigma(frame)
@@ -286,4 +293,4 @@ class SetRuntime:
 
     def model_of(self, stats) -> Model:
         """The network that produced ``stats`` (for energy estimates, which price one network)."""
-        return next(m.model for m in self.model.members if m.name == stats.member)
+        return self.model.member_named(stats.member).model

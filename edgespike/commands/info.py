@@ -84,7 +84,7 @@ def describe_set(mset) -> str:
     """A model set: its rule, a row per member, then each member as :func:`describe` shows it."""
     lines = [mset.describe(), "", f"{'estimated noise':<18}{'member':<12}{'trained for':<22}{'T':>3}"]
     for r, name in mset.band_ranges():
-        m = next(m for m in mset.members if m.name == name)
+        m = mset.member_named(name)
         lines.append(f"{r:<18}{name:<12}{m.trained_for:<22}{m.model.timesteps:>3}")
     lines.append(f"bands: {mset.spec}")
     if mset.metadata:

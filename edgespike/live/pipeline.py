@@ -466,7 +466,7 @@ def run_pipeline(source: Source, backend, sinks: list, opts: RunOptions) -> Summ
 def _network(model, stats):
     """The network behind ``stats``: for a model set, the member that ran on that frame."""
     member = getattr(stats, "member", None)
-    return next(m.model for m in model.members if m.name == member) if member is not None else model
+    return model.member_named(member).model if member is not None else model
 
 
 def _padded(shape: tuple[int, int], net) -> tuple[int, int]:
