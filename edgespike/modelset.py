@@ -252,9 +252,8 @@ class SetRuntime:
         self._last: int | None = None  # the previous frame's band
         self._kwargs = kwargs
         self._runtimes: list = [None] * len(mset.members)
-        self._first = Runtime(mset.members[0].model, **kwargs)  # checks the kwargs and builds the kernel once
-        self._runtimes[0] = self._first
-        self.backend = self._first.backend
+        self._runtimes[0] = Runtime(mset.members[0].model, **kwargs)  # checks the kwargs, builds the kernel once
+        self.backend = self._runtimes[0].backend
 
     def runtime(self, index: int):
         """The runtime of member ``index`` (built on first use)."""
