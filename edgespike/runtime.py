@@ -187,7 +187,7 @@ class _ConvPlan:
         self.w_extra = w_extra
         self.bound_extra = _abs_partial_bound(node.weight if w_extra is None else w_extra, None, mag_x)
         self.taps = {}
-        self.packed_s16 = None  # weights in the pairs of kernels.conv_s16, packed on first use
+        self.packed = None  # weights packed for kernels.conv_int (int16 pairs or int8 groups), on first use
 
     def taps_for(self, extra: bool, dtype) -> np.ndarray:
         key = (extra, np.dtype(dtype).str)
@@ -200,7 +200,8 @@ class _ConvPlan:
 BITPLANE_PATHS = ("auto", "dense", "spikes")
 SPIKE_PATH_MAX_RATE = 0.03
 """With ``bitplane_path="auto"``, a convolution into a bit-plane layer runs spike by spike when its input fires
-less than this many spikes per neuron per step; otherwise dense. ``tools/bench/bitplane.py`` measured the 64-channel
+less than this many spikes per neuron per step; otherwise dense (always dense where the layer runs in the u8
+dot-product kernel, AVX-512 VNNI, which is faster at every rate). ``tools/bench/bitplane.py`` measured the 64-channel
 3x3 layers of the default model at 640x480: the spike path took 0.089-0.107 s per layer for input rates from 0.12
 to 0.35 (its per-plane, per-pixel overhead dominates, so its time falls slowly with the rate), the dense integer
 kernel about 0.04 s (docs/BENCHMARKS.md). The spike path only pays for nearly silent inputs."""
@@ -490,7 +491,7 @@ class Runtime:
                     and name not in decoder_nodes):
                 self.quantised_by[name] = cons[0]
         self._lut_cache: dict = {}
-        self._s16_fast: bool | None = None  # kernels.s16_fast, asked once
+        self._fast: tuple[bool, bool] | None = None  # kernels.s16_fast and u8_fast, asked once
         # Free lists of buffers by (shape, dtype), reused across layers, strips and frames (spikes and membranes
         # of kernel-run layers): allocating tens of MiB per layer costs page faults. A buffer returns to its list
         # when the value it holds has been read for the last time, so the working set stays a few layers.
@@ -823,10 +824,8 @@ class Runtime:
         if self._integer_conv(node, src):
             from edgespike import kernels
 
-            if plan.packed_s16 is None:
-                plan.packed_s16 = kernels.pack_s16(node.weight)
             bias = node.bias.astype(np.int64) * T1  # in int32: the proved bound includes it
-            v = kernels.conv_s16(self.kernels, src.arr[0], plan.packed_s16, node.stride, bias.astype(np.int32))
+            v = kernels.conv_int(self.kernels, src.arr[0], self._packed(node), node.stride, bias.astype(np.int32))
             return _Val(v[None], weighted=True)
         # A constant input (direct coding) is convolved once and scaled after, so the GEMM sees small values.
         dt = _gemm_dtype(plan.bound if src.const else plan.bound_weighted)
@@ -843,18 +842,41 @@ class Runtime:
             out = out.astype(np.float64 if plan.bound_weighted < F64_EXACT else np.int64) * T1
         return _Val(out, weighted=True)
 
-    def _integer_conv(self, node, src: _Val) -> bool:
-        """Whether the dense path runs in the compiled int16 kernel (:func:`edgespike.kernels.conv_s16`) instead
-        of a float BLAS GEMM: a convolution of decoded bit planes (activations below ``2**15``), every partial
-        sum proved to fit int32, and a kernel built with its vector path (AVX2; elsewhere BLAS is faster)."""
-        if self.kernels is None or not isinstance(node, Conv) or not src.planes or self.T > 15:
-            return False
-        if self._s16_fast is None:
+    def _kernel_speed(self) -> tuple[bool, bool]:
+        """Whether the compiled integer kernels have their vector paths: (int16 on AVX2, u8 x s8 on AVX-512
+        VNNI)."""
+        if self._fast is None:
             from edgespike import kernels
 
-            self._s16_fast = kernels.s16_fast(self.kernels)
+            self._fast = (kernels.s16_fast(self.kernels), kernels.u8_fast(self.kernels))
+        return self._fast
+
+    def _u8_kernel(self, node) -> bool:
+        """Whether ``node`` runs in the u8 x s8 dot-product kernel: 8-bit activations (T <= 8), int8 weights."""
+        return (self._kernel_speed()[1] and self.T <= 8
+                and -128 <= int(node.weight.min(initial=0)) and int(node.weight.max(initial=0)) <= 127)
+
+    def _integer_conv(self, node, src: _Val) -> bool:
+        """Whether the dense path runs in a compiled integer kernel (:func:`edgespike.kernels.conv_int`) instead of
+        a float BLAS GEMM: a convolution of decoded bit planes (activations below ``2**15``), every partial sum
+        proved to fit int32, and a kernel built with a vector path (AVX2 or AVX-512 VNNI; elsewhere BLAS is
+        faster)."""
+        if self.kernels is None or not isinstance(node, Conv) or not src.planes or self.T > 15:
+            return False
         plan = self.plans[node.name]
-        return self._s16_fast and plan.bound_weighted < 2**31 and int(np.abs(node.weight).max(initial=0)) < 2**15
+        if plan.bound_weighted >= 2**31 or int(np.abs(node.weight).max(initial=0)) >= 2**15:
+            return False
+        return self._kernel_speed()[0] or self._u8_kernel(node)
+
+    def _packed(self, conv: Conv) -> np.ndarray:
+        """``conv``'s weights packed for the faster kernel that runs it exactly (int8 groups for VNNI, else int16
+        pairs), once per runtime."""
+        from edgespike import kernels
+
+        plan = self.plans[conv.name]
+        if plan.packed is None:
+            plan.packed = kernels.pack_u8(conv.weight) if self._u8_kernel(conv) else kernels.pack_s16(conv.weight)
+        return plan.packed
 
     def _spike_path(self, node, src: _Val) -> bool:
         if self.bitplane_path != "auto":
@@ -863,6 +885,11 @@ class Runtime:
         # wins for wide, sparse inputs: per-plane lookups do not pay for one input channel (the pixel) and the
         # transposed read-out has no kernel.
         if self.kernels is None or not isinstance(node, Conv) or not src.planes or src.arr.shape[-1] < 16:
+            return False
+        if self._integer_conv(node, src) and self._u8_kernel(node):
+            # The dot-product kernel beats the spike path at every rate, even at none: a 64-channel 3x3 layer at
+            # 320x240 took 0.008 s in it, the spike path 0.008 s on silent input and 0.014-0.089 s from 0.0001 to
+            # 0.1 spikes per neuron per step (docs/BENCHMARKS.md).
             return False
         rate = src.rate
         if rate is None:
@@ -905,11 +932,8 @@ class Runtime:
         kernel (exactly :meth:`_conv_weighted` then :meth:`_bitplane`)."""
         from edgespike import kernels
 
-        plan = self.plans[conv.name]
-        if plan.packed_s16 is None:
-            plan.packed_s16 = kernels.pack_s16(conv.weight)
         bias = (conv.bias.astype(np.int64) * (2**self.T - 1)).astype(np.int32)  # in the proved int32 bound
-        q, bits = kernels.conv_s16(self.kernels, src.arr[0], plan.packed_s16, conv.stride, bias, neuron=node,
+        q, bits = kernels.conv_int(self.kernels, src.arr[0], self._packed(conv), conv.stride, bias, neuron=node,
                                    T=self.T, rows=(c0, c1))
         return self._bitplane_out(node, q, bits, None, state, stats, c0, c1)
 

@@ -198,13 +198,9 @@ def _kernel_or_skip():
     return kernels, lib
 
 
-@settings(max_examples=40, deadline=None)
-@given(h=st.integers(1, 13), w=st.integers(1, 21), cin=st.integers(1, 40), co=st.integers(1, 40),
-       k=st.sampled_from([1, 3, 5]), stride=st.sampled_from([1, 2]), T=st.integers(1, 12), seed=st.integers(0, 2**31))
-def test_the_integer_kernel_is_an_exact_convolution_and_quantiser(h, w, cin, co, k, stride, T, seed):
-    """kernels.conv_s16 (the dense path of bit-plane layers: int16 pairs, 4-pixel x 16-channel tiles and their
-    tails) equals an int64 convolution; fused with the bit-plane neuron it equals bitplane_quantise's output."""
-    kernels, lib = _kernel_or_skip()
+def _check_integer_kernel(kernels, lib, pack, h, w, cin, co, k, stride, T, seed):
+    """kernels.conv_int with ``pack``'s weights equals an int64 convolution; fused with the bit-plane neuron it
+    equals bitplane_quantise's output."""
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 2**T, (h, w, cin)).astype(np.uint8 if T <= 8 else np.uint16)
     weight = rng.integers(-128, 128, (co, cin, k, k)).astype(np.int8)
@@ -217,17 +213,50 @@ def test_the_integer_kernel_is_an_exact_convolution_and_quantiser(h, w, cin, co,
         for j in range(k):
             win = xp[i:i + stride * ho:stride, j:j + stride * wo:stride]
             want += win @ weight[:, :, i, j].astype(np.int64).T
-    packed = kernels.pack_s16(weight)
-    assert np.array_equal(kernels.conv_s16(lib, x, packed, stride, bias), want)
+    packed = pack(weight)
+    assert np.array_equal(kernels.conv_int(lib, x, packed, stride, bias), want)
     neuron = BitPlaneNeuron("bp", "c", rng.integers(1, 3000, co).astype(np.int32),
                             rng.integers(-3000, 3000, co).astype(np.int32))
     rows = (min(1, ho), ho)
-    q, bits = kernels.conv_s16(lib, x, packed, stride, bias, neuron=neuron, T=T, rows=rows)
+    q, bits = kernels.conv_int(lib, x, packed, stride, bias, neuron=neuron, T=T, rows=rows)
     q_want = np.clip(np.floor_divide(want + neuron.bias, neuron.threshold), 0, 2**T - 1)
     assert np.array_equal(q, q_want)
     if T <= 8:
         core = q_want[rows[0]:rows[1]]
         assert bits.tolist() == [int(((core >> (T - 1 - t)) & 1).sum()) for t in range(T)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 13), w=st.integers(1, 21), cin=st.integers(1, 40), co=st.integers(1, 40),
+       k=st.sampled_from([1, 3, 5]), stride=st.sampled_from([1, 2]), T=st.integers(1, 12), seed=st.integers(0, 2**31))
+def test_the_integer_kernel_is_an_exact_convolution_and_quantiser(h, w, cin, co, k, stride, T, seed):
+    """The int16 kernel (the dense path of bit-plane layers: int16 pairs, 4-pixel x 16-channel tiles and their
+    tails)."""
+    kernels, lib = _kernel_or_skip()
+    _check_integer_kernel(kernels, lib, kernels.pack_s16, h, w, cin, co, k, stride, T, seed)
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 13), w=st.integers(1, 21), cin=st.integers(1, 70), co=st.integers(1, 90),
+       k=st.sampled_from([1, 3, 5]), stride=st.sampled_from([1, 2]), T=st.integers(1, 8), seed=st.integers(0, 2**31))
+def test_the_u8_kernel_is_an_exact_convolution_and_quantiser(h, w, cin, co, k, stride, T, seed):
+    """The u8 x s8 kernel (VNNI where the CPU has it: 6-pixel x 64-channel tiles, their 16-channel and masked
+    tails, and the 6-pixel tail past the row's end; the plain C loop elsewhere)."""
+    kernels, lib = _kernel_or_skip()
+    _check_integer_kernel(kernels, lib, kernels.pack_u8, h, w, cin, co, k, stride, T, seed)
+
+
+def test_the_u8_kernel_without_vnni_is_the_same_convolution(tmp_path):
+    """Built without the CPU's vector extensions (as for a CPU without VNNI), the u8 kernel runs its plain C loop:
+    the same results, and it says it is not the fast path."""
+    kernels, _ = _kernel_or_skip()
+    out = tmp_path / "portable.so"
+    ok, why = kernels.compile_kernel(kernels.compiler(), ["-O1", "-fPIC", "-shared"], out)
+    assert ok, why
+    lib = kernels._open(str(out))
+    assert not kernels.u8_fast(lib) and not kernels.s16_fast(lib)
+    for seed, (h, w, cin, co, k, stride) in enumerate([(9, 14, 64, 64, 3, 1), (7, 11, 1, 70, 5, 2)]):
+        _check_integer_kernel(kernels, lib, kernels.pack_u8, h, w, cin, co, k, stride, 8, seed)
 
 
 @pytest.mark.parametrize("width", [16, 20, 37])
@@ -236,12 +265,20 @@ def test_the_runtime_runs_wide_bitplane_layers_in_the_integer_kernel(width, monk
     still the integer ANN, and the integer path did run."""
     kernels, _ = _kernel_or_skip()
     calls = []
-    real = kernels.conv_s16
-    monkeypatch.setattr(kernels, "conv_s16", lambda *a, **kw: calls.append(kw.get("neuron")) or real(*a, **kw))
+    real = kernels.conv_int
+
+    def spy(lib, x, packed, *a, **kw):
+        calls.append((kw.get("neuron"), packed.dtype))
+        return real(lib, x, packed, *a, **kw)
+
+    monkeypatch.setattr(kernels, "conv_int", spy)
     model = bitplane_dncnn(4, width, 8, seed=width, down=True)
     frame = np.random.default_rng(width).integers(0, 256, (29, 35), dtype=np.uint8)
     out, _ = Runtime(model, bitplane_path="dense").denoise(frame)
     assert np.array_equal(out, integer_ann(model, frame))
-    if not kernels.s16_fast(kernels.load()):
+    lib = kernels.load()
+    if not kernels.s16_fast(lib):
         pytest.skip("the kernel has no vector path here (no AVX2): the runtime keeps BLAS")
-    assert any(n is not None for n in calls)  # fused with the bit-plane layer that reads it
+    assert any(n is not None for n, _ in calls)  # fused with the bit-plane layer that reads it
+    # 8-bit activations and int8 weights take the dot-product kernel where the CPU has one
+    assert {dt for _, dt in calls} == {np.dtype(np.int8) if kernels.u8_fast(lib) else np.dtype(np.int16)}
