@@ -342,7 +342,7 @@ class BitPlaneLayer(wiring.Component):
         word = Signal(tp * cin_p)  # the part being scanned
         nword = Signal(tp * cin_p)  # the part read last: loaded in LOAD, or in the cycle after a prefetch
         fresh = Signal()  # a prefetch was issued last cycle: nword takes the line buffer's word in this one
-        mask = Signal(mask_bits)
+        rest = Signal(mask_bits)  # the part's (plane, group) flags that hold spikes, above the one being added
         rpart = Signal(max(1, pbits))  # the part being scanned
         wpart = Signal(max(1, pbits))  # the part being written
         held = Signal(T * cin_p)  # a pixel whose later parts are still to be written
@@ -448,14 +448,24 @@ class BitPlaneLayer(wiring.Component):
         # p * T / P .. (p + 1) * T / P - 1.
         pixel = Cat(*[self.i.payload[c][T - 1 - t] if c < self.c_in else Const(0, 1)
                       for t in range(T) for c in range(cin_p)])
-        # The priority encoder works on the mask's next value and its result is registered with it, so the
-        # scan's weight address and plane come straight from registers (the encoder set the iCE40 Fmax).
-        mask_d = Signal(mask_bits)
-        m.d.comb += mask_d.eq(mask)
-        any_d, first_d = first_set([mask_d[b] for b in range(mask_bits)])
+        # The scan's state is registered: ``first``, the lowest (plane, group) flag still to add, ``any_set``,
+        # whether there is one, and ``rest``, the flags above it. So the weight address and plane come straight
+        # from registers (the encoder set the iCE40 Fmax), and the next state has two sources, each with its own
+        # priority encoder, chosen only after them: ``rest`` when a group is added (its lowest flag next, cleared
+        # from it by ``rest & (rest - 1)``, a carry chain), a new part's flags from ``nword`` when a part is
+        # taken. One encoder behind a multiplexer of the sources (and ``first`` decoded to clear its flag) was
+        # the ECP5 pipeline's critical path: the FSM's select and the decoder in front of seven encoder levels.
+        flags = Signal(mask_bits)
+        consume = Signal()  # SCAN adds group ``first``: move on to ``rest``
+        taking = Signal()  # a part's flags (``flags``, from nword) replace the scan's
+        any_r, first_r = first_set([rest[b] for b in range(mask_bits)])
+        any_f, first_f = first_set([flags[b] for b in range(mask_bits)])
         any_set = Signal()
-        first = Signal(max(1, len(first_d)))
-        m.d.sync += [mask.eq(mask_d), any_set.eq(any_d), first.eq(first_d)]
+        first = Signal(max(1, len(first_r)))
+        with m.If(consume):
+            m.d.sync += [any_set.eq(any_r), first.eq(first_r), rest.eq(rest & (rest - 1))]
+        with m.Elif(taking):
+            m.d.sync += [any_set.eq(any_f), first.eq(first_f), rest.eq(flags & (flags - 1))]
 
         # UWD pipeline: a weight read issued in SCAN is added WEIGHT_STAGES + 1 cycles later, with its plane and
         # spikes delayed as far.
@@ -480,7 +490,13 @@ class BitPlaneLayer(wiring.Component):
             if neuron:
                 m.d.comb += [sar.v[lane].eq(acc.acc[lane]),
                              sar.theta[lane].eq(p_r.data[(vb + tb) * lane + vb:][:tb])]
-        m.d.comb += [self.o.payload.eq(out_reg), lb_r.en.eq(0), w_r.en.eq(0), p_r.en.eq(0)]
+        m.d.comb += [self.o.payload.eq(out_reg), lb_r.en.eq(0), p_r.en.eq(0)]
+        m.d.comb += flags.eq(Cat(*[nword[e * M:(e + 1) * M].any() for e in range(tp * ngroups)]))
+        # A weight is read in every SCAN cycle with a group to add, and only then: ``any_set`` is only ever set in
+        # SCAN (a part's flags are taken on the way into it, and it is left only once they are used up), so the
+        # weight memories' enable is that register itself, without a decode of the FSM's state in front of the
+        # block RAMs (30 of them in a 64-lane layer).
+        m.d.comb += w_r.en.eq(any_set)
 
         # Receiver: part 0 of a pixel is written as it is taken, parts 1 .. P-1 in the next cycles (not ready
         # then); the pixel counts as in (x_in, rows_in) once its last part is written.
@@ -528,7 +544,7 @@ class BitPlaneLayer(wiring.Component):
         def take_part(rd):
             """nword's (plane, group) flags into the priority encoder and nword into word; read part ``rd`` next
             (None: no part left)."""
-            m.d.comb += mask_d.eq(Cat(*[nword[e * M:(e + 1) * M].any() for e in range(tp * ngroups)]))
+            m.d.comb += taking.eq(1)
             m.d.sync += word.eq(nword)
             if rd is not None:
                 m.d.comb += [lb_r.en.eq(1), rd_part.eq(rd)]
@@ -562,11 +578,10 @@ class BitPlaneLayer(wiring.Component):
                 m.next = "SCAN"
             with m.State("SCAN"):  # one group with spikes per cycle, lowest first; an empty word ends the tap
                 with m.If(any_set):
-                    m.d.comb += w_r.en.eq(1)
-                    in_part = first[gbits:len(first_d)]  # the plane within the part (tp is a power of two)
+                    m.d.comb += consume.eq(1)
+                    in_part = first[gbits:len(first_r)]  # the plane within the part (tp is a power of two)
                     plane = in_part if P == 1 else Cat(in_part, rpart[:pbits])
                     m.d.sync += [ev_valid.eq(1), ev_t.eq(plane), ev_bits.eq(word_at(word, first, M))]
-                    m.d.comb += mask_d.eq(mask & ~(1 << first))
                 with m.Elif(rpart != P - 1):  # the pixel's next part, once the prefetch has it in nword
                     with m.If(~fresh):
                         if P > 2:
