@@ -485,6 +485,12 @@ class BitPlaneLayer(wiring.Component):
         ]
         if neuron:  # a step of the converters' first lanes stands for one step in every lane (the add counts)
             m.d.comb += self.sar_step.eq(sar.step & sar.first)
+            # The converters' load and step are registers, high exactly in LOADSAR and in SAR (set in the cycle
+            # before): they drive every lane's residue and level registers, and decoding them from the FSM's state
+            # in front of that fanout was the critical path of most engines of the default plan placed alone.
+            sar_load, sar_step = Signal(), Signal()
+            m.d.sync += [sar_load.eq(0), sar_step.eq(0)]
+            m.d.comb += [sar.load.eq(sar_load), sar.step.eq(sar_step)]
         for lane in range(L):
             m.d.comb += acc.bias[lane].eq(p_r.data[(vb + tb) * lane:][:vb].as_signed())
             if neuron:
@@ -601,16 +607,18 @@ class BitPlaneLayer(wiring.Component):
             for k in range(drain):
                 with m.State("DRAIN" if k == 0 else f"DRAIN{k}"):
                     m.next = f"DRAIN{k + 1}" if k + 1 < drain else ("LOADSAR" if neuron else "STORE")
+                    if neuron and k + 1 == drain:
+                        m.d.sync += sar_load.eq(1)
             if neuron:
-                with m.State("LOADSAR"):
-                    m.d.comb += sar.load.eq(1)
-                    m.d.sync += tt.eq(0)
+                with m.State("LOADSAR"):  # sar.load is high (sar_load)
+                    m.d.sync += [tt.eq(0), sar_step.eq(1)]
                     m.next = "SAR"
-                with m.State("SAR"):
-                    m.d.comb += sar.step.eq(1)
+                with m.State("SAR"):  # sar.step is high (sar_step)
                     m.d.sync += tt.eq(tt + 1)
                     with m.If(tt == sar_steps - 1):
                         m.next = "STORE"
+                    with m.Else():
+                        m.d.sync += sar_step.eq(1)
             with m.State("STORE"):  # the block's L outputs enter the output word from the top
                 new = Cat(*[sar.q[lane] for lane in range(L)]) if neuron else acc.acc.as_value()
                 m.d.sync += out_reg.eq(Cat(out_reg[obits:], new) if G > 1 else new)
