@@ -408,8 +408,15 @@ class BitPlaneLayer(wiring.Component):
         # ready of its input to the engine before it (that chain set the iCE40 Fmax). It is computed from this
         # cycle's values and used in the next: first_row only grows, so a stale one only delays; rows_in grows
         # by one at the end of a row, and the receiver waits that cycle out (``row_done``).
-        room = Signal()
-        row_done = Signal()
+        # The input's ready is a register too (``ready``, from the next values of ``room``, ``row_done`` and
+        # ``wpart``), as is the output's valid (``o_valid``): a handshake between two engines is then one route
+        # from a register of each into the other's logic. With both decoded (the producer's FSM state into the
+        # consumer's receiver and back into the producer's counters) it was the critical path of the ECP5 build
+        # (13.9 ns, 10 ns of it two routes between the engines).
+        room, room_d = Signal(), Signal()
+        row_done, row_done_d = Signal(), Signal()
+        wpart_d = Signal.like(wpart)
+        ready = Signal()
         last_part = Signal()
         # A ring (``ring``): pixel m of the frame is word m mod D. ``n_in`` counts the pixels in, ``o_lin`` is the
         # oldest input pixel the current and later output pixels read (raster index, negative in the padding),
@@ -437,11 +444,13 @@ class BitPlaneLayer(wiring.Component):
 
         if ring:
             n_next = n_in + last_part
-            m.d.sync += room.eq((sg(n_next) < o_lin + depth) & (rows_in < self.height))
+            m.d.comb += room_d.eq((sg(n_next) < o_lin + depth) & (rows_in < self.height))
             with m.If(last_part):
                 m.d.sync += [n_in.eq(n_next), waddr.eq(wrap(waddr, 1))]
         else:
-            m.d.sync += room.eq((sg(rows_in) < first_row + slots) & (rows_in < self.height))
+            m.d.comb += room_d.eq((sg(rows_in) < first_row + slots) & (rows_in < self.height))
+        m.d.sync += [room.eq(room_d), row_done.eq(row_done_d), wpart.eq(wpart_d)]
+        m.d.sync += ready.eq(room_d & ~row_done_d & (wpart_d == 0))  # room & ~row_done & (wpart == 0), a cycle early
         last_tap = (ti == side - 1) & (tj == side - 1)
 
         # Plane-major input word: bit t * cin_p + c is plane t (MSB first) of channel c; part p holds planes
@@ -503,21 +512,23 @@ class BitPlaneLayer(wiring.Component):
         # weight memories' enable is that register itself, without a decode of the FSM's state in front of the
         # block RAMs (30 of them in a 64-lane layer).
         m.d.comb += w_r.en.eq(any_set)
+        o_valid = Signal()  # high exactly in OUT
+        m.d.comb += self.o.valid.eq(o_valid)
 
         # Receiver: part 0 of a pixel is written as it is taken, parts 1 .. P-1 in the next cycles (not ready
         # then); the pixel counts as in (x_in, rows_in) once its last part is written.
+        m.d.comb += [self.i.ready.eq(ready), wpart_d.eq(wpart)]
         with m.If(wpart == 0):
-            take = room & ~row_done
-            m.d.comb += [self.i.ready.eq(take), lb_w.en.eq(self.i.valid & take), lb_w.data.eq(pixel[:tp * cin_p]),
-                         last_part.eq((P == 1) & self.i.valid & take)]
+            m.d.comb += [lb_w.en.eq(self.i.valid & ready), lb_w.data.eq(pixel[:tp * cin_p]),
+                         last_part.eq((P == 1) & self.i.valid & ready)]
             if P > 1:
-                with m.If(self.i.valid & take):
-                    m.d.sync += [held.eq(pixel), wpart.eq(1)]
+                with m.If(self.i.valid & ready):
+                    m.d.comb += wpart_d.eq(1)
+                    m.d.sync += held.eq(pixel)
         with m.Else():
             m.d.comb += [lb_w.en.eq(1), lb_w.data.eq(word_at(held, wpart, tp * cin_p)),
-                         last_part.eq(wpart == P - 1)]
-            m.d.sync += wpart.eq(Mux(wpart == P - 1, 0, wpart + 1))
-        m.d.sync += row_done.eq(last_part & (x_in == self.width - 1))
+                         last_part.eq(wpart == P - 1), wpart_d.eq(Mux(wpart == P - 1, 0, wpart + 1))]
+        m.d.comb += row_done_d.eq(last_part & (x_in == self.width - 1))
         with m.If(last_part):
             m.d.sync += x_in.eq(x_in + 1)
             with m.If(x_in == self.width - 1):
@@ -623,15 +634,15 @@ class BitPlaneLayer(wiring.Component):
                 new = Cat(*[sar.q[lane] for lane in range(L)]) if neuron else acc.acc.as_value()
                 m.d.sync += out_reg.eq(Cat(out_reg[obits:], new) if G > 1 else new)
                 with m.If(g == G - 1):
+                    m.d.sync += o_valid.eq(1)
                     m.next = "OUT"
                 with m.Else():
                     m.d.comb += [p_r.en.eq(1), p_addr.eq(g + 1)]
                     m.d.sync += g.eq(g + 1)
                     m.next = "START"
-            with m.State("OUT"):
-                m.d.comb += self.o.valid.eq(1)
+            with m.State("OUT"):  # o_valid is high
                 with m.If(self.o.ready):
-                    m.d.sync += [g.eq(0), ox.eq(ox + 1)]
+                    m.d.sync += [o_valid.eq(0), g.eq(0), ox.eq(ox + 1)]
                     if ring and not self.transposed:  # the next output pixel's window: one input pixel on
                         m.d.sync += [o_lin.eq(o_lin + 1), pix.eq(wrap(pix, 1))]
                     elif ring:  # an input column on every two output columns; the oldest row's in a pair's second
