@@ -197,7 +197,7 @@ def test_the_board_abandons_a_region_the_host_gave_up_on():
         srv.close()
 
 
-def test_run_backend_fpga_and_serve_sim_with_a_bitplane_model(server, tmp_path):
+def test_run_backend_fpga_and_serve_sim_with_a_bitplane_model(server, tmp_path, capsys):
     """``edgespike run --backend fpga --port socket://...`` on a pipeline board equals the CPU runtime (without
     ``--model``: the shipped model of the board's fingerprint, or one line), and ``edgespike fpga serve-sim`` of a
     bit-plane model serves a pipeline board the firmware identifies."""
@@ -213,6 +213,13 @@ def test_run_backend_fpga_and_serve_sim_with_a_bitplane_model(server, tmp_path):
     assert shipped_model_of(accelerator_module.model_fingerprint(load(small))).endswith(small)
     with pytest.raises(UserError, match="none of the shipped models: give the model file"):
         open_backend("fpga", None, port=server.url)
+    # the CLI leaves the choice to the board too (it used to ask every board for the shared engine's if-s25)
+    from edgespike.cli import main
+
+    capsys.readouterr()
+    rc = main(["run", "--backend", "fpga", "--port", server.url, "--frames", "1", "-q", "-o", str(tmp_path / "o.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "none of the shipped models: give the model file" in err and "Traceback" not in err
     x = demo_image(6, 13, seed=9)  # three stripes, the last moved back to the frame's edge
     board = open_backend("fpga", str(path), port=server.url)
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edgespike.errors import UserError
 from edgespike.live.imageio import MAX_PIXELS_HELP, check_max_pixels
-from edgespike.models import ACCELERATOR_MODEL, MODEL_HELP, label, resolve, shipped_for
+from edgespike.models import MODEL_HELP, label, resolve, shipped_for
 from edgespike.parallel import add_threads_argument, apply_threads_argument
 from edgespike.progress import prepare_kernel
 
@@ -184,13 +184,11 @@ def run(args) -> int:
 
     if args.model:
         model = args.model
-    elif args.backend == "fpga-sim":
-        model = None  # the backend takes the shipped model that fits its part, and says so
     elif args.backend != "cpu":
-        # a board runs the shared engine (rate-coded IF layers: the layer pipeline has no link yet), and
-        # `edgespike fpga build` builds if-s25 by default: the read-out scale is gateware, so a board built for one
-        # shipped model cannot load another's weights
-        model = ACCELERATOR_MODEL
+        # fpga-sim: the shipped model that fits its part, said in its label; fpga: a layer-pipeline board holds its
+        # model's weights in the bitstream and names it by fingerprint (fpga.host.shipped_model_of), a shared-engine
+        # board runs ACCELERATOR_MODEL (its read-out scale is gateware: it cannot load another shipped model)
+        model = None
     else:
         model = shipped_for(args.noise, args.sigma) if is_demo else shipped_for(None)
     if args.backend == "cpu":
