@@ -188,6 +188,8 @@ class _ConvPlan:
         self.bound_extra = _abs_partial_bound(node.weight if w_extra is None else w_extra, None, mag_x)
         self.taps = {}
         self.packed = None  # weights packed for kernels.conv_int (int16 pairs or int8 groups), on first use
+        w = node.weight
+        self.int8 = w.size == 0 or (-128 <= int(w.min()) and int(w.max()) <= 127)  # the u8 x s8 kernel's weights
 
     def taps_for(self, extra: bool, dtype) -> np.ndarray:
         key = (extra, np.dtype(dtype).str)
@@ -853,8 +855,7 @@ class Runtime:
 
     def _u8_kernel(self, node) -> bool:
         """Whether ``node`` runs in the u8 x s8 dot-product kernel: 8-bit activations (T <= 8), int8 weights."""
-        return (self._kernel_speed()[1] and self.T <= 8
-                and -128 <= int(node.weight.min(initial=0)) and int(node.weight.max(initial=0)) <= 127)
+        return self._kernel_speed()[1] and self.T <= 8 and self.plans[node.name].int8
 
     def _integer_conv(self, node, src: _Val) -> bool:
         """Whether the dense path runs in a compiled integer kernel (:func:`edgespike.kernels.conv_int`) instead of
