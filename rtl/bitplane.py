@@ -404,17 +404,16 @@ class BitPlaneLayer(wiring.Component):
         enough = (rows_in >= need) | (rows_in == self.height)
         # The receiver fills the line buffer while the engine computes: row r goes to slot r mod S once the
         # current output row no longer reads the row that was there (r < first_row + S), until the frame is in.
-        # ``room`` is a register, so that no combinational path runs from one engine's counters through the
-        # ready of its input to the engine before it (that chain set the iCE40 Fmax). It is computed from this
-        # cycle's values and used in the next: first_row only grows, so a stale one only delays; rows_in grows
-        # by one at the end of a row, and the receiver waits that cycle out (``row_done``).
-        # The input's ready is a register too (``ready``, from the next values of ``room``, ``row_done`` and
-        # ``wpart``), as is the output's valid (``o_valid``): a handshake between two engines is then one route
-        # from a register of each into the other's logic. With both decoded (the producer's FSM state into the
-        # consumer's receiver and back into the producer's counters) it was the critical path of the ECP5 build
-        # (13.9 ns, 10 ns of it two routes between the engines).
-        room, room_d = Signal(), Signal()
-        row_done, row_done_d = Signal(), Signal()
+        # The input's ``ready`` is a register, so that no combinational path runs from one engine's counters
+        # through it to the engine before it (that chain set the iCE40 Fmax). It is computed from this cycle's
+        # values (``room``: there is room; ``row_done``: a row ends this cycle; the next part ``wpart_d``) and used
+        # in the next: first_row only grows, so a stale ``room`` only delays; rows_in grows by one at the end of a
+        # row, and the receiver waits that cycle out. The output's ``valid`` is a register too (``o_valid``): a
+        # handshake between two engines is then one route from a register of each into the other's logic. With
+        # both decoded (the producer's FSM state into the consumer's receiver and back into the producer's
+        # counters) it was the critical path of the ECP5 build (13.9 ns, 10 ns of it two routes between engines).
+        room = Signal()
+        row_done = Signal()
         wpart_d = Signal.like(wpart)
         ready = Signal()
         last_part = Signal()
@@ -444,13 +443,12 @@ class BitPlaneLayer(wiring.Component):
 
         if ring:
             n_next = n_in + last_part
-            m.d.comb += room_d.eq((sg(n_next) < o_lin + depth) & (rows_in < self.height))
+            m.d.comb += room.eq((sg(n_next) < o_lin + depth) & (rows_in < self.height))
             with m.If(last_part):
                 m.d.sync += [n_in.eq(n_next), waddr.eq(wrap(waddr, 1))]
         else:
-            m.d.comb += room_d.eq((sg(rows_in) < first_row + slots) & (rows_in < self.height))
-        m.d.sync += [room.eq(room_d), row_done.eq(row_done_d), wpart.eq(wpart_d)]
-        m.d.sync += ready.eq(room_d & ~row_done_d & (wpart_d == 0))  # room & ~row_done & (wpart == 0), a cycle early
+            m.d.comb += room.eq((sg(rows_in) < first_row + slots) & (rows_in < self.height))
+        m.d.sync += [wpart.eq(wpart_d), ready.eq(room & ~row_done & (wpart_d == 0))]
         last_tap = (ti == side - 1) & (tj == side - 1)
 
         # Plane-major input word: bit t * cin_p + c is plane t (MSB first) of channel c; part p holds planes
@@ -528,7 +526,7 @@ class BitPlaneLayer(wiring.Component):
         with m.Else():
             m.d.comb += [lb_w.en.eq(1), lb_w.data.eq(word_at(held, wpart, tp * cin_p)),
                          last_part.eq(wpart == P - 1), wpart_d.eq(Mux(wpart == P - 1, 0, wpart + 1))]
-        m.d.comb += row_done_d.eq(last_part & (x_in == self.width - 1))
+        m.d.comb += row_done.eq(last_part & (x_in == self.width - 1))
         with m.If(last_part):
             m.d.sync += x_in.eq(x_in + 1)
             with m.If(x_in == self.width - 1):
