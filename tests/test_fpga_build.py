@@ -187,6 +187,22 @@ def test_clock_option_takes_what_the_pll_makes_and_names_the_rest(capsys):
     assert "--clock 45: the PLL cannot make it" in err and "Traceback" not in err
 
 
+def test_logic_budget_widens_the_plan_and_is_refused_outside_its_range(capsys):
+    """--logic-budget lets the planner fill more of the part (more lanes, a faster frame); a share outside 0.5..1
+    is refused with the range, as is the option for an IF model (the shared engine has no planner)."""
+    from edgespike.fpga.build import build
+
+    line = build("ulx3s-85f", "s25", dry_run=True, logic_budget=0.9)
+    cells = int(line.split("logic about ")[1].split()[0])
+    assert 0.8 * 83640 < cells <= 0.9 * 83640
+    assert main(["fpga", "build", "--board", "ulx3s-85f", "--logic-budget", "1.5", "--plan-only"]) == 2
+    err = capsys.readouterr().err
+    assert "--logic-budget 1.5: give a share of the part's logic between 0.5 and 1" in err and "Traceback" not in err
+    assert main(["fpga", "build", "--board", "icebreaker", "--model", "if-s25", "--logic-budget", "0.9",
+                 "--plan-only"]) == 2
+    assert "--logic-budget is for bit-plane models" in capsys.readouterr().err
+
+
 def test_a_build_that_misses_its_clock_names_fmax_the_path_and_the_clock_to_rebuild_with(tmp_path):
     line = "Max frequency for clock '$glbnet$clocks.clk': {} MHz (FAIL at 75.00 MHz)\n"
     (tmp_path / "top.tim").write_text("Info: " + line.format("40.57") + "ERROR: " + line.format("46.13"))

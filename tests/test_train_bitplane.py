@@ -162,3 +162,56 @@ def test_a_distilled_run_builds_its_teacher_pool_once_and_resumes_exactly(tmp_pa
         assert torch.equal(pa, pb)
     with pytest.raises(ValueError, match="fixed sigma"):
         train(_config(tmp_path, sigma="blind", **kw), progress=False)
+
+
+def test_per_channel_steps_train_and_export_exactly_from_a_per_layer_start(tmp_path):
+    """--channel-steps: one learned activation step per channel. A per-layer checkpoint starts it (its steps
+    spread over the channels), the export gives each channel its own threshold, and every executor still equals
+    the training-side integer network."""
+    torch.set_num_threads(1)
+    base = tmp_path / "base"
+    base.mkdir()
+    train(_config(base), progress=False)
+    d = tmp_path / "chan"
+    d.mkdir()
+    net = train(_config(d, float_iters=0, qat_iters=3, init=str(base / "m.ckpt.pt"), channel_steps=True),
+                progress=False)
+    assert net.channel_steps and tuple(net.log_step.shape) == (2, 4)
+    assert net_from_ckpt(str(d / "m.ckpt.pt")).channel_steps
+    model = fileformat.load(d / "m.esnn")
+    frame = np.random.default_rng(1).integers(0, 256, (19, 21), dtype=np.uint8)
+    want = predict_uint8(net, frame)
+    assert np.array_equal(reference.run(model, frame), want)
+    assert np.array_equal(Runtime(model).denoise(frame)[0], want)
+
+
+def test_silent_channels_get_their_layers_step_not_a_tiny_one():
+    """A channel that never fires on the calibration pixels would otherwise get a step near zero and fire at full
+    scale on the first input that reaches it."""
+    from edgespike.train.bitplane import BitPlaneDnCNN
+
+    torch.manual_seed(0)
+    net = BitPlaneDnCNN(3, 4, 8, channel_steps=True)
+    with torch.no_grad():
+        net.weight[0][1] = -1.0  # channel 1 of layer 1: negative for every (non-negative) pixel
+        net.bias[0][1] = -1.0
+    net.init_steps(torch.rand(2, 1, 32, 32) * 255)
+    steps = net.log_step.detach().exp()[0]
+    assert steps[1] >= steps[[0, 2, 3]].min()
+
+
+def test_step_scale_starts_qat_with_coarser_codes_and_fewer_spikes(tmp_path):
+    """--step-scale k multiplies the calibrated steps at the start of QAT: the codes lose about log2(k) low bits,
+    so the same run fires less."""
+    torch.set_num_threads(1)
+    from edgespike.train.bitplane_loop import Validator
+
+    rates = []
+    for k in (1.0, 8.0):
+        d = tmp_path / f"k{k}"
+        d.mkdir()
+        net = train(_config(d, step_scale=k, qat_iters=1), progress=False)
+        v = Validator(str(SHARED / "data" / "set12"))
+        v(net, "qat")
+        rates.append(v.spike_rate)
+    assert 0 < rates[1] < rates[0]

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
           f"iteration {ck['it']}")
     print(f"{'T':>3} {'levels':>7} " + " ".join(f"{s:>8}" for s in a.sets.split(",")) + f" {'spikes/neuron/step':>19}")
     for T in (int(t) for t in a.T.split(",")):
-        net = BitPlaneDnCNN(c["depth"], c["width"], T, down=c["down"])
+        net = BitPlaneDnCNN(c["depth"], c["width"], T, down=c["down"], channel_steps=c.get("channel_steps", False))
         net.load_state_dict(ck["model"])
         with torch.no_grad():
             net.log_step += math.log((2 ** c["T"] - 1) / (2**T - 1))

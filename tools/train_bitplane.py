@@ -65,6 +65,12 @@ def main(argv=None) -> int:
                    help="--sigma blind: weigh each patch's squared error by 1 / (sigma^2 + FLOOR^2), scaled to mean 1 "
                    "per batch, so that quiet patches count about as much in dB as noisy ones (e.g. 5; default 0: "
                    "plain MSE, which the noisiest patches dominate)")
+    p.add_argument("--step-scale", type=float, default=1.0,
+                   help="QAT: start every activation step at this multiple of its calibrated value (e.g. 2.83: "
+                   "codes about 1.5 bits coarser, fewer spikes and accelerator adds for a little PSNR; default 1)")
+    p.add_argument("--channel-steps", action="store_true",
+                   help="QAT: learn one activation step per channel instead of one per layer (the exported "
+                   "thresholds are per channel either way): channels of small range keep fine codes")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
@@ -80,6 +86,8 @@ def main(argv=None) -> int:
         p.error("--teacher needs a fixed --sigma: the reference teachers are trained for one noise level")
     if a.sigma_floor and a.sigma != "blind":
         p.error("--sigma-floor weighs noise levels against each other: it needs --sigma blind")
+    if a.step_scale <= 0:
+        p.error(f"--step-scale must be positive; got {a.step_scale}")
     if a.teacher and not Path(a.teacher).is_file():
         p.error(f"--teacher {a.teacher}: no such file (the reference DnCNN-S weights: ../shared/reference/dncnn/)")
 
@@ -97,7 +105,8 @@ def main(argv=None) -> int:
                  qat_lr=a.qat_lr, seed=a.seed, out=a.out, init=a.init, val_every=a.val_every,
                  stop_at=a.stop_at, spike_weight=a.spike_weight,
                  teacher=a.teacher, teacher_weight=a.teacher_weight if a.teacher else 0.0,
-                 teacher_draws=a.teacher_draws, sigma_floor=a.sigma_floor)
+                 teacher_draws=a.teacher_draws, sigma_floor=a.sigma_floor,
+                 step_scale=a.step_scale, channel_steps=a.channel_steps)
     logging.getLogger("edgespike.train").info("command: %s", " ".join(sys.argv))
     logging.getLogger("edgespike.train").info("config: %s", cfg)
     train(cfg, resume=a.resume, progress=not a.no_progress)

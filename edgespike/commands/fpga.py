@@ -53,6 +53,9 @@ def add_arguments(p) -> None:
     b.add_argument("--clock", type=float, metavar="MHZ", help="bit-plane models on the ULX3S / OrangeCrab: the "
                    "PLL's design clock in MHz (default 75 / 72); one the PLL makes exactly from the oscillator (the "
                    "ULX3S's 25 MHz: multiples of 12.5). A build that misses its clock names the one to rebuild with")
+    b.add_argument("--logic-budget", type=float, metavar="SHARE", help="bit-plane models: the share of the part's "
+                   "logic cells the planner may fill (by its estimate), 0.5..1 (default 0.8: timing closes with room; "
+                   "more buys lanes, so frames per second, and risks the clock: the build reports Fmax)")
     b.add_argument("--plan-only", action="store_true", help="plan and fit-check only: print the plan's line "
                    "(folds, stripes, block RAM, logic estimate, frame time; on stderr, as every build does before its "
                    "tools run) and run no tool: seconds instead of the build's minutes to hours")
@@ -76,7 +79,8 @@ def run(args) -> int:
 
         # progress to stderr also when it is a log: a build takes minutes, and a CI log should show each stage
         report = build(args.board, args.model, args.out, tile=args.tile, lanes=args.lanes, baud=args.baud,
-                       progress=sys.stderr, link=args.link, dry_run=args.plan_only, clock_mhz=args.clock)
+                       progress=sys.stderr, link=args.link, dry_run=args.plan_only, clock_mhz=args.clock,
+                       logic_budget=args.logic_budget)
         if not isinstance(report, str):  # --plan-only returns the plan's line, already on stderr
             print(report.to_json() if args.json else report.text())
         return 0

@@ -408,7 +408,7 @@ def planning_sample(model, side: int | None = None):
 def build_pipeline(board: str, model_path: str, out_dir: str | None = None, frame: tuple[int, int] | None = None,
                    max_lanes: int | None = None, baud: int | None = None, progress=None, cpu: bool = True,
                    dry_run: bool = False, folds: list | None = None, link: str = "uart",
-                   clock_mhz: float | None = None) -> BuildReport | str:
+                   clock_mhz: float | None = None, logic_budget: float | None = None) -> BuildReport | str:
     """A bit-plane model's layer pipeline on ``board``: plan, fit check, bitstream, report.
 
     :func:`edgespike.fpga.pipeline.plan_pipeline` chooses the folds and the stripe width for ``frame`` (default
@@ -424,13 +424,15 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     saved ``bitplane_dncnn(depth=3, width=16, T=8, down=True, seed=3)``, the shape of docs/HARDWARE.md's
     measurements. ``clock_mhz`` sets an ECP5 board's PLL clock instead (one the PLL makes exactly from the
     oscillator: multiples of 12.5 MHz on the ULX3S), for a design that does not reach the default.
+    ``logic_budget`` is the share of the part's logic the planner may fill (default
+    :data:`~edgespike.fpga.pipeline.LOGIC_BUDGET`).
     ``link="spi"`` puts the same top (framed or raw) behind the SPI peripheral on the board's
     :data:`~edgespike.rtl.board.SPI_PINS` instead of the UART; a line on stderr gives its frame time.
     """
     from edgespike.fileformat import load
     from edgespike.firmware.protocol import DEFAULT_BAUD
     from edgespike.fpga.params import FitError
-    from edgespike.fpga.pipeline import PipelineError, plan_pipeline
+    from edgespike.fpga.pipeline import LOGIC_BUDGET, PipelineError, plan_pipeline
     from edgespike.fpga.pipelink import board_top
     from edgespike.fpga.pipesim import build_pipeline as pipeline_gateware
     from edgespike.fpga.synth import AFTER_READ
@@ -445,7 +447,8 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     baud = baud or DEFAULT_BAUD
     sample = planning_sample(model)
     try:
-        plan = plan_pipeline(model, info.device, (H, W), sample, folds=folds, max_lanes=max_lanes)
+        plan = plan_pipeline(model, info.device, (H, W), sample, folds=folds, max_lanes=max_lanes,
+                             logic_budget=logic_budget or LOGIC_BUDGET)
     except PipelineError as exc:
         raise FitError(f"model does not fit: {exc}") from None
     platform = make_platform(board) if not dry_run else None
@@ -598,7 +601,8 @@ def check_link(board: str, link: str) -> None:
 
 def build(board: str, model_path: str | None = None, out_dir: str | None = None, tile: tuple[int, int] | None = None,
           lanes: int | None = None, baud: int | None = None, progress=None, cpu: bool = True,
-          dry_run: bool = False, link: str = "uart", clock_mhz: float | None = None) -> BuildReport | str:
+          dry_run: bool = False, link: str = "uart", clock_mhz: float | None = None,
+          logic_budget: float | None = None) -> BuildReport | str:
     """Fit-check, synthesise, place and route, and pack a bitstream; return (and write) its report.
 
     A bit-plane model is built as the layer pipeline (:func:`build_pipeline`: ``tile`` is then the frame the
@@ -628,12 +632,17 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     clock_mhz : float, optional
         Bit-plane models on an ECP5 board: the PLL's design clock instead of :data:`PIPELINE_CLOCK_HZ` (a build
         that misses its clock says which one to rebuild with).
+    logic_budget : float, optional
+        Bit-plane models: the share of the part's logic cells the planner may fill (default
+        :data:`edgespike.fpga.pipeline.LOGIC_BUDGET`, 0.8).
     """
     from edgespike.fpga.synth import AFTER_READ, RW_RAM_NAMES
     from edgespike.rtl.board import BOARDS, BoardTop, design_clock_hz, make_platform, uart_divisor
 
     if board not in BOARDS:
         raise UserError(f"unknown board {board!r}: choose one of {', '.join(BOARDS)}")
+    if logic_budget is not None and not 0.5 <= logic_budget <= 1:
+        raise UserError(f"--logic-budget {logic_budget:g}: give a share of the part's logic between 0.5 and 1")
     check_link(board, link)
     info = BOARDS[board]
     if not model_path:
@@ -643,7 +652,10 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
         print(note, file=sys.stderr, flush=True)
     if is_bitplane(model_path):
         return build_pipeline(board, model_path, out_dir, frame=tile, max_lanes=lanes, baud=baud,
-                              progress=progress, cpu=cpu, dry_run=dry_run, link=link, clock_mhz=clock_mhz)
+                              progress=progress, cpu=cpu, dry_run=dry_run, link=link, clock_mhz=clock_mhz,
+                              logic_budget=logic_budget)
+    if logic_budget is not None:
+        raise UserError("--logic-budget is for bit-plane models (the layer pipeline's planner)")
     if clock_mhz:
         raise UserError("--clock is for bit-plane models (the layer pipeline); the shared engine's clock is fixed")
     baud = baud or info.baud

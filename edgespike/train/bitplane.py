@@ -88,7 +88,8 @@ class BitPlaneDnCNN(nn.Module):
         Half-resolution body: stride-2 first conv, stride-2 transposed read-out conv.
     """
 
-    def __init__(self, depth: int = 8, width: int = 64, timesteps: int = 8, down: bool = True):
+    def __init__(self, depth: int = 8, width: int = 64, timesteps: int = 8, down: bool = True,
+                 channel_steps: bool = False):
         super().__init__()
         if depth < 2:
             raise ValueError("depth must be >= 2")
@@ -96,8 +97,25 @@ class BitPlaneDnCNN(nn.Module):
             raise ValueError("timesteps must be 1..16")
         self.depth, self.width, self.T, self.down = depth, width, timesteps, down
         self.weight, self.bias = dncnn_parameters(depth, width, down)
-        # log of the activation step s_l of each hidden layer (real units, pixels / 255); init_steps() sets them.
-        self.log_step = nn.Parameter(torch.full((depth - 1,), math.log(1.0 / 255)))
+        # log of the activation step s_l of each hidden layer (real units, pixels / 255), one per layer or, with
+        # channel_steps, one per channel (the semantics' thresholds are per channel anyway, so the exported model
+        # costs nothing more); init_steps() sets them.
+        shape = (depth - 1, width) if channel_steps else (depth - 1,)
+        self.log_step = nn.Parameter(torch.full(shape, math.log(1.0 / 255)))
+
+    @property
+    def channel_steps(self) -> bool:
+        """One activation step per channel (else one per layer)."""
+        return self.log_step.dim() == 2
+
+    def load_params(self, state: dict) -> None:
+        """Load a state dict; per-layer steps spread over the channels when this network has per-channel ones
+        (a per-layer checkpoint as the start of a per-channel QAT)."""
+        state = dict(state)
+        steps = state.get("log_step")
+        if steps is not None and self.channel_steps and steps.dim() == 1:
+            state["log_step"] = steps[:, None].expand(-1, self.width).clone()
+        self.load_state_dict(state)
 
     @property
     def levels(self) -> int:
@@ -132,6 +150,16 @@ class BitPlaneDnCNN(nn.Module):
         activations (before quantisation-aware training)."""
         _, acts = self.float_forward(pixels, return_acts=True)
         for i, a in enumerate(acts):
+            if self.channel_steps:
+                v = a.transpose(0, 1).flatten(1)  # [C, pixels]
+                v = v[:, torch.randperm(v.shape[1])[:200_000]]
+                top = torch.quantile(v, quantile, dim=1)
+                # a channel silent on these pixels gets its layer's step: a tiny one would make it fire at
+                # full scale on the first input that reaches it
+                whole = float(torch.quantile(v.flatten()[:2_000_000], quantile)) if v.numel() else 1.0
+                top = torch.where(top > 1e-3 * whole, top, torch.tensor(max(whole, 1e-4)))
+                self.log_step[i] = torch.log(top / self.levels)
+                continue
             v = a.flatten()
             v = v[torch.randperm(v.numel())[:2_000_000]]
             top = float(torch.quantile(v, quantile)) if v.numel() else 1.0
@@ -145,11 +173,15 @@ class BitPlaneDnCNN(nn.Module):
         prev = torch.tensor(1.0 / 255.0)
         for i in range(self.depth):
             w = self.weight[i]
+            if prev.dim() == 1:
+                # Per-channel steps of the input: its channel c counts in units of s[c], so the real weight of one
+                # input unit is w[:, c] * s[c], which the int8 weights quantise per output channel.
+                w = w * prev[None, :, None, None]
             # The per-channel weight scale is detached (its gradient through max() touches one weight and makes
             # it jitter); the steps s_l are what LSQ learns.
             wmax = w.detach().abs().amax(dim=(1, 2, 3)).clamp(min=1e-12)
             W = round_ste(w / wmax[:, None, None, None] * WEIGHT_MAX).clamp(-WEIGHT_MAX, WEIGHT_MAX)
-            u = prev * wmax / WEIGHT_MAX
+            u = (1.0 if prev.dim() == 1 else prev) * wmax / WEIGHT_MAX
             B = round_ste(self.bias[i] / u)
             if i < self.depth - 1:
                 Th = round_ste(steps[i] / u).clamp(min=1.0)
@@ -226,7 +258,8 @@ class BitPlaneDnCNN(nn.Module):
                 _check_int32(f"bp{i + 1}", B, Th)
                 nodes.append(BitPlaneNeuron(name=f"bp{i + 1}", input=f"conv{i + 1}", threshold=Th.astype(np.int32),
                                             bias=B.astype(np.int32),
-                                            scale=np.full(Th.shape, float(steps[i]), np.float32)))
+                                            scale=np.broadcast_to(steps[i].cpu().numpy(), Th.shape)
+                                            .astype(np.float32)))
                 src = f"bp{i + 1}"
             else:
                 _check_int32("readout", B)

@@ -60,6 +60,11 @@ class Config:
     # noise level counts about alike in dB; 0: plain MSE, dominated by the noisiest patches
     sigma_floor: float = 0.0
     teacher_draws: int = 4  # noise draws per training image in the teacher's pool
+    # QAT: the calibrated activation steps times this at the start of QAT. A step k times coarser drops about
+    # log2(k) low bits of every code, so fewer 1-bits (spikes, and the accelerator's adds) for some precision
+    step_scale: float = 1.0
+    # one learned activation step per channel instead of per layer (the thresholds are per channel already)
+    channel_steps: bool = False
 
     @property
     def ckpt_path(self) -> str:
@@ -119,7 +124,7 @@ def net_from_ckpt(path: str) -> BitPlaneDnCNN:
     """The network stored in a checkpoint."""
     ck = load_ckpt(path)
     c = ck["config"]
-    net = BitPlaneDnCNN(c["depth"], c["width"], c["T"], down=c["down"])
+    net = BitPlaneDnCNN(c["depth"], c["width"], c["T"], down=c["down"], channel_steps=c.get("channel_steps", False))
     net.load_state_dict(ck["model"])
     return net
 
@@ -140,7 +145,7 @@ def parse_sigma(text: str) -> float | tuple[float, float] | str:
 def train(cfg: Config, resume: bool = False, progress: bool = True) -> BitPlaneDnCNN:
     """Run (or resume) the phases of ``cfg``, export ``cfg.out`` and return the network."""
     torch.manual_seed(cfg.seed)
-    net = BitPlaneDnCNN(cfg.depth, cfg.width, cfg.T, down=cfg.down)
+    net = BitPlaneDnCNN(cfg.depth, cfg.width, cfg.T, down=cfg.down, channel_steps=cfg.channel_steps)
     _, train_ims = load_dir(SHARED / "data" / "bsd400")
     sigma = parse_sigma(cfg.sigma)
     state = {"phase": PHASES[0], "it": 0, "seconds": 0.0}
@@ -151,7 +156,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> BitPlaneD
         state = {k: ck[k] for k in state}
         log.info("resumed %s: phase %s, iteration %d", cfg.ckpt_path, state["phase"], state["it"])
     elif cfg.init:
-        net.load_state_dict(load_ckpt(cfg.init)["model"])
+        net.load_params(load_ckpt(cfg.init)["model"])
         log.info("initialised from %s", cfg.init)
     # a fixed sigma is validated at it, a band at its middle
     validator = Validator(cfg.val_dir, 25.0 if sigma == "blind" else sum(sigma) / 2 if isinstance(sigma, tuple)
@@ -180,8 +185,14 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> BitPlaneD
                 cal = PatchSampler(train_ims, 128, sigma, seed=cfg.seed + 10**6, blind_max=cfg.blind_max)
                 _, noisy = cal.batch(32)
                 net.init_steps(torch.from_numpy(noisy.astype(np.float32))[:, None])
-                log.info("activation steps (x255): %s", np.round(net.log_step.detach().exp().numpy() * 255, 4)
-                         .tolist())
+                if cfg.step_scale != 1.0:
+                    with torch.no_grad():
+                        net.log_step += math.log(cfg.step_scale)
+                steps = net.log_step.detach().exp().numpy() * 255
+                if net.channel_steps:  # min / median / max over each layer's channels
+                    steps = np.stack([steps.min(1), np.median(steps, 1), steps.max(1)], 1)
+                log.info("activation steps (x255%s): %s", ", min/median/max per layer" if net.channel_steps else "",
+                         np.round(steps, 4).tolist())
                 log.info("qat starts at val %.2f dB, %.3f spikes per neuron per step", validator(net, "qat"),
                          validator.spike_rate)
         _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progress)
