@@ -218,6 +218,22 @@ def test_a_build_that_misses_its_clock_names_fmax_the_path_and_the_clock_to_rebu
     assert timing_hint("ulx3s-85f", tmp_path / "none", 75e6) == ""  # no log (another tool failed)
 
 
+def test_a_build_that_fails_on_timing_names_place_and_route_not_the_stage_after_it(tmp_path):
+    """nextpnr writes its routed result and then exits on a missed clock: the error names place and route."""
+    import os
+
+    from edgespike.errors import UserError
+    from edgespike.fpga.build import BuildReport, _run_tools
+
+    (tmp_path / "build_top.sh").write_text(
+        "touch top.json top.config\necho \"ERROR: Max frequency for clock 'clk': 71.85 MHz (FAIL at 75.00 MHz)\"\n"
+        "exit 1\n")
+    report = BuildReport("ulx3s-85f", "ECP5-85F", "m.esnn", (64, 64), 8, 3_000_000, 75.0, 25.0)
+    with pytest.raises(UserError, match=r"failed in place and route \(nextpnr\), on timing") as err:
+        _run_tools("ulx3s-85f", "ecp5", tmp_path, dict(os.environ), report, None)
+    assert "71.85 MHz (FAIL at 75.00 MHz)" in str(err.value)
+
+
 def test_ecp5_pll_dividers_make_the_design_clock_exactly():
     from edgespike.rtl.pll import ecp5_pll_dividers
 

@@ -357,8 +357,10 @@ def _run_tools(board: str, family: str, out: Path, env: dict, report: BuildRepor
         progress.write("\n")
     if proc.returncode != 0:
         tail = "\n".join(log.strip().splitlines()[-15:])
-        raise UserError(f"the {board} build failed in {stages[min(stage, len(stages) - 1)][0]} "
-                        f"(logs in {out}):\n{tail}")
+        failed = stages[min(stage, len(stages) - 1)][0]
+        if "ERROR: Max frequency" in log:  # nextpnr writes its result, then fails on timing: not the next stage
+            failed = next(name for name, _ in stages if "nextpnr" in name) + ", on timing"
+        raise UserError(f"the {board} build failed in {failed} (logs in {out}):\n{tail}")
     parse_reports(report, out, family)
     report.bitstream = str(out / stages[-1][1])
 
