@@ -54,18 +54,25 @@ def test_stop_and_resume_continues_the_same_run(tmp_path):
 def test_the_spike_weight_trades_activations_for_spikes(tmp_path):
     """--spike-weight adds the mean activation to the QAT loss: with a large weight the same run (same seed, same
     patches) ends with fewer spikes on the validation images than without."""
+    rates = _validation_spike_rates(tmp_path, {"spike_weight": 0.0, "qat_iters": 8},
+                                    {"spike_weight": 50.0, "qat_iters": 8})
+    assert 0 < rates[1] < rates[0]
+
+
+def _validation_spike_rates(tmp_path, *variants: dict) -> list[float]:
+    """Spikes per neuron per step on the Set12 validation images after a tiny run with each config variant."""
     torch.set_num_threads(1)
     from edgespike.train.bitplane_loop import Validator
 
     rates = []
-    for w in (0.0, 50.0):
-        d = tmp_path / f"w{w}"
+    for i, kw in enumerate(variants):
+        d = tmp_path / f"v{i}"
         d.mkdir()
-        net = train(_config(d, spike_weight=w, qat_iters=8), progress=False)
+        net = train(_config(d, **kw), progress=False)
         v = Validator(str(SHARED / "data" / "set12"))
         v(net, "qat")
         rates.append(v.spike_rate)
-    assert 0 < rates[1] < rates[0]
+    return rates
 
 
 def test_the_distillation_loss_mixes_the_clean_and_the_teacher_targets():
@@ -203,15 +210,5 @@ def test_silent_channels_get_their_layers_step_not_a_tiny_one():
 def test_step_scale_starts_qat_with_coarser_codes_and_fewer_spikes(tmp_path):
     """--step-scale k multiplies the calibrated steps at the start of QAT: the codes lose about log2(k) low bits,
     so the same run fires less."""
-    torch.set_num_threads(1)
-    from edgespike.train.bitplane_loop import Validator
-
-    rates = []
-    for k in (1.0, 8.0):
-        d = tmp_path / f"k{k}"
-        d.mkdir()
-        net = train(_config(d, step_scale=k, qat_iters=1), progress=False)
-        v = Validator(str(SHARED / "data" / "set12"))
-        v(net, "qat")
-        rates.append(v.spike_rate)
+    rates = _validation_spike_rates(tmp_path, {"step_scale": 1.0, "qat_iters": 1}, {"step_scale": 8.0, "qat_iters": 1})
     assert 0 < rates[1] < rates[0]
