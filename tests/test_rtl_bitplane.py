@@ -26,6 +26,7 @@ from edgespike.fpga.pipeline import (
     ram_blocks,
     ring_extra,
     run_codes,
+    stripe_count,
 )
 from edgespike.fpga.pipesim import build_pipeline, simulate_pipeline
 from edgespike.model import BitPlaneNeuron, Conv, ConvTranspose, Decoder, Encoder, Integrator, Model, ReadoutTerm
@@ -370,3 +371,16 @@ def test_block_ram_accounting_and_planner():
     assert ring_extra(body, 72, 8, "ecp5-85f") == 40
     assert memories(body, 72, 64, 1, 8, 0, 40)["linebuf"] == (64, (3 * 72 + 40) * 8)
     assert [ram_blocks(*memories(body, 72, 64, 1, 8, 0, r)["linebuf"], "ecp5-85f") for r in (0, 40, 41)] == [16, 8, 10]
+
+
+@pytest.mark.parametrize("width,halo", [(640, 18), (640, 10), (100, 6), (97, 4)])
+def test_planned_stripes_are_the_firmwares_regions(width, halo):
+    """The planner counts a frame's stripes as the firmware cuts them (``tiling.regions``: the first and last
+    stripes end at the frame's edges and keep their outer halo), for every stripe width from one just wider than
+    two halos to the whole frame: 640 columns in stripes of 158 with a halo of 18 are 5 stripes, not 6."""
+    from edgespike.firmware.tiling import regions
+
+    for stripe in range(2 * halo + 1, width + 3):
+        cut = len(list(regions((8, width), (8, min(stripe, width)), halo)))
+        assert stripe_count(width, stripe, stripe - 2 * halo) == cut, stripe
+    assert stripe_count(640, 158, 122) == 5 and stripe_count(640, 144, 108) == 6

@@ -543,8 +543,7 @@ def timing_hint(board: str, out: Path, clock_hz: float) -> str:
 def _say_spi(plan, spi: dict, clock_hz: float) -> None:
     """The SPI link's frame time beside the plan's compute time, on stderr."""
     h, w = plan.frame
-    stripes = 1 if plan.core >= w else -(-w // plan.core)
-    t = link_seconds(h * min(plan.stripe, w) * stripes, spi)
+    t = link_seconds(h * min(plan.stripe, w) * plan.stripes, spi)
     print(f"SPI link: {t['spi_asked_mhz']:g} MHz asked of the Pi ({t['spi_mhz']:.4g} MHz on a Pi 3/4), FIFOs of "
           f"{spi['fifo']} bytes ({spi['ram']} RAM): {t['spi_seconds_per_frame']:.3g} s per {w}x{h} frame on the "
           f"wire, in and out, against {plan.seconds(clock_hz):.3g} s of compute", file=sys.stderr, flush=True)
@@ -570,7 +569,7 @@ def pipeline_throughput(model, plan, specs, sample, clock_mhz: float, fmax_mhz: 
     codes = run_codes(specs, sample)
     sops = sum(s.cost(q, *f).sops for s, q, f in zip(specs, codes[:-1], plan.folds, strict=True))
     cycles = pipeline_cycles(specs, codes[:-1], plan.folds)
-    stripes = 1 if plan.core >= W else -(-W // plan.core)
+    stripes = plan.stripes
     pixels = H * min(plan.stripe, W) * stripes
     out = {"frame": f"{W}x{H} in {stripes} stripe(s) of {min(plan.stripe, W)} columns",
            "cycles_per_frame": int(plan.frame_cycles), "sops_per_frame": int(sops / sample.size * pixels),

@@ -615,6 +615,11 @@ class PipelinePlan:
     frame: tuple = (0, 0)  # the planned frame (height, width)
     stall: float = 1.0  # rings of fewer than RING_MIN pixels: their stalls against whole rows, in frame_cycles
 
+    @property
+    def stripes(self) -> int:
+        """Stripes per frame (as the firmware cuts them: :func:`stripe_count`)."""
+        return stripe_count(self.frame[1], self.stripe, self.core)
+
     def seconds(self, hz: float) -> float:
         return self.frame_cycles / hz
 
@@ -623,7 +628,7 @@ class PipelinePlan:
         name, _, blocks, _ = PARTS[self.device]
         kind = "EBR" if self.device == "up5k" else "DP16KD"
         h, w = self.frame
-        stripes = 1 if self.core >= w else -(-w // self.core)
+        stripes = self.stripes
         text = (f"layer pipeline on {name}: folds (lanes, group, parts, ROM words, ring) {self.folds}, "
                 + (f"whole rows of {w}" if stripes == 1 else f"{stripes} stripes of {self.stripe} columns "
                    f"({self.core} kept)")
@@ -631,6 +636,16 @@ class PipelinePlan:
         if hz:
             text += f"; {self.seconds(hz):.3g} s per {w}x{h} frame at {hz / 1e6:g} MHz (cycle model)"
         return text
+
+
+def stripe_count(width: int, stripe: int, core: int) -> int:
+    """Stripes of ``stripe`` columns that cover a frame ``width`` wide when each keeps ``core`` columns inside the
+    halo, ``(stripe - core) / 2`` on each side: the firmware's cut (``edgespike.firmware.tiling.regions``), in
+    which the first and the last stripe end at the frame's edge, where the model's zero padding is the frame's own,
+    and keep the halo's columns on that side too. So ``n`` stripes cover ``n * core + (stripe - core)`` columns."""
+    if stripe >= width:
+        return 1
+    return 1 + -(-(width - stripe) // core)
 
 
 def ring_extra(spec: LayerSpec, width: int, parts: int, device: str, least: int = RING_MIN) -> int:
@@ -770,7 +785,7 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
         return sum(memo_of(("l", i, f), lambda i=i, f=f: estimate_logic([specs[i]], [f])) for i, f in enumerate(fl))
 
     def stripes_of(stripe):
-        return 1 if stripe >= W else -(-W // (stripe - 2 * halo))
+        return stripe_count(W, stripe, stripe - 2 * halo)
 
     def frame_time(fl, stripe):
         if logic_of(fl) > budget or sum(blocks_at(fl, stripe).values()) > PARTS[device][2]:
@@ -811,11 +826,12 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
                                     "stripe")
             return best
         else:
-            # The narrowest stripe for each count, down to cores as wide as the halo; of the stripes whose line buffers
-            # take the same blocks (in every mode and split) only the widest can win, so only it is searched.
+            # The narrowest stripe for each count (n cores and one halo on each side cover the frame: stripe_count),
+            # down to cores as wide as the halo; of the stripes whose line buffers take the same blocks (in every mode
+            # and split) only the widest can win, so only it is searched.
             stripes, seen = [], set()
             for n in range(1, W + 1):
-                s = W if n == 1 else min(W, -(-W // n) + 2 * halo)
+                s = W if n == 1 else min(W, -(-(W - 2 * halo) // n) + 2 * halo)
                 s += s % 2
                 if n > 1 and s - 2 * halo < halo:
                     break
