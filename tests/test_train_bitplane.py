@@ -212,3 +212,24 @@ def test_step_scale_starts_qat_with_coarser_codes_and_fewer_spikes(tmp_path):
     so the same run fires less."""
     rates = _validation_spike_rates(tmp_path, {"step_scale": 1.0, "qat_iters": 1}, {"step_scale": 8.0, "qat_iters": 1})
     assert 0 < rates[1] < rates[0]
+
+
+def test_keep_steps_goes_on_from_the_checkpoints_learned_steps(tmp_path):
+    """--keep-steps with --init: QAT starts from the checkpoint's activation steps (here 8 times the calibrated
+    ones) instead of calibrating new ones, so a sparse QAT can be continued; --step-scale still multiplies them."""
+    torch.set_num_threads(1)
+    base = tmp_path / "base"
+    base.mkdir()
+    train(_config(base, step_scale=8.0), progress=False)
+    learned = net_from_ckpt(str(base / "m.ckpt.pt")).log_step.detach().clone()
+    runs = {}
+    for name, kw in {"kept": {"keep_steps": True}, "scaled": {"keep_steps": True, "step_scale": 2.0},
+                     "calibrated": {}}.items():
+        d = tmp_path / name
+        d.mkdir()
+        # no learning (lr 0): the steps the QAT starts from are the ones it ends with
+        runs[name] = train(_config(d, float_iters=0, qat_iters=1, qat_lr=0.0, init=str(base / "m.ckpt.pt"), **kw),
+                           progress=False).log_step.detach()
+    assert torch.allclose(runs["kept"], learned)
+    assert torch.allclose(runs["scaled"], learned + np.log(2.0))
+    assert (runs["calibrated"] < learned - 1.0).all()  # calibrated afresh: about 8 times finer

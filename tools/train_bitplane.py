@@ -71,6 +71,9 @@ def main(argv=None) -> int:
     p.add_argument("--channel-steps", action="store_true",
                    help="QAT: learn one activation step per channel instead of one per layer (the exported "
                    "thresholds are per channel either way): channels of small range keep fine codes")
+    p.add_argument("--keep-steps", action="store_true",
+                   help="with --init: start QAT from the checkpoint's learned activation steps instead of calibrating "
+                   "new ones (to go on with a QAT; --step-scale still multiplies them)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
@@ -86,6 +89,8 @@ def main(argv=None) -> int:
         p.error("--teacher needs a fixed --sigma: the reference teachers are trained for one noise level")
     if a.sigma_floor and a.sigma != "blind":
         p.error("--sigma-floor weighs noise levels against each other: it needs --sigma blind")
+    if a.keep_steps and not a.init:
+        p.error("--keep-steps keeps the steps of an --init checkpoint: give --init")
     if a.step_scale <= 0:
         p.error(f"--step-scale must be positive; got {a.step_scale}")
     if a.teacher and not Path(a.teacher).is_file():
@@ -106,7 +111,7 @@ def main(argv=None) -> int:
                  stop_at=a.stop_at, spike_weight=a.spike_weight,
                  teacher=a.teacher, teacher_weight=a.teacher_weight if a.teacher else 0.0,
                  teacher_draws=a.teacher_draws, sigma_floor=a.sigma_floor,
-                 step_scale=a.step_scale, channel_steps=a.channel_steps)
+                 step_scale=a.step_scale, channel_steps=a.channel_steps, keep_steps=a.keep_steps)
     logging.getLogger("edgespike.train").info("command: %s", " ".join(sys.argv))
     logging.getLogger("edgespike.train").info("config: %s", cfg)
     train(cfg, resume=a.resume, progress=not a.no_progress)

@@ -65,6 +65,8 @@ class Config:
     step_scale: float = 1.0
     # one learned activation step per channel instead of per layer (the thresholds are per channel already)
     channel_steps: bool = False
+    # QAT from ``init``: keep its learned activation steps instead of calibrating new ones (to go on with a QAT)
+    keep_steps: bool = False
 
     @property
     def ckpt_path(self) -> str:
@@ -184,7 +186,10 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> BitPlaneD
             if phase == "qat":
                 cal = PatchSampler(train_ims, 128, sigma, seed=cfg.seed + 10**6, blind_max=cfg.blind_max)
                 _, noisy = cal.batch(32)
-                net.init_steps(torch.from_numpy(noisy.astype(np.float32))[:, None])
+                if cfg.keep_steps and cfg.init:
+                    log.info("activation steps kept from %s", cfg.init)
+                else:
+                    net.init_steps(torch.from_numpy(noisy.astype(np.float32))[:, None])
                 if cfg.step_scale != 1.0:
                     with torch.no_grad():
                         net.log_step += math.log(cfg.step_scale)
