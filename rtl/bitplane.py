@@ -24,9 +24,9 @@ Output pixels leave in raster order with all ``C_out`` channels, which is the ne
 chain with ``wiring.connect`` into a pipeline where every layer works at once (:mod:`~edgespike.rtl.pipeline`).
 
 The compute is strictly sequential, so its cycles are a closed form of the input's bit counts: per output pixel
-and block ``1 + sum over taps (3 + parts + adds + empty if the tap is inside the input, else 1) + 2 (+ 1 + K *
-T with a SAR of K = sar_share(lanes) lanes per converter)``, ``adds`` being the (plane, channel group) pairs of
-the tap's input pixel that hold a spike and ``empty`` its parts but the last without any; per output pixel ``+
+and block ``1 + sum over taps (3 + sum over parts but the last max(adds_p, 2) + adds_last + 1 if the tap is inside
+the input, else 1) + 2 (+ 1 + K * T with a SAR of K = sar_share(lanes) lanes per converter)``, ``adds_p`` being
+the (plane, channel group) pairs of part ``p`` of the tap's input pixel that hold a spike; per output pixel ``+
 1`` (the handshake). The receiver takes a pixel per ``parts`` cycles while there is room. How the two and the
 neighbouring engines meet is :func:`edgespike.fpga.pipeline.pipeline_cycles`.
 
@@ -103,6 +103,17 @@ def first_set(bits: list):
     return any_lo | any_hi, index
 
 
+def two_set(bits: list):
+    """Tree of ``(any, two)``: whether a power-of-two list of 1-bit values has a set bit, and at least two; each node
+    is a function of its halves' four bits (one LUT4 a level)."""
+    if len(bits) == 1:
+        return bits[0], Const(0, 1)
+    half = len(bits) // 2
+    any_lo, two_lo = two_set(bits[:half])
+    any_hi, two_hi = two_set(bits[half:])
+    return any_lo | any_hi, two_lo | two_hi | (any_lo & any_hi)
+
+
 def word_at(value, index, width: int):
     """``value.word_select(index, width)`` for a power-of-two ``width``, its offset made by wiring (``index``
     shifted by concatenation): ``word_select`` scales the offset with a ``$mul`` cell, which the adders-only
@@ -161,8 +172,8 @@ class BitPlaneLayer(wiring.Component):
         without spikes is skipped.
     parts : int
         Line-buffer words per pixel (a power of two dividing ``T``; part ``p`` holds planes ``p T / P ..``):
-        narrower words fit block RAM better; each part of a tap costs one more cycle (two when it holds no spike
-        and is not the last: the next part's prefetch is then a cycle short), each part of a pixel received one.
+        narrower words fit block RAM better; a part of a tap but the last costs its adds and at least two cycles
+        (the next part's prefetch), the last its adds and one; each part of a pixel received costs a cycle.
     stride : int
         Conv stride (1 or 2).
     transposed : bool
@@ -462,17 +473,23 @@ class BitPlaneLayer(wiring.Component):
         # from it by ``rest & (rest - 1)``, a carry chain), a new part's flags from ``nword`` when a part is
         # taken. One encoder behind a multiplexer of the sources (and ``first`` decoded to clear its flag) was
         # the ECP5 pipeline's critical path: the FSM's select and the decoder in front of seven encoder levels.
+        # ``rest_empty`` (a register, like the others) says that ``first`` is the part's last flag: its next value
+        # is whether the source had at most one flag (``two_set``, beside the encoders), so that the part's last add
+        # can take the next part in the same cycle without a zero test of ``rest`` in front of the scan's select.
         flags = Signal(mask_bits)
         consume = Signal()  # SCAN adds group ``first``: move on to ``rest``
-        taking = Signal()  # a part's flags (``flags``, from nword) replace the scan's
+        taking = Signal()  # a part's flags (``flags``, from nword) replace the scan's (also in a part's last add)
         any_r, first_r = first_set([rest[b] for b in range(mask_bits)])
         any_f, first_f = first_set([flags[b] for b in range(mask_bits)])
+        _, two_r = two_set([rest[b] for b in range(mask_bits)])
+        _, two_f = two_set([flags[b] for b in range(mask_bits)])
         any_set = Signal()
+        rest_empty = Signal()
         first = Signal(max(1, len(first_r)))
-        with m.If(consume):
-            m.d.sync += [any_set.eq(any_r), first.eq(first_r), rest.eq(rest & (rest - 1))]
-        with m.Elif(taking):
-            m.d.sync += [any_set.eq(any_f), first.eq(first_f), rest.eq(flags & (flags - 1))]
+        with m.If(taking):
+            m.d.sync += [any_set.eq(any_f), first.eq(first_f), rest.eq(flags & (flags - 1)), rest_empty.eq(~two_f)]
+        with m.Elif(consume):
+            m.d.sync += [any_set.eq(any_r), first.eq(first_r), rest.eq(rest & (rest - 1)), rest_empty.eq(~two_r)]
 
         # UWD pipeline: a weight read issued in SCAN is added WEIGHT_STAGES + 1 cycles later, with its plane and
         # spikes delayed as far.
@@ -549,9 +566,10 @@ class BitPlaneLayer(wiring.Component):
                 m.next = "TAP"
 
         # Each part's word is read, registered and flagged once; while a part is scanned the next one is read
-        # (prefetch) into nword, so the scan's empty cycle takes the next part's flags instead of a LOAD and a
-        # FLAGS of its own: a part costs its adds and one cycle (two when it has no spike, as the prefetch is then
-        # a cycle short), where it cost its adds and three.
+        # (prefetch) into nword, and the part's last add takes the next part's flags in the same cycle once the
+        # prefetch is in (else the scan's empty cycle takes them) instead of a LOAD and a FLAGS of its own: a part
+        # but the pixel's last costs its adds, at least two cycles (the prefetch's), and the last part its adds and
+        # one, where every part cost its adds and three.
         m.d.sync += fresh.eq(0)
         with m.If(fresh):
             m.d.sync += nword.eq(lb_r.data)
@@ -564,6 +582,17 @@ class BitPlaneLayer(wiring.Component):
             if rd is not None:
                 m.d.comb += [lb_r.en.eq(1), rd_part.eq(rd)]
                 m.d.sync += fresh.eq(1)
+
+        def next_part():
+            """Take the pixel's next part (its prefetch is in nword) and prefetch the one after it, if any."""
+            if P > 2:
+                with m.If(rpart != P - 2):
+                    take_part(rpart + 2)
+                with m.Else():
+                    take_part(None)
+            else:
+                take_part(None)
+            m.d.sync += rpart.eq(rpart + 1)
 
         with m.FSM():
             with m.State("ROW"):  # wait until the rows the next output row reads are in
@@ -597,16 +626,12 @@ class BitPlaneLayer(wiring.Component):
                     in_part = first[gbits:len(first_r)]  # the plane within the part (tp is a power of two)
                     plane = in_part if P == 1 else Cat(in_part, rpart[:pbits])
                     m.d.sync += [ev_valid.eq(1), ev_t.eq(plane), ev_bits.eq(word_at(word, first, M))]
+                    if P > 1:  # the part's last add: the next part too, if its prefetch is in
+                        with m.If(rest_empty & (rpart != P - 1) & ~fresh):
+                            next_part()
                 with m.Elif(rpart != P - 1):  # the pixel's next part, once the prefetch has it in nword
                     with m.If(~fresh):
-                        if P > 2:
-                            with m.If(rpart != P - 2):
-                                take_part(rpart + 2)
-                            with m.Else():
-                                take_part(None)
-                        else:
-                            take_part(None)
-                        m.d.sync += rpart.eq(rpart + 1)
+                        next_part()
                 with m.Else():
                     m.d.sync += rpart.eq(0)
                     next_tap()

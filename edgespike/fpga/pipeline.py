@@ -193,8 +193,10 @@ class LayerSpec:
             pop += self.popcount(bits)
             for p in range(parts):  # plane t is code bit T - 1 - t
                 part_pop[p] += self.popcount(bits & (((1 << tp) - 1) << (self.T - (p + 1) * tp)))
-        # parts without a spike but the last: the scan waits a cycle for the prefetch of the next
-        empty = (part_pop[:parts - 1] == 0).sum(0)
+        # the scan of an input pixel's parts: a part but the last takes the next (prefetched) part's flags in its
+        # last add, or in a cycle of its own when it has none; the prefetch takes two cycles (read, register), so
+        # a part costs max(adds, 2); the last part its adds and the cycle that ends the tap
+        scan = np.maximum(part_pop[:parts - 1], 2).sum(0) + part_pop[parts - 1] + 1
         tap_cycles = np.zeros((ho, wo), np.int64)
         inside_taps = np.zeros((ho, wo), np.int64)
         events = np.zeros((ho, wo), np.int64)
@@ -203,10 +205,8 @@ class LayerSpec:
             inside = vy[:, None] & vx[None, :]
             rows, cols = np.clip(iy, 0, h - 1), np.clip(ix, 0, w - 1)
             p = pop[rows][:, cols] * inside
-            z = empty[rows][:, cols]
-            # TAP, LOAD, FLAGS; per part one SCAN per add and the empty SCAN (which takes the next part, prefetched,
-            # a cycle later when this part had no add); or TAP
-            tap_cycles += np.where(inside, 3 + parts + p + z, 1)
+            # TAP, LOAD, FLAGS, the parts' SCAN; or TAP
+            tap_cycles += np.where(inside, 3 + scan[rows][:, cols], 1)
             inside_taps += inside
             events += p
         # a conversion: T steps for each of the lanes that share a SAR converter (sar_share)
@@ -546,8 +546,10 @@ def spec_vbits(spec: LayerSpec) -> int:
 # The lane term was refitted when SAR converters became shared by up to SAR_LANES lanes (and membranes one bit
 # narrower by the per-sign bound): the same engine at (16,1,2) and (64,1,2) synthesised again (5063 LUT4 + 340 CCU2C
 # and 8105 + 1059, from 5083 + 481 and 8811 + 1632), the other terms kept: 6.01 -> 4.89 per lane and membrane bit,
-# -5 % and +2 % on the two (docs/RTL.md, "Logic of a 64-channel engine").
-LOGIC_ENGINE, LOGIC_FLAG, LOGIC_WORD_BIT, LOGIC_LANE_BIT, LOGIC_LANE_GROUP = 776, 6.95, 5.98, 4.89, 5.04
+# -5 % and +2 % on the two (docs/RTL.md, "Logic of a 64-channel engine"). The flag term grew by 2.3 when a part's
+# last add began to take the next part (``rtl.bitplane.two_set``, a tree beside each of the two encoders): conv3 at
+# (64,1,8) with a ring of 38 on rows of 94, yosys synth_ecp5, 6283 -> 6419 LUT4 (+136 for 64 flags, x 1.08).
+LOGIC_ENGINE, LOGIC_FLAG, LOGIC_WORD_BIT, LOGIC_LANE_BIT, LOGIC_LANE_GROUP = 776, 9.25, 5.98, 4.89, 5.04
 LOGIC_ROM_BIT = 0.09
 # A ring line buffer (``ring``): the input pixel count, the oldest pixel still read, the write, pixel and tap
 # addresses modulo the ring's depth with their wrap compares, and the room compare. Measured (yosys synth_ecp5, s25's
