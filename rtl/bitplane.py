@@ -24,7 +24,7 @@ Output pixels leave in raster order with all ``C_out`` channels, which is the ne
 chain with ``wiring.connect`` into a pipeline where every layer works at once (:mod:`~edgespike.rtl.pipeline`).
 
 The compute is strictly sequential, so its cycles are a closed form of the input's bit counts: per output pixel
-and block ``1 + sum over taps (3 + sum over parts but the last max(adds_p, 2) + adds_last + 1 if the tap is inside
+and block ``1 + sum over taps (4 + sum over parts but the last max(adds_p, 3) + adds_last + 1 if the tap is inside
 the input, else 1) + 2 (+ 1 + K * T with a SAR of K = sar_share(lanes) lanes per converter)``, ``adds_p`` being
 the (plane, channel group) pairs of part ``p`` of the tap's input pixel that hold a spike; per output pixel ``+
 1`` (the handshake). The receiver takes a pixel per ``parts`` cycles while there is room. How the two and the
@@ -44,7 +44,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from edgespike.rtl.common import bits_for, const_mul
+from edgespike.rtl.common import RegisteredRAM, bits_for, const_mul
 from edgespike.rtl.uwd import UWDAccumulator
 from edgespike.rtl.uwe import SARNeuron
 
@@ -172,7 +172,7 @@ class BitPlaneLayer(wiring.Component):
         without spikes is skipped.
     parts : int
         Line-buffer words per pixel (a power of two dividing ``T``; part ``p`` holds planes ``p T / P ..``):
-        narrower words fit block RAM better; a part of a tap but the last costs its adds and at least two cycles
+        narrower words fit block RAM better; a part of a tap but the last costs its adds and at least three cycles
         (the next part's prefetch), the last its adds and one; each part of a pixel received costs a cycle.
     stride : int
         Conv stride (1 or 2).
@@ -195,6 +195,9 @@ class BitPlaneLayer(wiring.Component):
         ``edgespike.fpga.pipeline.LayerSpec.oldest``). Fewer words (3 rows and a few pixels instead of 4 rows for
         a 3x3 Conv, and no row rounded up to a power of two), the same reads, writes and results; the receiver
         waits for the compute's pixels instead of its rows.
+    lb_slice : int
+        The line buffer's words per block-RAM slice (:class:`~edgespike.rtl.common.RegisteredRAM`: each slice's
+        read data registered beside it; 0: one memory). Same cycles and results either way.
     sar_lanes : int
         Lanes per SAR converter at most (``K`` = :func:`sar_share` of ``lanes``: a power of two dividing them):
         the converters are shared, a conversion takes ``K * T`` steps (``LayerSpec.gateware`` passes
@@ -219,7 +222,7 @@ class BitPlaneLayer(wiring.Component):
 
     def __init__(self, weights, bias, theta, T: int, height: int, width: int, lanes: int, stride: int = 1,
                  transposed: bool = False, padding: int = 0, group: int = 1, parts: int = 1, rom_words: int = 0,
-                 sar_lanes: int = SAR_LANES, ring: int = 0):
+                 sar_lanes: int = SAR_LANES, ring: int = 0, lb_slice: int = 0):
         w = np.asarray(weights)
         self.c_out, self.c_in, self.k, _ = w.shape
         assert self.c_out % lanes == 0, "lanes must divide the output channels"
@@ -227,6 +230,7 @@ class BitPlaneLayer(wiring.Component):
         self.weights, self.T, self.lanes, self.group, self.parts = w, T, lanes, group, parts
         self.rom_words = rom_words
         self.ring = ring
+        self.lb_slice = lb_slice
         assert ring == 0 or ((transposed or stride == 1) and ring >= 2), "ring: not a stride-2 Conv; at least 2"
         assert parts == pow2_at_least(parts) and T % parts == 0 and (parts == 1 or (T // parts) == pow2_at_least(
             T // parts)), "parts: a power of two dividing T into a power of two of planes"
@@ -296,9 +300,9 @@ class BitPlaneLayer(wiring.Component):
         mask_bits = pow2_at_least(tp * ngroups)  # one flag per (plane, group of M channels) holding spikes
         ring = self.ring
         depth = span * self.width + ring  # a ring's pixels
-        m.submodules.linebuf = lb = memory.Memory(shape=unsigned(tp * cin_p),
-                                                  depth=(depth if ring else slots << xbits) * P, init=[])
-        lb_w, lb_r = lb.write_port(), lb.read_port()
+        # Its reads are registered (RegisteredRAM: per block-RAM slice of ``lb_slice`` words when given): a word
+        # reaches nword LB_LATENCY cycles after its read.
+        m.submodules.linebuf = lb = RegisteredRAM(tp * cin_p, (depth if ring else slots << xbits) * P, self.lb_slice)
         words, ntaps = weight_words(self.weights, L, self.transposed, M)
         ram_words = len(words) - self.rom_words
         assert self.rom_words == 0 or (ram_words == pow2_at_least(ram_words) and self.rom_words <= ram_words), \
@@ -352,7 +356,10 @@ class BitPlaneLayer(wiring.Component):
         tt = Signal(bits_for(sar_steps))
         word = Signal(tp * cin_p)  # the part being scanned
         nword = Signal(tp * cin_p)  # the part read last: loaded in LOAD, or in the cycle after a prefetch
-        fresh = Signal()  # a prefetch was issued last cycle: nword takes the line buffer's word in this one
+        # A prefetch in flight: issued last cycle (``fresh``), or the cycle before (``fresh2``: nword takes the line
+        # buffer's word in this one); the scan takes nword's flags only when neither is set.
+        fresh, fresh2 = Signal(), Signal()
+        pending = fresh | fresh2
         rest = Signal(mask_bits)  # the part's (plane, group) flags that hold spikes, above the one being added
         rpart = Signal(max(1, pbits))  # the part being scanned
         wpart = Signal(max(1, pbits))  # the part being written
@@ -499,12 +506,12 @@ class BitPlaneLayer(wiring.Component):
         m.d.comb += [
             acc.add.eq(add_valid), acc.t.eq(add_t), acc.weights.eq(w_data), acc.spikes.eq(add_bits),
             w_addr.eq(Cat(first[:gbits], wrow) if gbits else wrow), w_r.addr.eq(w_addr),
-            lb_r.addr.eq(Cat(rd_part[:pbits], raddr) if ring else
+            lb.r_addr.eq(Cat(rd_part[:pbits], raddr) if ring else
                          Cat(rd_part[:pbits], rx[:xbits], ry[:(slots - 1).bit_length()])),
-            lb_w.addr.eq(Cat(wpart[:pbits], waddr) if ring else
+            lb.w_addr.eq(Cat(wpart[:pbits], waddr) if ring else
                          Cat(wpart[:pbits], x_in, rows_in[:(slots - 1).bit_length()])),
             p_r.addr.eq(p_addr),
-            self.lb_read.eq(lb_r.en), self.w_read.eq(w_r.en), self.p_read.eq(p_r.en), self.lb_write.eq(lb_w.en),
+            self.lb_read.eq(lb.r_en), self.w_read.eq(w_r.en), self.p_read.eq(p_r.en), self.lb_write.eq(lb.w_en),
             self.add_spikes.eq(Mux(add_valid, add_bits, 0)), self.bias_add.eq(acc.clear),
         ]
         if neuron:  # a step of the converters' first lanes stands for one step in every lane (the add counts)
@@ -520,7 +527,7 @@ class BitPlaneLayer(wiring.Component):
             if neuron:
                 m.d.comb += [sar.v[lane].eq(acc.acc[lane]),
                              sar.theta[lane].eq(p_r.data[(vb + tb) * lane + vb:][:tb])]
-        m.d.comb += [self.o.payload.eq(out_reg), lb_r.en.eq(0), p_r.en.eq(0)]
+        m.d.comb += [self.o.payload.eq(out_reg), lb.r_en.eq(0), p_r.en.eq(0)]
         m.d.comb += flags.eq(Cat(*[nword[e * M:(e + 1) * M].any() for e in range(tp * ngroups)]))
         # A weight is read in every SCAN cycle with a group to add, and only then: ``any_set`` is only ever set in
         # SCAN (a part's flags are taken on the way into it, and it is left only once they are used up), so the
@@ -534,14 +541,14 @@ class BitPlaneLayer(wiring.Component):
         # then); the pixel counts as in (x_in, rows_in) once its last part is written.
         m.d.comb += [self.i.ready.eq(ready), wpart_d.eq(wpart)]
         with m.If(wpart == 0):
-            m.d.comb += [lb_w.en.eq(self.i.valid & ready), lb_w.data.eq(pixel[:tp * cin_p]),
+            m.d.comb += [lb.w_en.eq(self.i.valid & ready), lb.w_data.eq(pixel[:tp * cin_p]),
                          last_part.eq((P == 1) & self.i.valid & ready)]
             if P > 1:
                 with m.If(self.i.valid & ready):
                     m.d.comb += wpart_d.eq(1)
                     m.d.sync += held.eq(pixel)
         with m.Else():
-            m.d.comb += [lb_w.en.eq(1), lb_w.data.eq(word_at(held, wpart, tp * cin_p)),
+            m.d.comb += [lb.w_en.eq(1), lb.w_data.eq(word_at(held, wpart, tp * cin_p)),
                          last_part.eq(wpart == P - 1), wpart_d.eq(Mux(wpart == P - 1, 0, wpart + 1))]
         m.d.comb += row_done.eq(last_part & (x_in == self.width - 1))
         with m.If(last_part):
@@ -568,11 +575,11 @@ class BitPlaneLayer(wiring.Component):
         # Each part's word is read, registered and flagged once; while a part is scanned the next one is read
         # (prefetch) into nword, and the part's last add takes the next part's flags in the same cycle once the
         # prefetch is in (else the scan's empty cycle takes them) instead of a LOAD and a FLAGS of its own: a part
-        # but the pixel's last costs its adds, at least two cycles (the prefetch's), and the last part its adds and
-        # one, where every part cost its adds and three.
-        m.d.sync += fresh.eq(0)
-        with m.If(fresh):
-            m.d.sync += nword.eq(lb_r.data)
+        # but the pixel's last costs its adds, at least three cycles (the prefetch's: a read, the line buffer's
+        # register and nword), and the last part its adds and one.
+        m.d.sync += [fresh.eq(0), fresh2.eq(fresh)]
+        with m.If(fresh2):
+            m.d.sync += nword.eq(lb.r_data)
 
         def take_part(rd):
             """nword's (plane, group) flags into the priority encoder and nword into word; read part ``rd`` next
@@ -580,7 +587,7 @@ class BitPlaneLayer(wiring.Component):
             m.d.comb += taking.eq(1)
             m.d.sync += word.eq(nword)
             if rd is not None:
-                m.d.comb += [lb_r.en.eq(1), rd_part.eq(rd)]
+                m.d.comb += [lb.r_en.eq(1), rd_part.eq(rd)]
                 m.d.sync += fresh.eq(1)
 
         def next_part():
@@ -610,12 +617,14 @@ class BitPlaneLayer(wiring.Component):
                 m.next = "TAP"
             with m.State("TAP"):
                 with m.If(inside):
-                    m.d.comb += lb_r.en.eq(1)
-                    m.next = "LOAD"
+                    m.d.comb += lb.r_en.eq(1)
+                    m.next = "READ"
                 with m.Else():
                     next_tap()
-            with m.State("LOAD"):  # the RAM word into a register (the RAM's clock-to-output set the ECP5 Fmax)
-                m.d.sync += nword.eq(lb_r.data)
+            with m.State("READ"):  # the line buffer's slice registers take the word
+                m.next = "LOAD"
+            with m.State("LOAD"):  # the word into nword
+                m.d.sync += nword.eq(lb.r_data)
                 m.next = "FLAGS"
             with m.State("FLAGS"):  # part 0's flags into the priority encoder; part 1 is read
                 take_part(1 if P > 1 else None)
@@ -627,10 +636,10 @@ class BitPlaneLayer(wiring.Component):
                     plane = in_part if P == 1 else Cat(in_part, rpart[:pbits])
                     m.d.sync += [ev_valid.eq(1), ev_t.eq(plane), ev_bits.eq(word_at(word, first, M))]
                     if P > 1:  # the part's last add: the next part too, if its prefetch is in
-                        with m.If(rest_empty & (rpart != P - 1) & ~fresh):
+                        with m.If(rest_empty & (rpart != P - 1) & ~pending):
                             next_part()
                 with m.Elif(rpart != P - 1):  # the pixel's next part, once the prefetch has it in nword
-                    with m.If(~fresh):
+                    with m.If(~pending):
                         next_part()
                 with m.Else():
                     m.d.sync += rpart.eq(0)

@@ -158,7 +158,7 @@ def test_models_of_one_shape_share_a_library_with_their_own_weights_loaded_at_ru
     assert sorted(sim_cache.glob("cxxrtl/pipeline-*.so")) == libs and cxxrtl.cached(dut)
     # every memory with initial contents (line buffers, weights, params, the residual FIFO) is loaded by name
     names = {m["name"].split("$")[0] for m in second["inits"]}  # Amaranth numbers some names ($82)
-    assert {"pipeline layer0 weights", "pipeline layer0 params", "pipeline layer1 linebuf"} <= names
+    assert {"pipeline layer0 weights", "pipeline layer0 params", "pipeline layer1 linebuf mem"} <= names
     assert any(not np.array_equal(a["data"], b["data"]) for a, b in zip(first["inits"], second["inits"],
                                                                         strict=True))
     check_one_library_serves_two_models(first, second, model, other, x)

@@ -20,6 +20,7 @@ from edgespike.fpga.pipeline import (
     decode,
     frame_accesses,
     layer_specs,
+    linebuf_slice,
     memories,
     pipeline_cycles,
     plan_pipeline,
@@ -111,9 +112,9 @@ def layer(weights, theta, bias, T, stride=1, transposed=False, padding=0, conv_b
 
 
 def check_layer(spec: LayerSpec, q: np.ndarray, lanes: int, stall: int = 0, group: int = 1, parts: int = 1,
-                rom_words: int = 0, ring: int = 0):
+                rom_words: int = 0, ring: int = 0, lb_slice: int = 0):
     _, h, w = q.shape
-    dut = BitPlaneLayer(**spec.gateware(h, w, lanes, group, parts, rom_words, ring))
+    dut = BitPlaneLayer(**spec.gateware(h, w, lanes, group, parts, rom_words, ring, lb_slice))
     out, cycles, reads = simulate_layer(dut, q, stall)
     want = spec.compute(q)
     bad = np.argwhere(out != want)
@@ -176,6 +177,35 @@ def test_ring_line_buffer_equals_reference(c_in, c_out, k, lanes, group, parts, 
     second = q[:, ::-1, ::-1].copy()
     two, _, _ = simulate_layer(dut, np.concatenate([q, second], axis=1), frames=2)
     assert np.array_equal(two[:, :h], spec.compute(q)) and np.array_equal(two[:, h:], spec.compute(second))
+
+
+@pytest.mark.parametrize("parts,ring,lb_slice", [
+    (2, 0, 16),   # whole rows: 4 rows of 8 pixels, 2 words each, in 4 slices of 16 words
+    (2, 5, 16),   # a ring of 3 rows of 6 and 5 pixels (46 words): 3 slices, the last of 14 words
+    (8, 2, 32),   # a word per plane: a ring of 160 words in 5 slices
+])
+def test_sliced_line_buffer_equals_reference(parts, ring, lb_slice):
+    """The line buffer in slices of ``lb_slice`` words, each read into a register beside its block
+    (``RegisteredRAM``, what an ECP5 build gets from ``linebuf_slice``): the same codes, cycles and access counts as
+    one memory."""
+    rng = np.random.default_rng(parts * 10 + ring)
+    T = 8
+    wts, theta, bias = random_layer(rng, 4, 4, 3, T)
+    q = rng.integers(0, 2**T, (4, 5, 6))
+    q[:, rng.random((5, 6)) < 0.3] = 0
+    spec = layer(wts, theta, bias, T)
+    assert np.array_equal(check_layer(spec, q, 2, parts=parts, ring=ring, lb_slice=lb_slice), spec.compute(q))
+    check_layer(spec, q, 2, stall=3, parts=parts, ring=ring, lb_slice=lb_slice)  # backpressure
+
+
+def test_linebuf_slices_are_one_block_deep():
+    """An ECP5 line buffer of 64-bit words is cut where a block's depth ends in the aspect ratio that takes the
+    fewest blocks; one that a block's depth holds, or that is logic, is not cut."""
+    body = layer_specs(bitplane_dncnn(depth=8, width=64, T=8, down=True))[1]
+    # 3 rows of 94 and 38 pixels, 8 words each: 2560 words of 64 bits, 10 DP16KD as 5 slices of 512 x 2 blocks
+    assert linebuf_slice(body, 94, 8, 38, "ecp5-85f") == 512
+    assert ram_blocks(64, 2560, "ecp5-85f") == 10
+    assert linebuf_slice(body, 8, 1, 2, "ecp5-85f") == 0  # 26 words of 512 bits: one block deep
 
 
 def test_weight_rom_tail_equals_reference():

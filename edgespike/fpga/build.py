@@ -468,7 +468,7 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
                      clock_hz)
         return line
     env = _check_tools(info.family)
-    dut, specs, folds = pipeline_gateware(model, H, min(plan.stripe, W), plan.folds)
+    dut, specs, folds = pipeline_gateware(model, H, min(plan.stripe, W), plan.folds, device=info.device)
     # the framed link when its buffers and logic fit beside the pipeline, else the raw UART top (said on stderr)
     top, which = board_top(board, model, dut, specs, plan, (H, min(plan.stripe, W)), baud, divisor,
                            pll_hz=clock_hz if info.family == "ecp5" else None)

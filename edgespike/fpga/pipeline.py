@@ -47,6 +47,11 @@ def sar_share(lanes: int, most: int = SAR_LANES) -> int:
 WEIGHT_STAGES = 1
 
 
+# Cycles from a line-buffer read to its word in the engine's registers (``edgespike.rtl.common.RegisteredRAM``:
+# the block RAM, then a register beside it): TAP's read is loaded two cycles later, a part's prefetch likewise.
+LB_LATENCY = 2
+
+
 def tree_stages(group: int) -> int:
     """Register stages inside the accumulator's adder tree of ``group`` channels (as
     ``edgespike.rtl.uwd.tree_stages``: one every two adder levels, none up to 4 channels): the extra DRAIN cycles
@@ -107,15 +112,16 @@ class LayerSpec:
         return (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
 
     def gateware(self, height: int, width: int, lanes: int, group: int = 1, parts: int = 1,
-                 rom_words: int = 0, ring: int = 0) -> dict:
+                 rom_words: int = 0, ring: int = 0, lb_slice: int = 0) -> dict:
         """Keyword arguments of :class:`edgespike.rtl.bitplane.BitPlaneLayer` for an input of ``height x width``,
         ``lanes`` output channels, ``group`` input channels per cycle, ``parts`` line-buffer words per pixel, the
-        last ``rom_words`` weight words in a ROM of logic cells, and a ring line buffer of ``k`` rows and ``ring``
-        pixels (0: whole rows)."""
+        last ``rom_words`` weight words in a ROM of logic cells, a ring line buffer of ``k`` rows and ``ring``
+        pixels (0: whole rows), and the line buffer in slices of ``lb_slice`` words (0: one memory;
+        :func:`linebuf_slice` gives a part's)."""
         return dict(weights=self.conv.weight, bias=self.bias, theta=self.theta, T=self.T, height=height,
                     width=width, lanes=lanes, stride=self.stride, transposed=self.transposed,
                     padding=self.conv.padding if self.transposed else 0, group=group, parts=parts,
-                    rom_words=rom_words, sar_lanes=SAR_LANES, ring=ring)
+                    rom_words=rom_words, sar_lanes=SAR_LANES, ring=ring, lb_slice=lb_slice)
 
     @property
     def ring_ok(self) -> bool:
@@ -194,9 +200,10 @@ class LayerSpec:
             for p in range(parts):  # plane t is code bit T - 1 - t
                 part_pop[p] += self.popcount(bits & (((1 << tp) - 1) << (self.T - (p + 1) * tp)))
         # the scan of an input pixel's parts: a part but the last takes the next (prefetched) part's flags in its
-        # last add, or in a cycle of its own when it has none; the prefetch takes two cycles (read, register), so
-        # a part costs max(adds, 2); the last part its adds and the cycle that ends the tap
-        scan = np.maximum(part_pop[:parts - 1], 2).sum(0) + part_pop[parts - 1] + 1
+        # last add, or in a cycle of its own when it has none; the prefetch takes LB_LATENCY + 1 cycles (the read,
+        # the line buffer's register, nword), so a part costs max(adds, 3); the last part its adds and the cycle
+        # that ends the tap
+        scan = np.maximum(part_pop[:parts - 1], LB_LATENCY + 1).sum(0) + part_pop[parts - 1] + 1
         tap_cycles = np.zeros((ho, wo), np.int64)
         inside_taps = np.zeros((ho, wo), np.int64)
         events = np.zeros((ho, wo), np.int64)
@@ -205,8 +212,8 @@ class LayerSpec:
             inside = vy[:, None] & vx[None, :]
             rows, cols = np.clip(iy, 0, h - 1), np.clip(ix, 0, w - 1)
             p = pop[rows][:, cols] * inside
-            # TAP, LOAD, FLAGS, the parts' SCAN; or TAP
-            tap_cycles += np.where(inside, 3 + scan[rows][:, cols], 1)
+            # TAP, READ, LOAD, FLAGS, the parts' SCAN; or TAP
+            tap_cycles += np.where(inside, 2 + LB_LATENCY + scan[rows][:, cols], 1)
             inside_taps += inside
             events += p
         # a conversion: T steps for each of the lanes that share a SAR converter (sar_share)
@@ -494,6 +501,18 @@ def ram_blocks(width: int, depth: int, device: str) -> int:
         return 0
     configs = PARTS[device][1]
     return min(-(-width // w) * -(-depth // d) for w, d in configs)
+
+
+def linebuf_slice(spec: LayerSpec, width: int, parts: int, ring: int, device: str) -> int:
+    """Words per slice of the engine's line buffer on ``device`` (``BitPlaneLayer``'s ``lb_slice``): the depth of
+    one block in the aspect ratio that takes the fewest blocks (:func:`ram_blocks`; of equals the deepest), so that
+    each slice is a row of blocks with no multiplexer inside and a register beside it; 0 when one block's depth
+    holds the whole buffer (nothing to slice) or the buffer is logic."""
+    wd, dp = memories(spec, width, 1, 1, parts, 0, ring)["linebuf"]
+    if ram_blocks(wd, dp, device) == 0:
+        return 0
+    best = min(PARTS[device][1], key=lambda c: (-(-wd // c[0]) * -(-dp // c[1]), -c[1]))
+    return 0 if best[1] >= dp else best[1]
 
 
 def memories(spec: LayerSpec, width: int, lanes: int, group: int, parts: int = 1,

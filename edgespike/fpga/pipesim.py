@@ -19,7 +19,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgespike.fpga.pipeline import LayerSpec, layer_specs, pipeline_counts, pipeline_cycles, residual_depth, run_codes
+from edgespike.fpga.pipeline import (
+    LayerSpec,
+    full_fold,
+    layer_specs,
+    linebuf_slice,
+    pipeline_counts,
+    pipeline_cycles,
+    residual_depth,
+    run_codes,
+)
 
 # Folds (lanes, group, parts) the simulation uses for the default model's shape when none are given: every
 # output channel per cycle and two input channels per weight word in the body, as the planner's fastest body
@@ -39,9 +48,11 @@ def default_folds(specs: list[LayerSpec]) -> list[tuple[int, int, int]]:
     return folds
 
 
-def build_pipeline(model, height: int, width: int, folds: list | None = None):
+def build_pipeline(model, height: int, width: int, folds: list | None = None, device: str | None = None):
     """The :class:`~edgespike.rtl.pipeline.LayerPipeline` of ``model`` for frames of ``height x width``, its layer
-    specs and folds."""
+    specs and folds. With ``device`` (a bitstream's part) each line buffer is cut into that part's block-RAM slices
+    (:func:`~edgespike.fpga.pipeline.linebuf_slice`); the simulators take one memory per line buffer, which has the
+    same cycles and results."""
     from edgespike.rtl.pipeline import LayerPipeline
 
     specs = layer_specs(model)
@@ -50,7 +61,13 @@ def build_pipeline(model, height: int, width: int, folds: list | None = None):
     for spec in specs:
         sizes.append(spec.out_size(*sizes[-1]))
     term = model.decoder.terms[0]
-    dut = LayerPipeline([s.gateware(*size, *fold) for s, size, fold in zip(specs, sizes[:-1], folds, strict=True)],
+
+    def kwargs(spec, size, fold):
+        fold = full_fold(fold)
+        cut = linebuf_slice(spec, size[1], fold[2], fold[4], device) if device else 0
+        return spec.gateware(*size, *fold, cut)
+
+    dut = LayerPipeline([kwargs(s, size, fold) for s, size, fold in zip(specs, sizes[:-1], folds, strict=True)],
                         multiplier=int(term.multiplier[0]), shift=model.decoder.shift,
                         residual=model.decoder.residual, fifo_depth=residual_depth(specs, height, width))
     return dut, specs, folds
