@@ -364,7 +364,14 @@ class BitPlaneLayer(wiring.Component):
         rpart = Signal(max(1, pbits))  # the part being scanned
         wpart = Signal(max(1, pbits))  # the part being written
         held = Signal(T * cin_p)  # a pixel whose later parts are still to be written
-        rd_part = Signal(max(1, pbits))  # the part a line-buffer read fetches: rpart, or the next one
+        # The line buffer reads every cycle (its enable is high), at an address that depends on registers only: the
+        # FSM's state and the part counters (TAP: part ``rpart``, FLAGS: part 1, SCAN: part ``rpart + 2``, the only
+        # parts read there); ``lb_read`` marks the reads the engine uses, whose words it takes LB_LATENCY cycles
+        # later. With the enable and the part decided by the scan's take condition (the FSM state, ``rest_empty``,
+        # the prefetch in flight) the route from that logic to a block RAM placed across the part was the critical
+        # path of the ECP5-85F build at 90 % of the logic (69.1 MHz).
+        rd_part = Signal(max(1, pbits))  # the part the line buffer reads this cycle
+        lb_read = Signal()  # this cycle's read is used
         m.d.comb += rd_part.eq(rpart)
         ev_valid = Signal()
         ev_bits = Signal(M)
@@ -511,7 +518,7 @@ class BitPlaneLayer(wiring.Component):
             lb.w_addr.eq(Cat(wpart[:pbits], waddr) if ring else
                          Cat(wpart[:pbits], x_in, rows_in[:(slots - 1).bit_length()])),
             p_r.addr.eq(p_addr),
-            self.lb_read.eq(lb.r_en), self.w_read.eq(w_r.en), self.p_read.eq(p_r.en), self.lb_write.eq(lb.w_en),
+            self.lb_read.eq(lb_read), self.w_read.eq(w_r.en), self.p_read.eq(p_r.en), self.lb_write.eq(lb.w_en),
             self.add_spikes.eq(Mux(add_valid, add_bits, 0)), self.bias_add.eq(acc.clear),
         ]
         if neuron:  # a step of the converters' first lanes stands for one step in every lane (the add counts)
@@ -527,7 +534,7 @@ class BitPlaneLayer(wiring.Component):
             if neuron:
                 m.d.comb += [sar.v[lane].eq(acc.acc[lane]),
                              sar.theta[lane].eq(p_r.data[(vb + tb) * lane + vb:][:tb])]
-        m.d.comb += [self.o.payload.eq(out_reg), lb.r_en.eq(0), p_r.en.eq(0)]
+        m.d.comb += [self.o.payload.eq(out_reg), lb.r_en.eq(1), p_r.en.eq(0)]
         m.d.comb += flags.eq(Cat(*[nword[e * M:(e + 1) * M].any() for e in range(tp * ngroups)]))
         # A weight is read in every SCAN cycle with a group to add, and only then: ``any_set`` is only ever set in
         # SCAN (a part's flags are taken on the way into it, and it is left only once they are used up), so the
@@ -587,7 +594,7 @@ class BitPlaneLayer(wiring.Component):
             m.d.comb += taking.eq(1)
             m.d.sync += word.eq(nword)
             if rd is not None:
-                m.d.comb += [lb.r_en.eq(1), rd_part.eq(rd)]
+                m.d.comb += lb_read.eq(1)  # part ``rd``, the address the state gives
                 m.d.sync += fresh.eq(1)
 
         def next_part():
@@ -617,7 +624,7 @@ class BitPlaneLayer(wiring.Component):
                 m.next = "TAP"
             with m.State("TAP"):
                 with m.If(inside):
-                    m.d.comb += lb.r_en.eq(1)
+                    m.d.comb += lb_read.eq(1)
                     m.next = "READ"
                 with m.Else():
                     next_tap()
@@ -627,9 +634,11 @@ class BitPlaneLayer(wiring.Component):
                 m.d.sync += nword.eq(lb.r_data)
                 m.next = "FLAGS"
             with m.State("FLAGS"):  # part 0's flags into the priority encoder; part 1 is read
+                m.d.comb += rd_part.eq(1)
                 take_part(1 if P > 1 else None)
                 m.next = "SCAN"
             with m.State("SCAN"):  # one group with spikes per cycle, lowest first; an empty word ends the tap
+                m.d.comb += rd_part.eq(rpart + 2)  # a prefetch reads the part after the next
                 with m.If(any_set):
                     m.d.comb += consume.eq(1)
                     in_part = first[gbits:len(first_r)]  # the plane within the part (tp is a power of two)
