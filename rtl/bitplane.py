@@ -588,24 +588,24 @@ class BitPlaneLayer(wiring.Component):
         with m.If(fresh2):
             m.d.sync += nword.eq(lb.r_data)
 
-        def take_part(rd):
-            """nword's (plane, group) flags into the priority encoder and nword into word; read part ``rd`` next
-            (None: no part left)."""
+        def take_part(prefetch: bool):
+            """nword's (plane, group) flags into the priority encoder and nword into word; with ``prefetch``, use
+            this cycle's line-buffer read (the part ``rd_part`` gives: 1 in FLAGS, ``rpart + 2`` in SCAN)."""
             m.d.comb += taking.eq(1)
             m.d.sync += word.eq(nword)
-            if rd is not None:
-                m.d.comb += lb_read.eq(1)  # part ``rd``, the address the state gives
+            if prefetch:
+                m.d.comb += lb_read.eq(1)
                 m.d.sync += fresh.eq(1)
 
         def next_part():
             """Take the pixel's next part (its prefetch is in nword) and prefetch the one after it, if any."""
             if P > 2:
                 with m.If(rpart != P - 2):
-                    take_part(rpart + 2)
+                    take_part(True)
                 with m.Else():
-                    take_part(None)
+                    take_part(False)
             else:
-                take_part(None)
+                take_part(False)
             m.d.sync += rpart.eq(rpart + 1)
 
         with m.FSM():
@@ -635,7 +635,7 @@ class BitPlaneLayer(wiring.Component):
                 m.next = "FLAGS"
             with m.State("FLAGS"):  # part 0's flags into the priority encoder; part 1 is read
                 m.d.comb += rd_part.eq(1)
-                take_part(1 if P > 1 else None)
+                take_part(P > 1)
                 m.next = "SCAN"
             with m.State("SCAN"):  # one group with spikes per cycle, lowest first; an empty word ends the tap
                 m.d.comb += rd_part.eq(rpart + 2)  # a prefetch reads the part after the next
