@@ -17,18 +17,22 @@ network, ``W q_in + bias``. The engine computes it the way the semantics define 
   shifted by ``T - 1 - t`` (one weight-RAM read, one add per lane);
 * **bias** as the membranes' starting value (read before the block starts), then **UWE**
   (:class:`~edgespike.rtl.uwe.SARNeuron`): ``T`` successive-approximation steps against ``theta << (T - 1 - t)``
-  give the output code MSB first; ``K`` lanes take turns on one converter (``T`` steps each). An Integrator
-  skips the SAR and sends the membrane.
+  give the output code MSB first; ``K`` lanes take turns on one converter (``T`` steps each). The converters work
+  beside the compute, on a copy of the block's membranes: the next block's accumulation starts while they convert.
+  An Integrator skips the SAR and sends the membrane.
 
 Output pixels leave in raster order with all ``C_out`` channels, which is the next layer's input format: layers
 chain with ``wiring.connect`` into a pipeline where every layer works at once (:mod:`~edgespike.rtl.pipeline`).
 
 The compute is strictly sequential, so its cycles are a closed form of the input's bit counts: per output pixel
 and block ``1 + sum over taps (4 + sum over parts but the last max(adds_p, 3) + adds_last + 1 if the tap is inside
-the input, else 1) + 2 (+ 1 + K * T with a SAR of K = sar_share(lanes) lanes per converter)``, ``adds_p`` being
-the (plane, channel group) pairs of part ``p`` of the tap's input pixel that hold a spike; per output pixel ``+
-1`` (the handshake). The receiver takes a pixel per ``parts`` cycles while there is room. How the two and the
-neighbouring engines meet is :func:`edgespike.fpga.pipeline.pipeline_cycles`.
+the input, else 1) + 3`` (with one weight register stage and a tree of at most 4 channels), ``adds_p`` being the
+(plane, channel group) pairs of part ``p`` of the tap's input pixel that hold a spike. An Integrator's pixel then
+waits for its handshake (``+ 1`` at least); a neuron's block hands its membranes to the converters (HAND, the
+block's last cycle) once they are free, and they store its codes ``3 + K * T`` cycles later (``K =
+sar_share(lanes)``), or once the previous pixel has been taken. The receiver takes a pixel per ``parts`` cycles
+while there is room. How the processes and the neighbouring engines meet is
+:func:`edgespike.fpga.pipeline.pipeline_cycles` (:meth:`~edgespike.fpga.pipeline.LayerSpec.agents`).
 
 Supported: Conv (odd ``k``, stride 1 or 2, padding ``k // 2``), ConvTranspose (stride 2, even ``k``, any
 ``padding``, no output padding: the shipped read-out's 6x6 ``padding=2``), into a bit-plane neuron or an
@@ -45,8 +49,8 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from edgespike.rtl.common import RegisteredRAM, bits_for, const_mul
-from edgespike.rtl.uwd import UWDAccumulator
-from edgespike.rtl.uwe import SARNeuron
+from edgespike.rtl.uwd import LANES_PER_COPY, UWDAccumulator
+from edgespike.rtl.uwe import SARNeuron, pick
 
 # Lanes per SAR converter at most (SARNeuron's ``share``; edgespike.fpga.pipeline.SAR_LANES is the same value)
 SAR_LANES = 4
@@ -327,15 +331,11 @@ class BitPlaneLayer(wiring.Component):
             self._weight_rom(m, words[ram_words:], abits, w_addr, w_r.en, rom_q)
             w_data = Mux(in_rom_q, rom_q, ram_q)
         vb, tb = self.vbits, self.theta_bits
-        params = []
-        for g in range(G):
-            word = 0
-            for lane in range(L):
-                o = g * L + lane
-                th = int(self.theta[o]) if neuron else 0
-                word |= ((int(self.bias[o]) & ((1 << vb) - 1)) | (th << vb)) << ((vb + tb) * lane)
-            params.append(word)
-        m.submodules.params = pm = memory.Memory(shape=unsigned((vb + tb) * L), depth=G, init=params)
+        # The per-block biases: a word of L membranes' starting values per block. (The thresholds are constants
+        # of the converters, chosen by the block they convert: see ``conv_g``.)
+        params = [sum((int(self.bias[g * L + lane]) & ((1 << vb) - 1)) << (vb * lane) for lane in range(L))
+                  for g in range(G)]
+        m.submodules.params = pm = memory.Memory(shape=unsigned(vb * L), depth=G, init=params)
         p_r = pm.read_port()
 
         m.submodules.acc = acc = UWDAccumulator(L, vb, T, M)
@@ -521,19 +521,44 @@ class BitPlaneLayer(wiring.Component):
             self.lb_read.eq(lb_read), self.w_read.eq(w_r.en), self.p_read.eq(p_r.en), self.lb_write.eq(lb.w_en),
             self.add_spikes.eq(Mux(add_valid, add_bits, 0)), self.bias_add.eq(acc.clear),
         ]
-        if neuron:  # a step of the converters' first lanes stands for one step in every lane (the add counts)
+        # The converters work beside the compute: HAND gives them a block's membranes (``handing``) once they are
+        # free, and the compute goes on with the next block while they convert; they store the codes into the output
+        # word once it is free (the previous pixel taken) and offer the pixel after its last block. Their inputs are
+        # a copy of the membranes (``snap``, taken the cycle after HAND, while START clears the membranes) and the
+        # thresholds of the block they convert (``conv_g``: constants, a multiplexer of them when G > 1).
+        handing = Signal()  # HAND gives the converters this block's membranes
+        store = Signal()  # the converters' codes enter the output word
+        if neuron:
+            # The converters' load and step and the copy's enable are registers (set in the cycle before): they
+            # drive every lane's residue, level and copy registers, and decoding them from the FSM's state in front
+            # of that fanout was the critical path of most engines of the default plan placed alone.
+            sar_load, sar_go, sar_step = Signal(), Signal(), Signal()
+            m.d.sync += [sar_load.eq(handing), sar_go.eq(sar_load), sar_step.eq(0)]
+            m.d.comb += [sar.load.eq(sar_go), sar.step.eq(sar_step)]
+            # a step of the converters' first lanes stands for one step in every lane (the add counts)
             m.d.comb += self.sar_step.eq(sar.step & sar.first)
-            # The converters' load and step are registers, high exactly in LOADSAR and in SAR (set in the cycle
-            # before): they drive every lane's residue and level registers, and decoding them from the FSM's state
-            # in front of that fanout was the critical path of most engines of the default plan placed alone.
-            sar_load, sar_step = Signal(), Signal()
-            m.d.sync += [sar_load.eq(0), sar_step.eq(0)]
-            m.d.comb += [sar.load.eq(sar_load), sar.step.eq(sar_step)]
+            # The copy's enable is one register per LANES_PER_COPY lanes (a copy of sar_load: its name holds
+            # ``fanout_copy``, which the build keeps apart), as the accumulator's controls are: a 64-lane engine
+            # copies about 1,500 membrane bits.
+            snap = Signal(data.ArrayLayout(signed(vb), L))
+            for j in range(0, L, LANES_PER_COPY):
+                take = Signal(name=f"snap_fanout_copy{j}")
+                m.d.sync += take.eq(handing)
+                with m.If(take):
+                    m.d.sync += [snap[lane].eq(acc.acc[lane]) for lane in range(j, min(L, j + LANES_PER_COPY))]
+            conv_g = Signal.like(g)  # the block being converted
+            conv_last = Signal()  # it is the pixel's last
+            conv_busy = Signal()  # from HAND to the codes' store
+            with m.If(handing):
+                m.d.sync += [conv_g.eq(g), conv_last.eq(g == G - 1), conv_busy.eq(1)]
+            with m.If(store):
+                m.d.sync += conv_busy.eq(0)
+            n_g = pow2_at_least(G)
+            for lane in range(L):
+                th = [Const(int(self.theta[min(b, G - 1) * L + lane]), tb) for b in range(n_g)]
+                m.d.comb += [sar.v[lane].eq(snap[lane]), sar.theta[lane].eq(pick(th, conv_g) if G > 1 else th[0])]
         for lane in range(L):
-            m.d.comb += acc.bias[lane].eq(p_r.data[(vb + tb) * lane:][:vb].as_signed())
-            if neuron:
-                m.d.comb += [sar.v[lane].eq(acc.acc[lane]),
-                             sar.theta[lane].eq(p_r.data[(vb + tb) * lane + vb:][:tb])]
+            m.d.comb += acc.bias[lane].eq(p_r.data[vb * lane:][:vb].as_signed())
         m.d.comb += [self.o.payload.eq(out_reg), lb.r_en.eq(1), p_r.en.eq(0)]
         m.d.comb += flags.eq(Cat(*[nword[e * M:(e + 1) * M].any() for e in range(tp * ngroups)]))
         # A weight is read in every SCAN cycle with a group to add, and only then: ``any_set`` is only ever set in
@@ -658,54 +683,84 @@ class BitPlaneLayer(wiring.Component):
             drain = WEIGHT_STAGES + acc.latency - 1
             for k in range(drain):
                 with m.State("DRAIN" if k == 0 else f"DRAIN{k}"):
-                    m.next = f"DRAIN{k + 1}" if k + 1 < drain else ("LOADSAR" if neuron else "STORE")
-                    if neuron and k + 1 == drain:
-                        m.d.sync += sar_load.eq(1)
+                    m.next = f"DRAIN{k + 1}" if k + 1 < drain else ("HAND" if neuron else "STORE")
+
+            def next_block():
+                """The pixel's next block: its bias is read for START."""
+                m.d.comb += [p_r.en.eq(1), p_addr.eq(g + 1)]
+                m.d.sync += g.eq(g + 1)
+                m.next = "START"
+
+            def next_pixel():
+                """The output pixel is done (its codes may still be converting): on to the next one."""
+                m.d.sync += [g.eq(0), ox.eq(ox + 1)]
+                if ring and not self.transposed:  # the next output pixel's window: one input pixel on
+                    m.d.sync += [o_lin.eq(o_lin + 1), pix.eq(wrap(pix, 1))]
+                elif ring:  # an input column on every two output columns; the oldest row's in a pair's second
+                    odd_x = (ox + p)[0]
+                    with m.If(odd_x):
+                        m.d.sync += pix.eq(wrap(pix, 1))
+                        with m.If((oy + p)[0]):
+                            m.d.sync += o_lin.eq(o_lin + 1)
+                    with m.If(ox == self.w_out - 1):  # a new row: one input row on after a pair's second
+                        with m.If((oy + p)[0]):
+                            m.d.sync += [o_lin.eq(o_row + W), o_row.eq(o_row + W),
+                                         pix.eq(wrap(p_row, W % depth)), p_row.eq(wrap(p_row, W % depth))]
+                        with m.Else():
+                            m.d.sync += [o_lin.eq(o_row), pix.eq(p_row)]
+                m.d.comb += p_r.en.eq(ox != self.w_out - 1)  # block 0 of the next pixel of this row
+                m.next = "START"
+                with m.If(ox == self.w_out - 1):
+                    m.d.sync += [ox.eq(0), oy.eq(oy + 1)]
+                    m.next = "ROW"
+                    with m.If(oy == self.h_out - 1):  # frame done: the next frame starts afresh
+                        m.d.sync += [oy.eq(0), rows_in.eq(0)]
+                        if ring:
+                            m.d.sync += [o_lin.eq(start), o_row.eq(start), pix.eq(start_pix % depth),
+                                         p_row.eq(start_pix % depth), n_in.eq(0), waddr.eq(0)]
+
             if neuron:
-                with m.State("LOADSAR"):  # sar.load is high (sar_load)
-                    m.d.sync += [tt.eq(0), sar_step.eq(1)]
-                    m.next = "SAR"
+                with m.State("HAND"):  # the membranes to the converters, once they are free
+                    with m.If(~conv_busy):
+                        m.d.comb += handing.eq(1)
+                        with m.If(g == G - 1):
+                            next_pixel()
+                        with m.Else():
+                            next_block()
+            else:
+                with m.State("STORE"):  # the block's L membranes enter the output word from the top
+                    new = acc.acc.as_value()
+                    m.d.sync += out_reg.eq(Cat(out_reg[obits:], new) if G > 1 else new)
+                    with m.If(g == G - 1):
+                        m.d.sync += o_valid.eq(1)
+                        m.next = "OUT"
+                    with m.Else():
+                        next_block()
+                with m.State("OUT"):  # o_valid is high
+                    with m.If(self.o.ready):
+                        m.d.sync += o_valid.eq(0)
+                        next_pixel()
+
+        if neuron:
+            # The converters: the load (sar_go, two cycles after HAND), K * T steps, then the codes enter the output
+            # word from the top once it is free (the previous pixel taken), and a pixel's last block offers it.
+            with m.FSM(name="converter"):
+                with m.State("IDLE"):
+                    with m.If(sar_go):
+                        m.d.sync += [tt.eq(0), sar_step.eq(1)]
+                        m.next = "SAR"
                 with m.State("SAR"):  # sar.step is high (sar_step)
                     m.d.sync += tt.eq(tt + 1)
                     with m.If(tt == sar_steps - 1):
                         m.next = "STORE"
                     with m.Else():
                         m.d.sync += sar_step.eq(1)
-            with m.State("STORE"):  # the block's L outputs enter the output word from the top
-                new = Cat(*[sar.q[lane] for lane in range(L)]) if neuron else acc.acc.as_value()
-                m.d.sync += out_reg.eq(Cat(out_reg[obits:], new) if G > 1 else new)
-                with m.If(g == G - 1):
-                    m.d.sync += o_valid.eq(1)
-                    m.next = "OUT"
-                with m.Else():
-                    m.d.comb += [p_r.en.eq(1), p_addr.eq(g + 1)]
-                    m.d.sync += g.eq(g + 1)
-                    m.next = "START"
-            with m.State("OUT"):  # o_valid is high
-                with m.If(self.o.ready):
-                    m.d.sync += [o_valid.eq(0), g.eq(0), ox.eq(ox + 1)]
-                    if ring and not self.transposed:  # the next output pixel's window: one input pixel on
-                        m.d.sync += [o_lin.eq(o_lin + 1), pix.eq(wrap(pix, 1))]
-                    elif ring:  # an input column on every two output columns; the oldest row's in a pair's second
-                        odd_x = (ox + p)[0]
-                        with m.If(odd_x):
-                            m.d.sync += pix.eq(wrap(pix, 1))
-                            with m.If((oy + p)[0]):
-                                m.d.sync += o_lin.eq(o_lin + 1)
-                        with m.If(ox == self.w_out - 1):  # a new row: one input row on after a pair's second
-                            with m.If((oy + p)[0]):
-                                m.d.sync += [o_lin.eq(o_row + W), o_row.eq(o_row + W),
-                                             pix.eq(wrap(p_row, W % depth)), p_row.eq(wrap(p_row, W % depth))]
-                            with m.Else():
-                                m.d.sync += [o_lin.eq(o_row), pix.eq(p_row)]
-                    m.d.comb += p_r.en.eq(ox != self.w_out - 1)  # block 0 of the next pixel of this row
-                    m.next = "START"
-                    with m.If(ox == self.w_out - 1):
-                        m.d.sync += [ox.eq(0), oy.eq(oy + 1)]
-                        m.next = "ROW"
-                        with m.If(oy == self.h_out - 1):  # frame done: the next frame starts afresh
-                            m.d.sync += [oy.eq(0), rows_in.eq(0)]
-                            if ring:
-                                m.d.sync += [o_lin.eq(start), o_row.eq(start), pix.eq(start_pix % depth),
-                                             p_row.eq(start_pix % depth), n_in.eq(0), waddr.eq(0)]
+                with m.State("STORE"):
+                    with m.If(~o_valid):
+                        m.d.comb += store.eq(1)
+                        new = Cat(*[sar.q[lane] for lane in range(L)])
+                        m.d.sync += [out_reg.eq(Cat(out_reg[obits:], new) if G > 1 else new), o_valid.eq(conv_last)]
+                        m.next = "IDLE"
+            with m.If(o_valid & self.o.ready):
+                m.d.sync += o_valid.eq(0)
         return m

@@ -374,9 +374,9 @@ def test_whole_small_model_as_a_pipeline_equals_reference():
     cycles, alone = check_model(model, frame, folds=[(4, 1, 2), (2, 2, 1), (1, 4, 4)])
     assert cycles < sum(alone)
     # the body layer and the read-out with ring line buffers of 3 rows and 2 pixels: their receivers wait for their
-    # computes' pixels, which here costs the pipeline cycles (the cycle model's 11672 against 11594 with rows)
+    # computes' pixels; here the read-out's compute sets the pace either way (the cycle model's 12721 both)
     ring, _ = check_model(model, frame, folds=[(4, 1, 2), (2, 2, 1, 0, 2), (1, 4, 4, 0, 2)])
-    assert ring > cycles
+    assert ring == cycles
 
 
 def test_block_ram_accounting_and_planner():

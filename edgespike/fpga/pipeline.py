@@ -216,13 +216,18 @@ class LayerSpec:
             tap_cycles += np.where(inside, 2 + LB_LATENCY + scan[rows][:, cols], 1)
             inside_taps += inside
             events += p
-        # a conversion: T steps for each of the lanes that share a SAR converter (sar_share)
-        sar = (1 + self.T * sar_share(lanes)) if self.theta is not None else 0
-        # START (the bias loaded), taps, DRAIN (one cycle, one per weight register and one per register stage of
-        # the adder tree), [LOADSAR, SAR steps], STORE
-        busy = G * (1 + tap_cycles + 2 + WEIGHT_STAGES + tree_stages(group) + sar)
+        # A block: START (the bias loaded), taps, DRAIN (one cycle, one per weight register and one per register
+        # stage of the adder tree), then HAND (a neuron's membranes to the converters, which work beside the next
+        # block: :meth:`agents`) or an Integrator's STORE
+        block = 1 + tap_cycles + 2 + WEIGHT_STAGES + tree_stages(group)
         received = np.diff(np.concatenate([[0], self.need(h)]))
-        return received, busy, inside_taps, events
+        return received, block, inside_taps, events
+
+    def conversion(self, lanes: int) -> int:
+        """Cycles from a block's HAND to the cycle its codes can enter the output word: the load's register, the
+        membranes' copy, the converters' load, and T steps for each of the lanes that share a converter
+        (:func:`sar_share`)."""
+        return 3 + self.T * sar_share(lanes)
 
     def popcount(self, q: np.ndarray) -> np.ndarray:
         return _popcounts(self.T)[q]
@@ -236,12 +241,12 @@ class LayerSpec:
         ``ring`` (a ring line buffer), which only changes when the receiver has room."""
         _, h, w = q.shape
         G = self.c_out // lanes
-        _, busy, inside_taps, events = self.schedule(q, lanes, group, parts)
+        _, block, inside_taps, events = self.schedule(q, lanes, group, parts)
         _, _, _, spikes = self.schedule(q, lanes, 1)
         cycles = pipeline_cycles([self], [q], [(lanes, group, parts, rom_words, ring)])
         n_events = int(G * events.sum())
         sops = int(G * spikes.sum()) * lanes
-        pixels = busy.size
+        pixels = block.size
         return LayerCost(
             cycles=cycles, events=n_events, sops=sops,
             reads={"linebuf": int(G * inside_taps.sum()) * parts, "weights": n_events, "params": G * pixels},
@@ -278,10 +283,11 @@ class LayerSpec:
         the handshake, the ``room`` register one cycle later).
         """
         _, h, w = q.shape
-        _, busy, _, _ = self.schedule(q, lanes, group, parts)
+        _, block, _, _ = self.schedule(q, lanes, group, parts)
+        G = self.c_out // lanes
         need, first, slots = self.need(h), self.first_row(h), self.slots()
         depth = self.span * w + ring  # the ring's pixels
-        wo = busy.shape[1]
+        wo = block.shape[1]
         oldest = self.oldest(h, w).ravel() if ring else None
 
         def receiver():
@@ -303,19 +309,49 @@ class LayerSpec:
                 times[("R", n, r)] = hs + parts - 1
                 t += 1  # the cycle after a row is complete takes nothing (row_done)
 
-        def compute():
+        def compute():  # an Integrator: the blocks, STORE, OUT until the pixel is taken
             c = 0  # the cycle the engine enters ROW
-            for oy in range(busy.shape[0]):
+            for oy in range(block.shape[0]):
                 c = max(c, (yield ("wait", ("R", n, int(need[oy]) - 1))) + 1)  # rows_in counts one cycle later
                 t = c
                 for ox in range(wo):
-                    t = yield ("send", n + 1, t + 1 + int(busy[oy, ox]))  # START, busy cycles, OUT
+                    t = yield ("send", n + 1, t + 1 + G * int(block[oy, ox]))  # START .. STORE per block, OUT
                     if ring:
                         times[("O", n, oy * wo + ox)] = t
                 times[("S", n, oy)] = t
                 c = t + 1
 
-        return receiver(), compute()
+        def compute_convert():
+            """A neuron's compute and converters. A block's HAND completes in the first cycle the converters are
+            free (the cycle after their last store); they store the block's codes ``conversion`` cycles later, or
+            once the output word is free (the cycle after the previous pixel's handshake), and offer a pixel in the
+            cycle after its last block's store. The compute moves on after HAND, so its output counters (and the
+            receiver's room) follow HAND; a pixel's send is resolved when the next pixel's first store needs it."""
+            conv = self.conversion(lanes)
+            c = 0  # the cycle the engine enters ROW
+            free = 0  # the first cycle the converters take a block
+            offer = None  # the cycle the last pixel is offered, its handshake not yet resolved
+            taken = -1  # the handshake of the pixel before
+            for oy in range(block.shape[0]):
+                c = max(c, (yield ("wait", ("R", n, int(need[oy]) - 1))) + 1)  # rows_in counts one cycle later
+                t = c  # the cycle before START
+                for ox in range(wo):
+                    for b in range(G):
+                        hand = max(t + int(block[oy, ox]), free)
+                        if b == 0 and offer is not None:
+                            taken = yield ("send", n + 1, offer)
+                            offer = None
+                        stored = max(hand + conv, taken + 1 if b == 0 else 0)
+                        free = stored + 1
+                        t = hand
+                    offer = stored + 1
+                    if ring:
+                        times[("O", n, oy * wo + ox)] = t
+                times[("S", n, oy)] = t
+                c = t + 1
+            yield ("send", n + 1, offer)
+
+        return receiver(), (compute() if self.theta is None else compute_convert())
 
 
 @dataclass
