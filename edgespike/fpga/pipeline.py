@@ -185,12 +185,12 @@ class LayerSpec:
         return np.minimum(rows, h)
 
     def schedule(self, q: np.ndarray, lanes: int, group: int = 1, parts: int = 1):
-        """The engine's work on input codes ``q``: input rows received before each output row, the cycles from
-        ``START`` of an output pixel's first block to its ``OUT`` (all blocks), and per output pixel the kernel
-        taps inside the input and the adds (groups of ``group`` channels of one plane with a spike; one block)."""
+        """The engine's work on input codes ``q``: input rows received before each output row, per output pixel
+        the cycles of one block from its ``START`` to its ``HAND`` (a neuron) or ``STORE`` (an Integrator), the
+        kernel taps inside the input and the adds (groups of ``group`` channels of one plane with a spike; one
+        block)."""
         _, h, w = q.shape
         ho, wo = self.out_size(h, w)
-        G = self.c_out // lanes
         pop = np.zeros((h, w), np.int64)  # per input pixel: (plane, channel group) pairs holding a spike
         part_pop = np.zeros((parts, h, w), np.int64)  # the same per line-buffer part (planes p T / P ..)
         tp = self.T // parts
