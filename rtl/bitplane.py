@@ -53,7 +53,7 @@ from edgespike.rtl.uwd import LANES_PER_COPY, UWDAccumulator
 from edgespike.rtl.uwe import SARNeuron, pick
 
 # Lanes per SAR converter at most (SARNeuron's ``share``; edgespike.fpga.pipeline.SAR_LANES is the same value)
-SAR_LANES = 4
+SAR_LANES = 16
 # Register stages between the weight memories' read and the accumulator: one, ``ram_q`` / ``rom_q`` below
 # (``edgespike.fpga.pipeline.WEIGHT_STAGES`` counts it once per block, in the DRAIN).
 WEIGHT_STAGES = 1
@@ -306,7 +306,14 @@ class BitPlaneLayer(wiring.Component):
         depth = span * self.width + ring  # a ring's pixels
         # Its reads are registered (RegisteredRAM: per block-RAM slice of ``lb_slice`` words when given): a word
         # reaches nword LB_LATENCY cycles after its read.
-        m.submodules.linebuf = lb = RegisteredRAM(tp * cin_p, (depth if ring else slots << xbits) * P, self.lb_slice)
+        # A pixel's parts are scanned from its least significant planes up (part P - 1 first: the order of the adds
+        # does not change their sum), and the scan ends with its last part that holds a spike: the high planes of a
+        # layer's small codes are mostly empty. The last part's word carries, in ``lbits`` more bits, that part's
+        # place in the scan (``last_visit``), so the first word read says how far to go.
+        wbits = tp * cin_p
+        lbits = pbits if P > 1 else 0
+        m.submodules.linebuf = lb = RegisteredRAM(wbits + lbits, (depth if ring else slots << xbits) * P,
+                                                  self.lb_slice)
         words, ntaps = weight_words(self.weights, L, self.transposed, M)
         ram_words = len(words) - self.rom_words
         assert self.rom_words == 0 or (ram_words == pow2_at_least(ram_words) and self.rom_words <= ram_words), \
@@ -361,7 +368,8 @@ class BitPlaneLayer(wiring.Component):
         fresh, fresh2 = Signal(), Signal()
         pending = fresh | fresh2
         rest = Signal(mask_bits)  # the part's (plane, group) flags that hold spikes, above the one being added
-        rpart = Signal(max(1, pbits))  # the part being scanned
+        rpart = Signal(max(1, pbits))  # the place in the scan of the part being scanned (part P - 1 - rpart)
+        last_visit = Signal(max(1, pbits))  # the place of the scan's last part (read with the first)
         wpart = Signal(max(1, pbits))  # the part being written
         held = Signal(T * cin_p)  # a pixel whose later parts are still to be written
         # The line buffer reads every cycle (its enable is high), at an address that depends on registers only: the
@@ -513,8 +521,8 @@ class BitPlaneLayer(wiring.Component):
         m.d.comb += [
             acc.add.eq(add_valid), acc.t.eq(add_t), acc.weights.eq(w_data), acc.spikes.eq(add_bits),
             w_addr.eq(Cat(first[:gbits], wrow) if gbits else wrow), w_r.addr.eq(w_addr),
-            lb.r_addr.eq(Cat(rd_part[:pbits], raddr) if ring else
-                         Cat(rd_part[:pbits], rx[:xbits], ry[:(slots - 1).bit_length()])),
+            lb.r_addr.eq(Cat(~rd_part[:pbits], raddr) if ring else
+                         Cat(~rd_part[:pbits], rx[:xbits], ry[:(slots - 1).bit_length()])),
             lb.w_addr.eq(Cat(wpart[:pbits], waddr) if ring else
                          Cat(wpart[:pbits], x_in, rows_in[:(slots - 1).bit_length()])),
             p_r.addr.eq(p_addr),
@@ -572,15 +580,29 @@ class BitPlaneLayer(wiring.Component):
         # Receiver: part 0 of a pixel is written as it is taken, parts 1 .. P-1 in the next cycles (not ready
         # then); the pixel counts as in (x_in, rows_in) once its last part is written.
         m.d.comb += [self.i.ready.eq(ready), wpart_d.eq(wpart)]
+        # The scan's last part of a pixel: its most significant part holding a spike, as its place in the scan (0
+        # when only part P - 1 or none holds one), written with part P - 1 (written last, read first). The parts
+        # are written most significant first, so the first written with a spike (``seen``, ``top``: one OR of the
+        # word written) is the one.
+        w_word = Signal(wbits)
+        seen = Signal()
+        top = Signal(max(1, pbits))
+        if P > 1:
+            with m.If(lb.w_en):
+                with m.If(last_part):
+                    m.d.sync += seen.eq(0)
+                with m.Elif(w_word.any() & ~seen):
+                    m.d.sync += [seen.eq(1), top.eq(wpart)]
+        m.d.comb += lb.w_data.eq(Cat(w_word, Mux(seen, ~top, 0)[:lbits]))
         with m.If(wpart == 0):
-            m.d.comb += [lb.w_en.eq(self.i.valid & ready), lb.w_data.eq(pixel[:tp * cin_p]),
+            m.d.comb += [lb.w_en.eq(self.i.valid & ready), w_word.eq(pixel[:wbits]),
                          last_part.eq((P == 1) & self.i.valid & ready)]
             if P > 1:
                 with m.If(self.i.valid & ready):
                     m.d.comb += wpart_d.eq(1)
                     m.d.sync += held.eq(pixel)
         with m.Else():
-            m.d.comb += [lb.w_en.eq(1), lb.w_data.eq(word_at(held, wpart, tp * cin_p)),
+            m.d.comb += [lb.w_en.eq(1), w_word.eq(word_at(held, wpart, wbits)),
                          last_part.eq(wpart == P - 1), wpart_d.eq(Mux(wpart == P - 1, 0, wpart + 1))]
         m.d.comb += row_done.eq(last_part & (x_in == self.width - 1))
         with m.If(last_part):
@@ -611,26 +633,21 @@ class BitPlaneLayer(wiring.Component):
         # register and nword), and the last part its adds and one.
         m.d.sync += [fresh.eq(0), fresh2.eq(fresh)]
         with m.If(fresh2):
-            m.d.sync += nword.eq(lb.r_data)
+            m.d.sync += nword.eq(lb.r_data[:wbits])
 
-        def take_part(prefetch: bool):
-            """nword's (plane, group) flags into the priority encoder and nword into word; with ``prefetch``, use
-            this cycle's line-buffer read (the part ``rd_part`` gives: 1 in FLAGS, ``rpart + 2`` in SCAN)."""
+        def take_part(prefetch):
+            """nword's (plane, group) flags into the priority encoder and nword into word; where ``prefetch`` holds,
+            use this cycle's line-buffer read (the part ``rd_part`` gives: 1 in FLAGS, ``rpart + 2`` in SCAN)."""
             m.d.comb += taking.eq(1)
             m.d.sync += word.eq(nword)
-            if prefetch:
+            with m.If(prefetch):
                 m.d.comb += lb_read.eq(1)
                 m.d.sync += fresh.eq(1)
 
         def next_part():
-            """Take the pixel's next part (its prefetch is in nword) and prefetch the one after it, if any."""
-            if P > 2:
-                with m.If(rpart != P - 2):
-                    take_part(True)
-                with m.Else():
-                    take_part(False)
-            else:
-                take_part(False)
+            """Take the pixel's next part (its prefetch is in nword) and prefetch the one after it, if the scan goes
+            on that far."""
+            take_part(rpart + 1 != last_visit)
             m.d.sync += rpart.eq(rpart + 1)
 
         with m.FSM():
@@ -656,23 +673,25 @@ class BitPlaneLayer(wiring.Component):
             with m.State("READ"):  # the line buffer's slice registers take the word
                 m.next = "LOAD"
             with m.State("LOAD"):  # the word into nword
-                m.d.sync += nword.eq(lb.r_data)
+                m.d.sync += nword.eq(lb.r_data[:wbits])
+                if P > 1:
+                    m.d.sync += last_visit.eq(lb.r_data[wbits:])
                 m.next = "FLAGS"
-            with m.State("FLAGS"):  # part 0's flags into the priority encoder; part 1 is read
+            with m.State("FLAGS"):  # the first part's flags into the priority encoder; the second is read
                 m.d.comb += rd_part.eq(1)
-                take_part(P > 1)
+                take_part(last_visit != 0 if P > 1 else Const(0))
                 m.next = "SCAN"
             with m.State("SCAN"):  # one group with spikes per cycle, lowest first; an empty word ends the tap
                 m.d.comb += rd_part.eq(rpart + 2)  # a prefetch reads the part after the next
                 with m.If(any_set):
                     m.d.comb += consume.eq(1)
                     in_part = first[gbits:len(first_r)]  # the plane within the part (tp is a power of two)
-                    plane = in_part if P == 1 else Cat(in_part, rpart[:pbits])
+                    plane = in_part if P == 1 else Cat(in_part, ~rpart[:pbits])  # part P - 1 - rpart
                     m.d.sync += [ev_valid.eq(1), ev_t.eq(plane), ev_bits.eq(word_at(word, first, M))]
                     if P > 1:  # the part's last add: the next part too, if its prefetch is in
-                        with m.If(rest_empty & (rpart != P - 1) & ~pending):
+                        with m.If(rest_empty & (rpart != last_visit) & ~pending):
                             next_part()
-                with m.Elif(rpart != P - 1):  # the pixel's next part, once the prefetch has it in nword
+                with m.Elif(rpart != last_visit):  # the pixel's next part, once the prefetch has it in nword
                     with m.If(~pending):
                         next_part()
                 with m.Else():

@@ -394,12 +394,13 @@ def test_block_ram_accounting_and_planner():
     big = bitplane_dncnn(depth=8, width=64, T=8, down=True)
     with pytest.raises(PipelineError, match="iCE40UP5K"):
         plan_pipeline(big, "up5k", (480, 640), demo_image(8, 8), folds=[(1, 1)] * 8)
-    # a ring line buffer: a body layer's rows of 72 pixels at 8 parts of 64 bits take 16 DP16KD as 4 rows of 128
-    # pixels; as 3 rows and the 40 pixels that fill their blocks (ring_extra), 8
+    # a ring line buffer: a body layer's rows of 72 pixels at 8 parts of 64 bits (and the 3 bits of the scan's
+    # length) take 16 DP16KD as 4 rows of 128 pixels; as 3 rows and the 40 pixels that fill their blocks
+    # (ring_extra), 8
     body = layer_specs(big)[1]
-    assert memories(body, 72, 64, 1, 8)["linebuf"] == (64, 4 * 128 * 8)
+    assert memories(body, 72, 64, 1, 8)["linebuf"] == (67, 4 * 128 * 8)
     assert ring_extra(body, 72, 8, "ecp5-85f") == 40
-    assert memories(body, 72, 64, 1, 8, 0, 40)["linebuf"] == (64, (3 * 72 + 40) * 8)
+    assert memories(body, 72, 64, 1, 8, 0, 40)["linebuf"] == (67, (3 * 72 + 40) * 8)
     assert [ram_blocks(*memories(body, 72, 64, 1, 8, 0, r)["linebuf"], "ecp5-85f") for r in (0, 40, 41)] == [16, 8, 10]
 
 

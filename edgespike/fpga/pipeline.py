@@ -29,8 +29,11 @@ def _popcounts(T: int) -> np.ndarray:
 
 
 # Lanes per SAR converter at most (the gateware's ``bitplane.SAR_LANES``; the layers' ``sar_lanes``): a converter
-# is shared by that many lanes, which take turns on it (``SARNeuron``), so a conversion takes T steps per lane.
-SAR_LANES = 4
+# is shared by that many lanes, which take turns on it (``SARNeuron``), so a conversion takes T steps per lane. The
+# converters work beside the next block's accumulation, so their 3 + 16 T = 131 cycles cost nothing while a block
+# takes longer (the cycle model counts the waits when it does not); 16 against 4 saves about 165 cells of a 64-lane
+# engine (docs/RTL.md, "SAR converters beside the compute").
+SAR_LANES = 16
 
 
 def sar_share(lanes: int, most: int = SAR_LANES) -> int:
@@ -187,8 +190,7 @@ class LayerSpec:
     def schedule(self, q: np.ndarray, lanes: int, group: int = 1, parts: int = 1):
         """The engine's work on input codes ``q``: input rows received before each output row, per output pixel
         the cycles of one block from its ``START`` to its ``HAND`` (a neuron) or ``STORE`` (an Integrator), the
-        kernel taps inside the input and the adds (groups of ``group`` channels of one plane with a spike; one
-        block)."""
+        line-buffer reads and the adds (groups of ``group`` channels of one plane with a spike; one block)."""
         _, h, w = q.shape
         ho, wo = self.out_size(h, w)
         pop = np.zeros((h, w), np.int64)  # per input pixel: (plane, channel group) pairs holding a spike
@@ -199,29 +201,36 @@ class LayerSpec:
             pop += self.popcount(bits)
             for p in range(parts):  # plane t is code bit T - 1 - t
                 part_pop[p] += self.popcount(bits & (((1 << tp) - 1) << (self.T - (p + 1) * tp)))
-        # the scan of an input pixel's parts: a part but the last takes the next (prefetched) part's flags in its
-        # last add, or in a cycle of its own when it has none; the prefetch takes LB_LATENCY + 1 cycles (the read,
-        # the line buffer's register, nword), so a part costs max(adds, 3); the last part its adds and the cycle
-        # that ends the tap
-        scan = np.maximum(part_pop[:parts - 1], LB_LATENCY + 1).sum(0) + part_pop[parts - 1] + 1
+        # The scan of an input pixel's parts goes from part P - 1 (its least significant planes) to its most
+        # significant part with a spike (``last``; when none has one, the scan ends with its first part, P - 1):
+        # V = P - last parts (``visits``), each read once. A part but the scan's last takes the next (prefetched)
+        # part's flags in its last add, or in a cycle of its own when it has none; the prefetch takes LB_LATENCY + 1
+        # cycles (the read, the line buffer's register, nword), so such a part costs max(adds, 3); the last part its
+        # adds and the cycle that ends the tap.
+        nonempty = part_pop > 0
+        last = np.where(nonempty.any(0), nonempty.argmax(0), parts - 1)
+        visits = parts - last
+        scan = np.zeros((h, w), np.int64)
+        for p in range(parts):
+            inner = np.where(p > last, np.maximum(part_pop[p], LB_LATENCY + 1), 0)  # scanned, not the last
+            scan += inner + np.where(p == last, part_pop[p] + 1, 0)
         tap_cycles = np.zeros((ho, wo), np.int64)
-        inside_taps = np.zeros((ho, wo), np.int64)
+        tap_reads = np.zeros((ho, wo), np.int64)
         events = np.zeros((ho, wo), np.int64)
         for iy, ix in self.taps(h, w):
             vy, vx = (iy >= 0) & (iy < h), (ix >= 0) & (ix < w)
             inside = vy[:, None] & vx[None, :]
             rows, cols = np.clip(iy, 0, h - 1), np.clip(ix, 0, w - 1)
-            p = pop[rows][:, cols] * inside
             # TAP, READ, LOAD, FLAGS, the parts' SCAN; or TAP
             tap_cycles += np.where(inside, 2 + LB_LATENCY + scan[rows][:, cols], 1)
-            inside_taps += inside
-            events += p
+            tap_reads += np.where(inside, visits[rows][:, cols], 0)
+            events += pop[rows][:, cols] * inside
         # A block: START (the bias loaded), taps, DRAIN (one cycle, one per weight register and one per register
         # stage of the adder tree), then HAND (a neuron's membranes to the converters, which work beside the next
         # block: :meth:`agents`) or an Integrator's STORE
         block = 1 + tap_cycles + 2 + WEIGHT_STAGES + tree_stages(group)
         received = np.diff(np.concatenate([[0], self.need(h)]))
-        return received, block, inside_taps, events
+        return received, block, tap_reads, events
 
     def conversion(self, lanes: int) -> int:
         """Cycles from a block's HAND to the cycle its codes can enter the output word: the load's register, the
@@ -241,7 +250,7 @@ class LayerSpec:
         ``ring`` (a ring line buffer), which only changes when the receiver has room."""
         _, h, w = q.shape
         G = self.c_out // lanes
-        _, block, inside_taps, events = self.schedule(q, lanes, group, parts)
+        _, block, tap_reads, events = self.schedule(q, lanes, group, parts)
         _, _, _, spikes = self.schedule(q, lanes, 1)
         cycles = pipeline_cycles([self], [q], [(lanes, group, parts, rom_words, ring)])
         n_events = int(G * events.sum())
@@ -249,7 +258,7 @@ class LayerSpec:
         pixels = block.size
         return LayerCost(
             cycles=cycles, events=n_events, sops=sops,
-            reads={"linebuf": int(G * inside_taps.sum()) * parts, "weights": n_events, "params": G * pixels},
+            reads={"linebuf": int(G * tap_reads.sum()), "weights": n_events, "params": G * pixels},
             writes={"linebuf": h * w * parts},
             adds={"synaptic": sops, "accumulate": n_events * lanes, "bias": G * pixels * lanes,
                   "sar": G * pixels * lanes * self.T if self.theta is not None else 0},
@@ -563,7 +572,9 @@ def memories(spec: LayerSpec, width: int, lanes: int, group: int, parts: int = 1
     vb = spec_vbits(spec)
     tb = int(spec.theta.max()).bit_length() if spec.theta is not None else 1
     return {
-        "linebuf": (spec.T * cin_p // parts, (spec.span * width + ring if ring else spec.slots() * xdepth) * parts),
+        # a word per part; the last part's word also holds the scan's length (rtl.bitplane's ``last_visit``)
+        "linebuf": (spec.T * cin_p // parts + (parts - 1).bit_length(),
+                    (spec.span * width + ring if ring else spec.slots() * xdepth) * parts),
         "weights": (8 * lanes * group, G * ntaps * cin_p // group - rom_words),  # the ROM's words are logic
         "params": ((vb + tb) * lanes, G),
     }
@@ -604,7 +615,12 @@ def spec_vbits(spec: LayerSpec) -> int:
 # -5 % and +2 % on the two (docs/RTL.md, "Logic of a 64-channel engine"). The flag term grew by 2.3 when a part's
 # last add began to take the next part (``rtl.bitplane.two_set``, a tree beside each of the two encoders): conv3 at
 # (64,1,8) with a ring of 38 on rows of 94, yosys synth_ecp5, 6283 -> 6419 LUT4 (+136 for 64 flags, x 1.08).
-LOGIC_ENGINE, LOGIC_FLAG, LOGIC_WORD_BIT, LOGIC_LANE_BIT, LOGIC_LANE_GROUP = 776, 9.25, 5.98, 4.89, 5.04
+# The lane term fell by 0.11 when a converter came to serve 16 lanes instead of 4 (conv4 at (64,1,8,64) with a ring
+# of 19 on rows of 79, yosys synth_ecp5: 8839 LUT4 + 1156 CCU2C -> 8960 + 1013, -165 cells / 64 lanes / 23 bits).
+# A pixel whose scan ends early (``rtl.bitplane``'s ``last_visit``: parts > 1) costs an OR of the word written and
+# two registers, ``LOGIC_SKIP`` per engine (the same engine: 8780 -> 8839 LUT4, x 1.08; at (64,2,2) no change).
+LOGIC_ENGINE, LOGIC_FLAG, LOGIC_WORD_BIT, LOGIC_LANE_BIT, LOGIC_LANE_GROUP = 776, 9.25, 5.98, 4.78, 5.04
+LOGIC_SKIP = 64
 LOGIC_ROM_BIT = 0.09
 # A ring line buffer (``ring``): the input pixel count, the oldest pixel still read, the write, pixel and tap
 # addresses modulo the ring's depth with their wrap compares, and the room compare. Measured (yosys synth_ecp5, s25's
@@ -637,7 +653,7 @@ def estimate_logic(specs: list[LayerSpec], folds: list) -> int:
         word = spec.T // parts * cin_p
         flags = 1 << max(0, (word // group - 1).bit_length())
         total += (LOGIC_ENGINE + LOGIC_FLAG * flags + LOGIC_WORD_BIT * word + LOGIC_LANE_BIT * lanes * spec_vbits(spec)
-                  + LOGIC_LANE_GROUP * lanes * (group - 1))
+                  + LOGIC_LANE_GROUP * lanes * (group - 1) + (LOGIC_SKIP if parts > 1 else 0))
     return int(round(total))
 
 
@@ -913,9 +929,40 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
                         steps.append({"logic": (logic, blocks, per_pixel(worst, o)),
                                       "blocks": (blocks, logic, per_pixel(worst, o)),
                                       "fast": (per_pixel(worst, o), logic, blocks)}[order] + (o,))
-                    if not steps:
+                    if steps:
+                        fl[worst] = min(steps)[-1]
+                        continue
+                    # None fits: one other layer gives up logic or blocks (a neighbouring fold, still faster than
+                    # the slowest) so that the slowest can take a faster one. The fastest such pair wins.
+                    faster = [o for o in options(worst) if per_pixel(worst, o) < costs[worst]]
+                    trades = []
+                    for j, f in enumerate(fl):
+                        if j == worst:
+                            continue
+                        for fj in neighbours(j, f):
+                            if fj not in options(j) or per_pixel(j, fj) >= costs[worst]:
+                                continue
+                            base = fl[:j] + [fj] + fl[j + 1:]
+                            for o in faster:
+                                trial = base[:worst] + [o] + base[worst + 1:]
+                                t = frame_time(trial, stripe)
+                                if t < float("inf"):
+                                    trades.append((t, logic_of(trial), sum(blocks_at(trial, stripe).values()), j, fj,
+                                                   o))
+                    if not trades:
                         return fl
-                    fl[worst] = min(steps)[-1]
+                    *_, j, fj, o = min(trades)
+                    fl[j], fl[worst] = fj, o
+
+            def neighbours(i, f):  # folds one step cheaper than ``f`` in one entry
+                lanes, group, parts, rom, r = f
+                out = [(lanes, group, parts * 2, rom, r), (lanes, group, parts // 2, rom, r),
+                       (lanes, group, parts, 0 if rom else weight_rom(specs[i], lanes, group, device), r),
+                       (lanes, group, parts, rom, 1 - r)]
+                for la, g in ((lanes // 2, group), (lanes, group // 2)):
+                    if la and g:
+                        out.append((la, g, parts, weight_rom(specs[i], la, g, device) if rom else 0, r))
+                return out
 
             found, at_one_lane = [], None
             for stripe in stripes:
