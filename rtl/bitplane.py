@@ -370,6 +370,9 @@ class BitPlaneLayer(wiring.Component):
         rest = Signal(mask_bits)  # the part's (plane, group) flags that hold spikes, above the one being added
         rpart = Signal(max(1, pbits))  # the place in the scan of the part being scanned (part P - 1 - rpart)
         last_visit = Signal(max(1, pbits))  # the place of the scan's last part (read with the first)
+        # the part being scanned is the scan's last (``rpart == last_visit``, a register: the scan's take condition
+        # tests registers only)
+        scan_last = Signal(init=P == 1)
         wpart = Signal(max(1, pbits))  # the part being written
         held = Signal(T * cin_p)  # a pixel whose later parts are still to be written
         # The line buffer reads every cycle (its enable is high), at an address that depends on registers only: the
@@ -647,8 +650,9 @@ class BitPlaneLayer(wiring.Component):
         def next_part():
             """Take the pixel's next part (its prefetch is in nword) and prefetch the one after it, if the scan goes
             on that far."""
-            take_part(rpart + 1 != last_visit)
-            m.d.sync += rpart.eq(rpart + 1)
+            is_last = rpart + 1 == last_visit
+            take_part(~is_last)
+            m.d.sync += [rpart.eq(rpart + 1), scan_last.eq(is_last)]
 
         with m.FSM():
             with m.State("ROW"):  # wait until the rows the next output row reads are in
@@ -675,11 +679,11 @@ class BitPlaneLayer(wiring.Component):
             with m.State("LOAD"):  # the word into nword
                 m.d.sync += nword.eq(lb.r_data[:wbits])
                 if P > 1:
-                    m.d.sync += last_visit.eq(lb.r_data[wbits:])
+                    m.d.sync += [last_visit.eq(lb.r_data[wbits:]), scan_last.eq(lb.r_data[wbits:] == 0)]
                 m.next = "FLAGS"
             with m.State("FLAGS"):  # the first part's flags into the priority encoder; the second is read
                 m.d.comb += rd_part.eq(1)
-                take_part(last_visit != 0 if P > 1 else Const(0))
+                take_part(~scan_last)
                 m.next = "SCAN"
             with m.State("SCAN"):  # one group with spikes per cycle, lowest first; an empty word ends the tap
                 m.d.comb += rd_part.eq(rpart + 2)  # a prefetch reads the part after the next
@@ -689,9 +693,9 @@ class BitPlaneLayer(wiring.Component):
                     plane = in_part if P == 1 else Cat(in_part, ~rpart[:pbits])  # part P - 1 - rpart
                     m.d.sync += [ev_valid.eq(1), ev_t.eq(plane), ev_bits.eq(word_at(word, first, M))]
                     if P > 1:  # the part's last add: the next part too, if its prefetch is in
-                        with m.If(rest_empty & (rpart != last_visit) & ~pending):
+                        with m.If(rest_empty & ~scan_last & ~pending):
                             next_part()
-                with m.Elif(rpart != last_visit):  # the pixel's next part, once the prefetch has it in nword
+                with m.Elif(~scan_last):  # the pixel's next part, once the prefetch has it in nword
                     with m.If(~pending):
                         next_part()
                 with m.Else():
