@@ -585,18 +585,22 @@ class BitPlaneLayer(wiring.Component):
         m.d.comb += [self.i.ready.eq(ready), wpart_d.eq(wpart)]
         # The scan's last part of a pixel: its most significant part holding a spike, as its place in the scan (0
         # when only part P - 1 or none holds one), written with part P - 1 (written last, read first). The parts
-        # are written most significant first, so the first written with a spike (``seen``, ``top``: one OR of the
-        # word written) is the one.
+        # are written most significant first, one a cycle, so the first written with a spike is the one: the OR of
+        # each word written is registered (``w_any``, with its part; the OR sits by the block RAMs' data inputs, and
+        # its route back into ``seen`` was the critical path of an ECP5-85F build, 65.3 MHz), and ``seen``, ``top``
+        # keep the first found before the word last written.
         w_word = Signal(wbits)
         seen = Signal()
         top = Signal(max(1, pbits))
+        w_any, w_any_part = Signal(), Signal(max(1, pbits))  # the word written last cycle (not a pixel's last)
         if P > 1:
-            with m.If(lb.w_en):
-                with m.If(last_part):
-                    m.d.sync += seen.eq(0)
-                with m.Elif(w_word.any() & ~seen):
-                    m.d.sync += [seen.eq(1), top.eq(wpart)]
-        m.d.comb += lb.w_data.eq(Cat(w_word, Mux(seen, ~top, 0)[:lbits]))
+            m.d.sync += [w_any.eq(lb.w_en & ~last_part & w_word.any()), w_any_part.eq(wpart)]
+            with m.If(lb.w_en & last_part):
+                m.d.sync += seen.eq(0)
+            with m.Elif(w_any & ~seen):
+                m.d.sync += [seen.eq(1), top.eq(w_any_part)]
+        found = Mux(seen, ~top, Mux(w_any, ~w_any_part, 0))
+        m.d.comb += lb.w_data.eq(Cat(w_word, found[:lbits]))
         with m.If(wpart == 0):
             m.d.comb += [lb.w_en.eq(self.i.valid & ready), w_word.eq(pixel[:wbits]),
                          last_part.eq((P == 1) & self.i.valid & ready)]

@@ -298,6 +298,25 @@ def test_transposed_4x4_padding_1_into_neurons():
     check_layer(layer(wts, theta, bias, T, transposed=True, padding=1), q, lanes=2, ring=2)  # odd padding
 
 
+@pytest.mark.parametrize("parts,ring", [(8, 0), (4, 3), (2, 0)])
+def test_scan_ends_with_the_pixels_last_part_that_holds_a_spike(parts, ring):
+    """Small codes leave a pixel's high planes empty: the scan (low planes first) stops at the most significant part
+    with a spike, and a pixel without one reads a single part. Codes, cycles and reads equal the model's, and the
+    line buffer is read fewer times than ``parts`` per tap."""
+    rng = np.random.default_rng(11)
+    T, c_in = 8, 4
+    wts, theta, bias = random_layer(rng, c_in, 4, 3, T)
+    # per pixel a different top: zero, a low bit, up to 15, up to 255
+    tops = rng.choice([0, 2, 16, 256], size=(1, 5, 6))
+    q = (rng.integers(0, 1 << 16, (c_in, 5, 6)) % np.maximum(tops, 1)) * (tops > 0)
+    spec = layer(wts, theta, bias, T)
+    check_layer(spec, q, lanes=2, group=2, parts=parts, ring=ring)
+    dut = BitPlaneLayer(**spec.gateware(5, 6, 2, 2, parts, 0, ring))
+    _, _, reads = simulate_layer(dut, q)
+    full = spec.cost(np.full_like(q, 255), 2, 2, parts, 0, ring).reads["linebuf"]
+    assert reads["linebuf"] < full == 2 * parts * spec.schedule(q, 2, 2, 1)[2].sum()
+
+
 def test_backpressure_keeps_the_result():
     rng = np.random.default_rng(9)
     T = 4
