@@ -570,13 +570,12 @@ def memories(spec: LayerSpec, width: int, lanes: int, group: int, parts: int = 1
     ntaps = 4 * (spec.k // 2) ** 2 if spec.transposed else spec.k**2
     G = spec.c_out // lanes
     vb = spec_vbits(spec)
-    tb = int(spec.theta.max()).bit_length() if spec.theta is not None else 1
     return {
         # a word per part; the last part's word also holds the scan's length (rtl.bitplane's ``last_visit``)
         "linebuf": (spec.T * cin_p // parts + (parts - 1).bit_length(),
                     (spec.span * width + ring if ring else spec.slots() * xdepth) * parts),
         "weights": (8 * lanes * group, G * ntaps * cin_p // group - rom_words),  # the ROM's words are logic
-        "params": ((vb + tb) * lanes, G),
+        "params": (vb * lanes, G),  # the biases (the thresholds are the converters' constants)
     }
 
 
@@ -954,7 +953,8 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
                     *_, j, fj, o = min(trades)
                     fl[j], fl[worst] = fj, o
 
-            def neighbours(i, f):  # folds one step cheaper than ``f`` in one entry
+            def neighbours(i, f):  # folds one step from ``f`` in one entry (half the lanes or group, twice or half
+                # the parts, the ROM on or off, a ring or whole rows)
                 lanes, group, parts, rom, r = f
                 out = [(lanes, group, parts * 2, rom, r), (lanes, group, parts // 2, rom, r),
                        (lanes, group, parts, 0 if rom else weight_rom(specs[i], lanes, group, device), r),
