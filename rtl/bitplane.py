@@ -29,7 +29,7 @@ and block ``1 + sum over taps (4 + sum over parts but the last max(adds_p, 3) + 
 the input, else 1) + 3`` (with one weight register stage and a tree of at most 4 channels), ``adds_p`` being the
 (plane, channel group) pairs of part ``p`` of the tap's input pixel that hold a spike. An Integrator's pixel then
 waits for its handshake (``+ 1`` at least); a neuron's block hands its membranes to the converters (HAND, the
-block's last cycle) once they are free, and they store its codes ``3 + K * T`` cycles later (``K =
+block's last cycle) once they are free, and they store its codes ``4 + K * T`` cycles later (``K =
 sar_share(lanes)``), or once the previous pixel has been taken. The receiver takes a pixel per ``parts`` cycles
 while there is room. How the processes and the neighbouring engines meet is
 :func:`edgespike.fpga.pipeline.pipeline_cycles` (:meth:`~edgespike.fpga.pipeline.LayerSpec.agents`).
@@ -338,16 +338,23 @@ class BitPlaneLayer(wiring.Component):
             self._weight_rom(m, words[ram_words:], abits, w_addr, w_r.en, rom_q)
             w_data = Mux(in_rom_q, rom_q, ram_q)
         vb, tb = self.vbits, self.theta_bits
-        # The per-block biases: a word of L membranes' starting values per block. (The thresholds are constants
-        # of the converters, chosen by the block they convert: see ``conv_g``.)
-        params = [sum((int(self.bias[g * L + lane]) & ((1 << vb) - 1)) << (vb * lane) for lane in range(L))
-                  for g in range(G)]
-        m.submodules.params = pm = memory.Memory(shape=unsigned(vb * L), depth=G, init=params)
-        p_r = pm.read_port()
-
-        m.submodules.acc = acc = UWDAccumulator(L, vb, T, M)
+        # An Integrator's per-block biases: a word of L membranes' starting values per block, read in the cycle
+        # before the block's START. A neuron's converters add the biases (and compare with the thresholds) as
+        # constants of the block they convert (``conv_g``), and its membranes start at 0.
+        p_en = Signal()  # the params memory's read enable
+        p_addr = Signal(bits_for(G))
+        m.submodules.acc = acc = UWDAccumulator(L, vb, T, M, biased=not neuron)
         if neuron:
-            m.submodules.sar = sar = SARNeuron(L, vb, tb, T, self.sar_lanes)
+            bb = max(1, max(int(b).bit_length() for b in self.bias)) + 1  # signed width of the biases
+            m.submodules.sar = sar = SARNeuron(L, vb, bb, tb, T, self.sar_lanes)
+        else:
+            params = [sum((int(self.bias[g * L + lane]) & ((1 << vb) - 1)) << (vb * lane) for lane in range(L))
+                      for g in range(G)]
+            m.submodules.params = pm = memory.Memory(shape=unsigned(vb * L), depth=G, init=params)
+            p_r = pm.read_port()
+            m.d.comb += [p_r.en.eq(p_en), p_r.addr.eq(p_addr), self.p_read.eq(p_en)]
+            for lane in range(L):
+                m.d.comb += acc.bias[lane].eq(p_r.data[vb * lane:][:vb].as_signed())
 
         # Counters: output position, input rows received, input column, block, tap, SAR step.
         ybits = bits_for(max(self.height, self.h_out, self.width, self.w_out) + 1) + 2
@@ -386,9 +393,6 @@ class BitPlaneLayer(wiring.Component):
         m.d.comb += rd_part.eq(rpart)
         ev_valid = Signal()
         ev_bits = Signal(M)
-        # The block's bias and threshold are read in the cycle before its START (block 0 from ROW or OUT, the next
-        # from STORE): START loads the bias into the membranes, LOADSAR takes the threshold (the word stays).
-        p_addr = Signal.like(g)
         ev_t = Signal(bits_for(T))
         obits = (T if neuron else vb) * L
         out_reg = Signal(obits * G)
@@ -528,9 +532,8 @@ class BitPlaneLayer(wiring.Component):
                          Cat(~rd_part[:pbits], rx[:xbits], ry[:(slots - 1).bit_length()])),
             lb.w_addr.eq(Cat(wpart[:pbits], waddr) if ring else
                          Cat(wpart[:pbits], x_in, rows_in[:(slots - 1).bit_length()])),
-            p_r.addr.eq(p_addr),
-            self.lb_read.eq(lb_read), self.w_read.eq(w_r.en), self.p_read.eq(p_r.en), self.lb_write.eq(lb.w_en),
-            self.add_spikes.eq(Mux(add_valid, add_bits, 0)), self.bias_add.eq(acc.clear),
+            self.lb_read.eq(lb_read), self.w_read.eq(w_r.en), self.lb_write.eq(lb.w_en),
+            self.add_spikes.eq(Mux(add_valid, add_bits, 0)),
         ]
         # The converters work beside the compute: HAND gives them a block's membranes (``handing``) once they are
         # free, and the compute goes on with the next block while they convert; they store the codes into the output
@@ -543,11 +546,14 @@ class BitPlaneLayer(wiring.Component):
             # The converters' load and step and the copy's enable are registers (set in the cycle before): they
             # drive every lane's residue, level and copy registers, and decoding them from the FSM's state in front
             # of that fanout was the critical path of most engines of the default plan placed alone.
-            sar_load, sar_go, sar_step = Signal(), Signal(), Signal()
-            m.d.sync += [sar_load.eq(handing), sar_go.eq(sar_load), sar_step.eq(0)]
+            # The copy is taken the cycle after HAND (``snap``) and staged with its biases in the next (the
+            # converters' ``staged``), so they load three cycles after HAND.
+            sar_load, sar_stage, sar_go, sar_step = Signal(), Signal(), Signal(), Signal()
+            m.d.sync += [sar_load.eq(handing), sar_stage.eq(sar_load), sar_go.eq(sar_stage), sar_step.eq(0)]
             m.d.comb += [sar.load.eq(sar_go), sar.step.eq(sar_step)]
-            # a step of the converters' first lanes stands for one step in every lane (the add counts)
-            m.d.comb += self.sar_step.eq(sar.step & sar.first)
+            # a step of the converters' first lanes stands for one step in every lane, a load for every lane's
+            # bias add (the add counts)
+            m.d.comb += [self.sar_step.eq(sar.step & sar.first), self.bias_add.eq(sar_go)]
             # The copy's enable is one register per LANES_PER_COPY lanes (a copy of sar_load: its name holds
             # ``fanout_copy``, which the build keeps apart), as the accumulator's controls are: a 64-lane engine
             # copies about 1,500 membrane bits.
@@ -567,10 +573,12 @@ class BitPlaneLayer(wiring.Component):
             n_g = pow2_at_least(G)
             for lane in range(L):
                 th = [Const(int(self.theta[min(b, G - 1) * L + lane]), tb) for b in range(n_g)]
-                m.d.comb += [sar.v[lane].eq(snap[lane]), sar.theta[lane].eq(pick(th, conv_g) if G > 1 else th[0])]
-        for lane in range(L):
-            m.d.comb += acc.bias[lane].eq(p_r.data[vb * lane:][:vb].as_signed())
-        m.d.comb += [self.o.payload.eq(out_reg), lb.r_en.eq(1), p_r.en.eq(0)]
+                bs = [Const(int(self.bias[min(b, G - 1) * L + lane]), signed(bb)) for b in range(n_g)]
+                m.d.comb += [sar.v[lane].eq(snap[lane]), sar.theta[lane].eq(pick(th, conv_g) if G > 1 else th[0]),
+                             sar.bias[lane].eq(pick(bs, conv_g) if G > 1 else bs[0])]
+        else:
+            m.d.comb += self.bias_add.eq(acc.clear)
+        m.d.comb += [self.o.payload.eq(out_reg), lb.r_en.eq(1)]
         m.d.comb += flags.eq(Cat(*[nword[e * M:(e + 1) * M].any() for e in range(tp * ngroups)]))
         # A weight is read in every SCAN cycle with a group to add, and only then: ``any_set`` is only ever set in
         # SCAN (a part's flags are taken on the way into it, and it is left only once they are used up), so the
@@ -661,7 +669,7 @@ class BitPlaneLayer(wiring.Component):
         with m.FSM():
             with m.State("ROW"):  # wait until the rows the next output row reads are in
                 with m.If(enough):
-                    m.d.comb += p_r.en.eq(1)
+                    m.d.comb += p_en.eq(1)
                     m.d.sync += g.eq(0)
                     m.next = "START"
             with m.State("START"):  # one block of one output pixel
@@ -714,7 +722,7 @@ class BitPlaneLayer(wiring.Component):
 
             def next_block():
                 """The pixel's next block: its bias is read for START."""
-                m.d.comb += [p_r.en.eq(1), p_addr.eq(g + 1)]
+                m.d.comb += [p_en.eq(1), p_addr.eq(g + 1)]
                 m.d.sync += g.eq(g + 1)
                 m.next = "START"
 
@@ -735,7 +743,7 @@ class BitPlaneLayer(wiring.Component):
                                          pix.eq(wrap(p_row, W % depth)), p_row.eq(wrap(p_row, W % depth))]
                         with m.Else():
                             m.d.sync += [o_lin.eq(o_row), pix.eq(p_row)]
-                m.d.comb += p_r.en.eq(ox != self.w_out - 1)  # block 0 of the next pixel of this row
+                m.d.comb += p_en.eq(ox != self.w_out - 1)  # block 0 of the next pixel of this row
                 m.next = "START"
                 with m.If(ox == self.w_out - 1):
                     m.d.sync += [ox.eq(0), oy.eq(oy + 1)]

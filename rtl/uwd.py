@@ -126,13 +126,17 @@ class UWDAccumulator(wiring.Component):
         of ``group`` masked int8 values), then adds the sum, shifted, to its membrane. The tree has a register
         after every :data:`TREE_LEVELS_PER_STAGE` adder levels, so a group above 4 takes
         :func:`tree_stages` more cycles (:attr:`latency`).
+    biased : bool
+        ``clear`` starts the membranes at ``bias`` (True) or at 0 (False: no ``bias`` port). At 0 the clear is
+        the flip-flops' synchronous reset, free on the ECP5 and the iCE40, where a start at the bias costs a
+        multiplexer per membrane bit (23 LUTs of a lane's 86 in a 64-lane engine): a bit-plane neuron adds its
+        bias in the converter instead (:class:`~edgespike.rtl.uwe.SARNeuron`), once per converter.
 
     Attributes
     ----------
     clear : In(1)
-        Membranes to their ``bias`` two cycles later (taking precedence over an add in that cycle): the bias is
-        the decoding's starting value, so it needs no adder of its own (added after the last plane it was a
-        second carry chain per lane).
+        Membranes to their ``bias`` (or 0) two cycles later (taking precedence over an add in that cycle): the
+        bias is the decoding's starting value, so it needs no adder of its own.
     add : In(1)
         ``acc[l] += (sum_m spikes[m] * weights[l * group + m]) << (T - 1 - t)``, in ``acc`` :attr:`latency`
         cycles later.
@@ -143,21 +147,24 @@ class UWDAccumulator(wiring.Component):
     weights : In(array of signed 8, lanes * group)
         The group's int8 weights for each lane (lane-major).
     bias : In(array of signed vbits)
+        Only when ``biased``.
     acc : Out(array of signed vbits)
     """
 
-    def __init__(self, lanes: int, vbits: int, T: int, group: int = 1):
-        self.lanes, self.vbits, self.T, self.group = lanes, vbits, T, group
+    def __init__(self, lanes: int, vbits: int, T: int, group: int = 1, biased: bool = True):
+        self.lanes, self.vbits, self.T, self.group, self.biased = lanes, vbits, T, group, biased
         self.latency = 2 + tree_stages(group)
-        super().__init__({
+        ports = {
             "clear": In(1),
             "add": In(1),
             "t": In(bits_for(T)),
             "spikes": In(group),
             "weights": In(data.ArrayLayout(signed(8), lanes * group)),
-            "bias": In(data.ArrayLayout(signed(vbits), lanes)),
             "acc": Out(data.ArrayLayout(signed(vbits), lanes)),
-        })
+        }
+        if biased:
+            ports["bias"] = In(data.ArrayLayout(signed(vbits), lanes))
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
@@ -195,7 +202,7 @@ class UWDAccumulator(wiring.Component):
             acc = self.acc[lane]
             shift_l, add_l, clear_l = copies[lane // LANES_PER_COPY]
             with m.If(clear_l):
-                m.d.sync += acc.eq(self.bias[lane])
+                m.d.sync += acc.eq(self.bias[lane] if self.biased else 0)
             with m.Elif(add_l):
                 m.d.sync += acc.eq(acc + (total << shift_l))  # a shifter and an adder per lane
         return m

@@ -113,11 +113,12 @@ class SARNeuron(wiring.Component):
     """The UWE as a layer's neuron: successive-approximation converters of ``lanes`` membranes into T-bit codes,
     each converter shared by ``share`` lanes.
 
-    SEMANTICS 5.5, step 3: for ``t = 0 .. T-1``, ``s[t] = v >= theta * 2**(T-1-t)``, and ``v -= theta *
-    2**(T-1-t)`` when it spikes. This is :class:`UWEncoder` with a DAC of gain ``theta``: the level under trial
-    is ``theta << (T-1-t)``, a register shifted right once per step (exact: its low ``T-1`` bits start at 0),
-    one comparator and one subtractor (one carry chain: yosys shares it), no multiplier. The bits are those of
-    ``clip(floor(v / theta), 0, 2**T - 1)`` MSB first, also for negative or saturating ``v``.
+    SEMANTICS 5.5, step 3, on the residue ``r = v + bias``: for ``t = 0 .. T-1``, ``s[t] = r >= theta *
+    2**(T-1-t)``, and ``r -= theta * 2**(T-1-t)`` when it spikes. This is :class:`UWEncoder` with a DAC of gain
+    ``theta``: the level under trial is ``theta << (T-1-t)``, a register shifted right once per step (exact: its
+    low ``T-1`` bits start at 0), one comparator and one subtractor (one carry chain: yosys shares it), no
+    multiplier. The bits are those of ``clip(floor((v + bias) / theta), 0, 2**T - 1)`` MSB first, also for
+    negative or saturating sums.
 
     A converter (residue and level registers, the carry chain) was about 60 of a lane's 145 ECP5 cells while it
     works ``T + 1`` cycles of a block's hundreds, so ``share`` lanes take turns on one: it loads a lane's membrane
@@ -125,11 +126,18 @@ class SARNeuron(wiring.Component):
     one, whose residue is not needed) and shifts the spikes into a code register of ``share * T`` flip-flops
     (no logic: the flip-flops' enable). A conversion then takes ``share * T`` steps instead of ``T``.
 
+    The converter adds the lane's ``bias`` to the membrane as it loads it (SEMANTICS 5.5, step 2: the bias is
+    added once, after the decoding), one adder per converter instead of a start value multiplexed into every
+    lane's membrane. The sum is registered (``staged``) from the lane that is loaded next, so ``v`` and ``bias``
+    must be steady from the cycle before ``load``.
+
     Parameters
     ----------
     lanes : int
     vbits : int
         Signed width of the membranes loaded.
+    bias_bits : int
+        Signed width of the biases (``v + bias`` must fit ``vbits``: the membrane's bound covers it).
     theta_bits : int
         Unsigned width of the thresholds (``theta > 0``).
     T : int
@@ -140,8 +148,10 @@ class SARNeuron(wiring.Component):
     Attributes
     ----------
     load : In(1)
-        Start a conversion of every lane: ``v`` and ``theta`` must then stay until it ends.
+        Start a conversion of every lane: ``v``, ``bias`` and ``theta`` must be steady from the cycle before until
+        it ends.
     v : In(array of signed vbits)
+    bias : In(array of signed bias_bits)
     theta : In(array of unsigned theta_bits)
     step : In(1)
         One step in every converter; after ``share * T`` steps ``q`` holds the codes.
@@ -152,13 +162,14 @@ class SARNeuron(wiring.Component):
         steps while ``first`` counts one per lane and step, as with a converter per lane).
     """
 
-    def __init__(self, lanes: int, vbits: int, theta_bits: int, T: int, share: int = 1):
+    def __init__(self, lanes: int, vbits: int, bias_bits: int, theta_bits: int, T: int, share: int = 1):
         assert share >= 1 and share & (share - 1) == 0 and lanes % share == 0, "share: a power of two dividing lanes"
         self.lanes, self.vbits, self.theta_bits, self.T, self.share = lanes, vbits, theta_bits, T, share
         self.level_bits = theta_bits + T - 1
         super().__init__({
             "load": In(1),
             "v": In(data.ArrayLayout(signed(vbits), lanes)),
+            "bias": In(data.ArrayLayout(signed(bias_bits), lanes)),
             "theta": In(data.ArrayLayout(unsigned(theta_bits), lanes)),
             "step": In(1),
             "q": Out(data.ArrayLayout(unsigned(T), lanes)),
@@ -192,11 +203,16 @@ class SARNeuron(wiring.Component):
             take_u = self.load | (lane_end & (sel_u != 0))
             with m.If(take_u):
                 m.d.sync += sel_u.eq(sel_u + 1)
-            v_sel = pick([self.v[u * K + j] for j in reversed(range(K))], sel_u)
-            theta_sel = pick([self.theta[u * K + j] for j in reversed(range(K))], sel_u)
+            lanes_u = list(reversed(range(u * K, (u + 1) * K)))
+            v_sel = pick([self.v[j] for j in lanes_u], sel_u)
+            bias_sel = pick([self.bias[j] for j in lanes_u], sel_u)
+            theta_sel = pick([self.theta[j] for j in lanes_u], sel_u)
+            # the membrane plus its bias, of the lane loaded next (``sel_u`` moves on only at a load)
+            staged = Signal(signed(self.vbits), name=f"staged{u}")
+            m.d.sync += staged.eq(v_sel + bias_sel)
             spike = r >= level  # the comparator (r signed, level unsigned: compared as integers)
             with m.If(take_u):
-                m.d.sync += [r.eq(v_sel), level.eq(theta_sel << (T - 1))]
+                m.d.sync += [r.eq(staged), level.eq(theta_sel << (T - 1))]
             with m.Elif(self.step):
                 m.d.sync += level.eq(level >> 1)
                 with m.If(spike):

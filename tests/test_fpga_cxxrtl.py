@@ -156,9 +156,10 @@ def test_models_of_one_shape_share_a_library_with_their_own_weights_loaded_at_ru
     second = cxxrtl.build(dut)
     assert not second["built"] and second["path"] == first["path"] and second["key"] != first["key"]
     assert sorted(sim_cache.glob("cxxrtl/pipeline-*.so")) == libs and cxxrtl.cached(dut)
-    # every memory with initial contents (line buffers, weights, params, the residual FIFO) is loaded by name
+    # every memory with initial contents (line buffers, weights, the read-out's params, the residual FIFO) is loaded
+    # by name (a neuron's biases and thresholds are the converters' constants: the same here)
     names = {m["name"].split("$")[0] for m in second["inits"]}  # Amaranth numbers some names ($82)
-    assert {"pipeline layer0 weights", "pipeline layer0 params", "pipeline layer1 linebuf mem"} <= names
+    assert {"pipeline layer0 weights", "pipeline layer2 params", "pipeline layer1 linebuf mem"} <= names
     assert any(not np.array_equal(a["data"], b["data"]) for a, b in zip(first["inits"], second["inits"],
                                                                         strict=True))
     check_one_library_serves_two_models(first, second, model, other, x)

@@ -370,7 +370,9 @@ def check_model(model: Model, frame: np.ndarray, folds: list[tuple[int, ...]]):
     assert counts == [c.reads | {"writes": c.writes} for c in costs], "memory accesses differ from the model"
     acc = frame_accesses(specs, codes[:-1], folds)  # the profiler's record of the same counts
     for spec, count in zip(specs, counts, strict=True):
-        for ram in ("linebuf", "weights", "params"):
+        # a neuron's biases are the converters' constants: only an Integrator has a params memory
+        assert (f"{spec.conv.name}.params" in acc.rams) == (spec.theta is None)
+        for ram in ("linebuf", "weights", "params")[:3 if spec.theta is None else 2]:
             r = acc.rams[f"{spec.conv.name}.{ram}"]
             assert (r["reads"], r["writes"]) == (count[ram], count["writes"].get(ram, 0))
     assert acc.adds["synaptic"] == sum(c.sops for c in costs) > 0

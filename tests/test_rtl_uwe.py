@@ -176,23 +176,28 @@ def test_uwe_uwd_round_trip_other_widths(case):
 @pytest.mark.parametrize("lanes,share", [(8, 1), (8, 4), (6, 2)])
 def test_sar_neuron_shared_converters_equal_floor_division(lanes, share):
     """``SARNeuron`` with ``share`` lanes per converter: after ``share * T`` steps every lane's code is
-    ``clip(floor(v / theta), 0, 2**T - 1)`` (SEMANTICS 5.5, step 3), for negative, in-range and saturating ``v``,
-    two conversions in a row (the converters' lane counter back at its start); ``first`` is high for ``T`` of the
-    steps (one step per lane counted)."""
-    T, vbits, tbits = 8, 20, 10
+    ``clip(floor((v + bias) / theta), 0, 2**T - 1)`` (SEMANTICS 5.5, steps 2 and 3), for negative, in-range and
+    saturating sums, two conversions in a row (the converters' lane counter back at its start); ``first`` is high
+    for ``T`` of the steps (one step per lane counted)."""
+    T, vbits, bbits, tbits = 8, 20, 12, 10
     rng = np.random.default_rng(lanes * 10 + share)
-    dut = SARNeuron(lanes, vbits, tbits, T, share)
+    dut = SARNeuron(lanes, vbits, bbits, tbits, T, share)
     sim = Simulator(dut)
     sim.add_clock(1e-6)
 
     async def tb(ctx):
         for _ in range(2):
             theta = rng.integers(1, 2**tbits, lanes)
-            v = np.concatenate([[-1, 0, int(theta[2]) * 2**T, int(theta[3]) * 2**T - 1], rng.integers(
-                -(2**(vbits - 1)), 2**(vbits - 1), lanes - 4)])[:lanes]
+            bias = rng.integers(-(2**(bbits - 1)), 2**(bbits - 1), lanes)
+            bias[:4] = [0, 5, -3, 0]
+            total = np.concatenate([[-1, 0, int(theta[2]) * 2**T, int(theta[3]) * 2**T - 1], rng.integers(
+                -(2**(vbits - 1)) + 2**(bbits - 1), 2**(vbits - 1) - 2**(bbits - 1), lanes - 4)])[:lanes]
+            v = total - bias
             for j in range(lanes):
                 ctx.set(dut.v[j], int(v[j]))
+                ctx.set(dut.bias[j], int(bias[j]))
                 ctx.set(dut.theta[j], int(theta[j]))
+            await ctx.tick()  # steady from the cycle before the load
             ctx.set(dut.load, 1)
             await ctx.tick()
             ctx.set(dut.load, 0)
@@ -204,7 +209,7 @@ def test_sar_neuron_shared_converters_equal_floor_division(lanes, share):
             ctx.set(dut.step, 0)
             assert first == T
             got = [ctx.get(dut.q[j]) for j in range(lanes)]
-            want = [int(np.clip(v[j] // theta[j], 0, 2**T - 1)) for j in range(lanes)]
+            want = [int(np.clip(total[j] // theta[j], 0, 2**T - 1)) for j in range(lanes)]
             assert got == want
             await ctx.tick()
 

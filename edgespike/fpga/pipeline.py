@@ -30,7 +30,7 @@ def _popcounts(T: int) -> np.ndarray:
 
 # Lanes per SAR converter at most (the gateware's ``bitplane.SAR_LANES``; the layers' ``sar_lanes``): a converter
 # is shared by that many lanes, which take turns on it (``SARNeuron``), so a conversion takes T steps per lane. The
-# converters work beside the next block's accumulation, so their 3 + 16 T = 131 cycles cost nothing while a block
+# converters work beside the next block's accumulation, so their 4 + 16 T = 132 cycles cost nothing while a block
 # takes longer (the cycle model counts the waits when it does not); 16 against 4 saves about 165 cells of a 64-lane
 # engine (docs/RTL.md, "SAR converters beside the compute").
 SAR_LANES = 16
@@ -234,9 +234,9 @@ class LayerSpec:
 
     def conversion(self, lanes: int) -> int:
         """Cycles from a block's HAND to the cycle its codes can enter the output word: the load's register, the
-        membranes' copy, the converters' load, and T steps for each of the lanes that share a converter
-        (:func:`sar_share`)."""
-        return 3 + self.T * sar_share(lanes)
+        membranes' copy, its sum with the biases (``rtl.uwe.SARNeuron``'s ``staged``), the converters' load, and T
+        steps for each of the lanes that share a converter (:func:`sar_share`)."""
+        return 4 + self.T * sar_share(lanes)
 
     def popcount(self, q: np.ndarray) -> np.ndarray:
         return _popcounts(self.T)[q]
@@ -258,7 +258,9 @@ class LayerSpec:
         pixels = block.size
         return LayerCost(
             cycles=cycles, events=n_events, sops=sops,
-            reads={"linebuf": int(G * tap_reads.sum()), "weights": n_events, "params": G * pixels},
+            # an Integrator reads its biases per block; a neuron's are the converters' constants (no params memory)
+            reads={"linebuf": int(G * tap_reads.sum()), "weights": n_events,
+                   "params": 0 if self.theta is not None else G * pixels},
             writes={"linebuf": h * w * parts},
             adds={"synaptic": sops, "accumulate": n_events * lanes, "bias": G * pixels * lanes,
                   "sar": G * pixels * lanes * self.T if self.theta is not None else 0},
@@ -570,13 +572,15 @@ def memories(spec: LayerSpec, width: int, lanes: int, group: int, parts: int = 1
     ntaps = 4 * (spec.k // 2) ** 2 if spec.transposed else spec.k**2
     G = spec.c_out // lanes
     vb = spec_vbits(spec)
-    return {
+    mems = {
         # a word per part; the last part's word also holds the scan's length (rtl.bitplane's ``last_visit``)
         "linebuf": (spec.T * cin_p // parts + (parts - 1).bit_length(),
                     (spec.span * width + ring if ring else spec.slots() * xdepth) * parts),
         "weights": (8 * lanes * group, G * ntaps * cin_p // group - rom_words),  # the ROM's words are logic
-        "params": (vb * lanes, G),  # the biases (the thresholds are the converters' constants)
     }
+    if spec.theta is None:  # an Integrator's biases (a neuron's and its thresholds are the converters' constants)
+        mems["params"] = (vb * lanes, G)
+    return mems
 
 
 def spec_vbits(spec: LayerSpec) -> int:
@@ -618,7 +622,10 @@ def spec_vbits(spec: LayerSpec) -> int:
 # of 19 on rows of 79, yosys synth_ecp5: 8839 LUT4 + 1156 CCU2C -> 8960 + 1013, -165 cells / 64 lanes / 23 bits).
 # A pixel whose scan ends early (``rtl.bitplane``'s ``last_visit``: parts > 1) costs an OR of the word written and
 # two registers, ``LOGIC_SKIP`` per engine (the same engine: 8780 -> 8839 LUT4, x 1.08; at (64,2,2) no change).
-LOGIC_ENGINE, LOGIC_FLAG, LOGIC_WORD_BIT, LOGIC_LANE_BIT, LOGIC_LANE_GROUP = 776, 9.25, 5.98, 4.78, 5.04
+# The lane term fell by 0.86 when a neuron's bias moved from the membranes' start into the converters (the membranes'
+# clear is then the flip-flops' synchronous reset; conv4 at (64,1,8,64) with a ring of 38 on rows of 79, 16 lanes per
+# converter: 9166 LUT4 + 1041 CCU2C -> 7809 + 1089, -1,261 cells / 64 lanes / 23 bits; docs/RTL.md).
+LOGIC_ENGINE, LOGIC_FLAG, LOGIC_WORD_BIT, LOGIC_LANE_BIT, LOGIC_LANE_GROUP = 776, 9.25, 5.98, 3.92, 5.04
 LOGIC_SKIP = 64
 LOGIC_ROM_BIT = 0.09
 # A ring line buffer (``ring``): the input pixel count, the oldest pixel still read, the write, pixel and tap
@@ -636,13 +643,18 @@ RING_MIN = 32
 RING_FEW = 2  # the gateware's least: the planner takes such rings only where their measured stalls pay
 STALL_ROWS = 64  # rows of the tiled sample the planner measures a ring plan's stalls on
 ROM_MAX_WORDS = 128  # the weight words a ROM of logic may hold (weight_rom)
+# The whole design placed against the sum of its engines' terms: the three ECP5-85F builds of session 18 (the
+# default plan of s25 at 0.8, 8 engines of up to 64 lanes) placed 71,201, 70,983 and 71,125 TRELLIS_COMB for an
+# estimate of 66,865 (yosys counted 68,013 LUT4 + 2 CCU2C: the engines' terms, fitted on engines synthesised alone,
+# miss 1.7 % of the whole, and placement adds 4.4 %).
+LOGIC_PLACED = {"ecp5-85f": 1.06, "ecp5-25f": 1.06}
 LOGIC_BUDGET = 0.8  # the share of a part's logic a plan may take (the iCE40 width-4 build closed timing at 78 %)
 
 
-def estimate_logic(specs: list[LayerSpec], folds: list) -> int:
+def estimate_logic(specs: list[LayerSpec], folds: list, device: str | None = None) -> int:
     """Logic cells (iCE40 LCs / ECP5 TRELLIS_COMB) the pipeline with ``folds`` (``(lanes, group[, parts])`` per
     layer, parts 1 when not given; ``(lanes, group, parts, ROM words)`` with a weight ROM) and its UART top take,
-    estimated (see ``LOGIC_*``); nextpnr's report is the judge."""
+    estimated (see ``LOGIC_*``; on ``device``, times its :data:`LOGIC_PLACED`); nextpnr's report is the judge."""
     total = 0.0
     for spec, fold in zip(specs, folds, strict=True):
         lanes, group, parts, rom, ring = full_fold(fold)
@@ -653,7 +665,7 @@ def estimate_logic(specs: list[LayerSpec], folds: list) -> int:
         flags = 1 << max(0, (word // group - 1).bit_length())
         total += (LOGIC_ENGINE + LOGIC_FLAG * flags + LOGIC_WORD_BIT * word + LOGIC_LANE_BIT * lanes * spec_vbits(spec)
                   + LOGIC_LANE_GROUP * lanes * (group - 1) + (LOGIC_SKIP if parts > 1 else 0))
-    return int(round(total))
+    return int(round(total * LOGIC_PLACED.get(device, 1.0)))
 
 
 def receptive_radius(specs: list[LayerSpec]) -> int:
@@ -854,7 +866,8 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
         return blocks
 
     def logic_of(fl):
-        return sum(memo_of(("l", i, f), lambda i=i, f=f: estimate_logic([specs[i]], [f])) for i, f in enumerate(fl))
+        return sum(memo_of(("l", i, f), lambda i=i, f=f: estimate_logic([specs[i]], [f], device))
+                   for i, f in enumerate(fl))
 
     def stripes_of(stripe):
         return stripe_count(W, stripe, stripe - 2 * halo)
@@ -989,8 +1002,8 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
             if best is None:
                 fl = at_one_lane or [(1, 1, 1)] * len(specs)
                 raise PipelineError(f"the layer pipeline does not fit {PARTS[device][0]}: at one lane per layer its "
-                                    f"logic is about {estimate_logic(specs, fl)} cells ({budget:.0f} allowed) and its "
-                                    f"block RAM over at every stripe width")
+                                    f"logic is about {estimate_logic(specs, fl, device)} cells ({budget:.0f} allowed) "
+                                    f"and its block RAM over at every stripe width")
             return best
 
     def finish(stripe, fl, stall=1.0):
@@ -1000,7 +1013,7 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
         costs = [per_pixel(i, f) for i, f in enumerate(fl)]
         frame_cycles = max(costs) * H * min(stripe, W) * stripes_of(stripe) * stall
         return PipelinePlan(device, fl, stripe, core, blocks, sum(blocks.values()), costs, frame_cycles,
-                            estimate_logic(specs, fl), PARTS[device][3], (H, W), stall)
+                            estimate_logic(specs, fl, device), PARTS[device][3], (H, W), stall)
 
     plan = finish(*search())
     if ring and given is None:
