@@ -526,7 +526,7 @@ class BitPlaneLayer(wiring.Component):
         add_valid, add_t, add_bits = Signal(), Signal.like(ev_t), Signal(M)
         m.d.sync += [add_valid.eq(ev_valid), add_t.eq(ev_t), add_bits.eq(ev_bits)]
         m.d.comb += [
-            acc.add.eq(add_valid), acc.t.eq(add_t), acc.weights.eq(w_data), acc.spikes.eq(add_bits),
+            acc.add.eq(add_valid), acc.t.eq(add_t), acc.weights.eq(w_data), acc.spikes.eq(ev_bits),  # a cycle ahead
             w_addr.eq(Cat(first[:gbits], wrow) if gbits else wrow), w_r.addr.eq(w_addr),
             lb.r_addr.eq(Cat(~rd_part[:pbits], raddr) if ring else
                          Cat(~rd_part[:pbits], rx[:xbits], ry[:(slots - 1).bit_length()])),
