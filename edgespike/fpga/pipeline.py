@@ -624,8 +624,14 @@ def spec_vbits(spec: LayerSpec) -> int:
 # two registers, ``LOGIC_SKIP`` per engine (the same engine: 8780 -> 8839 LUT4, x 1.08; at (64,2,2) no change).
 # The lane term fell by 0.86 when a neuron's bias moved from the membranes' start into the converters (the membranes'
 # clear is then the flip-flops' synchronous reset; conv4 at (64,1,8,64) with a ring of 38 on rows of 79, 16 lanes per
-# converter: 9166 LUT4 + 1041 CCU2C -> 7809 + 1089, -1,261 cells / 64 lanes / 23 bits; docs/RTL.md).
-LOGIC_ENGINE, LOGIC_FLAG, LOGIC_WORD_BIT, LOGIC_LANE_BIT, LOGIC_LANE_GROUP = 776, 9.25, 5.98, 3.92, 5.04
+# converter: 9166 LUT4 + 1041 CCU2C -> 7809 + 1089, -1,261 cells / 64 lanes / 23 bits; docs/RTL.md). Then the lane
+# and group terms were refitted (non-negative least squares, the other terms kept) on eight of s25's engines in the
+# two plans built in session 19, synthesised alone (LUT4 + 2 CCU2C, x 1.05: those builds placed 1.051 and 1.050
+# times yosys's count of the whole): (16,1,1), (32,8,8), (64,1,8,64) x 3, (1,32,8), (64,2,4), (32,4,8); within 6 %
+# of each but the read-out (+15 %, 300 cells). The group term had been fitted on groups of at most 4 at 16 lanes and
+# was a quarter of a group's adder tree and masks (5.04 against 23 per lane and extra channel); the whole plans'
+# estimates come within 5 % of their placed counts (65,837 against 62,621; 61,873 against 63,656).
+LOGIC_ENGINE, LOGIC_FLAG, LOGIC_WORD_BIT, LOGIC_LANE_BIT, LOGIC_LANE_GROUP = 776, 9.25, 5.98, 3.78, 23.0
 LOGIC_SKIP = 64
 LOGIC_ROM_BIT = 0.09
 # A ring line buffer (``ring``): the input pixel count, the oldest pixel still read, the write, pixel and tap
@@ -643,18 +649,13 @@ RING_MIN = 32
 RING_FEW = 2  # the gateware's least: the planner takes such rings only where their measured stalls pay
 STALL_ROWS = 64  # rows of the tiled sample the planner measures a ring plan's stalls on
 ROM_MAX_WORDS = 128  # the weight words a ROM of logic may hold (weight_rom)
-# The whole design placed against the sum of its engines' terms: the three ECP5-85F builds of session 18 (the
-# default plan of s25 at 0.8, 8 engines of up to 64 lanes) placed 71,201, 70,983 and 71,125 TRELLIS_COMB for an
-# estimate of 66,865 (yosys counted 68,013 LUT4 + 2 CCU2C: the engines' terms, fitted on engines synthesised alone,
-# miss 1.7 % of the whole, and placement adds 4.4 %).
-LOGIC_PLACED = {"ecp5-85f": 1.06, "ecp5-25f": 1.06}
 LOGIC_BUDGET = 0.8  # the share of a part's logic a plan may take (the iCE40 width-4 build closed timing at 78 %)
 
 
-def estimate_logic(specs: list[LayerSpec], folds: list, device: str | None = None) -> int:
+def estimate_logic(specs: list[LayerSpec], folds: list) -> int:
     """Logic cells (iCE40 LCs / ECP5 TRELLIS_COMB) the pipeline with ``folds`` (``(lanes, group[, parts])`` per
     layer, parts 1 when not given; ``(lanes, group, parts, ROM words)`` with a weight ROM) and its UART top take,
-    estimated (see ``LOGIC_*``; on ``device``, times its :data:`LOGIC_PLACED`); nextpnr's report is the judge."""
+    estimated (see ``LOGIC_*``); nextpnr's report is the judge."""
     total = 0.0
     for spec, fold in zip(specs, folds, strict=True):
         lanes, group, parts, rom, ring = full_fold(fold)
@@ -665,7 +666,7 @@ def estimate_logic(specs: list[LayerSpec], folds: list, device: str | None = Non
         flags = 1 << max(0, (word // group - 1).bit_length())
         total += (LOGIC_ENGINE + LOGIC_FLAG * flags + LOGIC_WORD_BIT * word + LOGIC_LANE_BIT * lanes * spec_vbits(spec)
                   + LOGIC_LANE_GROUP * lanes * (group - 1) + (LOGIC_SKIP if parts > 1 else 0))
-    return int(round(total * LOGIC_PLACED.get(device, 1.0)))
+    return int(round(total))
 
 
 def receptive_radius(specs: list[LayerSpec]) -> int:
@@ -866,7 +867,7 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
         return blocks
 
     def logic_of(fl):
-        return sum(memo_of(("l", i, f), lambda i=i, f=f: estimate_logic([specs[i]], [f], device))
+        return sum(memo_of(("l", i, f), lambda i=i, f=f: estimate_logic([specs[i]], [f]))
                    for i, f in enumerate(fl))
 
     def stripes_of(stripe):
@@ -1002,7 +1003,7 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
             if best is None:
                 fl = at_one_lane or [(1, 1, 1)] * len(specs)
                 raise PipelineError(f"the layer pipeline does not fit {PARTS[device][0]}: at one lane per layer its "
-                                    f"logic is about {estimate_logic(specs, fl, device)} cells ({budget:.0f} allowed) "
+                                    f"logic is about {estimate_logic(specs, fl)} cells ({budget:.0f} allowed) "
                                     f"and its block RAM over at every stripe width")
             return best
 
@@ -1013,7 +1014,7 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
         costs = [per_pixel(i, f) for i, f in enumerate(fl)]
         frame_cycles = max(costs) * H * min(stripe, W) * stripes_of(stripe) * stall
         return PipelinePlan(device, fl, stripe, core, blocks, sum(blocks.values()), costs, frame_cycles,
-                            estimate_logic(specs, fl, device), PARTS[device][3], (H, W), stall)
+                            estimate_logic(specs, fl), PARTS[device][3], (H, W), stall)
 
     plan = finish(*search())
     if ring and given is None:
