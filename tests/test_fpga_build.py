@@ -203,6 +203,17 @@ def test_logic_budget_widens_the_plan_and_is_refused_outside_its_range(capsys):
     assert "--logic-budget is for bit-plane models" in capsys.readouterr().err
 
 
+def test_a_seed_reaches_nextpnr_and_a_bad_one_is_refused_before_the_planner(capsys):
+    """--seed N is passed to nextpnr as its placement seed (none: nextpnr's own); 0 or less is refused at once."""
+    from edgespike.fpga.build import nextpnr_opts
+
+    assert nextpnr_opts("ecp5", 2) == "--report top.report.json --router router2 --seed 2"
+    assert nextpnr_opts("ice40") == "--report top.report.json"
+    assert main(["fpga", "build", "--board", "ulx3s-85f", "--seed", "0", "--plan-only"]) == 2
+    err = capsys.readouterr().err
+    assert "--seed 0: give a positive integer" in err and "layer pipeline on" not in err and "Traceback" not in err
+
+
 def test_a_build_that_misses_its_clock_names_fmax_the_path_and_the_clock_to_rebuild_with(tmp_path):
     line = "Max frequency for clock '$glbnet$clocks.clk': {} MHz (FAIL at 75.00 MHz)\n"
     (tmp_path / "top.tim").write_text("Info: " + line.format("40.57") + "ERROR: " + line.format("46.13"))
@@ -213,7 +224,8 @@ def test_a_build_that_misses_its_clock_names_fmax_the_path_and_the_clock_to_rebu
     hint = timing_hint("ulx3s-85f", tmp_path, 75e6)
     assert "reaches 46.1 MHz after routing, below the 75 MHz clock" in hint
     assert "21.68 ns: pipeline.layer5.w_addr -> pipeline.layer5.rom_data" in hint
-    assert hint.endswith("rebuild with --clock 37.5 to run it at a clock it meets")
+    assert hint.endswith("rebuild with --clock 37.5 to run it at a clock it meets, or with another --seed "
+                         "(nextpnr's placement: a few MHz either way)")
     assert timing_hint("ulx3s-85f", tmp_path, 37.5e6) == ""  # met: nothing to add
     assert timing_hint("ulx3s-85f", tmp_path / "none", 75e6) == ""  # no log (another tool failed)
 

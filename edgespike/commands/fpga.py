@@ -56,6 +56,9 @@ def add_arguments(p) -> None:
     b.add_argument("--logic-budget", type=float, metavar="SHARE", help="bit-plane models: the share of the part's "
                    "logic cells the planner may fill (by its estimate), 0.5..1 (default 0.8: timing closes with room; "
                    "more buys lanes, so frames per second, and risks the clock: the build reports Fmax)")
+    b.add_argument("--seed", type=int, metavar="N", help="nextpnr's placement seed (default: nextpnr's own). The "
+                   "routed clock of a nearly full part varies by a few MHz from seed to seed; a build that misses its "
+                   "clock may meet it with another seed")
     b.add_argument("--plan-only", action="store_true", help="plan and fit-check only: print the plan's line "
                    "(folds, stripes, block RAM, logic estimate, frame time; on stderr, as every build does before its "
                    "tools run) and run no tool: seconds instead of the build's minutes to hours")
@@ -80,7 +83,7 @@ def run(args) -> int:
         # progress to stderr also when it is a log: a build takes minutes, and a CI log should show each stage
         report = build(args.board, args.model, args.out, tile=args.tile, lanes=args.lanes, baud=args.baud,
                        progress=sys.stderr, link=args.link, dry_run=args.plan_only, clock_mhz=args.clock,
-                       logic_budget=args.logic_budget)
+                       logic_budget=args.logic_budget, seed=args.seed)
         if not isinstance(report, str):  # --plan-only returns the plan's line, already on stderr
             print(report.to_json() if args.json else report.text())
         return 0

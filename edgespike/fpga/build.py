@@ -370,6 +370,13 @@ def _run_tools(board: str, family: str, out: Path, env: dict, report: BuildRepor
 # unrouted after 50 min at 79 % of the part's logic, the count no longer falling.
 NEXTPNR_OPTS = {"ice40": "--report top.report.json", "ecp5": "--report top.report.json --router router2"}
 
+
+def nextpnr_opts(family: str, seed: int | None = None) -> str:
+    """nextpnr's options for ``family``, with ``--seed`` when one is given."""
+    if seed is not None and not 1 <= seed < 2**31:
+        raise UserError(f"--seed {seed}: give a positive integer")
+    return NEXTPNR_OPTS[family] + (f" --seed {seed}" if seed is not None else "")
+
 # The layer pipeline's design clock: ECP5 boards from their PLL (nextpnr checks Fmax against it), iCE40 from the
 # oscillator. Its UART runs at DEFAULT_BAUD (3 Mbaud: 25 / 24 / 4 clock cycles per bit).
 PIPELINE_CLOCK_HZ = {"ulx3s-85f": 75e6, "orangecrab": 72e6}
@@ -410,7 +417,8 @@ def planning_sample(model, side: int | None = None):
 def build_pipeline(board: str, model_path: str, out_dir: str | None = None, frame: tuple[int, int] | None = None,
                    max_lanes: int | None = None, baud: int | None = None, progress=None, cpu: bool = True,
                    dry_run: bool = False, folds: list | None = None, link: str = "uart",
-                   clock_mhz: float | None = None, logic_budget: float | None = None) -> BuildReport | str:
+                   clock_mhz: float | None = None, logic_budget: float | None = None,
+                   seed: int | None = None) -> BuildReport | str:
     """A bit-plane model's layer pipeline on ``board``: plan, fit check, bitstream, report.
 
     :func:`edgespike.fpga.pipeline.plan_pipeline` chooses the folds and the stripe width for ``frame`` (default
@@ -427,7 +435,7 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     measurements. ``clock_mhz`` sets an ECP5 board's PLL clock instead (one the PLL makes exactly from the
     oscillator: multiples of 12.5 MHz on the ULX3S), for a design that does not reach the default.
     ``logic_budget`` is the share of the part's logic the planner may fill (default
-    :data:`~edgespike.fpga.pipeline.LOGIC_BUDGET`).
+    :data:`~edgespike.fpga.pipeline.LOGIC_BUDGET`). ``seed`` is nextpnr's placement seed (default its own).
     ``link="spi"`` puts the same top (framed or raw) behind the SPI peripheral on the board's
     :data:`~edgespike.rtl.board.SPI_PINS` instead of the UART; a line on stderr gives its frame time.
     """
@@ -485,7 +493,7 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     # weights and params are RAM initialisers (EBR / DP16KD); names ABC9 can take, fan-out copies kept
     # (fpga.synth.AFTER_READ)
     products = platform.prepare(top, name="top", script_after_read=f"hierarchy -top top; {AFTER_READ}",
-                                nextpnr_opts=NEXTPNR_OPTS[info.family])
+                                nextpnr_opts=nextpnr_opts(info.family, seed))
     products.extract(str(out))
     report = BuildReport(board, plan_device_name(info.device), str(model_path), (H, min(plan.stripe, W)),
                          model.timesteps, baud, clock_hz / 1e6,
@@ -536,7 +544,8 @@ def timing_hint(board: str, out: Path, clock_hz: float) -> str:
 
         below = [f for f in ecp5_pll_outputs(make_platform(board).default_clk_frequency) if f <= fmax * 1e6]
         if below:
-            text += f"; rebuild with --clock {below[-1] / 1e6:g} to run it at a clock it meets"
+            text += (f"; rebuild with --clock {below[-1] / 1e6:g} to run it at a clock it meets, or with another "
+                     f"--seed (nextpnr's placement: a few MHz either way)")
     return text
 
 
@@ -603,7 +612,7 @@ def check_link(board: str, link: str) -> None:
 def build(board: str, model_path: str | None = None, out_dir: str | None = None, tile: tuple[int, int] | None = None,
           lanes: int | None = None, baud: int | None = None, progress=None, cpu: bool = True,
           dry_run: bool = False, link: str = "uart", clock_mhz: float | None = None,
-          logic_budget: float | None = None) -> BuildReport | str:
+          logic_budget: float | None = None, seed: int | None = None) -> BuildReport | str:
     """Fit-check, synthesise, place and route, and pack a bitstream; return (and write) its report.
 
     A bit-plane model is built as the layer pipeline (:func:`build_pipeline`: ``tile`` is then the frame the
@@ -636,6 +645,9 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     logic_budget : float, optional
         Bit-plane models: the share of the part's logic cells the planner may fill (default
         :data:`edgespike.fpga.pipeline.LOGIC_BUDGET`, 0.8).
+    seed : int, optional
+        nextpnr's placement seed (default: nextpnr's own, 1). A part filled to three quarters routes a few MHz
+        faster or slower from seed to seed (docs/HARDWARE.md, "Session 19").
     """
     from edgespike.fpga.synth import AFTER_READ, RW_RAM_NAMES
     from edgespike.rtl.board import BOARDS, BoardTop, design_clock_hz, make_platform, uart_divisor
@@ -646,6 +658,7 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
         raise UserError(f"--logic-budget {logic_budget:g}: give a share of the part's logic between 0.5 and 1")
     check_link(board, link)
     info = BOARDS[board]
+    nextpnr_opts(info.family, seed)  # a bad seed is refused before the planner's minute
     if not model_path:
         from edgespike.fpga.defaults import board_default
 
@@ -654,7 +667,7 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     if is_bitplane(model_path):
         return build_pipeline(board, model_path, out_dir, frame=tile, max_lanes=lanes, baud=baud,
                               progress=progress, cpu=cpu, dry_run=dry_run, link=link, clock_mhz=clock_mhz,
-                              logic_budget=logic_budget)
+                              logic_budget=logic_budget, seed=seed)
     if logic_budget is not None:
         raise UserError("--logic-budget is for bit-plane models (the layer pipeline's planner)")
     if clock_mhz:
@@ -676,13 +689,13 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     out.mkdir(parents=True, exist_ok=True)
 
     overrides = {"script_after_read": f"hierarchy -top top; {AFTER_READ}",  # see fpga.synth
-                 "nextpnr_opts": NEXTPNR_OPTS[info.family]}
+                 "nextpnr_opts": nextpnr_opts(info.family, seed)}
     if info.family == "ice40":
         # as fpga/synth.py: yosys maps a memory to SPRAM only without initialiser, so the RAMs lose theirs, the
         # weights included (the board then refuses tiles until the host loads weights); ECP5 keeps its weights
         drops = " ".join(f"*.{n}/t:$meminit_v2" for n in RW_RAM_NAMES)
         overrides = {"script_after_read": f"hierarchy -top top; delete {drops}; {AFTER_READ}",
-                     "synth_opts": "-spram", "nextpnr_opts": NEXTPNR_OPTS[info.family]}
+                     "synth_opts": "-spram", "nextpnr_opts": nextpnr_opts(info.family, seed)}
     products = platform.prepare(top, name="top", **overrides)
     products.extract(str(out))
     report = BuildReport(board, plan.device.name, str(model_path), plan.tile,
