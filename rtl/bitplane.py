@@ -548,12 +548,15 @@ class BitPlaneLayer(wiring.Component):
             # of that fanout was the critical path of most engines of the default plan placed alone.
             # The copy is taken the cycle after HAND (``snap``) and staged with its biases in the next (the
             # converters' ``staged``), so they load three cycles after HAND.
+            # The converters take ``load`` and ``step`` a cycle ahead (they register a copy each): ``sar_stage`` and
+            # ``step_next``, the values ``sar_go`` and ``sar_step`` take next.
             sar_load, sar_stage, sar_go, sar_step = Signal(), Signal(), Signal(), Signal()
-            m.d.sync += [sar_load.eq(handing), sar_stage.eq(sar_load), sar_go.eq(sar_stage), sar_step.eq(0)]
-            m.d.comb += [sar.load.eq(sar_go), sar.step.eq(sar_step)]
+            step_next = Signal()
+            m.d.sync += [sar_load.eq(handing), sar_stage.eq(sar_load), sar_go.eq(sar_stage), sar_step.eq(step_next)]
+            m.d.comb += [sar.load.eq(sar_stage), sar.step.eq(step_next)]
             # a step of the converters' first lanes stands for one step in every lane, a load for every lane's
             # bias add (the add counts)
-            m.d.comb += [self.sar_step.eq(sar.step & sar.first), self.bias_add.eq(sar_go)]
+            m.d.comb += [self.sar_step.eq(sar.first), self.bias_add.eq(sar_go)]
             # The copy's enable is one register per LANES_PER_COPY lanes (a copy of sar_load: its name holds
             # ``fanout_copy``, which the build keeps apart), as the accumulator's controls are: a 64-lane engine
             # copies about 1,500 membrane bits.
@@ -786,14 +789,15 @@ class BitPlaneLayer(wiring.Component):
             with m.FSM(name="converter"):
                 with m.State("IDLE"):
                     with m.If(sar_go):
-                        m.d.sync += [tt.eq(0), sar_step.eq(1)]
+                        m.d.sync += tt.eq(0)
+                        m.d.comb += step_next.eq(1)
                         m.next = "SAR"
                 with m.State("SAR"):  # sar.step is high (sar_step)
                     m.d.sync += tt.eq(tt + 1)
                     with m.If(tt == sar_steps - 1):
                         m.next = "STORE"
                     with m.Else():
-                        m.d.sync += sar_step.eq(1)
+                        m.d.comb += step_next.eq(1)
                 with m.State("STORE"):
                     with m.If(~o_valid):
                         m.d.comb += store.eq(1)
