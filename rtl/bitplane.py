@@ -15,11 +15,12 @@ network, ``W q_in + bias``. The engine computes it the way the semantics define 
   channels, each kernel tap's input word is scanned for set bits only (a priority encoder; a spike-free word is
   skipped whole, spike-free planes cost nothing) and each spike ``(t, c)`` adds its ``lanes`` int8 weights
   shifted by ``T - 1 - t`` (one weight-RAM read, one add per lane);
-* **bias** as the membranes' starting value (read before the block starts), then **UWE**
-  (:class:`~edgespike.rtl.uwe.SARNeuron`): ``T`` successive-approximation steps against ``theta << (T - 1 - t)``
-  give the output code MSB first; ``K`` lanes take turns on one converter (``T`` steps each). The converters work
-  beside the compute, on a copy of the block's membranes: the next block's accumulation starts while they convert.
-  An Integrator skips the SAR and sends the membrane.
+* **UWE** (:class:`~edgespike.rtl.uwe.SARNeuron`): the converters add each lane's **bias** (a constant) to its
+  membrane as they load it, then ``T`` successive-approximation steps against ``theta << (T - 1 - t)`` give the
+  output code MSB first; ``K`` lanes take turns on one converter (``T`` steps each). The converters work beside the
+  compute, on a copy of the block's membranes (which start each block at 0): the next block's accumulation starts
+  while they convert. An Integrator starts its membranes at the bias (its params memory, read before the block
+  starts), skips the SAR and sends the membrane.
 
 Output pixels leave in raster order with all ``C_out`` channels, which is the next layer's input format: layers
 chain with ``wiring.connect`` into a pipeline where every layer works at once (:mod:`~edgespike.rtl.pipeline`).
@@ -214,14 +215,14 @@ class BitPlaneLayer(wiring.Component):
     o : Out(stream.Signature(ArrayLayout(unsigned(T) or signed(vbits), C_out)))
         Output pixels, raster order: codes (neuron) or membranes (Integrator).
     lb_read, w_read, p_read, lb_write : Out(1)
-        This cycle reads the line buffer, the weight RAM, the params RAM, writes the line buffer (for the access
-        counts).
+        This cycle reads the line buffer, the weight RAM, the params RAM (an Integrator's; a neuron has none: 0),
+        writes the line buffer (for the access counts).
     add_spikes : Out(group)
         The spikes of the group the accumulator adds this cycle (0 when it adds nothing): each is one synaptic add
         per lane, and a nonzero value one accumulate per lane (for the add counts; unused in a build).
     bias_add, sar_step : Out(1)
-        This cycle starts every lane's membrane at its bias (the bias add) / makes a SAR step in the converters'
-        first lanes (``T`` cycles per block: counted times ``lanes``, one add per lane and step).
+        This cycle adds every lane's bias (a neuron: the converters' load; an Integrator: the membranes' start) /
+        makes a SAR step in the converters' first lanes (``T`` cycles per block: counted times ``lanes``, one add per lane and step).
     """
 
     def __init__(self, weights, bias, theta, T: int, height: int, width: int, lanes: int, stride: int = 1,
