@@ -222,7 +222,8 @@ class BitPlaneLayer(wiring.Component):
         per lane, and a nonzero value one accumulate per lane (for the add counts; unused in a build).
     bias_add, sar_step : Out(1)
         This cycle adds every lane's bias (a neuron: the converters' load; an Integrator: the membranes' start) /
-        makes a SAR step in the converters' first lanes (``T`` cycles per block: counted times ``lanes``, one add per lane and step).
+        makes a SAR step in the converters' first lanes (``T`` cycles per block: counted times ``lanes``, one add
+        per lane and step).
     """
 
     def __init__(self, weights, bias, theta, T: int, height: int, width: int, lanes: int, stride: int = 1,
