@@ -551,10 +551,10 @@ class BitPlaneLayer(wiring.Component):
             # The copy is taken the cycle after HAND (``snap``) and staged with its biases in the next (the
             # converters' ``staged``), so they load three cycles after HAND.
             # The converters take ``load`` and ``step`` a cycle ahead (they register a copy each): ``sar_stage`` and
-            # ``step_next``, the values ``sar_go`` and ``sar_step`` take next.
-            sar_load, sar_stage, sar_go, sar_step = Signal(), Signal(), Signal(), Signal()
+            # ``step_next`` (the converters' step in the next cycle), the value ``sar_go`` takes next.
+            sar_load, sar_stage, sar_go = Signal(), Signal(), Signal()
             step_next = Signal()
-            m.d.sync += [sar_load.eq(handing), sar_stage.eq(sar_load), sar_go.eq(sar_stage), sar_step.eq(step_next)]
+            m.d.sync += [sar_load.eq(handing), sar_stage.eq(sar_load), sar_go.eq(sar_stage)]
             m.d.comb += [sar.load.eq(sar_stage), sar.step.eq(step_next)]
             # a step of the converters' first lanes stands for one step in every lane, a load for every lane's
             # bias add (the add counts)
@@ -794,7 +794,7 @@ class BitPlaneLayer(wiring.Component):
                         m.d.sync += tt.eq(0)
                         m.d.comb += step_next.eq(1)
                         m.next = "SAR"
-                with m.State("SAR"):  # sar.step is high (sar_step)
+                with m.State("SAR"):  # the converters step in this cycle
                     m.d.sync += tt.eq(tt + 1)
                     with m.If(tt == sar_steps - 1):
                         m.next = "STORE"
