@@ -550,15 +550,12 @@ class BitPlaneLayer(wiring.Component):
             # of that fanout was the critical path of most engines of the default plan placed alone.
             # The copy is taken the cycle after HAND (``snap``) and staged with its biases in the next (the
             # converters' ``staged``), so they load three cycles after HAND.
-            # The converters take ``load`` and ``step`` a cycle ahead (they register a copy each): ``sar_stage`` and
-            # ``step_next`` (the converters' step in the next cycle), the value ``sar_go`` takes next.
-            sar_load, sar_stage, sar_go = Signal(), Signal(), Signal()
-            step_next = Signal()
-            m.d.sync += [sar_load.eq(handing), sar_stage.eq(sar_load), sar_go.eq(sar_stage)]
-            m.d.comb += [sar.load.eq(sar_stage), sar.step.eq(step_next)]
+            sar_load, sar_stage, sar_go, sar_step = Signal(), Signal(), Signal(), Signal()
+            m.d.sync += [sar_load.eq(handing), sar_stage.eq(sar_load), sar_go.eq(sar_stage), sar_step.eq(0)]
+            m.d.comb += [sar.load.eq(sar_go), sar.step.eq(sar_step)]
             # a step of the converters' first lanes stands for one step in every lane, a load for every lane's
             # bias add (the add counts)
-            m.d.comb += [self.sar_step.eq(sar.first), self.bias_add.eq(sar_go)]
+            m.d.comb += [self.sar_step.eq(sar.step & sar.first), self.bias_add.eq(sar_go)]
             # The copy's enable is one register per LANES_PER_COPY lanes (a copy of sar_load: its name holds
             # ``fanout_copy``, which the build keeps apart), as the accumulator's controls are: a 64-lane engine
             # copies about 1,500 membrane bits.
@@ -605,13 +602,9 @@ class BitPlaneLayer(wiring.Component):
         w_word = Signal(wbits)
         seen = Signal()
         top = Signal(max(1, pbits))
-        # the word written last cycle (not a pixel's last): its OR and its write are registered apart, so that the
-        # receiver's ``ready`` (in the write enable) does not reach the OR tree: abc merged the two into one path,
-        # from ``ready`` through the held pixel's multiplexer and the OR, the critical path of a 74.93 MHz build
-        w_or, w_wrote, w_any_part = Signal(), Signal(), Signal(max(1, pbits))
-        w_any = w_or & w_wrote
+        w_any, w_any_part = Signal(), Signal(max(1, pbits))  # the word written last cycle (not a pixel's last)
         if P > 1:
-            m.d.sync += [w_or.eq(w_word.any()), w_wrote.eq(lb.w_en & ~last_part), w_any_part.eq(wpart)]
+            m.d.sync += [w_any.eq(lb.w_en & ~last_part & w_word.any()), w_any_part.eq(wpart)]
             with m.If(lb.w_en & last_part):
                 m.d.sync += seen.eq(0)
             with m.Elif(w_any & ~seen):
@@ -791,15 +784,14 @@ class BitPlaneLayer(wiring.Component):
             with m.FSM(name="converter"):
                 with m.State("IDLE"):
                     with m.If(sar_go):
-                        m.d.sync += tt.eq(0)
-                        m.d.comb += step_next.eq(1)
+                        m.d.sync += [tt.eq(0), sar_step.eq(1)]
                         m.next = "SAR"
-                with m.State("SAR"):  # the converters step in this cycle
+                with m.State("SAR"):  # sar.step is high (sar_step)
                     m.d.sync += tt.eq(tt + 1)
                     with m.If(tt == sar_steps - 1):
                         m.next = "STORE"
                     with m.Else():
-                        m.d.comb += step_next.eq(1)
+                        m.d.sync += sar_step.eq(1)
                 with m.State("STORE"):
                     with m.If(~o_valid):
                         m.d.comb += store.eq(1)

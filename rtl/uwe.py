@@ -148,21 +148,18 @@ class SARNeuron(wiring.Component):
     Attributes
     ----------
     load : In(1)
-        Start a conversion of every lane, **given a cycle ahead** (registered here, as ``step``): ``v``, ``bias``
-        and ``theta`` must be steady from the cycle after it until the conversion ends.
+        Start a conversion of every lane: ``v``, ``bias`` and ``theta`` must be steady from the cycle before until
+        it ends.
     v : In(array of signed vbits)
     bias : In(array of signed bias_bits)
     theta : In(array of unsigned theta_bits)
     step : In(1)
-        One step in every converter, **given a cycle ahead**: ``load`` and ``step`` are registered once per
-        converter (one register of each drove every converter's residue, level and code registers, about 700
-        enables in a 64-lane engine: its 8.5 ns route set a 67.9 MHz ECP5-85F build's clock). After ``share * T``
-        steps ``q`` holds the codes.
+        One step in every converter; after ``share * T`` steps ``q`` holds the codes.
     q : Out(array of unsigned T)
         The codes (valid after the conversion's last step, until the next ``load``'s steps).
     first : Out(1)
-        The converters make a step of their first lane in this cycle (it stands for one step of ``share`` lanes:
-        counting ``first`` counts one per lane and step, as with a converter per lane).
+        The converters are on their first lane (a step then stands for one step of ``share`` lanes: counting the
+        steps while ``first`` counts one per lane and step, as with a converter per lane).
     """
 
     def __init__(self, lanes: int, vbits: int, bias_bits: int, theta_bits: int, T: int, share: int = 1):
@@ -182,30 +179,30 @@ class SARNeuron(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         K, T = self.share, self.T
+        # Shared control: which of its lanes each converter loads next (counting up modulo K, for lanes K - 1 down
+        # to 0: back at 0 when a conversion ends) and the step within the lane.
+        sel = Signal(range(K))
+        tt = Signal(range(T))
+        lane_end = self.step & (tt == T - 1)
+        take = self.load | (lane_end & (sel != 0))  # the last lane's end loads nothing
+        with m.If(self.load):
+            m.d.sync += tt.eq(0)
+        with m.Elif(self.step):
+            m.d.sync += tt.eq(Mux(tt == T - 1, 0, tt + 1))
+        with m.If(take):
+            m.d.sync += sel.eq(sel + 1)
+        m.d.comb += self.first.eq(1 if K == 1 else sel == 1)
         for u in range(self.lanes // K):
             r = Signal(signed(self.vbits), name=f"residue{u}")
             level = Signal(self.level_bits, name=f"level{u}")
             codes = Signal(K * T, name=f"codes{u}")
-            # Each converter has its own control: copies of ``load`` and ``step`` (registered here: they come a
-            # cycle ahead), of the step within the lane (``tt_u``) and of which of its lanes it loads next
-            # (``sel_u``, counting up modulo K for lanes K - 1 down to 0: back at 0 when a conversion ends). One
-            # ``sel`` drove the input multiplexers of every converter, and its route was the ECP5 default plan's
+            # Each converter has its own copy of ``sel`` (always equal to it) and its own ``take``: one ``sel``
+            # drove the input multiplexers of every converter, and its route was the ECP5 default plan's
             # critical path (14.8 ns of 17.3). The copies' names hold ``fanout_copy``: the build keeps them.
-            load_u = Signal(name=f"load_fanout_copy{u}")
-            step_u = Signal(name=f"step_fanout_copy{u}")
-            m.d.sync += [load_u.eq(self.load), step_u.eq(self.step)]
-            tt_u = Signal(range(T), name=f"tt_fanout_copy{u}")
             sel_u = Signal(range(K), name=f"sel_fanout_copy{u}")
-            with m.If(load_u):
-                m.d.sync += tt_u.eq(0)
-            with m.Elif(step_u):
-                m.d.sync += tt_u.eq(Mux(tt_u == T - 1, 0, tt_u + 1))
-            lane_end = step_u & (tt_u == T - 1)
-            take_u = load_u | (lane_end & (sel_u != 0))  # the last lane's end loads nothing
+            take_u = self.load | (lane_end & (sel_u != 0))
             with m.If(take_u):
                 m.d.sync += sel_u.eq(sel_u + 1)
-            if u == 0:
-                m.d.comb += self.first.eq(step_u & (1 if K == 1 else sel_u == 1))
             lanes_u = list(reversed(range(u * K, (u + 1) * K)))
             v_sel = pick([self.v[j] for j in lanes_u], sel_u)
             bias_sel = pick([self.bias[j] for j in lanes_u], sel_u)
@@ -216,13 +213,13 @@ class SARNeuron(wiring.Component):
             spike = r >= level  # the comparator (r signed, level unsigned: compared as integers)
             with m.If(take_u):
                 m.d.sync += [r.eq(staged), level.eq(theta_sel << (T - 1))]
-            with m.Elif(step_u):
+            with m.Elif(self.step):
                 m.d.sync += level.eq(level >> 1)
                 with m.If(spike):
                     m.d.sync += r.eq(r - level)
             # Lanes are converted K - 1 first, so the spikes shifted in from the bottom end as lane j's code at
             # bits j * T .. (MSB first: step t's spike at bit T - 1 - t).
-            with m.If(step_u):
+            with m.If(self.step):
                 m.d.sync += codes.eq(Cat(spike, codes[:-1]))
             for j in range(K):
                 m.d.comb += self.q[u * K + j].eq(codes[j * T:(j + 1) * T])

@@ -197,7 +197,8 @@ def test_sar_neuron_shared_converters_equal_floor_division(lanes, share):
                 ctx.set(dut.v[j], int(v[j]))
                 ctx.set(dut.bias[j], int(bias[j]))
                 ctx.set(dut.theta[j], int(theta[j]))
-            ctx.set(dut.load, 1)  # load and step are given a cycle ahead
+            await ctx.tick()  # steady from the cycle before the load
+            ctx.set(dut.load, 1)
             await ctx.tick()
             ctx.set(dut.load, 0)
             ctx.set(dut.step, 1)
@@ -206,8 +207,6 @@ def test_sar_neuron_shared_converters_equal_floor_division(lanes, share):
                 first += ctx.get(dut.first)
                 await ctx.tick()
             ctx.set(dut.step, 0)
-            first += ctx.get(dut.first)
-            await ctx.tick()  # the last step
             assert first == T
             got = [ctx.get(dut.q[j]) for j in range(lanes)]
             want = [int(np.clip(total[j] // theta[j], 0, 2**T - 1)) for j in range(lanes)]
