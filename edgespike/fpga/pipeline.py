@@ -764,7 +764,7 @@ def weight_rom(spec: LayerSpec, lanes: int, group: int, device: str) -> int:
 
 def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.ndarray,
                   folds: list | None = None, max_lanes: int | None = None,
-                  logic_budget: float = LOGIC_BUDGET, ring: bool = True) -> PipelinePlan:
+                  logic_budget: float = LOGIC_BUDGET, ring: bool = True, stripe: int | None = None) -> PipelinePlan:
     """Choose each engine's (lanes, group, parts, ROM words, ring) and the stripe width for ``frame`` (height,
     width) on ``device``.
 
@@ -787,7 +787,10 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
     lanes. Given ``folds`` (``(lanes, group)`` per layer, a ring line buffer where a fifth entry is nonzero) are
     taken as they are, each line buffer split into the parts that take the fewest blocks at the widest stripe that
     fits (the plan records their logic estimate). The plan's folds give a ring's pixels as their fifth entry (0:
-    whole rows). The place-and-route report is the judge.
+    whole rows). Given ``folds`` and ``stripe`` too (a plan's own ``folds`` and ``stripe``, e.g. one that closed
+    timing: :mod:`edgespike.fpga.closure`), the plan is that one: the stripe as it is, the folds' parts and ROMs as
+    they are, rings of at least the fewest pixels given (so a plan given back comes out the same, its stalls
+    measured again); block RAM over the part is refused. The place-and-route report is the judge.
     """
     specs = layer_specs(model)
     codes = run_codes(specs, sample)
@@ -887,10 +890,20 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
         return [min(((p, r) for p in split for r in ((0, 1) if ring and specs[i].ring_ok else (0,))),
                     key=lambda pr, i=i: (lb_blocks(i, sizes[i], *pr), -pr[0], pr[1])) for i in range(len(specs))]
 
-    given = folds
+    given, given_stripe = folds, stripe  # (search() has its own ``stripe``)
+    if given_stripe is not None:
+        if given is None:
+            raise ValueError("plan_pipeline: a stripe is given with its folds")
+        given = [full_fold(f) for f in given]
+        least[0] = min([f[4] for f in given if f[4]] or [RING_MIN])
 
     def search():
         """The best (stripe, folds) with rings of at least ``least[0]`` pixels."""
+        if given_stripe is not None:  # a plan given back
+            if sum(blocks_at(given, given_stripe).values()) > PARTS[device][2]:
+                raise PipelineError(f"the layer pipeline does not fit {PARTS[device][0]}: block RAM over at a "
+                                    f"stripe of {given_stripe}")
+            return given_stripe, given
         if given is not None:
             # the widest stripe that fits (blocks only grow with the stripe: a binary search)
             def fit_at(stripe):
@@ -1017,6 +1030,8 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
                             estimate_logic(specs, fl), PARTS[device][3], (H, W), stall)
 
     plan = finish(*search())
+    if given_stripe is not None and any(0 < f[4] < RING_MIN for f in plan.folds):
+        plan = finish(given_stripe, given, ring_stall(specs, sample, plan))
     if ring and given is None:
         # Rings of fewer pixels may allow wider stripes, but couple each engine to the one before it more tightly;
         # such a plan is taken when it is faster with its stalls against whole rows (the same folds) measured by
@@ -1028,13 +1043,19 @@ def plan_pipeline(model: Model, device: str, frame: tuple[int, int], sample: np.
             few = None
         if few is not None and few.frame_cycles < plan.frame_cycles and any(
                 0 < f[4] < RING_MIN for f in few.folds):
-            tile = np.tile(sample, (-(-STALL_ROWS // sample.shape[0]), -(-few.stripe // sample.shape[1])))
-            t_codes = run_codes(specs, tile[:STALL_ROWS, :min(few.stripe, W)])[:-1]
-            stall = (pipeline_cycles(specs, t_codes, few.folds)
-                     / pipeline_cycles(specs, t_codes, [f[:4] + (0,) for f in few.folds]))
+            stall = ring_stall(specs, sample, few)
             if few.frame_cycles * stall < plan.frame_cycles:
                 plan = finish(few.stripe, few.folds, stall)
     return plan
+
+
+def ring_stall(specs: list[LayerSpec], sample: np.ndarray, plan: PipelinePlan) -> float:
+    """The cycles of ``plan``'s folds against the same folds with whole rows (:func:`pipeline_cycles` on
+    ``sample`` tiled to ``STALL_ROWS`` rows of a stripe): what its small rings cost in stalls."""
+    tile = np.tile(sample, (-(-STALL_ROWS // sample.shape[0]), -(-plan.stripe // sample.shape[1])))
+    codes = run_codes(specs, tile[:STALL_ROWS, :min(plan.stripe, plan.frame[1])])[:-1]
+    return (pipeline_cycles(specs, codes, plan.folds)
+            / pipeline_cycles(specs, codes, [f[:4] + (0,) for f in plan.folds]))
 
 
 def layer_specs(model: Model) -> list[LayerSpec]:
