@@ -58,7 +58,13 @@ def add_arguments(p) -> None:
                    "more buys lanes, so frames per second, and risks the clock: the build reports Fmax)")
     b.add_argument("--seed", type=int, metavar="N", help="nextpnr's placement seed (default: nextpnr's own). The "
                    "routed clock of a nearly full part varies by a few MHz from seed to seed; a build that misses its "
-                   "clock may meet it with another seed")
+                   "clock by a little tries the next ones (--tries)")
+    b.add_argument("--tries", type=int, metavar="N", help="bit-plane models: place-and-route runs at most (default "
+                   "3): a routed design that misses its clock by under a tenth is placed and routed again with the "
+                   "next seed, on the same netlist (about 25 min a run on the ECP5-85F)")
+    b.add_argument("--replan", action="store_true", help="bit-plane models: let the planner choose even when the "
+                   "model has a plan that closed timing on the board (the default s25 on the ulx3s-85f: the build "
+                   "says which plan and seed it takes; --tile, --lanes or --logic-budget also replan)")
     b.add_argument("--plan-only", action="store_true", help="plan and fit-check only: print the plan's line "
                    "(folds, stripes, block RAM, logic estimate, frame time; on stderr, as every build does before its "
                    "tools run) and run no tool: seconds instead of the build's minutes to hours")
@@ -83,7 +89,7 @@ def run(args) -> int:
         # progress to stderr also when it is a log: a build takes minutes, and a CI log should show each stage
         report = build(args.board, args.model, args.out, tile=args.tile, lanes=args.lanes, baud=args.baud,
                        progress=sys.stderr, link=args.link, dry_run=args.plan_only, clock_mhz=args.clock,
-                       logic_budget=args.logic_budget, seed=args.seed)
+                       logic_budget=args.logic_budget, seed=args.seed, tries=args.tries, replan=args.replan)
         if not isinstance(report, str):  # --plan-only returns the plan's line, already on stderr
             print(report.to_json() if args.json else report.text())
         return 0

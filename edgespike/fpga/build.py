@@ -104,6 +104,8 @@ class BuildReport:
     critical_path: dict = field(default_factory=dict)
     throughput: dict = field(default_factory=dict)
     link: str = "uart"  # the host link: uart (at baud) or spi (a Raspberry Pi as the master)
+    seed: int | None = None  # nextpnr's placement seed of the bitstream (None: nextpnr's own)
+    tries: list = field(default_factory=list)  # [seed, Fmax] of each place and route that missed the clock before
 
     @property
     def margin(self) -> float | None:
@@ -134,6 +136,9 @@ class BuildReport:
             clock = f"clock {self.clock_mhz:g} MHz" + (f" (PLL from the {self.oscillator_mhz:g} MHz oscillator)"
                                                         if self.oscillator_mhz else "")
             lines.append(f"  Fmax           {self.fmax_mhz:.1f} MHz, {clock}: {verdict} it ({self.margin:.2f}x)")
+        if self.seed is not None or self.tries:
+            lines.append(f"  nextpnr seed   {self.seed or 1}" + (" (after " + ", ".join(
+                f"seed {s}: {f:.1f} MHz" for s, f in self.tries) + ")" if self.tries else ""))
         if self.critical_path:
             c = self.critical_path
             lines.append(f"  critical path  {c['ns']:.2f} ns ({c['logic_ns']:.2f} logic, {c['routing_ns']:.2f} "
@@ -323,19 +328,19 @@ STAGES = {"ice40": (("synthesis (yosys)", "top.json"), ("place and route (nextpn
                    ("bitstream (ecppack)", "top.bit"))}
 
 
-def _run_tools(board: str, family: str, out: Path, env: dict, report: BuildReport, progress) -> None:
-    """Run the extracted ``build_top.sh`` stage by stage (a progress line), timing each stage into ``report``;
-    :class:`UserError` with the log's tail when a tool fails."""
-    script = "build_top.sh"
+def _run_tools(board: str, family: str, out: Path, env: dict, report: BuildReport, progress,
+               script: str = "build_top.sh", stages: tuple | None = None) -> None:
+    """Run the extracted ``build_top.sh`` (or ``script``, which runs ``stages`` of it) stage by stage (a progress
+    line), timing each stage into ``report``; :class:`UserError` with the log's tail when a tool fails."""
     if progress is None:
         progress = sys.stderr if sys.stderr.isatty() else None
-    for _, product in STAGES[family]:
+    stages = stages or STAGES[family]
+    for _, product in stages:
         (out / product).unlink(missing_ok=True)
     t0 = time.monotonic()
     proc = subprocess.Popen(["sh", script], cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     stage, stage_t0 = 0, t0
     tty, shown = bool(progress and progress.isatty()), ""
-    stages = STAGES[family]
     while proc.poll() is None or stage < len(stages):
         while stage < len(stages) and (out / stages[stage][1]).exists():
             report.stage_seconds[stages[stage][0].split(" ")[0]] = time.monotonic() - stage_t0
@@ -363,6 +368,55 @@ def _run_tools(board: str, family: str, out: Path, env: dict, report: BuildRepor
         raise UserError(f"the {board} build failed in {failed} (logs in {out}):\n{tail}")
     parse_reports(report, out, family)
     report.bitstream = str(out / stages[-1][1])
+
+
+def place_script(out: Path, seed: int) -> str:
+    """Write ``place_top.sh`` beside ``build_top.sh``: its place and route and packing (not the synthesis) with
+    nextpnr's ``--seed`` set to ``seed``; return its name."""
+    lines = (out / "build_top.sh").read_text().splitlines()
+    kept = []
+    for line in lines:
+        if line.startswith('"$YOSYS"'):
+            continue
+        if line.startswith('"$NEXTPNR'):
+            line = re.sub(r" --seed \d+", "", line) + f" --seed {seed}"
+        kept.append(line)
+    (out / "place_top.sh").write_text("\n".join(kept) + "\n")
+    return "place_top.sh"
+
+
+def run_with_retries(board: str, family: str, out: Path, env: dict, report: BuildReport, progress,
+                     clock_hz: float, seed: int | None, tries: int) -> None:
+    """Run the build; while its routed design misses the clock by a little (:func:`edgespike.fpga.closure.
+    worth_retry`) and fewer than ``tries`` runs were made, place and route the same netlist again with the next
+    seed (the missed run's log kept as ``top.seed<N>.tim``). ``report`` gets the seed that met the clock and the
+    misses; the last miss raises :class:`UserError` with :func:`timing_hint`."""
+    from edgespike.fpga.closure import next_seeds, worth_retry
+
+    seeds = [seed, *next_seeds(seed, tries)]
+    total = 0.0
+    for n, s in enumerate(seeds):
+        try:
+            if n == 0:
+                _run_tools(board, family, out, env, report, progress)
+            else:
+                _run_tools(board, family, out, env, report, progress, script=place_script(out, s),
+                           stages=STAGES[family][1:])
+            report.seed, report.seconds = s, total + report.seconds
+            return
+        except UserError as exc:
+            total += report.seconds
+            tim = out / "top.tim"
+            fmax = _fmax(tim.read_text(errors="replace")) if tim.exists() else None
+            if n + 1 < len(seeds) and worth_retry(fmax, clock_hz / 1e6):
+                tim.replace(out / f"top.seed{s or 1}.tim")
+                report.tries.append([s or 1, fmax])
+                print(f"  nextpnr --seed {s or 1}: {fmax:.1f} MHz after routing, "
+                      f"{100 - 100 * fmax * 1e6 / clock_hz:.1f} % below the {clock_hz / 1e6:g} MHz clock: placing "
+                      f"and routing again with --seed {seeds[n + 1]} (try {n + 2} of {len(seeds)}, --tries)",
+                      file=(progress or sys.stderr), flush=True)
+                continue
+            raise UserError(f"{exc}{timing_hint(board, out, clock_hz)}") from None
 
 
 # nextpnr options of the layer pipeline builds: the timing report names the critical path (BuildReport), and on the
@@ -418,7 +472,7 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
                    max_lanes: int | None = None, baud: int | None = None, progress=None, cpu: bool = True,
                    dry_run: bool = False, folds: list | None = None, link: str = "uart",
                    clock_mhz: float | None = None, logic_budget: float | None = None,
-                   seed: int | None = None) -> BuildReport | str:
+                   seed: int | None = None, tries: int | None = None, replan: bool = False) -> BuildReport | str:
     """A bit-plane model's layer pipeline on ``board``: plan, fit check, bitstream, report.
 
     :func:`edgespike.fpga.pipeline.plan_pipeline` chooses the folds and the stripe width for ``frame`` (default
@@ -436,11 +490,16 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     oscillator: multiples of 12.5 MHz on the ULX3S), for a design that does not reach the default.
     ``logic_budget`` is the share of the part's logic the planner may fill (default
     :data:`~edgespike.fpga.pipeline.LOGIC_BUDGET`). ``seed`` is nextpnr's placement seed (default its own).
+    Given none of ``folds``, ``frame``, ``max_lanes``, ``logic_budget`` and not ``replan``, a model with a plan that
+    closed timing on ``board`` (:func:`edgespike.fpga.closure.closed_plan`) gets that plan, and its seed unless
+    ``seed`` is given (said on stderr). A routed design that misses the clock by under a tenth is placed and routed
+    again with the next seeds, ``tries`` runs in all (default :data:`~edgespike.fpga.closure.DEFAULT_TRIES`).
     ``link="spi"`` puts the same top (framed or raw) behind the SPI peripheral on the board's
     :data:`~edgespike.rtl.board.SPI_PINS` instead of the UART; a line on stderr gives its frame time.
     """
     from edgespike.fileformat import load
     from edgespike.firmware.protocol import DEFAULT_BAUD
+    from edgespike.fpga.closure import DEFAULT_TRIES, closed_plan
     from edgespike.fpga.params import FitError
     from edgespike.fpga.pipeline import LOGIC_BUDGET, PipelineError, plan_pipeline
     from edgespike.fpga.pipelink import board_top
@@ -456,9 +515,16 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     H, W = frame or PIPELINE_FRAME
     baud = baud or DEFAULT_BAUD
     sample = planning_sample(model)
+    planned = replan or any(x is not None for x in (folds, frame, max_lanes, logic_budget))
+    closed = None if planned else closed_plan(board, resolve(model_path))
     try:
-        plan = plan_pipeline(model, info.device, (H, W), sample, folds=folds, max_lanes=max_lanes,
-                             logic_budget=logic_budget or LOGIC_BUDGET)
+        if closed:
+            plan = plan_pipeline(model, info.device, (H, W), sample, folds=list(closed.folds), stripe=closed.stripe)
+            seed = closed.seed if seed is None else seed
+            print(f"plan: {closed.describe()}", file=sys.stderr, flush=True)
+        else:
+            plan = plan_pipeline(model, info.device, (H, W), sample, folds=folds, max_lanes=max_lanes,
+                                 logic_budget=logic_budget or LOGIC_BUDGET)
     except PipelineError as exc:
         raise FitError(f"model does not fit: {exc}") from None
     platform = make_platform(board) if not dry_run else None
@@ -491,17 +557,15 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     out = Path(out_dir or f"build/fpga-{board}")
     out.mkdir(parents=True, exist_ok=True)
     # weights and params are RAM initialisers (EBR / DP16KD); names ABC9 can take, fan-out copies kept
-    # (fpga.synth.AFTER_READ)
+    # (fpga.synth.AFTER_READ). No source locations in the netlist: they hold the path edgespike is installed at, and
+    # the netlist (so a closed plan's seed, edgespike.fpga.closure) is then the same wherever that is.
     products = platform.prepare(top, name="top", script_after_read=f"hierarchy -top top; {AFTER_READ}",
-                                nextpnr_opts=nextpnr_opts(info.family, seed))
+                                nextpnr_opts=nextpnr_opts(info.family, seed), emit_src=False)
     products.extract(str(out))
     report = BuildReport(board, plan_device_name(info.device), str(model_path), (H, min(plan.stripe, W)),
                          model.timesteps, baud, clock_hz / 1e6,
                          platform.default_clk_frequency / 1e6 if board in PIPELINE_CLOCK_HZ else None, link=link)
-    try:
-        _run_tools(board, info.family, out, env, report, progress)
-    except UserError as exc:  # a design that does not reach the clock: say which clock it would reach
-        raise UserError(f"{exc}{timing_hint(board, out, clock_hz)}") from None
+    run_with_retries(board, info.family, out, env, report, progress, clock_hz, seed, tries or DEFAULT_TRIES)
     report.throughput = pipeline_throughput(model, plan, specs, sample, clock_hz / 1e6, report.fmax_mhz, baud,
                                             cpu=cpu, spi=spi)
     report.throughput["plan"] = line
@@ -612,7 +676,8 @@ def check_link(board: str, link: str) -> None:
 def build(board: str, model_path: str | None = None, out_dir: str | None = None, tile: tuple[int, int] | None = None,
           lanes: int | None = None, baud: int | None = None, progress=None, cpu: bool = True,
           dry_run: bool = False, link: str = "uart", clock_mhz: float | None = None,
-          logic_budget: float | None = None, seed: int | None = None) -> BuildReport | str:
+          logic_budget: float | None = None, seed: int | None = None, tries: int | None = None,
+          replan: bool = False) -> BuildReport | str:
     """Fit-check, synthesise, place and route, and pack a bitstream; return (and write) its report.
 
     A bit-plane model is built as the layer pipeline (:func:`build_pipeline`: ``tile`` is then the frame the
@@ -646,8 +711,14 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
         Bit-plane models: the share of the part's logic cells the planner may fill (default
         :data:`edgespike.fpga.pipeline.LOGIC_BUDGET`, 0.8).
     seed : int, optional
-        nextpnr's placement seed (default: nextpnr's own, 1). A part filled to three quarters routes a few MHz
-        faster or slower from seed to seed (docs/HARDWARE.md, "Session 19").
+        nextpnr's placement seed (default: the closed plan's, else nextpnr's own, 1). A part filled to three
+        quarters routes a few MHz faster or slower from seed to seed (docs/HARDWARE.md, "Session 19").
+    tries : int, optional
+        Bit-plane models: place-and-route runs at most, the next seed each, while the routed design misses the
+        clock by under a tenth (default :data:`edgespike.fpga.closure.DEFAULT_TRIES`).
+    replan : bool
+        Bit-plane models: plan afresh even when the model has a plan that closed timing on the board
+        (:mod:`edgespike.fpga.closure`).
     """
     from edgespike.fpga.synth import AFTER_READ, RW_RAM_NAMES
     from edgespike.rtl.board import BOARDS, BoardTop, design_clock_hz, make_platform, uart_divisor
@@ -659,6 +730,8 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     check_link(board, link)
     info = BOARDS[board]
     nextpnr_opts(info.family, seed)  # a bad seed is refused before the planner's minute
+    if tries is not None and tries < 1:
+        raise UserError(f"--tries {tries}: give at least 1 (place-and-route runs)")
     if not model_path:
         from edgespike.fpga.defaults import board_default
 
@@ -667,7 +740,7 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     if is_bitplane(model_path):
         return build_pipeline(board, model_path, out_dir, frame=tile, max_lanes=lanes, baud=baud,
                               progress=progress, cpu=cpu, dry_run=dry_run, link=link, clock_mhz=clock_mhz,
-                              logic_budget=logic_budget, seed=seed)
+                              logic_budget=logic_budget, seed=seed, tries=tries, replan=replan)
     if logic_budget is not None:
         raise UserError("--logic-budget is for bit-plane models (the layer pipeline's planner)")
     if clock_mhz:

@@ -1,0 +1,69 @@
+"""Timing closure of the layer pipeline: the plans that closed timing on a board, and the retry on a near miss.
+
+The planner (:func:`edgespike.fpga.pipeline.plan_pipeline`) chooses folds by a logic *estimate*; whether a plan
+routes at the design clock is nextpnr's to say, and at three quarters of a part it depends on more than the
+estimate sees. The ECP5-85F builds of the default model (docs/HARDWARE.md, "Session 19" and "Session 20") placed
+plans of the same estimate (65,837 and 65,840 cells) at 62,484 and 65,488 cells: the first routed at 79 MHz, the
+second at 59. So a build of a shipped model on its board takes the plan that closed timing there
+(:data:`CLOSED`, keyed by the model file's SHA-256: a retrained model is planned afresh), with the nextpnr seed
+that closed it, and says so; ``--replan`` (or any planning option) asks the planner instead.
+
+A design that misses its clock by a little (Fmax at least :data:`NEAR_MISS` of it) is placed and routed again with
+the next seeds, up to ``tries`` in all, on the same netlist: a few MHz either way from seed to seed is placement
+noise. A larger miss is the design's own, and the build says which ``--clock`` it would meet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+NEAR_MISS = 0.9  # a routed Fmax at least this share of the clock is worth another seed
+DEFAULT_TRIES = 3  # place-and-route runs of an ECP5 layer pipeline at most (each about 25 min on the 85F)
+
+
+@dataclass(frozen=True)
+class ClosedPlan:
+    """A plan of a model on a board that met the design clock after routing, as the build report gave it."""
+
+    board: str
+    model_sha256: str  # of the model file's bytes
+    folds: tuple  # (lanes, group, parts, ROM words, ring pixels) per layer: PipelinePlan.folds
+    stripe: int  # input columns of a stripe, halo included: PipelinePlan.stripe
+    seed: int  # nextpnr's placement seed
+    fmax_mhz: float  # post-route, at that seed
+    log: str  # the timing log in docs/fpga/
+
+    def describe(self) -> str:
+        return (f"the plan that closed timing on {self.board} ({self.fmax_mhz:g} MHz after routing with nextpnr "
+                f"--seed {self.seed}, {self.log}; --replan asks the planner)")
+
+
+_S25 = "95c72e4f06ed5b4209d07be1603fd27c855fe4e21a11f1650e263d1bec038f11"  # edgespike/models/default_s25.esnn
+_A_PLAN = ((16, 1, 1, 0, 0), (32, 8, 8, 0, 19)) + ((64, 1, 8, 64, 19),) * 5 + ((1, 32, 8, 0, 19),)
+
+CLOSED: tuple[ClosedPlan, ...] = (
+    ClosedPlan("ulx3s-85f", _S25, _A_PLAN, 158, 2, 79.16, "docs/fpga/ulx3s-85f-s25-c283c-s19-b0f3240-seed2.timing.txt"),
+)
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def closed_plan(board: str, model_file: str | Path) -> ClosedPlan | None:
+    """The plan that closed timing for this model file on ``board``, or None."""
+    digest = file_sha256(model_file)
+    return next((c for c in CLOSED if c.board == board and c.model_sha256 == digest), None)
+
+
+def next_seeds(seed: int | None, tries: int) -> list[int]:
+    """The seeds of the runs after the first (seed ``seed``, nextpnr's own 1 when None): ``tries - 1`` of them."""
+    first = seed or 1
+    return [first + n for n in range(1, tries)]
+
+
+def worth_retry(fmax_mhz: float | None, clock_mhz: float) -> bool:
+    """Whether a routed design that missed ``clock_mhz`` is near enough for another seed to close it."""
+    return fmax_mhz is not None and NEAR_MISS * clock_mhz <= fmax_mhz < clock_mhz
