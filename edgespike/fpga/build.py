@@ -499,7 +499,7 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     """
     from edgespike.fileformat import load
     from edgespike.firmware.protocol import DEFAULT_BAUD
-    from edgespike.fpga.closure import DEFAULT_TRIES, closed_plan
+    from edgespike.fpga.closure import DEFAULT_TRIES, closed_plan, tool_note
     from edgespike.fpga.params import FitError
     from edgespike.fpga.pipeline import LOGIC_BUDGET, PipelineError, plan_pipeline
     from edgespike.fpga.pipelink import board_top
@@ -522,6 +522,8 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
             plan = plan_pipeline(model, info.device, (H, W), sample, folds=list(closed.folds), stripe=closed.stripe)
             seed = closed.seed if seed is None else seed
             print(f"plan: {closed.describe()}", file=sys.stderr, flush=True)
+            if note := tool_note(closed):
+                print(note, file=sys.stderr, flush=True)
         else:
             plan = plan_pipeline(model, info.device, (H, W), sample, folds=folds, max_lanes=max_lanes,
                                  logic_budget=logic_budget or LOGIC_BUDGET)

