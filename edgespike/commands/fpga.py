@@ -65,6 +65,10 @@ def add_arguments(p) -> None:
     b.add_argument("--replan", action="store_true", help="bit-plane models: let the planner choose even when the "
                    "model has a plan that closed timing on the board (the default s25 on the ulx3s-85f: the build "
                    "says which plan and seed it takes; --tile, --lanes or --logic-budget also replan)")
+    b.add_argument("--plan", metavar="REPORT", dest="plan_from", help="bit-plane models: build with the plan, "
+                   "frame and nextpnr seed of an earlier build of the same model file on the same board (its "
+                   "report.json, written beside each bitstream): e.g. to rebuild a plan that met its clock with "
+                   "another --link")
     b.add_argument("--plan-only", action="store_true", help="plan and fit-check only: print the plan's line "
                    "(folds, stripes, block RAM, logic estimate, frame time; on stderr, as every build does before its "
                    "tools run) and run no tool: seconds instead of the build's minutes to hours")
@@ -89,7 +93,8 @@ def run(args) -> int:
         # progress to stderr also when it is a log: a build takes minutes, and a CI log should show each stage
         report = build(args.board, args.model, args.out, tile=args.tile, lanes=args.lanes, baud=args.baud,
                        progress=sys.stderr, link=args.link, dry_run=args.plan_only, clock_mhz=args.clock,
-                       logic_budget=args.logic_budget, seed=args.seed, tries=args.tries, replan=args.replan)
+                       logic_budget=args.logic_budget, seed=args.seed, tries=args.tries, replan=args.replan,
+                       plan_from=args.plan_from)
         if not isinstance(report, str):  # --plan-only returns the plan's line, already on stderr
             print(report.to_json() if args.json else report.text())
         return 0

@@ -106,6 +106,11 @@ class BuildReport:
     link: str = "uart"  # the host link: uart (at baud) or spi (a Raspberry Pi as the master)
     seed: int | None = None  # nextpnr's placement seed of the bitstream (None: nextpnr's own)
     tries: list = field(default_factory=list)  # [seed, Fmax] of each place and route that missed the clock before
+    # layer pipelines: the plan (``folds``, ``stripe``, ``frame``), the model file's SHA-256 and the tools' versions,
+    # so that ``fpga build --plan report.json`` can build the same again (edgespike.fpga.closure.from_report)
+    plan: dict = field(default_factory=dict)
+    model_sha256: str = ""
+    tools: dict = field(default_factory=dict)
 
     @property
     def margin(self) -> float | None:
@@ -472,7 +477,8 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
                    max_lanes: int | None = None, baud: int | None = None, progress=None, cpu: bool = True,
                    dry_run: bool = False, folds: list | None = None, link: str = "uart",
                    clock_mhz: float | None = None, logic_budget: float | None = None,
-                   seed: int | None = None, tries: int | None = None, replan: bool = False) -> BuildReport | str:
+                   seed: int | None = None, tries: int | None = None, replan: bool = False,
+                   plan_from: str | None = None) -> BuildReport | str:
     """A bit-plane model's layer pipeline on ``board``: plan, fit check, bitstream, report.
 
     :func:`edgespike.fpga.pipeline.plan_pipeline` chooses the folds and the stripe width for ``frame`` (default
@@ -494,12 +500,14 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     closed timing on ``board`` (:func:`edgespike.fpga.closure.closed_plan`) gets that plan, and its seed unless
     ``seed`` is given (said on stderr). A routed design that misses the clock by under a tenth is placed and routed
     again with the next seeds, ``tries`` runs in all (default :data:`~edgespike.fpga.closure.DEFAULT_TRIES`).
+    ``plan_from`` (a ``report.json`` of an earlier build of this model on this board) gives the plan, frame and seed
+    (unless ``seed`` is given) instead.
     ``link="spi"`` puts the same top (framed or raw) behind the SPI peripheral on the board's
     :data:`~edgespike.rtl.board.SPI_PINS` instead of the UART; a line on stderr gives its frame time.
     """
     from edgespike.fileformat import load
     from edgespike.firmware.protocol import DEFAULT_BAUD
-    from edgespike.fpga.closure import DEFAULT_TRIES, closed_plan, tool_note
+    from edgespike.fpga.closure import DEFAULT_TRIES, closed_plan, file_sha256, from_report, tool_note, tool_versions
     from edgespike.fpga.params import FitError
     from edgespike.fpga.pipeline import LOGIC_BUDGET, PipelineError, plan_pipeline
     from edgespike.fpga.pipelink import board_top
@@ -512,11 +520,15 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     asked_hz = pll_clock(board, clock_mhz) if clock_mhz else None  # refused before the planner's minute
     info = BOARDS[board]
     model = load(resolve(model_path))
-    H, W = frame or PIPELINE_FRAME
+    planned = replan or any(x is not None for x in (folds, frame, max_lanes, logic_budget))
+    if plan_from and planned:
+        raise UserError("--plan takes an earlier build's plan as it is: leave out --replan, --tile, --lanes and "
+                        "--logic-budget")
+    closed = (from_report(plan_from, board, resolve(model_path)) if plan_from
+              else None if planned else closed_plan(board, resolve(model_path)))
+    H, W = closed.frame if closed else frame or PIPELINE_FRAME
     baud = baud or DEFAULT_BAUD
     sample = planning_sample(model)
-    planned = replan or any(x is not None for x in (folds, frame, max_lanes, logic_budget))
-    closed = None if planned else closed_plan(board, resolve(model_path))
     try:
         if closed:
             plan = plan_pipeline(model, info.device, (H, W), sample, folds=list(closed.folds), stripe=closed.stripe)
@@ -566,7 +578,9 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     products.extract(str(out))
     report = BuildReport(board, plan_device_name(info.device), str(model_path), (H, min(plan.stripe, W)),
                          model.timesteps, baud, clock_hz / 1e6,
-                         platform.default_clk_frequency / 1e6 if board in PIPELINE_CLOCK_HZ else None, link=link)
+                         platform.default_clk_frequency / 1e6 if board in PIPELINE_CLOCK_HZ else None, link=link,
+                         plan={"folds": [list(f) for f in plan.folds], "stripe": plan.stripe, "frame": [H, W]},
+                         model_sha256=file_sha256(resolve(model_path)), tools=tool_versions())
     run_with_retries(board, info.family, out, env, report, progress, clock_hz, seed, tries or DEFAULT_TRIES)
     report.throughput = pipeline_throughput(model, plan, specs, sample, clock_hz / 1e6, report.fmax_mhz, baud,
                                             cpu=cpu, spi=spi)
@@ -679,7 +693,7 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
           lanes: int | None = None, baud: int | None = None, progress=None, cpu: bool = True,
           dry_run: bool = False, link: str = "uart", clock_mhz: float | None = None,
           logic_budget: float | None = None, seed: int | None = None, tries: int | None = None,
-          replan: bool = False) -> BuildReport | str:
+          replan: bool = False, plan_from: str | None = None) -> BuildReport | str:
     """Fit-check, synthesise, place and route, and pack a bitstream; return (and write) its report.
 
     A bit-plane model is built as the layer pipeline (:func:`build_pipeline`: ``tile`` is then the frame the
@@ -721,6 +735,9 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     replan : bool
         Bit-plane models: plan afresh even when the model has a plan that closed timing on the board
         (:mod:`edgespike.fpga.closure`).
+    plan_from : str, optional
+        Bit-plane models: the ``report.json`` of an earlier build of the same model file on ``board``, whose plan,
+        frame and seed the build takes (``edgespike fpga build --plan``).
     """
     from edgespike.fpga.synth import AFTER_READ, RW_RAM_NAMES
     from edgespike.rtl.board import BOARDS, BoardTop, design_clock_hz, make_platform, uart_divisor
@@ -742,7 +759,10 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
     if is_bitplane(model_path):
         return build_pipeline(board, model_path, out_dir, frame=tile, max_lanes=lanes, baud=baud,
                               progress=progress, cpu=cpu, dry_run=dry_run, link=link, clock_mhz=clock_mhz,
-                              logic_budget=logic_budget, seed=seed, tries=tries, replan=replan)
+                              logic_budget=logic_budget, seed=seed, tries=tries, replan=replan,
+                              plan_from=plan_from)
+    if plan_from:
+        raise UserError("--plan is for bit-plane models (the layer pipeline's plan)")
     if logic_budget is not None:
         raise UserError("--logic-budget is for bit-plane models (the layer pipeline's planner)")
     if clock_mhz:

