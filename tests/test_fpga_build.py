@@ -351,6 +351,9 @@ def test_the_default_model_on_the_ulx3s_takes_the_plan_that_closed_timing_and_re
     err = capsys.readouterr().err
     assert f"plan: the plan that closed timing on ulx3s-85f behind the UART link ({closed.fmax_mhz:g} MHz" in err
     assert f"--seed {closed.seed}" in err and str(list(closed.folds)) in line.replace("[(", "[(")
+    spi = build("ulx3s-85f", dry_run=True, cpu=False, link="spi")  # no plan closed behind SPI: the UART one's plan
+    assert "the SPI top is another netlist than the plan's: its seed is not taken" in capsys.readouterr().err
+    assert "5 stripes of 158 columns" in spi
 
     import edgespike.fpga.pipeline as pipeline
 
