@@ -16,7 +16,8 @@ the next seeds, up to ``tries`` in all, on the same netlist: a few MHz either wa
 noise. A larger miss is the design's own, and the build says which ``--clock`` it would meet.
 
 Any layer-pipeline build's ``report.json`` holds its plan, seed and tools, so ``fpga build --plan REPORT`` rebuilds
-with them (:func:`from_report`); an entry of :data:`CLOSED` is such a report of a build that met its clock.
+with them (:func:`from_report`); an entry of :data:`CLOSED` holds what the report of a build that met its clock
+says.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ DEFAULT_TRIES = 3  # place-and-route runs of an ECP5 layer pipeline at most (eac
 
 @dataclass(frozen=True)
 class ClosedPlan:
-    """A plan of a model on a board that met the design clock after routing, as the build report gave it."""
+    """A plan of a model on a board and the nextpnr seed of its build, as the build's report gives them (in
+    :data:`CLOSED`: builds that met their design clock after routing)."""
 
     board: str
     model_sha256: str  # of the model file's bytes
@@ -43,7 +45,7 @@ class ClosedPlan:
     stripe: int  # input columns of a stripe, halo included: PipelinePlan.stripe
     seed: int  # nextpnr's placement seed
     fmax_mhz: float  # post-route, at that seed
-    log: str  # the timing log in docs/fpga/
+    log: str  # the build's timing log in docs/fpga/ (from_report: the report's path)
     tools: dict = field(default_factory=dict)  # distribution -> version of the toolchain it was built with
     frame: tuple = (480, 640)  # the frame (height, width) it was planned for
     clock_mhz: float = 75.0  # the design clock it was built for
