@@ -519,13 +519,14 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     check_link(board, link)
     asked_hz = pll_clock(board, clock_mhz) if clock_mhz else None  # refused before the planner's minute
     info = BOARDS[board]
-    model = load(resolve(model_path))
+    model_file = resolve(model_path)
+    model = load(model_file)
     planned = replan or any(x is not None for x in (folds, frame, max_lanes, logic_budget))
     if plan_from and planned:
         raise UserError("--plan takes an earlier build's plan as it is: leave out --replan, --tile, --lanes and "
                         "--logic-budget")
-    closed = (from_report(plan_from, board, resolve(model_path)) if plan_from
-              else None if planned else closed_plan(board, resolve(model_path), link))
+    closed = (from_report(plan_from, board, model_file) if plan_from
+              else None if planned else closed_plan(board, model_file, link))
     H, W = closed.frame if closed else frame or PIPELINE_FRAME
     baud = baud or DEFAULT_BAUD
     sample = planning_sample(model)
@@ -584,7 +585,7 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
                          model.timesteps, baud, clock_hz / 1e6,
                          platform.default_clk_frequency / 1e6 if board in PIPELINE_CLOCK_HZ else None, link=link,
                          plan={"folds": [list(f) for f in plan.folds], "stripe": plan.stripe, "frame": [H, W]},
-                         model_sha256=file_sha256(resolve(model_path)), tools=tool_versions())
+                         model_sha256=file_sha256(model_file), tools=tool_versions())
     run_with_retries(board, info.family, out, env, report, progress, clock_hz, seed, tries or DEFAULT_TRIES)
     report.throughput = pipeline_throughput(model, plan, specs, sample, clock_hz / 1e6, report.fmax_mhz, baud,
                                             cpu=cpu, spi=spi)
