@@ -136,7 +136,12 @@ class SPIPeripheral(wiring.Component):
         tx_w, tx_r = tx_mem.write_port(), tx_mem.read_port()
         wptr, sent = Signal(k + 1), Signal(k + 1)
         level = Signal(k + 1)
-        m.d.comb += [level.eq(wptr - sent), self.tx.ready.eq(level != self.tx_depth),
+        # ready is a register: as a subtraction of the pointers it sat at the end of the pipeline's whole output
+        # handshake (decoder valid, last layer, pixel RAM enable), the SPI top's critical path. A level of at most
+        # depth - 2 a cycle ago leaves room now whether or not a byte came in since.
+        tx_ready = Signal()
+        m.d.sync += tx_ready.eq(level <= self.tx_depth - 2)
+        m.d.comb += [level.eq(wptr - sent), self.tx.ready.eq(tx_ready),
                      tx_w.addr.eq(wptr[:k]), tx_w.data.eq(self.tx.payload),
                      tx_w.en.eq(self.tx.valid & self.tx.ready)]
         with m.If(self.tx.valid & self.tx.ready):
@@ -147,21 +152,27 @@ class SPIPeripheral(wiring.Component):
         idx = Signal(16)  # byte of the transaction (saturates: 65535 is past every data slot that counts)
         ishift, oshift = Signal(8), Signal(8, init=MAGIC)
         n, free, avail = Signal(16), Signal(16), Signal(16)
+        # What this byte and the next one are, registered from idx, n, F and A: those change only on a byte's last
+        # SCLK edge or at select, and the next byte's last edge is at least 28 cycles later, so a decision one or
+        # two cycles old is the right one when it is used, and 16-bit comparisons stay off the paths into the RAMs.
         slot = idx - HEADER
-        data = idx >= HEADER
-        sending = data & (slot < avail)  # this byte comes from the transmit ring
+        nslot = idx + 1 - HEADER
+        sending = Signal()  # this byte comes from the transmit ring
+        keeping = Signal()  # this byte is a host data byte within n
+        room = Signal()  # ... and within F
+        m.d.sync += [sending.eq((idx >= HEADER) & (slot < avail)), keeping.eq((idx >= HEADER) & (slot < n)),
+                     room.eq(slot < free)]
         # the byte after this one, read ahead: the ring's head once this byte has left
         m.d.comb += tx_r.addr.eq((sent + sending)[:k])
         nxt = idx + 1
-        nslot = nxt - HEADER
         header = [MAGIC, free[:8], free[8:], avail[:8], avail[8:]]
         following = Signal(8)  # what MISO shifts out next, loaded at this byte's last rising edge
         with m.Switch(nxt):
             for i, b in enumerate(header[1:], start=1):
                 with m.Case(i):
-                    m.d.comb += following.eq(b)
+                    m.d.sync += following.eq(b)
             with m.Default():
-                m.d.comb += following.eq(Mux((nxt >= HEADER) & (nslot < avail), tx_r.data, IDLE))
+                m.d.sync += following.eq(Mux((nxt >= HEADER) & (nslot < avail), tx_r.data, IDLE))
         m.d.comb += self.miso.eq(oshift[7])
 
         with m.If(~cs):
@@ -177,8 +188,8 @@ class SPIPeripheral(wiring.Component):
                     m.d.sync += n[:8].eq(byte)
                 with m.If(idx == 1):
                     m.d.sync += n[8:].eq(byte)
-                with m.If(data & (slot < n)):
-                    with m.If(slot < free):
+                with m.If(keeping):
+                    with m.If(room):
                         m.d.comb += [rx_w.en.eq(1), rx_w.data.eq(byte)]
                     with m.Else():
                         m.d.comb += self.refused.eq(1)
