@@ -301,9 +301,10 @@ def test_a_near_miss_is_placed_and_routed_again_with_the_next_seeds_on_the_same_
                      None, 75e6, None, 3)
     assert (out / "runs").read_text().split("\n")[:-1] == ["yosys", "nextpnr 1", "ecppack"][:2] + [
         "nextpnr 2", "nextpnr 3", "ecppack"]
-    assert report.seed == 3 and report.tries == [[1, 74.2], [2, 71.0]] and report.fmax_mhz == 79.1
-    assert "74.2 MHz" in (out / "top.seed1.tim").read_text() and "71.0" in (out / "top.seed2.tim").read_text()
-    assert "nextpnr seed   3 (after seed 1: 74.2 MHz, seed 2: 71.0 MHz)" in report.text()
+    # the first run had no --seed: nextpnr's own, which is not --seed 1 (the stand-in treats them alike)
+    assert report.seed == 3 and report.tries == [[None, 74.2], [2, 71.0]] and report.fmax_mhz == 79.1
+    assert "74.2 MHz" in (out / "top.seed-own.tim").read_text() and "71.0" in (out / "top.seed2.tim").read_text()
+    assert "nextpnr seed   3 (after seed its own: 74.2 MHz, seed 2: 71.0 MHz)" in report.text()
     script = (out / place_script(out, 7)).read_text()
     assert script.count("--seed") == 1 and "--seed 7" in script and "YOSYS" not in script
 
@@ -318,7 +319,7 @@ def test_a_near_miss_is_placed_and_routed_again_with_the_next_seeds_on_the_same_
     with pytest.raises(UserError, match=r"reaches 74.0 MHz"):
         run_with_retries("ulx3s-85f", "ecp5", out, dict(env, FMAX_1="73", FMAX_2="74.0"), last, None, 75e6, None,
                          2)
-    assert last.tries == [[1, 73.0]] and (out / "runs").read_text().split("\n")[:-1] == [
+    assert last.tries == [[None, 73.0]] and (out / "runs").read_text().split("\n")[:-1] == [
         "yosys", "nextpnr 1", "nextpnr 2"]
 
 
@@ -351,9 +352,19 @@ def test_the_default_model_on_the_ulx3s_takes_the_plan_that_closed_timing_and_re
     err = capsys.readouterr().err
     assert f"plan: the plan that closed timing on ulx3s-85f behind the UART link ({closed.fmax_mhz:g} MHz" in err
     assert f"--seed {closed.seed}" in err and str(list(closed.folds)) in line.replace("[(", "[(")
-    spi = build("ulx3s-85f", dry_run=True, cpu=False, link="spi")  # no plan closed behind SPI: the UART one's plan
-    assert "the SPI top is another netlist than the plan's: its seed is not taken" in capsys.readouterr().err
+    spi = build("ulx3s-85f", dry_run=True, cpu=False, link="spi")  # the same plan closed behind SPI, its own seed
+    behind_spi = closed_plan("ulx3s-85f", resolve("s25"), link="spi")
+    assert behind_spi.link == "spi" and behind_spi.folds == closed.folds and behind_spi.fmax_mhz >= 75
+    err = capsys.readouterr().err
+    assert "behind the SPI link" in err and "with nextpnr's own seed" in err and "another netlist" not in err
     assert "5 stripes of 158 columns" in spi
+    # a link with no closed plan of its own takes another link's plan, not its seed
+    import edgespike.fpga.closure as closure
+
+    monkeypatch.setattr(closure, "CLOSED", (closed,))
+    build("ulx3s-85f", dry_run=True, cpu=False, link="spi")
+    assert "the SPI top is another netlist than the plan's: its seed is not taken" in capsys.readouterr().err
+    monkeypatch.undo()
 
     import edgespike.fpga.pipeline as pipeline
 
@@ -386,6 +397,9 @@ def test_plan_takes_an_earlier_builds_report_and_refuses_anothers(tmp_path, caps
     path.write_text(report.to_json())
     got = from_report(path, "ulx3s-85f", resolve("s25"))
     assert (got.folds, got.stripe, got.frame, got.seed, got.fmax_mhz) == (closed.folds, 158, (240, 320), 4, 77.5)
+    own = tmp_path / "own.json"  # a build that took nextpnr's own seed gives it back as such, not as --seed 1
+    own.write_text(report.to_json().replace('"seed": 4', '"seed": null'))
+    assert from_report(own, "ulx3s-85f", resolve("s25")).seed is None
 
     assert main(["fpga", "build", "--board", "ulx3s-85f", "--plan", str(path), "--plan-only"]) == 0
     err = capsys.readouterr().err

@@ -142,8 +142,8 @@ class BuildReport:
                                                         if self.oscillator_mhz else "")
             lines.append(f"  Fmax           {self.fmax_mhz:.1f} MHz, {clock}: {verdict} it ({self.margin:.2f}x)")
         if self.seed is not None or self.tries:
-            lines.append(f"  nextpnr seed   {self.seed or 1}" + (" (after " + ", ".join(
-                f"seed {s}: {f:.1f} MHz" for s, f in self.tries) + ")" if self.tries else ""))
+            lines.append(f"  nextpnr seed   {self.seed or 'its own'}" + (" (after " + ", ".join(
+                f"seed {s or 'its own'}: {f:.1f} MHz" for s, f in self.tries) + ")" if self.tries else ""))
         if self.critical_path:
             c = self.critical_path
             lines.append(f"  critical path  {c['ns']:.2f} ns ({c['logic_ns']:.2f} logic, {c['routing_ns']:.2f} "
@@ -396,7 +396,7 @@ def run_with_retries(board: str, family: str, out: Path, env: dict, report: Buil
     worth_retry`) and fewer than ``tries`` runs were made, place and route the same netlist again with the next
     seed (the missed run's log kept as ``top.seed<N>.tim``). ``report`` gets the seed that met the clock and the
     misses; the last miss raises :class:`UserError` with :func:`timing_hint`."""
-    from edgespike.fpga.closure import next_seeds, worth_retry
+    from edgespike.fpga.closure import next_seeds, seed_name, worth_retry
 
     seeds = [seed, *next_seeds(seed, tries)]
     total = 0.0
@@ -414,9 +414,9 @@ def run_with_retries(board: str, family: str, out: Path, env: dict, report: Buil
             tim = out / "top.tim"
             fmax = _fmax(tim.read_text(errors="replace")) if tim.exists() else None
             if n + 1 < len(seeds) and worth_retry(fmax, clock_hz / 1e6):
-                tim.replace(out / f"top.seed{s or 1}.tim")
-                report.tries.append([s or 1, fmax])
-                print(f"  nextpnr --seed {s or 1}: {fmax:.1f} MHz after routing, "
+                tim.replace(out / f"top.seed{s or '-own'}.tim")
+                report.tries.append([s, fmax])
+                print(f"  {seed_name(s)}: {fmax:.1f} MHz after routing, "
                       f"{100 - 100 * fmax * 1e6 / clock_hz:.1f} % below the {clock_hz / 1e6:g} MHz clock: placing "
                       f"and routing again with --seed {seeds[n + 1]} (try {n + 2} of {len(seeds)}, --tries)",
                       file=(progress or sys.stderr), flush=True)
@@ -732,7 +732,7 @@ def build(board: str, model_path: str | None = None, out_dir: str | None = None,
         Bit-plane models: the share of the part's logic cells the planner may fill (default
         :data:`edgespike.fpga.pipeline.LOGIC_BUDGET`, 0.8).
     seed : int, optional
-        nextpnr's placement seed (default: the closed plan's, else nextpnr's own, 1). A part filled to three
+        nextpnr's placement seed (default: the closed plan's, else nextpnr's own). A part filled to three
         quarters routes a few MHz faster or slower from seed to seed (docs/HARDWARE.md, "Session 19").
     tries : int, optional
         Bit-plane models: place-and-route runs at most, the next seed each, while the routed design misses the

