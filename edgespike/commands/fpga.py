@@ -18,8 +18,9 @@ the report is also written as DIR/report.json. A bit-plane model (the shipped de
 behind the framed link when its region fits the link's buffers, else a raw UART, said on stderr); a rate-coded
 IF model builds as the shared engine behind the framed link that `edgespike run --backend fpga` speaks (the ULX3S
 and OrangeCrab at 12.5 / 12 MHz). A shipped model with a plan that met the clock on the board (s25 on the ulx3s-85f:
-79 MHz) is built with that plan and nextpnr seed, said on stderr (--replan plans afresh); a build that misses its
-clock by under a tenth is placed and routed again with the next seeds (--tries).
+79 MHz behind the UART, 77.5 behind --link spi) is built with that plan and nextpnr seed, said on stderr
+(--replan plans afresh); a build that misses its clock by under a tenth is placed and routed again with the next
+seeds (--tries).
 Boards: icebreaker (iCE40UP5K), ulx3s-85f (ECP5-85F), orangecrab (ECP5-25F; UART on Feather pins 0/1).
 fpga serve-sim: run the board top level (UART included) in Amaranth's simulator behind a TCP socket; the firmware
 reaches it as socket://127.0.0.1:PORT (e.g. edgespike run --backend fpga --port socket://127.0.0.1:7007). A

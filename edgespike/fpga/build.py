@@ -394,8 +394,9 @@ def run_with_retries(board: str, family: str, out: Path, env: dict, report: Buil
                      clock_hz: float, seed: int | None, tries: int) -> None:
     """Run the build; while its routed design misses the clock by a little (:func:`edgespike.fpga.closure.
     worth_retry`) and fewer than ``tries`` runs were made, place and route the same netlist again with the next
-    seed (the missed run's log kept as ``top.seed<N>.tim``). ``report`` gets the seed that met the clock and the
-    misses; the last miss raises :class:`UserError` with :func:`timing_hint`."""
+    seed (the missed run's log kept as ``top.seed<N>.tim``, ``top.seed-own.tim`` after nextpnr's own seed).
+    ``report`` gets the seed that met the clock and the misses; the last miss raises :class:`UserError` with
+    :func:`timing_hint`."""
     from edgespike.fpga.closure import next_seeds, seed_name, worth_retry
 
     seeds = [seed, *next_seeds(seed, tries)]
