@@ -256,9 +256,9 @@ BOARDS = {
                             ("led_g", "led_r"), "iceprog {bin}   (or: openFPGALoader -b icebreaker {bin})"),
     "ulx3s-85f": BoardInfo("ulx3s-85f", "ecp5-85f", "ecp5", "amaranth_boards.ulx3s:ULX3S_85F_Platform",
                            ("led", "led", "led", "led"), "openFPGALoader -b ulx3s {bit}",
-                           # the shared engine places at ~23 MHz, under the 25 MHz oscillator; from 25 MHz the PLL
-                           # makes only multiples of 12.5 MHz, so 3 Mbaud (a multiple of 3 MHz) waits for the 75 MHz
-                           # of the layer pipeline: 12.5 MHz / 25 = 500 kbaud, which the FT231X makes exactly
+                           # the shared engine places at ~23 MHz, under the 25 MHz oscillator: 12.5 MHz / 25 =
+                           # 500 kbaud, which the FT231X makes exactly (15 MHz / 5 = 3 Mbaud is a PLL clock too since
+                           # the PLL's 3.125 MHz phase-detector floor, rtl/pll.py: not built yet)
                            pll_hz=12.5e6, baud=500_000),
     "orangecrab": BoardInfo("orangecrab", "ecp5-25f", "ecp5",
                             "amaranth_boards.orangecrab_r0_2:OrangeCrabR0_2_25FPlatform", ("rgb_led",),

@@ -14,8 +14,9 @@ from amaranth.hdl import ClockSignal, Elaboratable, Instance, Module, ResetSigna
 from amaranth.lib import io
 from amaranth.lib.cdc import AsyncFFSynchronizer
 
-# the ECP5 sysCLOCK PLL's limits (FPGA-TN-02200 and nextpnr's ecppll)
-PFD_HZ = (10e6, 400e6)
+# the ECP5 sysCLOCK PLL's limits (FPGA-TN-02200; the phase detector's floor as Project Trellis's ecppll has it, which
+# divides a 25 MHz oscillator by up to 8: 70 MHz is 25 x 14 / 5, where a 10 MHz floor left only multiples of 12.5)
+PFD_HZ = (3.125e6, 400e6)
 VCO_HZ = (400e6, 800e6)
 OUT_HZ = (3.125e6, 400e6)
 
@@ -51,7 +52,10 @@ def ecp5_pll_outputs(f_in: float) -> list[float]:
 
 
 def ecp5_pll_dividers(f_in: float, f_out: float) -> PLLDividers:
-    """The dividers that make ``f_out`` from ``f_in`` exactly (or ValueError), VCO nearest 600 MHz."""
+    """The dividers that make ``f_out`` from ``f_in`` (or ValueError), VCO nearest 600 MHz.
+
+    "Make" is to 10 ppm: 25 x 8 / 3 MHz is asked for as 66.6667, the six digits it is printed with; two clocks the
+    PLL makes are at least half a percent apart."""
     if not OUT_HZ[0] <= f_out <= OUT_HZ[1]:
         raise ValueError(f"{f_out / 1e6:g} MHz is outside the ECP5 PLL's output range")
     best = None
@@ -59,7 +63,7 @@ def ecp5_pll_dividers(f_in: float, f_out: float) -> PLLDividers:
         if not PFD_HZ[0] <= f_in / clki_div <= PFD_HZ[1]:
             continue
         for clkfb_div in range(1, 81):
-            if abs(f_in * clkfb_div / clki_div - f_out) > 1:
+            if abs(f_in * clkfb_div / clki_div - f_out) > f_out * 1e-5:
                 continue
             for clkop_div in range(1, 129):
                 d = PLLDividers(clki_div, clkfb_div, clkop_div, f_in)

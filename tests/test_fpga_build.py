@@ -173,18 +173,20 @@ def test_plan_only_prints_the_plan_and_runs_no_tool(tmp_path, capsys):
 
 
 def test_clock_option_takes_what_the_pll_makes_and_names_the_rest(capsys):
-    """--clock: a PLL clock of the ULX3S's 25 MHz oscillator (12.5 MHz steps) is taken; another is refused with
-    the ones it can make; the iCEBreaker has no PLL in the pipeline's top."""
+    """--clock: a PLL clock of the ULX3S's 25 MHz oscillator (25 x m / d, d up to 8) is taken, also as the six
+    digits it is printed with; another is refused with the nearest it can make; the iCEBreaker has no PLL in the
+    pipeline's top."""
     from edgespike.errors import UserError
 
-    assert pll_clock("ulx3s-85f", 37.5) == 37.5e6
-    with pytest.raises(UserError, match=r"--clock 45: the PLL cannot make it .* 37.5, 50, 62.5, 75"):
-        pll_clock("ulx3s-85f", 45)
+    assert pll_clock("ulx3s-85f", 37.5) == 37.5e6 and pll_clock("ulx3s-85f", 70) == 70e6
+    assert pll_clock("ulx3s-85f", 66.6667) == pytest.approx(25e6 * 8 / 3)
+    with pytest.raises(UserError, match=r"--clock 44: the PLL cannot make it .* nearest it makes: 43.75 and 45 MHz"):
+        pll_clock("ulx3s-85f", 44)
     with pytest.raises(UserError, match="icebreaker has no PLL"):
         pll_clock("icebreaker", 12)
-    assert main(["fpga", "build", "--board", "ulx3s-85f", "--clock", "45", "--plan-only"]) == 2
+    assert main(["fpga", "build", "--board", "ulx3s-85f", "--clock", "44", "--plan-only"]) == 2
     err = capsys.readouterr().err
-    assert "--clock 45: the PLL cannot make it" in err and "Traceback" not in err
+    assert "--clock 44: the PLL cannot make it" in err and "Traceback" not in err
 
 
 def test_logic_budget_widens_the_plan_and_is_refused_outside_its_range(capsys):
@@ -224,8 +226,9 @@ def test_a_build_that_misses_its_clock_names_fmax_the_path_and_the_clock_to_rebu
     hint = timing_hint("ulx3s-85f", tmp_path, 75e6)
     assert "reaches 46.1 MHz after routing, below the 75 MHz clock" in hint
     assert "21.68 ns: pipeline.layer5.w_addr -> pipeline.layer5.rom_data" in hint
-    assert hint.endswith("rebuild with --clock 37.5 to run it at a clock it meets, or with another --seed "
+    assert hint.endswith("rebuild with --clock 45.8333 to run it at a clock it meets, or with another --seed "
                          "(nextpnr's placement: a few MHz either way)")
+    assert pll_clock("ulx3s-85f", 45.8333) == pytest.approx(25e6 * 11 / 6)  # the hint's clock, as printed
     assert timing_hint("ulx3s-85f", tmp_path, 37.5e6) == ""  # met: nothing to add
     assert timing_hint("ulx3s-85f", tmp_path / "none", 75e6) == ""  # no log (another tool failed)
 
@@ -310,7 +313,7 @@ def test_a_near_miss_is_placed_and_routed_again_with_the_next_seeds_on_the_same_
 
     (out / "runs").unlink()
     far = BuildReport("ulx3s-85f", "ECP5-85F", "m.esnn", (64, 64), 8, 3_000_000, 75.0, 25.0)
-    with pytest.raises(UserError, match=r"(?s)reaches 60.0 MHz after routing.* --clock 50"):
+    with pytest.raises(UserError, match=r"(?s)reaches 60.0 MHz after routing.* --clock 60 "):
         run_with_retries("ulx3s-85f", "ecp5", out, env, far, None, 75e6, None, 3)
     assert (out / "runs").read_text().split() == ["yosys", "nextpnr", "1"]  # 60 of 75: not the seed's doing
 
@@ -432,12 +435,15 @@ def test_ecp5_pll_dividers_make_the_design_clock_exactly():
     crab = ecp5_pll_dividers(48e6, 12e6)
     assert crab.f_out == 12e6 and 400e6 <= crab.f_vco <= 800e6 and 10e6 <= 48e6 / crab.clki_div
     with pytest.raises(ValueError, match="no ECP5 PLL setting makes 12 MHz from 25 MHz"):
-        ecp5_pll_dividers(25e6, 12e6)  # 12/25 needs a 1 MHz phase detector, below the PLL's 10 MHz
+        ecp5_pll_dividers(25e6, 12e6)  # 12/25 needs a 1 MHz phase detector, below the PLL's 3.125 MHz
     from edgespike.rtl.pll import ecp5_pll_outputs
 
     made = ecp5_pll_outputs(25e6)  # what fpga build --clock offers: each made exactly, and nothing else
-    assert [f / 1e6 for f in made if 25e6 <= f <= 100e6] == [25, 37.5, 50, 62.5, 75, 87.5, 100]
+    assert [round(f / 1e6, 3) for f in made if 68e6 <= f <= 76e6] == [68.75, 70, 70.833, 71.429, 71.875, 75]
     assert all(ecp5_pll_dividers(25e6, f).f_out == f for f in made) and 12e6 not in made
+    # the clocks the shipped builds run at keep the dividers they were built with (as ecppll gives them)
+    assert [(d.clki_div, d.clkfb_div, d.clkop_div) for d in (ecp5_pll_dividers(25e6, 75e6),
+            ecp5_pll_dividers(48e6, 72e6))] == [(1, 3, 8), (2, 3, 8)]
 
 
 def test_ulx3s_top_runs_the_accelerator_from_the_pll(small_model, tmp_path):

@@ -54,8 +54,9 @@ def add_arguments(p) -> None:
                    "0.4-0.6 s, with the overlapping stripes of the plan, against 2-3 s at 3 Mbaud: the build prints "
                    "the plan's figure beside its compute time)")
     b.add_argument("--clock", type=float, metavar="MHZ", help="bit-plane models on the ULX3S / OrangeCrab: the "
-                   "PLL's design clock in MHz (default 75 / 72); one the PLL makes exactly from the oscillator (the "
-                   "ULX3S's 25 MHz: multiples of 12.5). A build that misses its clock names the one to rebuild with")
+                   "PLL's design clock in MHz (default 75 / 72); one the PLL makes from the oscillator (the ULX3S's "
+                   "25 MHz x m / d, d up to 8: 62.5, 70, 75, ...; others are refused with the nearest two). A build "
+                   "that misses its clock names the one to rebuild with")
     b.add_argument("--logic-budget", type=float, metavar="SHARE", help="bit-plane models: the share of the part's "
                    "logic cells the planner may fill (by its estimate), 0.5..1 (default 0.8: timing closes with room; "
                    "more buys lanes, so frames per second, and risks the clock: the build reports Fmax)")

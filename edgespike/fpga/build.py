@@ -493,8 +493,8 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     group)`` per layer) replace the planner's lanes and groups (it still chooses the line buffers' parts and the
     stripe), e.g. ``build_pipeline("ulx3s-85f", path, frame=(128, 64), folds=[(16, 1), (16, 1), (1, 16)])`` for a
     saved ``bitplane_dncnn(depth=3, width=16, T=8, down=True, seed=3)``, the shape of docs/HARDWARE.md's
-    measurements. ``clock_mhz`` sets an ECP5 board's PLL clock instead (one the PLL makes exactly from the
-    oscillator: multiples of 12.5 MHz on the ULX3S), for a design that does not reach the default.
+    measurements. ``clock_mhz`` sets an ECP5 board's PLL clock instead (one the PLL makes from the
+    oscillator: 25 MHz x m / d, d up to 8, on the ULX3S), for a design that does not reach the default.
     ``logic_budget`` is the share of the part's logic the planner may fill (default
     :data:`~edgespike.fpga.pipeline.LOGIC_BUDGET`). ``seed`` is nextpnr's placement seed (default its own).
     Given none of ``folds``, ``frame``, ``max_lanes``, ``logic_budget`` and not ``replan``, a model with a plan that
@@ -606,9 +606,10 @@ def pll_clock(board: str, mhz: float) -> float:
     try:
         return ecp5_pll_dividers(f_in, mhz * 1e6).f_out
     except ValueError:
-        made = [f"{f / 1e6:g}" for f in ecp5_pll_outputs(f_in) if 25e6 <= f <= 100e6]
-        raise UserError(f"--clock {mhz:g}: the PLL cannot make it from the {f_in / 1e6:g} MHz oscillator; "
-                        f"choose one of {', '.join(made)} MHz") from None
+        made = ecp5_pll_outputs(f_in)
+        near = [f for f in made if f < mhz * 1e6][-1:] + [f for f in made if f > mhz * 1e6][:1]
+        raise UserError(f"--clock {mhz:g}: the PLL cannot make it from the {f_in / 1e6:g} MHz oscillator; the "
+                        f"nearest it makes: {' and '.join(f'{f / 1e6:g}' for f in near)} MHz") from None
 
 
 def timing_hint(board: str, out: Path, clock_hz: float) -> str:
