@@ -145,7 +145,8 @@ class BuildReport:
             lines.append(f"  Fmax           {self.fmax_mhz:.1f} MHz, {clock}: {verdict} it ({self.margin:.2f}x)")
         if self.seed is not None or self.tries:
             lines.append(f"  nextpnr seed   {self.seed or 'its own'}" + (" (after " + ", ".join(
-                f"seed {s or 'its own'}: {f:.1f} MHz" for s, f in self.tries) + ")" if self.tries else ""))
+                f"{'its own' if s is None else f'seed {s}'}: {f:.1f} MHz" for s, f in self.tries) + ")"
+                if self.tries else ""))
         if self.critical_path:
             c = self.critical_path
             lines.append(f"  critical path  {c['ns']:.2f} ns ({c['logic_ns']:.2f} logic, {c['routing_ns']:.2f} "
