@@ -46,14 +46,18 @@ from edgespike.model import (
 )
 
 MAGIC = b"\x89ESN\r\n\x1a\n"
-VERSION = (1, 2)
+VERSION = (1, 3)
 """The newest version this edgespike reads and writes. 1.1 added bit-plane layers (``BitPlaneNeuron`` and the ``uwd``
 and ``bias`` fields of ``Integrator``); a model that uses none of them is written as 1.0, byte for byte as before.
-1.2 added model sets; a single network is still written as 1.0 or 1.1."""
+1.2 added model sets; a single network is still written as 1.0 or 1.1. 1.3 added dilated convolutions (``Conv``'s
+``dilation``); only a model with one is written as 1.3."""
 SET_VERSION = (1, 2)
-"""The version a model set is written with (an older reader then says "upgrade edgespike")."""
+"""The version a model set is written with (an older reader then says "upgrade edgespike"), or its newest member's."""
 NEW_IN_1_1 = {("Integrator", "uwd"): False, ("Integrator", "bias"): None}
 """Fields added in 1.1, with the default a 1.0 file implies; written only when they differ from it."""
+NEW_IN_1_3 = {("Conv", "dilation"): 1}
+"""Fields added in 1.3, likewise."""
+NEW_FIELDS = {**NEW_IN_1_1, **NEW_IN_1_3}
 PREAMBLE = struct.Struct("<8sHHIQII")
 ALIGN = 64
 MAX_HEADER = 16 * 2**20
@@ -83,8 +87,8 @@ def model_to_header_and_tensors(model: Model) -> tuple[dict, dict[str, np.ndarra
         entry: dict = {"type": type(node).__name__}
         for f in dataclasses.fields(node):
             value = getattr(node, f.name)
-            key_1_1 = (type(node).__name__, f.name)
-            if key_1_1 in NEW_IN_1_1 and _is_default(value, NEW_IN_1_1[key_1_1]):
+            key = (type(node).__name__, f.name)
+            if key in NEW_FIELDS and _is_default(value, NEW_FIELDS[key]):
                 continue
             if f.name in ARRAY_FIELDS:
                 if value is not None:
@@ -117,7 +121,11 @@ def _is_default(value, default) -> bool:
 
 
 def format_version(model: Model) -> tuple[int, int]:
-    """The oldest format version that can hold ``model`` (1.0 unless it has bit-plane layers)."""
+    """The oldest format version that can hold ``model``: 1.0, 1.1 with bit-plane layers, 1.3 with a dilated
+    convolution."""
+    if any(not _is_default(getattr(n, f, d), d) for (t, f), d in NEW_IN_1_3.items() for n in model.nodes
+           if type(n).__name__ == t):
+        return (1, 3)
     return (1, 1) if model.has_bitplane else (1, 0)
 
 
@@ -160,7 +168,8 @@ def set_to_bytes(mset) -> bytes:
         offset += len(raw) + _pad(len(raw))
     header = {"format": "edgespike-snn-set", "estimator": mset.estimator, "bounds": list(mset.bounds),
               "bands": list(mset.bands), "members": table, "metadata": mset.metadata}
-    return _container(header, b"".join(chunks), SET_VERSION)
+    newest = max([SET_VERSION] + [format_version(m.model) for m in mset.members])  # a reader that reads them all
+    return _container(header, b"".join(chunks), newest)
 
 
 def save(model, path: str | os.PathLike) -> None:

@@ -226,8 +226,24 @@ int conv_neuron(const uint8_t *x, int L, long x_step, int h, int w, int cs, int 
 /* Bit-plane neuron (docs/SEMANTICS.md 5.5) on decoded membranes: q = clip(floor((v + bias) / theta), 0, levels).
    v [n][co] holds integers as float (vt = 0), double (vt = 1) or int32 (vt = 2); q [n][co] is uint8 (levels < 256)
    or uint16. Exact in double: v + bias is an integer below 2^53, the quotient estimated with a reciprocal is
-   corrected by one step where the remainder says so, and every product below is an exact integer. hist counts
-   the values of q in rows p0..p1-1 (the strip's core; levels < 256 only), from which the spikes per step follow. */
+   corrected by one step where the remainder says so, and every product below is an exact integer. bits[b]
+   counts the values of q in rows p0..p1-1 (the strip's core; levels < 256 only) that have bit b set: the spikes
+   of the step that emits bit b. */
+INLINE void count_bits(const uint8_t *q, long n, int64_t *bits) {
+    /* eight values at a time: bit b of each byte masked out of a 64-bit word, popcount (a histogram of the values
+       would chain its increments through memory, ten times slower) */
+    int64_t s[8] = {0};
+    long e = 0;
+    for (; e + 8 <= n; e += 8) {
+        uint64_t w;
+        memcpy(&w, q + e, 8);
+        for (int b = 0; b < 8; b++) s[b] += __builtin_popcountll(w & (0x0101010101010101ULL << b));
+    }
+    for (; e < n; e++)
+        for (int b = 0; b < 8; b++) s[b] += (q[e] >> b) & 1;
+    for (int b = 0; b < 8; b++) bits[b] += s[b];
+}
+
 INLINE void quantise_px(const void *v, int vt, long i, int co, const double *bias, const double *theta,
                         const double *inv, int levels, void *q, long qi, int count, int64_t *local) {
     uint8_t *q8 = (uint8_t *)q + qi * co;
@@ -243,19 +259,19 @@ INLINE void quantise_px(const void *v, int vt, long i, int co, const double *bia
         if (levels < 256) q8[c] = (uint8_t)f; else q16[c] = (uint16_t)f;
     }
     if (levels < 256 && count)
-        for (int c = 0; c < co; c++) local[q8[c]]++;
+        count_bits(q8, co, local);
 }
 
 void bitplane_quantise(const void *v, int vt, long n, int co, const double *bias, const double *theta,
-                       const double *inv, int levels, void *q, int threads, long p0, long p1, int64_t *hist) {
+                       const double *inv, int levels, void *q, int threads, long p0, long p1, int64_t *bits) {
     #pragma omp parallel num_threads(threads)
     {
-        int64_t local[256] = {0};
+        int64_t local[8] = {0};
         #pragma omp for schedule(static)
         for (long i = 0; i < n; i++)
             quantise_px(v, vt, i, co, bias, theta, inv, levels, q, i, i >= p0 && i < p1, local);
         #pragma omp critical
-        for (int j = 0; j < 256; j++) hist[j] += local[j];
+        for (int b = 0; b < 8; b++) bits[b] += local[b];
     }
 }
 
@@ -291,26 +307,31 @@ INLINE void conv_s16_px(const int16_t *xp, int wp, int cin, const int16_t *wpk, 
 }
 
 /* quantise_px for int32 membranes and 8-bit activations, written branch-free over the channels so that the
-   compiler vectorises it (the same arithmetic, hence the same values) */
-INLINE void quantise_row_u8(const int32_t *v, long n, int co, const double *bias, const double *theta,
-                            const double *inv, int levels, uint8_t *q, int count, int64_t *local) {
+   compiler vectorises it (the same arithmetic, hence the same values; restrict: the uint8 stores alias nothing,
+   and -fno-trapping-math lets floor vectorise) */
+INLINE void quantise_row_u8(const int32_t *restrict v, long n, int co, const double *restrict bias,
+                            const double *restrict theta, const double *restrict inv, int levels,
+                            uint8_t *restrict q, int count, int64_t *local) {
+    double top = levels;
     for (long e0 = 0; e0 < n; e0 += co) {
+        const int32_t *restrict vr = v + e0;
+        uint8_t *restrict qr = q + e0;
         for (int c = 0; c < co; c++) {
-            double x = (double)v[e0 + c] + bias[c];
+            double x = (double)vr[c] + bias[c];
             double f = floor(x * inv[c]);
             double r = x - f * theta[c];
             f += (r >= theta[c] ? 1.0 : 0.0) - (r < 0 ? 1.0 : 0.0);
             f = f < 0 ? 0 : f;
-            f = f > levels ? levels : f;
-            q[e0 + c] = (uint8_t)(int)f;
+            f = f > top ? top : f;
+            qr[c] = (uint8_t)(int32_t)f;
         }
     }
     if (count)
-        for (long e = 0; e < n; e++) local[q[e]]++;
+        count_bits(q, n, local);
 }
 
 /* The bit-plane neuron applied to one output row of a convolution (int32, [wo][co]) while it is in cache:
-   q row oy, and the histogram of its values when count */
+   q row oy, and the counts of its bits when count */
 INLINE void quantise_row(const int32_t *orow, int oy, int wo, int co, const double *qbias, const double *theta,
                          const double *inv, int levels, void *q, int count, int64_t *local) {
     if (levels < 256)
@@ -366,15 +387,15 @@ INLINE void conv_s16_tile(const int16_t *xp, int wp, int cin, const int16_t *wpk
 #endif
 
 /* out [ho][wo][co] int32; or, with q != NULL, the bit-plane neuron that follows applied to each row while it is
-   in cache (bitplane_quantise's arithmetic: q = clip(floor((row + qbias) / theta), 0, levels), hist over output
-   rows r0..r1-1) and out unused */
+   in cache (bitplane_quantise's arithmetic: q = clip(floor((row + qbias) / theta), 0, levels), its bits counted
+   over output rows r0..r1-1) and out unused */
 void conv_s16(const int16_t *xp, int wp, int cin, const int16_t *wpk, int k, int st, int ho, int wo, int co,
               const int32_t *bias, int32_t *out, int threads, const double *qbias, const double *theta,
-              const double *inv, int levels, void *q, int r0, int r1, int64_t *hist) {
+              const double *inv, int levels, void *q, int r0, int r1, int64_t *bits) {
     int kp = (k * cin + 1) / 2;
     #pragma omp parallel num_threads(threads)
     {
-        int64_t local[256] = {0};
+        int64_t local[8] = {0};
         int32_t *rowbuf = q ? malloc((size_t)wo * co * sizeof(int32_t)) : NULL;
         #pragma omp for schedule(dynamic, 1)
         for (int oy = 0; oy < ho; oy++) {
@@ -399,7 +420,7 @@ void conv_s16(const int16_t *xp, int wp, int cin, const int16_t *wpk, int k, int
         }
         free(rowbuf);
         #pragma omp critical
-        for (int j = 0; j < 256; j++) hist[j] += local[j];
+        for (int b = 0; b < 8; b++) bits[b] += local[b];
     }
 }
 
@@ -475,11 +496,11 @@ INLINE void conv_u8_tile(const uint8_t *xp, int wp, int cin, const int8_t *wpk, 
    it, so a tile's dropped pixels never touch another row. */
 void conv_u8(const uint8_t *xp, int wp, int cin, const int8_t *wpk, int k, int st, int ho, int wo, int co,
              int cop, const int32_t *bias, int32_t *out, int threads, const double *qbias, const double *theta,
-             const double *inv, int levels, void *q, int r0, int r1, int64_t *hist) {
+             const double *inv, int levels, void *q, int r0, int r1, int64_t *bits) {
     int kq = (k * cin + 3) / 4;
     #pragma omp parallel num_threads(threads)
     {
-        int64_t local[256] = {0};
+        int64_t local[8] = {0};
         int32_t *rowbuf = malloc(((size_t)(wo + U8_P) * co + 16) * sizeof(int32_t));
         #pragma omp for schedule(dynamic, 1)
         for (int oy = 0; oy < ho; oy++) {
@@ -505,7 +526,7 @@ void conv_u8(const uint8_t *xp, int wp, int cin, const int8_t *wpk, int k, int s
         }
         free(rowbuf);
         #pragma omp critical
-        for (int j = 0; j < 256; j++) hist[j] += local[j];
+        for (int b = 0; b < 8; b++) bits[b] += local[b];
     }
 }
 
@@ -547,7 +568,9 @@ ARCH_FLAGS = ("-march=native", "-mcpu=native")
 """Tried in turn, the first the compiler accepts is kept: GCC/Clang on x86-64 spell it ``-march``, GCC on ARM
 accepts both, some ARM compilers only ``-mcpu``; cross compilers reject both (there is no "native" target)."""
 OPENMP_FLAG = "-fopenmp"
-BASE_FLAGS = ("-O3", "-fPIC", "-shared")
+BASE_FLAGS = ("-O3", "-fno-trapping-math", "-fPIC", "-shared")
+"""-fno-trapping-math lets GCC vectorise ``floor`` in the bit-plane quantiser; it changes no value, only whether
+floating-point exceptions may be raised (nothing here reads them)."""
 
 _PROBE_SOURCE = """
 int probe(int n) {
@@ -976,7 +999,7 @@ def _pack(weight: np.ndarray, group: int, lanes: int, dtype) -> np.ndarray:
 
 
 def conv_int(lib, x: np.ndarray, packed: np.ndarray, stride: int, bias: np.ndarray, neuron=None, T: int = 8,
-             rows: tuple[int, int] | None = None):
+             rows: tuple[int, int] | None = None, dilation: int = 1):
     """Exact "same" convolution (zero padding ``k // 2``) of a non-negative integer input ``x [h, w, C_in]`` with
     packed weights, plus ``bias`` (int32): ``[ho, wo, C_out]`` int32. The caller guarantees, from the proved
     bounds, that every partial sum fits int32. Two kernels, chosen by the pack:
@@ -988,7 +1011,12 @@ def conv_int(lib, x: np.ndarray, packed: np.ndarray, stride: int, bias: np.ndarr
 
     With a :class:`~edgespike.model.BitPlaneNeuron` ``neuron``, returns instead what :func:`bitplane_quantise`
     returns for the convolution's output (its ``T``-bit values and spikes per step in output rows ``rows``),
-    computed row by row while the row is in cache."""
+    computed row by row while the row is in cache.
+
+    ``dilation > 1`` (stride 1) spaces the taps that far apart: the kernel runs on each phase's sub-image
+    (:func:`edgespike.runtime.dilated_by_phase`), ``rows`` mapped into each."""
+    if dilation > 1:
+        return _conv_int_by_phase(lib, x, packed, bias, neuron, T, rows, dilation)
     h, w, cin = x.shape
     u8 = packed.dtype == np.int8
     k, _, cop, _ = packed.shape
@@ -1002,7 +1030,7 @@ def conv_int(lib, x: np.ndarray, packed: np.ndarray, stride: int, bias: np.ndarr
     flat = np.zeros(hp * wp * cin + spare, np.uint8 if u8 else np.int16)
     flat[:-spare].reshape(hp, wp, cin)[p:p + h, p:p + w] = x
     b = np.ascontiguousarray(bias, dtype=np.int32)
-    hist = np.zeros(256, np.int64)
+    bits = np.zeros(8, np.int64)
     if neuron is None:
         out = np.empty((ho, wo, cout), np.int32)
         q = qb = th = inv = None
@@ -1021,10 +1049,29 @@ def conv_int(lib, x: np.ndarray, packed: np.ndarray, stride: int, bias: np.ndarr
 
     head = (flat.ctypes.data, wp, cin, packed.ctypes.data, k, stride, ho, wo, cout) + ((cop,) if u8 else ())
     (lib.conv_u8 if u8 else lib.conv_s16)(*head, b.ctypes.data, ptr(out), threads(ho * wo * cout), ptr(qb),
-                                           ptr(th), ptr(inv), levels, ptr(q), r0, r1, hist.ctypes.data)
+                                           ptr(th), ptr(inv), levels, ptr(q), r0, r1, bits.ctypes.data)
     if neuron is None:
         return out
-    return q, _spikes_per_step(hist, T)
+    return q, _spikes_per_step(bits, T)
+
+
+def _conv_int_by_phase(lib, x, packed, bias, neuron, T, rows, d):
+    from edgespike.runtime import dilated_by_phase
+
+    if neuron is None:
+        return dilated_by_phase(x[None], d, lambda part, a, b: conv_int(lib, part[0], packed, 1, bias)[None])[0]
+    r0, r1 = rows if rows is not None else (0, x.shape[0])
+    spikes = None if T > 8 else np.zeros(T, np.int64)
+
+    def quantised(part, a, b):
+        # output row y = a + d * r of phase a lies in [r0, r1) for r in [ceil((r0 - a) / d), ceil((r1 - a) / d))
+        rows_part = (max(0, -(-(r0 - a) // d)), max(0, -(-(r1 - a) // d)))
+        q, counts = conv_int(lib, part[0], packed, 1, bias, neuron, T, rows_part)
+        if spikes is not None:
+            spikes[:] += counts
+        return q[None]
+
+    return dilated_by_phase(x[None], d, quantised)[0], spikes
 
 
 def s16_fast(lib) -> bool:
@@ -1059,16 +1106,15 @@ def bitplane_quantise(lib, v: np.ndarray, bias: np.ndarray, theta: np.ndarray, T
     th = np.ascontiguousarray(theta, dtype=np.float64)
     inv = 1.0 / th
     r0, r1 = rows if rows is not None else (0, h)
-    hist = np.zeros(256, np.int64)
+    bits = np.zeros(8, np.int64)
     fn(v.ctypes.data, kinds[v.dtype], h * w, co, b.ctypes.data, th.ctypes.data, inv.ctypes.data, 2**T - 1,
-       q.ctypes.data, threads(v.size), r0 * w, r1 * w, hist.ctypes.data)
-    return q, _spikes_per_step(hist, T)
+       q.ctypes.data, threads(v.size), r0 * w, r1 * w, bits.ctypes.data)
+    return q, _spikes_per_step(bits, T)
 
 
-def _spikes_per_step(hist: np.ndarray, T: int) -> np.ndarray | None:
-    """Spikes of each step ``t`` (bit ``T-1-t`` of q) from the histogram of the values of q (``None`` for T > 8:
-    the kernels keep no histogram of 16-bit values)."""
+def _spikes_per_step(bits: np.ndarray, T: int) -> np.ndarray | None:
+    """Spikes of each step ``t`` from the kernels' counts of the values of q with bit b set (step t emits bit
+    ``T-1-t``); ``None`` for T > 8: the kernels count the bits of 8-bit values only."""
     if T > 8:
         return None
-    values = np.arange(256)
-    return np.array([int(hist[(values >> (T - 1 - t)) & 1 == 1].sum()) for t in range(T)], np.int64)
+    return bits[T - 1::-1].copy()

@@ -38,6 +38,8 @@ class Conv:
     """2-D convolution, odd square kernel, stride 1 or 2, zero padding ``k // 2`` ("same").
 
     ``weight`` is int8 ``[C_out, C_in, k, k]``; ``bias`` int32 ``[C_out]`` is added at every timestep.
+    ``dilation`` (format 1.3, stride 1 only) spaces the taps ``dilation`` pixels apart, padding ``dilation * (k // 2)``
+    (IRCNN's dilated 3x3 layers: a wider view for the same weights and operations).
     ``weight_extra`` (optional, int8, same shape) replaces ``weight`` at the MPRN extra step: it carries the
     trained spike value beta folded into the weights. ``scale`` (float32 ``[C_out]``) is the real value of one
     integer unit of this node's output current.
@@ -50,6 +52,7 @@ class Conv:
     stride: int = 1
     weight_extra: np.ndarray | None = None
     scale: np.ndarray | None = None
+    dilation: int = 1
 
     @property
     def inputs(self) -> tuple[str, ...]:

@@ -57,20 +57,21 @@ def encode(model: Model, frame: np.ndarray, t: int) -> np.ndarray:
     return v[None]
 
 
-def conv2d(x: np.ndarray, w: np.ndarray, stride: int) -> np.ndarray:
-    """``out[o, y, x] = sum_{c,i,j} w[o,c,i,j] * xpad[c, y*s + i, x*s + j]`` with zero padding ``k // 2``."""
+def conv2d(x: np.ndarray, w: np.ndarray, stride: int, dilation: int = 1) -> np.ndarray:
+    """``out[o, y, x] = sum_{c,i,j} w[o,c,i,j] * xpad[c, y*s + d*i, x*s + d*j]`` with zero padding ``d * (k // 2)``."""
     k = w.shape[2]
-    p = k // 2
+    d = dilation
+    p = d * (k // 2)
     c, h, wd = x.shape
     xp = np.zeros((c, h + 2 * p, wd + 2 * p), np.int64)
     xp[:, p:p + h, p:p + wd] = x
-    ho = (h + 2 * p - k) // stride + 1
-    wo = (wd + 2 * p - k) // stride + 1
+    ho = (h + 2 * p - d * (k - 1) - 1) // stride + 1
+    wo = (wd + 2 * p - d * (k - 1) - 1) // stride + 1
     out = np.zeros((w.shape[0], ho, wo), np.int64)
     w = w.astype(np.int64)
     for i in range(k):
         for j in range(k):
-            window = xp[:, i:i + stride * ho:stride, j:j + stride * wo:stride]
+            window = xp[:, d * i:d * i + stride * ho:stride, d * j:d * j + stride * wo:stride]
             out += np.einsum("oc,chw->ohw", w[:, :, i, j], window)
     return out
 
@@ -128,7 +129,7 @@ def run(model: Model, frame: np.ndarray, trace: bool = False):
             for t, value in enumerate(seq[node.input]):
                 extra = t == T
                 w = node.weight_extra if (extra and node.weight_extra is not None) else node.weight
-                cur = conv2d(value, w, node.stride)
+                cur = conv2d(value, w, node.stride, node.dilation)
                 if not extra:
                     cur += node.bias.astype(np.int64)[:, None, None]
                 out.append(cur)

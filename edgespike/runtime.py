@@ -274,8 +274,27 @@ def im2col_conv(xp: np.ndarray, taps: np.ndarray, stride: int, ho: int, wo: int,
     return out
 
 
-def conv_nhwc(x: np.ndarray, taps: np.ndarray, stride: int, threads: int = 1) -> np.ndarray:
-    """Zero-padded "same" convolution of ``x [L, h, w, C_in]`` with ``taps [k, k, C_in, C_out]``.
+def dilated_by_phase(x: np.ndarray, d: int, conv) -> np.ndarray:
+    """A stride-1 "same" convolution with taps ``d`` pixels apart, from the undilated one.
+
+    Output pixel ``(y, x)`` reads only pixels of its own phase ``(y mod d, x mod d)``, and those are neighbours in
+    the phase's sub-image ``x[:, a::d, b::d]``, whose zero padding is the frame's. So ``conv(part, a, b)`` runs
+    undilated on each of the d * d sub-images ``part [L, h', w', C]`` and the results are interleaved back,
+    exactly (TensorFlow's space-to-batch form of atrous convolution)."""
+    L, h, w = x.shape[:3]
+    out = None
+    for a in range(min(d, h)):
+        for b in range(min(d, w)):
+            y = conv(np.ascontiguousarray(x[:, a::d, b::d]), a, b)
+            if out is None:
+                out = np.empty((L, h, w) + y.shape[3:], y.dtype)
+            out[:, a::d, b::d] = y
+    return out
+
+
+def conv_nhwc(x: np.ndarray, taps: np.ndarray, stride: int, threads: int = 1, dilation: int = 1) -> np.ndarray:
+    """Zero-padded "same" convolution of ``x [L, h, w, C_in]`` with ``taps [k, k, C_in, C_out]``, its taps
+    ``dilation`` pixels apart (stride 1; :func:`dilated_by_phase`).
 
     Three exact GEMM forms, chosen by shape (no Winograd/FFT):
 
@@ -287,6 +306,8 @@ def conv_nhwc(x: np.ndarray, taps: np.ndarray, stride: int, threads: int = 1) ->
       slice shifted by ``i * W_pad + j``; outputs land on the padded grid and the pad rows/columns (which mix
       neighbouring rows and steps) are cropped. Stride 2 gathers each tap's strided window into one buffer.
     """
+    if dilation > 1:
+        return dilated_by_phase(x, dilation, lambda part, a, b: conv_nhwc(part, taps, 1, threads))
     k = taps.shape[0]
     p = k // 2
     L, h, w, cin = x.shape
@@ -477,7 +498,8 @@ class Runtime:
 
             for node in model.nodes:
                 cons = self.consumers[node.name]
-                if (isinstance(node, Conv) and infos[node.input].binary and len(cons) == 1
+                # (the lookup-table kernel reads its taps as neighbours: a dilated conv runs unfused)
+                if (isinstance(node, Conv) and node.dilation == 1 and infos[node.input].binary and len(cons) == 1
                         and isinstance(cons[0], Neuron) and kernels.fits(node, infos[cons[0].name])):
                     self.fused[node.name] = cons[0].name
         self.need_count = {t.node for t in model.decoder.terms if t.quantity == "count"}
@@ -511,7 +533,7 @@ class Runtime:
     def _halo(self) -> int:
         """Rows (level 0) at a strip's cut whose values can differ from a whole-frame run, rounded up to ``M``.
 
-        A cut acts like zero padding; the error spreads ``k // 2`` pixels per convolution at that node's
+        A cut acts like zero padding; the error spreads ``dilation * (k // 2)`` pixels per convolution at that node's
         resolution (``k // 2 + 1`` input pixels for a transposed one, plus one output pixel of rounding at a
         stride-2 step). Spikes and the decoder are per pixel and do not spread it.
         """
@@ -522,7 +544,7 @@ class Runtime:
             din = max(d[i] for i in node.inputs)
             if isinstance(node, Conv):
                 lvl = infos[node.input].level
-                din += (node.kernel // 2) * 2.0**lvl
+                din += node.dilation * (node.kernel // 2) * 2.0**lvl
                 if node.stride == 2:
                     g = 2.0 ** (lvl + 1)
                     din = -(-din // g) * g + g
@@ -795,7 +817,7 @@ class Runtime:
         dt = _gemm_dtype(bound)
         taps = plan.taps_for(extra, dt)
         if isinstance(node, Conv):
-            out = conv_nhwc(a, taps, node.stride)
+            out = conv_nhwc(a, taps, node.stride, dilation=node.dilation)
         else:
             out = conv_transpose_nhwc(a, taps, node.padding)
         if not extra:
@@ -827,14 +849,15 @@ class Runtime:
             from edgespike import kernels
 
             bias = node.bias.astype(np.int64) * T1  # in int32: the proved bound includes it
-            v = kernels.conv_int(self.kernels, src.arr[0], self._packed(node), node.stride, bias.astype(np.int32))
+            v = kernels.conv_int(self.kernels, src.arr[0], self._packed(node), node.stride, bias.astype(np.int32),
+                                 dilation=node.dilation)
             return _Val(v[None], weighted=True)
         # A constant input (direct coding) is convolved once and scaled after, so the GEMM sees small values.
         dt = _gemm_dtype(plan.bound if src.const else plan.bound_weighted)
         taps = plan.taps_for(False, dt)
         a = src.arr[:1] if src.const else self._weighted_sum(src)[None]
         if isinstance(node, Conv):
-            out = conv_nhwc(a, taps, node.stride, self.threads)
+            out = conv_nhwc(a, taps, node.stride, self.threads, node.dilation)
         else:
             out = conv_transpose_nhwc(a, taps, node.padding)
         if np.any(node.bias):  # exact in dt: the bound includes the bias (times 2**T - 1 in the weighted form)
@@ -903,7 +926,7 @@ class Runtime:
         steps = _unpack_planes(src, self.T) if src.planes else src
         a = steps.arr
         T1 = 2**self.T - 1
-        if self.kernels is not None and isinstance(node, Conv) and src.binary:
+        if self.kernels is not None and isinstance(node, Conv) and src.binary and node.dilation == 1:
             from edgespike import kernels
 
             lut = self._lut_cache.get(node.name)
@@ -919,7 +942,10 @@ class Runtime:
         plan = self.plans[node.name]
         dt = _gemm_dtype(plan.bound)
         taps = plan.taps_for(False, dt)
-        cur = conv_nhwc(a, taps, node.stride) if isinstance(node, Conv) else conv_transpose_nhwc(a, taps, node.padding)
+        if isinstance(node, Conv):
+            cur = conv_nhwc(a, taps, node.stride, dilation=node.dilation)
+        else:
+            cur = conv_transpose_nhwc(a, taps, node.padding)
         v = np.zeros(cur.shape[1:], np.int64)
         for t in range(cur.shape[0]):
             v *= 2
@@ -935,7 +961,7 @@ class Runtime:
 
         bias = (conv.bias.astype(np.int64) * (2**self.T - 1)).astype(np.int32)  # in the proved int32 bound
         q, bits = kernels.conv_int(self.kernels, src.arr[0], self._packed(conv), conv.stride, bias, neuron=node,
-                                   T=self.T, rows=(c0, c1))
+                                   T=self.T, rows=(c0, c1), dilation=conv.dilation)
         return self._bitplane_out(node, q, bits, None, state, stats, c0, c1)
 
     def _bitplane(self, node: BitPlaneNeuron, src: _Val, state, stats: Stats, c0: int, c1: int) -> _Val:

@@ -4,10 +4,10 @@
   with random int8 weights and per-layer thresholds calibrated on a synthetic image so that every layer fires at
   a realistic rate (``rate``, default 0.2 spikes per neuron per step).
 * :func:`models` is a hypothesis strategy over small random models covering every node kind (Conv k 1/3/5 stride
-  1/2, ConvTranspose, Add, Concat in U-net shapes), every neuron variant (IF/LIF, soft/hard reset, v_init
-  zero/half, MPRN with ``weight_extra``, bit-plane layers mixed with IF ones, ``uwd`` Integrators with a bias),
-  every encoder (direct/uwe/rate) and every read-out (membrane, count,
-  uwd, SpikingIR membrane recycling), residual or direct output, sometimes with bounds that force float64/int64.
+  1/2, dilated stride-1 Convs, ConvTranspose, Add, Concat in U-net shapes), every neuron variant (IF/LIF,
+  soft/hard reset, v_init zero/half, MPRN with ``weight_extra``, bit-plane layers mixed with IF ones, ``uwd``
+  Integrators with a bias), every encoder (direct/uwe/rate) and every read-out (membrane, count, uwd, SpikingIR
+  membrane recycling), residual or direct output, sometimes with bounds that force float64/int64.
 * :func:`bitplane_dncnn` builds a DnCNN-shaped network of bit-plane layers (the shipped models' coding).
 * :func:`frames` draws uint8 frames of odd sizes (1x1, 3x7, occasionally 257x255).
 
@@ -148,11 +148,12 @@ def _rand_model(draw_int, draw_bool, draw_choice, seed: int) -> Model:
         scale = 2**20 if big else 30
         return rng.integers(-scale, scale + 1, cout).astype(np.int32)
 
-    def conv(src, cout, k, stride):
+    def conv(src, cout, k, stride, dilation=1):
         c, lvl, _ = info[src]
         name = fresh("c")
         extra = weights(cout, c, k) if (mprn_model and draw_bool()) else None
-        nodes.append(Conv(name, src, weights(cout, c, k), bias(cout), stride=stride, weight_extra=extra))
+        nodes.append(Conv(name, src, weights(cout, c, k), bias(cout), stride=stride, weight_extra=extra,
+                          dilation=dilation))
         info[name] = (cout, lvl + (stride == 2), False)
         return name
 
@@ -214,10 +215,10 @@ def _rand_model(draw_int, draw_bool, draw_choice, seed: int) -> Model:
             else:
                 cur = neuron(conv(cur, draw_int(1, 4), 3, 1))
         elif op == "current":  # a conv feeding a conv directly: non-binary input
-            cur = conv(conv(cur, draw_int(1, 3), draw_choice([1, 3]), 1), draw_int(1, 3), 1, 1)
+            cur = conv(conv(cur, draw_int(1, 3), draw_choice([1, 3]), 1, draw_choice([1, 2])), draw_int(1, 3), 1, 1)
             cur = neuron(cur)
-        else:
-            cur = neuron(conv(cur, draw_int(1, 4), draw_choice([1, 3, 5]), 1))
+        else:  # dilated now and then (taps 2 or 3 pixels apart: wider than the small frames drawn, at times)
+            cur = neuron(conv(cur, draw_int(1, 4), draw_choice([1, 3, 5]), 1, draw_choice([1, 1, 2, 3])))
         skips.setdefault(info[cur][1], []).append(cur)
     while info[cur][1] > 0:  # back to full resolution, U-net style: concat with the skip at each level
         cur = neuron(convt(cur, draw_int(1, 3)))
@@ -297,11 +298,13 @@ def frames(max_side: int = 12, large: bool = True):
 
 
 def bitplane_dncnn(depth: int = 4, width: int = 8, T: int = 8, seed: int = 0, down: bool = False,
-                   encoder: str | None = None, calib: np.ndarray | None = None) -> Model:
+                   encoder: str | None = None, calib: np.ndarray | None = None,
+                   dilations: tuple[int, ...] | None = None) -> Model:
     """A DnCNN-shaped network of bit-plane layers (conv + ``BitPlaneNeuron``, a ``uwd`` Integrator read-out) with
     random int8 weights, thresholds calibrated on ``calib`` (default :func:`calibration_frame`) so that the
     activations use their ``2**T`` levels, and random neuron biases; ``down`` gives the shipped shape (5x5 stride-2
-    conv in, 6x6 stride-2 transposed conv out). ``encoder`` defaults to ``uwe`` at T = 8, ``direct`` otherwise."""
+    conv in, 6x6 stride-2 transposed conv out). ``encoder`` defaults to ``uwe`` at T = 8, ``direct`` otherwise.
+    ``dilations`` (one per layer, stride-1 layers only) spaces each layer's taps, as IRCNN's 1, 2, 3, 4, 3, 2, 1."""
     from edgespike.reference import conv2d, conv_transpose2d
 
     rng = np.random.default_rng(seed)
@@ -324,8 +327,9 @@ def bitplane_dncnn(depth: int = 4, width: int = 8, T: int = 8, seed: int = 0, do
             z = conv_transpose2d(q, w, 2)
         else:
             stride = 2 if (down and i == 0) else 1
-            nodes.append(Conv(f"conv{i + 1}", src, w, zero, stride=stride))
-            z = conv2d(q, w, stride)
+            dil = dilations[i] if dilations else 1
+            nodes.append(Conv(f"conv{i + 1}", src, w, zero, stride=stride, dilation=dil))
+            z = conv2d(q, w, stride, dil)
         if i == 0:
             z = z * gain
         if last:

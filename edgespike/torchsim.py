@@ -20,7 +20,7 @@ A bit-plane layer (``BitPlaneNeuron``, ``Integrator(uwd=True)``) needs all T ste
 first bit (``docs/SEMANTICS.md`` section 5.5), so models with such layers always run layer-major (``mode="step"``
 runs them as ``"layer"``).
 
-Supported: Conv (stride 1/2), ConvTranspose, Neuron (IF/LIF, soft/hard reset, v_init zero/half), Integrator,
+Supported: Conv (stride 1/2, dilated), ConvTranspose, Neuron (IF/LIF, soft/hard reset, v_init zero/half), Integrator,
 Add, Concat; direct, uwe and rate encoders; membrane, count and uwd read-outs; the MPRN extra step of SpikingIR
 (``weight_extra``, firing at ``den * v >= num * theta``, compared in float64) when asked for with
 ``extra_step=True`` (without it a model with MPRN neurons raises :class:`NotImplementedError`, as before).
@@ -133,7 +133,8 @@ class TorchSim:
                 flat = src.reshape(L * N, *src.shape[2:])
                 if isinstance(node, Conv):
                     y = F.conv2d(flat, p["w_extra"] if extra else p["w"], None if extra else p["b"],
-                                 stride=node.stride, padding=node.kernel // 2)
+                                 stride=node.stride, padding=node.dilation * (node.kernel // 2),
+                                 dilation=node.dilation)
                 else:
                     y = F.conv_transpose2d(flat, p["w"], None if extra else p["b"], stride=2, padding=node.padding,
                                            output_padding=node.output_padding)

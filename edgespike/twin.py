@@ -72,8 +72,9 @@ class TwinLayer:
     weight, bias
         Float copies of the integer tensors (conv ops): weight ``[C_out, C_in, k, k]`` (also for ``conv_transpose``,
         whose PyTorch/ONNX layout is the transpose ``[C_in, C_out, k, k]``), bias ``[C_out]``.
-    stride, padding, output_padding
-        Conv: stride 1 or 2 with zero padding ``k // 2``; ConvTranspose: stride 2 with the PyTorch paddings.
+    stride, padding, output_padding, dilation
+        Conv: stride 1 or 2 with zero padding ``dilation * (k // 2)``, taps ``dilation`` apart; ConvTranspose:
+        stride 2 with the PyTorch paddings.
     theta, v_init
         Rate ops: per-channel threshold ``[C]`` (float) and the neuron's initial membrane (rounding in quant mode).
     levels
@@ -90,6 +91,7 @@ class TwinLayer:
     stride: int = 1
     padding: int = 0
     output_padding: int = 0
+    dilation: int = 1
     theta: np.ndarray | None = None
     v_init: str = "zero"
     scale: np.ndarray | None = None
@@ -120,7 +122,8 @@ def layers(model: Model) -> list[TwinLayer]:
     for n in model.nodes:
         if isinstance(n, Conv):
             out.append(TwinLayer(n.name, "conv", n.inputs, n.weight.astype(np.float64), n.bias.astype(np.float64),
-                                 stride=n.stride, padding=n.kernel // 2, scale=n.scale))
+                                 stride=n.stride, padding=n.dilation * (n.kernel // 2), dilation=n.dilation,
+                                 scale=n.scale))
         elif isinstance(n, ConvTranspose):
             out.append(TwinLayer(n.name, "conv_transpose", n.inputs, n.weight.astype(np.float64),
                                  n.bias.astype(np.float64), stride=2, padding=n.padding,
@@ -168,8 +171,9 @@ def _bitplane_layers(model: Model) -> list[TwinLayer]:
                 b = b + after.bias.astype(np.float64)
             op = "conv" if isinstance(n, Conv) else "conv_transpose"
             out.append(TwinLayer(n.name, op, n.inputs, w, b, stride=n.stride,
-                                 padding=n.kernel // 2 if op == "conv" else n.padding,
-                                 output_padding=0 if op == "conv" else n.output_padding, scale=n.scale))
+                                 padding=n.dilation * (n.kernel // 2) if op == "conv" else n.padding,
+                                 output_padding=0 if op == "conv" else n.output_padding,
+                                 dilation=getattr(n, "dilation", 1), scale=n.scale))
         elif isinstance(n, BitPlaneNeuron):
             out.append(TwinLayer(n.name, "rate", n.inputs, theta=n.threshold.astype(np.float64), v_init="zero",
                                  scale=n.scale, levels=levels))
@@ -197,18 +201,20 @@ def readout(model: Model) -> list[TwinReadout]:
     return terms
 
 
-def conv2d(x: np.ndarray, w: np.ndarray, stride: int) -> np.ndarray:
-    """Float 'same' convolution (zero padding ``k // 2``) of ``x [C, H, W]`` with ``w [O, C, k, k]``."""
+def conv2d(x: np.ndarray, w: np.ndarray, stride: int, dilation: int = 1) -> np.ndarray:
+    """Float 'same' convolution (zero padding ``dilation * (k // 2)``, taps ``dilation`` apart) of ``x [C, H, W]``
+    with ``w [O, C, k, k]``."""
     k = w.shape[2]
-    p = k // 2
+    d = dilation
+    p = d * (k // 2)
     c, h, wd = x.shape
     xp = np.pad(x, ((0, 0), (p, p), (p, p)))
-    ho = (h + 2 * p - k) // stride + 1
-    wo = (wd + 2 * p - k) // stride + 1
+    ho = (h + 2 * p - d * (k - 1) - 1) // stride + 1
+    wo = (wd + 2 * p - d * (k - 1) - 1) // stride + 1
     out = np.zeros((w.shape[0], ho * wo), x.dtype)
     for i in range(k):
         for j in range(k):
-            window = xp[:, i:i + stride * ho:stride, j:j + stride * wo:stride].reshape(c, -1)
+            window = xp[:, d * i:d * i + stride * ho:stride, d * j:d * j + stride * wo:stride].reshape(c, -1)
             out += w[:, :, i, j] @ window
     return out.reshape(w.shape[0], ho, wo)
 
@@ -268,7 +274,8 @@ class Twin:
         currents = {}
         for layer in self.layers:
             if layer.op == "conv":
-                v = conv2d(vals[layer.inputs[0]], self._w[layer.name], layer.stride) + k * self._b[layer.name]
+                v = (conv2d(vals[layer.inputs[0]], self._w[layer.name], layer.stride, layer.dilation)
+                     + k * self._b[layer.name])
             elif layer.op == "conv_transpose":
                 v = (conv_transpose2d(vals[layer.inputs[0]], self._w[layer.name], layer.padding)
                      + k * self._b[layer.name])

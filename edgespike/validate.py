@@ -34,6 +34,7 @@ from edgespike.model import (
 MAX_TIMESTEPS = 1024
 MAX_CHANNELS = 4096
 MAX_KERNEL = 15
+MAX_DILATION = 16  # a 3x3 conv then sees 33 pixels: as far as IRCNN's whole 7-layer network
 MAX_MEMBRANE_BITS = 32
 
 
@@ -207,6 +208,11 @@ def _analyse_node(node, ins: list[NodeInfo], model: Model, T: int) -> NodeInfo:
                 raise _fail(name, f"Conv kernels must be odd for 'same' padding, got {kh}")
             if node.stride not in (1, 2):
                 raise _fail(name, f"stride must be 1 or 2, got {node.stride!r}")
+            d = node.dilation
+            if not (isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DILATION):
+                raise _fail(name, f"dilation must be an integer in 1..{MAX_DILATION}, got {d!r}")
+            if d > 1 and node.stride != 1:
+                raise _fail(name, f"a dilated conv (dilation {d}) must have stride 1, got {node.stride}")
             level = src.level + (node.stride == 2)
             value = _conv_interval(node.weight, bias, src.value)
             w_extra = node.weight if node.weight_extra is None else node.weight_extra

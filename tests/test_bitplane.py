@@ -49,14 +49,16 @@ def integer_ann(model: Model, frame: np.ndarray) -> np.ndarray:
             W = node.weight.astype(np.int64)
             k = W.shape[2]
             if isinstance(node, Conv):
-                p = k // 2
+                d = node.dilation
+                p = d * (k // 2)
                 qp = np.pad(q, ((0, 0), (p, p), (p, p)))
-                ho = (q.shape[1] + 2 * p - k) // node.stride + 1
-                wo = (q.shape[2] + 2 * p - k) // node.stride + 1
+                ho = (q.shape[1] + 2 * p - d * (k - 1) - 1) // node.stride + 1
+                wo = (q.shape[2] + 2 * p - d * (k - 1) - 1) // node.stride + 1
                 z = np.zeros((W.shape[0], ho, wo), np.int64)
                 for i in range(k):
                     for j in range(k):
-                        win = qp[:, i:i + node.stride * ho:node.stride, j:j + node.stride * wo:node.stride]
+                        win = qp[:, d * i:d * i + node.stride * ho:node.stride,
+                                 d * j:d * j + node.stride * wo:node.stride]
                         z += np.tensordot(W[:, :, i, j], win, axes=(1, 0))
             else:
                 c, hh, ww = q.shape
@@ -81,9 +83,15 @@ def integer_ann(model: Model, frame: np.ndarray) -> np.ndarray:
 
 @settings(max_examples=25, deadline=None)
 @given(depth=st.integers(2, 4), width=st.integers(1, 9), T=st.integers(1, 8), seed=st.integers(0, 2**31),
-       down=st.booleans(), uwe=st.booleans(), h=st.integers(1, 23), w=st.integers(1, 23))
-def test_a_bitplane_network_is_its_integer_quantised_ann(depth, width, T, seed, down, uwe, h, w):
-    model = bitplane_dncnn(depth, width, T, seed=seed, down=down, encoder="uwe" if (uwe and T == 8) else None)
+       down=st.booleans(), uwe=st.booleans(), h=st.integers(1, 23), w=st.integers(1, 23),
+       dilations=st.lists(st.sampled_from([1, 1, 2, 3, 5]), min_size=4, max_size=4))
+def test_a_bitplane_network_is_its_integer_quantised_ann(depth, width, T, seed, down, uwe, h, w, dilations):
+    """Dilated layers (IRCNN's, format 1.3) too, with taps as far apart as the frame is wide."""
+    dil = tuple(dilations[:depth])
+    if down:  # the strided first and last layers are not dilated
+        dil = (1,) + dil[1:-1] + (1,)
+    model = bitplane_dncnn(depth, width, T, seed=seed, down=down, encoder="uwe" if (uwe and T == 8) else None,
+                           dilations=dil)
     frame = np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8)
     want = integer_ann(model, frame)
     assert np.array_equal(reference.run(model, frame), want)
@@ -198,27 +206,28 @@ def _kernel_or_skip():
     return kernels, lib
 
 
-def _check_integer_kernel(kernels, lib, pack, h, w, cin, co, k, stride, T, seed):
+def _check_integer_kernel(kernels, lib, pack, h, w, cin, co, k, stride, T, seed, dilation=1):
     """kernels.conv_int with ``pack``'s weights equals an int64 convolution; fused with the bit-plane neuron it
-    equals bitplane_quantise's output."""
+    equals bitplane_quantise's output, its spikes counted in the core rows only."""
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 2**T, (h, w, cin)).astype(np.uint8 if T <= 8 else np.uint16)
     weight = rng.integers(-128, 128, (co, cin, k, k)).astype(np.int8)
     bias = rng.integers(-5000, 5000, co).astype(np.int32)
-    p = k // 2
+    d = dilation
+    p = d * (k // 2)
     xp = np.pad(x.astype(np.int64), ((p, p), (p, p), (0, 0)))
-    ho, wo = (h + 2 * p - k) // stride + 1, (w + 2 * p - k) // stride + 1
+    ho, wo = (h + 2 * p - d * (k - 1) - 1) // stride + 1, (w + 2 * p - d * (k - 1) - 1) // stride + 1
     want = np.tile(bias.astype(np.int64), (ho, wo, 1))
     for i in range(k):
         for j in range(k):
-            win = xp[i:i + stride * ho:stride, j:j + stride * wo:stride]
+            win = xp[d * i:d * i + stride * ho:stride, d * j:d * j + stride * wo:stride]
             want += win @ weight[:, :, i, j].astype(np.int64).T
     packed = pack(weight)
-    assert np.array_equal(kernels.conv_int(lib, x, packed, stride, bias), want)
+    assert np.array_equal(kernels.conv_int(lib, x, packed, stride, bias, dilation=d), want)
     neuron = BitPlaneNeuron("bp", "c", rng.integers(1, 3000, co).astype(np.int32),
                             rng.integers(-3000, 3000, co).astype(np.int32))
-    rows = (min(1, ho), ho)
-    q, bits = kernels.conv_int(lib, x, packed, stride, bias, neuron=neuron, T=T, rows=rows)
+    rows = (min(1, ho), max(min(1, ho), ho - int(rng.integers(0, 3))))
+    q, bits = kernels.conv_int(lib, x, packed, stride, bias, neuron=neuron, T=T, rows=rows, dilation=d)
     q_want = np.clip(np.floor_divide(want + neuron.bias, neuron.threshold), 0, 2**T - 1)
     assert np.array_equal(q, q_want)
     if T <= 8:
@@ -228,22 +237,26 @@ def _check_integer_kernel(kernels, lib, pack, h, w, cin, co, k, stride, T, seed)
 
 @settings(max_examples=40, deadline=None)
 @given(h=st.integers(1, 13), w=st.integers(1, 21), cin=st.integers(1, 40), co=st.integers(1, 40),
-       k=st.sampled_from([1, 3, 5]), stride=st.sampled_from([1, 2]), T=st.integers(1, 12), seed=st.integers(0, 2**31))
-def test_the_integer_kernel_is_an_exact_convolution_and_quantiser(h, w, cin, co, k, stride, T, seed):
+       k=st.sampled_from([1, 3, 5]), stride=st.sampled_from([1, 2]), T=st.integers(1, 12), seed=st.integers(0, 2**31),
+       dilation=st.sampled_from([1, 1, 2, 4]))
+def test_the_integer_kernel_is_an_exact_convolution_and_quantiser(h, w, cin, co, k, stride, T, seed, dilation):
     """The int16 kernel (the dense path of bit-plane layers: int16 pairs, 4-pixel x 16-channel tiles and their
-    tails)."""
+    tails), dilated at stride 1 by phases."""
     kernels, lib = _kernel_or_skip()
-    _check_integer_kernel(kernels, lib, kernels.pack_s16, h, w, cin, co, k, stride, T, seed)
+    _check_integer_kernel(kernels, lib, kernels.pack_s16, h, w, cin, co, k, stride, T, seed,
+                          dilation if stride == 1 else 1)
 
 
 @settings(max_examples=40, deadline=None)
 @given(h=st.integers(1, 13), w=st.integers(1, 21), cin=st.integers(1, 70), co=st.integers(1, 90),
-       k=st.sampled_from([1, 3, 5]), stride=st.sampled_from([1, 2]), T=st.integers(1, 8), seed=st.integers(0, 2**31))
-def test_the_u8_kernel_is_an_exact_convolution_and_quantiser(h, w, cin, co, k, stride, T, seed):
+       k=st.sampled_from([1, 3, 5]), stride=st.sampled_from([1, 2]), T=st.integers(1, 8), seed=st.integers(0, 2**31),
+       dilation=st.sampled_from([1, 1, 2, 4]))
+def test_the_u8_kernel_is_an_exact_convolution_and_quantiser(h, w, cin, co, k, stride, T, seed, dilation):
     """The u8 x s8 kernel (VNNI where the CPU has it: 6-pixel x 64-channel tiles, their 16-channel and masked
-    tails, and the 6-pixel tail past the row's end; the plain C loop elsewhere)."""
+    tails, and the 6-pixel tail past the row's end; the plain C loop elsewhere), dilated at stride 1 by phases."""
     kernels, lib = _kernel_or_skip()
-    _check_integer_kernel(kernels, lib, kernels.pack_u8, h, w, cin, co, k, stride, T, seed)
+    _check_integer_kernel(kernels, lib, kernels.pack_u8, h, w, cin, co, k, stride, T, seed,
+                          dilation if stride == 1 else 1)
 
 
 def test_the_u8_kernel_without_vnni_is_the_same_convolution(tmp_path):

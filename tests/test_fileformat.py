@@ -132,7 +132,7 @@ GOOD = fileformat.to_bytes(every_node_model())
         (corrupt_header(lambda h: h["tensors"]["c1.weight"].update(offset=10**9)), "outside the payload"),
         (corrupt_header(lambda h: h["tensors"]["c1.weight"].update(dtype="object")), "incomplete entry"),
         (corrupt_header(lambda h: h["nodes"][0].update(type="Pool")), "unknown node type 'Pool'"),
-        (corrupt_header(lambda h: h["nodes"][0].update(dilation=2)), "unknown field"),
+        (corrupt_header(lambda h: h["nodes"][0].update(groups=2)), "unknown field"),
         (corrupt_header(lambda h: h["nodes"][0].update(weight="missing")), "missing tensor"),
         (corrupt_header(lambda h: h.pop("timesteps")), "missing or mistypes field 'timesteps'"),
         (corrupt_header(lambda h: h["nodes"][1].update(reset="maybe")), "reset must be one of"),

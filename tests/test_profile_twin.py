@@ -112,17 +112,20 @@ def test_unsupported_models_are_refused():
 @pytest.fixture(scope="module")
 def shapes():
     """The default model's new shape (5x5 stride-2 conv, 3x3 convs at half resolution, 6x6 stride-2 transposed
-    read-out) and a small graph with Add, Concat and two other transposed convs; an odd frame (padded to 38 x 52
-    inside the graphs, cropped back)."""
+    read-out), a small graph with Add, Concat and two other transposed convs, and a full-resolution bit-plane
+    network with dilated convs (IRCNN's body); an odd frame (padded to 38 x 52 inside the graphs, cropped back)."""
+    from edgespike.testing import bitplane_dncnn
+
     pytest.importorskip("onnxruntime")
     pytest.importorskip("ai_edge_litert")
     calib = [_smooth(48, 48, s) for s in range(6)]
     models = {"halfres": random_dncnn(depth=4, width=8, timesteps=4, seed=0, frame=calib[0], down=True),
-              "graph": random_graph(frame=calib[0])}
+              "graph": random_graph(frame=calib[0]),
+              "dilated": bitplane_dncnn(5, 8, 8, seed=3, calib=calib[0], dilations=(1, 2, 4, 3, 1))}
     return models, calib, _smooth(37, 51, 99)
 
 
-@pytest.mark.parametrize("which", ["halfres", "graph"])
+@pytest.mark.parametrize("which", ["halfres", "graph", "dilated"])
 def test_float_onnx_and_tflite_graphs_equal_the_shared_twin(shapes, which, tmp_path):
     from edgespike.profile import ann
     from edgespike.twin import Twin
@@ -144,7 +147,7 @@ def test_float_onnx_and_tflite_graphs_equal_the_shared_twin(shapes, which, tmp_p
         assert np.abs(y.astype(int) - ref.astype(int)).max() <= 1, name
 
 
-@pytest.mark.parametrize("which", ["halfres", "graph"])
+@pytest.mark.parametrize("which", ["halfres", "graph", "dilated"])
 def test_int8_twins_of_new_shapes_track_the_float_twin(shapes, which, tmp_path):
     import onnx
     from ai_edge_litert.interpreter import Interpreter
@@ -158,7 +161,11 @@ def test_int8_twins_of_new_shapes_track_the_float_twin(shapes, which, tmp_path):
     ann.quantize_onnx(tmp_path / "f.onnx", tmp_path / "q.onnx", [c / 255.0 for c in calib])
     assert psnr(yf, ann.OnnxRunner(tmp_path / "q.onnx")(frame)) > 35
     q = onnx.load(str(tmp_path / "q.onnx"))
-    assert "ConvTranspose" in {n.op_type for n in q.graph.node}
+    if which == "dilated":  # the taps' spacing is the Conv's own attribute (no padding ops around it)
+        dil = [list(a.ints) for n in q.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "dilations"]
+        assert sorted(d[0] for d in dil) == [1, 1, 2, 3, 4]
+    else:
+        assert "ConvTranspose" in {n.op_type for n in q.graph.node}
     assert any(i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4 for i in q.graph.initializer)
     built = []
 
@@ -173,7 +180,7 @@ def test_int8_twins_of_new_shapes_track_the_float_twin(shapes, which, tmp_path):
     assert run(frame[:20, :16]).shape == (20, 16) and run(frame).shape == frame.shape
     assert built == [frame.shape, frame.shape, (20, 16)]  # one file per size, kept per runner
     ops = {d["op_name"] for d in Interpreter(model_content=build(9, 11))._get_ops_details()}
-    assert {"TRANSPOSE_CONV", "CONV_2D", "PAD", "SLICE"} <= ops  # and int8 throughout:
+    assert ({"CONV_2D"} if which == "dilated" else {"TRANSPOSE_CONV", "CONV_2D", "PAD", "SLICE"}) <= ops  # int8 too:
     assert Interpreter(model_content=build(9, 11)).get_input_details()[0]["dtype"] == np.int8
 
 

@@ -36,6 +36,9 @@ def main(argv=None) -> int:
     p.add_argument("--full-resolution", action="store_true",
                    help="run the body at full resolution (default: half resolution, 5x5 stride-2 conv in, "
                    "6x6 stride-2 transposed conv out: 4x fewer operations per pixel)")
+    p.add_argument("--dilations", default="",
+                   help="each layer's 3x3 tap spacing, comma-separated, one per layer (IRCNN's body: --depth 7 "
+                   "--dilations 1,2,3,4,3,2,1 --full-resolution); default: all 1")
     p.add_argument("--sigma", default="25", help="training noise level (0..255 scale), a band LO-HI (uniform per "
                    "patch, e.g. 12-19: a model set's member that must hold up across its band) or 'blind' = U[0, 55]")
     p.add_argument("--float-iters", type=int, default=0, help="iterations of float pre-training")
@@ -85,6 +88,15 @@ def main(argv=None) -> int:
             raise ValueError
     except ValueError:
         p.error(f"--sigma takes a noise level, a band LO-HI with LO < HI, or 'blind'; got {a.sigma!r}")
+    try:
+        dilations = tuple(int(d) for d in a.dilations.split(",")) if a.dilations else ()
+        if dilations and (len(dilations) != a.depth or min(dilations) < 1):
+            raise ValueError
+    except ValueError:
+        p.error(f"--dilations takes {a.depth} positive integers (one per layer, --depth), e.g. 1,2,3,4,3,2,1; "
+                f"got {a.dilations!r}")
+    if dilations and not a.full_resolution and (dilations[0] != 1 or dilations[-1] != 1):
+        p.error("--dilations: a half-resolution body's strided first and last layers take spacing 1")
     if a.teacher and (a.sigma == "blind" or band):
         p.error("--teacher needs a fixed --sigma: the reference teachers are trained for one noise level")
     if a.sigma_floor and a.sigma != "blind":
@@ -105,7 +117,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(), logging.FileHandler(out.with_suffix(".train.log"))])
-    cfg = Config(depth=a.depth, width=a.width, T=a.T, down=not a.full_resolution, sigma=a.sigma,
+    cfg = Config(depth=a.depth, width=a.width, T=a.T, down=not a.full_resolution, dilations=dilations, sigma=a.sigma,
                  float_iters=a.float_iters, qat_iters=a.qat_iters, batch=a.batch, patch=a.patch, lr=a.lr,
                  qat_lr=a.qat_lr, seed=a.seed, out=a.out, init=a.init, val_every=a.val_every,
                  stop_at=a.stop_at, spike_weight=a.spike_weight,

@@ -45,7 +45,8 @@ def describe(model: Model) -> str:
         if isinstance(node, (Conv, ConvTranspose)):
             k = node.kernel
             params += node.weight.size + node.bias.size
-            detail = f"{k}x{k} s{node.stride}, w in [{node.weight.min()},{node.weight.max()}]"
+            dil = f" d{node.dilation}" if getattr(node, "dilation", 1) > 1 else ""
+            detail = f"{k}x{k} s{node.stride}{dil}, w in [{node.weight.min()},{node.weight.max()}]"
             kind = type(node).__name__
         elif isinstance(node, Neuron):
             params += node.threshold.size

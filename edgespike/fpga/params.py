@@ -52,6 +52,15 @@ def _supported(model: Model) -> None:
                            f"runs Conv/ConvTranspose -> Neuron/Integrator chains (no Add or Concat yet)")
         if getattr(node, "weight_extra", None) is not None or getattr(node, "mprn", None):
             raise FitError(f"node {node.name!r} uses the MPRN extra step, which the accelerator does not run")
+        if getattr(node, "dilation", 1) > 1:
+            raise FitError(dilated_refusal(node))
+
+
+def dilated_refusal(node: Conv) -> str:
+    """What the accelerator says of a dilated conv (its windows read k neighbouring rows and columns)."""
+    return (f"node {node.name!r} is a dilated conv (taps {node.dilation} pixels apart), which the gateware does not "
+            f"implement: its line buffers and windows hold neighbouring pixels. Run this model on the CPU runtime "
+            f"(edgespike run / denoise), or a model without dilation on the accelerator")
 
 
 def _chain(model: Model) -> list[tuple[Conv | ConvTranspose, Neuron | Integrator]]:

@@ -1074,6 +1074,10 @@ def layer_specs(model: Model) -> list[LayerSpec]:
     for conv, neuron in zip(nodes[::2], nodes[1::2], strict=True):
         if not isinstance(conv, (Conv, ConvTranspose)) or conv.input != src or neuron.input != conv.name:
             raise PipelineError(f"{conv.name}: the layer pipeline takes a single chain of conv + neuron pairs")
+        if getattr(conv, "dilation", 1) > 1:
+            from edgespike.fpga.params import dilated_refusal
+
+            raise PipelineError(dilated_refusal(conv))
         if isinstance(conv, ConvTranspose) and (conv.output_padding or conv.weight.shape[2] % 2):
             raise PipelineError(f"{conv.name}: transposed convs need an even kernel and no output padding")
         last = neuron is nodes[-1]

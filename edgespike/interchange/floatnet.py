@@ -24,7 +24,8 @@ from edgespike.twin import conv2d
 
 @dataclass
 class FConv:
-    """Convolution with 'same' padding ``k // 2`` (the only padding edgespike has); pools are lowered to this."""
+    """Convolution with 'same' padding ``dilation * (k // 2)`` (the only padding edgespike has); pools are lowered to
+    this."""
 
     name: str
     input: str
@@ -33,6 +34,7 @@ class FConv:
     stride: int = 1
     path: str = ""
     origin: str = "Conv2d"
+    dilation: int = 1
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -154,7 +156,7 @@ def simulate(net: FloatNet, frame: np.ndarray, record: bool = False) -> FloatRun
         values = {INPUT: inp}
         for n in net.nodes:
             if isinstance(n, FConv):
-                out = conv2d(values[n.input], n.weight, n.stride) + n.bias[:, None, None]
+                out = conv2d(values[n.input], n.weight, n.stride, n.dilation) + n.bias[:, None, None]
             elif isinstance(n, FNeuron):
                 cur = values[n.input]
                 if t == 0:

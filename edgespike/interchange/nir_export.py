@@ -241,7 +241,7 @@ def to_nir(model: Model, dt: float | None = None, frame_size: tuple[int, int] = 
             hi, wi = shape(node.input)[1:]
             nodes[node.name] = nir.Conv2d(
                 input_shape=(hi, wi), weight=wr.astype(np.float32), stride=(node.stride, node.stride),
-                padding=(k // 2, k // 2), dilation=(1, 1), groups=1,
+                padding=(node.dilation * (k // 2),) * 2, dilation=(node.dilation,) * 2, groups=1,
                 bias=node.bias.astype(np.float64) * s_out,  # float64: int32 biases stay exact
                 metadata=meta(node, es_out_scale=s_out, es_in_unit=u_in, es_scale=node.scale,
                               es_weight_extra=node.weight_extra))
@@ -434,7 +434,8 @@ def restore(graph, header: dict) -> Model:
                 b = _exact_int(name, "bias", nn.bias, s_out)
                 extra = md.get("es_weight_extra")
                 nodes.append(Conv(name, d["input"], w.astype(np.int8), b.astype(np.int32), int(d["stride"]),
-                                  weight_extra=None if extra is None else np.asarray(extra, np.int8), scale=scale))
+                                  weight_extra=None if extra is None else np.asarray(extra, np.int8), scale=scale,
+                                  dilation=int(d.get("dilation", 1))))
             elif kind == "Neuron":
                 u_in = np.asarray(md["es_in_unit"], np.float64)
                 thr = per_channel(name, nn, "v_threshold", len(u_in))

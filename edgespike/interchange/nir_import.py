@@ -37,6 +37,7 @@ from edgespike.model import (
     Neuron,
     ReadoutTerm,
 )
+from edgespike.validate import MAX_DILATION
 
 DEFAULT_DT = 1e-4
 """snnTorch's exporter and importer hard-code dt = 1e-4 s; Norse users pass dt explicitly (see --dt)."""
@@ -366,14 +367,16 @@ def _lower_node(low: _Lowering, key, node, inp: str, C: int, scale_in):
             for g in range(groups):
                 dense[g * per:(g + 1) * per, g * cin_g:(g + 1) * cin_g] = w[g * per:(g + 1) * per]
             w = dense
-        dil = np.asarray(node.dilation).reshape(-1)
-        if np.any(dil != 1):
-            raise _refuse(key, node, f"dilation {dil.tolist()} is not supported (edgespike convs are dense)")
         if kh != kw or kh % 2 == 0:
             raise _refuse(key, node, f"kernel {kh}x{kw}: edgespike convs have odd square kernels")
         stride = np.asarray(node.stride).reshape(-1)
         if len(set(stride.tolist())) != 1 or int(stride[0]) not in (1, 2):
             raise _refuse(key, node, f"stride {stride.tolist()} is not supported (1 or 2, equal in both axes)")
+        dil = np.broadcast_to(np.asarray(node.dilation).reshape(-1), (2,))
+        d = int(dil[0])
+        if dil[0] != dil[1] or not 1 <= d <= MAX_DILATION or (d > 1 and int(stride[0]) != 1):
+            raise _refuse(key, node, f"dilation {dil.tolist()} with stride {stride.tolist()} is not supported "
+                                     f"(equal in both axes, 1..{MAX_DILATION}, stride 1 when dilated)")
         pad = node.padding
         if isinstance(pad, bytes):
             pad = pad.decode()
@@ -381,17 +384,17 @@ def _lower_node(low: _Lowering, key, node, inp: str, C: int, scale_in):
             ok = pad == "same" and int(stride[0]) == 1 or pad == "valid" and kh == 1
         else:
             p = np.asarray(pad).reshape(-1)
-            ok = bool(np.all(p == kh // 2))
+            ok = bool(np.all(p == d * (kh // 2)))
         if not ok:
             shown = pad if isinstance(pad, str) else np.asarray(pad).reshape(-1).tolist()
-            raise _refuse(key, node, f"padding {shown} with a {kh}x{kw} kernel: edgespike convs use zero "
-                                     f"padding k // 2 = {kh // 2} ('same')")
+            raise _refuse(key, node, f"padding {shown} with a {kh}x{kw} kernel and dilation {d}: edgespike convs "
+                                     f"use zero padding dilation * (k // 2) = {d * (kh // 2)} ('same')")
         bias = _array(key, node, "bias") if getattr(node, "bias", None) is not None else np.zeros(cout)
         bias = per_channel(key, node, "bias", cout, bias)
         if scale_in is not None:
             w = w * scale_in[None, :, None, None]
         name = low.fresh(key)
-        low.nodes.append(FConv(name, inp, w, bias, int(stride[0]), path=key))
+        low.nodes.append(FConv(name, inp, w, bias, int(stride[0]), path=key, dilation=d))
         low.channels[name], low.kind[name], low.out_of[key] = cout, "current", name
     elif isinstance(node, (nir.Affine, nir.Linear)):
         w = _array(key, node, "weight")
@@ -549,10 +552,10 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
-def _int_conv(x: np.ndarray, w: np.ndarray, stride: int) -> np.ndarray:
+def _int_conv(x: np.ndarray, w: np.ndarray, stride: int, dilation: int = 1) -> np.ndarray:
     from edgespike.twin import conv2d
 
-    return conv2d(x, w.astype(np.float64), stride)
+    return conv2d(x, w.astype(np.float64), stride, dilation)
 
 
 def multiplier_shift(x: float) -> tuple[int, int]:
@@ -662,7 +665,7 @@ def quantise(net: FloatNet, frames: list[np.ndarray], weight_bits: int = 8, memb
             w, b = ints[n.name]
             unit[n.name] = q_of[n.name]
             nodes.append(Conv(n.name, n.input, w.astype(np.int8), b.astype(np.int32), n.stride,
-                              scale=q_of[n.name].astype(np.float32)))
+                              scale=q_of[n.name].astype(np.float32), dilation=n.dilation))
         elif isinstance(n, FAdd):
             units = [unit[i] for i in n.inputs]
             if not all(u.shape == units[0].shape and np.allclose(u, units[0]) for u in units):
@@ -828,7 +831,7 @@ def _current_error(members, wint, q, runs, steps, unit) -> float:
             for m in members:
                 x = run.values[m.input][t]
                 f = f + run.values[m.name][t] - m.bias[:, None, None]
-                z = z + _int_conv(x / unit[m.input][:, None, None], wint[m.name], m.stride)
+                z = z + _int_conv(x / unit[m.input][:, None, None], wint[m.name], m.stride, m.dilation)
             bias = sum(m.bias for m in members)[:, None, None]
             bint = sum(np.rint(m.bias / q) for m in members)[:, None, None]
             f = f + bias

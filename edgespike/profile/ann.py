@@ -56,8 +56,9 @@ class TwinLayer:
         ``1 / Theta`` (or the read-out gain) folded in.
     act
         ``"relu"`` (clip to [0, 1]), ``"quant"`` (T-level) or ``"none"`` (the read-out, Add, Concat).
-    stride, padding, output_padding
-        Conv: stride 1 or 2, zero padding ``k // 2``; ConvTranspose: stride 2 and the PyTorch paddings.
+    stride, padding, output_padding, dilation
+        Conv: stride 1 or 2, taps ``dilation`` apart, zero padding ``dilation * (k // 2)``; ConvTranspose: stride
+        2 and the PyTorch paddings.
     """
 
     name: str
@@ -69,6 +70,7 @@ class TwinLayer:
     stride: int = 1
     padding: int = 0
     output_padding: int = 0
+    dilation: int = 1
 
 
 @dataclass
@@ -92,7 +94,7 @@ class Twin:
         for layer in self.layers:
             ins = [vals[i] for i in layer.inputs]
             if layer.op == "conv":
-                z = conv2d(ins[0], layer.weight, layer.stride) + layer.bias[:, None, None]
+                z = conv2d(ins[0], layer.weight, layer.stride, layer.dilation) + layer.bias[:, None, None]
             elif layer.op == "conv_transpose":
                 z = conv_transpose2d(ins[0], layer.weight, layer.padding) + layer.bias[:, None, None]
             elif layer.op == "add":
@@ -175,7 +177,8 @@ def twin(model: Model, activation: str = "relu") -> Twin:
                     raise _unsupported(f"Integrator {n.name!r} is not the decoder's read-out")
                 g = terms[0].multiplier / 2.0**model.decoder.shift * (1 if bitplane else T) / 255.0
                 w, b, act, output = w * g, b * g, "none", d.name
-            layers.append(TwinLayer(d.name, d.op, (alias[src],), w, b, act, d.stride, d.padding, d.output_padding))
+            layers.append(TwinLayer(d.name, d.op, (alias[src],), w, b, act, d.stride, d.padding, d.output_padding,
+                                    d.dilation))
         elif d.op == "rate":
             src = by_name.get(d.inputs[0])
             if src is None or src.op not in ("conv", "conv_transpose"):
@@ -256,8 +259,10 @@ def to_onnx(tw: Twin, path: str | Path | None = None):
             w = layer.weight if layer.op == "conv" else layer.weight.transpose(1, 0, 2, 3)  # ONNX: [C_in, C_out]
             wn, bn = const(f"{layer.name}.w", w), const(f"{layer.name}.b", layer.bias)
             if layer.op == "conv":
+                dil = layer.dilation
                 nodes.append(helper.make_node("Conv", [ins[0], wn, bn], [z], name=layer.name, kernel_shape=[k, k],
-                                              pads=[k // 2] * 4, strides=[layer.stride] * 2))
+                                              pads=[dil * (k // 2)] * 4, strides=[layer.stride] * 2,
+                                              dilations=[dil, dil]))
             else:
                 nodes.append(helper.make_node("ConvTranspose", [ins[0], wn, bn], [z], name=layer.name,
                                               kernel_shape=[k, k], pads=[layer.padding] * 4, strides=[2, 2],
@@ -387,7 +392,8 @@ def to_tflite(tw: Twin, frames: list[np.ndarray], height: int, width: int,
 
     Layouts and paddings, each exact:
 
-    * stride-1 Conv: CONV_2D SAME (TFLite pads ``(k - 1) / 2`` both sides for odd k, as edgespike does);
+    * stride-1 Conv: CONV_2D SAME (TFLite pads ``(k - 1) / 2`` both sides for odd k, as edgespike does; with
+      dilation d, ``d (k - 1) / 2``, also edgespike's);
     * stride-2 Conv: PAD ``k // 2`` on every side (with the zero point, i.e. real 0) then CONV_2D VALID, because
       TFLite's SAME puts the odd pixel of padding at the bottom/right where edgespike pads symmetrically;
     * ConvTranspose: TRANSPOSE_CONV SAME with output shape ``[1, 2H', 2W', C_out]``. TFLite pads its full
@@ -557,7 +563,8 @@ def to_tflite(tw: Twin, frames: list[np.ndarray], height: int, width: int,
                                zp_out)
                 opt = fb.Conv2DOptionsT()
                 opt.padding, opt.strideH, opt.strideW = padding, layer.stride, layer.stride
-                opt.dilationHFactor = opt.dilationWFactor = 1
+                # SAME with dilation d pads (d * (k - 1)) / 2 both sides for odd k: edgespike's d * (k // 2)
+                opt.dilationHFactor = opt.dilationWFactor = layer.dilation
                 opt.fusedActivationFunction = fused
                 operator(B.CONV_2D, 3, [src, wt, bt], [y], BO.Conv2DOptions, opt)
         elif layer.op == "add":  # sums of non-negative rates: [0, sum of the inputs' maxima]

@@ -202,6 +202,7 @@ class Layer:
     leak: bool = False
     padding: int | None = None  # None: k // 2 (a "same" conv); a ConvTranspose's own padding
     decodes_planes: bool = False  # read by a bit-plane layer or uwd Integrator (docs/SEMANTICS.md 5.5)
+    dilation: int = 1  # a Conv's tap spacing (padding dilation * (k // 2))
 
     @property
     def n_in(self) -> int:
@@ -214,16 +215,17 @@ class Layer:
     def fanout(self) -> np.ndarray:
         """``[H_in, W_in]``: how many (output position, tap) pairs an event at each input position reaches, per
         output channel (docs/SEMANTICS.md section 4, borders included). Separable: rows times columns."""
-        pad = self.k // 2 if self.padding is None else self.padding
-        rows = _fan_1d(self.hin, self.hout, self.k, self.stride, pad, self.kind == "convT")
-        cols = _fan_1d(self.win, self.wout, self.k, self.stride, pad, self.kind == "convT")
+        pad = self.dilation * (self.k // 2) if self.padding is None else self.padding
+        rows = _fan_1d(self.hin, self.hout, self.k, self.stride, pad, self.kind == "convT", self.dilation)
+        cols = _fan_1d(self.win, self.wout, self.k, self.stride, pad, self.kind == "convT", self.dilation)
         return np.outer(rows, cols)
 
 
-def _fan_1d(n_in: int, n_out: int, k: int, stride: int, pad: int, transposed: bool) -> np.ndarray:
+def _fan_1d(n_in: int, n_out: int, k: int, stride: int, pad: int, transposed: bool, dilation: int = 1) -> np.ndarray:
     """For each input index ``a`` of one spatial axis, the number of (output index, tap) pairs it takes part in.
 
-    Conv: output ``y`` reads input ``s*y + i - p`` (tap ``i``), so input ``a`` serves ``y = (a + p - i) / s`` when
+    Conv: output ``y`` reads input ``s*y + d*i - p`` (tap ``i``, dilation ``d``), so input ``a`` serves
+    ``y = (a + p - d*i) / s`` when
     that is a whole number in ``[0, n_out)``: k per axis at stride 1 (away from the borders), and at stride 2
     ``ceil(k/2)`` or ``floor(k/2)`` depending on the parity of ``a + p``, k/2 on average. ConvTranspose: input
     ``a`` adds tap ``i`` to output ``2a - p + i``, so it reaches all k taps (away from the borders): a spike into
@@ -237,7 +239,7 @@ def _fan_1d(n_in: int, n_out: int, k: int, stride: int, pad: int, transposed: bo
             o = 2 * a - pad + i
             fan += (o >= 0) & (o < n_out)
         else:
-            num = a + pad - i
+            num = a + pad - dilation * i
             fan += (num >= 0) & (num % stride == 0) & (num // stride < n_out)
     return fan
 
@@ -268,7 +270,7 @@ def layers(model: Model, height: int, width: int) -> list[Layer]:
                              neuron.name if neuron else None, bool(neuron and getattr(neuron, "leak_shift", 0)),
                              node.padding if isinstance(node, ConvTranspose) else None,
                              bool(nxt) and all(isinstance(c, BitPlaneNeuron) or (isinstance(c, Integrator) and c.uwd)
-                                               for c in nxt)))
+                                               for c in nxt), getattr(node, "dilation", 1)))
             binary[node.name] = False
         elif isinstance(node, Concat):
             ch = sum(shape[i][0] for i in node.inputs)

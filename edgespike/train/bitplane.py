@@ -86,16 +86,25 @@ class BitPlaneDnCNN(nn.Module):
         T: every hidden activation has ``2**T`` levels, carried by T spikes (bit planes).
     down : bool
         Half-resolution body: stride-2 first conv, stride-2 transposed read-out conv.
+    dilations : tuple of int, optional
+        The spacing of each layer's 3x3 taps (IRCNN's 1, 2, 3, 4, 3, 2, 1 widens a 7-layer network's view to 33
+        pixels); one per layer, 1 for the strided ends of a half-resolution body. Default: all 1.
     """
 
     def __init__(self, depth: int = 8, width: int = 64, timesteps: int = 8, down: bool = True,
-                 channel_steps: bool = False):
+                 channel_steps: bool = False, dilations: tuple[int, ...] | None = None):
         super().__init__()
         if depth < 2:
             raise ValueError("depth must be >= 2")
         if not 1 <= timesteps <= 16:
             raise ValueError("timesteps must be 1..16")
+        dilations = tuple(int(d) for d in dilations) if dilations else (1,) * depth
+        if len(dilations) != depth or min(dilations) < 1:
+            raise ValueError(f"dilations: one positive spacing per layer ({depth}), got {list(dilations)}")
+        if down and (dilations[0] != 1 or dilations[-1] != 1):
+            raise ValueError("a half-resolution body's strided first and last layers are not dilated")
         self.depth, self.width, self.T, self.down = depth, width, timesteps, down
+        self.dilations = dilations
         self.weight, self.bias = dncnn_parameters(depth, width, down)
         # log of the activation step s_l of each hidden layer (real units, pixels / 255), one per layer or, with
         # channel_steps, one per channel (the semantics' thresholds are per channel anyway, so the exported model
@@ -129,7 +138,7 @@ class BitPlaneDnCNN(nn.Module):
 
     def conv(self, i: int, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
         """The linear map of layer ``i`` (a "same" conv; stride 2 / transposed for a half-resolution body)."""
-        return dncnn_conv(self.down, self.depth, i, x, w, b)
+        return dncnn_conv(self.down, self.depth, i, x, w, b, self.dilations[i])
 
     # ------------------------------------------------------------------ float phase
     def float_forward(self, pixels: torch.Tensor, return_acts: bool = False):
@@ -250,7 +259,7 @@ class BitPlaneDnCNN(nn.Module):
                                            output_padding=0, scale=unit))
             else:
                 nodes.append(Conv(name=f"conv{i + 1}", input=src, weight=W, bias=zero,
-                                  stride=2 if (self.down and i == 0) else 1, scale=unit))
+                                  stride=2 if (self.down and i == 0) else 1, scale=unit, dilation=self.dilations[i]))
             gain = first_gain if i == 0 else 1
             B = i64(ints.biases[i]) * gain
             if i < self.depth - 1:

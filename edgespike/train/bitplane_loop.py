@@ -38,6 +38,7 @@ class Config:
     width: int = 64
     T: int = 8
     down: bool = True
+    dilations: tuple = ()  # each layer's tap spacing (empty: all 1)
     sigma: str = "25"  # a number, a band "LO-HI" (uniform per patch) or "blind" (uniform in [0, blind_max])
     blind_max: float = 55.0
     float_iters: int = 0
@@ -126,7 +127,8 @@ def net_from_ckpt(path: str) -> BitPlaneDnCNN:
     """The network stored in a checkpoint."""
     ck = load_ckpt(path)
     c = ck["config"]
-    net = BitPlaneDnCNN(c["depth"], c["width"], c["T"], down=c["down"], channel_steps=c.get("channel_steps", False))
+    net = BitPlaneDnCNN(c["depth"], c["width"], c["T"], down=c["down"], channel_steps=c.get("channel_steps", False),
+                        dilations=c.get("dilations") or None)
     net.load_state_dict(ck["model"])
     return net
 
@@ -147,7 +149,8 @@ def parse_sigma(text: str) -> float | tuple[float, float] | str:
 def train(cfg: Config, resume: bool = False, progress: bool = True) -> BitPlaneDnCNN:
     """Run (or resume) the phases of ``cfg``, export ``cfg.out`` and return the network."""
     torch.manual_seed(cfg.seed)
-    net = BitPlaneDnCNN(cfg.depth, cfg.width, cfg.T, down=cfg.down, channel_steps=cfg.channel_steps)
+    net = BitPlaneDnCNN(cfg.depth, cfg.width, cfg.T, down=cfg.down, channel_steps=cfg.channel_steps,
+                        dilations=cfg.dilations or None)
     _, train_ims = load_dir(SHARED / "data" / "bsd400")
     sigma = parse_sigma(cfg.sigma)
     state = {"phase": PHASES[0], "it": 0, "seconds": 0.0}
@@ -288,6 +291,8 @@ def _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progr
 def export(net: BitPlaneDnCNN, cfg: Config) -> None:
     """Write ``cfg.out`` (.esnn) with the training configuration as metadata."""
     body = "half-resolution body (5x5 stride-2 conv in, 6x6 stride-2 transposed conv out), " if cfg.down else ""
+    if cfg.dilations and max(cfg.dilations) > 1:
+        body += f"dilations {','.join(map(str, cfg.dilations))}, "
     meta = {"name": Path(cfg.out).stem, "coding": "bitplane",
             "architecture": f"bit-plane spiking DnCNN {cfg.depth}x{cfg.width}, {body}T={cfg.T}, residual",
             "sigma": cfg.sigma, "trained_with": "tools/train_bitplane.py", "seed": cfg.seed}

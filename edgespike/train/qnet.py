@@ -97,14 +97,15 @@ def dncnn_parameters(depth: int, width: int, down: bool) -> tuple[nn.ParameterLi
 
 
 def dncnn_conv(down: bool, depth: int, i: int, x: torch.Tensor, w: torch.Tensor,
-               b: torch.Tensor | None = None) -> torch.Tensor:
-    """Layer ``i`` of a DnCNN-shaped stack: a "same" conv, or for a half-resolution body the stride-2 first conv
-    and the stride-2 transposed read-out (weights in the model file's ``[C_out, C_in, k, k]`` layout)."""
+               b: torch.Tensor | None = None, dilation: int = 1) -> torch.Tensor:
+    """Layer ``i`` of a DnCNN-shaped stack: a "same" conv (its taps ``dilation`` pixels apart), or for a
+    half-resolution body the stride-2 first conv and the stride-2 transposed read-out (weights in the model file's
+    ``[C_out, C_in, k, k]`` layout)."""
     if down and i == 0:
         return F.conv2d(x, w, b, stride=2, padding=DOWN_KERNEL // 2)
     if down and i == depth - 1:
         return F.conv_transpose2d(x, w.transpose(0, 1), b, stride=2, padding=UP_PADDING)
-    return F.conv2d(x, w, b, padding=w.shape[-1] // 2)
+    return F.conv2d(x, w, b, padding=dilation * (w.shape[-1] // 2), dilation=dilation)
 
 
 @dataclass

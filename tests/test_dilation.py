@@ -1,0 +1,171 @@
+"""Dilated convolutions (format 1.3, docs/SEMANTICS.md section 4): the file keeps older files as they were, the
+validator refuses what the semantics exclude, every executor and exporter computes the reference's pixels, and the
+accelerator says plainly that it has no dilated windows. (Reference = integer ANN = runtime paths = torchsim for
+random dilated networks: tests/test_bitplane.py; the kernels' phases: its kernel tests; ONNX and TFLite:
+tests/test_profile_twin.py.)"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from edgespike import fileformat, reference
+from edgespike.model import Conv, ModelError
+from edgespike.runtime import Runtime
+from edgespike.testing import bitplane_dncnn
+from edgespike.validate import analyse
+
+IRCNN = (1, 2, 3, 4, 3, 2, 1)
+
+
+def _dilated(**kw):
+    return bitplane_dncnn(7, 6, 8, seed=kw.pop("seed", 5), dilations=kw.pop("dilations", IRCNN), **kw)
+
+
+def test_a_dilated_model_is_written_as_1_3_and_an_undilated_one_as_before(tmp_path):
+    model = _dilated()
+    fileformat.save(model, tmp_path / "d.esnn")
+    data = (tmp_path / "d.esnn").read_bytes()
+    assert data[8:12] == bytes([1, 0, 3, 0])  # major 1, minor 3
+    back = fileformat.load(tmp_path / "d.esnn")
+    assert back.equals(model) and [n.dilation for n in back.nodes if isinstance(n, Conv)] == list(IRCNN)
+    # without dilation: 1.1 (bit-plane layers), and no dilation field in the header
+    plain = bitplane_dncnn(7, 6, 8, seed=5)
+    raw = fileformat.to_bytes(plain)
+    assert raw[8:12] == bytes([1, 0, 1, 0]) and b"dilation" not in raw
+
+
+def test_a_set_holding_a_dilated_member_is_written_at_its_members_version(tmp_path):
+    from edgespike.modelset import Member, ModelSet
+
+    members = [Member("plain", bitplane_dncnn(3, 4, 8, seed=1)), Member("dilated", _dilated())]
+    mset = ModelSet(members, bounds=(20.0,), bands=(0, 1))
+    assert fileformat.set_to_bytes(mset)[8:12] == bytes([1, 0, 3, 0])
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (dict(dilation=0), r"dilation must be an integer in 1\.\.16, got 0"),
+    (dict(dilation=17), r"dilation must be an integer in 1\.\.16, got 17"),
+    (dict(dilation=2.0), r"dilation must be an integer in 1\.\.16, got 2\.0"),
+    (dict(dilation=2, stride=2), r"a dilated conv \(dilation 2\) must have stride 1, got 2"),
+])
+def test_the_validator_refuses_dilations_the_semantics_exclude(change, message):
+    model = _dilated()
+    nodes = list(model.nodes)
+    nodes[2] = dataclasses.replace(nodes[2], **change)
+    with pytest.raises(ModelError, match=message):
+        analyse(dataclasses.replace(model, nodes=nodes))
+
+
+def test_a_file_with_a_bad_dilation_gives_one_clear_line(tmp_path):
+    import json
+    import struct
+    import zlib
+
+    data = bytearray(fileformat.to_bytes(_dilated()))
+    pre = fileformat.PREAMBLE
+    magic, major, minor, hlen, plen, hcrc, pcrc = pre.unpack_from(data)
+    header = json.loads(bytes(data[pre.size:pre.size + hlen]))
+    header["nodes"][2]["dilation"] = -3
+    head = json.dumps(header, sort_keys=True).encode()
+    body = pre.pack(magic, major, minor, len(head), plen, zlib.crc32(head), pcrc) + head
+    body += b"\0" * ((-len(body)) % fileformat.ALIGN)
+    payload = bytes(data[-plen:])
+    with pytest.raises(fileformat.ModelFileError, match="dilation must be an integer") as exc:
+        fileformat.from_bytes(body + payload)
+    assert "\n" not in str(exc.value)
+    assert struct.calcsize("<8sHHIQII") == pre.size
+
+
+def test_strips_give_the_whole_frames_pixels():
+    """The runtime's strips grow their halo with the taps' spacing (dilation * (k // 2) per layer)."""
+    model = _dilated()
+    frame = np.random.default_rng(3).integers(0, 256, (97, 45), dtype=np.uint8)
+    want = reference.run(model, frame)
+    for rows in (8, 16, 40):
+        out, _ = Runtime(model, strip_rows=rows).denoise(frame)
+        assert np.array_equal(out, want), rows
+    rt = Runtime(model, strip_rows=8)
+    assert rt.halo >= sum(IRCNN[:-1])  # every dilated 3x3 layer spreads a cut by its dilation
+
+
+def test_dilated_if_layers_run_unfused_and_exactly():
+    """A rate-coded network with a dilated layer: the lookup-table kernel (neighbouring taps) is not used for it."""
+    from edgespike.profile.testmodels import random_dncnn
+
+    model = random_dncnn(depth=4, width=4, timesteps=4, seed=2)
+    nodes = list(model.nodes)
+    i = next(i for i, n in enumerate(nodes) if isinstance(n, Conv) and n.name != nodes[0].name)
+    nodes[i] = dataclasses.replace(nodes[i], dilation=3)
+    model = dataclasses.replace(model, nodes=nodes)
+    frame = np.random.default_rng(4).integers(0, 256, (21, 30), dtype=np.uint8)
+    rt = Runtime(model)
+    assert nodes[i].name not in rt.fused
+    assert np.array_equal(rt.denoise(frame)[0], reference.run(model, frame))
+    torchsim = pytest.importorskip("edgespike.torchsim")
+    assert np.array_equal(torchsim.run(model, frame), reference.run(model, frame))
+
+
+def test_nir_keeps_the_dilation(tmp_path):
+    nir = pytest.importorskip("nir")
+    from edgespike.interchange import nir_export
+    from edgespike.profile.testmodels import random_dncnn
+
+    model = random_dncnn(depth=3, width=4, timesteps=4, seed=2)
+    nodes = list(model.nodes)
+    i = next(i for i, n in enumerate(nodes) if isinstance(n, Conv) and n.name != nodes[0].name)
+    nodes[i] = dataclasses.replace(nodes[i], dilation=2)
+    model = dataclasses.replace(model, nodes=nodes)
+    graph, _ = nir_export.to_nir(model, frame_size=(16, 16))
+    conv = graph.nodes[nodes[i].name]
+    assert tuple(np.asarray(conv.dilation).tolist()) == (2, 2) and tuple(np.asarray(conv.padding).tolist()) == (2, 2)
+    nir.write(tmp_path / "m.nir", graph)
+    back = nir.read(tmp_path / "m.nir")
+    assert nir_export.restore(back, nir_export.header_of(back)).equals(model)
+
+
+def test_the_accelerator_refuses_a_dilated_model_and_says_where_it_runs():
+    from edgespike.fpga.params import FitError, plan
+    from edgespike.fpga.pipeline import PipelineError, layer_specs
+    from edgespike.profile.testmodels import random_dncnn
+
+    with pytest.raises(PipelineError, match=r"node 'conv2' is a dilated conv \(taps 2 pixels apart\).*CPU runtime"):
+        layer_specs(_dilated())  # the bit-plane layer pipeline
+    rate = random_dncnn(depth=3, width=4, timesteps=4, seed=2)  # the rate-coded engine
+    nodes = list(rate.nodes)
+    nodes[2] = dataclasses.replace(nodes[2], dilation=3)
+    with pytest.raises(FitError, match=rf"node '{nodes[2].name}' is a dilated conv \(taps 3 pixels apart\)"):
+        plan(dataclasses.replace(rate, nodes=nodes), "ecp5-85f")
+
+
+def test_info_names_the_dilation(tmp_path, capsys):
+    from edgespike.cli import main
+
+    fileformat.save(_dilated(), tmp_path / "d.esnn")
+    assert main(["info", str(tmp_path / "d.esnn")]) == 0
+    out = capsys.readouterr().out
+    assert "3x3 s1 d4" in out and "3x3 s1 d2" in out
+
+
+def test_a_trained_dilated_network_exports_the_pixels_it_trained_on():
+    """tools/train_bitplane.py --full-resolution --dilations ...: the exported file computes, through the runtime,
+    what the training network's exact integer forward pass computes."""
+    pytest.importorskip("torch")
+    from edgespike.train.bitplane import BitPlaneDnCNN, predict_uint8
+
+    net = BitPlaneDnCNN(depth=7, width=6, timesteps=8, down=False, dilations=IRCNN)
+    frame = np.random.default_rng(7).integers(0, 256, (29, 34), dtype=np.uint8)
+    import torch
+
+    net.init_steps(torch.from_numpy(frame.astype(np.float32))[None, None])
+    model = net.to_model()
+    assert [n.dilation for n in model.nodes if isinstance(n, Conv)] == list(IRCNN)
+    want = predict_uint8(net, frame)
+    assert np.array_equal(Runtime(model).denoise(frame)[0], want)
+    assert np.array_equal(reference.run(model, frame), want)
+    with pytest.raises(ValueError, match="one positive spacing per layer"):
+        BitPlaneDnCNN(depth=7, down=False, dilations=(1, 2))
+    with pytest.raises(ValueError, match="strided first and last layers"):
+        BitPlaneDnCNN(depth=3, down=True, dilations=(2, 1, 1))
