@@ -279,13 +279,14 @@ def dilated_by_phase(x: np.ndarray, d: int, conv) -> np.ndarray:
 
     Output pixel ``(y, x)`` reads only pixels of its own phase ``(y mod d, x mod d)``, and those are neighbours in
     the phase's sub-image ``x[:, a::d, b::d]``, whose zero padding is the frame's. So ``conv(part, a, b)`` runs
-    undilated on each of the d * d sub-images ``part [L, h', w', C]`` and the results are interleaved back,
+    undilated on each of the d * d sub-images ``part [L, h', w', C]`` (strided views) and the results are
+    interleaved back,
     exactly (TensorFlow's space-to-batch form of atrous convolution)."""
     L, h, w = x.shape[:3]
     out = None
     for a in range(min(d, h)):
         for b in range(min(d, w)):
-            y = conv(np.ascontiguousarray(x[:, a::d, b::d]), a, b)
+            y = conv(x[:, a::d, b::d], a, b)  # a view: the convolutions copy it into their padded buffers
             if out is None:
                 out = np.empty((L, h, w) + y.shape[3:], y.dtype)
             out[:, a::d, b::d] = y

@@ -169,3 +169,16 @@ def test_a_trained_dilated_network_exports_the_pixels_it_trained_on():
         BitPlaneDnCNN(depth=7, down=False, dilations=(1, 2))
     with pytest.raises(ValueError, match="strided first and last layers"):
         BitPlaneDnCNN(depth=3, down=True, dilations=(2, 1, 1))
+
+
+@pytest.mark.parametrize("argv", [["rtl", "sim"], ["fpga", "build", "--board", "ulx3s-85f"]])
+def test_the_hardware_commands_refuse_a_dilated_model_in_one_line(argv, tmp_path, capsys):
+    from edgespike.cli import main
+
+    fileformat.save(_dilated(), tmp_path / "d.esnn")
+    out = tmp_path / "build"
+    rc = main(argv + ["--model", str(tmp_path / "d.esnn")] + (["--out", str(out)] if "build" in argv else []))
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [err.strip()] and "is a dilated conv" in err and "CPU runtime" in err
+    assert not out.exists()  # nothing half-built

@@ -233,3 +233,26 @@ def test_keep_steps_goes_on_from_the_checkpoints_learned_steps(tmp_path):
     assert torch.allclose(runs["kept"], learned)
     assert torch.allclose(runs["scaled"], learned + np.log(2.0))
     assert (runs["calibrated"] < learned - 1.0).all()  # calibrated afresh: about 8 times finer
+
+
+def test_warmup_raises_the_rate_linearly_then_follows_the_cosine():
+    from edgespike.train.bitplane_loop import phase_lr
+
+    assert phase_lr(1e-3, 0, 1000, 100) == pytest.approx(1e-5, rel=0.01)  # 1 / 100 of the peak
+    assert phase_lr(1e-3, 49, 1000, 100) == pytest.approx(0.5e-3, rel=0.01)
+    for it in (99, 500, 999):  # from the warm-up's end the rate is the cosine's
+        assert phase_lr(1e-3, it, 1000, 100) == phase_lr(1e-3, it, 1000)
+    assert phase_lr(1e-3, 0, 1000) == pytest.approx(1e-3)
+
+
+def test_a_dilated_full_resolution_run_trains_resumes_and_exports_its_dilations(tmp_path):
+    from edgespike.model import Conv
+
+    cfg = Config(depth=4, width=4, down=False, dilations=(1, 2, 3, 1), warmup=3, float_iters=6, qat_iters=3,
+                 batch=2, patch=24, out=str(tmp_path / "d.esnn"), val_every=1000)
+    net = train(cfg, progress=False)
+    model = fileformat.load(cfg.out)
+    assert [n.dilation for n in model.nodes if isinstance(n, Conv)] == [1, 2, 3, 1]
+    assert net_from_ckpt(cfg.ckpt_path).dilations == (1, 2, 3, 1)
+    frame = np.random.default_rng(0).integers(0, 256, (19, 26), dtype=np.uint8)
+    assert np.array_equal(Runtime(model).denoise(frame)[0], predict_uint8(net, frame))

@@ -47,6 +47,9 @@ def main(argv=None) -> int:
     p.add_argument("--patch", type=int, default=64, help="patch side (default 64)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak Adam learning rate of the float phase")
     p.add_argument("--qat-lr", type=float, default=2e-4, help="peak learning rate of the QAT phase")
+    p.add_argument("--warmup", type=int, default=0,
+                   help="float phase: raise the learning rate linearly over this many first iterations (e.g. 500 for "
+                   "a full-resolution dilated body, which can lose its ReLUs at once; default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/model.esnn", help="the .esnn to write; checkpoint and log go next to it")
     p.add_argument("--init", default="", help="initialise the parameters from this checkpoint (fine-tuning)")
@@ -119,7 +122,7 @@ def main(argv=None) -> int:
                         handlers=[logging.StreamHandler(), logging.FileHandler(out.with_suffix(".train.log"))])
     cfg = Config(depth=a.depth, width=a.width, T=a.T, down=not a.full_resolution, dilations=dilations, sigma=a.sigma,
                  float_iters=a.float_iters, qat_iters=a.qat_iters, batch=a.batch, patch=a.patch, lr=a.lr,
-                 qat_lr=a.qat_lr, seed=a.seed, out=a.out, init=a.init, val_every=a.val_every,
+                 qat_lr=a.qat_lr, warmup=a.warmup, seed=a.seed, out=a.out, init=a.init, val_every=a.val_every,
                  stop_at=a.stop_at, spike_weight=a.spike_weight,
                  teacher=a.teacher, teacher_weight=a.teacher_weight if a.teacher else 0.0,
                  teacher_draws=a.teacher_draws, sigma_floor=a.sigma_floor,

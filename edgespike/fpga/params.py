@@ -46,14 +46,15 @@ def _supported(model: Model) -> None:
     if model.encoder.kind not in ("direct", "uwe"):
         raise FitError(f"encoder {model.encoder.kind!r} is not supported by the accelerator (direct or uwe only): "
                        f"its hash needs multipliers")
+    for node in model.nodes:  # first: a dilated bit-plane model lands here too (the layer pipeline refused it)
+        if getattr(node, "dilation", 1) > 1:
+            raise FitError(dilated_refusal(node))
     for node in model.nodes:
         if not isinstance(node, (Conv, ConvTranspose, Neuron, Integrator)):
             raise FitError(f"node {node.name!r} ({type(node).__name__}) is not supported by the accelerator: it "
                            f"runs Conv/ConvTranspose -> Neuron/Integrator chains (no Add or Concat yet)")
         if getattr(node, "weight_extra", None) is not None or getattr(node, "mprn", None):
             raise FitError(f"node {node.name!r} uses the MPRN extra step, which the accelerator does not run")
-        if getattr(node, "dilation", 1) > 1:
-            raise FitError(dilated_refusal(node))
 
 
 def dilated_refusal(node: Conv) -> str:

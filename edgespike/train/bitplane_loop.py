@@ -39,6 +39,7 @@ class Config:
     T: int = 8
     down: bool = True
     dilations: tuple = ()  # each layer's tap spacing (empty: all 1)
+    warmup: int = 0  # float phase: iterations of linear learning-rate warm-up
     sigma: str = "25"  # a number, a band "LO-HI" (uniform per patch) or "blind" (uniform in [0, blind_max])
     blind_max: float = 55.0
     float_iters: int = 0
@@ -77,6 +78,14 @@ class Config:
 def _cosine(lr: float, frac: float, floor: float = 0.01) -> float:
     frac = min(max(frac, 0.0), 1.0)
     return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def phase_lr(lr: float, it: int, iters: int, warmup: int = 0) -> float:
+    """The learning rate at iteration ``it`` of a phase: a linear warm-up over the first ``warmup`` iterations (a
+    full-resolution dilated network at lr 1e-3 from its initialisation lost all of its last layer's ReLUs in the
+    first thousand iterations and never recovered), then the cosine."""
+    rate = _cosine(lr, it / iters)
+    return rate * min(1.0, (it + 1) / warmup) if warmup > 0 else rate
 
 
 class Validator:
@@ -245,7 +254,7 @@ def _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progr
     loss_ema = None
     while state["it"] < iters:
         for g in opt.param_groups:
-            g["lr"] = _cosine(lr, state["it"] / iters)
+            g["lr"] = phase_lr(lr, state["it"], iters, cfg.warmup if phase == "float" else 0)
         clean, noisy, *teacher = sampler.batch(cfg.batch)
         x = torch.from_numpy(noisy.astype(np.float32))[:, None]
         target = x - torch.from_numpy(clean.astype(np.float32))[:, None]
