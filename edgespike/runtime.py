@@ -927,19 +927,26 @@ class Runtime:
         steps = _unpack_planes(src, self.T) if src.planes else src
         a = steps.arr
         T1 = 2**self.T - 1
-        if self.kernels is not None and isinstance(node, Conv) and src.binary and node.dilation == 1:
+        if self.kernels is not None and isinstance(node, Conv) and src.binary:
             from edgespike import kernels
 
             lut = self._lut_cache.get(node.name)
             if lut is None:
                 lut = self._lut_cache[node.name] = kernels.build_lut(node.weight)
-            h, w = a.shape[1], a.shape[2]
-            ho, wo = -(-h // node.stride), -(-w // node.stride)
-            v = np.zeros((ho, wo, node.out_channels), np.int32)
-            spk = self._buffer((a.shape[0], ho, wo, node.out_channels), np.uint8)
-            kernels.conv_neuron(self.kernels, a, lut, node, None, v, np.ones(node.out_channels, np.int32), out=spk)
-            self._release(spk)
-            return _Val(v[None], weighted=True)
+            ones = np.ones(node.out_channels, np.int32)
+
+            def planes(part, a=0, b=0):  # the membranes the planes of ``part`` build, doubling between them
+                h, w = part.shape[1], part.shape[2]
+                ho, wo = -(-h // node.stride), -(-w // node.stride)
+                v = np.zeros((ho, wo, node.out_channels), np.int32)
+                spk = self._buffer((part.shape[0], ho, wo, node.out_channels), np.uint8)
+                kernels.conv_neuron(self.kernels, np.ascontiguousarray(part), lut, node, None, v, ones, out=spk)
+                self._release(spk)
+                return v[None]
+
+            if node.dilation > 1:  # the lookup-table kernel reads neighbouring taps: one phase at a time
+                return _Val(dilated_by_phase(a, node.dilation, planes), weighted=True)
+            return _Val(planes(a), weighted=True)
         plan = self.plans[node.name]
         dt = _gemm_dtype(plan.bound)
         taps = plan.taps_for(False, dt)
