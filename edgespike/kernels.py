@@ -441,16 +441,22 @@ int conv_u8_fast(void) {
 #endif
 }
 
-INLINE void conv_u8_px(const uint8_t *xp, int wp, int cin, const int8_t *wpk, int k, int st, int oy, int ox,
-                       int co, int cop, int kq, const int32_t *bias, int32_t *o) {
-    long rowq = (long)kq * cop * 4;
+/* Dilation dil > 1 (stride 1, cin a multiple of 4, so no group of four straddles two taps): the taps of a row are
+   dil pixels apart, so the row's groups run tap by tap with a jump of (dil - 1) * cin between taps; dil = 1 is one
+   run of all kq groups (the same loop, no jump). */
+
+INLINE void conv_u8_px(const uint8_t *xp, int wp, int cin, const int8_t *wpk, int k, int st, int dil, int oy,
+                       int ox, int co, int cop, int kq, const int32_t *bias, int32_t *o) {
+    long rowq = (long)kq * cop * 4, jump = (long)(dil - 1) * cin;
+    int taps = dil > 1 ? k : 1, gpt = dil > 1 ? cin / 4 : kq;
     for (int c = 0; c < co; c++) {
         int32_t s = bias[c];
         for (int i = 0; i < k; i++) {
-            const uint8_t *a = xp + ((long)(oy * st + i) * wp + (long)ox * st) * cin;
+            const uint8_t *a = xp + ((long)(oy * st + i * dil) * wp + (long)ox * st) * cin;
             const int8_t *b = wpk + i * rowq + 4 * c;
-            for (int m = 0; m < kq; m++, a += 4, b += 4L * cop)
-                for (int u = 0; u < 4; u++) s += (int32_t)a[u] * b[u];
+            for (int t = 0; t < taps; t++, a += jump)
+                for (int m = 0; m < gpt; m++, a += 4, b += 4L * cop)
+                    for (int u = 0; u < 4; u++) s += (int32_t)a[u] * b[u];
         }
         o[c] = s;
     }
@@ -461,25 +467,27 @@ INLINE void conv_u8_px(const uint8_t *xp, int wp, int cin, const int8_t *wpk, in
    of four inputs NV weight loads, U8_P broadcasts, U8_P*NV vpdpbusd. NV is a literal at every call, so each
    inlined copy keeps its accumulators in registers. Channels from co on are computed (zero weights) but not
    stored. */
-INLINE void conv_u8_tile(const uint8_t *xp, int wp, int cin, const int8_t *wpk, int k, int st, int oy, int ox,
-                         int c0, const int NV, int co, int cop, int kq, const int32_t *bias, int32_t *orow) {
+INLINE void conv_u8_tile(const uint8_t *xp, int wp, int cin, const int8_t *wpk, int k, int st, int dil, int oy,
+                         int ox, int c0, const int NV, int co, int cop, int kq, const int32_t *bias, int32_t *orow) {
     __m512i s[U8_P][4];
     for (int p = 0; p < U8_P; p++)
         for (int v = 0; v < NV; v++) s[p][v] = _mm512_setzero_si512();
-    long ps = (long)st * cin, rowq = (long)kq * cop * 4;
+    long ps = (long)st * cin, rowq = (long)kq * cop * 4, jump = (long)(dil - 1) * cin;
+    int taps = dil > 1 ? k : 1, gpt = dil > 1 ? cin / 4 : kq;
     for (int i = 0; i < k; i++) {
-        const uint8_t *a = xp + ((long)(oy * st + i) * wp + (long)ox * st) * cin;
+        const uint8_t *a = xp + ((long)(oy * st + i * dil) * wp + (long)ox * st) * cin;
         const int8_t *b = wpk + i * rowq + 4 * c0;
-        for (int m = 0; m < kq; m++, a += 4, b += 4L * cop) {
-            __m512i w[4];
-            for (int v = 0; v < NV; v++) w[v] = _mm512_loadu_si512((const void *)(b + 64 * v));
-            for (int p = 0; p < U8_P; p++) {
-                int32_t x4;
-                memcpy(&x4, a + p * ps, 4);
-                __m512i x = _mm512_set1_epi32(x4);
-                for (int v = 0; v < NV; v++) s[p][v] = _mm512_dpbusd_epi32(s[p][v], x, w[v]);
+        for (int t = 0; t < taps; t++, a += jump)
+            for (int m = 0; m < gpt; m++, a += 4, b += 4L * cop) {
+                __m512i w[4];
+                for (int v = 0; v < NV; v++) w[v] = _mm512_loadu_si512((const void *)(b + 64 * v));
+                for (int p = 0; p < U8_P; p++) {
+                    int32_t x4;
+                    memcpy(&x4, a + p * ps, 4);
+                    __m512i x = _mm512_set1_epi32(x4);
+                    for (int v = 0; v < NV; v++) s[p][v] = _mm512_dpbusd_epi32(s[p][v], x, w[v]);
+                }
             }
-        }
     }
     for (int v = 0; v < NV; v++) {
         int c = c0 + 16 * v, n = co - c;
@@ -494,7 +502,7 @@ INLINE void conv_u8_tile(const uint8_t *xp, int wp, int cin, const int8_t *wpk, 
 /* out [ho][wo][co] int32, or the bit-plane neuron applied row by row as in conv_s16. Each thread computes a row
    into its own buffer (U8_P - 1 pixels and 15 channels of slack for the last tile) and then copies or quantises
    it, so a tile's dropped pixels never touch another row. */
-void conv_u8(const uint8_t *xp, int wp, int cin, const int8_t *wpk, int k, int st, int ho, int wo, int co,
+void conv_u8(const uint8_t *xp, int wp, int cin, const int8_t *wpk, int k, int st, int dil, int ho, int wo, int co,
              int cop, const int32_t *bias, int32_t *out, int threads, const double *qbias, const double *theta,
              const double *inv, int levels, void *q, int r0, int r1, int64_t *bits) {
     int kq = (k * cin + 3) / 4;
@@ -509,16 +517,16 @@ void conv_u8(const uint8_t *xp, int wp, int cin, const int8_t *wpk, int k, int s
             for (; ox < wo; ox += U8_P) {
                 int c0 = 0;
                 for (; c0 + 64 <= cop; c0 += 64)
-                    conv_u8_tile(xp, wp, cin, wpk, k, st, oy, ox, c0, 4, co, cop, kq, bias, rowbuf);
+                    conv_u8_tile(xp, wp, cin, wpk, k, st, dil, oy, ox, c0, 4, co, cop, kq, bias, rowbuf);
                 switch ((cop - c0) / 16) {
-                case 3: conv_u8_tile(xp, wp, cin, wpk, k, st, oy, ox, c0, 3, co, cop, kq, bias, rowbuf); break;
-                case 2: conv_u8_tile(xp, wp, cin, wpk, k, st, oy, ox, c0, 2, co, cop, kq, bias, rowbuf); break;
-                case 1: conv_u8_tile(xp, wp, cin, wpk, k, st, oy, ox, c0, 1, co, cop, kq, bias, rowbuf); break;
+                case 3: conv_u8_tile(xp, wp, cin, wpk, k, st, dil, oy, ox, c0, 3, co, cop, kq, bias, rowbuf); break;
+                case 2: conv_u8_tile(xp, wp, cin, wpk, k, st, dil, oy, ox, c0, 2, co, cop, kq, bias, rowbuf); break;
+                case 1: conv_u8_tile(xp, wp, cin, wpk, k, st, dil, oy, ox, c0, 1, co, cop, kq, bias, rowbuf); break;
                 }
             }
 #endif
             for (; ox < wo; ox++)
-                conv_u8_px(xp, wp, cin, wpk, k, st, oy, ox, co, cop, kq, bias, rowbuf + (long)ox * co);
+                conv_u8_px(xp, wp, cin, wpk, k, st, dil, oy, ox, co, cop, kq, bias, rowbuf + (long)ox * co);
             if (q)
                 quantise_row(rowbuf, oy, wo, co, qbias, theta, inv, levels, q, oy >= r0 && oy < r1, local);
             else
@@ -787,7 +795,7 @@ def _open(path: str):
     lib.conv_u8_fast.restype = ctypes.c_int
     lib.conv_u8_fast.argtypes = []
     lib.conv_u8.restype = None
-    lib.conv_u8.argtypes = [P, I, I, P, I, I, I, I, I, I, P, P, I, P, P, P, I, P, I, I, P]
+    lib.conv_u8.argtypes = [P, I, I, P, I, I, I, I, I, I, I, P, P, I, P, P, P, I, P, I, I, P]
     return lib
 
 
@@ -1013,20 +1021,22 @@ def conv_int(lib, x: np.ndarray, packed: np.ndarray, stride: int, bias: np.ndarr
     returns for the convolution's output (its ``T``-bit values and spikes per step in output rows ``rows``),
     computed row by row while the row is in cache.
 
-    ``dilation > 1`` (stride 1) spaces the taps that far apart: the kernel runs on each phase's sub-image
-    (:func:`edgespike.runtime.dilated_by_phase`), ``rows`` mapped into each."""
-    if dilation > 1:
-        return _conv_int_by_phase(lib, x, packed, bias, neuron, T, rows, dilation)
+    ``dilation > 1`` (stride 1) spaces the taps that far apart (padding ``dilation * (k // 2)``): the u8 kernel
+    reads them in place when ``C_in`` is a multiple of 4 (no group of four inputs straddles two taps); otherwise the
+    kernel runs on each phase's sub-image (:func:`edgespike.runtime.dilated_by_phase`), ``rows`` mapped into each."""
     h, w, cin = x.shape
     u8 = packed.dtype == np.int8
+    if dilation > 1 and not (u8 and cin % 4 == 0):
+        return _conv_int_by_phase(lib, x, packed, bias, neuron, T, rows, dilation)
     k, _, cop, _ = packed.shape
     cout = len(bias)
-    p = k // 2
+    span = dilation * (k - 1) + 1  # the pixels a window covers along each axis
+    p = span // 2
     hp, wp = h + 2 * p, w + 2 * p
-    ho, wo = (hp - k) // stride + 1, (wp - k) // stride + 1
+    ho, wo = (hp - span) // stride + 1, (wp - span) // stride + 1
     # spare elements past the end: the last group of an odd row length reads up to three past the row (times a
     # zero weight), and the u8 kernel's last tile of 6 pixels reads past the last output pixel (results dropped)
-    spare = (8 * stride + k) * cin + 8 if u8 else 2
+    spare = (8 * stride + span) * cin + 8 if u8 else 2
     flat = np.zeros(hp * wp * cin + spare, np.uint8 if u8 else np.int16)
     flat[:-spare].reshape(hp, wp, cin)[p:p + h, p:p + w] = x
     b = np.ascontiguousarray(bias, dtype=np.int32)
@@ -1047,7 +1057,8 @@ def conv_int(lib, x: np.ndarray, packed: np.ndarray, stride: int, bias: np.ndarr
     def ptr(a):
         return None if a is None else a.ctypes.data
 
-    head = (flat.ctypes.data, wp, cin, packed.ctypes.data, k, stride, ho, wo, cout) + ((cop,) if u8 else ())
+    head = (flat.ctypes.data, wp, cin, packed.ctypes.data, k, stride) + ((dilation,) if u8 else ()) + (
+        ho, wo, cout) + ((cop,) if u8 else ())
     (lib.conv_u8 if u8 else lib.conv_s16)(*head, b.ctypes.data, ptr(out), threads(ho * wo * cout), ptr(qb),
                                            ptr(th), ptr(inv), levels, ptr(q), r0, r1, bits.ctypes.data)
     if neuron is None:

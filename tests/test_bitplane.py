@@ -268,8 +268,9 @@ def test_the_u8_kernel_without_vnni_is_the_same_convolution(tmp_path):
     assert ok, why
     lib = kernels._open(str(out))
     assert not kernels.u8_fast(lib) and not kernels.s16_fast(lib)
-    for seed, (h, w, cin, co, k, stride) in enumerate([(9, 14, 64, 64, 3, 1), (7, 11, 1, 70, 5, 2)]):
-        _check_integer_kernel(kernels, lib, kernels.pack_u8, h, w, cin, co, k, stride, 8, seed)
+    cases = [(9, 14, 64, 64, 3, 1, 1), (7, 11, 1, 70, 5, 2, 1), (11, 13, 8, 20, 3, 1, 3), (6, 9, 6, 5, 3, 1, 2)]
+    for seed, (h, w, cin, co, k, stride, dil) in enumerate(cases):  # dilated: in place (cin 8), by phases (cin 6)
+        _check_integer_kernel(kernels, lib, kernels.pack_u8, h, w, cin, co, k, stride, 8, seed, dil)
 
 
 @pytest.mark.parametrize("width", [16, 20, 37])
