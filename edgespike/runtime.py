@@ -280,8 +280,7 @@ def dilated_by_phase(x: np.ndarray, d: int, conv) -> np.ndarray:
     Output pixel ``(y, x)`` reads only pixels of its own phase ``(y mod d, x mod d)``, and those are neighbours in
     the phase's sub-image ``x[:, a::d, b::d]``, whose zero padding is the frame's. So ``conv(part, a, b)`` runs
     undilated on each of the d * d sub-images ``part [L, h', w', C]`` (strided views) and the results are
-    interleaved back,
-    exactly (TensorFlow's space-to-batch form of atrous convolution)."""
+    interleaved back, exactly (TensorFlow's space-to-batch form of atrous convolution)."""
     L, h, w = x.shape[:3]
     out = None
     for a in range(min(d, h)):
@@ -935,7 +934,7 @@ class Runtime:
                 lut = self._lut_cache[node.name] = kernels.build_lut(node.weight)
             ones = np.ones(node.out_channels, np.int32)
 
-            def planes(part, a=0, b=0):  # the membranes the planes of ``part`` build, doubling between them
+            def planes(part, *phase):  # the membranes the planes of ``part`` build, doubling between them
                 h, w = part.shape[1], part.shape[2]
                 ho, wo = -(-h // node.stride), -(-w // node.stride)
                 v = np.zeros((ho, wo, node.out_channels), np.int32)
