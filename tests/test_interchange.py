@@ -213,6 +213,16 @@ def test_if_lif_cubalif_and_integrator_read_out(tmp_path, capsys):
     assert "PSNR min" in capsys.readouterr().out
 
 
+def test_a_dilated_conv_imports_as_a_dilated_conv(tmp_path):
+    """NIR's dilation with its 'same' padding d * (k // 2) becomes edgespike's (format 1.3), computed exactly."""
+    nodes, edges = _chain(_conv(2, 1), _lif(2), _conv(2, 2, dilation=3, pad=3), _lif(2), _conv(1, 2),
+                          nir.I(r=np.full(1, 1 / DT)))
+    net = nir_import.lower(nir_import.read_graph(_graph_file(tmp_path, nodes, edges)), timesteps=8, residual=True)
+    model, report = nir_import.quantise(net, FRAMES)
+    assert [n.dilation for n in model.nodes if isinstance(n, Conv)] == [1, 3, 1]
+    assert report.psnr_min > 40, report.text()
+
+
 def test_li_read_out_is_a_leaky_never_firing_neuron():
     nodes, edges = _chain(_conv(2, 1), _lif(2), _conv(1, 2),
                           nir.LI(tau=np.full(1, 2 * DT), r=np.full(1, 2.0), v_leak=np.zeros(1)))
@@ -319,7 +329,9 @@ REFUSED = [
                      v_threshold=np.stack([np.linspace(0.1, 1, 256).reshape(16, 16)] * 2)), "LIF",
      "varies across the image"),
     (lambda: _lif_bad(tau=np.full(2, DT / 2)), "LIF", "shorter than dt"),
-    (lambda: _conv(2, 2, dilation=2), "Conv2d", "dilation"),
+    (lambda: _conv(2, 2, dilation=2), "Conv2d", "padding [1, 1] with a 3x3 kernel and dilation 2"),
+    (lambda: _conv(2, 2, dilation=np.array([2, 3]), pad=2), "Conv2d", "dilation [2, 3]"),
+    (lambda: _conv(2, 2, dilation=2, stride=2, pad=2), "Conv2d", "stride 1 when dilated"),
     (lambda: _conv(2, 2, pad=0), "Conv2d", "padding"),
     (lambda: _conv(2, 2, k=4, pad=2), "Conv2d", "odd square"),
     (lambda: _conv(2, 2, stride=3), "Conv2d", "stride"),
