@@ -291,16 +291,20 @@ int conv_s16_fast(void) {
 #endif
 }
 
-INLINE void conv_s16_px(const int16_t *xp, int wp, int cin, const int16_t *wpk, int k, int st, int oy, int ox,
-                        int c_lo, int co, int kp, const int32_t *bias, int32_t *o) {
-    long rowpairs = (long)kp * co * 2;
+/* Dilation dil > 1 (stride 1, cin even, so no pair straddles two taps): a row's taps are dil pixels apart, so its
+   pairs run tap by tap with a jump of (dil - 1) * cin between taps; dil = 1 is one run of all kp pairs. */
+INLINE void conv_s16_px(const int16_t *xp, int wp, int cin, const int16_t *wpk, int k, int st, int dil, int oy,
+                        int ox, int c_lo, int co, int kp, const int32_t *bias, int32_t *o) {
+    long rowpairs = (long)kp * co * 2, jump = (long)(dil - 1) * cin;
+    int taps = dil > 1 ? k : 1, ppt = dil > 1 ? cin / 2 : kp;
     for (int c = c_lo; c < co; c++) {
         int32_t s = bias[c];
         for (int i = 0; i < k; i++) {
-            const int16_t *a = xp + ((long)(oy * st + i) * wp + (long)ox * st) * cin;
+            const int16_t *a = xp + ((long)(oy * st + i * dil) * wp + (long)ox * st) * cin;
             const int16_t *b = wpk + i * rowpairs + 2 * c;
-            for (int m = 0; m < kp; m++)
-                s += (int32_t)a[2 * m] * b[(long)m * co * 2] + (int32_t)a[2 * m + 1] * b[(long)m * co * 2 + 1];
+            for (int t = 0; t < taps; t++, a += jump)
+                for (int m = 0; m < ppt; m++, a += 2, b += 2L * co)
+                    s += (int32_t)a[0] * b[0] + (int32_t)a[1] * b[1];
         }
         o[c] = s;
     }
@@ -351,26 +355,29 @@ INLINE __m256i pair(const int16_t *a) {
 }
 
 /* 4 output pixels x 16 channels: 8 accumulators; per input pair 4 broadcasts, 2 weight loads, 8 pmaddwd */
-INLINE void conv_s16_tile(const int16_t *xp, int wp, int cin, const int16_t *wpk, int k, int st, int oy, int ox,
-                          int c0, int co, int kp, const int32_t *bias, int32_t *orow) {
+INLINE void conv_s16_tile(const int16_t *xp, int wp, int cin, const int16_t *wpk, int k, int st, int dil, int oy,
+                          int ox, int c0, int co, int kp, const int32_t *bias, int32_t *orow) {
     __m256i s00 = _mm256_setzero_si256(), s01 = s00, s10 = s00, s11 = s00, s20 = s00, s21 = s00, s30 = s00,
             s31 = s00;
-    long ps = (long)st * cin, rowpairs = (long)kp * co * 2;
+    long ps = (long)st * cin, rowpairs = (long)kp * co * 2, jump = (long)(dil - 1) * cin;
+    int taps = dil > 1 ? k : 1, ppt = dil > 1 ? cin / 2 : kp;
     for (int i = 0; i < k; i++) {
-        const int16_t *a = xp + ((long)(oy * st + i) * wp + (long)ox * st) * cin;
+        const int16_t *a = xp + ((long)(oy * st + i * dil) * wp + (long)ox * st) * cin;
         const int16_t *b = wpk + i * rowpairs + 2 * c0;
-        for (int m = 0; m < kp; m++, a += 2, b += 2L * co) {
-            __m256i b0 = _mm256_loadu_si256((const __m256i *)b), b1 = _mm256_loadu_si256((const __m256i *)(b + 16));
-            __m256i x0 = pair(a), x1 = pair(a + ps), x2 = pair(a + 2 * ps), x3 = pair(a + 3 * ps);
-            s00 = _mm256_add_epi32(s00, _mm256_madd_epi16(x0, b0));
-            s01 = _mm256_add_epi32(s01, _mm256_madd_epi16(x0, b1));
-            s10 = _mm256_add_epi32(s10, _mm256_madd_epi16(x1, b0));
-            s11 = _mm256_add_epi32(s11, _mm256_madd_epi16(x1, b1));
-            s20 = _mm256_add_epi32(s20, _mm256_madd_epi16(x2, b0));
-            s21 = _mm256_add_epi32(s21, _mm256_madd_epi16(x2, b1));
-            s30 = _mm256_add_epi32(s30, _mm256_madd_epi16(x3, b0));
-            s31 = _mm256_add_epi32(s31, _mm256_madd_epi16(x3, b1));
-        }
+        for (int t = 0; t < taps; t++, a += jump)
+            for (int m = 0; m < ppt; m++, a += 2, b += 2L * co) {
+                __m256i b0 = _mm256_loadu_si256((const __m256i *)b);
+                __m256i b1 = _mm256_loadu_si256((const __m256i *)(b + 16));
+                __m256i x0 = pair(a), x1 = pair(a + ps), x2 = pair(a + 2 * ps), x3 = pair(a + 3 * ps);
+                s00 = _mm256_add_epi32(s00, _mm256_madd_epi16(x0, b0));
+                s01 = _mm256_add_epi32(s01, _mm256_madd_epi16(x0, b1));
+                s10 = _mm256_add_epi32(s10, _mm256_madd_epi16(x1, b0));
+                s11 = _mm256_add_epi32(s11, _mm256_madd_epi16(x1, b1));
+                s20 = _mm256_add_epi32(s20, _mm256_madd_epi16(x2, b0));
+                s21 = _mm256_add_epi32(s21, _mm256_madd_epi16(x2, b1));
+                s30 = _mm256_add_epi32(s30, _mm256_madd_epi16(x3, b0));
+                s31 = _mm256_add_epi32(s31, _mm256_madd_epi16(x3, b1));
+            }
     }
     __m256i bi0 = _mm256_loadu_si256((const __m256i *)(bias + c0));
     __m256i bi1 = _mm256_loadu_si256((const __m256i *)(bias + c0 + 8));
@@ -389,7 +396,7 @@ INLINE void conv_s16_tile(const int16_t *xp, int wp, int cin, const int16_t *wpk
 /* out [ho][wo][co] int32; or, with q != NULL, the bit-plane neuron that follows applied to each row while it is
    in cache (bitplane_quantise's arithmetic: q = clip(floor((row + qbias) / theta), 0, levels), its bits counted
    over output rows r0..r1-1) and out unused */
-void conv_s16(const int16_t *xp, int wp, int cin, const int16_t *wpk, int k, int st, int ho, int wo, int co,
+void conv_s16(const int16_t *xp, int wp, int cin, const int16_t *wpk, int k, int st, int dil, int ho, int wo, int co,
               const int32_t *bias, int32_t *out, int threads, const double *qbias, const double *theta,
               const double *inv, int levels, void *q, int r0, int r1, int64_t *bits) {
     int kp = (k * cin + 1) / 2;
@@ -406,15 +413,15 @@ void conv_s16(const int16_t *xp, int wp, int cin, const int16_t *wpk, int k, int
             if (c16) {
                 for (; ox + 4 <= wo; ox += 4) {
                     for (int c0 = 0; c0 < c16; c0 += 16)
-                        conv_s16_tile(xp, wp, cin, wpk, k, st, oy, ox, c0, co, kp, bias, orow);
+                        conv_s16_tile(xp, wp, cin, wpk, k, st, dil, oy, ox, c0, co, kp, bias, orow);
                     for (int p = 0; p < 4 && c16 < co; p++)
-                        conv_s16_px(xp, wp, cin, wpk, k, st, oy, ox + p, c16, co, kp, bias,
+                        conv_s16_px(xp, wp, cin, wpk, k, st, dil, oy, ox + p, c16, co, kp, bias,
                                     orow + (long)(ox + p) * co);
                 }
             }
 #endif
             for (; ox < wo; ox++)
-                conv_s16_px(xp, wp, cin, wpk, k, st, oy, ox, 0, co, kp, bias, orow + (long)ox * co);
+                conv_s16_px(xp, wp, cin, wpk, k, st, dil, oy, ox, 0, co, kp, bias, orow + (long)ox * co);
             if (q)
                 quantise_row(orow, oy, wo, co, qbias, theta, inv, levels, q, oy >= r0 && oy < r1, local);
         }
@@ -791,7 +798,7 @@ def _open(path: str):
     lib.conv_s16_fast.restype = ctypes.c_int
     lib.conv_s16_fast.argtypes = []
     lib.conv_s16.restype = None
-    lib.conv_s16.argtypes = [P, I, I, P, I, I, I, I, I, P, P, I, P, P, P, I, P, I, I, P]
+    lib.conv_s16.argtypes = [P, I, I, P, I, I, I, I, I, I, P, P, I, P, P, P, I, P, I, I, P]
     lib.conv_u8_fast.restype = ctypes.c_int
     lib.conv_u8_fast.argtypes = []
     lib.conv_u8.restype = None
@@ -1021,12 +1028,13 @@ def conv_int(lib, x: np.ndarray, packed: np.ndarray, stride: int, bias: np.ndarr
     returns for the convolution's output (its ``T``-bit values and spikes per step in output rows ``rows``),
     computed row by row while the row is in cache.
 
-    ``dilation > 1`` (stride 1) spaces the taps that far apart (padding ``dilation * (k // 2)``): the u8 kernel
-    reads them in place when ``C_in`` is a multiple of 4 (no group of four inputs straddles two taps); otherwise the
-    kernel runs on each phase's sub-image (:func:`edgespike.runtime.dilated_by_phase`), ``rows`` mapped into each."""
+    ``dilation > 1`` (stride 1) spaces the taps that far apart (padding ``dilation * (k // 2)``): the kernels read
+    them in place when no group of inputs straddles two taps (``C_in`` a multiple of 4 for u8, even for int16);
+    otherwise they run on each phase's sub-image (:func:`edgespike.runtime.dilated_by_phase`), ``rows`` mapped into
+    each."""
     h, w, cin = x.shape
     u8 = packed.dtype == np.int8
-    if dilation > 1 and not (u8 and cin % 4 == 0):
+    if dilation > 1 and cin % (4 if u8 else 2):
         return _conv_int_by_phase(lib, x, packed, bias, neuron, T, rows, dilation)
     k, _, cop, _ = packed.shape
     cout = len(bias)
@@ -1057,8 +1065,7 @@ def conv_int(lib, x: np.ndarray, packed: np.ndarray, stride: int, bias: np.ndarr
     def ptr(a):
         return None if a is None else a.ctypes.data
 
-    head = (flat.ctypes.data, wp, cin, packed.ctypes.data, k, stride) + ((dilation,) if u8 else ()) + (
-        ho, wo, cout) + ((cop,) if u8 else ())
+    head = (flat.ctypes.data, wp, cin, packed.ctypes.data, k, stride, dilation, ho, wo, cout) + ((cop,) if u8 else ())
     (lib.conv_u8 if u8 else lib.conv_s16)(*head, b.ctypes.data, ptr(out), threads(ho * wo * cout), ptr(qb),
                                            ptr(th), ptr(inv), levels, ptr(q), r0, r1, bits.ctypes.data)
     if neuron is None:
