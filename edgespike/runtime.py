@@ -239,8 +239,10 @@ def _scratch(nbytes: int) -> np.ndarray:
     return buf
 
 
-def im2col_conv(xp: np.ndarray, taps: np.ndarray, stride: int, ho: int, wo: int, threads: int = 1) -> np.ndarray:
-    """Convolution of a zero-padded ``xp [L, hp, wp, C_in]`` as im2col GEMMs, a block of output rows at a time.
+def im2col_conv(xp: np.ndarray, taps: np.ndarray, stride: int, ho: int, wo: int, threads: int = 1,
+                dilation: int = 1) -> np.ndarray:
+    """Convolution of a zero-padded ``xp [L, hp, wp, C_in]`` as im2col GEMMs, a block of output rows at a time
+    (taps ``dilation`` pixels apart).
 
     Each block gathers its ``k*k*C_in`` patch columns into a per-thread scratch buffer (the copy also casts to the
     taps' dtype) and multiplies it with the ``[k*k*C_in, C_out]`` weight matrix straight into the output. The
@@ -262,8 +264,8 @@ def im2col_conv(xp: np.ndarray, taps: np.ndarray, stride: int, ho: int, wo: int,
         cols = _scratch(n * wo * kkc * dt.itemsize)[:n * wo * kkc * dt.itemsize].view(dt).reshape(n, wo, k, k, cin)
         for i in range(k):
             for j in range(k):
-                a = i + stride * r0
-                cols[:, :, i, j] = xp[step, a:a + stride * (n - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+                a, b = dilation * i + stride * r0, dilation * j
+                cols[:, :, i, j] = xp[step, a:a + stride * (n - 1) + 1:stride, b:b + stride * (wo - 1) + 1:stride]
         np.matmul(cols.reshape(n * wo, kkc), wmat, out=out[step, r0:r1].reshape(n * wo, cout))
 
     if threads > 1 and len(blocks) > 1:
@@ -294,7 +296,7 @@ def dilated_by_phase(x: np.ndarray, d: int, conv) -> np.ndarray:
 
 def conv_nhwc(x: np.ndarray, taps: np.ndarray, stride: int, threads: int = 1, dilation: int = 1) -> np.ndarray:
     """Zero-padded "same" convolution of ``x [L, h, w, C_in]`` with ``taps [k, k, C_in, C_out]``, its taps
-    ``dilation`` pixels apart (stride 1; :func:`dilated_by_phase`).
+    ``dilation`` pixels apart (stride 1 then; padding ``dilation * (k // 2)``).
 
     Three exact GEMM forms, chosen by shape (no Winograd/FFT):
 
@@ -303,18 +305,17 @@ def conv_nhwc(x: np.ndarray, taps: np.ndarray, stride: int, threads: int = 1, di
     * few inputs (the direct-coded first layer, ``k*k*C_in`` small) or a single step (a decoded bit-plane
       input): im2col, a block of output rows per GEMM (:func:`im2col_conv`), blocks spread over ``threads``;
     * otherwise one GEMM per tap on shifted row slices: the padded map is flattened and tap ``(i, j)`` is the
-      slice shifted by ``i * W_pad + j``; outputs land on the padded grid and the pad rows/columns (which mix
+      slice shifted by ``d * (i * W_pad + j)``; outputs land on the padded grid and the pad rows/columns (which mix
       neighbouring rows and steps) are cropped. Stride 2 gathers each tap's strided window into one buffer.
     """
-    if dilation > 1:
-        return dilated_by_phase(x, dilation, lambda part, a, b: conv_nhwc(part, taps, 1, threads))
     k = taps.shape[0]
-    p = k // 2
+    d = dilation
+    p = d * (k // 2)
     L, h, w, cin = x.shape
     cout = taps.shape[3]
     dt = taps.dtype
     hp, wp = h + 2 * p, w + 2 * p
-    ho, wo = (hp - k) // stride + 1, (wp - k) // stride + 1
+    ho, wo = (hp - d * (k - 1) - 1) // stride + 1, (wp - d * (k - 1) - 1) // stride + 1
     if k == 1:
         xs = np.ascontiguousarray(x[:, ::stride, ::stride], dtype=dt)
         return (xs.reshape(-1, cin) @ taps[0, 0]).reshape(L, ho, wo, cout)
@@ -324,7 +325,7 @@ def conv_nhwc(x: np.ndarray, taps: np.ndarray, stride: int, threads: int = 1, di
         # in the input's dtype (bytes for decoded planes); the gather casts.
         xp = np.zeros((L, hp, wp, cin), x.dtype)
         xp[:, p:p + h, p:p + w] = x
-        return im2col_conv(xp, taps, stride, ho, wo, threads)
+        return im2col_conv(xp, taps, stride, ho, wo, threads, d)
     xp = np.zeros((L, hp, wp, cin), dt)
     xp[:, p:p + h, p:p + w] = x
     if k * k * cout <= SMALL_GEMM:
@@ -333,7 +334,7 @@ def conv_nhwc(x: np.ndarray, taps: np.ndarray, stride: int, threads: int = 1, di
         out = np.zeros((L, ho, wo, cout), dt)
         for i in range(k):
             for j in range(k):
-                out += y[:, i:i + stride * ho:stride, j:j + stride * wo:stride, i * k + j]
+                out += y[:, d * i:d * i + stride * ho:stride, d * j:d * j + stride * wo:stride, i * k + j]
         return out
     if stride == 1:
         n = L * hp * wp
@@ -342,7 +343,7 @@ def conv_nhwc(x: np.ndarray, taps: np.ndarray, stride: int, threads: int = 1, di
         tmp = np.empty((n, cout), dt)
         for i in range(k):
             for j in range(k):
-                off = i * wp + j
+                off = d * (i * wp + j)
                 m = n - off
                 np.matmul(flat[off:], taps[i, j], out=tmp[:m])
                 out[:m] += tmp[:m]

@@ -182,3 +182,23 @@ def test_the_hardware_commands_refuse_a_dilated_model_in_one_line(argv, tmp_path
     assert rc == 2 and "Traceback" not in err
     assert err.strip().splitlines() == [err.strip()] and "is a dilated conv" in err and "CPU runtime" in err
     assert not out.exists()  # nothing half-built
+
+
+@pytest.mark.parametrize(("L", "cin", "cout", "k"), [
+    (1, 3, 2, 3),  # few outputs: one GEMM against all taps, added at their (dilated) shifts
+    (1, 12, 16, 3),  # one step: im2col with dilated gathers
+    (3, 12, 16, 3),  # several steps, wide: one GEMM per tap on rows shifted by d * (i * W_pad + j)
+    (2, 9, 10, 5),
+])
+@pytest.mark.parametrize("d", [2, 3, 7])
+def test_every_gemm_form_of_the_numpy_path_reads_dilated_taps(L, cin, cout, k, d):
+    """What runs where no compiled kernel does (the BLAS path of ARM boards, rate-coded layers)."""
+    from edgespike.runtime import conv_nhwc
+
+    rng = np.random.default_rng(d * 100 + k)
+    x = rng.integers(0, 4, (L, 11, 13, cin))
+    w = rng.integers(-6, 7, (cout, cin, k, k))
+    got = conv_nhwc(x, np.ascontiguousarray(w.transpose(2, 3, 1, 0)).astype(np.float64), 1, 1, d)
+    for t in range(L):
+        want = reference.conv2d(np.moveaxis(x[t], -1, 0), w, 1, d)
+        assert np.array_equal(np.moveaxis(want, 0, -1), got[t]), t
