@@ -1030,7 +1030,7 @@ def conv_int(lib, x: np.ndarray, packed: np.ndarray, stride: int, bias: np.ndarr
 
     ``dilation > 1`` (stride 1) spaces the taps that far apart (padding ``dilation * (k // 2)``): the kernels read
     them in place when no group of inputs straddles two taps (``C_in`` a multiple of 4 for u8, even for int16);
-    otherwise they run on each phase's sub-image (:func:`edgespike.runtime.dilated_by_phase`), ``rows`` mapped into
+    otherwise they run on each phase's sub-image (:func:`dilated_by_phase`), ``rows`` mapped into
     each."""
     h, w, cin = x.shape
     u8 = packed.dtype == np.int8
@@ -1073,9 +1073,25 @@ def conv_int(lib, x: np.ndarray, packed: np.ndarray, stride: int, bias: np.ndarr
     return q, _spikes_per_step(bits, T)
 
 
-def _conv_int_by_phase(lib, x, packed, bias, neuron, T, rows, d):
-    from edgespike.runtime import dilated_by_phase
+def dilated_by_phase(x: np.ndarray, d: int, conv) -> np.ndarray:
+    """A stride-1 "same" convolution with taps ``d`` pixels apart, from the undilated one.
 
+    Output pixel ``(y, x)`` reads only pixels of its own phase ``(y mod d, x mod d)``, and those are neighbours in
+    the phase's sub-image ``x[:, a::d, b::d]``, whose zero padding is the frame's. So ``conv(part, a, b)`` runs
+    undilated on each of the d * d sub-images ``part [L, h', w', C]`` (strided views) and the results are
+    interleaved back, exactly (TensorFlow's space-to-batch form of atrous convolution)."""
+    L, h, w = x.shape[:3]
+    out = None
+    for a in range(min(d, h)):
+        for b in range(min(d, w)):
+            y = conv(x[:, a::d, b::d], a, b)  # a view: the convolutions copy it into their padded buffers
+            if out is None:
+                out = np.empty((L, h, w) + y.shape[3:], y.dtype)
+            out[:, a::d, b::d] = y
+    return out
+
+
+def _conv_int_by_phase(lib, x, packed, bias, neuron, T, rows, d):
     if neuron is None:
         return dilated_by_phase(x[None], d, lambda part, a, b: conv_int(lib, part[0], packed, 1, bias)[None])[0]
     r0, r1 = rows if rows is not None else (0, x.shape[0])

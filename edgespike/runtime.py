@@ -276,24 +276,6 @@ def im2col_conv(xp: np.ndarray, taps: np.ndarray, stride: int, ho: int, wo: int,
     return out
 
 
-def dilated_by_phase(x: np.ndarray, d: int, conv) -> np.ndarray:
-    """A stride-1 "same" convolution with taps ``d`` pixels apart, from the undilated one.
-
-    Output pixel ``(y, x)`` reads only pixels of its own phase ``(y mod d, x mod d)``, and those are neighbours in
-    the phase's sub-image ``x[:, a::d, b::d]``, whose zero padding is the frame's. So ``conv(part, a, b)`` runs
-    undilated on each of the d * d sub-images ``part [L, h', w', C]`` (strided views) and the results are
-    interleaved back, exactly (TensorFlow's space-to-batch form of atrous convolution)."""
-    L, h, w = x.shape[:3]
-    out = None
-    for a in range(min(d, h)):
-        for b in range(min(d, w)):
-            y = conv(x[:, a::d, b::d], a, b)  # a view: the convolutions copy it into their padded buffers
-            if out is None:
-                out = np.empty((L, h, w) + y.shape[3:], y.dtype)
-            out[:, a::d, b::d] = y
-    return out
-
-
 def conv_nhwc(x: np.ndarray, taps: np.ndarray, stride: int, threads: int = 1, dilation: int = 1) -> np.ndarray:
     """Zero-padded "same" convolution of ``x [L, h, w, C_in]`` with ``taps [k, k, C_in, C_out]``, its taps
     ``dilation`` pixels apart (stride 1 then; padding ``dilation * (k // 2)``).
@@ -945,7 +927,7 @@ class Runtime:
                 return v[None]
 
             if node.dilation > 1:  # the lookup-table kernel reads neighbouring taps: one phase at a time
-                return _Val(dilated_by_phase(a, node.dilation, planes), weighted=True)
+                return _Val(kernels.dilated_by_phase(a, node.dilation, planes), weighted=True)
             return _Val(planes(a), weighted=True)
         plan = self.plans[node.name]
         dt = _gemm_dtype(plan.bound)
