@@ -256,3 +256,26 @@ def test_a_dilated_full_resolution_run_trains_resumes_and_exports_its_dilations(
     assert net_from_ckpt(cfg.ckpt_path).dilations == (1, 2, 3, 1)
     frame = np.random.default_rng(0).integers(0, 256, (19, 26), dtype=np.uint8)
     assert np.array_equal(Runtime(model).denoise(frame)[0], predict_uint8(net, frame))
+
+
+def test_bf16_float_phase_trains_in_bfloat16_resumes_exactly_and_exports_exactly(tmp_path):
+    """--bf16 runs the float phase's convolutions in bfloat16 (a different run from float32's, same patches), keeps
+    the parameters float32, resumes bit for bit, and leaves QAT and export exact."""
+    torch.set_num_threads(1)
+    runs = {}
+    for name, kw in {"fp32": {}, "bf16": {"bf16": True}}.items():
+        (tmp_path / name).mkdir()
+        runs[name] = train(_config(tmp_path / name, **kw), progress=False)
+    bf = runs["bf16"]
+    assert all(p.dtype == torch.float32 for p in bf.parameters())
+    assert not all(torch.equal(a, b) for a, b in zip(runs["fp32"].parameters(), bf.parameters(), strict=True))
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    with pytest.raises(SystemExit):
+        train(_config(resumed, bf16=True, stop_at=2), progress=False)
+    train(_config(resumed, bf16=True), resume=True, progress=False)
+    for a, b in zip(net_from_ckpt(str(resumed / "m.ckpt.pt")).parameters(), bf.parameters(), strict=True):
+        assert torch.equal(a, b)
+    frame = np.random.default_rng(1).integers(0, 256, (21, 18), dtype=np.uint8)
+    model = fileformat.load(tmp_path / "bf16" / "m.esnn")
+    assert np.array_equal(Runtime(model).denoise(frame)[0], predict_uint8(bf, frame))
