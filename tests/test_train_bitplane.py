@@ -279,3 +279,55 @@ def test_bf16_float_phase_trains_in_bfloat16_resumes_exactly_and_exports_exactly
     frame = np.random.default_rng(1).integers(0, 256, (21, 18), dtype=np.uint8)
     model = fileformat.load(tmp_path / "bf16" / "m.esnn")
     assert np.array_equal(Runtime(model).denoise(frame)[0], predict_uint8(bf, frame))
+
+
+def test_folding_batch_norm_keeps_what_the_float_network_computes():
+    """The float network in eval mode (batch norm by its running statistics) computes the same residual before and
+    after fold_batch_norm, which leaves the plain conv stack the integers are made of; a plain network loading
+    that float state (--init) folds it the same way."""
+    from edgespike.train.bitplane import BitPlaneDnCNN
+
+    torch.manual_seed(0)
+    net = BitPlaneDnCNN(5, 6, 8, down=False, dilations=(1, 2, 3, 2, 1), batch_norm=True)
+    with torch.no_grad():
+        for bn in net.norm:  # statistics and affine parameters far from the identity
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.2, 3.0)
+            bn.weight.uniform_(0.5, 2.0)
+            bn.bias.uniform_(-0.3, 0.3)
+    net.eval()
+    x = torch.rand(2, 1, 17, 23) * 255
+    with torch.no_grad():
+        before = net.float_forward(x)
+        state = {k: v.clone() for k, v in net.state_dict().items()}
+        with pytest.raises(RuntimeError, match="fold_batch_norm"):
+            net.integerise()
+        net.fold_batch_norm()
+        assert net.norm is None and not any(k.startswith("norm.") for k in net.state_dict())
+        assert torch.allclose(net.float_forward(x), before, atol=1e-3)
+        plain = BitPlaneDnCNN(5, 6, 8, down=False, dilations=(1, 2, 3, 2, 1))
+        plain.load_params(state)
+        assert torch.allclose(plain.float_forward(x), before, atol=1e-3)
+
+
+def test_a_batch_norm_run_folds_at_qat_resumes_in_either_phase_and_exports_exactly(tmp_path):
+    torch.set_num_threads(1)
+    budgets = {"batch_norm": True, "float_iters": 2, "qat_iters": 4}
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    net = train(_config(straight, **budgets), progress=False)
+    assert net.norm is None  # folded when QAT started
+    for stop in (1, 3):  # inside the float phase (batch norm live), inside QAT (folded)
+        run = tmp_path / f"stop{stop}"
+        run.mkdir()
+        with pytest.raises(SystemExit):
+            train(_config(run, stop_at=stop, **budgets), progress=False)
+        assert load_ckpt(str(run / "m.ckpt.pt"))["phase"] == ("float" if stop == 1 else "qat")
+        train(_config(run, **budgets), resume=True, progress=False)
+        for a, b in zip(net_from_ckpt(str(run / "m.ckpt.pt")).parameters(), net.parameters(), strict=True):
+            assert torch.equal(a, b)
+    frame = np.random.default_rng(2).integers(0, 256, (15, 22), dtype=np.uint8)
+    model = fileformat.load(straight / "m.esnn")
+    want = predict_uint8(net, frame)
+    assert np.array_equal(Runtime(model).denoise(frame)[0], want)
+    assert np.array_equal(reference.run(model, frame), want)

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
+
+# torch's OpenMP workers busy-wait by default and would slow the runtime's own kernels in this process
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -33,8 +37,7 @@ def main(argv=None) -> int:
     import torch
 
     from edgespike.runtime import Runtime
-    from edgespike.train.bitplane import BitPlaneDnCNN
-    from edgespike.train.bitplane_loop import load_ckpt
+    from edgespike.train.bitplane_loop import load_ckpt, net_from_ckpt
     from edgespike.train.data import SHARED, load_dir, noisy_frame, psnr
 
     ck = load_ckpt(a.ckpt)
@@ -43,8 +46,7 @@ def main(argv=None) -> int:
           f"iteration {ck['it']}")
     print(f"{'T':>3} {'levels':>7} " + " ".join(f"{s:>8}" for s in a.sets.split(",")) + f" {'spikes/neuron/step':>19}")
     for T in (int(t) for t in a.T.split(",")):
-        net = BitPlaneDnCNN(c["depth"], c["width"], T, down=c["down"], channel_steps=c.get("channel_steps", False))
-        net.load_state_dict(ck["model"])
+        net = net_from_ckpt(a.ckpt, timesteps=T)
         with torch.no_grad():
             net.log_step += math.log((2 ** c["T"] - 1) / (2**T - 1))
         rt = Runtime(net.to_model({"name": f"T{T}"}))

@@ -53,6 +53,10 @@ def main(argv=None) -> int:
     p.add_argument("--bf16", action="store_true",
                    help="float phase: convolutions in bfloat16 (about 2x faster on a CPU with AVX512-BF16, e.g. "
                    "recent Xeons; slower elsewhere); Set12 validation, QAT and export stay float32")
+    p.add_argument("--batch-norm", action="store_true",
+                   help="float phase: batch normalisation after the conv of every middle layer, as DnCNN and IRCNN "
+                   "train (faster, steadier convergence); folded into the convs when QAT starts, so the exported "
+                   "model is the same plain stack")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/model.esnn", help="the .esnn to write; checkpoint and log go next to it")
     p.add_argument("--init", default="", help="initialise the parameters from this checkpoint (fine-tuning)")
@@ -125,9 +129,8 @@ def main(argv=None) -> int:
                         handlers=[logging.StreamHandler(), logging.FileHandler(out.with_suffix(".train.log"))])
     cfg = Config(depth=a.depth, width=a.width, T=a.T, down=not a.full_resolution, dilations=dilations, sigma=a.sigma,
                  float_iters=a.float_iters, qat_iters=a.qat_iters, batch=a.batch, patch=a.patch, lr=a.lr,
-                 qat_lr=a.qat_lr, warmup=a.warmup, bf16=a.bf16, seed=a.seed, out=a.out, init=a.init,
-                 val_every=a.val_every,
-                 stop_at=a.stop_at, spike_weight=a.spike_weight,
+                 qat_lr=a.qat_lr, warmup=a.warmup, bf16=a.bf16, batch_norm=a.batch_norm, seed=a.seed, out=a.out,
+                 init=a.init, val_every=a.val_every, stop_at=a.stop_at, spike_weight=a.spike_weight,
                  teacher=a.teacher, teacher_weight=a.teacher_weight if a.teacher else 0.0,
                  teacher_draws=a.teacher_draws, sigma_floor=a.sigma_floor,
                  step_scale=a.step_scale, channel_steps=a.channel_steps, keep_steps=a.keep_steps)

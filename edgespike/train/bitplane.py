@@ -89,10 +89,14 @@ class BitPlaneDnCNN(nn.Module):
     dilations : tuple of int, optional
         The spacing of each layer's 3x3 taps (IRCNN's 1, 2, 3, 4, 3, 2, 1 widens a 7-layer network's view to 33
         pixels); one per layer, 1 for the strided ends of a half-resolution body. Default: all 1.
+    batch_norm : bool
+        Float phase only: batch normalisation after the conv of every middle layer (not the first, not the
+        read-out), as DnCNN and IRCNN train; :meth:`fold_batch_norm` folds it into the conv weights and biases
+        before the integers exist, so the exported model is the same plain stack.
     """
 
     def __init__(self, depth: int = 8, width: int = 64, timesteps: int = 8, down: bool = True,
-                 channel_steps: bool = False, dilations: tuple[int, ...] | None = None):
+                 channel_steps: bool = False, dilations: tuple[int, ...] | None = None, batch_norm: bool = False):
         super().__init__()
         if depth < 2:
             raise ValueError("depth must be >= 2")
@@ -106,6 +110,8 @@ class BitPlaneDnCNN(nn.Module):
         self.depth, self.width, self.T, self.down = depth, width, timesteps, down
         self.dilations = dilations
         self.weight, self.bias = dncnn_parameters(depth, width, down)
+        # layer i (1 <= i <= depth - 2) normalises with norm[i - 1]; None once folded (or never used)
+        self.norm = nn.ModuleList(nn.BatchNorm2d(width) for _ in range(depth - 2)) if batch_norm else None
         # log of the activation step s_l of each hidden layer (real units, pixels / 255), one per layer or, with
         # channel_steps, one per channel (the semantics' thresholds are per channel anyway, so the exported model
         # costs nothing more); init_steps() sets them.
@@ -119,12 +125,30 @@ class BitPlaneDnCNN(nn.Module):
 
     def load_params(self, state: dict) -> None:
         """Load a state dict; per-layer steps spread over the channels when this network has per-channel ones
-        (a per-layer checkpoint as the start of a per-channel QAT)."""
+        (a per-layer checkpoint as the start of a per-channel QAT); a float state trained with batch
+        normalisation into a network without it is folded on the way in."""
         state = dict(state)
         steps = state.get("log_step")
         if steps is not None and self.channel_steps and steps.dim() == 1:
             state["log_step"] = steps[:, None].expand(-1, self.width).clone()
+        if self.norm is None and any(k.startswith("norm.") for k in state):
+            self.norm = nn.ModuleList(nn.BatchNorm2d(self.width) for _ in range(self.depth - 2))
+            self.load_state_dict(state)
+            self.fold_batch_norm()
+            return
         self.load_state_dict(state)
+
+    @torch.no_grad()
+    def fold_batch_norm(self) -> None:
+        """Fold each middle layer's batch normalisation (its running statistics: what the network computes in
+        eval mode) into that layer's conv weights and bias, and drop it. Nothing happens without one."""
+        if self.norm is None:
+            return
+        for i, bn in enumerate(self.norm, start=1):
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            self.weight[i].mul_(scale[:, None, None, None])
+            self.bias[i].copy_((self.bias[i] - bn.running_mean) * scale + bn.bias)
+        self.norm = None
 
     @property
     def levels(self) -> int:
@@ -148,6 +172,8 @@ class BitPlaneDnCNN(nn.Module):
         acts = []
         for i in range(self.depth):
             x = self.conv(i, x, self.weight[i], self.bias[i])
+            if self.norm is not None and 0 < i < self.depth - 1:
+                x = self.norm[i - 1](x)
             if i < self.depth - 1:
                 x = F.relu(x)
                 acts.append(x)
@@ -177,6 +203,8 @@ class BitPlaneDnCNN(nn.Module):
     # ------------------------------------------------------------------ integers
     def integerise(self) -> BitPlaneIntegers:
         """The exact integers of the network, differentiable through straight-through rounding."""
+        if self.norm is not None:
+            raise RuntimeError("fold_batch_norm() first: the integers are those of the plain conv stack")
         steps = self.log_step.exp()
         Ws, Bs, Ths, us = [], [], [], []
         prev = torch.tensor(1.0 / 255.0)

@@ -43,6 +43,9 @@ class Config:
     # float phase: convolutions in bfloat16 (torch autocast, channels-last), about 2x faster on a CPU with
     # AVX512-BF16; validation, QAT (whose integers must be exact) and export stay float32
     bf16: bool = False
+    # float phase: batch normalisation in the middle layers (DnCNN's and IRCNN's training), folded into the convs
+    # when QAT starts
+    batch_norm: bool = False
     sigma: str = "25"  # a number, a band "LO-HI" (uniform per patch) or "blind" (uniform in [0, blind_max])
     blind_max: float = 55.0
     float_iters: int = 0
@@ -104,6 +107,14 @@ class Validator:
 
     @torch.no_grad()
     def __call__(self, net: BitPlaneDnCNN, phase: str) -> float:
+        training = net.training
+        net.eval()  # batch normalisation (float phase) by its running statistics, as it will be folded
+        try:
+            return self._score(net, phase)
+        finally:
+            net.train(training)
+
+    def _score(self, net: BitPlaneDnCNN, phase: str) -> float:
         ints = None if phase == "float" else net.integerise()
         scores = []
         ones = neurons = 0
@@ -135,12 +146,14 @@ def load_ckpt(path: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def net_from_ckpt(path: str) -> BitPlaneDnCNN:
-    """The network stored in a checkpoint."""
+def net_from_ckpt(path: str, timesteps: int | None = None) -> BitPlaneDnCNN:
+    """The network stored in a checkpoint (with ``timesteps``: the same parameters built for another T, whose
+    activation steps the caller rescales)."""
     ck = load_ckpt(path)
     c = ck["config"]
-    net = BitPlaneDnCNN(c["depth"], c["width"], c["T"], down=c["down"], channel_steps=c.get("channel_steps", False),
-                        dilations=c.get("dilations") or None)
+    net = BitPlaneDnCNN(c["depth"], c["width"], timesteps or c["T"], down=c["down"],
+                        channel_steps=c.get("channel_steps", False), dilations=c.get("dilations") or None,
+                        batch_norm=c.get("batch_norm", False) and ck["phase"] == "float")
     net.load_state_dict(ck["model"])
     return net
 
@@ -162,13 +175,15 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> BitPlaneD
     """Run (or resume) the phases of ``cfg``, export ``cfg.out`` and return the network."""
     torch.manual_seed(cfg.seed)
     net = BitPlaneDnCNN(cfg.depth, cfg.width, cfg.T, down=cfg.down, channel_steps=cfg.channel_steps,
-                        dilations=cfg.dilations or None)
+                        dilations=cfg.dilations or None, batch_norm=cfg.batch_norm and cfg.float_iters > 0)
     _, train_ims = load_dir(SHARED / "data" / "bsd400")
     sigma = parse_sigma(cfg.sigma)
     state = {"phase": PHASES[0], "it": 0, "seconds": 0.0}
     ck = None
     if resume and os.path.exists(cfg.ckpt_path):
         ck = load_ckpt(cfg.ckpt_path)
+        if ck["phase"] != "float":
+            net.fold_batch_norm()  # the checkpoint's convs carry it already: this only drops the modules
         net.load_state_dict(ck["model"])
         state = {k: ck[k] for k in state}
         log.info("resumed %s: phase %s, iteration %d", cfg.ckpt_path, state["phase"], state["it"])
@@ -192,6 +207,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> BitPlaneD
         seed = cfg.seed * 1000 + PHASES.index(phase)
         sampler = (PatchSampler(train_ims, cfg.patch, sigma, seed=seed, blind_max=cfg.blind_max) if pool is None
                    else PoolSampler(pool, cfg.patch, seed=seed))
+        if phase == "qat":
+            net.fold_batch_norm()  # before the optimiser takes the parameters: QAT trains the plain conv stack
         opt = torch.optim.Adam(net.parameters(), lr=lr)
         if ck is not None and ck["phase"] == phase:
             opt.load_state_dict(ck["opt"])
