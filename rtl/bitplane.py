@@ -35,9 +35,14 @@ sar_share(lanes)``), or once the previous pixel has been taken. The receiver tak
 while there is room. How the processes and the neighbouring engines meet is
 :func:`edgespike.fpga.pipeline.pipeline_cycles` (:meth:`~edgespike.fpga.pipeline.LayerSpec.agents`).
 
-Supported: Conv (odd ``k``, stride 1 or 2, padding ``k // 2``), ConvTranspose (stride 2, even ``k``, any
-``padding``, no output padding: the shipped read-out's 6x6 ``padding=2``), into a bit-plane neuron or an
-Integrator. A ConvTranspose is computed in gather form: output row ``oy`` takes input rows
+Supported: Conv (odd ``k``, stride 1 or 2, padding ``k // 2``; a stride-1 Conv may be dilated), ConvTranspose
+(stride 2, even ``k``, any ``padding``, no output padding: the shipped read-out's 6x6 ``padding=2``), into a
+bit-plane neuron or an Integrator. A **dilated** Conv (``dilation`` d, SEMANTICS 4: IRCNN's 3x3 layers) reads
+input row ``y + d (i - k // 2)`` and column ``x + d (j - k // 2)`` for tap ``(i, j)``, padding ``d (k // 2)``: the
+same ``k x k`` taps, ``d`` pixels apart, so the same cycles per tap and the same weight words; only the window's
+span grows to ``d (k - 1) + 1`` rows, which the line buffer (rounded up to a power of two as always) or the ring
+holds. The taps' counters step by 1 as before and their positions by ``d`` (a constant product of the counter:
+adders only); at ``d = 1`` the engine elaborates to the same logic as before dilation existed. A ConvTranspose is computed in gather form: output row ``oy`` takes input rows
 ``(oy + p) // 2 - a`` with kernel row ``(oy + p) % 2 + 2a``, ``a < k / 2``; its weights are stored per parity
 class so that the address stays a counter.
 """
@@ -192,14 +197,17 @@ class BitPlaneLayer(wiring.Component):
         take 15: its 64 last words in logic save 14 blocks. Same cycles and results.
     ring : int
         0: the line buffer holds ``S`` whole rows (a power of two, each of a power of two of pixels). Otherwise
-        (a stride-1 Conv or a ConvTranspose, at least 2) a ring of ``D = span * width + ring`` pixels (``span``:
-        the input rows a window spans, ``k`` or ``k / 2``): pixel ``m`` of the frame (raster index) is stored at
-        ``m mod D`` and taken once the oldest input pixel the current and later output pixels read is past ``m -
-        D`` (a Conv: ``(oy - p) * width + ox - p``; a ConvTranspose: the same row ``side - 1`` above tap 0's, whole
-        in the first output row of a pair, a column on every two output pixels in the second;
-        ``edgespike.fpga.pipeline.LayerSpec.oldest``). Fewer words (3 rows and a few pixels instead of 4 rows for
-        a 3x3 Conv, and no row rounded up to a power of two), the same reads, writes and results; the receiver
-        waits for the compute's pixels instead of its rows.
+        (a stride-1 Conv or a ConvTranspose, at least 2, and at least a Conv's padding ``d (k // 2)``) a ring of
+        ``D = span * width + ring`` pixels (``span``: the input rows a window spans, ``d (k - 1) + 1`` or ``k /
+        2``): pixel ``m`` of the frame (raster index) is stored at ``m mod D`` and taken once the oldest input
+        pixel the current and later output pixels read is past ``m - D`` (a Conv: ``(oy - p) * width + ox - p``; a
+        ConvTranspose: the same row ``side - 1`` above tap 0's, whole in the first output row of a pair, a column
+        on every two output pixels in the second; ``edgespike.fpga.pipeline.LayerSpec.oldest``). Fewer words (3
+        rows and a few pixels instead of 4 rows for a 3x3 Conv, and no row rounded up to a power of two: 9 rows
+        instead of 16 for a dilation of 4), the same reads, writes and results; the receiver waits for the
+        compute's pixels instead of its rows.
+    dilation : int
+        A stride-1 Conv's tap spacing (SEMANTICS 4; padding ``dilation * (k // 2)``); 1 otherwise.
     lb_slice : int
         The line buffer's words per block-RAM slice (:class:`~edgespike.rtl.common.RegisteredRAM`: each slice's
         read data registered beside it; 0: one memory). Same cycles and results either way.
@@ -228,28 +236,37 @@ class BitPlaneLayer(wiring.Component):
 
     def __init__(self, weights, bias, theta, T: int, height: int, width: int, lanes: int, stride: int = 1,
                  transposed: bool = False, padding: int = 0, group: int = 1, parts: int = 1, rom_words: int = 0,
-                 sar_lanes: int = SAR_LANES, ring: int = 0, lb_slice: int = 0):
+                 sar_lanes: int = SAR_LANES, ring: int = 0, lb_slice: int = 0, dilation: int = 1):
         w = np.asarray(weights)
         self.c_out, self.c_in, self.k, _ = w.shape
         assert self.c_out % lanes == 0, "lanes must divide the output channels"
         assert (self.k % 2 == 0) if transposed else (self.k % 2 == 1 and stride in (1, 2))
+        assert dilation == 1 or (dilation > 1 and stride == 1 and not transposed), "dilation: stride-1 Convs only"
+        self.dilation = dilation
+        # the input rows one output row reads (a ConvTranspose's pair of output rows reads k / 2 of them)
+        self.span = self.k // 2 if transposed else dilation * (self.k - 1) + 1
         self.weights, self.T, self.lanes, self.group, self.parts = w, T, lanes, group, parts
         self.rom_words = rom_words
         self.ring = ring
         self.lb_slice = lb_slice
-        assert ring == 0 or ((transposed or stride == 1) and ring >= 2), "ring: not a stride-2 Conv; at least 2"
         assert parts == pow2_at_least(parts) and T % parts == 0 and (parts == 1 or (T // parts) == pow2_at_least(
             T // parts)), "parts: a power of two dividing T into a power of two of planes"
         assert group == pow2_at_least(group) and group <= pow2_at_least(self.c_in), "group: a power of two <= C_in"
         self.bias = np.asarray(bias, np.int64)
         self.theta = None if theta is None else np.asarray(theta, np.int64)
         self.height, self.width, self.stride, self.transposed = height, width, stride, transposed
-        self.pad = padding if transposed else self.k // 2
+        self.pad = padding if transposed else dilation * (self.k // 2)
         if transposed:
             self.h_out, self.w_out = 2 * height, 2 * width
         else:
-            self.h_out = (height + 2 * self.pad - self.k) // stride + 1
-            self.w_out = (width + 2 * self.pad - self.k) // stride + 1
+            self.h_out = (height + 2 * self.pad - self.span) // stride + 1
+            self.w_out = (width + 2 * self.pad - self.span) // stride + 1
+        # An output row starts once the last row it reads is whole, while the oldest pixel still read is the first
+        # window's tap 0, ``pad`` pixels left of its row: a Conv's ring holds both at least ``pad`` pixels beyond
+        # its rows (``edgespike.fpga.pipeline.LayerSpec.ring_least``; 2 for every undilated 3x3).
+        least = 2 if transposed else max(2, self.pad)
+        assert ring == 0 or ((transposed or stride == 1) and ring >= least), \
+            "ring: not a stride-2 Conv; at least 2 pixels, and a Conv's padding"
         self.vbits = membrane_bits(w, self.bias, self.theta, T)
         self.sar_lanes = sar_share(lanes, sar_lanes)
         self.theta_bits = max(1, int(self.theta.max()).bit_length()) if self.theta is not None else 1
@@ -292,7 +309,7 @@ class BitPlaneLayer(wiring.Component):
         M = self.group
         ngroups = cin_p // M
         gbits = (ngroups - 1).bit_length()
-        span = k // 2 if self.transposed else k
+        span, d = self.span, self.dilation
         slots = pow2_at_least(span + 1)  # one row more than a window: the next row arrives while this one computes
         xbits = bits_for(self.width)
         side = k // 2 if self.transposed else k
@@ -358,8 +375,10 @@ class BitPlaneLayer(wiring.Component):
             for lane in range(L):
                 m.d.comb += acc.bias[lane].eq(p_r.data[vb * lane:][:vb].as_signed())
 
-        # Counters: output position, input rows received, input column, block, tap, SAR step.
-        ybits = bits_for(max(self.height, self.h_out, self.width, self.w_out) + 1) + 2
+        # Counters: output position, input rows received, input column, block, tap, SAR step. A dilated window
+        # reaches up to ``d (k // 2)`` pixels past a frame's edge, which may be more than the frame is wide.
+        reach = span if d > 1 else 0
+        ybits = bits_for(max(self.height, self.h_out, self.width, self.w_out) + 1 + reach) + 2
         oy = Signal(ybits)
         ox = Signal(ybits)
         rows_in = Signal(ybits)
@@ -403,6 +422,9 @@ class BitPlaneLayer(wiring.Component):
         def sg(v):  # as a non-negative signed value, so that differences below keep their sign
             return Cat(v, Const(0, 1)).as_signed()
 
+        def spaced(v):  # a tap counter's offset in input pixels: ``d`` apart in a dilated Conv (a constant product)
+            return v if d == 1 else const_mul(v, d)
+
         need = Signal(ybits)
         first_row = Signal(signed(ybits + 2))  # the oldest input row the current output row reads
         # The tap's input position and whether it is inside are registers, computed from the tap counters' next
@@ -420,10 +442,10 @@ class BitPlaneLayer(wiring.Component):
             parity = Cat((ox + self.pad)[0], (oy + self.pad)[0])
             gsel = Cat(parity, g)
         else:
-            m.d.comb += need.eq((oy << (s - 1)) + (k - self.pad))
+            m.d.comb += need.eq((oy << (s - 1)) + (span - self.pad))
             m.d.comb += first_row.eq(sg(oy << (s - 1)) - self.pad)
-            m.d.comb += [iy.eq(sg(oy << (s - 1)) + sg(nti) - self.pad),
-                         ix.eq(sg(ox << (s - 1)) + sg(ntj) - self.pad)]
+            m.d.comb += [iy.eq(sg(oy << (s - 1)) + sg(spaced(nti)) - self.pad),
+                         ix.eq(sg(ox << (s - 1)) + sg(spaced(ntj)) - self.pad)]
             gsel = g
         # Taps inside the input: per output pixel the counters' ranges (row base ``by``, column base ``bx``, so
         # ``lo <= tap <= hi``), kept in registers; the bounds check of a tap is then a small compare of the
@@ -435,14 +457,18 @@ class BitPlaneLayer(wiring.Component):
             lo_y, hi_y, lo_x, hi_x = by - (self.height - 1), by, bx - (self.width - 1), bx
         else:
             m.d.comb += [by.eq(sg(oy << (s - 1))), bx.eq(sg(ox << (s - 1)))]
-            # iy = by + i - p in [0, H-1]  <=>  p - by <= i <= H - 1 + p - by
+            # iy = by + d i - p in [0, H-1]  <=>  p - by <= d i <= H - 1 + p - by
             lo_y, hi_y = self.pad - by, self.height - 1 + self.pad - by
             lo_x, hi_x = self.pad - bx, self.width - 1 + self.pad - bx
         bounds = [Signal(signed(ybits + 3), name=n) for n in ("lo_y", "hi_y", "lo_x", "hi_x")]
         m.d.sync += [r.eq(v) for r, v in zip(bounds, (lo_y, hi_y, lo_x, hi_x), strict=True)]
         inside = Signal()
-        m.d.sync += inside.eq((sg(nti) >= bounds[0]) & (sg(nti) <= bounds[1])
-                              & (sg(ntj) >= bounds[2]) & (sg(ntj) <= bounds[3]))
+        if self.transposed:
+            off_i, off_j = sg(nti), sg(ntj)
+        else:
+            off_i, off_j = sg(spaced(nti)), sg(spaced(ntj))
+        m.d.sync += inside.eq((off_i >= bounds[0]) & (off_i <= bounds[1])
+                              & (off_j >= bounds[2]) & (off_j <= bounds[3]))
         enough = (rows_in >= need) | (rows_in == self.height)
         # The receiver fills the line buffer while the engine computes: row r goes to slot r mod S once the
         # current output row no longer reads the row that was there (r < first_row + S), until the frame is in.
@@ -633,14 +659,14 @@ class BitPlaneLayer(wiring.Component):
                 m.next = "DRAIN"
             with m.Elif(tj == side - 1):
                 m.d.comb += [ntj.eq(0), nti.eq(ti + 1)]
-                if ring:  # the next kernel row: one input row on (back for a ConvTranspose), side - 1 columns back
-                    step = -self.width + side - 1 if self.transposed else self.width - side + 1
+                if ring:  # the next kernel row: d input rows on (one back for a ConvTranspose), side - 1 taps back
+                    step = -self.width + side - 1 if self.transposed else d * (self.width - side + 1)
                     m.d.sync += raddr.eq(wrap(raddr, step % depth))
                 m.next = "TAP"
             with m.Else():
                 m.d.comb += ntj.eq(tj + 1)
                 if ring:
-                    m.d.sync += raddr.eq(wrap(raddr, -1 % depth if self.transposed else 1))
+                    m.d.sync += raddr.eq(wrap(raddr, -1 % depth if self.transposed else d % depth))
                 m.next = "TAP"
 
         # Each part's word is read, registered and flagged once; while a part is scanned the next one is read

@@ -101,11 +101,11 @@ def simulate_layer(dut: BitPlaneLayer, q: np.ndarray, stall: int = 0, frames: in
     return out, result["cycles"], result["reads"] | {"writes": result["writes"]}
 
 
-def layer(weights, theta, bias, T, stride=1, transposed=False, padding=0, conv_bias=None) -> LayerSpec:
+def layer(weights, theta, bias, T, stride=1, transposed=False, padding=0, conv_bias=None, dilation=1) -> LayerSpec:
     c_out = weights.shape[0]
     b = np.zeros(c_out, np.int32) if conv_bias is None else np.asarray(conv_bias, np.int32)
     conv = (ConvTranspose("c", "input", weights, b, padding=padding) if transposed
-            else Conv("c", "input", weights, b, stride=stride))
+            else Conv("c", "input", weights, b, stride=stride, dilation=dilation))
     neuron = (BitPlaneNeuron("n", "c", np.asarray(theta, np.int32), np.asarray(bias, np.int32)) if theta is not None
               else Integrator("n", "c", uwd=True, bias=np.asarray(bias, np.int32)))
     return LayerSpec(conv, neuron, T)
@@ -206,6 +206,48 @@ def test_linebuf_slices_are_one_block_deep():
     assert linebuf_slice(body, 94, 8, 38, "ecp5-85f") == 512
     assert ram_blocks(64, 2560, "ecp5-85f") == 10
     assert linebuf_slice(body, 8, 1, 2, "ecp5-85f") == 0  # 26 words of 512 bits: one block deep
+
+
+@pytest.mark.parametrize("d,lanes,group,parts,ring,h,w", [
+    (2, 2, 1, 1, 0, 7, 9),   # whole rows: a window of 5 rows in 8
+    (3, 4, 2, 2, 3, 8, 13),  # a ring of 7 rows and 3 pixels (the least: the padding), two words per pixel
+    (4, 2, 2, 2, 0, 5, 4),   # a frame smaller than the 9x9 window: most taps fall outside
+    (4, 4, 1, 4, 5, 5, 4),   # the same in a ring, a word per two planes
+    (2, 1, 4, 8, 2, 6, 3),   # rows narrower than the window, a word per plane
+])
+def test_dilated_conv_layer_equals_reference(d, lanes, group, parts, ring, h, w):
+    """A dilated 3x3 Conv (taps ``d`` pixels apart, padding ``d``: IRCNN's body layers) on odd-sized frames: the
+    reference's codes, the cycle model's cycles, input handshakes, reads and writes, with whole rows (the window's
+    ``2 d + 1`` rows rounded up to a power of two) or a ring of those rows; backpressure and a second frame keep
+    the result."""
+    rng = np.random.default_rng(d * 10 + ring)
+    T = 8
+    wts, theta, bias = random_layer(rng, 4, 4, 3, T)
+    q = rng.integers(0, 2**T, (4, h, w))
+    q[:, rng.random((h, w)) < 0.3] = 0
+    spec = layer(wts, theta, bias, T, dilation=d)
+    assert (spec.span, spec.padding, spec.out_size(h, w)) == (2 * d + 1, d, (h, w))
+    out = check_layer(spec, q, lanes, group=group, parts=parts, ring=ring)
+    assert out.min() == 0 and out.max() > 0
+    check_layer(spec, q, lanes, stall=2, group=group, parts=parts, ring=ring)
+    dut = BitPlaneLayer(**spec.gateware(h, w, lanes, group, parts, 0, ring))
+    second = q[:, ::-1].copy()
+    two, _, _ = simulate_layer(dut, np.concatenate([q, second], axis=1), frames=2)
+    assert np.array_equal(two[:, :h], spec.compute(q)) and np.array_equal(two[:, h:], spec.compute(second))
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")  # the refused engine is never elaborated
+def test_a_dilated_rings_least_pixels_are_its_padding():
+    """An output row starts once its last input row is whole while its first window's tap 0 (``padding`` pixels left
+    of the row) is still the oldest pixel read: a ring of fewer pixels beyond its rows would wait for itself, and
+    the gateware refuses it. The planner's rings (``ring_extra``) are never fewer."""
+    rng = np.random.default_rng(4)
+    wts, theta, bias = random_layer(rng, 4, 4, 3, 8)
+    spec = layer(wts, theta, bias, 8, dilation=3)
+    assert spec.ring_least == 3 and layer(wts, theta, bias, 8).ring_least == 2
+    with pytest.raises(AssertionError, match="padding"):
+        BitPlaneLayer(**spec.gateware(8, 13, 2, 1, 1, 0, 2))
+    assert ring_extra(spec, 13, 1, "ecp5-85f", least=2) >= 3
 
 
 def test_weight_rom_tail_equals_reference():

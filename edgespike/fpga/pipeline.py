@@ -83,8 +83,13 @@ class LayerSpec:
         return 2 if self.transposed else self.conv.stride
 
     @property
+    def dilation(self) -> int:
+        """A Conv's tap spacing (SEMANTICS 4: stride-1 Convs only); 1 for a ConvTranspose."""
+        return 1 if self.transposed else self.conv.dilation
+
+    @property
     def padding(self) -> int:
-        return self.conv.padding if self.transposed else self.conv.weight.shape[2] // 2
+        return self.conv.padding if self.transposed else self.dilation * (self.conv.weight.shape[2] // 2)
 
     @property
     def c_in(self) -> int:
@@ -111,20 +116,21 @@ class LayerSpec:
     def out_size(self, h: int, w: int) -> tuple[int, int]:
         if self.transposed:
             return 2 * h, 2 * w
-        k, p, s = self.k, self.padding, self.stride
-        return (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        p, s = self.padding, self.stride
+        return (h + 2 * p - self.span) // s + 1, (w + 2 * p - self.span) // s + 1
 
     def gateware(self, height: int, width: int, lanes: int, group: int = 1, parts: int = 1,
                  rom_words: int = 0, ring: int = 0, lb_slice: int = 0) -> dict:
         """Keyword arguments of :class:`edgespike.rtl.bitplane.BitPlaneLayer` for an input of ``height x width``,
         ``lanes`` output channels, ``group`` input channels per cycle, ``parts`` line-buffer words per pixel, the
-        last ``rom_words`` weight words in a ROM of logic cells, a ring line buffer of ``k`` rows and ``ring``
-        pixels (0: whole rows), and the line buffer in slices of ``lb_slice`` words (0: one memory;
+        last ``rom_words`` weight words in a ROM of logic cells, a ring line buffer of :attr:`span` rows and
+        ``ring`` pixels (0: whole rows), and the line buffer in slices of ``lb_slice`` words (0: one memory;
         :func:`linebuf_slice` gives a part's)."""
         return dict(weights=self.conv.weight, bias=self.bias, theta=self.theta, T=self.T, height=height,
                     width=width, lanes=lanes, stride=self.stride, transposed=self.transposed,
                     padding=self.conv.padding if self.transposed else 0, group=group, parts=parts,
-                    rom_words=rom_words, sar_lanes=SAR_LANES, ring=ring, lb_slice=lb_slice)
+                    rom_words=rom_words, sar_lanes=SAR_LANES, ring=ring, lb_slice=lb_slice,
+                    dilation=self.dilation)
 
     @property
     def ring_ok(self) -> bool:
@@ -133,8 +139,17 @@ class LayerSpec:
 
     @property
     def span(self) -> int:
-        """Input rows one output row reads (a ring holds that many rows and its extra pixels)."""
-        return self.k // 2 if self.transposed else self.k
+        """Input rows one output row reads (a ring holds that many rows and its extra pixels): a Conv's ``k``, or
+        ``d (k - 1) + 1`` dilated; a ConvTranspose's pair of output rows reads ``k / 2``."""
+        return self.k // 2 if self.transposed else self.dilation * (self.k - 1) + 1
+
+    @property
+    def ring_least(self) -> int:
+        """The fewest pixels beyond its rows a ring may have (``BitPlaneLayer`` asserts it): an output row starts
+        once the last input row it reads is whole, while the oldest pixel still read is its first window's tap 0,
+        ``padding`` pixels left of the row's first, so a Conv's ring holds at least its padding beyond its rows
+        (a dilated 3x3: ``d``); 2 otherwise."""
+        return 2 if self.transposed else max(2, self.padding)
 
     def oldest(self, h: int, w: int) -> np.ndarray:
         """Per output pixel (raster order): the oldest input pixel (raster index, negative in the padding) that it
@@ -159,7 +174,7 @@ class LayerSpec:
         for t in range(T):
             plane = (q >> (T - 1 - t)) & 1
             cur = (conv_transpose2d(plane, self.conv.weight, self.conv.padding) if self.transposed
-                   else conv2d(plane, self.conv.weight, self.stride))
+                   else conv2d(plane, self.conv.weight, self.stride, self.dilation))
             currents.append(cur + self.conv.bias.astype(np.int64)[:, None, None])
         if isinstance(self.neuron, BitPlaneNeuron):
             spikes, _ = _bitplane_neuron(self.neuron, currents, T, lambda *a: None)
@@ -177,14 +192,14 @@ class LayerSpec:
         if self.transposed:
             side, p = self.k // 2, self.padding
             return [(((oy + p) >> 1) - a, ((ox + p) >> 1) - b) for a in range(side) for b in range(side)]
-        k, p, s = self.k, self.padding, self.stride
-        return [(s * oy + i - p, s * ox + j - p) for i in range(k) for j in range(k)]
+        k, p, s, d = self.k, self.padding, self.stride, self.dilation
+        return [(s * oy + d * i - p, s * ox + d * j - p) for i in range(k) for j in range(k)]
 
     def need(self, h: int) -> np.ndarray:
         """Input rows received before each output row is computed."""
         ho, _ = self.out_size(h, 1)
         oy = np.arange(ho)
-        rows = ((oy + self.padding) >> 1) + 1 if self.transposed else self.stride * oy + self.k - self.padding
+        rows = ((oy + self.padding) >> 1) + 1 if self.transposed else self.stride * oy + self.span - self.padding
         return np.minimum(rows, h)
 
     def schedule(self, q: np.ndarray, lanes: int, group: int = 1, parts: int = 1):
@@ -267,9 +282,9 @@ class LayerSpec:
         )
 
     def slots(self) -> int:
-        """Input rows the line buffer holds: a window's rows plus one, rounded up to a power of two."""
-        span = self.k // 2 if self.transposed else self.k
-        return 1 << span.bit_length()
+        """Input rows the line buffer holds: a window's rows (:attr:`span`) plus one, rounded up to a power of two
+        (a dilated 3x3 layer's ``2 d + 1`` rows: 4, 8, 8, 16 rows at d = 1 .. 4)."""
+        return 1 << self.span.bit_length()
 
     def first_row(self, h: int) -> np.ndarray:
         """The oldest input row each output row reads (may be negative: padding)."""
@@ -565,7 +580,7 @@ def linebuf_slice(spec: LayerSpec, width: int, parts: int, ring: int, device: st
 def memories(spec: LayerSpec, width: int, lanes: int, group: int, parts: int = 1,
              rom_words: int = 0, ring: int = 0) -> dict[str, tuple[int, int]]:
     """The engine's memories for input rows of ``width`` pixels: name -> (bits per word, words), as
-    :class:`edgespike.rtl.bitplane.BitPlaneLayer` declares them (``ring``: a ring line buffer of ``k`` rows and
+    :class:`edgespike.rtl.bitplane.BitPlaneLayer` declares them (``ring``: a ring line buffer of ``span`` rows and
     ``ring`` pixels instead of whole rows)."""
     cin_p = 1 << max(0, (spec.c_in - 1).bit_length())
     xdepth = 1 << max(1, (width - 1).bit_length())
@@ -734,9 +749,11 @@ def stripe_count(width: int, stripe: int, core: int) -> int:
 
 
 def ring_extra(spec: LayerSpec, width: int, parts: int, device: str, least: int = RING_MIN) -> int:
-    """The pixels beyond ``k`` rows a ring line buffer gets (``BitPlaneLayer``'s ``ring``) on rows of ``width``:
-    as many as the blocks of ``k`` rows and ``least`` pixels hold (the more, the further the receiver may run
-    ahead of the compute), at most a row (a ring of ``k + 1`` rows never waits for the compute's pixels)."""
+    """The pixels beyond a window's rows (:attr:`LayerSpec.span`) a ring line buffer gets (``BitPlaneLayer``'s
+    ``ring``) on rows of ``width``: as many as the blocks of those rows and ``least`` pixels hold (the more, the
+    further the receiver may run ahead of the compute), at most a row (a ring of ``span + 1`` rows never waits for
+    the compute's pixels); at least :attr:`LayerSpec.ring_least` (a dilated Conv's padding)."""
+    least = max(least, spec.ring_least)
     wd, _ = memories(spec, width, 1, 1, parts)["linebuf"]
     base = spec.span * width
     blocks = ram_blocks(wd, (base + least) * parts, device)
