@@ -42,9 +42,11 @@ input row ``y + d (i - k // 2)`` and column ``x + d (j - k // 2)`` for tap ``(i,
 same ``k x k`` taps, ``d`` pixels apart, so the same cycles per tap and the same weight words; only the window's
 span grows to ``d (k - 1) + 1`` rows, which the line buffer (rounded up to a power of two as always) or the ring
 holds. The taps' counters step by 1 as before and their positions by ``d`` (a constant product of the counter:
-adders only); at ``d = 1`` the engine elaborates to the same logic as before dilation existed. A ConvTranspose is computed in gather form: output row ``oy`` takes input rows
-``(oy + p) // 2 - a`` with kernel row ``(oy + p) % 2 + 2a``, ``a < k / 2``; its weights are stored per parity
-class so that the address stays a counter.
+adders only); at ``d = 1`` the engine elaborates to the same logic as before dilation existed.
+
+A ConvTranspose is computed in gather form: output row ``oy`` takes input rows ``(oy + p) // 2 - a`` with kernel
+row ``(oy + p) % 2 + 2a``, ``a < k / 2``; its weights are stored per parity class so that the address stays a
+counter.
 """
 
 from __future__ import annotations
