@@ -1,8 +1,9 @@
 """Dilated convolutions (format 1.3, docs/SEMANTICS.md section 4): the file keeps older files as they were, the
-validator refuses what the semantics exclude, every executor and exporter computes the reference's pixels, and the
-accelerator says plainly that it has no dilated windows. (Reference = integer ANN = runtime paths = torchsim for
-random dilated networks: tests/test_bitplane.py; the kernels' phases: its kernel tests; ONNX and TFLite:
-tests/test_profile_twin.py.)"""
+validator refuses what the semantics exclude, every executor and exporter computes the reference's pixels, the
+accelerator's layer pipeline runs a dilated bit-plane model and its shared engine says plainly where one runs.
+(Reference = integer ANN = runtime paths = torchsim for random dilated networks: tests/test_bitplane.py; the
+kernels' phases: its kernel tests; ONNX and TFLite: tests/test_profile_twin.py; the pipeline's gateware, cycles and
+stripes: tests/test_rtl_bitplane.py.)"""
 
 from __future__ import annotations
 
@@ -126,18 +127,33 @@ def test_nir_keeps_the_dilation(tmp_path):
     assert nir_export.restore(back, nir_export.header_of(back)).equals(model)
 
 
-def test_the_accelerator_refuses_a_dilated_model_and_says_where_it_runs():
-    from edgespike.fpga.params import FitError, plan
-    from edgespike.fpga.pipeline import PipelineError, layer_specs
+# what the shared engine says of a dilated conv, after naming the node
+ELSEWHERE = (r"which the shared engine does not implement: the layer pipeline runs dilated bit-plane models .*; run "
+             r"this model on the CPU runtime")
+
+
+def _rate_coded_dilated():
     from edgespike.profile.testmodels import random_dncnn
 
-    with pytest.raises(PipelineError, match=r"node 'conv2' is a dilated conv \(taps 2 pixels apart\).*CPU runtime"):
-        layer_specs(_dilated())  # the bit-plane layer pipeline
-    rate = random_dncnn(depth=3, width=4, timesteps=4, seed=2)  # the rate-coded engine
+    rate = random_dncnn(depth=3, width=4, timesteps=4, seed=2)  # a model for the shared (rate-coded) engine
     nodes = list(rate.nodes)
     nodes[2] = dataclasses.replace(nodes[2], dilation=3)
-    with pytest.raises(FitError, match=rf"node '{nodes[2].name}' is a dilated conv \(taps 3 pixels apart\)"):
-        plan(dataclasses.replace(rate, nodes=nodes), "ecp5-85f")
+    return dataclasses.replace(rate, nodes=nodes)
+
+
+def test_the_layer_pipeline_takes_a_dilated_model_and_the_shared_engine_says_where_it_runs():
+    from edgespike.fpga.params import FitError, plan
+    from edgespike.fpga.pipeline import layer_specs, receptive_radius
+
+    specs = layer_specs(_dilated())  # the bit-plane layer pipeline
+    assert [s.dilation for s in specs] == list(IRCNN) and receptive_radius(specs) == sum(IRCNN)
+    with pytest.raises(FitError, match=r"node 'conv2' is a dilated conv \(taps 2 pixels apart\), " + ELSEWHERE) as exc:
+        plan(_dilated(), "ecp5-85f")  # the shared engine asked for directly
+    assert "\n" not in str(exc.value)
+    rate = _rate_coded_dilated()
+    with pytest.raises(FitError, match=rf"node '{rate.nodes[2].name}' is a dilated conv \(taps 3 pixels apart\), "
+                       + ELSEWHERE):
+        plan(rate, "ecp5-85f")
 
 
 def test_info_names_the_dilation(tmp_path, capsys):
@@ -171,16 +187,43 @@ def test_a_trained_dilated_network_exports_the_pixels_it_trained_on():
         BitPlaneDnCNN(depth=3, down=True, dilations=(2, 1, 1))
 
 
+def test_the_hardware_commands_run_a_dilated_bitplane_model_on_the_layer_pipeline(tmp_path, capsys):
+    """``rtl sim`` streams a frame smaller than the 7x7 window of a dilation-3 layer through the pipeline's gateware
+    (pixels, cycles, accesses equal to the runtime's and the cycle model's); ``fpga build --plan-only`` plans the
+    pipeline for 640x480 on the ECP5-85F and writes nothing."""
+    pytest.importorskip("amaranth")
+    from edgespike.cli import main
+    from edgespike.fpga.examples import demo_image
+    from edgespike.png import write_png
+
+    model = bitplane_dncnn(3, 4, 8, seed=4, dilations=(1, 3, 1))
+    model.decoder.shift = 13  # the random read-out scale would saturate most pixels
+    fileformat.save(model, tmp_path / "d.esnn")
+    write_png(tmp_path / "i.png", demo_image(12, 14, seed=5))
+    assert main(["rtl", "sim", "--model", str(tmp_path / "d.esnn"), "--image", str(tmp_path / "i.png"), "--frame",
+                 "5x6", "--simulator", "amaranth"]) == 0
+    said = capsys.readouterr().out
+    assert "frame 5x6: equal to the CPU runtime (edgespike.runtime), pixel for pixel" in said
+    assert said.count("equal to the cycle model's") == 4 and "DIFFERENT" not in said
+    out = tmp_path / "build"
+    assert main(["fpga", "build", "--board", "ulx3s-85f", "--model", str(tmp_path / "d.esnn"), "--out", str(out),
+                 "--plan-only"]) == 0
+    err = capsys.readouterr().err
+    assert "layer pipeline on ECP5-85F: folds" in err and "s per 640x480 frame at 75 MHz" in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("argv", [["rtl", "sim"], ["fpga", "build", "--board", "ulx3s-85f"]])
-def test_the_hardware_commands_refuse_a_dilated_model_in_one_line(argv, tmp_path, capsys):
+def test_the_hardware_commands_refuse_a_dilated_rate_coded_model_in_one_line(argv, tmp_path, capsys):
     from edgespike.cli import main
 
-    fileformat.save(_dilated(), tmp_path / "d.esnn")
+    fileformat.save(_rate_coded_dilated(), tmp_path / "d.esnn")
     out = tmp_path / "build"
     rc = main(argv + ["--model", str(tmp_path / "d.esnn")] + (["--out", str(out)] if "build" in argv else []))
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
-    assert err.strip().splitlines() == [err.strip()] and "is a dilated conv" in err and "CPU runtime" in err
+    assert err.strip().splitlines() == [err.strip()] and "is a dilated conv" in err
+    assert "the layer pipeline runs dilated bit-plane models" in err and "CPU runtime" in err
     assert not out.exists()  # nothing half-built
 
 

@@ -448,6 +448,63 @@ def test_whole_small_model_as_a_pipeline_equals_reference():
     assert ring == cycles
 
 
+@pytest.mark.parametrize("dilations,frame,folds", [
+    ((1, 2, 1), (13, 11), [(4, 1, 1), (2, 2, 2), (1, 4, 2)]),
+    # rings of the padding's pixels beyond the window's rows (the least), and of 2 in the read-out
+    ((1, 2, 3, 1), (13, 11), [(4, 1, 2), (4, 2, 1, 0, 2), (2, 1, 2, 0, 3), (1, 4, 4, 0, 2)]),
+    ((1, 2, 3, 1), (5, 4), [(4, 1, 1), (4, 2, 2), (4, 4, 1, 0, 3), (1, 4, 1)]),  # smaller than the 7x7 window
+])
+def test_dilated_model_as_a_pipeline_equals_reference(dilations, frame, folds):
+    """IRCNN's shape in small (3x3 layers with dilations, full resolution, uwd read-out) through the whole pipeline
+    on odd-sized frames: pixels equal ``reference.run``, cycles the handshake model's, every engine's memory
+    accesses and adds the cycle model's (:func:`check_model`), with whole rows and rings."""
+    model = bitplane_dncnn(depth=len(dilations), width=4, T=8, down=False, seed=4, dilations=dilations)
+    model.decoder.shift = 13  # the random read-out scale would saturate most pixels
+    assert [s.dilation for s in layer_specs(model)] == list(dilations)
+    x = demo_image(*frame, seed=1)
+    out = reference.run(model, x)
+    assert ((out > 0) & (out < 255)).mean() > 0.8 and (out != x).mean() > 0.8
+    check_model(model, x, folds)
+
+
+def test_dilated_layers_plan_their_halo_stripes_and_line_buffers():
+    """IRCNN's dilations 1, 2, 3, 4, 3, 2, 1: a halo of 16 columns (the paddings' sum), which the firmware's regions
+    need and suffice with; whole-row line buffers of the window's 2 d + 1 rows plus one rounded up to a power of
+    two, rings of the window's rows; the decoder's FIFO as deep as the rounded rows let the receivers run ahead;
+    the planner's stripes keep ``stripe - 2 * halo`` columns."""
+    from edgespike.firmware.tiling import regions
+    from edgespike.fpga.pipeline import receptive_radius, residual_depth
+
+    model = bitplane_dncnn(depth=7, width=4, T=8, down=False, seed=2, dilations=(1, 2, 3, 4, 3, 2, 1))
+    model.decoder.shift = 13
+    specs = layer_specs(model)
+    assert [s.padding for s in specs] == [1, 2, 3, 4, 3, 2, 1] and receptive_radius(specs) == 16
+    assert [s.slots() for s in specs] == [4, 8, 8, 16, 8, 8, 4]
+    body = specs[3]  # d = 4: 9 rows
+    assert memories(body, 100, 4, 1)["linebuf"] == (32, 16 * 128)
+    assert memories(body, 100, 4, 1, 1, 0, 40)["linebuf"] == (32, 9 * 100 + 40)
+    assert ring_extra(body, 100, 1, "ecp5-85f", least=2) >= body.padding
+    # output row oy in flight: the d = 4 layer may hold rows up to oy - 4 + 16, where one row ahead of its need
+    # (oy + 5) would be oy + 6; the FIFO holds that lag plus two rows
+    assert residual_depth(specs, 64, 10) > residual_depth(layer_specs(bitplane_dncnn(
+        depth=7, width=4, T=8, down=False, seed=2)), 64, 10) + 16 * 10
+    x = demo_image(20, 57, seed=3)
+    want = reference.run(model, x)
+    for halo, exact in ((16, True), (14, False)):
+        out = np.zeros_like(want)
+        for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) in regions(x.shape, (20, 40), halo):
+            out[cy0:cy1, cx0:cx1] = reference.run(model, x[y0:y1, x0:x1])[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+        assert np.array_equal(out, want) == exact, halo
+    # the ECP5-25F's 56 blocks: 3 stripes of 256 columns (rows of 512 words would double the line buffers)
+    plan = plan_pipeline(model, "ecp5-25f", (480, 640), demo_image(16, 16, seed=4), folds=[(4, 1)] * 6 + [(1, 4)])
+    assert (plan.stripes, plan.stripe, plan.core) == (3, 256, 256 - 2 * 16) and plan.total_blocks <= 56
+    for spec, fold in zip(specs, plan.folds, strict=True):
+        wd, dp = memories(spec, 256, *fold)["linebuf"]
+        assert plan.blocks[f"{spec.conv.name}.linebuf"] == ram_blocks(wd, dp, "ecp5-25f")
+    assert memories(body, 256, *plan.folds[3])["linebuf"][1] == 16 * 256 * plan.folds[3][2]
+    assert plan.blocks["residual"] == ram_blocks(8, 1 << (residual_depth(specs, 480, 256) - 1).bit_length(), "ecp5-25f")
+
+
 def test_block_ram_accounting_and_planner():
     """Block counts by aspect ratio (DP16KD 512x36 .. 16384x1, EBR 256x16 .. 2048x2); the planner keeps a plan
     inside the part, takes the whole width when the line buffers fit, and refuses a model the part cannot hold."""

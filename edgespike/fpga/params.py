@@ -46,7 +46,9 @@ def _supported(model: Model) -> None:
     if model.encoder.kind not in ("direct", "uwe"):
         raise FitError(f"encoder {model.encoder.kind!r} is not supported by the accelerator (direct or uwe only): "
                        f"its hash needs multipliers")
-    for node in model.nodes:  # first: a dilated bit-plane model lands here too (the layer pipeline refused it)
+    # first: a dilated model the layer pipeline does not take (rate-coded, or a bit-plane one it refuses for
+    # another reason) is told where dilation runs before anything else is said of it
+    for node in model.nodes:
         if getattr(node, "dilation", 1) > 1:
             raise FitError(dilated_refusal(node))
     for node in model.nodes:
@@ -58,10 +60,11 @@ def _supported(model: Model) -> None:
 
 
 def dilated_refusal(node: Conv) -> str:
-    """What the accelerator says of a dilated conv (its windows read k neighbouring rows and columns)."""
-    return (f"node {node.name!r} is a dilated conv (taps {node.dilation} pixels apart), which the gateware does not "
-            f"implement: its line buffers and windows hold neighbouring pixels. Run this model on the CPU runtime "
-            f"(edgespike run / denoise), or a model without dilation on the accelerator")
+    """What the shared engine says of a dilated conv: its scatter pass spreads each spike over the k x k
+    neighbouring outputs; the layer pipeline's engines (:mod:`edgespike.rtl.bitplane`) read dilated windows."""
+    return (f"node {node.name!r} is a dilated conv (taps {node.dilation} pixels apart), which the shared engine does "
+            f"not implement: the layer pipeline runs dilated bit-plane models (uwe encoder, BitPlaneNeuron layers, a "
+            f"uwd Integrator read-out); run this model on the CPU runtime (edgespike run / denoise)")
 
 
 def _chain(model: Model) -> list[tuple[Conv | ConvTranspose, Neuron | Integrator]]:

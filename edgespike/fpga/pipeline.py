@@ -534,7 +534,10 @@ def run_codes(specs: list[LayerSpec], x: np.ndarray) -> list[np.ndarray]:
 
 def residual_depth(specs: list[LayerSpec], h: int, w: int) -> int:
     """Pixels the decoder's FIFO must hold: the input rows the pipeline can have taken ahead of the output row
-    being sent (each engine at most one output row ahead of its consumer's need), plus two rows."""
+    being sent, plus two rows. Each engine takes at most one output row ahead of its consumer's need, or, a
+    stride-1 Conv, the rows its whole-row line buffer has room for (:meth:`LayerSpec.slots` from the oldest row
+    read): the same where the window's rows plus one are a power of two (1x1, 3x3), more where they are rounded up
+    (a dilated 3x3 of d = 2 or 4: 5 or 9 rows in 8 or 16)."""
     sizes = [(h, w)]
     for spec in specs:
         sizes.append(spec.out_size(*sizes[-1]))
@@ -542,7 +545,11 @@ def residual_depth(specs: list[LayerSpec], h: int, w: int) -> int:
     rows = np.arange(ho) + 1  # output rows 0 .. oy sent or in flight
     for spec, (hi, _) in zip(reversed(specs), reversed(sizes[:-1]), strict=True):
         need = spec.need(hi)
-        rows = need[np.minimum(rows, len(need) - 1)]  # one row ahead: the row after the one needed
+        ahead = need[np.minimum(rows, len(need) - 1)]  # one row ahead: the row after the one needed
+        if not spec.transposed and spec.stride == 1:  # the receiver's room while output row rows - 1 computes
+            room = spec.first_row(hi)[np.minimum(rows, len(need)) - 1] + spec.slots()
+            ahead = np.maximum(ahead, np.minimum(room, hi))
+        rows = ahead
     lag = int((rows - (np.arange(ho) + 1)).max())
     return (lag + 2) * w
 
@@ -686,14 +693,15 @@ def estimate_logic(specs: list[LayerSpec], folds: list) -> int:
 
 def receptive_radius(specs: list[LayerSpec]) -> int:
     """Input columns a stripe needs on each side for its core to be exact (the receptive field's radius, in
-    input pixels, rounded up to the size multiple 2)."""
+    input pixels, rounded up to the size multiple 2): a Conv adds its padding, ``d (k // 2)`` dilated (IRCNN's
+    1, 2, 3, 4, 3, 2, 1: 16)."""
     r, level = 0, 0
     for spec in specs:
         if spec.transposed:
             r += max(spec.padding, spec.k - 1 - spec.padding) << (level - 1)
             level -= 1
         else:
-            r += (spec.k // 2) << level
+            r += spec.padding << level
             level += spec.stride - 1
     return r + (r % 2)
 
@@ -1091,10 +1099,6 @@ def layer_specs(model: Model) -> list[LayerSpec]:
     for conv, neuron in zip(nodes[::2], nodes[1::2], strict=True):
         if not isinstance(conv, (Conv, ConvTranspose)) or conv.input != src or neuron.input != conv.name:
             raise PipelineError(f"{conv.name}: the layer pipeline takes a single chain of conv + neuron pairs")
-        if getattr(conv, "dilation", 1) > 1:
-            from edgespike.fpga.params import dilated_refusal
-
-            raise PipelineError(dilated_refusal(conv))
         if isinstance(conv, ConvTranspose) and (conv.output_padding or conv.weight.shape[2] % 2):
             raise PipelineError(f"{conv.name}: transposed convs need an even kernel and no output padding")
         last = neuron is nodes[-1]
