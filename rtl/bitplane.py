@@ -424,9 +424,6 @@ class BitPlaneLayer(wiring.Component):
         def sg(v):  # as a non-negative signed value, so that differences below keep their sign
             return Cat(v, Const(0, 1)).as_signed()
 
-        def spaced(v):  # a tap counter's offset in input pixels: ``d`` apart in a dilated Conv (a constant product)
-            return v if d == 1 else const_mul(v, d)
-
         need = Signal(ybits)
         first_row = Signal(signed(ybits + 2))  # the oldest input row the current output row reads
         # The tap's input position and whether it is inside are registers, computed from the tap counters' next
@@ -434,6 +431,12 @@ class BitPlaneLayer(wiring.Component):
         nti, ntj = Signal.like(ti), Signal.like(tj)
         m.d.comb += [nti.eq(ti), ntj.eq(tj)]
         m.d.sync += [ti.eq(nti), tj.eq(ntj)]
+        # The next tap's offsets in input pixels: the counters themselves, or ``d`` times them in a dilated Conv (a
+        # constant product: a shift, or one small adder for d = 3), made once for the position and the bounds.
+        di, dj = nti, ntj
+        if d > 1:
+            di, dj = Signal(bits_for(d * side)), Signal(bits_for(d * side))
+            m.d.comb += [di.eq(const_mul(nti, d)), dj.eq(const_mul(ntj, d))]
         iy, ix = Signal(signed(ybits + 2)), Signal(signed(ybits + 2))  # of the next tap
         ry, rx = Signal(signed(ybits + 2)), Signal(signed(ybits + 2))  # of the current tap
         m.d.sync += [ry.eq(iy), rx.eq(ix)]
@@ -446,8 +449,7 @@ class BitPlaneLayer(wiring.Component):
         else:
             m.d.comb += need.eq((oy << (s - 1)) + (span - self.pad))
             m.d.comb += first_row.eq(sg(oy << (s - 1)) - self.pad)
-            m.d.comb += [iy.eq(sg(oy << (s - 1)) + sg(spaced(nti)) - self.pad),
-                         ix.eq(sg(ox << (s - 1)) + sg(spaced(ntj)) - self.pad)]
+            m.d.comb += [iy.eq(sg(oy << (s - 1)) + sg(di) - self.pad), ix.eq(sg(ox << (s - 1)) + sg(dj) - self.pad)]
             gsel = g
         # Taps inside the input: per output pixel the counters' ranges (row base ``by``, column base ``bx``, so
         # ``lo <= tap <= hi``), kept in registers; the bounds check of a tap is then a small compare of the
@@ -465,12 +467,8 @@ class BitPlaneLayer(wiring.Component):
         bounds = [Signal(signed(ybits + 3), name=n) for n in ("lo_y", "hi_y", "lo_x", "hi_x")]
         m.d.sync += [r.eq(v) for r, v in zip(bounds, (lo_y, hi_y, lo_x, hi_x), strict=True)]
         inside = Signal()
-        if self.transposed:
-            off_i, off_j = sg(nti), sg(ntj)
-        else:
-            off_i, off_j = sg(spaced(nti)), sg(spaced(ntj))
-        m.d.sync += inside.eq((off_i >= bounds[0]) & (off_i <= bounds[1])
-                              & (off_j >= bounds[2]) & (off_j <= bounds[3]))
+        m.d.sync += inside.eq((sg(di) >= bounds[0]) & (sg(di) <= bounds[1])
+                              & (sg(dj) >= bounds[2]) & (sg(dj) <= bounds[3]))
         enough = (rows_in >= need) | (rows_in == self.height)
         # The receiver fills the line buffer while the engine computes: row r goes to slot r mod S once the
         # current output row no longer reads the row that was there (r < first_row + S), until the frame is in.
