@@ -331,3 +331,25 @@ def test_a_batch_norm_run_folds_at_qat_resumes_in_either_phase_and_exports_exact
     want = predict_uint8(net, frame)
     assert np.array_equal(Runtime(model).denoise(frame)[0], want)
     assert np.array_equal(reference.run(model, frame), want)
+
+
+def test_recalibrated_batch_norm_evaluates_as_training_normalises():
+    """After recalibrate_batch_norm on a batch, eval mode (running statistics, what validation and the fold use)
+    computes what training mode (the batch's own statistics) computes on that batch, whatever the lagging running
+    averages were before."""
+    from edgespike.train.bitplane import BitPlaneDnCNN
+
+    torch.manual_seed(1)
+    net = BitPlaneDnCNN(5, 6, 8, down=False, dilations=(1, 2, 3, 2, 1), batch_norm=True)
+    x = torch.rand(4, 1, 19, 21) * 255
+    with torch.no_grad():
+        for bn in net.norm:  # stale statistics, as momentum leaves them while the weights move
+            bn.running_mean.fill_(3.0)
+            bn.running_var.fill_(0.01)
+        net.train()
+        trained = net.float_forward(x)
+        net.eval()
+        assert not torch.allclose(net.float_forward(x), trained, atol=0.5)
+        net.recalibrate_batch_norm([x])
+        assert not net.training and all(bn.momentum == 0.1 for bn in net.norm)
+        assert torch.allclose(net.float_forward(x), trained, atol=0.1)  # up to the unbiased variance's N / (N - 1)

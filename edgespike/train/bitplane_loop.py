@@ -29,6 +29,10 @@ log = logging.getLogger("edgespike.train")
 PHASES = ("float", "qat")
 """The phases of a run, in order; a phase without iterations is skipped."""
 
+NORM_BATCHES = 40
+"""Batches of training patches (always the same ones) over which batch normalisation's statistics are recomputed
+before each float validation and before the fold into the convs (:meth:`BitPlaneDnCNN.recalibrate_batch_norm`)."""
+
 
 @dataclass
 class Config:
@@ -199,6 +203,12 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> BitPlaneD
             raise ValueError("distillation needs a fixed sigma: the reference teachers are trained for one level")
         pool = TeacherPool.build(train_ims, cfg.teacher, sigma, cfg.teacher_draws,
                                  cache_dir=Path(cfg.out).parent, progress=progress)
+    def recalibrate_norm() -> None:
+        if net.norm is not None:
+            norm = PatchSampler(train_ims, cfg.patch, sigma, seed=cfg.seed + 2 * 10**6, blind_max=cfg.blind_max)
+            net.recalibrate_batch_norm(torch.from_numpy(norm.batch(cfg.batch)[1].astype(np.float32))[:, None]
+                                       for _ in range(NORM_BATCHES))
+
     budgets = {"float": (cfg.float_iters, cfg.lr), "qat": (cfg.qat_iters, cfg.qat_lr)}
     for phase in PHASES[PHASES.index(state["phase"]):]:
         iters, lr = budgets[phase]
@@ -207,7 +217,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> BitPlaneD
         seed = cfg.seed * 1000 + PHASES.index(phase)
         sampler = (PatchSampler(train_ims, cfg.patch, sigma, seed=seed, blind_max=cfg.blind_max) if pool is None
                    else PoolSampler(pool, cfg.patch, seed=seed))
-        if phase == "qat":
+        if phase == "qat" and net.norm is not None:
+            recalibrate_norm()
             net.fold_batch_norm()  # before the optimiser takes the parameters: QAT trains the plain conv stack
         opt = torch.optim.Adam(net.parameters(), lr=lr)
         if ck is not None and ck["phase"] == phase:
@@ -232,7 +243,7 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> BitPlaneD
                          np.round(steps, 4).tolist())
                 log.info("qat starts at val %.2f dB, %.3f spikes per neuron per step", validator(net, "qat"),
                          validator.spike_rate)
-        _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progress)
+        _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progress, recalibrate_norm)
     if cfg.qat_iters > 0:  # a float-only run is a pre-training stage: nothing integer to export yet
         export(net, cfg)
     return net
@@ -266,7 +277,7 @@ def sigma_weights(sigma: np.ndarray, floor: float) -> torch.Tensor:
     return torch.from_numpy(w / w.mean()).float()
 
 
-def _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progress) -> None:
+def _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progress, recalibrate_norm) -> None:
     from tqdm import tqdm
 
     bar = tqdm(total=iters, initial=state["it"], unit="it", desc=phase, disable=not progress, mininterval=5.0)
@@ -306,6 +317,7 @@ def _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progr
         loss_ema = lv if loss_ema is None else 0.98 * loss_ema + 0.02 * lv
         bar.update(1)
         if state["it"] % cfg.val_every == 0 or state["it"] == iters:
+            recalibrate_norm()  # (float phase with batch norm) validate what the fold would give
             val = validator(net, phase)
             rate = "" if validator.spike_rate is None else f"  spikes {validator.spike_rate:.3f}"
             log.info("%s it %d  %.1f min  lr %.2e  loss %.3e (%.2f dB)  val %.2f dB%s", phase, state["it"],
