@@ -203,7 +203,9 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> BitPlaneD
             raise ValueError("distillation needs a fixed sigma: the reference teachers are trained for one level")
         pool = TeacherPool.build(train_ims, cfg.teacher, sigma, cfg.teacher_draws,
                                  cache_dir=Path(cfg.out).parent, progress=progress)
+
     def recalibrate_norm() -> None:
+        """Batch norm's statistics over the same NORM_BATCHES training batches each time (a no-op without it)."""
         if net.norm is not None:
             norm = PatchSampler(train_ims, cfg.patch, sigma, seed=cfg.seed + 2 * 10**6, blind_max=cfg.blind_max)
             net.recalibrate_batch_norm(torch.from_numpy(norm.batch(cfg.batch)[1].astype(np.float32))[:, None]
