@@ -279,6 +279,16 @@ def sigma_weights(sigma: np.ndarray, floor: float) -> torch.Tensor:
     return torch.from_numpy(w / w.mean()).float()
 
 
+def float_prediction(net: BitPlaneDnCNN, pixels: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """The float phase's predicted residual (float32); with ``bf16`` its convolutions run in bfloat16 (torch
+    autocast on channels-last tensors, which oneDNN's bfloat16 kernels are fastest on; the network's parameters
+    should be channels-last too)."""
+    if not bf16:
+        return net.float_forward(pixels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return net.float_forward(pixels.contiguous(memory_format=torch.channels_last)).float()
+
+
 def _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progress, recalibrate_norm) -> None:
     from tqdm import tqdm
 
@@ -293,12 +303,8 @@ def _run_phase(net, opt, sampler, cfg, state, phase, iters, lr, validator, progr
         clean, noisy, *teacher = sampler.batch(cfg.batch)
         x = torch.from_numpy(noisy.astype(np.float32))[:, None]
         target = x - torch.from_numpy(clean.astype(np.float32))[:, None]
-        if phase == "float" and cfg.bf16:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                pred = net.float_forward(x.contiguous(memory_format=torch.channels_last))
-            pred, qs = pred.float(), []
-        elif phase == "float":
-            pred, qs = net.float_forward(x), []
+        if phase == "float":
+            pred, qs = float_prediction(net, x, cfg.bf16), []
         else:
             pred, qs = net.qforward(x, return_q=True)
         teacher = torch.from_numpy(teacher[0])[:, None] if teacher else None

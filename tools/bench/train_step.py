@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     import torch
 
     from edgespike.train.bitplane import BitPlaneDnCNN
+    from edgespike.train.bitplane_loop import float_prediction
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -55,12 +56,7 @@ def main(argv=None) -> int:
     def step(name: str) -> float:
         net, opt = nets[name], opts[name]
         t = time.perf_counter()
-        if name == "bf16":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                pred = net.float_forward(noisy.contiguous(memory_format=torch.channels_last))
-            pred = pred.float()
-        else:
-            pred = net.float_forward(noisy)
+        pred = float_prediction(net, noisy, bf16=name == "bf16")
         loss = ((pred - (noisy - clean)) / 255).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -75,9 +71,7 @@ def main(argv=None) -> int:
     med = {name: statistics.median(ts) for name, ts in times.items()}
     with torch.no_grad():
         ref = BitPlaneDnCNN(a.depth, a.width, 8, down=a.half_resolution, dilations=dilations)
-        y32 = ref.float_forward(noisy)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y16 = ref.float_forward(noisy.contiguous(memory_format=torch.channels_last)).float()
+        y32, y16 = float_prediction(ref, noisy), float_prediction(ref, noisy, bf16=True)
     shape = f"{a.depth} x {a.width}" + (", half resolution" if a.half_resolution else "")
     if dilations:
         shape += f", dilations {a.dilations}"
