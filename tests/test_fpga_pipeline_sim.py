@@ -1,6 +1,6 @@
 """The layer pipeline from the command line and the ``fpga-sim`` backend: defaults and a whole small frame.
 
-``edgespike rtl sim`` without ``--model`` takes the shipped model that fits ``--device`` (the bit-plane ``s25`` on
+``edgespike rtl sim`` without ``--model`` takes the shipped model that fits ``--device`` (the bit-plane ``s25-half`` on
 the ECP5-85F) and says so; a bit-plane model runs on the layer pipeline, a whole frame, compared with the CPU
 runtime. The default model itself is too slow to simulate in a test (about 15 k cycles for a 4x4 frame at a few
 hundred cycles per second of CPU): a small model of the same shape stands in for it here.
@@ -39,7 +39,7 @@ def small(tmp_path):
 
 
 def test_defaults_choose_the_model_that_fits_and_say_so(capsys):
-    assert default_model("ecp5-85f")[0] == "s25"
+    assert default_model("ecp5-85f")[0] == "s25-half"
     assert default_model("ecp5-85f", engine="shared")[0] == "if-s25"
     small, note = default_model("up5k")
     assert small.endswith(SMALL_MODEL) and "the one whose layer pipeline fits the iCE40UP5K" in note
@@ -48,7 +48,7 @@ def test_defaults_choose_the_model_that_fits_and_say_so(capsys):
         default_model("up5k", engine="shared")
     model, pipelined = cli._load(cli.parse_args(["sim"]))
     assert pipelined and model.timesteps == 8
-    assert "model s25 (no --model given" in capsys.readouterr().out
+    assert "model s25-half (no --model given" in capsys.readouterr().out
     model, pipelined = cli._load(cli.parse_args(["sim", "--model", "if-s25"]))
     assert not pipelined and capsys.readouterr().out == ""
     model, pipelined = cli._load(cli.parse_args(["sim", "--device", "up5k"]))
@@ -78,13 +78,14 @@ def test_the_shipped_small_model_fits_the_up5k_pipeline_and_fpga_build_chooses_i
 
 
 def test_fpga_build_on_the_ulx3s_plans_the_default_model_before_any_tool_runs(capsys):
-    """``fpga build --board ulx3s-85f`` without ``--model`` takes ``s25`` and prints its layer-pipeline plan (folds,
-    stripes, block RAM, logic estimate, seconds per frame at the 75 MHz PLL clock) before the toolchain starts."""
+    """``fpga build --board ulx3s-85f`` without ``--model`` takes ``s25-half`` and prints its layer-pipeline plan
+    (folds, stripes, block RAM, logic estimate, seconds per frame at the 75 MHz PLL clock) before the toolchain
+    starts."""
     from edgespike.fpga.build import build
 
     line = build("ulx3s-85f", dry_run=True, cpu=False)
     err = capsys.readouterr().err
-    assert "model s25 (no --model given" in err and line in err
+    assert "model s25-half (no --model given" in err and line in err
     assert line.startswith("layer pipeline on ECP5-85F: folds (lanes, group, parts, ROM words, ring) [")
     assert " of 208 DP16KD" in line and "s per 640x480 frame at 75 MHz (cycle model)" in line
 

@@ -434,7 +434,7 @@ def test_spi_pins_on_the_ulx3s_and_the_icebreaker(tmp_path):
     with pytest.raises(UserError, match="no SPI link pins are defined for orangecrab"):
         build("orangecrab", "small_bitplane_3x4_s25.esnn", str(tmp_path / "o"), link="spi", dry_run=True)
     with pytest.raises(UserError, match="unknown link 'i2c': choose one of uart, spi"):
-        build("ulx3s-85f", "s25", link="i2c", dry_run=True)
+        build("ulx3s-85f", "s25-half", link="i2c", dry_run=True)
 
 
 def test_the_shared_engine_board_over_spi_has_the_pins_and_no_uart(tmp_path):
@@ -521,7 +521,7 @@ def test_fpga_build_prints_the_spi_frame_time_beside_the_compute_time(capsys):
 
     from edgespike.fpga.build import build
 
-    build("ulx3s-85f", "s25", link="spi", dry_run=True)
+    build("ulx3s-85f", "s25-half", link="spi", dry_run=True)
     err = capsys.readouterr().err
     said = re.search(r"SPI link: 16 MHz asked of the Pi \(15.62 MHz on a Pi 3/4\), FIFOs of (\d+) bytes .*: "
                      r"([\d.]+) s per 640x480 frame on the wire, in and out, against ([\d.]+) s of compute", err)

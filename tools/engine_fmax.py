@@ -8,7 +8,7 @@ one that passes here can still fail there (longer routes at a higher fill), so t
 
 Usage::
 
-    python tools/engine_fmax.py                      # every engine of s25's ULX3S-85F plan, at 75 MHz
+    python tools/engine_fmax.py                      # every engine of s25-half's ULX3S-85F plan, at 75 MHz
     python tools/engine_fmax.py --layers 7 --out /tmp/engines
 
 Needs the ``[hw]`` extra (amaranth, YoWASP yosys and nextpnr). Writes ``DIR/layerN.{il,json,log,report.json}`` and
@@ -75,7 +75,7 @@ def place_and_route(name: str, out: Path, device: str, mhz: float, seed: int, ro
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--board", default="ulx3s-85f", help="an ECP5 board (default ulx3s-85f)")
-    ap.add_argument("--model", default="s25", help="bit-plane model (default s25)")
+    ap.add_argument("--model", default="s25-half", help="bit-plane model (default s25-half)")
     ap.add_argument("--layers", type=int, nargs="*", help="engine indices (default: all)")
     ap.add_argument("--out", default="build/engine-fmax", help="work directory (default build/engine-fmax)")
     ap.add_argument("--seed", type=int, default=1, help="nextpnr's placement seed (default 1)")

@@ -58,7 +58,7 @@ class ClosedPlan:
                 f"after routing with {seed_name(self.seed)}, {self.log}; --replan asks the planner)")
 
 
-_S25 = "95c72e4f06ed5b4209d07be1603fd27c855fe4e21a11f1650e263d1bec038f11"  # edgespike/models/default_s25.esnn
+_S25 = "95c72e4f06ed5b4209d07be1603fd27c855fe4e21a11f1650e263d1bec038f11"  # edgespike/models/half_s25.esnn
 # 5 stripes of 158 columns, 0.928 s per 640x480 frame at 75 MHz, 62,484 of 83,640 TRELLIS_COMB placed (75 %)
 _S25_ULX3S_PLAN = ((16, 1, 1, 0, 0), (32, 8, 8, 0, 19)) + ((64, 1, 8, 64, 19),) * 5 + ((1, 32, 8, 0, 19),)
 

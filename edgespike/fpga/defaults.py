@@ -1,7 +1,10 @@
 """Which shipped model a hardware command runs when none is given: the one that fits the target, said aloud.
 
-The default model ``s25`` is a bit-plane network (half-resolution 8 x 64, T = 8); it runs on the layer pipeline
-(:mod:`edgespike.rtl.pipeline`), which the ECP5-85F (ULX3S) holds in vertical stripes (docs/RTL.md, "Measured").
+The ECP5-85F (ULX3S) runs ``s25-half``, the half-resolution 8 x 64 bit-plane network (T = 8) that was the default
+``s25`` until 2026-12-07, on the layer pipeline (:mod:`edgespike.rtl.pipeline`), held in vertical stripes
+(docs/RTL.md, "Measured"). Today's ``s25`` (7 x 64 at full resolution, dilated) fits that part too, but at over
+three times the synaptic operations per pixel it plans at about 7 s per 640x480 frame against s25-half's 0.93 s,
+and s25-half's plan is the one routed at 75 MHz (:mod:`edgespike.fpga.closure`).
 The iCE40UP5K (iCEBreaker) and the ECP5-25F (OrangeCrab) hold the small bit-plane model
 ``small_bitplane_3x4_s25.esnn`` (3 layers of 4 channels, sigma 25, docs/MODELS.md) on the layer pipeline.
 The rate-coded ``if-s25`` runs on the shared engine (:mod:`edgespike.rtl.sequencer`); no shipped IF model fits the
@@ -29,7 +32,8 @@ def small_model_path() -> str:
 
 # fit-check device -> (shipped model, why)
 PIPELINE_DEFAULT = {
-    "ecp5-85f": ("s25", "the default bit-plane model; the ECP5-85F holds its layer pipeline in stripes"),
+    "ecp5-85f": ("s25-half", "the half-resolution sigma-25 bit-plane model; the ECP5-85F holds its layer pipeline "
+                 "in stripes at about 1 frame/s (the full-resolution s25 fits too, at about 7 s per frame)"),
     "up5k": (SMALL_MODEL, "the small bit-plane model, 3 layers x 4 channels, sigma 25: the one whose layer "
              "pipeline fits the iCE40UP5K; s25 needs far more block RAM and logic"),
     "ecp5-25f": (SMALL_MODEL, "the small bit-plane model, 3 layers x 4 channels, sigma 25: s25's weights alone "
@@ -46,7 +50,7 @@ def default_model(device: str, engine: str = "pipeline") -> tuple[str, str]:
     """The shipped model for ``device`` (a fit-check key) on ``engine`` (``pipeline`` or ``shared``), and a line
     saying why; :class:`UserError` when no shipped model fits that device.
 
-    The model is a shipped model's name (``s25``) or, for the small model, the path of its file."""
+    The model is a shipped model's name (``s25-half``) or, for the small model, the path of its file."""
     table = PIPELINE_DEFAULT if engine == "pipeline" else ENGINE_DEFAULT
     if device not in table:
         fits = ", ".join(DEVICE_NAME.get(d, d) for d in table)
@@ -62,6 +66,6 @@ def default_model(device: str, engine: str = "pipeline") -> tuple[str, str]:
 
 def board_default(device: str) -> tuple[str, str]:
     """What ``edgespike fpga build`` builds without ``--model``: the shipped bit-plane model whose layer pipeline
-    fits ``device`` (``s25`` on the ECP5-85F, the small model on the iCE40UP5K and ECP5-25F), and the line saying
+    fits ``device`` (``s25-half`` on the ECP5-85F, the small model on the iCE40UP5K and ECP5-25F), and the line saying
     so."""
     return default_model(device, engine="pipeline")

@@ -14,13 +14,16 @@ class ModelFileNotFound(UserError, FileNotFoundError):
 HERE = Path(__file__).parent
 DEFAULTS = {"s25": "default_s25.esnn", "blind": "default_blind.esnn", "s5": "default_s5.esnn", "s8": "default_s8.esnn",
             "s11": "default_s11.esnn", "s15": "default_s15.esnn", "s20": "default_s20.esnn", "s50": "default_s50.esnn",
-            "blind-net": "blind_net.esnn", "if-s25": "if_s25.esnn", "if-blind": "if_blind.esnn"}
+            "blind-net": "blind_net.esnn", "s25-half": "half_s25.esnn", "if-s25": "if_s25.esnn",
+            "if-blind": "if_blind.esnn"}
 """The shipped models by name. All but the ``if-`` ones are bit-plane networks (T = 8 spikes carry 256 levels):
 ``s25``, ``s8``, ``s11``, ``s15``, ``s20`` and ``s50`` are trained for Gaussian noise of one sigma each and ``s5``
 for sigma 2..8 (a full-resolution 8 x 32 network: at low noise fine detail is what counts); ``blind`` is the model
 set of those seven and ``blind-net`` (:mod:`edgespike.modelset`), which picks one per frame by the frame's estimated
 noise level;
-``blind-net`` is one network trained for sigma 0..55 (the shipped ``blind`` until 2026-12-06). ``if-s25`` and
+``blind-net`` is one network trained for sigma 0..55 (the shipped ``blind`` until 2026-12-06). ``s25-half`` is the
+half-resolution 8 x 64 sigma-25 network (the shipped ``s25`` until 2026-12-07; the same bytes, so the ECP5-85F's
+closed plan, keyed on the file's SHA-256, still holds for it: it is that part's hardware default). ``if-s25`` and
 ``if-blind`` are the rate-coded IF networks (T = 8 spike counts) of the same shape, the defaults until
 2026-12-05."""
 
@@ -32,7 +35,8 @@ the other hardware commands' defaults are in :mod:`edgespike.fpga.defaults` (the
 
 MODEL_HELP = ("model file, or a shipped model by name: s25 (Gaussian sigma 25), blind (any sigma 0..55: the s5, s8, "
               "s11, s15, s20, s25, s50 and blind-net networks, one chosen per frame by its estimated noise), s5 "
-              "(sigma 2..8, full resolution), s8, s11, s15, s20, s50, blind-net (one network for sigma 0..55), if-s25 "
+              "(sigma 2..8, full resolution), s8, s11, s15, s20, s50, blind-net (one network for sigma 0..55), "
+              "s25-half (the half-resolution sigma-25 network: the ECP5-85F's hardware default), if-s25 "
               "or if-blind (the rate-coded IF models)")
 """The ``--model`` help shared by every command (each adds its default)."""
 
