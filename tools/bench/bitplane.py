@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         outputs[name] = fn()[0]
     assert np.array_equal(outputs["dense"], outputs["spikes"]) and np.array_equal(outputs["dense"], outputs["auto"])
     if a.model == "s25":  # the set's estimate chose its s25 member on this sigma-25 frame (the set holds the s25
-        # of sessions 11-16, r5q0b: the same shape, so the same work)
+        # file itself since session 25, so the same work)
         assert blind.denoise(frame)[1].member == "s25", "the blind set did not run its s25 member on this frame"
     for r in range(a.rounds):
         for name, fn in runs.items():
