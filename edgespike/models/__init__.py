@@ -17,14 +17,15 @@ DEFAULTS = {"s25": "default_s25.esnn", "blind": "default_blind.esnn", "s5": "def
             "blind-net": "blind_net.esnn", "s25-half": "half_s25.esnn", "if-s25": "if_s25.esnn",
             "if-blind": "if_blind.esnn"}
 """The shipped models by name. All but the ``if-`` ones are bit-plane networks (T = 8 spikes carry 256 levels):
-``s25``, ``s8``, ``s11``, ``s15``, ``s20`` and ``s50`` are trained for Gaussian noise of one sigma each and ``s5``
-for sigma 2..8 (a full-resolution 8 x 32 network: at low noise fine detail is what counts); ``blind`` is the model
+``s25``, ``s8``, ``s11``, ``s15``, ``s20`` and ``s50`` are trained for Gaussian noise of one sigma each (``s25``, the
+default, is a full-resolution dilated 7 x 64 network, the others half-resolution 8 x 64) and ``s5`` for sigma 2..8
+(a full-resolution 8 x 32 network: at low noise fine detail is what counts); ``blind`` is the model
 set of those seven and ``blind-net`` (:mod:`edgespike.modelset`), which picks one per frame by the frame's estimated
 noise level;
 ``blind-net`` is one network trained for sigma 0..55 (the shipped ``blind`` until 2026-12-06). ``s25-half`` is the
 half-resolution 8 x 64 sigma-25 network (the shipped ``s25`` until 2026-12-07; the same bytes, so the ECP5-85F's
 closed plan, keyed on the file's SHA-256, still holds for it: it is that part's hardware default). ``if-s25`` and
-``if-blind`` are the rate-coded IF networks (T = 8 spike counts) of the same shape, the defaults until
+``if-blind`` are the rate-coded IF networks (T = 8 spike counts) of ``s25-half``'s shape, the defaults until
 2026-12-05."""
 
 ACCELERATOR_MODEL = "if-s25"
