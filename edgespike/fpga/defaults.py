@@ -3,7 +3,7 @@
 The ECP5-85F (ULX3S) runs ``s25-half``, the half-resolution 8 x 64 bit-plane network (T = 8) that was the default
 ``s25`` until 2026-12-07, on the layer pipeline (:mod:`edgespike.rtl.pipeline`), held in vertical stripes
 (docs/RTL.md, "Measured"). Today's ``s25`` (7 x 64 at full resolution, dilated) fits that part too, but at over
-three times the synaptic operations per pixel it plans at 5.35 s per 640x480 frame against s25-half's 0.93 s,
+three times the synaptic operations per pixel it plans at 5.45 s per 640x480 frame against s25-half's 0.93 s,
 and s25-half's plan is the one routed at 75 MHz (:mod:`edgespike.fpga.closure`).
 The iCE40UP5K (iCEBreaker) and the ECP5-25F (OrangeCrab) hold the small bit-plane model
 ``small_bitplane_3x4_s25.esnn`` (3 layers of 4 channels, sigma 25, docs/MODELS.md) on the layer pipeline.
